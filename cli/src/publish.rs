@@ -1,0 +1,135 @@
+//! `orderflow publish`: turns orders into workflow elements, records each
+//! one's first state (`placed`) on the audit exchange, and sends it to
+//! intake, every message confirmed by the broker before its id is printed.
+
+use crate::tracker_client::TrackerClient;
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use shared::audit::AuditEvent;
+use shared::order::{Order, OrderElement};
+use shared::settings::Settings;
+use shared::transport::message::{audit_message, element_message};
+use shared::transport::Publisher;
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use topology::Node;
+
+/// Reads one order per line; any line that is not a JSON object of the order
+/// shape stops the command before anything is published.
+pub fn read_orders_file(path: &Path) -> anyhow::Result<Vec<Order>> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut orders = Vec::new();
+    for (index, line) in std::io::BufReader::new(file).split(b'\n').enumerate() {
+        let number = index + 1;
+        let bytes = line.with_context(|| format!("cannot read {}", path.display()))?;
+        let Ok(text) = std::str::from_utf8(&bytes) else {
+            anyhow::bail!("line {number}: not UTF-8 text; nothing was published");
+        };
+        if text.trim().is_empty() {
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| anyhow::anyhow!("line {number}: not valid JSON ({e}); nothing was published"))?;
+        if !value.is_object() {
+            anyhow::bail!("line {number}: not a JSON object; nothing was published");
+        }
+        let order: Order = serde_json::from_value(value)
+            .map_err(|e| anyhow::anyhow!("line {number}: not an order ({e}); nothing was published"))?;
+        orders.push(order);
+    }
+    Ok(orders)
+}
+
+fn progress(total: usize) -> ProgressBar {
+    if total < 100 {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} publishing [{bar:30}] {pos}/{len} orders ({per_sec}, eta {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Publishes the orders and prints their ids in order.
+pub async fn publish(settings: &Settings, orders: Vec<Order>, rate: Option<f64>) -> anyhow::Result<()> {
+    let pool = deadpool_lapin::Config { url: Some(settings.amqp_url.clone()), ..Default::default() }
+        .create_pool(
+            || lapin::ConnectionProperties::default().with_connection_name("orderflow-publish".into()),
+            deadpool_lapin::Runtime::Tokio1,
+        )?;
+    let connection = pool
+        .get()
+        .await
+        .with_context(|| format!("cannot connect to RabbitMQ at {}", settings.amqp_url_redacted()))?;
+    let setup = connection.create_channel().await?;
+    topology::declare_all(&setup).await.context("declaring the topology")?;
+    let publisher = Publisher::open(&connection).await?;
+    let instance = format!("cli-{}", std::process::id());
+
+    let elements: Vec<OrderElement> = orders.into_iter().map(OrderElement::placed).collect();
+    let ids: Vec<uuid::Uuid> = elements.iter().map(|e| e.order_id).collect();
+    let bar = progress(elements.len());
+    // Unpaced: confirm in windows of 200 orders; paced: one order per tick.
+    let window = if rate.is_some() { 1 } else { 200 };
+    let interval = rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(1.0 / r));
+    let started = Instant::now();
+    let mut stdout = std::io::stdout().lock();
+    for (index, chunk) in elements.chunks(window).enumerate() {
+        if let Some(interval) = interval {
+            let due = started + interval * index as u32;
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let mut messages = Vec::with_capacity(chunk.len() * 2);
+        for element in chunk {
+            let placed =
+                AuditEvent::for_transition(element, None, "publisher", &instance, placed_detail(element));
+            messages.push(audit_message(&placed));
+            messages.push(element_message(element, Node::Intake));
+        }
+        publisher.publish_all(&messages).await.context("publishing orders")?;
+        for element in chunk {
+            writeln!(stdout, "{}", element.order_id)?;
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    stdout.flush()?;
+    bar.finish_and_clear();
+    let _ = connection.close(200, "published".into()).await;
+    wait_until_tracked(settings, &ids).await;
+    Ok(())
+}
+
+fn placed_detail(element: &OrderElement) -> String {
+    format!(
+        "order from {} with {} units",
+        element.order.customer_id.chars().take(64).collect::<String>(),
+        element.total_units()
+    )
+}
+
+/// Waits (up to 10 s) until the tracker has recorded every published order,
+/// so that `status` knows an order as soon as this command returns.
+async fn wait_until_tracked(settings: &Settings, ids: &[uuid::Uuid]) {
+    let client = TrackerClient::new(settings);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.statuses(ids).await {
+            Ok(found) if found.len() == ids.len() => return,
+            Ok(found) if Instant::now() >= deadline => {
+                eprintln!("note: the tracker has recorded {} of {} orders so far", found.len(), ids.len());
+                return;
+            }
+            Err(error) if Instant::now() >= deadline => {
+                eprintln!("note: orders are published, but {error:#}");
+                return;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}

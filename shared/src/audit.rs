@@ -1,0 +1,130 @@
+//! Audit events: one per state change of an order, published by the node that
+//! made the change to the audit exchange and recorded by the tracker.
+
+use crate::order::{OrderElement, OrderState, SCHEMA_VERSION};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Namespace for deterministic event ids (uuid v5).
+const EVENT_NAMESPACE: Uuid = Uuid::from_u128(0x6f72_6465_7266_6c6f_7761_7564_6974_0001);
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub schema_version: u32,
+    /// Derived from (order, seq, state, version): a node that redoes a step
+    /// after a redelivery emits the same id, and the tracker keeps one.
+    pub event_id: Uuid,
+    pub order_id: Uuid,
+    pub node: String,
+    pub instance_id: String,
+    pub from_state: Option<OrderState>,
+    pub to_state: OrderState,
+    pub terminal: bool,
+    #[serde(with = "rfc3339")]
+    pub at: DateTime<Utc>,
+    pub detail: String,
+    pub seq: u32,
+    pub version: u32,
+}
+
+/// Identifies one state change of one order.
+#[derive(Clone, Copy, Debug)]
+pub struct Transition {
+    pub order_id: Uuid,
+    pub seq: u32,
+    pub version: u32,
+    pub from_state: Option<OrderState>,
+    pub to_state: OrderState,
+}
+
+impl AuditEvent {
+    pub fn new(transition: Transition, node: &str, instance_id: &str, detail: String) -> AuditEvent {
+        let Transition { order_id, seq, version, from_state, to_state } = transition;
+        AuditEvent {
+            schema_version: SCHEMA_VERSION,
+            event_id: event_id(order_id, seq, to_state, version),
+            order_id,
+            node: node.to_string(),
+            instance_id: instance_id.to_string(),
+            from_state,
+            to_state,
+            terminal: to_state.is_terminal(),
+            at: Utc::now(),
+            detail,
+            seq,
+            version,
+        }
+    }
+
+    /// The event for `element` having just moved to its current state.
+    pub fn for_transition(
+        element: &OrderElement,
+        from_state: Option<OrderState>,
+        node: &str,
+        instance_id: &str,
+        detail: String,
+    ) -> AuditEvent {
+        let transition = Transition {
+            order_id: element.order_id,
+            seq: element.seq,
+            version: element.version,
+            from_state,
+            to_state: element.state,
+        };
+        AuditEvent::new(transition, node, instance_id, detail)
+    }
+}
+
+pub fn event_id(order_id: Uuid, seq: u32, state: OrderState, version: u32) -> Uuid {
+    let name = format!("{order_id}/{seq}/{state}/{version}");
+    Uuid::new_v5(&EVENT_NAMESPACE, name.as_bytes())
+}
+
+/// RFC 3339 UTC timestamps with microseconds, e.g. `2026-11-27T15:04:05.123456Z`.
+pub mod rfc3339 {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn format(at: &DateTime<Utc>) -> String {
+        at.to_rfc3339_opts(SecondsFormat::Micros, true)
+    }
+
+    pub fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(at))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let text = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&text).map(|t| t.with_timezone(&Utc)).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::order::Order;
+
+    #[test]
+    fn same_step_gives_same_event_id() {
+        let element = OrderElement::placed(Order::default());
+        let a = AuditEvent::for_transition(&element, None, "cli", "a", String::new());
+        let b = AuditEvent::for_transition(&element, None, "cli", "b", String::new());
+        assert_eq!(a.event_id, b.event_id);
+        let mut next = element.clone();
+        next.seq += 1;
+        next.state = OrderState::Accepted;
+        let c = AuditEvent::for_transition(&next, Some(OrderState::Placed), "intake", "a", String::new());
+        assert_ne!(a.event_id, c.event_id);
+    }
+
+    #[test]
+    fn time_is_rfc3339_utc() {
+        let element = OrderElement::placed(Order::default());
+        let event = AuditEvent::for_transition(&element, None, "cli", "a", String::new());
+        let json = serde_json::to_value(&event).unwrap();
+        let at = json["at"].as_str().unwrap();
+        assert!(at.ends_with('Z'), "{at}");
+        assert!(DateTime::parse_from_rfc3339(at).is_ok());
+    }
+}

@@ -1,0 +1,19 @@
+//! orderflow's library crate: the workflow element and its audit events,
+//! routing, settings, stores, and the AMQP transport that runs stage logic.
+
+pub mod audit;
+pub mod batcher;
+pub mod order;
+pub mod routing;
+pub mod settings;
+pub mod shutdown;
+pub mod stage;
+pub mod store;
+pub mod telemetry;
+pub mod transport;
+
+pub use audit::AuditEvent;
+pub use order::{Order, OrderElement, OrderState};
+pub use settings::Settings;
+pub use stage::{BatchStage, Outcome, Stage, StageError};
+pub use topology::Node;

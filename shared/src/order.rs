@@ -1,0 +1,239 @@
+//! The workflow element: a customer order plus everything the nodes have
+//! added to it (charge, reservation, picklist, tracking number). It is
+//! self-contained, so a node never has to look anything up elsewhere.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Version of the element's JSON schema, carried in every message's headers.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The order as the customer placed it (the publish command's JSON).
+/// Every field has a default so that an incomplete order still reaches intake
+/// and is rejected there with a reason, instead of being lost in decoding.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Order {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<Uuid>,
+    pub customer_id: String,
+    pub items: Vec<Item>,
+    pub shipping_method: String,
+    pub ship_to: ShipTo,
+    pub payment: PaymentCard,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Item {
+    pub sku: String,
+    pub qty: i64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ShipTo {
+    pub name: String,
+    pub line1: String,
+    pub city: String,
+    pub postal_code: String,
+    pub country: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PaymentCard {
+    /// The full number until payment has run; masked (`************1234`) after.
+    pub card_number: String,
+    /// `MM/YY`.
+    pub expiry: String,
+}
+
+/// Every state an order can be in. Terminal states end the workflow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderState {
+    Placed,
+    Accepted,
+    Rejected,
+    Charged,
+    PaymentDeclined,
+    Reserved,
+    /// Inventory could not reserve every item; the order is on its way to exceptions.
+    StockShort,
+    Refunded,
+    OutOfStock,
+    Picked,
+    Rebinned,
+    Shipped,
+    Cancelled,
+}
+
+impl OrderState {
+    pub const ALL: [OrderState; 13] = [
+        OrderState::Placed,
+        OrderState::Accepted,
+        OrderState::Rejected,
+        OrderState::Charged,
+        OrderState::PaymentDeclined,
+        OrderState::Reserved,
+        OrderState::StockShort,
+        OrderState::Refunded,
+        OrderState::OutOfStock,
+        OrderState::Picked,
+        OrderState::Rebinned,
+        OrderState::Shipped,
+        OrderState::Cancelled,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            OrderState::Rejected
+                | OrderState::PaymentDeclined
+                | OrderState::OutOfStock
+                | OrderState::Shipped
+                | OrderState::Cancelled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderState::Placed => "placed",
+            OrderState::Accepted => "accepted",
+            OrderState::Rejected => "rejected",
+            OrderState::Charged => "charged",
+            OrderState::PaymentDeclined => "payment_declined",
+            OrderState::Reserved => "reserved",
+            OrderState::StockShort => "stock_short",
+            OrderState::Refunded => "refunded",
+            OrderState::OutOfStock => "out_of_stock",
+            OrderState::Picked => "picked",
+            OrderState::Rebinned => "rebinned",
+            OrderState::Shipped => "shipped",
+            OrderState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<OrderState> {
+        OrderState::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for OrderState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The charge payment made, carried so that exceptions can refund it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Charge {
+    pub charge_id: Uuid,
+    pub amount_cents: i64,
+    pub card_last4: String,
+}
+
+/// The stock inventory reserved for the order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub reservation_id: Uuid,
+}
+
+/// Why an order left the happy path, and the terminal state exceptions gives it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub ends_as: OrderState,
+    pub reason: String,
+}
+
+/// The self-contained workflow element that travels between nodes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OrderElement {
+    pub schema_version: u32,
+    pub order_id: Uuid,
+    /// Increases with every applied in-flight change.
+    pub version: u32,
+    /// Number of state changes so far; orders the history and keys audit events.
+    pub seq: u32,
+    pub state: OrderState,
+    pub placed_at: DateTime<Utc>,
+    pub order: Order,
+    #[serde(default)]
+    pub charge: Option<Charge>,
+    #[serde(default)]
+    pub reservation: Option<Reservation>,
+    #[serde(default)]
+    pub picklist_id: Option<Uuid>,
+    #[serde(default)]
+    pub failure: Option<Failure>,
+    #[serde(default)]
+    pub tracking_number: Option<String>,
+}
+
+impl OrderElement {
+    /// A freshly placed order; the order id is taken from the order or generated.
+    pub fn placed(mut order: Order) -> OrderElement {
+        let order_id = order.order_id.take().unwrap_or_else(Uuid::new_v4);
+        OrderElement {
+            schema_version: SCHEMA_VERSION,
+            order_id,
+            version: 0,
+            seq: 0,
+            state: OrderState::Placed,
+            placed_at: Utc::now(),
+            order,
+            charge: None,
+            reservation: None,
+            picklist_id: None,
+            failure: None,
+            tracking_number: None,
+        }
+    }
+
+    /// Units over all items (negative quantities count as zero).
+    pub fn total_units(&self) -> i64 {
+        self.order.items.iter().map(|i| i.qty.max(0)).sum()
+    }
+}
+
+/// Masks a card number to its last four digits: `************1234`.
+pub fn mask_card(card_number: &str) -> String {
+    let digits: Vec<char> = card_number.chars().filter(|c| c.is_ascii_digit()).collect();
+    let last4: String = digits.iter().skip(digits.len().saturating_sub(4)).collect();
+    format!("{}{last4}", "*".repeat(digits.len().saturating_sub(4)))
+}
+
+/// The last four digits of a card number.
+pub fn card_last4(card_number: &str) -> String {
+    mask_card(card_number).trim_start_matches('*').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masking_keeps_only_last_four_digits() {
+        assert_eq!(mask_card("4111111111111111"), "************1111");
+        assert_eq!(card_last4("4111 1111 1111 1234"), "1234");
+        assert_eq!(mask_card("12"), "12");
+    }
+
+    #[test]
+    fn incomplete_order_json_still_decodes() {
+        let order: Order = serde_json::from_str(r#"{"customer_id":"c1"}"#).unwrap();
+        assert!(order.items.is_empty());
+        assert_eq!(order.ship_to.city, "");
+    }
+
+    #[test]
+    fn states_round_trip_through_their_names() {
+        for state in OrderState::ALL {
+            assert_eq!(OrderState::parse(state.as_str()), Some(state));
+            let json = serde_json::to_string(&state).unwrap();
+            assert_eq!(json, format!("\"{}\"", state.as_str()));
+        }
+    }
+}

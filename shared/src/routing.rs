@@ -1,0 +1,46 @@
+//! Routing as data: where an element goes after a node, decided from its
+//! state alone (and, after picking, its unit count). Stages never name their
+//! successor; changing the workflow means changing this table.
+
+use crate::order::{OrderElement, OrderState};
+use topology::Node;
+
+/// The next node for a non-terminal state; `None` ends the element's travel.
+pub fn next_node(element: &OrderElement) -> Option<Node> {
+    use OrderState::*;
+    match element.state {
+        Placed => Some(Node::Intake),
+        Accepted => Some(Node::Payment),
+        Charged => Some(Node::Inventory),
+        Reserved => Some(Node::Picklist),
+        // Multi-unit shipments are consolidated at rebin; single units ship directly.
+        Picked if element.total_units() > 1 => Some(Node::Rebin),
+        Picked | Rebinned => Some(Node::Shipping),
+        StockShort | Refunded => Some(Node::Exceptions),
+        Rejected | PaymentDeclined | OutOfStock | Shipped | Cancelled => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::order::{Item, Order};
+
+    fn element(state: OrderState, qty: i64) -> OrderElement {
+        let order = Order { items: vec![Item { sku: "SKU-0001".into(), qty }], ..Order::default() };
+        OrderElement { state, ..OrderElement::placed(order) }
+    }
+
+    #[test]
+    fn picked_single_unit_skips_rebin() {
+        assert_eq!(next_node(&element(OrderState::Picked, 1)), Some(Node::Shipping));
+        assert_eq!(next_node(&element(OrderState::Picked, 2)), Some(Node::Rebin));
+    }
+
+    #[test]
+    fn terminal_states_go_nowhere() {
+        for state in OrderState::ALL.into_iter().filter(|s| s.is_terminal()) {
+            assert_eq!(next_node(&element(state, 1)), None, "{state}");
+        }
+    }
+}

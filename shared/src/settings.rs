@@ -1,0 +1,102 @@
+//! Settings from the environment (documented in the README), read once at
+//! start by every binary. Credentials come only from here, never from code.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8089";
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `AMQP_URL`: broker address, credentials and vhost (`amqps://` for TLS).
+    pub amqp_url: String,
+    /// `DATABASE_URL`: `postgres://...` selects PostgreSQL; unset, SQLite files in the run dir.
+    pub database_url: Option<String>,
+    /// `ORDERFLOW_RUN_DIR`: pids, logs and the default SQLite stores.
+    pub run_dir: PathBuf,
+    /// `ORDERFLOW_HTTP_ADDR`: the tracker's listen address, where the CLI asks.
+    pub http_addr: SocketAddr,
+    /// `ORDERFLOW_PREFETCH`: unacknowledged deliveries a node holds at once.
+    pub prefetch: u16,
+    /// `ORDERFLOW_PICKLIST_BATCH`: orders per picklist.
+    pub picklist_batch: usize,
+    /// `ORDERFLOW_PICKLIST_FLUSH_MS`: longest wait of a picklist's oldest order.
+    pub picklist_flush: Duration,
+    /// `ORDERFLOW_MAX_MESSAGE_BYTES`: larger bodies are dead-lettered unread.
+    pub max_message_bytes: usize,
+    /// `ORDERFLOW_INSTANCE_ID`: names this process in audit events (default: node-pid).
+    pub instance_id: Option<String>,
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn parsed<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
+    match var(name) {
+        None => Ok(default),
+        Some(text) => {
+            text.trim().parse().map_err(|_| anyhow::anyhow!("{name}={text:?} is not a valid value"))
+        }
+    }
+}
+
+impl Settings {
+    pub fn from_env() -> anyhow::Result<Settings> {
+        Ok(Settings {
+            amqp_url: var("AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.to_string()),
+            database_url: var("DATABASE_URL"),
+            run_dir: var("ORDERFLOW_RUN_DIR").map(PathBuf::from).unwrap_or_else(|| "run".into()),
+            http_addr: parsed("ORDERFLOW_HTTP_ADDR", DEFAULT_HTTP_ADDR.parse()?)?,
+            prefetch: parsed("ORDERFLOW_PREFETCH", 64)?,
+            picklist_batch: parsed("ORDERFLOW_PICKLIST_BATCH", 25)?,
+            picklist_flush: Duration::from_millis(parsed("ORDERFLOW_PICKLIST_FLUSH_MS", 500)?),
+            max_message_bytes: parsed("ORDERFLOW_MAX_MESSAGE_BYTES", 64 * 1024)?,
+            instance_id: var("ORDERFLOW_INSTANCE_ID"),
+        })
+    }
+
+    /// `ORDERFLOW_DELAY_MS_<NODE>`, else `ORDERFLOW_DELAY_MS`: how long a node
+    /// waits per element, to slow a stage down on purpose (demos, tests, benchmarks).
+    pub fn delay_for(&self, node: &str) -> anyhow::Result<Option<Duration>> {
+        let specific = format!("ORDERFLOW_DELAY_MS_{}", node.to_ascii_uppercase());
+        let ms: u64 = match var(&specific) {
+            Some(_) => parsed(&specific, 0)?,
+            None => parsed("ORDERFLOW_DELAY_MS", 0)?,
+        };
+        Ok((ms > 0).then(|| Duration::from_millis(ms)))
+    }
+
+    pub fn instance_id(&self, node: &str) -> String {
+        self.instance_id.clone().unwrap_or_else(|| format!("{node}-{}", std::process::id()))
+    }
+
+    /// The URL of the tracker's HTTP API.
+    pub fn tracker_url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    /// The AMQP URL with any password replaced, for logs.
+    pub fn amqp_url_redacted(&self) -> String {
+        redact_url(&self.amqp_url)
+    }
+}
+
+/// Replaces the password of a URL (`scheme://user:secret@host`) with `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_string() };
+    let user = userinfo.split(':').next().unwrap_or_default();
+    format!("{scheme}://{user}:***@{host}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_hides_the_password() {
+        assert_eq!(redact_url("amqp://app:s3cret@host:5672/v"), "amqp://app:***@host:5672/v");
+        assert_eq!(redact_url("amqp://host"), "amqp://host");
+    }
+}

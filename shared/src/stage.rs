@@ -1,0 +1,67 @@
+//! What a node's stage logic is: a plain function from a workflow element to
+//! an outcome, knowing nothing of AMQP. The transport runs it; a coordinator
+//! or a service endpoint could run the same function.
+
+use crate::order::{OrderElement, OrderState};
+use std::future::Future;
+use topology::Node;
+
+/// One state change a stage made, with its audit detail.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    pub state: OrderState,
+    pub detail: String,
+}
+
+/// What a stage did to an element: the element as it leaves the node and the
+/// state changes it went through, in order. Where it goes next is decided by
+/// [`crate::routing`], not by the stage.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    pub element: OrderElement,
+    pub steps: Vec<Step>,
+}
+
+impl Outcome {
+    pub fn new(element: OrderElement) -> Outcome {
+        Outcome { element, steps: Vec::new() }
+    }
+
+    /// Adds a state change (the element's state becomes `state`).
+    pub fn step(mut self, state: OrderState, detail: impl Into<String>) -> Outcome {
+        self.steps.push(Step { state, detail: detail.into() });
+        self
+    }
+}
+
+/// Why a stage could not handle an element.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// The element can never succeed here: dead-letter it with this reason.
+    #[error("permanent failure: {0}")]
+    Permanent(String),
+    /// A dependency failed; the same element may succeed later: retry it.
+    #[error("transient failure: {0:#}")]
+    Transient(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for StageError {
+    fn from(error: sqlx::Error) -> StageError {
+        StageError::Transient(error.into())
+    }
+}
+
+/// A node that handles one element at a time.
+pub trait Stage: Send + Sync + 'static {
+    const NODE: Node;
+    fn handle(&self, element: OrderElement) -> impl Future<Output = Result<Outcome, StageError>> + Send;
+}
+
+/// A node that aggregates elements and releases them in batches (the picklist).
+pub trait BatchStage: Send + Sync + 'static {
+    const NODE: Node;
+    /// Elements with the same key are batched together.
+    fn group_key(&self, element: &OrderElement) -> String;
+    /// Turns one released batch into one outcome per element.
+    fn emit(&self, key: &str, batch: Vec<OrderElement>) -> Vec<Outcome>;
+}

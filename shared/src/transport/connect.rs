@@ -1,0 +1,54 @@
+//! Opening a connection to the broker, retried with growing delays until it
+//! works or shutdown is requested.
+
+use lapin::{Connection, ConnectionProperties};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Connects once, naming the connection so it is recognisable in the management UI.
+pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url, properties).await
+}
+
+/// Growing delays between reconnection attempts: 100 ms doubling up to 5 s, with jitter.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: Duration::from_millis(100) }
+    }
+}
+
+impl Backoff {
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+        delay + Duration::from_millis(rand::random::<u64>() % 100)
+    }
+
+    pub fn reset(&mut self) {
+        *self = Backoff::default();
+    }
+}
+
+/// Connects, retrying with backoff; `None` when shutdown came first.
+pub async fn connect_with_retry(url: &str, name: &str, shutdown: &CancellationToken) -> Option<Connection> {
+    let mut backoff = Backoff::default();
+    loop {
+        match connect(url, name).await {
+            Ok(connection) => return Some(connection),
+            Err(error) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot reach the broker");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}

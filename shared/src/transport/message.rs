@@ -1,0 +1,183 @@
+//! Encoding of the messages orderflow sends (workflow elements, audit events,
+//! dead letters) and decoding of what it receives, with clear reasons for
+//! anything that can never be decoded.
+
+use crate::audit::AuditEvent;
+use crate::order::{OrderElement, SCHEMA_VERSION};
+use lapin::{
+    message::Delivery,
+    types::{AMQPValue, FieldTable, ShortString},
+    BasicProperties,
+};
+use serde::de::DeserializeOwned;
+use topology::{Node, AUDIT_EXCHANGE, DEAD_LETTER_EXCHANGE, WORKFLOW_EXCHANGE};
+use uuid::Uuid;
+
+/// Header carrying the schema version of the body.
+pub const SCHEMA_HEADER: &str = "schema_version";
+/// Headers a dead letter carries: why, where, and where it was going.
+pub const REASON_HEADER: &str = "x-orderflow-reason";
+pub const NODE_HEADER: &str = "x-orderflow-node";
+pub const ROUTING_KEY_HEADER: &str = "x-orderflow-routing-key";
+pub const EXCHANGE_HEADER: &str = "x-orderflow-exchange";
+
+/// A message ready to publish.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub exchange: &'static str,
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    pub properties: BasicProperties,
+}
+
+fn properties(message_id: Uuid, order_id: Uuid, kind: &str) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(SCHEMA_HEADER.into(), AMQPValue::LongUInt(SCHEMA_VERSION));
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_message_id(message_id.to_string().into())
+        .with_correlation_id(order_id.to_string().into())
+        .with_type(kind.into())
+        .with_timestamp(chrono::Utc::now().timestamp() as u64)
+        .with_headers(headers)
+}
+
+/// The element forwarded to `node`. Its message id is derived from the step
+/// it records, so a redone step sends a message with the same id.
+pub fn element_message(element: &OrderElement, to: Node) -> Outgoing {
+    let id = crate::audit::event_id(element.order_id, element.seq, element.state, element.version);
+    Outgoing {
+        exchange: WORKFLOW_EXCHANGE,
+        routing_key: to.routing_key(),
+        body: serde_json::to_vec(element).expect("an element always serializes"),
+        properties: properties(id, element.order_id, "order"),
+    }
+}
+
+pub fn audit_message(event: &AuditEvent) -> Outgoing {
+    Outgoing {
+        exchange: AUDIT_EXCHANGE,
+        routing_key: topology::audit_routing_key(&event.node, event.to_state.as_str()),
+        body: serde_json::to_vec(event).expect("an event always serializes"),
+        properties: properties(event.event_id, event.order_id, "audit"),
+    }
+}
+
+/// A received message sent on to the dead-letter exchange, unchanged but for
+/// headers saying why, which node gave up on it, and where it was going.
+pub fn dead_letter_message(delivery: &Delivery, node: &str, reason: &str) -> Outgoing {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    let text = |s: &str| AMQPValue::LongString(s.into());
+    headers.insert(REASON_HEADER.into(), text(reason));
+    headers.insert(NODE_HEADER.into(), text(node));
+    headers.insert(ROUTING_KEY_HEADER.into(), text(delivery.routing_key.as_str()));
+    headers.insert(EXCHANGE_HEADER.into(), text(delivery.exchange.as_str()));
+    Outgoing {
+        exchange: DEAD_LETTER_EXCHANGE,
+        routing_key: format!("{node}.{}", delivery.routing_key.as_str()),
+        body: delivery.data.clone(),
+        properties: delivery.properties.clone().with_headers(headers).with_delivery_mode(2),
+    }
+}
+
+/// Why a received message can never be decoded.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DecodeError {
+    #[error("body of {size} bytes is larger than the maximum of {max}")]
+    TooLarge { size: usize, max: usize },
+    #[error("unknown schema version {0} (this node reads version {SCHEMA_VERSION})")]
+    UnknownSchema(String),
+    #[error("body is not UTF-8: {0}")]
+    NotUtf8(String),
+    #[error("body is not a valid message: {0}")]
+    Invalid(String),
+}
+
+/// Reads the schema version from the headers (absent means the current one).
+fn header_schema(headers: Option<&FieldTable>) -> Option<String> {
+    let value = headers?.inner().get(&ShortString::from(SCHEMA_HEADER))?;
+    Some(match value {
+        AMQPValue::LongUInt(v) => v.to_string(),
+        AMQPValue::LongInt(v) => v.to_string(),
+        AMQPValue::LongLongInt(v) => v.to_string(),
+        AMQPValue::ShortInt(v) => v.to_string(),
+        AMQPValue::ShortUInt(v) => v.to_string(),
+        AMQPValue::LongString(v) => v.to_string(),
+        other => format!("{other:?}"),
+    })
+}
+
+/// Decodes a body into `T`, checking size, schema version and encoding.
+pub fn decode<T: DeserializeOwned>(
+    body: &[u8],
+    headers: Option<&FieldTable>,
+    max_bytes: usize,
+) -> Result<T, DecodeError> {
+    if body.len() > max_bytes {
+        return Err(DecodeError::TooLarge { size: body.len(), max: max_bytes });
+    }
+    if let Some(version) = header_schema(headers) {
+        if version != SCHEMA_VERSION.to_string() {
+            return Err(DecodeError::UnknownSchema(version));
+        }
+    }
+    let text = std::str::from_utf8(body).map_err(|e| DecodeError::NotUtf8(e.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    if let Some(version) = value.get("schema_version") {
+        if version != &serde_json::json!(SCHEMA_VERSION) {
+            return Err(DecodeError::UnknownSchema(version.to_string()));
+        }
+    }
+    serde_json::from_value(value).map_err(|e| DecodeError::Invalid(e.to_string()))
+}
+
+pub fn decode_element(delivery: &Delivery, max_bytes: usize) -> Result<OrderElement, DecodeError> {
+    decode(&delivery.data, delivery.properties.headers().as_ref(), max_bytes)
+}
+
+pub fn decode_audit(delivery: &Delivery, max_bytes: usize) -> Result<AuditEvent, DecodeError> {
+    decode(&delivery.data, delivery.properties.headers().as_ref(), max_bytes)
+}
+
+/// How many times the broker has delivered this message before (quorum queues).
+pub fn delivery_count(delivery: &Delivery) -> i64 {
+    let headers = delivery.properties.headers().as_ref();
+    match headers.and_then(|h| h.inner().get(&ShortString::from("x-delivery-count"))) {
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        Some(AMQPValue::LongInt(n)) => i64::from(*n),
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::order::Order;
+
+    #[test]
+    fn element_round_trips() {
+        let element = OrderElement::placed(Order::default());
+        let message = element_message(&element, Node::Intake);
+        let decoded: OrderElement =
+            decode(&message.body, message.properties.headers().as_ref(), 1 << 16).unwrap();
+        assert_eq!(decoded, element);
+        assert_eq!(message.routing_key, "order.intake");
+    }
+
+    #[test]
+    fn bad_bodies_have_reasons() {
+        let too_big = vec![b' '; 100];
+        assert_eq!(
+            decode::<OrderElement>(&too_big, None, 10),
+            Err(DecodeError::TooLarge { size: 100, max: 10 })
+        );
+        assert!(matches!(decode::<OrderElement>(&[0xff, 0xfe], None, 100), Err(DecodeError::NotUtf8(_))));
+        assert!(matches!(decode::<OrderElement>(b"{not json", None, 100), Err(DecodeError::Invalid(_))));
+        let mut element = serde_json::to_value(OrderElement::placed(Order::default())).unwrap();
+        element["schema_version"] = serde_json::json!(7);
+        let body = serde_json::to_vec(&element).unwrap();
+        assert!(matches!(decode::<OrderElement>(&body, None, 1 << 16), Err(DecodeError::UnknownSchema(_))));
+    }
+}

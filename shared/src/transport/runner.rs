@@ -1,0 +1,310 @@
+//! The consume loop that runs a [`Stage`]: one connection per process, a
+//! consume channel with a deliberate prefetch and a confirm-mode publish
+//! channel. Each delivery is decoded, handled, its audit events and forwarded
+//! element are published and confirmed, and only then is it acknowledged.
+//! The loop reconnects with backoff when the broker goes away and re-declares
+//! the topology; on shutdown it stops consuming and finishes what it holds.
+
+use super::connect::{connect_with_retry, Backoff};
+use super::message::{self, audit_message, dead_letter_message, element_message, Outgoing};
+use super::publisher::Publisher;
+use crate::audit::{AuditEvent, Transition};
+use crate::order::OrderElement;
+use crate::routing::next_node;
+use crate::settings::Settings;
+use crate::stage::{Outcome, Stage, StageError};
+use futures::StreamExt;
+use lapin::{
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+    },
+    types::FieldTable,
+    Channel, Connection, Consumer,
+};
+use std::{future::Future, sync::Arc, time::Duration};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+/// What every delivery handler of a node needs to know.
+#[derive(Clone, Debug)]
+pub struct NodeContext {
+    pub node: &'static str,
+    pub instance_id: String,
+    pub queue: String,
+    pub prefetch: u16,
+    pub delay: Option<Duration>,
+    pub max_message_bytes: usize,
+}
+
+impl NodeContext {
+    pub fn new(
+        settings: &Settings,
+        node: &'static str,
+        queue: String,
+        prefetch: u16,
+    ) -> anyhow::Result<NodeContext> {
+        Ok(NodeContext {
+            node,
+            instance_id: settings.instance_id(node),
+            queue,
+            prefetch: prefetch.clamp(1, 2000),
+            delay: settings.delay_for(node)?,
+            max_message_bytes: settings.max_message_bytes,
+        })
+    }
+}
+
+/// Keeps a session on the broker alive: connects (with backoff), runs
+/// `session`, and when the session ends in error (connection lost, consumer
+/// cancelled) connects again. Returns when `session` returns `Ok`, which it
+/// does only on shutdown, or when shutdown interrupts a reconnection.
+pub async fn supervise<F, Fut>(
+    settings: &Settings,
+    name: &str,
+    shutdown: &CancellationToken,
+    mut session: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut(Connection) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let mut backoff = Backoff::default();
+    loop {
+        let Some(connection) = connect_with_retry(&settings.amqp_url, name, shutdown).await else {
+            return Ok(());
+        };
+        tracing::info!(broker = settings.amqp_url_redacted(), "connected");
+        let started = std::time::Instant::now();
+        match session(connection).await {
+            Ok(()) => return Ok(()),
+            Err(error) => {
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "session ended; reconnecting"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Declares the topology and opens a consumer on `queue` with `prefetch`.
+pub async fn open_consumer(
+    connection: &Connection,
+    ctx: &NodeContext,
+) -> anyhow::Result<(Channel, Consumer)> {
+    let setup = connection.create_channel().await?;
+    topology::declare_all(&setup).await?;
+    let _ = setup.close(200, "declared".into()).await;
+    let channel = connection.create_channel().await?;
+    channel.basic_qos(ctx.prefetch, BasicQosOptions { global: false }).await?;
+    let consumer = channel
+        .basic_consume(
+            ctx.queue.as_str().into(),
+            ctx.instance_id.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((channel, consumer))
+}
+
+/// The messages that record an outcome: one audit event per step, then the
+/// element forwarded to its next node (if it has one).
+pub fn outcome_messages(
+    before: (u32, Option<crate::OrderState>),
+    outcome: &Outcome,
+    ctx: &NodeContext,
+) -> (OrderElement, Vec<Outgoing>) {
+    let (mut seq, mut from_state) = before;
+    let mut element = outcome.element.clone();
+    let mut messages = Vec::with_capacity(outcome.steps.len() + 1);
+    for step in &outcome.steps {
+        seq += 1;
+        let transition = Transition {
+            order_id: element.order_id,
+            seq,
+            version: element.version,
+            from_state,
+            to_state: step.state,
+        };
+        messages.push(audit_message(&AuditEvent::new(
+            transition,
+            ctx.node,
+            &ctx.instance_id,
+            step.detail.clone(),
+        )));
+        from_state = Some(step.state);
+    }
+    element.seq = seq;
+    if let Some(state) = from_state {
+        element.state = state;
+    }
+    if let Some(next) = next_node(&element) {
+        messages.push(element_message(&element, next));
+    }
+    (element, messages)
+}
+
+/// Acknowledges one delivery; a stale tag (from before a reconnect) only means
+/// the broker will deliver the message again.
+pub async fn ack(delivery: &Delivery) {
+    match delivery.ack(BasicAckOptions::default()).await {
+        Ok(true) => {}
+        Ok(false) => tracing::debug!("stale delivery tag; the message will be redelivered"),
+        Err(error) => tracing::debug!(%error, "ack failed; the message will be redelivered"),
+    }
+}
+
+/// Returns a delivery to its queue (counted toward the delivery limit).
+pub async fn requeue(delivery: &Delivery) {
+    if let Err(error) = delivery.reject(BasicRejectOptions { requeue: true }).await {
+        tracing::debug!(%error, "reject failed; the message will be redelivered");
+    }
+}
+
+/// Sends a delivery that can never succeed to the dead-letter exchange with
+/// its reason, then acknowledges it; if that publish fails it is requeued.
+pub async fn dead_letter(publisher: &Publisher, ctx: &NodeContext, delivery: &Delivery, reason: &str) {
+    tracing::warn!(
+        node = ctx.node,
+        reason,
+        routing_key = delivery.routing_key.as_str(),
+        "dead-lettering a message"
+    );
+    match publisher.publish_all(&[dead_letter_message(delivery, ctx.node, reason)]).await {
+        Ok(()) => ack(delivery).await,
+        Err(error) => {
+            tracing::warn!(%error, "could not dead-letter; requeueing");
+            requeue(delivery).await;
+        }
+    }
+}
+
+/// Waits before a retry: 200 ms doubling with each earlier delivery, up to 10 s.
+pub fn retry_delay(delivery_count: i64) -> Duration {
+    let exponent = delivery_count.clamp(0, 6) as u32;
+    Duration::from_millis(200 * 2u64.pow(exponent)).min(Duration::from_secs(10))
+}
+
+/// Settles a delivery after a failed attempt: dead-letter a permanent failure,
+/// retry a transient one after a growing delay.
+pub async fn settle_failure(
+    publisher: &Publisher,
+    ctx: &NodeContext,
+    delivery: &Delivery,
+    error: StageError,
+) {
+    match error {
+        StageError::Permanent(reason) => dead_letter(publisher, ctx, delivery, &reason).await,
+        StageError::Transient(error) => {
+            let attempts = message::delivery_count(delivery);
+            let delay = retry_delay(attempts);
+            tracing::warn!(
+                node = ctx.node,
+                error = format!("{error:#}"),
+                attempts,
+                "transient failure; retrying"
+            );
+            tokio::time::sleep(delay).await;
+            requeue(delivery).await;
+        }
+    }
+}
+
+/// Runs `stage` until shutdown: the main loop of every per-element node.
+pub async fn run_stage<S: Stage>(
+    stage: S,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let ctx = Arc::new(NodeContext::new(&settings, S::NODE.name(), S::NODE.queue(), settings.prefetch)?);
+    let stage = Arc::new(stage);
+    supervise(&settings, &ctx.instance_id.clone(), &shutdown, |connection| {
+        serve(connection, ctx.clone(), stage.clone(), shutdown.clone())
+    })
+    .await
+}
+
+async fn serve<S: Stage>(
+    connection: Connection,
+    ctx: Arc<NodeContext>,
+    stage: Arc<S>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let publisher = Publisher::open(&connection).await?;
+    let (channel, mut consumer) = open_consumer(&connection, &ctx).await?;
+    tracing::info!(node = ctx.node, queue = ctx.queue, prefetch = ctx.prefetch, "consuming");
+    let tasks = TaskTracker::new();
+    let result = loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break Ok(()),
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    let (ctx, stage, publisher) = (ctx.clone(), stage.clone(), publisher.clone());
+                    tasks.spawn(async move { handle_delivery(&ctx, &*stage, &publisher, delivery).await });
+                }
+                Some(Err(error)) => break Err(anyhow::Error::from(error).context("consumer failed")),
+                None => break Err(anyhow::anyhow!("the broker cancelled the consumer")),
+            },
+        }
+    };
+    finish(&connection, &channel, &ctx, tasks, result).await
+}
+
+/// Ends a session: on shutdown, cancels the consumer, lets every task in hand
+/// finish, and closes the connection.
+pub async fn finish(
+    connection: &Connection,
+    channel: &Channel,
+    ctx: &NodeContext,
+    tasks: TaskTracker,
+    result: anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    if result.is_ok() {
+        let _ = channel.basic_cancel(ctx.instance_id.as_str().into(), BasicCancelOptions::default()).await;
+    }
+    tasks.close();
+    tasks.wait().await;
+    if result.is_ok() {
+        let _ = connection.close(200, "shutdown".into()).await;
+        tracing::info!(node = ctx.node, "stopped cleanly");
+    }
+    result
+}
+
+async fn handle_delivery<S: Stage>(ctx: &NodeContext, stage: &S, publisher: &Publisher, delivery: Delivery) {
+    match process(ctx, stage, publisher, &delivery).await {
+        Ok(()) => ack(&delivery).await,
+        Err(error) => settle_failure(publisher, ctx, &delivery, error).await,
+    }
+}
+
+async fn process<S: Stage>(
+    ctx: &NodeContext,
+    stage: &S,
+    publisher: &Publisher,
+    delivery: &Delivery,
+) -> Result<(), StageError> {
+    let element = message::decode_element(delivery, ctx.max_message_bytes)
+        .map_err(|e| StageError::Permanent(e.to_string()))?;
+    if let Some(delay) = ctx.delay {
+        tokio::time::sleep(delay).await;
+    }
+    let before = (element.seq, Some(element.state));
+    let order_id = element.order_id;
+    let outcome = stage.handle(element).await?;
+    let (element, messages) = outcome_messages(before, &outcome, ctx);
+    publisher.publish_all(&messages).await.map_err(|e| StageError::Transient(e.into()))?;
+    tracing::debug!(node = ctx.node, %order_id, state = %element.state, "handled");
+    Ok(())
+}

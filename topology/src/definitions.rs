@@ -1,0 +1,101 @@
+//! Exports the topology as a RabbitMQ definitions document (the JSON that
+//! `load_definitions` imports at boot), so the compose broker starts with
+//! every exchange, queue, binding and the application user already there.
+
+use crate::{exchanges, queue_arguments, queues};
+use base64::Engine;
+use lapin::ExchangeKind;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+/// A user to create in the definitions, with the password it is given.
+pub struct UserSpec {
+    pub name: String,
+    pub password: String,
+    pub tags: String,
+}
+
+/// RabbitMQ's `rabbit_password_hashing_sha256` format: base64(salt ++ sha256(salt ++ password)).
+pub fn password_hash(password: &str, salt: [u8; 4]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(salt);
+    hasher.update(password.as_bytes());
+    let mut bytes = salt.to_vec();
+    bytes.extend_from_slice(&hasher.finalize());
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn kind_name(kind: &ExchangeKind) -> &'static str {
+    match kind {
+        ExchangeKind::Topic => "topic",
+        ExchangeKind::Fanout => "fanout",
+        ExchangeKind::Headers => "headers",
+        _ => "direct",
+    }
+}
+
+/// The definitions document for `vhost`, with `users` given full rights on it.
+pub fn definitions(vhost: &str, users: &[UserSpec]) -> Value {
+    let exchanges: Vec<Value> = exchanges()
+        .iter()
+        .map(|e| {
+            json!({"name": e.name, "vhost": vhost, "type": kind_name(&e.kind), "durable": true,
+                   "auto_delete": false, "internal": false, "arguments": {}})
+        })
+        .collect();
+    let mut queue_values = Vec::new();
+    let mut bindings = Vec::new();
+    for q in queues() {
+        let arguments: Map<String, Value> =
+            queue_arguments(&q.name).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        queue_values.push(json!({"name": q.name, "vhost": vhost, "durable": true,
+                                 "auto_delete": false, "arguments": arguments}));
+        for (exchange, key) in &q.bindings {
+            bindings.push(json!({"source": exchange, "vhost": vhost, "destination": q.name,
+                                 "destination_type": "queue", "routing_key": key, "arguments": {}}));
+        }
+    }
+    let user_values: Vec<Value> = users
+        .iter()
+        .map(|u| {
+            json!({"name": u.name, "password_hash": password_hash(&u.password, rand::random()),
+                   "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": u.tags})
+        })
+        .collect();
+    let permissions: Vec<Value> = users
+        .iter()
+        .map(|u| json!({"user": u.name, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}))
+        .collect();
+    json!({
+        "vhosts": [{"name": vhost}],
+        "users": user_values,
+        "permissions": permissions,
+        "exchanges": exchanges,
+        "queues": queue_values,
+        "bindings": bindings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn definitions_name_every_queue_and_binding() {
+        let defs = definitions("/", &[]);
+        let names: Vec<&str> =
+            defs["queues"].as_array().unwrap().iter().map(|q| q["name"].as_str().unwrap()).collect();
+        assert!(names.contains(&"orderflow.payment"));
+        assert!(names.contains(&"orderflow.audit.tracker"));
+        assert_eq!(defs["bindings"].as_array().unwrap().len(), queues().len());
+        assert_eq!(defs["queues"][0]["arguments"]["x-queue-type"], "quorum");
+    }
+
+    #[test]
+    fn password_hash_matches_rabbitmq_format() {
+        // 4-byte salt + 32-byte digest = 36 bytes = 48 base64 characters.
+        let hash = password_hash("secret", [1, 2, 3, 4]);
+        assert_eq!(hash.len(), 48);
+        assert_ne!(hash, password_hash("secret", [4, 3, 2, 1]));
+    }
+}

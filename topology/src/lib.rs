@@ -1,0 +1,191 @@
+//! The one place that names and declares orderflow's RabbitMQ topology:
+//! exchanges, queues, bindings, queue arguments and the definitions export.
+//!
+//! Nothing else in the workspace declares an exchange or a queue; workers call
+//! [`declare_for`] with their node, the setup scripts call [`declare_all`].
+
+pub mod definitions;
+
+use lapin::{
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable, ShortString},
+    Channel, ExchangeKind,
+};
+
+/// Topic exchange carrying workflow elements between nodes, by routing key.
+pub const WORKFLOW_EXCHANGE: &str = "orderflow.workflow";
+/// Topic exchange carrying every node's state-change events (routing key `audit.<node>.<state>`).
+pub const AUDIT_EXCHANGE: &str = "orderflow.audit";
+/// Fanout exchange carrying in-flight change requests to every node that can apply them.
+pub const CHANGES_EXCHANGE: &str = "orderflow.changes";
+/// Topic exchange receiving what could not be processed, with its reason in the headers.
+pub const DEAD_LETTER_EXCHANGE: &str = "orderflow.dead-letter";
+/// The queue holding dead-lettered messages for inspection and replay.
+pub const DEAD_LETTER_QUEUE: &str = "orderflow.dead-letter";
+/// The tracker's queue of audit events.
+pub const TRACKER_QUEUE: &str = "orderflow.audit.tracker";
+/// After this many deliveries a message is dead-lettered by the broker itself:
+/// the last guard against a message that crashes its consumer every time.
+pub const DELIVERY_LIMIT: i64 = 10;
+
+/// A processing node of the workflow; each runs as its own binary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Node {
+    Intake,
+    Payment,
+    Inventory,
+    Picklist,
+    Rebin,
+    Shipping,
+    Exceptions,
+}
+
+impl Node {
+    /// Every workflow node, in the order an order usually meets them.
+    pub const ALL: [Node; 7] = [
+        Node::Intake,
+        Node::Payment,
+        Node::Inventory,
+        Node::Picklist,
+        Node::Rebin,
+        Node::Shipping,
+        Node::Exceptions,
+    ];
+
+    /// The node's name: its binary, its queue suffix, its routing-key word.
+    pub fn name(self) -> &'static str {
+        match self {
+            Node::Intake => "intake",
+            Node::Payment => "payment",
+            Node::Inventory => "inventory",
+            Node::Picklist => "picklist",
+            Node::Rebin => "rebin",
+            Node::Shipping => "shipping",
+            Node::Exceptions => "exceptions",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Node> {
+        Node::ALL.into_iter().find(|node| node.name() == name)
+    }
+
+    /// The queue the node consumes its workflow elements from.
+    pub fn queue(self) -> String {
+        format!("orderflow.{}", self.name())
+    }
+
+    /// The routing key that delivers a workflow element to this node.
+    pub fn routing_key(self) -> String {
+        format!("order.{}", self.name())
+    }
+}
+
+/// Routing key of an audit event: `audit.<node>.<state>`.
+pub fn audit_routing_key(node: &str, state: &str) -> String {
+    format!("audit.{node}.{state}")
+}
+
+/// An exchange of the topology.
+pub struct ExchangeSpec {
+    pub name: &'static str,
+    pub kind: ExchangeKind,
+}
+
+/// A queue of the topology with its bindings (exchange, binding key).
+pub struct QueueSpec {
+    pub name: String,
+    pub bindings: Vec<(&'static str, String)>,
+}
+
+pub fn exchanges() -> Vec<ExchangeSpec> {
+    vec![
+        ExchangeSpec { name: WORKFLOW_EXCHANGE, kind: ExchangeKind::Topic },
+        ExchangeSpec { name: AUDIT_EXCHANGE, kind: ExchangeKind::Topic },
+        ExchangeSpec { name: CHANGES_EXCHANGE, kind: ExchangeKind::Fanout },
+        ExchangeSpec { name: DEAD_LETTER_EXCHANGE, kind: ExchangeKind::Topic },
+    ]
+}
+
+/// Every queue of the topology.
+pub fn queues() -> Vec<QueueSpec> {
+    let mut queues: Vec<QueueSpec> = Node::ALL.into_iter().map(node_queue).collect();
+    queues.push(tracker_queue());
+    queues.push(dead_letter_queue());
+    queues
+}
+
+pub fn node_queue(node: Node) -> QueueSpec {
+    QueueSpec { name: node.queue(), bindings: vec![(WORKFLOW_EXCHANGE, node.routing_key())] }
+}
+
+pub fn tracker_queue() -> QueueSpec {
+    QueueSpec { name: TRACKER_QUEUE.to_string(), bindings: vec![(AUDIT_EXCHANGE, "#".to_string())] }
+}
+
+pub fn dead_letter_queue() -> QueueSpec {
+    QueueSpec { name: DEAD_LETTER_QUEUE.to_string(), bindings: vec![(DEAD_LETTER_EXCHANGE, "#".to_string())] }
+}
+
+/// Arguments of every queue: durable quorum queues that dead-letter to
+/// [`DEAD_LETTER_EXCHANGE`] after [`DELIVERY_LIMIT`] deliveries. The
+/// dead-letter queue itself has no dead-letter exchange, so nothing loops.
+pub fn queue_arguments(queue: &str) -> Vec<(&'static str, serde_json::Value)> {
+    let mut args = vec![("x-queue-type", serde_json::json!("quorum"))];
+    if queue != DEAD_LETTER_QUEUE {
+        args.push(("x-dead-letter-exchange", serde_json::json!(DEAD_LETTER_EXCHANGE)));
+        args.push(("x-delivery-limit", serde_json::json!(DELIVERY_LIMIT)));
+    }
+    args
+}
+
+fn field_table(queue: &str) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in queue_arguments(queue) {
+        let value = match value {
+            serde_json::Value::String(s) => AMQPValue::LongString(s.into()),
+            serde_json::Value::Number(n) => AMQPValue::LongLongInt(n.as_i64().unwrap_or_default()),
+            other => AMQPValue::LongString(other.to_string().into()),
+        };
+        table.insert(ShortString::from(key), value);
+    }
+    table
+}
+
+async fn declare_exchange(channel: &Channel, spec: &ExchangeSpec) -> lapin::Result<()> {
+    let options = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    channel.exchange_declare(spec.name.into(), spec.kind.clone(), options, FieldTable::default()).await
+}
+
+async fn declare_queue(channel: &Channel, spec: &QueueSpec) -> lapin::Result<()> {
+    let options = QueueDeclareOptions { durable: true, ..Default::default() };
+    channel.queue_declare(spec.name.as_str().into(), options, field_table(&spec.name)).await?;
+    for (exchange, key) in &spec.bindings {
+        channel
+            .queue_bind(
+                spec.name.as_str().into(),
+                (*exchange).into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Declares every exchange (idempotent: a redeclare with the same arguments is a no-op).
+pub async fn declare_exchanges(channel: &Channel) -> lapin::Result<()> {
+    for spec in exchanges() {
+        declare_exchange(channel, &spec).await?;
+    }
+    Ok(())
+}
+
+/// Declares the whole topology: what `scripts/up.sh` applies.
+pub async fn declare_all(channel: &Channel) -> lapin::Result<()> {
+    declare_exchanges(channel).await?;
+    for spec in queues() {
+        declare_queue(channel, &spec).await?;
+    }
+    Ok(())
+}

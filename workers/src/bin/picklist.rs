@@ -1,0 +1,9 @@
+//! The picklist node: batches reserved shipments into picklists per shipping method.
+
+use shared::transport::batch_runner::run_batch_stage;
+use workers::stages::picklist::Picklist;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    workers::node_main(|settings, shutdown| run_batch_stage(Picklist, settings, shutdown)).await
+}

@@ -1,0 +1,41 @@
+//! exceptions: ends failed orders with their terminal state after performing
+//! their compensations (refunding the charge of an order that could not be
+//! reserved), each compensation recorded in the order's history.
+
+use super::expect_state;
+use crate::processor::Processor;
+use shared::{Node, OrderElement, OrderState, Outcome, Stage, StageError};
+
+pub struct Exceptions {
+    processor: Processor,
+}
+
+impl Exceptions {
+    pub fn new(processor: Processor) -> Exceptions {
+        Exceptions { processor }
+    }
+}
+
+impl Stage for Exceptions {
+    const NODE: Node = Node::Exceptions;
+
+    async fn handle(&self, element: OrderElement) -> Result<Outcome, StageError> {
+        expect_state(&element, "exceptions", &[OrderState::StockShort])?;
+        let Some(failure) = element.failure.clone().filter(|f| f.ends_as.is_terminal()) else {
+            return Err(StageError::Permanent(format!(
+                "order {} reached exceptions without a terminal failure",
+                element.order_id
+            )));
+        };
+        let mut outcome = Outcome::new(element.clone());
+        if let Some(charge) = &element.charge {
+            let refund = self.processor.refund(charge).await?;
+            let detail = format!(
+                "refunded {} cents of charge {} (refund {})",
+                refund.amount_cents, charge.charge_id, refund.refund_id
+            );
+            outcome = outcome.step(OrderState::Refunded, detail);
+        }
+        Ok(outcome.step(failure.ends_as, failure.reason))
+    }
+}

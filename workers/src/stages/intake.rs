@@ -1,0 +1,158 @@
+//! intake: validates a placed order and accepts it, or rejects it (terminal)
+//! with the first reason found.
+
+use super::expect_state;
+use crate::catalog;
+use shared::{order::Order, Node, OrderElement, OrderState, Outcome, Stage, StageError};
+
+pub const SHIPPING_METHODS: [&str; 3] = ["standard", "express", "overnight"];
+/// Longest accepted text field, and largest accepted quantity of one item.
+pub const MAX_TEXT_LEN: usize = 200;
+pub const MAX_QTY: i64 = 10_000;
+pub const MAX_ITEMS: usize = 100;
+
+fn check_text(field: &str, value: &str) -> Result<(), String> {
+    if value.trim().is_empty() {
+        return Err(format!("{field} is missing"));
+    }
+    if value.chars().count() > MAX_TEXT_LEN {
+        return Err(format!("{field} is longer than {MAX_TEXT_LEN} characters"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!("{field} contains control characters"));
+    }
+    Ok(())
+}
+
+/// The intake rules; `Err` carries the first reason to reject the order.
+pub fn validate(order: &Order) -> Result<(), String> {
+    check_text("customer_id", &order.customer_id)?;
+    if order.items.is_empty() {
+        return Err("the order has no items".into());
+    }
+    if order.items.len() > MAX_ITEMS {
+        return Err(format!("the order has more than {MAX_ITEMS} items"));
+    }
+    for item in &order.items {
+        if item.qty < 1 {
+            return Err(format!("quantity {} of {} is below 1", item.qty, item.sku));
+        }
+        if item.qty > MAX_QTY {
+            return Err(format!("quantity {} of {} is above {MAX_QTY}", item.qty, item.sku));
+        }
+        if !catalog::in_catalog(&item.sku) {
+            let sku: String = item.sku.chars().take(40).filter(|c| !c.is_control()).collect();
+            return Err(format!("SKU {sku:?} is not in the catalog"));
+        }
+    }
+    let to = &order.ship_to;
+    for (field, value) in [
+        ("ship_to.name", &to.name),
+        ("ship_to.line1", &to.line1),
+        ("ship_to.city", &to.city),
+        ("ship_to.postal_code", &to.postal_code),
+        ("ship_to.country", &to.country),
+    ] {
+        check_text(field, value).map_err(|reason| format!("incomplete ship-to address: {reason}"))?;
+    }
+    if !SHIPPING_METHODS.contains(&order.shipping_method.as_str()) {
+        let method: String = order.shipping_method.chars().take(40).filter(|c| !c.is_control()).collect();
+        return Err(format!("shipping method {method:?} is not one of standard, express, overnight"));
+    }
+    let card = &order.payment.card_number;
+    if !(13..=19).contains(&card.len()) || !card.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("card number is not 13 to 19 digits".into());
+    }
+    Ok(())
+}
+
+pub struct Intake;
+
+impl Intake {
+    /// The pure step: accept or reject.
+    pub fn decide(element: OrderElement) -> Outcome {
+        match validate(&element.order) {
+            Ok(()) => {
+                let detail = format!(
+                    "{} item lines, {} units, {}",
+                    element.order.items.len(),
+                    element.total_units(),
+                    element.order.shipping_method
+                );
+                Outcome::new(element).step(OrderState::Accepted, detail)
+            }
+            Err(reason) => {
+                let mut element = element;
+                // The card number never leaves intake in a rejected order's record.
+                element.order.payment.card_number =
+                    shared::order::mask_card(&element.order.payment.card_number);
+                Outcome::new(element).step(OrderState::Rejected, reason)
+            }
+        }
+    }
+}
+
+impl Stage for Intake {
+    const NODE: Node = Node::Intake;
+
+    async fn handle(&self, element: OrderElement) -> Result<Outcome, StageError> {
+        expect_state(&element, "intake", &[OrderState::Placed])?;
+        Ok(Intake::decide(element))
+    }
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+    use shared::order::{Item, PaymentCard, ShipTo};
+
+    pub fn valid_order() -> Order {
+        Order {
+            order_id: None,
+            customer_id: "c-1".into(),
+            items: vec![Item { sku: "SKU-0001".into(), qty: 1 }],
+            shipping_method: "standard".into(),
+            ship_to: ShipTo {
+                name: "Ada".into(),
+                line1: "1 Main St".into(),
+                city: "Seattle".into(),
+                postal_code: "98101".into(),
+                country: "US".into(),
+            },
+            payment: PaymentCard { card_number: "4111111111111111".into(), expiry: "12/30".into() },
+        }
+    }
+
+    #[test]
+    fn valid_order_is_accepted() {
+        let outcome = Intake::decide(OrderElement::placed(valid_order()));
+        assert_eq!(outcome.steps[0].state, OrderState::Accepted);
+    }
+
+    #[test]
+    fn each_rule_rejects_with_its_reason() {
+        type Breaker = fn(&mut Order);
+        let cases: Vec<(Breaker, &str)> = vec![
+            (|o| o.items.clear(), "no items"),
+            (|o| o.items[0].qty = 0, "below 1"),
+            (|o| o.items[0].qty = -5, "below 1"),
+            (|o| o.items[0].qty = 1_000_000_000, "above"),
+            (|o| o.items[0].sku = "SKU-7777".into(), "not in the catalog"),
+            (|o| o.ship_to.city.clear(), "incomplete ship-to address"),
+            (|o| o.ship_to.name = "a\u{0}b".into(), "control characters"),
+            (|o| o.ship_to.line1 = "x".repeat(500), "longer than"),
+            (|o| o.shipping_method = "teleport".into(), "shipping method"),
+            (|o| o.payment.card_number = "4111".into(), "13 to 19 digits"),
+            (|o| o.payment.card_number = "4111-1111-1111-1111".into(), "13 to 19 digits"),
+            (|o| o.customer_id.clear(), "customer_id is missing"),
+        ];
+        for (break_it, reason) in cases {
+            let mut order = valid_order();
+            break_it(&mut order);
+            let outcome = Intake::decide(OrderElement::placed(order));
+            assert_eq!(outcome.steps[0].state, OrderState::Rejected);
+            assert!(outcome.steps[0].detail.contains(reason), "{} lacks {reason}", outcome.steps[0].detail);
+            assert!(!outcome.element.order.payment.card_number.contains("4111111111111111"));
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! inventory: owns the stock (`bin_items`; no other process reads it) and
+//! reserves an order's items once (`reserved`), or sends the order to
+//! exceptions (`stock_short`) when any item is short.
+
+use super::expect_state;
+use crate::catalog;
+use chrono::Utc;
+use shared::order::{Failure, Order, Reservation};
+use shared::store::Store;
+use shared::{settings::Settings, Node, OrderElement, OrderState, Outcome, Stage, StageError};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS inventory_bin_items (sku TEXT PRIMARY KEY, qty BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS inventory_reservations (order_id TEXT PRIMARY KEY, \
+     reservation_id TEXT NOT NULL, lines TEXT NOT NULL, reserved_at TEXT NOT NULL)",
+];
+
+/// The units to reserve per SKU, merged and sorted (a fixed lock order).
+pub fn reservation_lines(order: &Order) -> Vec<(String, i64)> {
+    let mut lines: BTreeMap<String, i64> = BTreeMap::new();
+    for item in &order.items {
+        *lines.entry(item.sku.clone()).or_default() += item.qty.max(0);
+    }
+    lines.into_iter().collect()
+}
+
+pub enum ReserveResult {
+    Reserved(Reservation),
+    Short(Vec<String>),
+}
+
+#[derive(Clone)]
+pub struct Inventory {
+    store: Store,
+}
+
+impl Inventory {
+    /// Opens the stock store and seeds the catalog (idempotent).
+    pub async fn open(settings: &Settings) -> anyhow::Result<Inventory> {
+        let store = Store::open(settings, "inventory").await?;
+        store.migrate(SCHEMA).await?;
+        let mut tx = store.pool.begin().await?;
+        for (sku, qty) in catalog::seeded_stock() {
+            sqlx::query(
+                "INSERT INTO inventory_bin_items (sku, qty) VALUES ($1, $2) ON CONFLICT (sku) DO NOTHING",
+            )
+            .bind(sku)
+            .bind(qty)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Inventory { store })
+    }
+
+    /// Reserves every line of an order in one transaction, once per order.
+    pub async fn reserve(&self, order_id: Uuid, lines: &[(String, i64)]) -> sqlx::Result<ReserveResult> {
+        let mut tx = self.store.pool.begin().await?;
+        let lines_json = serde_json::to_string(lines).unwrap_or_default();
+        let inserted = sqlx::query(
+            "INSERT INTO inventory_reservations (order_id, reservation_id, lines, reserved_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO NOTHING",
+        )
+        .bind(order_id.to_string())
+        .bind(Uuid::new_v4().to_string())
+        .bind(lines_json)
+        .bind(Utc::now().to_rfc3339())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            let mut short = Vec::new();
+            for (sku, qty) in lines {
+                let updated =
+                    sqlx::query("UPDATE inventory_bin_items SET qty = qty - $1 WHERE sku = $2 AND qty >= $1")
+                        .bind(*qty)
+                        .bind(sku)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                if updated == 0 {
+                    short.push(sku.clone());
+                }
+            }
+            if !short.is_empty() {
+                tx.rollback().await?;
+                return Ok(ReserveResult::Short(short));
+            }
+        }
+        let reservation_id: String =
+            sqlx::query_scalar("SELECT reservation_id FROM inventory_reservations WHERE order_id = $1")
+                .bind(order_id.to_string())
+                .fetch_one(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(ReserveResult::Reserved(Reservation {
+            reservation_id: reservation_id.parse().unwrap_or_default(),
+        }))
+    }
+
+    /// Units on hand of one SKU.
+    pub async fn on_hand(&self, sku: &str) -> sqlx::Result<i64> {
+        sqlx::query_scalar("SELECT qty FROM inventory_bin_items WHERE sku = $1")
+            .bind(sku)
+            .fetch_one(&self.store.pool)
+            .await
+    }
+
+    /// Number of reservations held.
+    pub async fn reservation_count(&self) -> sqlx::Result<i64> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM inventory_reservations").fetch_one(&self.store.pool).await
+    }
+}
+
+impl Stage for Inventory {
+    const NODE: Node = Node::Inventory;
+
+    async fn handle(&self, mut element: OrderElement) -> Result<Outcome, StageError> {
+        expect_state(&element, "inventory", &[OrderState::Charged])?;
+        let lines = reservation_lines(&element.order);
+        match self.reserve(element.order_id, &lines).await? {
+            ReserveResult::Reserved(reservation) => {
+                let units: i64 = lines.iter().map(|(_, q)| q).sum();
+                let detail = format!("reserved {units} units (reservation {})", reservation.reservation_id);
+                element.reservation = Some(reservation);
+                Ok(Outcome::new(element).step(OrderState::Reserved, detail))
+            }
+            ReserveResult::Short(skus) => {
+                let reason = format!("out of stock: {}", skus.join(", "));
+                element.failure = Some(Failure { ends_as: OrderState::OutOfStock, reason: reason.clone() });
+                Ok(Outcome::new(element).step(OrderState::StockShort, reason))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::order::Item;
+
+    #[test]
+    fn lines_merge_duplicate_skus_in_sorted_order() {
+        let order = Order {
+            items: vec![
+                Item { sku: "SKU-0002".into(), qty: 2 },
+                Item { sku: "SKU-0001".into(), qty: 1 },
+                Item { sku: "SKU-0002".into(), qty: 3 },
+            ],
+            ..Order::default()
+        };
+        assert_eq!(reservation_lines(&order), vec![("SKU-0001".into(), 1), ("SKU-0002".into(), 5)]);
+    }
+}

@@ -1,0 +1,128 @@
+//! payment: charges the card through the simulated processor (`charged`) or
+//! declines it (`payment_declined`, terminal). After this node the element
+//! carries only the masked card number.
+
+use super::expect_state;
+use crate::{catalog, processor::Processor};
+use chrono::{Datelike, NaiveDate, Utc};
+use shared::order::{card_last4, mask_card, Order, PaymentCard};
+use shared::{Node, OrderElement, OrderState, Outcome, Stage, StageError};
+
+/// The card the simulated processor always declines.
+pub const DECLINED_CARD: &str = "4000000000000002";
+
+pub fn luhn_valid(number: &str) -> bool {
+    let digits: Option<Vec<u32>> = number.chars().map(|c| c.to_digit(10)).collect();
+    let Some(digits) = digits else { return false };
+    if digits.is_empty() {
+        return false;
+    }
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            if i % 2 == 1 {
+                if d * 2 > 9 {
+                    d * 2 - 9
+                } else {
+                    d * 2
+                }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+/// True when `MM/YY` is a month before `today`'s (or not a valid expiry at all).
+pub fn expired(expiry: &str, today: NaiveDate) -> bool {
+    let Some((mm, yy)) = expiry.split_once('/') else { return true };
+    let (Ok(month), Ok(year)) = (mm.trim().parse::<u32>(), yy.trim().parse::<i32>()) else { return true };
+    if !(1..=12).contains(&month) || !(0..=99).contains(&year) {
+        return true;
+    }
+    (2000 + year, month) < (today.year(), today.month())
+}
+
+/// The processor's answer before any money moves: `Err` is the decline reason.
+pub fn authorize(card: &PaymentCard, today: NaiveDate) -> Result<(), String> {
+    if card.card_number == DECLINED_CARD {
+        return Err("card declined by the processor".into());
+    }
+    if !luhn_valid(&card.card_number) {
+        return Err("card number fails the Luhn check".into());
+    }
+    if expired(&card.expiry, today) {
+        return Err(format!(
+            "card expired or invalid expiry {:?}",
+            card.expiry.chars().take(8).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
+pub fn amount_cents(order: &Order) -> i64 {
+    order.items.iter().map(|i| catalog::price_cents(&i.sku) * i.qty.max(0)).sum()
+}
+
+pub struct Payment {
+    processor: Processor,
+}
+
+impl Payment {
+    pub fn new(processor: Processor) -> Payment {
+        Payment { processor }
+    }
+}
+
+impl Stage for Payment {
+    const NODE: Node = Node::Payment;
+
+    async fn handle(&self, mut element: OrderElement) -> Result<Outcome, StageError> {
+        expect_state(&element, "payment", &[OrderState::Accepted])?;
+        let card = element.order.payment.clone();
+        element.order.payment.card_number = mask_card(&card.card_number);
+        let last4 = card_last4(&card.card_number);
+        if let Err(reason) = authorize(&card, Utc::now().date_naive()) {
+            return Ok(Outcome::new(element).step(OrderState::PaymentDeclined, reason));
+        }
+        let amount = amount_cents(&element.order);
+        let charge = self.processor.charge(element.order_id, amount, &last4).await?;
+        let detail = format!(
+            "charged {} cents to card ending {last4} (charge {})",
+            charge.amount_cents, charge.charge_id
+        );
+        element.charge = Some(charge);
+        Ok(Outcome::new(element).step(OrderState::Charged, detail))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn card(number: &str, expiry: &str) -> PaymentCard {
+        PaymentCard { card_number: number.into(), expiry: expiry.into() }
+    }
+
+    #[test]
+    fn luhn() {
+        assert!(luhn_valid("4111111111111111"));
+        assert!(luhn_valid("4000000000000002"));
+        assert!(!luhn_valid("4111111111111112"));
+        assert!(!luhn_valid(""));
+    }
+
+    #[test]
+    fn decline_rules() {
+        let today = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+        assert!(authorize(&card("4111111111111111", "11/26"), today).is_ok());
+        assert!(authorize(&card("4000000000000002", "12/30"), today).unwrap_err().contains("declined"));
+        assert!(authorize(&card("4111111111111112", "12/30"), today).unwrap_err().contains("Luhn"));
+        assert!(authorize(&card("4111111111111111", "10/26"), today).unwrap_err().contains("expired"));
+        assert!(authorize(&card("4111111111111111", "13/30"), today).unwrap_err().contains("expired"));
+        assert!(authorize(&card("4111111111111111", "garbage"), today).is_err());
+    }
+}

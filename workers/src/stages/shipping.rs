@@ -1,0 +1,71 @@
+//! shipping: packs and ships an order once (`shipped`, terminal) with a
+//! tracking number; its audit detail names the address it shipped to.
+
+use super::expect_state;
+use chrono::Utc;
+use shared::order::ShipTo;
+use shared::store::Store;
+use shared::{settings::Settings, Node, OrderElement, OrderState, Outcome, Stage, StageError};
+use uuid::Uuid;
+
+const SCHEMA: &[&str] = &["CREATE TABLE IF NOT EXISTS shipping_shipments (order_id TEXT PRIMARY KEY, \
+     tracking_number TEXT NOT NULL, ship_to TEXT NOT NULL, shipped_at TEXT NOT NULL)"];
+
+pub fn address_line(to: &ShipTo) -> String {
+    format!("{}, {}, {} {}, {}", to.name, to.line1, to.postal_code, to.city, to.country)
+}
+
+fn new_tracking_number() -> String {
+    format!("OF{:012}", Uuid::new_v4().as_u128() % 1_000_000_000_000)
+}
+
+#[derive(Clone)]
+pub struct Shipping {
+    store: Store,
+}
+
+impl Shipping {
+    pub async fn open(settings: &Settings) -> anyhow::Result<Shipping> {
+        let store = Store::open(settings, "shipping").await?;
+        store.migrate(SCHEMA).await?;
+        Ok(Shipping { store })
+    }
+
+    /// Records the shipment once; a repeated request returns the first tracking number.
+    pub async fn ship(&self, order_id: Uuid, to: &ShipTo) -> sqlx::Result<String> {
+        sqlx::query(
+            "INSERT INTO shipping_shipments (order_id, tracking_number, ship_to, shipped_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO NOTHING",
+        )
+        .bind(order_id.to_string())
+        .bind(new_tracking_number())
+        .bind(address_line(to))
+        .bind(Utc::now().to_rfc3339())
+        .execute(&self.store.pool)
+        .await?;
+        sqlx::query_scalar("SELECT tracking_number FROM shipping_shipments WHERE order_id = $1")
+            .bind(order_id.to_string())
+            .fetch_one(&self.store.pool)
+            .await
+    }
+
+    pub async fn shipment_count(&self) -> sqlx::Result<i64> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM shipping_shipments").fetch_one(&self.store.pool).await
+    }
+}
+
+impl Stage for Shipping {
+    const NODE: Node = Node::Shipping;
+
+    async fn handle(&self, mut element: OrderElement) -> Result<Outcome, StageError> {
+        expect_state(&element, "shipping", &[OrderState::Picked, OrderState::Rebinned])?;
+        let tracking = self.ship(element.order_id, &element.order.ship_to).await?;
+        let detail = format!(
+            "shipped {} to {}, tracking {tracking}",
+            element.order.shipping_method,
+            address_line(&element.order.ship_to)
+        );
+        element.tracking_number = Some(tracking);
+        Ok(Outcome::new(element).step(OrderState::Shipped, detail))
+    }
+}

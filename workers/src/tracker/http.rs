@@ -1,0 +1,81 @@
+//! The tracker's HTTP API (loopback by default): `GET /orders/{id}` (state,
+//! terminal or not, ordered history), `POST /orders/status` (latest states of
+//! many orders), `GET /stats` (orders per state), `GET /health`.
+
+use super::store::TrackerStore;
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use serde::Deserialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub fn router(store: TrackerStore) -> Router {
+    Router::new()
+        .route("/orders/{id}", get(order))
+        .route("/orders/status", post(statuses))
+        .route("/stats", get(stats))
+        .route("/health", get(|| async { "ok" }))
+        .with_state(store)
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    store: TrackerStore,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router(store))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await?;
+    Ok(())
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn internal(e: sqlx::Error) -> Response {
+    tracing::error!(error = %e, "tracking store query failed");
+    error(StatusCode::INTERNAL_SERVER_ERROR, "the tracking store is unavailable")
+}
+
+async fn order(State(store): State<TrackerStore>, Path(id): Path<String>) -> Response {
+    let Ok(id) = Uuid::parse_str(&id) else {
+        return error(StatusCode::BAD_REQUEST, "order ids are uuids");
+    };
+    match store.order(id).await {
+        Ok(Some(view)) => Json(view).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no order {id} is known")),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct StatusRequest {
+    ids: Vec<Uuid>,
+}
+
+async fn statuses(State(store): State<TrackerStore>, Json(request): Json<StatusRequest>) -> Response {
+    if request.ids.len() > 100_000 {
+        return error(StatusCode::BAD_REQUEST, "at most 100000 ids per request");
+    }
+    match store.statuses(&request.ids).await {
+        Ok(found) => Json(found).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn stats(State(store): State<TrackerStore>) -> Response {
+    match store.stats().await {
+        Ok(by_state) => {
+            let total: i64 = by_state.values().sum();
+            Json(json!({ "orders": total, "by_state": by_state })).into_response()
+        }
+        Err(e) => internal(e),
+    }
+}

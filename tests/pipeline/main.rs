@@ -1,1 +1,16 @@
-//! x
+//! One integration-test binary for orderflow, against the real local broker
+//! and real worker processes; each test has its own vhost and run directory.
+//!
+//! - `paths`: end to end, every path through the workflow and the audit trail.
+//! - `picklist`: the aggregation queue's grouping, batch size and flush.
+//! - `scaling`: competing consumers share a node's work.
+//! - `poison`: undecodable messages are dead-lettered and the rest flows.
+//! - `cli`: the command line and the tracker's HTTP API.
+//! - `compose`: the docker-compose file names every service.
+
+mod cli;
+mod compose;
+mod paths;
+mod picklist;
+mod poison;
+mod scaling;

@@ -5,6 +5,7 @@
 //! [`declare_for`] with their node, the setup scripts call [`declare_all`].
 
 pub mod definitions;
+pub mod management;
 
 use lapin::{
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},

@@ -20,11 +20,17 @@ enum Command {
     Apply {
         #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
         amqp_url: String,
+        /// First create AMQP_URL's vhost (and grant its user full rights) through the management API.
+        #[arg(long)]
+        create_vhost: bool,
     },
     /// Write definitions.json and rabbitmq.conf into a folder.
     Export {
         #[arg(long)]
         out: PathBuf,
+        /// Where the broker sees that folder (default: the same path).
+        #[arg(long)]
+        broker_path: Option<PathBuf>,
         #[arg(long, default_value = "/")]
         vhost: String,
         /// The application user created in the definitions.
@@ -41,7 +47,13 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Apply { amqp_url } => {
+        Command::Apply { amqp_url, create_vhost } => {
+            if create_vhost {
+                let (user, _, vhost) = topology::management::amqp_url_parts(&amqp_url)?;
+                let management = topology::management::Management::from_env(&amqp_url)?;
+                management.create_vhost(&vhost).await?;
+                management.set_permissions(&vhost, &user, ".*", ".*", ".*").await?;
+            }
             let connection = lapin::Connection::connect(&amqp_url, lapin::ConnectionProperties::default())
                 .await
                 .context("cannot connect to the broker at AMQP_URL")?;
@@ -50,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
             connection.close(200, "topology applied".into()).await?;
             println!("topology applied");
         }
-        Command::Export { out, vhost, user, password, password_file } => {
+        Command::Export { out, broker_path, vhost, user, password, password_file } => {
             let password = match (password, password_file) {
                 (Some(p), _) => p,
                 (None, Some(file)) => std::fs::read_to_string(&file)
@@ -65,12 +77,10 @@ async fn main() -> anyhow::Result<()> {
             let users = [UserSpec { name: user, password, tags: "management".into() }];
             let document = definitions(&vhost, &users);
             std::fs::write(out.join("definitions.json"), serde_json::to_vec_pretty(&document)?)?;
+            let seen_by_broker = broker_path.unwrap_or_else(|| out.clone());
             std::fs::write(
-                out.join("rabbitmq.conf"),
-                format!(
-                    "load_definitions = {}\nloopback_users.guest = true\n",
-                    out.join("definitions.json").display()
-                ),
+                out.join("20-orderflow.conf"),
+                format!("load_definitions = {}\n", seen_by_broker.join("definitions.json").display()),
             )?;
             println!("wrote {}", out.display());
         }

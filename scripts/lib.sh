@@ -1,0 +1,67 @@
+# Shared by the scripts in this folder (sourced, not run): settings with their
+# defaults, and making sure a RabbitMQ broker with its management plugin is up.
+
+: "${AMQP_URL:=amqp://guest:guest@127.0.0.1:5672/%2f}"
+: "${ORDERFLOW_RUN_DIR:=$PWD/run}"
+: "${ORDERFLOW_HTTP_ADDR:=127.0.0.1:8089}"
+: "${ORDERFLOW_MGMT_URL:=http://127.0.0.1:15672}"
+export AMQP_URL ORDERFLOW_RUN_DIR ORDERFLOW_HTTP_ADDR ORDERFLOW_MGMT_URL
+
+NODES=(intake payment inventory picklist rebin shipping exceptions tracker)
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+# host and port of AMQP_URL
+amqp_host() { local rest=${AMQP_URL#*://}; rest=${rest#*@}; rest=${rest%%/*}; echo "${rest%%:*}"; }
+amqp_port() {
+  local rest=${AMQP_URL#*://}; rest=${rest#*@}; rest=${rest%%/*}
+  if [[ $rest == *:* ]]; then echo "${rest##*:}"; elif [[ $AMQP_URL == amqps://* ]]; then echo 5671; else echo 5672; fi
+}
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+is_local_host() { [[ $1 == 127.0.0.1 || $1 == localhost || $1 == ::1 ]]; }
+
+# Makes sure the broker of AMQP_URL answers and, when it is local, that its
+# management plugin is on. Starts a local server that is down; installs
+# Debian's rabbitmq-server when there is none and we are root.
+ensure_broker() {
+  local host port
+  host=$(amqp_host); port=$(amqp_port)
+  if ! port_open "$host" "$port"; then
+    is_local_host "$host" || die "RabbitMQ at $host:$port is not reachable (AMQP_URL)."
+    if ! command -v rabbitmq-server >/dev/null 2>&1; then
+      if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        say "RabbitMQ is not installed: installing Debian's rabbitmq-server..."
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q rabbitmq-server >/dev/null \
+          || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q rabbitmq-server >/dev/null; } \
+          || die "could not install rabbitmq-server; run 'docker compose up -d rabbitmq' instead."
+      else
+        die "RabbitMQ is not running and not installed: run 'docker compose up -d rabbitmq' (or install rabbitmq-server)."
+      fi
+    fi
+    say "starting the local RabbitMQ server..."
+    rabbitmq-server -detached >/dev/null 2>&1 || true
+    for _ in $(seq 1 60); do port_open "$host" "$port" && break; sleep 1; done
+    port_open "$host" "$port" || die "RabbitMQ did not start listening on $host:$port within 60 s."
+  fi
+  if is_local_host "$host" && command -v rabbitmq-plugins >/dev/null 2>&1; then
+    local mgmt_port=${ORDERFLOW_MGMT_URL##*:}; mgmt_port=${mgmt_port%%/*}
+    if ! port_open 127.0.0.1 "$mgmt_port"; then
+      rabbitmq-plugins enable rabbitmq_management >/dev/null 2>&1 \
+        || die "could not enable the management plugin: run 'rabbitmq-plugins enable rabbitmq_management'."
+      for _ in $(seq 1 30); do port_open 127.0.0.1 "$mgmt_port" && break; sleep 1; done
+      port_open 127.0.0.1 "$mgmt_port" || die "the management UI did not come up on port $mgmt_port."
+    fi
+  fi
+}
+
+# Builds the binaries in release mode (quietly) unless told not to.
+build_release() {
+  command -v cargo >/dev/null 2>&1 || die "cargo is not installed: install Rust from https://rustup.rs."
+  say "building orderflow (release)..."
+  cargo build --release --workspace --bins --quiet
+}
+
+BIN=${ORDERFLOW_BIN_DIR:-$PWD/target/release}

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Starts orderflow: makes sure RabbitMQ (with its management UI) is up,
+# builds in release mode, applies the topology (creating AMQP_URL's vhost if
+# missing), and starts every worker and the tracker in the background, with
+# pids and logs in the run directory. Safe to run twice: a second run starts
+# only what is not running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+ensure_broker
+[[ ${ORDERFLOW_SKIP_BUILD:-} == 1 ]] || build_release
+"$BIN/topology" apply --create-vhost >/dev/null
+
+mkdir -p "$ORDERFLOW_RUN_DIR/pids" "$ORDERFLOW_RUN_DIR/logs"
+
+running() { # pid file -> true if its process is alive and is that binary
+  local pid
+  [[ -f $1 ]] || return 1
+  pid=$(cat "$1")
+  kill -0 "$pid" 2>/dev/null && grep -q "$2" "/proc/$pid/cmdline" 2>/dev/null
+}
+
+started=0
+for node in "${NODES[@]}"; do
+  var="ORDERFLOW_INSTANCES_${node^^}"
+  instances=${!var:-1}
+  for i in $(seq 1 "$instances"); do
+    pidfile="$ORDERFLOW_RUN_DIR/pids/$node-$i.pid"
+    if running "$pidfile" "$node"; then continue; fi
+    ORDERFLOW_INSTANCE_ID="$node-$i" nohup "$BIN/$node" >>"$ORDERFLOW_RUN_DIR/logs/$node-$i.log" 2>&1 &
+    echo $! >"$pidfile"
+    started=$((started + 1))
+  done
+done
+
+# The tracker answers once it is up.
+for _ in $(seq 1 100); do
+  "$BIN/orderflow" watch --once >/dev/null 2>&1 && break
+  sleep 0.1
+done
+"$BIN/orderflow" watch --once >/dev/null 2>&1 || die "the tracker did not start: see $ORDERFLOW_RUN_DIR/logs/tracker-1.log"
+
+say "orderflow is up ($started processes started; logs in $ORDERFLOW_RUN_DIR/logs)."
+say "  management UI: $ORDERFLOW_MGMT_URL  (queues: #/queues, exchanges: #/exchanges)"
+say "  tracker API:   http://$ORDERFLOW_HTTP_ADDR/stats"

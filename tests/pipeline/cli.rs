@@ -1,0 +1,61 @@
+//! The command line and the tracker's HTTP API: publish from a file (a bad
+//! line stops everything), status as JSON, wait's timeout, and the API's
+//! answers to bad and unknown ids.
+
+use serde_json::Value;
+use std::time::Duration;
+use tests::{orders, Stack};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_and_tracker_api() {
+    let stack = Stack::start("cli", &[]).await;
+
+    // A line that is not a JSON object stops the command: nothing is published.
+    let file = stack.run_dir.join("bad.jsonl");
+    std::fs::write(
+        &file,
+        format!("{}\n[1, 2]\n{}\n", orders::valid(1, "standard"), orders::valid(1, "express")),
+    )
+    .unwrap();
+    let output = stack.cli(&["publish", "--file", file.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("line 2") && stderr.contains("not a JSON object"), "{stderr}");
+    assert!(output.stdout.is_empty(), "ids were printed for a failed publish");
+    let (_, stats) = stack.get("/stats").await;
+    assert_eq!(serde_json::from_str::<Value>(&stats).unwrap()["orders"], 0, "something was published");
+
+    // status --json, right after publish returns.
+    let ids = stack.publish(&[orders::valid(3, "overnight")]);
+    let output = stack.cli(&["status", &ids[0].to_string(), "--json"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let view: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(view["order_id"], ids[0].to_string());
+    assert!(view["state"].is_string() && view["terminal"].is_boolean());
+    let first = &view["history"][0];
+    assert_eq!(first["state"], "placed");
+    for field in ["state", "node", "at", "detail"] {
+        assert!(first.get(field).is_some(), "history entries lack {field}");
+    }
+    stack.wait_terminal(&ids, Duration::from_secs(30)).await;
+    let output = stack.cli(&["status", &ids[0].to_string()]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("shipped (terminal)") && text.contains("rebinned"), "{text}");
+
+    // wait: success prints counts; a never-seen order times out with exit code 1.
+    let ids_file = stack.run_dir.join("ids.txt");
+    std::fs::write(&ids_file, format!("{}\n", ids[0])).unwrap();
+    let output = stack.cli(&["wait", "--ids", ids_file.to_str().unwrap(), "--timeout", "10"]);
+    assert!(output.status.success());
+    assert_eq!(serde_json::from_slice::<Value>(&output.stdout).unwrap()["shipped"], 1);
+    std::fs::write(&ids_file, format!("{}\n", uuid::Uuid::new_v4())).unwrap();
+    let output = stack.cli(&["wait", "--ids", ids_file.to_str().unwrap(), "--timeout", "1"]);
+    assert_eq!(output.status.code(), Some(1));
+
+    // The API validates ids.
+    assert_eq!(stack.get("/orders/not-a-uuid").await.0, 400);
+    assert_eq!(stack.get(&format!("/orders/{}", uuid::Uuid::new_v4())).await.0, 404);
+    let output = stack.cli(&["status", "not-a-uuid"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("uuid"));
+}

@@ -1,0 +1,132 @@
+//! A small client of RabbitMQ's management HTTP API: creating and deleting
+//! vhosts, granting permissions, reading queues. Used by `topology apply
+//! --create-vhost`, by the CLI's dead-letter commands and by the tests.
+
+use anyhow::Context;
+use lapin::uri::AMQPUri;
+use serde_json::{json, Value};
+
+#[derive(Clone)]
+pub struct Management {
+    base: String,
+    user: String,
+    password: String,
+    http: reqwest::Client,
+}
+
+/// Percent-encodes a path segment (vhost names such as `/`).
+pub fn encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The user, password and vhost of an AMQP URL.
+pub fn amqp_url_parts(amqp_url: &str) -> anyhow::Result<(String, String, String)> {
+    let uri: AMQPUri =
+        amqp_url.parse().map_err(|e| anyhow::anyhow!("AMQP_URL is not a valid AMQP URL: {e}"))?;
+    Ok((uri.authority.userinfo.username, uri.authority.userinfo.password, uri.vhost))
+}
+
+impl Management {
+    pub fn new(base: &str, user: &str, password: &str) -> Management {
+        Management {
+            base: base.trim_end_matches('/').to_string(),
+            user: user.to_string(),
+            password: password.to_string(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// From `ORDERFLOW_MGMT_URL` (default `http://127.0.0.1:15672`) and
+    /// `ORDERFLOW_MGMT_USER`/`ORDERFLOW_MGMT_PASSWORD` (default: AMQP_URL's user).
+    pub fn from_env(amqp_url: &str) -> anyhow::Result<Management> {
+        let (user, password, _) = amqp_url_parts(amqp_url)?;
+        let base = std::env::var("ORDERFLOW_MGMT_URL").unwrap_or_else(|_| "http://127.0.0.1:15672".into());
+        let user = std::env::var("ORDERFLOW_MGMT_USER").unwrap_or(user);
+        let password = std::env::var("ORDERFLOW_MGMT_PASSWORD").unwrap_or(password);
+        Ok(Management::new(&base, &user, &password))
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder, what: &str) -> anyhow::Result<reqwest::Response> {
+        let response = request
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await
+            .with_context(|| format!("the management API at {} is not reachable", self.base))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            anyhow::bail!("{what} failed: HTTP {status}: {body}");
+        }
+        Ok(response)
+    }
+
+    pub async fn create_vhost(&self, vhost: &str) -> anyhow::Result<()> {
+        let url = format!("{}/api/vhosts/{}", self.base, encode(vhost));
+        self.send(self.http.put(url).json(&json!({})), "creating the vhost").await?;
+        Ok(())
+    }
+
+    pub async fn delete_vhost(&self, vhost: &str) -> anyhow::Result<()> {
+        let url = format!("{}/api/vhosts/{}", self.base, encode(vhost));
+        self.send(self.http.delete(url), "deleting the vhost").await?;
+        Ok(())
+    }
+
+    /// Grants `user` the given configure/write/read patterns on `vhost`.
+    pub async fn set_permissions(
+        &self,
+        vhost: &str,
+        user: &str,
+        configure: &str,
+        write: &str,
+        read: &str,
+    ) -> anyhow::Result<()> {
+        let url = format!("{}/api/permissions/{}/{}", self.base, encode(vhost), encode(user));
+        let body = json!({"configure": configure, "write": write, "read": read});
+        self.send(self.http.put(url).json(&body), "setting permissions").await?;
+        Ok(())
+    }
+
+    /// The queue's details (`messages`, `consumers`, ...).
+    pub async fn queue(&self, vhost: &str, queue: &str) -> anyhow::Result<Value> {
+        let url = format!("{}/api/queues/{}/{}", self.base, encode(vhost), encode(queue));
+        Ok(self.send(self.http.get(url), "reading the queue").await?.json().await?)
+    }
+
+    /// Every connection of a vhost (name, user, client properties).
+    pub async fn connections(&self, vhost: &str) -> anyhow::Result<Vec<Value>> {
+        let url = format!("{}/api/vhosts/{}/connections", self.base, encode(vhost));
+        Ok(self.send(self.http.get(url), "listing connections").await?.json().await?)
+    }
+
+    pub async fn close_connection(&self, name: &str) -> anyhow::Result<()> {
+        let url = format!("{}/api/connections/{}", self.base, encode(name));
+        self.send(self.http.delete(url), "closing a connection").await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vhost_names_are_encoded() {
+        assert_eq!(encode("/"), "%2F");
+        assert_eq!(encode("orderflow-test_1"), "orderflow-test_1");
+    }
+
+    #[test]
+    fn url_parts() {
+        let (user, password, vhost) = amqp_url_parts("amqp://app:pw@localhost:5672/shop").unwrap();
+        assert_eq!((user.as_str(), password.as_str(), vhost.as_str()), ("app", "pw", "shop"));
+        let (_, _, vhost) = amqp_url_parts("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
+        assert_eq!(vhost, "/");
+    }
+}

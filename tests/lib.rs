@@ -286,3 +286,42 @@ pub fn nodes(view: &Value) -> Vec<String> {
         .map(|h| h["node"].as_str().unwrap().to_string())
         .collect()
 }
+
+/// A PostgreSQL database of its own for one test, dropped on drop.
+pub struct PgDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+impl PgDatabase {
+    pub async fn create(test: &str) -> PgDatabase {
+        sqlx::any::install_default_drivers();
+        let name = format!("orderflow_test_{test}_{}", &Uuid::new_v4().simple().to_string()[..8]);
+        let admin =
+            sqlx::AnyPool::connect(PG_ADMIN_URL).await.expect("PostgreSQL at 127.0.0.1:5432 (trust auth)");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create database");
+        admin.close().await;
+        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        PgDatabase { name, url }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async {
+                if let Ok(admin) = sqlx::AnyPool::connect(PG_ADMIN_URL).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&admin)
+                        .await;
+                }
+            })
+        })
+        .join();
+    }
+}

@@ -7,10 +7,12 @@
 //! - `poison`: undecodable messages are dead-lettered and the rest flows.
 //! - `cli`: the command line and the tracker's HTTP API.
 //! - `compose`: the docker-compose file names every service.
+//! - `postgres`: the stores on PostgreSQL instead of SQLite.
 
 mod cli;
 mod compose;
 mod paths;
 mod picklist;
 mod poison;
+mod postgres;
 mod scaling;

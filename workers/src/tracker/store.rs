@@ -13,7 +13,8 @@ use uuid::Uuid;
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS tracker_events (event_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, \
      seq BIGINT NOT NULL, version BIGINT NOT NULL, node TEXT NOT NULL, instance_id TEXT NOT NULL, \
-     from_state TEXT, to_state TEXT NOT NULL, terminal BIGINT NOT NULL, at TEXT NOT NULL, detail TEXT NOT NULL)",
+     from_state TEXT, to_state TEXT NOT NULL, terminal BIGINT NOT NULL, at TEXT NOT NULL, detail TEXT NOT NULL, \
+     recorded_at TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS tracker_events_by_order ON tracker_events (order_id, seq)",
     "CREATE TABLE IF NOT EXISTS tracker_orders (order_id TEXT PRIMARY KEY, state TEXT NOT NULL, \
      seq BIGINT NOT NULL, terminal BIGINT NOT NULL, updated_at TEXT NOT NULL)",
@@ -27,7 +28,10 @@ pub struct HistoryEntry {
     pub from_state: Option<String>,
     pub node: String,
     pub instance_id: String,
+    /// When the node made the change.
     pub at: String,
+    /// When the tracker recorded it.
+    pub recorded_at: String,
     pub detail: String,
     pub seq: i64,
     pub version: i64,
@@ -65,12 +69,13 @@ impl TrackerStore {
     /// Records a batch of events in one transaction; returns how many were new.
     pub async fn record(&self, events: &[AuditEvent]) -> sqlx::Result<u64> {
         let mut tx = self.store.pool.begin().await?;
+        let recorded_at = rfc3339::format(&chrono::Utc::now());
         let mut new = 0;
         for event in events {
             let at = rfc3339::format(&event.at);
             let inserted = sqlx::query(
                 "INSERT INTO tracker_events (event_id, order_id, seq, version, node, instance_id, from_state, \
-                 to_state, terminal, at, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 to_state, terminal, at, detail, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
                  ON CONFLICT (event_id) DO NOTHING",
             )
             .bind(event.event_id.to_string())
@@ -84,6 +89,7 @@ impl TrackerStore {
             .bind(i64::from(event.terminal))
             .bind(&at)
             .bind(&event.detail)
+            .bind(&recorded_at)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -112,7 +118,7 @@ impl TrackerStore {
     /// An order's state and ordered history, if the tracker knows it.
     pub async fn order(&self, order_id: Uuid) -> sqlx::Result<Option<OrderView>> {
         let rows = sqlx::query(
-            "SELECT to_state, from_state, node, instance_id, at, detail, seq, version, event_id, terminal \
+            "SELECT to_state, from_state, node, instance_id, at, recorded_at, detail, seq, version, event_id, terminal \
              FROM tracker_events WHERE order_id = $1 ORDER BY seq, at",
         )
         .bind(order_id.to_string())
@@ -131,6 +137,7 @@ impl TrackerStore {
                 node: row.try_get("node")?,
                 instance_id: row.try_get("instance_id")?,
                 at: row.try_get("at")?,
+                recorded_at: row.try_get("recorded_at")?,
                 detail: row.try_get("detail")?,
                 seq: row.try_get("seq")?,
                 version: row.try_get("version")?,

@@ -325,3 +325,45 @@ impl Drop for PgDatabase {
         .join();
     }
 }
+
+impl Stack {
+    /// Opens one of the stack's SQLite stores (`processor`, `inventory`, `shipping`, `tracker`),
+    /// waiting until its owner has created `table`.
+    pub async fn sqlite(&self, owner: &str, table: &str) -> sqlx::AnyPool {
+        sqlx::any::install_default_drivers();
+        let url = format!("sqlite://{}?mode=rwc", self.run_dir.join(format!("{owner}.db")).display());
+        let pool = sqlx::AnyPool::connect(&url).await.expect("open the SQLite store");
+        sqlx::query("PRAGMA busy_timeout = 10000").execute(&pool).await.expect("pragma");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sqlx::query(&format!("SELECT 1 FROM {table} LIMIT 1")).fetch_optional(&pool).await.is_err() {
+            assert!(Instant::now() < deadline, "{owner} never created {table}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        pool
+    }
+
+    /// Runs the CLI and parses its standard output as JSON.
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let output = self.cli(args);
+        assert!(output.status.success(), "orderflow {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).expect("JSON output")
+    }
+
+    /// Waits until the dead-letter queue holds `n` messages; returns them.
+    pub async fn wait_dead_letters(&self, n: usize, timeout: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let letters = self.cli_json(&["dlq", "list", "--json"]);
+            let letters = letters.as_array().expect("a list").clone();
+            if letters.len() >= n {
+                return letters;
+            }
+            assert!(Instant::now() < deadline, "{} of {n} dead letters after {timeout:?}", letters.len());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+pub async fn count(pool: &sqlx::AnyPool, sql: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await.expect(sql)
+}

@@ -1,6 +1,7 @@
 //! `orderflow`: the user's command line. It publishes orders into the
 //! pipeline and asks the tracker where they are; it never touches a node's data.
 
+mod dlq;
 mod generate;
 mod publish;
 mod tracker_client;
@@ -47,6 +48,11 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// The dead-letter queue: list what is there and why, or replay it.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Wait until every order listed in a file is terminal; print counts per state as JSON.
     Wait {
         /// File with one order id per line (what `publish` prints).
@@ -54,6 +60,23 @@ enum Command {
         ids: PathBuf,
         #[arg(long, default_value_t = 120.0)]
         timeout: f64,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Show every dead-lettered message with its reason, node and original routing key.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a dead-lettered message (by message id or order id) back to where it failed, once.
+    Replay {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Replay every dead-lettered message.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -75,6 +98,10 @@ async fn main() -> ExitCode {
             Command::Status { id, json } => watch::status(&settings, &id, json).await.map(|_| true),
             Command::Watch { once } => watch::watch(&settings, once).await.map(|_| true),
             Command::Wait { ids, timeout } => watch::wait(&settings, &ids, timeout).await,
+            Command::Dlq { command: DlqCommand::List { json } } => {
+                dlq::list(&settings, json).await.map(|_| true)
+            }
+            Command::Dlq { command: DlqCommand::Replay { id, .. } } => dlq::replay(&settings, id).await,
         }
     };
     match result.await {

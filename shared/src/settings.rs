@@ -24,6 +24,8 @@ pub struct Settings {
     pub picklist_flush: Duration,
     /// `ORDERFLOW_MAX_MESSAGE_BYTES`: larger bodies are dead-lettered unread.
     pub max_message_bytes: usize,
+    /// `ORDERFLOW_MAX_ATTEMPTS`: tries of a transiently failing message before it is dead-lettered.
+    pub max_attempts: u32,
     /// `ORDERFLOW_INSTANCE_ID`: names this process in audit events (default: node-pid).
     pub instance_id: Option<String>,
 }
@@ -52,6 +54,7 @@ impl Settings {
             picklist_batch: parsed("ORDERFLOW_PICKLIST_BATCH", 25)?,
             picklist_flush: Duration::from_millis(parsed("ORDERFLOW_PICKLIST_FLUSH_MS", 500)?),
             max_message_bytes: parsed("ORDERFLOW_MAX_MESSAGE_BYTES", 64 * 1024)?,
+            max_attempts: parsed("ORDERFLOW_MAX_ATTEMPTS", 5)?,
             instance_id: var("ORDERFLOW_INSTANCE_ID"),
         })
     }

@@ -5,6 +5,7 @@
 //! - `picklist`: the aggregation queue's grouping, batch size and flush.
 //! - `scaling`: competing consumers share a node's work.
 //! - `poison`: undecodable messages are dead-lettered and the rest flows.
+//! - `retry`: transient failures retry, then dead-letter; `dlq replay` sends them back once.
 //! - `cli`: the command line and the tracker's HTTP API.
 //! - `compose`: the docker-compose file names every service.
 //! - `postgres`: the stores on PostgreSQL instead of SQLite.
@@ -15,4 +16,5 @@ mod paths;
 mod picklist;
 mod poison;
 mod postgres;
+mod retry;
 mod scaling;

@@ -20,6 +20,9 @@ pub const REASON_HEADER: &str = "x-orderflow-reason";
 pub const NODE_HEADER: &str = "x-orderflow-node";
 pub const ROUTING_KEY_HEADER: &str = "x-orderflow-routing-key";
 pub const EXCHANGE_HEADER: &str = "x-orderflow-exchange";
+pub const DEAD_LETTERED_AT_HEADER: &str = "x-orderflow-dead-lettered-at";
+/// How many times a message was replayed from the dead-letter queue.
+pub const REPLAYS_HEADER: &str = "x-orderflow-replays";
 
 /// A message ready to publish.
 #[derive(Clone, Debug)]
@@ -73,6 +76,7 @@ pub fn dead_letter_message(delivery: &Delivery, node: &str, reason: &str) -> Out
     headers.insert(NODE_HEADER.into(), text(node));
     headers.insert(ROUTING_KEY_HEADER.into(), text(delivery.routing_key.as_str()));
     headers.insert(EXCHANGE_HEADER.into(), text(delivery.exchange.as_str()));
+    headers.insert(DEAD_LETTERED_AT_HEADER.into(), text(&crate::audit::rfc3339::format(&chrono::Utc::now())));
     Outgoing {
         exchange: DEAD_LETTER_EXCHANGE,
         routing_key: format!("{node}.{}", delivery.routing_key.as_str()),

@@ -4,6 +4,7 @@
 
 pub mod batch_runner;
 pub mod connect;
+pub mod dead_letters;
 pub mod message;
 pub mod publisher;
 pub mod runner;

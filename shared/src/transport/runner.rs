@@ -34,6 +34,7 @@ pub struct NodeContext {
     pub prefetch: u16,
     pub delay: Option<Duration>,
     pub max_message_bytes: usize,
+    pub max_attempts: u32,
 }
 
 impl NodeContext {
@@ -50,6 +51,7 @@ impl NodeContext {
             prefetch: prefetch.clamp(1, 2000),
             delay: settings.delay_for(node)?,
             max_message_bytes: settings.max_message_bytes,
+            max_attempts: settings.max_attempts.max(1),
         })
     }
 }
@@ -195,8 +197,9 @@ pub fn retry_delay(delivery_count: i64) -> Duration {
     Duration::from_millis(200 * 2u64.pow(exponent)).min(Duration::from_secs(10))
 }
 
-/// Settles a delivery after a failed attempt: dead-letter a permanent failure,
-/// retry a transient one after a growing delay.
+/// Settles a delivery after a failed attempt: dead-letter a permanent failure
+/// at once; retry a transient one after a growing delay, and dead-letter it
+/// with its reason once it has failed `max_attempts` times.
 pub async fn settle_failure(
     publisher: &Publisher,
     ctx: &NodeContext,
@@ -206,12 +209,18 @@ pub async fn settle_failure(
     match error {
         StageError::Permanent(reason) => dead_letter(publisher, ctx, delivery, &reason).await,
         StageError::Transient(error) => {
-            let attempts = message::delivery_count(delivery);
-            let delay = retry_delay(attempts);
+            let attempts = message::delivery_count(delivery) + 1;
+            if attempts >= i64::from(ctx.max_attempts) {
+                let reason = format!("gave up after {attempts} attempts: {error:#}");
+                dead_letter(publisher, ctx, delivery, &reason).await;
+                return;
+            }
+            let delay = retry_delay(attempts - 1);
             tracing::warn!(
                 node = ctx.node,
                 error = format!("{error:#}"),
                 attempts,
+                retry_in_ms = delay.as_millis() as u64,
                 "transient failure; retrying"
             );
             tokio::time::sleep(delay).await;

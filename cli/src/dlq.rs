@@ -1,0 +1,56 @@
+//! `orderflow dlq list | replay`: what is dead-lettered and why, and sending
+//! it back to where it failed, exactly once.
+
+use anyhow::Context;
+use shared::settings::Settings;
+use shared::transport::{connect, dead_letters};
+
+async fn open(settings: &Settings) -> anyhow::Result<lapin::Connection> {
+    connect(&settings.amqp_url, "orderflow-dlq")
+        .await
+        .with_context(|| format!("cannot connect to RabbitMQ at {}", settings.amqp_url_redacted()))
+}
+
+pub async fn list(settings: &Settings, json: bool) -> anyhow::Result<()> {
+    let connection = open(settings).await?;
+    let letters = dead_letters::list(&connection).await?;
+    let _ = connection.close(200, "done".into()).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&letters)?);
+        return Ok(());
+    }
+    if letters.is_empty() {
+        println!("the dead-letter queue is empty");
+    }
+    for l in &letters {
+        println!(
+            "{}  order {}  node {}  {} -> {}  at {}{}\n    reason: {}",
+            l.message_id,
+            if l.order_id.is_empty() { "?" } else { &l.order_id },
+            l.node,
+            l.exchange,
+            l.routing_key,
+            l.dead_lettered_at,
+            if l.replays > 0 { format!("  (replayed {} times before)", l.replays) } else { String::new() },
+            l.reason
+        );
+    }
+    Ok(())
+}
+
+pub async fn replay(settings: &Settings, target: Option<String>) -> anyhow::Result<bool> {
+    let connection = open(settings).await?;
+    let report = dead_letters::replay(&connection, target.as_deref()).await?;
+    let _ = connection.close(200, "done".into()).await;
+    for l in &report.replayed {
+        println!("replayed {} (order {}) to {} {}", l.message_id, l.order_id, l.exchange, l.routing_key);
+    }
+    if report.dropped_duplicates > 0 {
+        println!("dropped {} duplicate copies of replayed messages", report.dropped_duplicates);
+    }
+    if report.replayed.is_empty() {
+        eprintln!("nothing to replay{}", target.map(|t| format!(" for {t}")).unwrap_or_default());
+        return Ok(false);
+    }
+    Ok(true)
+}

@@ -1,0 +1,72 @@
+//! Transient failures: with the processor's ledger gone (a dependency down)
+//! payment retries with growing delays and, after its attempts, dead-letters
+//! the order with the reason, while orders that do not need it flow on; once
+//! the ledger is back, `dlq replay` sends each order back exactly once and it
+//! ships with its history intact. A short outage heals by retries alone.
+
+use std::time::Duration;
+use tests::{count, orders, states, Stack};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_retry_then_dead_letter_and_replay_once() {
+    let stack = Stack::start("retry", &[("ORDERFLOW_MAX_ATTEMPTS", "4")]).await;
+    let ledger = stack.sqlite("processor", "processor_charges").await;
+    sqlx::query("ALTER TABLE processor_charges RENAME TO processor_charges_away")
+        .execute(&ledger)
+        .await
+        .unwrap();
+
+    let mut batch: Vec<_> = (0..5).map(|_| orders::valid(2, "express")).collect();
+    batch.extend((0..5).map(|_| orders::declined()));
+    batch.extend((0..5).map(|_| orders::invalid()));
+    let ids = stack.publish(&batch);
+    // Orders that never need the processor reach their end meanwhile.
+    stack.wait_terminal(&ids[5..], Duration::from_secs(30)).await;
+
+    let letters = stack.wait_dead_letters(5, Duration::from_secs(30)).await;
+    assert_eq!(letters.len(), 5);
+    for letter in &letters {
+        assert_eq!(letter["node"], "payment");
+        assert_eq!(letter["routing_key"], "order.payment");
+        let reason = letter["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("gave up after 4 attempts") && reason.contains("processor_charges"),
+            "{reason}"
+        );
+    }
+
+    sqlx::query("ALTER TABLE processor_charges_away RENAME TO processor_charges")
+        .execute(&ledger)
+        .await
+        .unwrap();
+    let output = stack.cli(&["dlq", "replay", "--all"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).matches("replayed ").count(), 5);
+    stack.wait_terminal(&ids[..5], Duration::from_secs(30)).await;
+    for id in &ids[..5] {
+        let expected = ["placed", "accepted", "charged", "reserved", "picked", "rebinned", "shipped"];
+        assert_eq!(states(&stack.order(id).await), expected, "order {id}");
+    }
+    assert_eq!(count(&ledger, "SELECT COUNT(*) FROM processor_charges").await, 5);
+    // A second replay finds nothing: the first one sent each message once.
+    assert_eq!(stack.cli(&["dlq", "replay", "--all"]).status.code(), Some(1));
+    assert!(stack.cli_json(&["dlq", "list", "--json"]).as_array().unwrap().is_empty());
+
+    // A short outage heals by retries alone, with nothing dead-lettered.
+    sqlx::query("ALTER TABLE processor_charges RENAME TO processor_charges_away")
+        .execute(&ledger)
+        .await
+        .unwrap();
+    let more = stack.publish(&(0..3).map(|_| orders::valid(1, "standard")).collect::<Vec<_>>());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("ALTER TABLE processor_charges_away RENAME TO processor_charges")
+        .execute(&ledger)
+        .await
+        .unwrap();
+    stack.wait_terminal(&more, Duration::from_secs(30)).await;
+    for id in &more {
+        assert_eq!(states(&stack.order(id).await).last().unwrap(), "shipped");
+    }
+    assert!(stack.cli_json(&["dlq", "list", "--json"]).as_array().unwrap().is_empty());
+    assert_eq!(count(&ledger, "SELECT COUNT(*) FROM processor_charges").await, 8);
+}

@@ -200,6 +200,21 @@ impl Stack {
             .collect()
     }
 
+    /// Starts `orderflow publish --file` with extra arguments (e.g. `--rate`) without waiting.
+    pub fn publish_in_background(&self, orders: &[Value], extra: &[&str]) -> Child {
+        let file = self.run_dir.join(format!("orders-{}.jsonl", Uuid::new_v4().simple()));
+        let lines: Vec<String> = orders.iter().map(Value::to_string).collect();
+        std::fs::write(&file, lines.join("\n")).expect("write orders");
+        let mut args = vec!["publish", "--file", file.to_str().expect("utf-8 path")];
+        args.extend(extra);
+        self.command("orderflow")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("orderflow runs")
+    }
+
     /// Latest states of the given orders, as the tracker knows them.
     pub async fn statuses(&self, ids: &[Uuid]) -> HashMap<String, Value> {
         let response = self.http.post(self.url("/orders/status")).json(&json!({ "ids": ids })).send().await;
@@ -366,4 +381,67 @@ impl Stack {
 
 pub async fn count(pool: &sqlx::AnyPool, sql: &str) -> i64 {
     sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await.expect(sql)
+}
+
+/// Waits for a background publish; returns the ids it printed.
+pub fn finish_publish(child: Child) -> Vec<Uuid> {
+    let output = child.wait_with_output().expect("publish finishes");
+    assert!(output.status.success(), "publish failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|l| Uuid::parse_str(l).expect("uuid"))
+        .collect()
+}
+
+/// A valid order of random SKUs (SKU-0001..SKU-0020) and quantities (1..3).
+pub fn random_valid_order(rng: &mut impl rand::Rng) -> Value {
+    let methods = ["standard", "express", "overnight"];
+    let mut order = orders::valid(1, methods[rng.gen_range(0..3)]);
+    let lines = rng.gen_range(1..=2);
+    order["items"] = (0..lines)
+        .map(|_| json!({"sku": format!("SKU-{:04}", rng.gen_range(1..=20)), "qty": rng.gen_range(1..=3)}))
+        .collect();
+    order
+}
+
+/// Units per SKU over a set of orders.
+pub fn units_per_sku(orders: &[Value]) -> HashMap<String, i64> {
+    let mut units = HashMap::new();
+    for order in orders {
+        for item in order["items"].as_array().expect("items") {
+            *units.entry(item["sku"].as_str().expect("sku").to_string()).or_default() +=
+                item["qty"].as_i64().expect("qty");
+        }
+    }
+    units
+}
+
+/// Checks the books after a run of valid orders that all shipped: one charge,
+/// one reservation and one shipment per order, and exactly the ordered units
+/// taken from stock (nothing reserved twice).
+pub async fn assert_books_balance(stack: &Stack, orders: &[Value], ids: &[Uuid]) {
+    let n = ids.len() as i64;
+    let processor = stack.sqlite("processor", "processor_charges").await;
+    assert_eq!(count(&processor, "SELECT COUNT(*) FROM processor_charges").await, n, "charges");
+    let inventory = stack.sqlite("inventory", "inventory_reservations").await;
+    assert_eq!(count(&inventory, "SELECT COUNT(*) FROM inventory_reservations").await, n, "reservations");
+    for (sku, units) in units_per_sku(orders) {
+        let on_hand =
+            count(&inventory, &format!("SELECT qty FROM inventory_bin_items WHERE sku = '{sku}'")).await;
+        assert_eq!(1_000_000 - on_hand, units, "{sku}: stock taken differs from units ordered");
+    }
+    let shipping = stack.sqlite("shipping", "shipping_shipments").await;
+    assert_eq!(count(&shipping, "SELECT COUNT(*) FROM shipping_shipments").await, n, "shipments");
+    for id in ids {
+        let view = stack.order(id).await;
+        let path = states(&view);
+        let terminal = path.iter().filter(|s| *s == "shipped").count();
+        assert_eq!(terminal, 1, "order {id}: {path:?}");
+        assert!(
+            path == ["placed", "accepted", "charged", "reserved", "picked", "shipped"]
+                || path == ["placed", "accepted", "charged", "reserved", "picked", "rebinned", "shipped"],
+            "order {id}: {path:?}"
+        );
+    }
 }

@@ -125,8 +125,8 @@ async fn wait_until_tracked(settings: &Settings, ids: &[uuid::Uuid]) {
                 eprintln!("note: the tracker has recorded {} of {} orders so far", found.len(), ids.len());
                 return;
             }
-            Err(error) if Instant::now() >= deadline => {
-                eprintln!("note: orders are published, but {error:#}");
+            Err(error) => {
+                eprintln!("note: the orders are published; {error:#}");
                 return;
             }
             _ => tokio::time::sleep(Duration::from_millis(100)).await,

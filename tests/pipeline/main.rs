@@ -6,12 +6,14 @@
 //! - `scaling`: competing consumers share a node's work.
 //! - `poison`: undecodable messages are dead-lettered and the rest flows.
 //! - `retry`: transient failures retry, then dead-letter; `dlq replay` sends them back once.
+//! - `faults`: SIGKILLed nodes, a stopped tracker, cut connections: nothing lost or doubled.
 //! - `cli`: the command line and the tracker's HTTP API.
 //! - `compose`: the docker-compose file names every service.
 //! - `postgres`: the stores on PostgreSQL instead of SQLite.
 
 mod cli;
 mod compose;
+mod faults;
 mod paths;
 mod picklist;
 mod poison;

@@ -1,0 +1,102 @@
+//! Faults injected for real: worker processes killed with SIGKILL at random
+//! moments, the tracker stopped for a while, connections cut under the
+//! workers. Every order still ends terminal, once, with one charge, one
+//! reservation and one shipment, and exactly the ordered units out of stock.
+
+use rand::{seq::SliceRandom, Rng};
+use std::time::Duration;
+use tests::{assert_books_balance, finish_publish, management, random_valid_order, Stack, NODES};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_every_node_loses_and_doubles_nothing() {
+    let mut stack = Stack::start("kill9", &[]).await;
+    let mut rng = rand::thread_rng();
+    let orders: Vec<_> = (0..2000).map(|_| random_valid_order(&mut rng)).collect();
+    let publishing = stack.publish_in_background(&orders, &["--rate", "400"]);
+
+    let mut victims: Vec<&str> = NODES.iter().copied().chain(["tracker"]).collect();
+    for _round in 0..2 {
+        victims.shuffle(&mut rng);
+        for node in &victims {
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(100..400))).await;
+            let label = format!("{node}-1");
+            stack.kill(&label);
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(0..300))).await;
+            stack.spawn(node, &label, &[]);
+        }
+    }
+    let ids = tokio::task::spawn_blocking(move || finish_publish(publishing)).await.unwrap();
+    assert_eq!(ids.len(), 2000);
+    stack.wait_for_tracker().await;
+    stack.wait_terminal(&ids, Duration::from_secs(300)).await;
+    assert_books_balance(&stack, &orders, &ids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_events_wait_while_the_tracker_is_down() {
+    let mut stack = Stack::start("tracker-down", &[]).await;
+    let status = stack.stop("tracker-1");
+    assert!(status.success());
+    let mut rng = rand::thread_rng();
+    let orders: Vec<_> = (0..200).map(|_| random_valid_order(&mut rng)).collect();
+    let ids = stack.publish(&orders);
+
+    // Every node goes on; the audit trail waits in the tracker's queue.
+    let management = management();
+    let mut waiting = 0;
+    for _ in 0..300 {
+        let queue = management.queue(&stack.vhost.name, topology::TRACKER_QUEUE).await.unwrap();
+        waiting = queue["messages"].as_i64().unwrap_or(0);
+        if waiting >= 200 * 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(waiting >= 200 * 6, "only {waiting} audit events are waiting");
+
+    stack.spawn("tracker", "tracker-1", &[]);
+    stack.wait_for_tracker().await;
+    stack.wait_terminal(&ids, Duration::from_secs(60)).await;
+    assert_books_balance(&stack, &orders, &ids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_connections_are_rebuilt_and_lose_nothing() {
+    let stack = Stack::start("cut", &[]).await;
+    let mut rng = rand::thread_rng();
+    let management = management();
+    let workers = || async {
+        let connections = management.connections(&stack.vhost.name).await.unwrap();
+        connections
+            .into_iter()
+            .filter(|c| c["client_properties"]["connection_name"] != "orderflow-publish")
+            .filter_map(|c| c["name"].as_str().map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    // The management API lists connections a few seconds after they open:
+    // wait until it lists a full set of workers we have not cut yet.
+    let listed = |cut: Vec<String>| async move {
+        for _ in 0..200 {
+            let names: Vec<String> = workers().await.into_iter().filter(|n| !cut.contains(n)).collect();
+            if names.len() >= 8 {
+                return names;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the workers' connections were not listed within 20 s");
+    };
+    let first = listed(Vec::new()).await;
+    let orders: Vec<_> = (0..1000).map(|_| random_valid_order(&mut rng)).collect();
+    let publishing = stack.publish_in_background(&orders, &["--rate", "150"]);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for name in &first {
+        management.close_connection(name).await.unwrap();
+    }
+    let second = listed(first).await;
+    for name in &second {
+        let _ = management.close_connection(name).await;
+    }
+    let ids = tokio::task::spawn_blocking(move || finish_publish(publishing)).await.unwrap();
+    stack.wait_terminal(&ids, Duration::from_secs(120)).await;
+    assert_books_balance(&stack, &orders, &ids).await;
+}

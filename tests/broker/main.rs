@@ -1,0 +1,90 @@
+//! The broker itself restarted mid-run, in its own test binary because it
+//! interrupts every connection on the machine (cargo runs test binaries one
+//! after another, never two at once): `rabbitmqctl stop_app`/`start_app`,
+//! then a full stop and start of the server. Every worker and the tracker
+//! reconnect by themselves and every order still ends terminal, none lost.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tests::{assert_books_balance, random_valid_order, Stack};
+
+fn rabbitmqctl(args: &[&str]) {
+    let status = Command::new("rabbitmqctl").args(args).status().expect("rabbitmqctl runs");
+    assert!(status.success(), "rabbitmqctl {args:?} failed");
+}
+
+fn amqp_port_open() -> bool {
+    std::net::TcpStream::connect_timeout(&"127.0.0.1:5672".parse().unwrap(), Duration::from_millis(200)).is_ok()
+}
+
+fn wait_until(what: &str, timeout: Duration, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what} within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Whatever happens in the test, the broker is left running.
+struct BrokerGuard;
+
+impl Drop for BrokerGuard {
+    fn drop(&mut self) {
+        if !amqp_port_open() {
+            let _ = Command::new("rabbitmqctl").arg("start_app").status();
+        }
+        if !amqp_port_open() {
+            let _ = Command::new("rabbitmq-server").arg("-detached").status();
+        }
+        let _ = Command::new("rabbitmqctl").args(["await_startup", "--timeout", "120"]).status();
+    }
+}
+
+fn full_restart_allowed() -> bool {
+    std::env::var_os("ORDERFLOW_TEST_NO_FULL_RESTART").is_none()
+        && Command::new("rabbitmq-server").arg("--help").output().is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_survive_broker_restarts() {
+    let _guard = BrokerGuard;
+    // Slow nodes (2 in hand, 20 ms each: about 100 orders/s) keep orders in flight across both restarts.
+    let stack = Stack::start(
+        "restart",
+        &[("ORDERFLOW_PREFETCH", "2"), ("ORDERFLOW_DELAY_MS", "20"), ("ORDERFLOW_DELAY_MS_PICKLIST", "0")],
+    )
+    .await;
+    let mut rng = rand::thread_rng();
+    let orders: Vec<_> = (0..1500).map(|_| random_valid_order(&mut rng)).collect();
+    let ids = stack.publish(&orders);
+
+    tokio::task::spawn_blocking(|| {
+        rabbitmqctl(&["stop_app"]);
+        std::thread::sleep(Duration::from_secs(3));
+        rabbitmqctl(&["start_app"]);
+        rabbitmqctl(&["await_startup", "--timeout", "120"]);
+    })
+    .await
+    .unwrap();
+
+    if full_restart_allowed() {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let before = stack.statuses(&ids).await.values().filter(|s| s["terminal"] == true).count();
+        assert!(before < ids.len(), "every order finished before the full restart; nothing was in flight");
+        tokio::task::spawn_blocking(|| {
+            rabbitmqctl(&["stop"]);
+            wait_until("the broker stops", Duration::from_secs(60), || !amqp_port_open());
+            let status = Command::new("rabbitmq-server").arg("-detached").status().expect("rabbitmq-server runs");
+            assert!(status.success());
+            wait_until("the broker listens again", Duration::from_secs(120), amqp_port_open);
+            rabbitmqctl(&["await_startup", "--timeout", "120"]);
+        })
+        .await
+        .unwrap();
+    } else {
+        eprintln!("note: full broker restart skipped (ORDERFLOW_TEST_NO_FULL_RESTART or no rabbitmq-server)");
+    }
+
+    stack.wait_terminal(&ids, Duration::from_secs(240)).await;
+    assert_books_balance(&stack, &orders, &ids).await;
+}

@@ -14,7 +14,8 @@ fn rabbitmqctl(args: &[&str]) {
 }
 
 fn amqp_port_open() -> bool {
-    std::net::TcpStream::connect_timeout(&"127.0.0.1:5672".parse().unwrap(), Duration::from_millis(200)).is_ok()
+    std::net::TcpStream::connect_timeout(&"127.0.0.1:5672".parse().unwrap(), Duration::from_millis(200))
+        .is_ok()
 }
 
 fn wait_until(what: &str, timeout: Duration, check: impl Fn() -> bool) {
@@ -74,7 +75,8 @@ async fn workers_survive_broker_restarts() {
         tokio::task::spawn_blocking(|| {
             rabbitmqctl(&["stop"]);
             wait_until("the broker stops", Duration::from_secs(60), || !amqp_port_open());
-            let status = Command::new("rabbitmq-server").arg("-detached").status().expect("rabbitmq-server runs");
+            let status =
+                Command::new("rabbitmq-server").arg("-detached").status().expect("rabbitmq-server runs");
             assert!(status.success());
             wait_until("the broker listens again", Duration::from_secs(120), amqp_port_open);
             rabbitmqctl(&["await_startup", "--timeout", "120"]);

@@ -90,7 +90,7 @@ async fn main() -> ExitCode {
             Command::Publish { count, rate, mixed, file } => {
                 let orders = match (count, file) {
                     (Some(n), _) => generate::orders(n, mixed),
-                    (None, Some(path)) => publish::read_orders_file(&path)?,
+                    (None, Some(path)) => publish::read_orders_file(&path, settings.max_message_bytes)?,
                     (None, None) => unreachable!("clap requires --count or --file"),
                 };
                 publish::publish(&settings, orders, rate).await.map(|_| true)

@@ -17,7 +17,7 @@ use topology::Node;
 
 /// Reads one order per line; any line that is not a JSON object of the order
 /// shape stops the command before anything is published.
-pub fn read_orders_file(path: &Path) -> anyhow::Result<Vec<Order>> {
+pub fn read_orders_file(path: &Path, max_message_bytes: usize) -> anyhow::Result<Vec<Order>> {
     let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut orders = Vec::new();
     for (index, line) in std::io::BufReader::new(file).split(b'\n').enumerate() {
@@ -36,6 +36,13 @@ pub fn read_orders_file(path: &Path) -> anyhow::Result<Vec<Order>> {
         }
         let order: Order = serde_json::from_value(value)
             .map_err(|e| anyhow::anyhow!("line {number}: not an order ({e}); nothing was published"))?;
+        let size = serde_json::to_vec(&OrderElement::placed(order.clone()))?.len();
+        if size > max_message_bytes {
+            anyhow::bail!(
+                "line {number}: the order makes a message of {size} bytes, more than the maximum of \
+                 {max_message_bytes} (ORDERFLOW_MAX_MESSAGE_BYTES); nothing was published"
+            );
+        }
         orders.push(order);
     }
     Ok(orders)

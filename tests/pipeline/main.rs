@@ -7,10 +7,12 @@
 //! - `poison`: undecodable messages are dead-lettered and the rest flows.
 //! - `retry`: transient failures retry, then dead-letter; `dlq replay` sends them back once.
 //! - `faults`: SIGKILLed nodes, a stopped tracker, cut connections: nothing lost or doubled.
+//! - `bad_input`: refused files, rejected orders, hostile text, audit garbage.
 //! - `cli`: the command line and the tracker's HTTP API.
 //! - `compose`: the docker-compose file names every service.
 //! - `postgres`: the stores on PostgreSQL instead of SQLite.
 
+mod bad_input;
 mod cli;
 mod compose;
 mod faults;

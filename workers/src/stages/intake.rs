@@ -11,6 +11,11 @@ pub const MAX_TEXT_LEN: usize = 200;
 pub const MAX_QTY: i64 = 10_000;
 pub const MAX_ITEMS: usize = 100;
 
+/// A user-given text fit for a reason: at most 40 characters, no control characters.
+fn printable(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(40).collect()
+}
+
 fn check_text(field: &str, value: &str) -> Result<(), String> {
     if value.trim().is_empty() {
         return Err(format!("{field} is missing"));
@@ -34,14 +39,14 @@ pub fn validate(order: &Order) -> Result<(), String> {
         return Err(format!("the order has more than {MAX_ITEMS} items"));
     }
     for item in &order.items {
+        let sku = printable(&item.sku);
         if item.qty < 1 {
-            return Err(format!("quantity {} of {} is below 1", item.qty, item.sku));
+            return Err(format!("quantity {} of {sku:?} is below 1", item.qty));
         }
         if item.qty > MAX_QTY {
-            return Err(format!("quantity {} of {} is above {MAX_QTY}", item.qty, item.sku));
+            return Err(format!("quantity {} of {sku:?} is above {MAX_QTY}", item.qty));
         }
         if !catalog::in_catalog(&item.sku) {
-            let sku: String = item.sku.chars().take(40).filter(|c| !c.is_control()).collect();
             return Err(format!("SKU {sku:?} is not in the catalog"));
         }
     }
@@ -56,7 +61,7 @@ pub fn validate(order: &Order) -> Result<(), String> {
         check_text(field, value).map_err(|reason| format!("incomplete ship-to address: {reason}"))?;
     }
     if !SHIPPING_METHODS.contains(&order.shipping_method.as_str()) {
-        let method: String = order.shipping_method.chars().take(40).filter(|c| !c.is_control()).collect();
+        let method = printable(&order.shipping_method);
         return Err(format!("shipping method {method:?} is not one of standard, express, overnight"));
     }
     let card = &order.payment.card_number;

@@ -10,6 +10,6 @@ RUN cargo build --release --workspace --bins \
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/ /usr/local/bin/
-RUN useradd --system --uid 10001 orderflow && mkdir /data && chown orderflow /data
+RUN useradd --system --uid 10001 orderflow && mkdir /data /defs && chown orderflow /data /defs
 USER orderflow
 ENV ORDERFLOW_RUN_DIR=/data

@@ -10,9 +10,17 @@ source scripts/lib.sh
 
 ensure_broker
 [[ ${ORDERFLOW_SKIP_BUILD:-} == 1 ]] || build_release
-"$BIN/topology" apply --create-vhost >/dev/null
-
 mkdir -p "$ORDERFLOW_RUN_DIR/pids" "$ORDERFLOW_RUN_DIR/logs"
+# Each node and the tracker connect as their own least-privilege user; the
+# passwords are generated once into $ORDERFLOW_RUN_DIR/secrets (mode 0600).
+secrets="$ORDERFLOW_RUN_DIR/secrets"
+: "${ORDERFLOW_USER_PREFIX:=orderflow-}"
+if [[ ${ORDERFLOW_NODE_USERS:-1} == 1 ]]; then
+  "$BIN/topology" apply --create-vhost --create-users --secrets-dir "$secrets" --user-prefix "$ORDERFLOW_USER_PREFIX" >/dev/null \
+    || die "could not apply the topology and users (the management user must be an administrator; or set ORDERFLOW_NODE_USERS=0)."
+else
+  "$BIN/topology" apply --create-vhost >/dev/null || die "could not apply the topology."
+fi
 
 running() { # pid file -> true if its process is alive and is that binary
   local pid
@@ -28,7 +36,11 @@ for node in "${NODES[@]}"; do
   for i in $(seq 1 "$instances"); do
     pidfile="$ORDERFLOW_RUN_DIR/pids/$node-$i.pid"
     if running "$pidfile" "$node"; then continue; fi
-    ORDERFLOW_INSTANCE_ID="$node-$i" nohup "$BIN/$node" >>"$ORDERFLOW_RUN_DIR/logs/$node-$i.log" 2>&1 &
+    credentials=()
+    if [[ ${ORDERFLOW_NODE_USERS:-1} == 1 ]]; then
+      credentials=(AMQP_USER="$ORDERFLOW_USER_PREFIX$node" AMQP_PASSWORD_FILE="$secrets/$ORDERFLOW_USER_PREFIX$node")
+    fi
+    env "${credentials[@]}" ORDERFLOW_INSTANCE_ID="$node-$i" nohup "$BIN/$node" >>"$ORDERFLOW_RUN_DIR/logs/$node-$i.log" 2>&1 &
     echo $! >"$pidfile"
     started=$((started + 1))
   done

@@ -81,6 +81,8 @@ pub struct Stack {
     env: Vec<(String, String)>,
     processes: Vec<(String, Child)>,
     http: reqwest::Client,
+    /// Set when every node runs as its own least-privilege user (`<prefix><node>`).
+    pub user_prefix: Option<String>,
 }
 
 impl Stack {
@@ -107,7 +109,58 @@ impl Stack {
             ("ORDERFLOW_HTTP_ADDR".into(), http_addr.clone()),
         ];
         all_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        Stack { vhost, run_dir, http_addr, env: all_env, processes: Vec::new(), http: reqwest::Client::new() }
+        let stack = Stack {
+            vhost,
+            run_dir,
+            http_addr,
+            env: all_env,
+            processes: Vec::new(),
+            http: reqwest::Client::new(),
+            user_prefix: None,
+        };
+        stack.topology(&["apply"]);
+        stack
+    }
+
+    /// Runs the `topology` binary against this stack's vhost (as guest).
+    pub fn topology(&self, args: &[&str]) {
+        let output = self.command("topology").args(args).output().expect("topology runs");
+        assert!(output.status.success(), "topology {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// Like [`Stack::start`], but every node and the tracker connect as their
+    /// own least-privilege user, created for this test and deleted after it.
+    pub async fn start_with_node_users(test: &str) -> Stack {
+        let mut stack = Stack::empty(test, &[]).await;
+        let prefix = format!("t{}-", &Uuid::new_v4().simple().to_string()[..8]);
+        let secrets = stack.secrets_dir();
+        stack.topology(&[
+            "apply",
+            "--create-users",
+            "--secrets-dir",
+            secrets.to_str().unwrap(),
+            "--user-prefix",
+            &prefix,
+        ]);
+        stack.user_prefix = Some(prefix);
+        stack.spawn("tracker", "tracker-1", &[]);
+        for node in NODES {
+            stack.spawn(node, &format!("{node}-1"), &[]);
+        }
+        stack.wait_for_tracker().await;
+        stack
+    }
+
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.run_dir.join("secrets")
+    }
+
+    /// The AMQP URL of a role's user (`payment`, `tracker`, `publisher`, ...).
+    pub fn role_url(&self, role: &str) -> String {
+        let prefix = self.user_prefix.as_ref().expect("a stack with node users");
+        let user = format!("{prefix}{role}");
+        let password = std::fs::read_to_string(self.secrets_dir().join(&user)).expect("secret file");
+        format!("amqp://{user}:{}@127.0.0.1:5672/{}", password.trim(), self.vhost.name)
     }
 
     fn command(&self, binary: &str) -> Command {
@@ -124,6 +177,10 @@ impl Stack {
         let log = std::fs::File::create(self.run_dir.join(format!("{label}.log"))).expect("log file");
         let mut command = self.command(binary);
         command.env("ORDERFLOW_INSTANCE_ID", label).stdout(Stdio::null()).stderr(log);
+        if let Some(prefix) = &self.user_prefix {
+            let user = format!("{prefix}{binary}");
+            command.env("AMQP_USER", &user).env("AMQP_PASSWORD_FILE", self.secrets_dir().join(&user));
+        }
         for (k, v) in env {
             command.env(k, v);
         }
@@ -275,6 +332,18 @@ impl Drop for Stack {
         for (_, child) in &mut self.processes {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if let Some(prefix) = self.user_prefix.clone() {
+            let _ = std::thread::spawn(move || {
+                let runtime =
+                    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                runtime.block_on(async {
+                    for role in topology::permissions::Role::all() {
+                        let _ = management().delete_user(&role.user(&prefix)).await;
+                    }
+                })
+            })
+            .join();
         }
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.run_dir);

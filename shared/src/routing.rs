@@ -38,6 +38,32 @@ mod tests {
     }
 
     #[test]
+    fn every_forward_is_allowed_by_the_senders_grant() {
+        use OrderState::*;
+        let emits: [(Node, &[OrderState]); 7] = [
+            (Node::Intake, &[Accepted, Rejected]),
+            (Node::Payment, &[Charged, PaymentDeclined]),
+            (Node::Inventory, &[Reserved, StockShort]),
+            (Node::Picklist, &[Picked]),
+            (Node::Rebin, &[Rebinned]),
+            (Node::Shipping, &[Shipped]),
+            (Node::Exceptions, &[OutOfStock]),
+        ];
+        for (node, states) in emits {
+            for &state in states {
+                for units in [1, 2] {
+                    if let Some(next) = next_node(&element(state, units)) {
+                        assert!(
+                            topology::permissions::forwards_to(node).contains(&next),
+                            "{node:?} forwards {state} to {next:?} but may not publish there"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn terminal_states_go_nowhere() {
         for state in OrderState::ALL.into_iter().filter(|s| s.is_terminal()) {
             assert_eq!(next_node(&element(state, 1)), None, "{state}");

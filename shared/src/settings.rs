@@ -46,7 +46,7 @@ fn parsed<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
 impl Settings {
     pub fn from_env() -> anyhow::Result<Settings> {
         Ok(Settings {
-            amqp_url: var("AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.to_string()),
+            amqp_url: amqp_url_from_env()?,
             database_url: var("DATABASE_URL"),
             run_dir: var("ORDERFLOW_RUN_DIR").map(PathBuf::from).unwrap_or_else(|| "run".into()),
             http_addr: parsed("ORDERFLOW_HTTP_ADDR", DEFAULT_HTTP_ADDR.parse()?)?,
@@ -85,6 +85,53 @@ impl Settings {
     }
 }
 
+/// `AMQP_URL`, with its user and password replaced by `AMQP_USER` and
+/// `AMQP_PASSWORD` or the content of `AMQP_PASSWORD_FILE` when those are set.
+fn amqp_url_from_env() -> anyhow::Result<String> {
+    let url = var("AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.to_string());
+    let password = match (var("AMQP_PASSWORD"), var("AMQP_PASSWORD_FILE")) {
+        (Some(p), _) => Some(p),
+        (None, Some(file)) => Some(
+            std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read AMQP_PASSWORD_FILE {file}: {e}"))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
+    let user = var("AMQP_USER");
+    if user.is_none() && password.is_none() {
+        return Ok(url);
+    }
+    Ok(with_credentials(&url, user.as_deref(), password.as_deref()))
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Sets the user and/or password of an AMQP URL (percent-encoded).
+pub fn with_credentials(url: &str, user: Option<&str>, password: Option<&str>) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let (old_user, old_password, host) = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let (u, p) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+            (u.to_string(), p.to_string(), host)
+        }
+        None => (String::new(), String::new(), authority),
+    };
+    let user = user.map(percent_encode).unwrap_or(old_user);
+    let password = password.map(percent_encode).unwrap_or(old_password);
+    format!("{scheme}://{user}:{password}@{host}{path}")
+}
+
 /// Replaces the password of a URL (`scheme://user:secret@host`) with `***`.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
@@ -101,5 +148,15 @@ mod tests {
     fn redaction_hides_the_password() {
         assert_eq!(redact_url("amqp://app:s3cret@host:5672/v"), "amqp://app:***@host:5672/v");
         assert_eq!(redact_url("amqp://host"), "amqp://host");
+    }
+
+    #[test]
+    fn credentials_replace_those_of_the_url() {
+        let url = "amqps://guest:guest@broker:5671/shop";
+        assert_eq!(
+            with_credentials(url, Some("orderflow-payment"), Some("p@ss/w")),
+            "amqps://orderflow-payment:p%40ss%2Fw@broker:5671/shop"
+        );
+        assert_eq!(with_credentials("amqp://host/%2f", None, Some("x")), "amqp://:x@host/%2f");
     }
 }

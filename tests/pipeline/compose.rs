@@ -18,7 +18,62 @@ fn compose_file_names_every_service() {
     for node in tests::NODES.iter().chain(&["tracker"]) {
         let service = services.get(Value::from(*node)).unwrap_or_else(|| panic!("no service {node}"));
         assert!(service.get("build").is_some(), "{node} is not built from the workspace");
-        let env = serde_yaml::to_string(&service["environment"]).unwrap();
-        assert!(env.contains("AMQP_URL"), "{node} has no AMQP_URL");
+        let env = &service["environment"];
+        assert!(env["AMQP_URL"].as_str().is_some(), "{node} has no AMQP_URL");
+        assert_eq!(
+            env["AMQP_USER"].as_str(),
+            Some(format!("orderflow-{node}").as_str()),
+            "{node} runs as its own user"
+        );
     }
+}
+
+/// The definitions the compose broker loads at boot, imported into a real
+/// broker: the topology is there and a node's user can use its queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exported_definitions_load_into_a_real_broker() {
+    let vhost = format!("orderflow-test-defs-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let prefix = format!("d{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let out = std::env::temp_dir().join(&vhost);
+    let output = std::process::Command::new(tests::bin_dir().join("topology"))
+        .args([
+            "export",
+            "--out",
+            out.to_str().unwrap(),
+            "--vhost",
+            &vhost,
+            "--user",
+            &format!("{prefix}admin"),
+        ])
+        .args(["--user-prefix", &prefix])
+        .env("ORDERFLOW_AMQP_PASSWORD", "not-a-real-secret")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let document: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("definitions.json")).unwrap()).unwrap();
+    let management = tests::management();
+    management.import_definitions(&document).await.expect("the broker accepts the definitions");
+
+    let user = format!("{prefix}payment");
+    let password = std::fs::read_to_string(out.join("secrets").join(&user)).unwrap();
+    let url = format!("amqp://{user}:{}@127.0.0.1:5672/{vhost}", password.trim());
+    let result = async {
+        let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        topology::ensure_for(&channel, Some(&topology::node_queue(topology::Node::Payment))).await?;
+        let queue = management.queue(&vhost, "orderflow.tracker").await;
+        assert!(queue.is_err(), "no such queue should exist");
+        let tracker = management.queue(&vhost, topology::TRACKER_QUEUE).await?;
+        assert_eq!(tracker["arguments"]["x-queue-type"], "quorum");
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = management.delete_vhost(&vhost).await;
+    for role in topology::permissions::Role::all() {
+        let _ = management.delete_user(&role.user(&prefix)).await;
+    }
+    let _ = management.delete_user(&format!("{prefix}admin")).await;
+    let _ = std::fs::remove_dir_all(&out);
+    result.expect("a node's user works on the imported topology");
 }

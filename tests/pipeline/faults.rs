@@ -100,3 +100,17 @@ async fn cut_connections_are_rebuilt_and_lose_nothing() {
     stack.wait_terminal(&ids, Duration::from_secs(120)).await;
     assert_books_balance(&stack, &orders, &ids).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_published_twice_ships_once() {
+    let stack = Stack::start("twice", &[]).await;
+    let mut order = tests::orders::valid(2, "express");
+    order["order_id"] = serde_json::json!(uuid::Uuid::new_v4());
+    let first = stack.publish(&[order.clone(), order.clone()]);
+    let again = stack.publish(std::slice::from_ref(&order));
+    assert!(first[0] == first[1] && first[0] == again[0], "the order id is kept");
+    stack.wait_terminal(&again, Duration::from_secs(30)).await;
+    // Give the duplicates time to travel the whole pipeline too.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_books_balance(&stack, &[order], &again).await;
+}

@@ -10,6 +10,7 @@
 //! - `bad_input`: refused files, rejected orders, hostile text, audit garbage.
 //! - `cli`: the command line and the tracker's HTTP API.
 //! - `compose`: the docker-compose file names every service.
+//! - `privilege`: per-node users with least privilege; strays are refused.
 //! - `postgres`: the stores on PostgreSQL instead of SQLite.
 
 mod bad_input;
@@ -20,5 +21,6 @@ mod paths;
 mod picklist;
 mod poison;
 mod postgres;
+mod privilege;
 mod retry;
 mod scaling;

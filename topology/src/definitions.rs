@@ -2,6 +2,7 @@
 //! `load_definitions` imports at boot), so the compose broker starts with
 //! every exchange, queue, binding and the application user already there.
 
+use crate::permissions::Grant;
 use crate::{exchanges, queue_arguments, queues};
 use base64::Engine;
 use lapin::ExchangeKind;
@@ -34,8 +35,9 @@ fn kind_name(kind: &ExchangeKind) -> &'static str {
     }
 }
 
-/// The definitions document for `vhost`, with `users` given full rights on it.
-pub fn definitions(vhost: &str, users: &[UserSpec]) -> Value {
+/// The definitions document for `vhost`: `users` get full rights on it,
+/// `roles` (user spec, grant) exactly their grant.
+pub fn definitions(vhost: &str, users: &[UserSpec], roles: &[(UserSpec, Grant)]) -> Value {
     let exchanges: Vec<Value> = exchanges()
         .iter()
         .map(|e| {
@@ -57,19 +59,28 @@ pub fn definitions(vhost: &str, users: &[UserSpec]) -> Value {
     }
     let user_values: Vec<Value> = users
         .iter()
+        .chain(roles.iter().map(|(u, _)| u))
         .map(|u| {
             json!({"name": u.name, "password_hash": password_hash(&u.password, rand::random()),
                    "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": u.tags})
         })
         .collect();
-    let permissions: Vec<Value> = users
+    let mut permissions: Vec<Value> = users
         .iter()
         .map(|u| json!({"user": u.name, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}))
         .collect();
+    let mut topic_permissions = Vec::new();
+    for (u, g) in roles {
+        permissions.push(json!({"user": u.name, "vhost": vhost, "configure": g.configure, "write": g.write, "read": g.read}));
+        for t in &g.topic {
+            topic_permissions.push(json!({"user": u.name, "vhost": vhost, "exchange": t.exchange, "write": t.write, "read": t.read}));
+        }
+    }
     json!({
         "vhosts": [{"name": vhost}],
         "users": user_values,
         "permissions": permissions,
+        "topic_permissions": topic_permissions,
         "exchanges": exchanges,
         "queues": queue_values,
         "bindings": bindings,
@@ -82,7 +93,7 @@ mod tests {
 
     #[test]
     fn definitions_name_every_queue_and_binding() {
-        let defs = definitions("/", &[]);
+        let defs = definitions("/", &[], &[]);
         let names: Vec<&str> =
             defs["queues"].as_array().unwrap().iter().map(|q| q["name"].as_str().unwrap()).collect();
         assert!(names.contains(&"orderflow.payment"));

@@ -6,6 +6,7 @@
 
 pub mod definitions;
 pub mod management;
+pub mod permissions;
 
 use lapin::{
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
@@ -187,6 +188,20 @@ pub async fn declare_all(channel: &Channel) -> lapin::Result<()> {
     declare_exchanges(channel).await?;
     for spec in queues() {
         declare_queue(channel, &spec).await?;
+    }
+    Ok(())
+}
+
+/// What a process with restricted rights needs before it consumes: the
+/// exchanges must exist (checked passively: setup creates them), and its own
+/// queue and binding are (re)declared, which its grant allows.
+pub async fn ensure_for(channel: &Channel, own_queue: Option<&QueueSpec>) -> lapin::Result<()> {
+    for spec in exchanges() {
+        let options = ExchangeDeclareOptions { passive: true, durable: true, ..Default::default() };
+        channel.exchange_declare(spec.name.into(), spec.kind.clone(), options, FieldTable::default()).await?;
+    }
+    if let Some(queue) = own_queue {
+        declare_queue(channel, queue).await?;
     }
     Ok(())
 }

@@ -93,6 +93,58 @@ impl Management {
         Ok(())
     }
 
+    /// Creates (or updates) a user with a password and no tags.
+    pub async fn create_user(&self, user: &str, password: &str) -> anyhow::Result<()> {
+        let url = format!("{}/api/users/{}", self.base, encode(user));
+        let body = json!({"password": password, "tags": ""});
+        self.send(self.http.put(url).json(&body), "creating a user").await?;
+        Ok(())
+    }
+
+    pub async fn delete_user(&self, user: &str) -> anyhow::Result<()> {
+        let url = format!("{}/api/users/{}", self.base, encode(user));
+        self.send(self.http.delete(url), "deleting a user").await?;
+        Ok(())
+    }
+
+    /// Limits the routing keys `user` may publish with to `exchange`.
+    pub async fn set_topic_permissions(
+        &self,
+        vhost: &str,
+        user: &str,
+        exchange: &str,
+        write: &str,
+        read: &str,
+    ) -> anyhow::Result<()> {
+        let url = format!("{}/api/topic-permissions/{}/{}", self.base, encode(vhost), encode(user));
+        let body = json!({"exchange": exchange, "write": write, "read": read});
+        self.send(self.http.put(url).json(&body), "setting topic permissions").await?;
+        Ok(())
+    }
+
+    /// Creates the user of `role` with `password` and exactly its grant on `vhost`.
+    pub async fn apply_grant(
+        &self,
+        vhost: &str,
+        user: &str,
+        password: &str,
+        grant: &crate::permissions::Grant,
+    ) -> anyhow::Result<()> {
+        self.create_user(user, password).await?;
+        self.set_permissions(vhost, user, &grant.configure, &grant.write, &grant.read).await?;
+        for topic in &grant.topic {
+            self.set_topic_permissions(vhost, user, topic.exchange, &topic.write, &topic.read).await?;
+        }
+        Ok(())
+    }
+
+    /// Imports a definitions document (what the compose broker loads at boot).
+    pub async fn import_definitions(&self, definitions: &Value) -> anyhow::Result<()> {
+        let url = format!("{}/api/definitions", self.base);
+        self.send(self.http.post(url).json(definitions), "importing definitions").await?;
+        Ok(())
+    }
+
     /// The queue's details (`messages`, `consumers`, ...).
     pub async fn queue(&self, vhost: &str, queue: &str) -> anyhow::Result<Value> {
         let url = format!("{}/api/queues/{}/{}", self.base, encode(vhost), encode(queue));

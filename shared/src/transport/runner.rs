@@ -98,13 +98,21 @@ where
     }
 }
 
-/// Declares the topology and opens a consumer on `queue` with `prefetch`.
+/// Checks the topology, (re)declares the node's own queue, and opens a consumer on `queue` with `prefetch`.
 pub async fn open_consumer(
     connection: &Connection,
     ctx: &NodeContext,
 ) -> anyhow::Result<(Channel, Consumer)> {
     let setup = connection.create_channel().await?;
-    topology::declare_all(&setup).await?;
+    let own_queue = topology::queues().into_iter().find(|q| q.name == ctx.queue);
+    topology::ensure_for(&setup, own_queue.as_ref()).await.map_err(|e| {
+        let hint = if e.to_string().contains("NOT_FOUND") {
+            ": the topology is not applied (scripts/up.sh or `topology apply` create it)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("{e}{hint}")
+    })?;
     let _ = setup.close(200, "declared".into()).await;
     let channel = connection.create_channel().await?;
     channel.basic_qos(ctx.prefetch, BasicQosOptions { global: false }).await?;

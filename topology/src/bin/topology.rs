@@ -6,6 +6,31 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use topology::definitions::{definitions, UserSpec};
+use topology::permissions::{grant, Role};
+
+/// The password kept in `<dir>/<user>`, generated (and written with mode 0600) when missing.
+fn secret(dir: &std::path::Path, user: &str) -> anyhow::Result<String> {
+    let path = dir.join(user);
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        return Ok(existing.trim().to_string());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let password: String = {
+        use rand::Rng;
+        let mut rng = rand::thread_rng();
+        (0..32).map(|_| rng.sample(rand::distributions::Alphanumeric) as char).collect()
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    use std::io::Write;
+    options
+        .open(&path)?
+        .write_all(password.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(password)
+}
 
 #[derive(Parser)]
 #[command(about = "Apply or export orderflow's RabbitMQ topology")]
@@ -23,6 +48,15 @@ enum Command {
         /// First create AMQP_URL's vhost (and grant its user full rights) through the management API.
         #[arg(long)]
         create_vhost: bool,
+        /// Also create one least-privilege user per node, the tracker and the publisher,
+        /// with passwords kept in (or generated into) files of --secrets-dir.
+        #[arg(long, requires = "secrets_dir")]
+        create_users: bool,
+        #[arg(long, env = "ORDERFLOW_SECRETS_DIR")]
+        secrets_dir: Option<PathBuf>,
+        /// Prefix of those users' names.
+        #[arg(long, env = "ORDERFLOW_USER_PREFIX", default_value = "orderflow-")]
+        user_prefix: String,
     },
     /// Write definitions.json and rabbitmq.conf into a folder.
     Export {
@@ -41,18 +75,28 @@ enum Command {
         password: Option<String>,
         #[arg(long, env = "ORDERFLOW_AMQP_PASSWORD_FILE")]
         password_file: Option<PathBuf>,
+        /// Prefix of the per-role users' names.
+        #[arg(long, env = "ORDERFLOW_USER_PREFIX", default_value = "orderflow-")]
+        user_prefix: String,
     },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Apply { amqp_url, create_vhost } => {
+        Command::Apply { amqp_url, create_vhost, create_users, secrets_dir, user_prefix } => {
+            let (user, _, vhost) = topology::management::amqp_url_parts(&amqp_url)?;
+            let management = topology::management::Management::from_env(&amqp_url)?;
             if create_vhost {
-                let (user, _, vhost) = topology::management::amqp_url_parts(&amqp_url)?;
-                let management = topology::management::Management::from_env(&amqp_url)?;
                 management.create_vhost(&vhost).await?;
                 management.set_permissions(&vhost, &user, ".*", ".*", ".*").await?;
+            }
+            if let (true, Some(dir)) = (create_users, secrets_dir) {
+                for role in Role::all() {
+                    let user = role.user(&user_prefix);
+                    let password = secret(&dir, &user)?;
+                    management.apply_grant(&vhost, &user, &password, &grant(role)).await?;
+                }
             }
             let connection = lapin::Connection::connect(&amqp_url, lapin::ConnectionProperties::default())
                 .await
@@ -62,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
             connection.close(200, "topology applied".into()).await?;
             println!("topology applied");
         }
-        Command::Export { out, broker_path, vhost, user, password, password_file } => {
+        Command::Export { out, broker_path, vhost, user, password, password_file, user_prefix } => {
             let password = match (password, password_file) {
                 (Some(p), _) => p,
                 (None, Some(file)) => std::fs::read_to_string(&file)
@@ -75,7 +119,14 @@ async fn main() -> anyhow::Result<()> {
             };
             std::fs::create_dir_all(&out)?;
             let users = [UserSpec { name: user, password, tags: "management".into() }];
-            let document = definitions(&vhost, &users);
+            // One least-privilege user per role, its password in <out>/secrets/<user>.
+            let mut roles = Vec::new();
+            for role in Role::all() {
+                let name = role.user(&user_prefix);
+                let password = secret(&out.join("secrets"), &name)?;
+                roles.push((UserSpec { name, password, tags: String::new() }, grant(role)));
+            }
+            let document = definitions(&vhost, &users, &roles);
             std::fs::write(out.join("definitions.json"), serde_json::to_vec_pretty(&document)?)?;
             let seen_by_broker = broker_path.unwrap_or_else(|| out.clone());
             std::fs::write(

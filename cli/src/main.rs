@@ -1,6 +1,7 @@
 //! `orderflow`: the user's command line. It publishes orders into the
 //! pipeline and asks the tracker where they are; it never touches a node's data.
 
+mod change;
 mod dlq;
 mod generate;
 mod publish;
@@ -35,6 +36,27 @@ enum Command {
         #[arg(long)]
         file: Option<PathBuf>,
     },
+    /// Change an order in flight: its ship-to address or its shipping method. Prints the change id.
+    Change {
+        id: String,
+        /// The new address as JSON: {"name":..,"line1":..,"city":..,"postal_code":..,"country":..}.
+        #[arg(long, group = "what")]
+        ship_to: Option<String>,
+        /// The new address from a JSON file.
+        #[arg(long, group = "what")]
+        ship_to_file: Option<PathBuf>,
+        /// standard, express or overnight.
+        #[arg(long, group = "what")]
+        shipping_method: Option<String>,
+        #[command(flatten)]
+        mode: ModeArgs,
+    },
+    /// Cancel an order in flight. Prints the change id.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        mode: ModeArgs,
+    },
     /// Print an order's state and history.
     Status {
         id: String,
@@ -61,6 +83,31 @@ enum Command {
         #[arg(long, default_value_t = 120.0)]
         timeout: f64,
     },
+}
+
+#[derive(clap::Args)]
+struct ModeArgs {
+    /// Poll for the outcome (applied or rejected) and print it.
+    #[arg(long, conflicts_with = "sync")]
+    wait: bool,
+    /// Immediate feedback: apply within --timeout or not at all; fails clearly when no node answers.
+    #[arg(long)]
+    sync: bool,
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+}
+
+impl ModeArgs {
+    fn mode(&self) -> change::Mode {
+        let timeout = std::time::Duration::from_secs_f64(self.timeout.max(0.1));
+        if self.sync {
+            change::Mode::Sync(timeout)
+        } else if self.wait {
+            change::Mode::Wait(timeout)
+        } else {
+            change::Mode::Queue
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -94,6 +141,26 @@ async fn main() -> ExitCode {
                     (None, None) => unreachable!("clap requires --count or --file"),
                 };
                 publish::publish(&settings, orders, rate).await.map(|_| true)
+            }
+            Command::Change { id, ship_to, ship_to_file, shipping_method, mode } => {
+                let what = match (ship_to, ship_to_file, shipping_method) {
+                    (Some(json), _, _) => {
+                        shared::change::Change::ShipTo { ship_to: change::parse_ship_to(&json)? }
+                    }
+                    (_, Some(file), _) => {
+                        let json = std::fs::read_to_string(&file)
+                            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+                        shared::change::Change::ShipTo { ship_to: change::parse_ship_to(&json)? }
+                    }
+                    (_, _, Some(method)) => {
+                        shared::change::Change::ShippingMethod { shipping_method: method }
+                    }
+                    _ => anyhow::bail!("say what to change: --ship-to, --ship-to-file or --shipping-method"),
+                };
+                change::request(&settings, &id, what, mode.mode()).await
+            }
+            Command::Cancel { id, mode } => {
+                change::request(&settings, &id, shared::change::Change::Cancel, mode.mode()).await
             }
             Command::Status { id, json } => watch::status(&settings, &id, json).await.map(|_| true),
             Command::Watch { once } => watch::watch(&settings, once).await.map(|_| true),

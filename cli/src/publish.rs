@@ -75,7 +75,7 @@ pub async fn publish(settings: &Settings, orders: Vec<Order>, rate: Option<f64>)
         .await
         .with_context(|| format!("cannot connect to RabbitMQ at {}", settings.amqp_url_redacted()))?;
     let setup = connection.create_channel().await?;
-    topology::ensure_for(&setup, None)
+    topology::ensure_for(&setup, &[])
         .await
         .context("the topology is not applied on this broker (run scripts/up.sh or `topology apply`)")?;
     let publisher = Publisher::open(&connection).await?;

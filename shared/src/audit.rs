@@ -12,8 +12,8 @@ const EVENT_NAMESPACE: Uuid = Uuid::from_u128(0x6f72_6465_7266_6c6f_7761_7564_69
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AuditEvent {
     pub schema_version: u32,
-    /// Derived from (order, seq, state, version): a node that redoes a step
-    /// after a redelivery emits the same id, and the tracker keeps one.
+    /// Derived from (order, seq, state): a node that redoes a step after a
+    /// redelivery emits the same id (whatever changes it saw), and the tracker keeps one.
     pub event_id: Uuid,
     pub order_id: Uuid,
     pub node: String,
@@ -43,7 +43,7 @@ impl AuditEvent {
         let Transition { order_id, seq, version, from_state, to_state } = transition;
         AuditEvent {
             schema_version: SCHEMA_VERSION,
-            event_id: event_id(order_id, seq, to_state, version),
+            event_id: event_id(order_id, seq, to_state),
             order_id,
             node: node.to_string(),
             instance_id: instance_id.to_string(),
@@ -76,8 +76,8 @@ impl AuditEvent {
     }
 }
 
-pub fn event_id(order_id: Uuid, seq: u32, state: OrderState, version: u32) -> Uuid {
-    let name = format!("{order_id}/{seq}/{state}/{version}");
+pub fn event_id(order_id: Uuid, seq: u32, state: OrderState) -> Uuid {
+    let name = format!("{order_id}/{seq}/{state}");
     Uuid::new_v5(&EVENT_NAMESPACE, name.as_bytes())
 }
 

@@ -3,6 +3,8 @@
 
 pub mod audit;
 pub mod batcher;
+pub mod change;
+pub mod change_book;
 pub mod order;
 pub mod routing;
 pub mod settings;

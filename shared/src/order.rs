@@ -6,6 +6,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// The shipping methods the distribution center offers.
+pub const SHIPPING_METHODS: [&str; 3] = ["standard", "express", "overnight"];
+
 /// Version of the element's JSON schema, carried in every message's headers.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -67,11 +70,15 @@ pub enum OrderState {
     Picked,
     Rebinned,
     Shipped,
+    /// A cancel was applied; the order is on its way through its compensations.
+    Cancelling,
+    /// Inventory put a cancelled order's reserved units back.
+    StockReleased,
     Cancelled,
 }
 
 impl OrderState {
-    pub const ALL: [OrderState; 13] = [
+    pub const ALL: [OrderState; 15] = [
         OrderState::Placed,
         OrderState::Accepted,
         OrderState::Rejected,
@@ -84,6 +91,8 @@ impl OrderState {
         OrderState::Picked,
         OrderState::Rebinned,
         OrderState::Shipped,
+        OrderState::Cancelling,
+        OrderState::StockReleased,
         OrderState::Cancelled,
     ];
 
@@ -112,6 +121,8 @@ impl OrderState {
             OrderState::Picked => "picked",
             OrderState::Rebinned => "rebinned",
             OrderState::Shipped => "shipped",
+            OrderState::Cancelling => "cancelling",
+            OrderState::StockReleased => "stock_released",
             OrderState::Cancelled => "cancelled",
         }
     }
@@ -170,6 +181,9 @@ pub struct OrderElement {
     pub failure: Option<Failure>,
     #[serde(default)]
     pub tracking_number: Option<String>,
+    /// In-flight changes already applied or rejected for this element.
+    #[serde(default)]
+    pub resolved_changes: Vec<Uuid>,
 }
 
 impl OrderElement {
@@ -189,6 +203,7 @@ impl OrderElement {
             picklist_id: None,
             failure: None,
             tracking_number: None,
+            resolved_changes: Vec::new(),
         }
     }
 

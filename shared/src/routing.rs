@@ -17,6 +17,9 @@ pub fn next_node(element: &OrderElement) -> Option<Node> {
         Picked if element.total_units() > 1 => Some(Node::Rebin),
         Picked | Rebinned => Some(Node::Shipping),
         StockShort | Refunded => Some(Node::Exceptions),
+        // A cancelled order gives its stock back first, then its money.
+        Cancelling if element.reservation.is_some() => Some(Node::Inventory),
+        Cancelling | StockReleased => Some(Node::Exceptions),
         Rejected | PaymentDeclined | OutOfStock | Shipped | Cancelled => None,
     }
 }
@@ -61,6 +64,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn cancel_paths_are_allowed_by_the_senders_grant() {
+        let mut reserved = element(OrderState::Cancelling, 1);
+        reserved.reservation = Some(crate::order::Reservation { reservation_id: uuid::Uuid::nil() });
+        for node in [Node::Picklist, Node::Rebin, Node::Shipping] {
+            assert_eq!(next_node(&reserved), Some(Node::Inventory));
+            assert!(topology::permissions::forwards_to(node).contains(&Node::Inventory), "{node:?}");
+        }
+        assert_eq!(next_node(&element(OrderState::Cancelling, 1)), Some(Node::Exceptions));
+        assert_eq!(next_node(&element(OrderState::StockReleased, 1)), Some(Node::Exceptions));
+        assert!(topology::permissions::forwards_to(Node::Inventory).contains(&Node::Exceptions));
     }
 
     #[test]

@@ -69,6 +69,12 @@ impl Store {
         Ok(Store { pool, backend: Backend::Sqlite })
     }
 
+    /// Adds a column to a table created by an earlier version (ignored when present).
+    pub async fn add_column(&self, table: &str, column_definition: &str) {
+        let sql = format!("ALTER TABLE {table} ADD COLUMN {column_definition}");
+        let _ = sqlx::query(&sql).execute(&self.pool).await;
+    }
+
     /// Runs each statement of a schema (idempotent `CREATE ... IF NOT EXISTS`).
     pub async fn migrate(&self, statements: &[&str]) -> anyhow::Result<()> {
         for statement in statements {

@@ -61,7 +61,14 @@ async fn exported_definitions_load_into_a_real_broker() {
     let result = async {
         let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
-        topology::ensure_for(&channel, Some(&topology::node_queue(topology::Node::Payment))).await?;
+        topology::ensure_for(
+            &channel,
+            &[
+                topology::node_queue(topology::Node::Payment),
+                topology::changes_queue(topology::Node::Payment),
+            ],
+        )
+        .await?;
         let queue = management.queue(&vhost, "orderflow.tracker").await;
         assert!(queue.is_err(), "no such queue should exist");
         let tracker = management.queue(&vhost, topology::TRACKER_QUEUE).await?;

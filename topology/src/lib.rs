@@ -76,6 +76,11 @@ impl Node {
         format!("orderflow.{}", self.name())
     }
 
+    /// The queue on which the node hears every in-flight change (fanout).
+    pub fn changes_queue(self) -> String {
+        format!("orderflow.changes.{}", self.name())
+    }
+
     /// The routing key that delivers a workflow element to this node.
     pub fn routing_key(self) -> String {
         format!("order.{}", self.name())
@@ -111,6 +116,7 @@ pub fn exchanges() -> Vec<ExchangeSpec> {
 /// Every queue of the topology.
 pub fn queues() -> Vec<QueueSpec> {
     let mut queues: Vec<QueueSpec> = Node::ALL.into_iter().map(node_queue).collect();
+    queues.extend(Node::ALL.into_iter().map(changes_queue));
     queues.push(tracker_queue());
     queues.push(dead_letter_queue());
     queues
@@ -118,6 +124,11 @@ pub fn queues() -> Vec<QueueSpec> {
 
 pub fn node_queue(node: Node) -> QueueSpec {
     QueueSpec { name: node.queue(), bindings: vec![(WORKFLOW_EXCHANGE, node.routing_key())] }
+}
+
+/// The node's subscription to the changes fanout.
+pub fn changes_queue(node: Node) -> QueueSpec {
+    QueueSpec { name: node.changes_queue(), bindings: vec![(CHANGES_EXCHANGE, String::new())] }
 }
 
 pub fn tracker_queue() -> QueueSpec {
@@ -195,12 +206,12 @@ pub async fn declare_all(channel: &Channel) -> lapin::Result<()> {
 /// What a process with restricted rights needs before it consumes: the
 /// exchanges must exist (checked passively: setup creates them), and its own
 /// queue and binding are (re)declared, which its grant allows.
-pub async fn ensure_for(channel: &Channel, own_queue: Option<&QueueSpec>) -> lapin::Result<()> {
+pub async fn ensure_for(channel: &Channel, own_queues: &[QueueSpec]) -> lapin::Result<()> {
     for spec in exchanges() {
         let options = ExchangeDeclareOptions { passive: true, durable: true, ..Default::default() };
         channel.exchange_declare(spec.name.into(), spec.kind.clone(), options, FieldTable::default()).await?;
     }
-    if let Some(queue) = own_queue {
+    for queue in own_queues {
         declare_queue(channel, queue).await?;
     }
     Ok(())

@@ -42,9 +42,11 @@ pub fn forwards_to(node: Node) -> &'static [Node] {
         Node::Intake => &[Node::Payment],
         Node::Payment => &[Node::Inventory],
         Node::Inventory => &[Node::Picklist, Node::Exceptions],
-        Node::Picklist => &[Node::Rebin, Node::Shipping],
-        Node::Rebin => &[Node::Shipping],
-        Node::Shipping | Node::Exceptions => &[],
+        // A cancel applied at these nodes sends the order back to inventory to release its stock.
+        Node::Picklist => &[Node::Rebin, Node::Shipping, Node::Inventory],
+        Node::Rebin => &[Node::Shipping, Node::Inventory],
+        Node::Shipping => &[Node::Inventory],
+        Node::Exceptions => &[],
     }
 }
 
@@ -81,12 +83,13 @@ pub fn grant(role: Role) -> Grant {
     match role {
         Role::Node(node) => {
             let queue = node.queue();
+            let changes = node.changes_queue();
             let keys: Vec<String> = forwards_to(node).iter().map(|n| n.routing_key()).collect();
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
             Grant {
-                configure: exact(&[&queue]),
-                write: exact(&[&queue, WORKFLOW_EXCHANGE, AUDIT_EXCHANGE, DEAD_LETTER_EXCHANGE]),
-                read: exact(&[&queue, WORKFLOW_EXCHANGE]),
+                configure: exact(&[&queue, &changes]),
+                write: exact(&[&queue, &changes, WORKFLOW_EXCHANGE, AUDIT_EXCHANGE, DEAD_LETTER_EXCHANGE]),
+                read: exact(&[&queue, &changes, WORKFLOW_EXCHANGE, CHANGES_EXCHANGE]),
                 topic: vec![
                     topic(WORKFLOW_EXCHANGE, exact(&keys), exact(&[&node.routing_key()])),
                     topic(AUDIT_EXCHANGE, format!("^audit\\.{}\\.[a-z_]+$", node.name()), exact(&[])),
@@ -106,19 +109,20 @@ pub fn grant(role: Role) -> Grant {
         },
         Role::Publisher => Grant {
             configure: exact(&[]),
-            write: exact(&[WORKFLOW_EXCHANGE, AUDIT_EXCHANGE]),
+            write: exact(&[WORKFLOW_EXCHANGE, AUDIT_EXCHANGE, CHANGES_EXCHANGE]),
             read: exact(&[]),
             topic: vec![
                 topic(WORKFLOW_EXCHANGE, exact(&[&Node::Intake.routing_key()]), exact(&[])),
-                topic(AUDIT_EXCHANGE, "^audit\\.publisher\\.placed$".to_string(), exact(&[])),
+                topic(
+                    AUDIT_EXCHANGE,
+                    "^audit\\.publisher\\.(placed|change_requested)$".to_string(),
+                    exact(&[]),
+                ),
                 topic(DEAD_LETTER_EXCHANGE, exact(&[]), exact(&[])),
             ],
         },
     }
 }
-
-/// Exchanges nobody but an administrator may publish to yet.
-pub const UNGRANTED_EXCHANGES: [&str; 1] = [CHANGES_EXCHANGE];
 
 #[cfg(test)]
 mod tests {
@@ -127,11 +131,11 @@ mod tests {
     #[test]
     fn node_grants_name_only_their_own_queue() {
         let g = grant(Role::Node(Node::Payment));
-        assert_eq!(g.configure, "^(orderflow\\.payment)$");
+        assert_eq!(g.configure, "^(orderflow\\.payment|orderflow\\.changes\\.payment)$");
         assert!(g.read.contains("orderflow\\.payment") && !g.read.contains("shipping"));
         assert_eq!(g.topic[0].write, "^(order\\.inventory)$");
         assert_eq!(g.topic[0].read, "^(order\\.payment)$");
-        assert_eq!(grant(Role::Node(Node::Shipping)).topic[0].write, "^$");
+        assert_eq!(grant(Role::Node(Node::Exceptions)).topic[0].write, "^$");
     }
 
     #[test]

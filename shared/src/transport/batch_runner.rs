@@ -1,24 +1,37 @@
 //! The consume loop that runs a [`BatchStage`] (the picklist): deliveries are
-//! held, unacknowledged, in a [`Batcher`] until their group is released; then
-//! every element of the batch is recorded and forwarded, and only when all of
-//! that is confirmed are the batch's deliveries acknowledged. A crash loses
-//! nothing: unacknowledged deliveries return to the queue.
+//! held, unacknowledged, in a [`Batcher`] until their group is released. At
+//! release, pending in-flight changes are decided for every held element
+//! first: a cancelled element leaves the batch on its cancel path, one whose
+//! shipping method changed moves to its new group, the rest are recorded and
+//! forwarded, and only when all of that is confirmed are the batch's
+//! deliveries acknowledged. A crash loses nothing: unacknowledged deliveries
+//! return to the queue.
 
 use super::message::decode_element;
 use super::publisher::Publisher;
 use super::runner::{
-    ack, dead_letter, finish, open_consumer, outcome_messages, requeue, supervise, NodeContext,
+    ack, close_if_terminal, dead_letter, finish, handle_change, next_change, open_consumer, outcome_messages,
+    requeue, resolve_changes, supervise, NodeContext,
 };
+use super::Outgoing;
 use crate::batcher::Batcher;
-use crate::order::OrderElement;
+use crate::change::cancel_outcome;
+use crate::order::{OrderElement, OrderState};
 use crate::settings::Settings;
-use crate::stage::BatchStage;
+use crate::stage::{BatchStage, Outcome};
 use futures::StreamExt;
 use lapin::{message::Delivery, Connection};
 use std::{sync::Arc, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-type Held = (OrderElement, Delivery);
+/// An element waiting in a batch, with its delivery and what it was on arrival.
+struct Held {
+    element: OrderElement,
+    delivery: Delivery,
+    before: (u32, Option<OrderState>),
+    /// Change records to publish with its outcome.
+    messages: Vec<Outgoing>,
+}
 
 /// Runs `stage` until shutdown. The prefetch covers a full batch of every
 /// group (three shipping methods) with room to spare, so a batch can fill.
@@ -28,7 +41,7 @@ pub async fn run_batch_stage<S: BatchStage>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let prefetch = u16::try_from(settings.picklist_batch.saturating_mul(4)).unwrap_or(2000);
-    let ctx = Arc::new(NodeContext::new(&settings, S::NODE.name(), S::NODE.queue(), prefetch)?);
+    let ctx = Arc::new(NodeContext::for_node(&settings, S::NODE, prefetch).await?);
     let stage = Arc::new(stage);
     supervise(&settings, &ctx.instance_id.clone(), &shutdown, |connection| {
         serve(connection, ctx.clone(), stage.clone(), settings.clone(), shutdown.clone())
@@ -44,23 +57,26 @@ async fn serve<S: BatchStage>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let publisher = Publisher::open(&connection).await?;
-    let (channel, mut consumer) = open_consumer(&connection, &ctx).await?;
+    let (channel, mut consumer, mut changes) = open_consumer(&connection, &ctx).await?;
     let mut batcher: Batcher<Held> = Batcher::new(settings.picklist_batch, settings.picklist_flush);
     let tasks = TaskTracker::new();
-    let release = |key: String, batch: Vec<Held>| {
-        let (ctx, stage, publisher) = (ctx.clone(), stage.clone(), publisher.clone());
-        tasks.spawn(async move { emit(&ctx, &*stage, &publisher, key, batch).await });
-    };
     let result = loop {
         let deadline = batcher.next_deadline();
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break Ok(()),
             _ = sleep_until(deadline) => {
-                for (key, batch) in batcher.take_due(Instant::now()) {
-                    release(key, batch);
-                }
+                let due = batcher.take_due(Instant::now());
+                release(&ctx, &stage, &publisher, &tasks, &mut batcher, due).await;
             }
+            next = next_change(&mut changes) => match next {
+                Some(Ok(delivery)) => {
+                    let (ctx, publisher) = (ctx.clone(), publisher.clone());
+                    tasks.spawn(async move { handle_change(&ctx, &publisher, delivery).await });
+                }
+                Some(Err(error)) => break Err(anyhow::Error::from(error).context("change consumer failed")),
+                None => break Err(anyhow::anyhow!("the broker cancelled the change consumer")),
+            },
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => match decode_element(&delivery, ctx.max_message_bytes) {
                     Ok(element) => {
@@ -68,8 +84,10 @@ async fn serve<S: BatchStage>(
                             tokio::time::sleep(delay).await;
                         }
                         let key = stage.group_key(&element);
-                        if let Some(batch) = batcher.push(&key, (element, delivery), Instant::now()) {
-                            release(key, batch);
+                        let before = (element.seq, Some(element.state));
+                        let held = Held { element, delivery, before, messages: Vec::new() };
+                        if let Some(batch) = batcher.push(&key, held, Instant::now()) {
+                            release(&ctx, &stage, &publisher, &tasks, &mut batcher, vec![(key, batch)]).await;
                         }
                     }
                     Err(error) => {
@@ -84,9 +102,10 @@ async fn serve<S: BatchStage>(
     };
     if result.is_ok() {
         // Finish what is in hand: release every waiting group now.
-        for (key, batch) in batcher.drain() {
-            release(key, batch);
-        }
+        let all = batcher.drain();
+        release(&ctx, &stage, &publisher, &tasks, &mut batcher, all).await;
+        let rest = batcher.drain();
+        release(&ctx, &stage, &publisher, &tasks, &mut batcher, rest).await;
     }
     // On a lost connection the held deliveries return to the queue by themselves.
     finish(&connection, &channel, &ctx, tasks, result).await
@@ -99,30 +118,86 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-async fn emit<S: BatchStage>(
-    ctx: &NodeContext,
-    stage: &S,
+/// Releases groups: decides each element's pending changes, sends cancelled
+/// elements on their way, regroups those whose method changed (they wait
+/// again in their new group), and emits the rest as one picklist per group.
+async fn release<S: BatchStage>(
+    ctx: &Arc<NodeContext>,
+    stage: &Arc<S>,
     publisher: &Publisher,
-    key: String,
-    batch: Vec<Held>,
+    tasks: &TaskTracker,
+    batcher: &mut Batcher<Held>,
+    groups: Vec<(String, Vec<Held>)>,
 ) {
-    let befores: Vec<_> = batch.iter().map(|(e, _)| (e.seq, Some(e.state))).collect();
-    let (elements, deliveries): (Vec<OrderElement>, Vec<Delivery>) = batch.into_iter().unzip();
-    let outcomes = stage.emit(&key, elements);
-    let messages: Vec<_> = outcomes
-        .iter()
-        .zip(befores)
-        .flat_map(|(outcome, before)| outcome_messages(before, outcome, ctx).1)
-        .collect();
+    let mut groups = groups;
+    while let Some((key, batch)) = groups.pop() {
+        let mut emit_now = Vec::with_capacity(batch.len());
+        for mut held in batch {
+            let element = held.element.clone();
+            match resolve_changes(ctx, element).await {
+                Err(error) => {
+                    tracing::warn!(%error, "could not decide pending changes; requeueing the order");
+                    tasks.spawn(async move { requeue(&held.delivery).await });
+                }
+                Ok((element, messages, cancelled)) => {
+                    held.messages.extend(messages);
+                    if cancelled {
+                        let outcome = cancel_outcome(element);
+                        let (ctx, publisher) = (ctx.clone(), publisher.clone());
+                        tasks.spawn(async move { settle(&ctx, &publisher, vec![(held, outcome)]).await });
+                        continue;
+                    }
+                    held.element = element;
+                    let new_key = stage.group_key(&held.element);
+                    if new_key != key {
+                        if let Some(full) = batcher.push(&new_key, held, Instant::now()) {
+                            groups.push((new_key, full));
+                        }
+                        continue;
+                    }
+                    emit_now.push(held);
+                }
+            }
+        }
+        if emit_now.is_empty() {
+            continue;
+        }
+        let elements: Vec<OrderElement> = emit_now.iter().map(|h| h.element.clone()).collect();
+        let outcomes = stage.emit(&key, elements);
+        let (ctx, publisher) = (ctx.clone(), publisher.clone());
+        tasks.spawn(
+            async move { settle(&ctx, &publisher, emit_now.into_iter().zip(outcomes).collect()).await },
+        );
+    }
+}
+
+/// Publishes the records and forwards of released elements, then acknowledges them.
+async fn settle(ctx: &NodeContext, publisher: &Publisher, released: Vec<(Held, Outcome)>) {
+    let mut messages = Vec::new();
+    let mut deliveries = Vec::with_capacity(released.len());
+    for (held, outcome) in released {
+        messages.extend(held.messages);
+        let (element, outgoing) = outcome_messages(held.before, &outcome, ctx);
+        messages.extend(outgoing);
+        match close_if_terminal(ctx, &element).await {
+            Ok(late) => messages.extend(late),
+            Err(error) => {
+                tracing::warn!(%error, "could not close the order; requeueing it");
+                requeue(&held.delivery).await;
+                continue;
+            }
+        }
+        deliveries.push(held.delivery);
+    }
     match publisher.publish_all(&messages).await {
         Ok(()) => {
-            tracing::debug!(node = ctx.node, group = key, size = deliveries.len(), "batch released");
+            tracing::debug!(node = ctx.node, size = deliveries.len(), "batch released");
             for delivery in &deliveries {
                 ack(delivery).await;
             }
         }
         Err(error) => {
-            tracing::warn!(%error, group = key, "batch not confirmed; requeueing its orders");
+            tracing::warn!(%error, "batch not confirmed; requeueing its orders");
             for delivery in &deliveries {
                 requeue(delivery).await;
             }

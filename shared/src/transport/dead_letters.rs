@@ -97,6 +97,7 @@ fn replay_message(delivery: &Delivery, letter: &DeadLetter) -> Outgoing {
     headers.insert(REPLAYS_HEADER.into(), AMQPValue::LongLongInt(letter.replays + 1));
     let exchange: &'static str = match letter.exchange.as_str() {
         topology::AUDIT_EXCHANGE => topology::AUDIT_EXCHANGE,
+        topology::CHANGES_EXCHANGE => topology::CHANGES_EXCHANGE,
         _ => topology::WORKFLOW_EXCHANGE,
     };
     Outgoing {
@@ -149,7 +150,7 @@ pub async fn replay(connection: &Connection, target: Option<&str>) -> anyhow::Re
             report.dropped_duplicates += 1;
             continue;
         }
-        if letter.routing_key.is_empty() {
+        if letter.routing_key.is_empty() && letter.exchange != topology::CHANGES_EXCHANGE {
             anyhow::bail!("message {} has no original routing key; it cannot be replayed", letter.message_id);
         }
         publisher.publish_all(&[replay_message(&delivery, &letter)]).await?;

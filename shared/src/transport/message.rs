@@ -3,6 +3,7 @@
 //! anything that can never be decoded.
 
 use crate::audit::AuditEvent;
+use crate::change::{ChangeEvent, ChangeRequest};
 use crate::order::{OrderElement, SCHEMA_VERSION};
 use lapin::{
     message::Delivery,
@@ -49,7 +50,7 @@ fn properties(message_id: Uuid, order_id: Uuid, kind: &str) -> BasicProperties {
 /// The element forwarded to `node`. Its message id is derived from the step
 /// it records, so a redone step sends a message with the same id.
 pub fn element_message(element: &OrderElement, to: Node) -> Outgoing {
-    let id = crate::audit::event_id(element.order_id, element.seq, element.state, element.version);
+    let id = crate::audit::event_id(element.order_id, element.seq, element.state);
     Outgoing {
         exchange: WORKFLOW_EXCHANGE,
         routing_key: to.routing_key(),
@@ -66,6 +67,29 @@ pub fn audit_message(event: &AuditEvent) -> Outgoing {
         properties: properties(event.event_id, event.order_id, "audit"),
     }
 }
+
+/// A change record for the tracker, on the audit exchange.
+pub fn change_event_message(event: &ChangeEvent) -> Outgoing {
+    Outgoing {
+        exchange: AUDIT_EXCHANGE,
+        routing_key: topology::audit_routing_key(&event.node, event.kind.as_str()),
+        body: serde_json::to_vec(event).expect("an event always serializes"),
+        properties: properties(event.event_id, event.order_id, CHANGE_EVENT_TYPE),
+    }
+}
+
+/// A change request, fanned out to every node.
+pub fn change_request_message(request: &ChangeRequest) -> Outgoing {
+    Outgoing {
+        exchange: topology::CHANGES_EXCHANGE,
+        routing_key: String::new(),
+        body: serde_json::to_vec(request).expect("a request always serializes"),
+        properties: properties(request.change_id, request.order_id, "change_request"),
+    }
+}
+
+/// The `type` property of change records on the audit exchange.
+pub const CHANGE_EVENT_TYPE: &str = "change_event";
 
 /// A received message sent on to the dead-letter exchange, unchanged but for
 /// headers saying why, which node gave up on it, and where it was going.

@@ -1,14 +1,20 @@
 //! The consume loop that runs a [`Stage`]: one connection per process, a
-//! consume channel with a deliberate prefetch and a confirm-mode publish
-//! channel. Each delivery is decoded, handled, its audit events and forwarded
-//! element are published and confirmed, and only then is it acknowledged.
-//! The loop reconnects with backoff when the broker goes away and re-declares
-//! the topology; on shutdown it stops consuming and finishes what it holds.
+//! consume channel with a deliberate prefetch, a confirm-mode publish channel,
+//! and a second consumer that hears in-flight changes from the fanout. Each
+//! element is decoded, its pending changes are decided, it is handled, its
+//! change records, audit events and forwarded element are published and
+//! confirmed, and only then is it acknowledged. The loop reconnects with
+//! backoff when the broker goes away; on shutdown it stops consuming and
+//! finishes what it holds.
 
 use super::connect::{connect_with_retry, Backoff};
-use super::message::{self, audit_message, dead_letter_message, element_message, Outgoing};
+use super::message::{
+    self, audit_message, change_event_message, dead_letter_message, element_message, Outgoing,
+};
 use super::publisher::Publisher;
 use crate::audit::{AuditEvent, Transition};
+use crate::change::{cancel_outcome, Change, ChangeEvent, ChangeKind, ChangeRequest, Decision};
+use crate::change_book::{ChangeBook, Received};
 use crate::order::OrderElement;
 use crate::routing::next_node;
 use crate::settings::Settings;
@@ -24,9 +30,9 @@ use lapin::{
 };
 use std::{future::Future, sync::Arc, time::Duration};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use topology::Node;
 
 /// What every delivery handler of a node needs to know.
-#[derive(Clone, Debug)]
 pub struct NodeContext {
     pub node: &'static str,
     pub instance_id: String,
@@ -35,6 +41,8 @@ pub struct NodeContext {
     pub delay: Option<Duration>,
     pub max_message_bytes: usize,
     pub max_attempts: u32,
+    /// The node's book of in-flight changes (workflow nodes only).
+    pub book: Option<ChangeBook>,
 }
 
 impl NodeContext {
@@ -52,7 +60,29 @@ impl NodeContext {
             delay: settings.delay_for(node)?,
             max_message_bytes: settings.max_message_bytes,
             max_attempts: settings.max_attempts.max(1),
+            book: None,
         })
+    }
+
+    /// The context of a workflow node, with its change book opened.
+    pub async fn for_node(settings: &Settings, node: Node, prefetch: u16) -> anyhow::Result<NodeContext> {
+        let mut ctx = NodeContext::new(settings, node.name(), node.queue(), prefetch)?;
+        ctx.book = Some(ChangeBook::open(settings, node.name()).await?);
+        Ok(ctx)
+    }
+
+    fn workflow_node(&self) -> Option<Node> {
+        self.book.as_ref().and_then(|_| Node::from_name(self.node))
+    }
+
+    fn change_event(
+        &self,
+        request: &ChangeRequest,
+        kind: ChangeKind,
+        detail: String,
+        version: u32,
+    ) -> Outgoing {
+        change_event_message(&ChangeEvent::new(request, kind, self.node, &self.instance_id, detail, version))
     }
 }
 
@@ -98,14 +128,19 @@ where
     }
 }
 
-/// Checks the topology, (re)declares the node's own queue, and opens a consumer on `queue` with `prefetch`.
+/// Checks the topology, (re)declares the node's own queues, and opens a
+/// consumer on its workflow queue (and one on its changes queue).
 pub async fn open_consumer(
     connection: &Connection,
     ctx: &NodeContext,
-) -> anyhow::Result<(Channel, Consumer)> {
+) -> anyhow::Result<(Channel, Consumer, Option<Consumer>)> {
     let setup = connection.create_channel().await?;
-    let own_queue = topology::queues().into_iter().find(|q| q.name == ctx.queue);
-    topology::ensure_for(&setup, own_queue.as_ref()).await.map_err(|e| {
+    let mut own: Vec<topology::QueueSpec> =
+        topology::queues().into_iter().filter(|q| q.name == ctx.queue).collect();
+    if let Some(node) = ctx.workflow_node() {
+        own.push(topology::changes_queue(node));
+    }
+    topology::ensure_for(&setup, &own).await.map_err(|e| {
         let hint = if e.to_string().contains("NOT_FOUND") {
             ": the topology is not applied (scripts/up.sh or `topology apply` create it)"
         } else {
@@ -116,15 +151,25 @@ pub async fn open_consumer(
     let _ = setup.close(200, "declared".into()).await;
     let channel = connection.create_channel().await?;
     channel.basic_qos(ctx.prefetch, BasicQosOptions { global: false }).await?;
-    let consumer = channel
-        .basic_consume(
-            ctx.queue.as_str().into(),
-            ctx.instance_id.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    Ok((channel, consumer))
+    let consume = |queue: String, tag: String| {
+        let channel = channel.clone();
+        async move {
+            channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        }
+    };
+    let consumer = consume(ctx.queue.clone(), ctx.instance_id.clone()).await?;
+    let changes = match ctx.workflow_node() {
+        Some(node) => Some(consume(node.changes_queue(), format!("{}-changes", ctx.instance_id)).await?),
+        None => None,
+    };
+    Ok((channel, consumer, changes))
 }
 
 /// The messages that record an outcome: one audit event per step, then the
@@ -162,6 +207,52 @@ pub fn outcome_messages(
         messages.push(element_message(&element, next));
     }
     (element, messages)
+}
+
+/// Decides the element's pending changes. Returns the element as changed,
+/// the change records to publish, and whether a cancel was just applied.
+pub async fn resolve_changes(
+    ctx: &NodeContext,
+    element: OrderElement,
+) -> Result<(OrderElement, Vec<Outgoing>, bool), StageError> {
+    let Some(book) = &ctx.book else { return Ok((element, Vec::new(), false)) };
+    let mut version = element.version;
+    let (element, decisions) = book.resolve(element).await?;
+    let mut messages = Vec::with_capacity(decisions.len());
+    let mut cancelled = false;
+    for (request, decision) in decisions {
+        match decision {
+            Decision::Apply => {
+                version += 1;
+                cancelled |= request.change == Change::Cancel;
+                let detail = format!("{} (version {version})", request.change.describe());
+                messages.push(ctx.change_event(&request, ChangeKind::ChangeApplied, detail, version));
+            }
+            Decision::Reject(reason) => {
+                messages.push(ctx.change_event(&request, ChangeKind::ChangeRejected, reason, version));
+            }
+        }
+    }
+    Ok((element, messages, cancelled))
+}
+
+/// When the outcome ends the order here, closes it in the change book and
+/// rejects the changes that arrived meanwhile.
+pub async fn close_if_terminal(
+    ctx: &NodeContext,
+    element: &OrderElement,
+) -> Result<Vec<Outgoing>, StageError> {
+    let Some(book) = &ctx.book else { return Ok(Vec::new()) };
+    if !element.state.is_terminal() {
+        return Ok(Vec::new());
+    }
+    let late = book.close(element).await?;
+    Ok(late
+        .into_iter()
+        .map(|(request, reason)| {
+            ctx.change_event(&request, ChangeKind::ChangeRejected, reason, element.version)
+        })
+        .collect())
 }
 
 /// Acknowledges one delivery; a stale tag (from before a reconnect) only means
@@ -237,18 +328,47 @@ pub async fn settle_failure(
     }
 }
 
+/// Handles one change request heard on the fanout: the book keeps it for
+/// the order, or rejects it when the order already ended at this node.
+pub async fn handle_change(ctx: &NodeContext, publisher: &Publisher, delivery: Delivery) {
+    let result = async {
+        let request: ChangeRequest =
+            message::decode(&delivery.data, delivery.properties.headers().as_ref(), ctx.max_message_bytes)
+                .map_err(|e| StageError::Permanent(e.to_string()))?;
+        let Some(book) = &ctx.book else { return Ok(()) };
+        if let Received::Reject(reason) = book.receive(&request).await? {
+            let event = ctx.change_event(&request, ChangeKind::ChangeRejected, reason, 0);
+            publisher.publish_all(&[event]).await.map_err(|e| StageError::Transient(e.into()))?;
+        }
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => ack(&delivery).await,
+        Err(error) => settle_failure(publisher, ctx, &delivery, error).await,
+    }
+}
+
 /// Runs `stage` until shutdown: the main loop of every per-element node.
 pub async fn run_stage<S: Stage>(
     stage: S,
     settings: Settings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let ctx = Arc::new(NodeContext::new(&settings, S::NODE.name(), S::NODE.queue(), settings.prefetch)?);
+    let ctx = Arc::new(NodeContext::for_node(&settings, S::NODE, settings.prefetch).await?);
     let stage = Arc::new(stage);
     supervise(&settings, &ctx.instance_id.clone(), &shutdown, |connection| {
         serve(connection, ctx.clone(), stage.clone(), shutdown.clone())
     })
     .await
+}
+
+/// The next delivery of an optional consumer (pending for ever without one).
+pub async fn next_change(changes: &mut Option<Consumer>) -> Option<lapin::Result<Delivery>> {
+    match changes {
+        Some(consumer) => consumer.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn serve<S: Stage>(
@@ -258,13 +378,21 @@ async fn serve<S: Stage>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let publisher = Publisher::open(&connection).await?;
-    let (channel, mut consumer) = open_consumer(&connection, &ctx).await?;
+    let (channel, mut consumer, mut changes) = open_consumer(&connection, &ctx).await?;
     tracing::info!(node = ctx.node, queue = ctx.queue, prefetch = ctx.prefetch, "consuming");
     let tasks = TaskTracker::new();
     let result = loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break Ok(()),
+            next = next_change(&mut changes) => match next {
+                Some(Ok(delivery)) => {
+                    let (ctx, publisher) = (ctx.clone(), publisher.clone());
+                    tasks.spawn(async move { handle_change(&ctx, &publisher, delivery).await });
+                }
+                Some(Err(error)) => break Err(anyhow::Error::from(error).context("change consumer failed")),
+                None => break Err(anyhow::anyhow!("the broker cancelled the change consumer")),
+            },
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
                     let (ctx, stage, publisher) = (ctx.clone(), stage.clone(), publisher.clone());
@@ -278,8 +406,8 @@ async fn serve<S: Stage>(
     finish(&connection, &channel, &ctx, tasks, result).await
 }
 
-/// Ends a session: on shutdown, cancels the consumer, lets every task in hand
-/// finish, and closes the connection.
+/// Ends a session: on shutdown, cancels the consumers, lets every task in
+/// hand finish, and closes the connection.
 pub async fn finish(
     connection: &Connection,
     channel: &Channel,
@@ -289,6 +417,8 @@ pub async fn finish(
 ) -> anyhow::Result<()> {
     if result.is_ok() {
         let _ = channel.basic_cancel(ctx.instance_id.as_str().into(), BasicCancelOptions::default()).await;
+        let tag = format!("{}-changes", ctx.instance_id);
+        let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
     }
     tasks.close();
     tasks.wait().await;
@@ -319,8 +449,11 @@ async fn process<S: Stage>(
     }
     let before = (element.seq, Some(element.state));
     let order_id = element.order_id;
-    let outcome = stage.handle(element).await?;
-    let (element, messages) = outcome_messages(before, &outcome, ctx);
+    let (element, mut messages, cancelled) = resolve_changes(ctx, element).await?;
+    let outcome = if cancelled { cancel_outcome(element) } else { stage.handle(element).await? };
+    let (element, outcome_messages) = outcome_messages(before, &outcome, ctx);
+    messages.extend(outcome_messages);
+    messages.extend(close_if_terminal(ctx, &element).await?);
     publisher.publish_all(&messages).await.map_err(|e| StageError::Transient(e.into()))?;
     tracing::debug!(node = ctx.node, %order_id, state = %element.state, "handled");
     Ok(())

@@ -1,6 +1,6 @@
-//! exceptions: ends failed orders with their terminal state after performing
-//! their compensations (refunding the charge of an order that could not be
-//! reserved), each compensation recorded in the order's history.
+//! exceptions: ends failed and cancelled orders with their terminal state
+//! after performing their compensations (refunding the charge of an order that
+//! could not be reserved or was cancelled), each recorded in the order's history.
 
 use super::expect_state;
 use crate::processor::Processor;
@@ -20,7 +20,11 @@ impl Stage for Exceptions {
     const NODE: Node = Node::Exceptions;
 
     async fn handle(&self, element: OrderElement) -> Result<Outcome, StageError> {
-        expect_state(&element, "exceptions", &[OrderState::StockShort])?;
+        expect_state(
+            &element,
+            "exceptions",
+            &[OrderState::StockShort, OrderState::Cancelling, OrderState::StockReleased],
+        )?;
         let Some(failure) = element.failure.clone().filter(|f| f.ends_as.is_terminal()) else {
             return Err(StageError::Permanent(format!(
                 "order {} reached exceptions without a terminal failure",

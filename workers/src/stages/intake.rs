@@ -5,7 +5,7 @@ use super::expect_state;
 use crate::catalog;
 use shared::{order::Order, Node, OrderElement, OrderState, Outcome, Stage, StageError};
 
-pub const SHIPPING_METHODS: [&str; 3] = ["standard", "express", "overnight"];
+pub use shared::order::SHIPPING_METHODS;
 /// Longest accepted text field, and largest accepted quantity of one item.
 pub const MAX_TEXT_LEN: usize = 200;
 pub const MAX_QTY: i64 = 10_000;

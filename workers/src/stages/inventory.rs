@@ -14,7 +14,8 @@ use uuid::Uuid;
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS inventory_bin_items (sku TEXT PRIMARY KEY, qty BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS inventory_reservations (order_id TEXT PRIMARY KEY, \
-     reservation_id TEXT NOT NULL, lines TEXT NOT NULL, reserved_at TEXT NOT NULL)",
+     reservation_id TEXT NOT NULL, lines TEXT NOT NULL, reserved_at TEXT NOT NULL, \
+     released BIGINT NOT NULL DEFAULT 0)",
 ];
 
 /// The units to reserve per SKU, merged and sorted (a fixed lock order).
@@ -41,6 +42,7 @@ impl Inventory {
     pub async fn open(settings: &Settings) -> anyhow::Result<Inventory> {
         let store = Store::open(settings, "inventory").await?;
         store.migrate(SCHEMA).await?;
+        store.add_column("inventory_reservations", "released BIGINT NOT NULL DEFAULT 0").await;
         let mut tx = store.pool.begin().await?;
         for (sku, qty) in catalog::seeded_stock() {
             sqlx::query(
@@ -100,6 +102,38 @@ impl Inventory {
         }))
     }
 
+    /// Puts a reservation's units back, once: a second call finds it released.
+    /// Returns the units released by this call (0 when already released).
+    pub async fn release(&self, order_id: Uuid) -> sqlx::Result<i64> {
+        let mut tx = self.store.pool.begin().await?;
+        let released = sqlx::query(
+            "UPDATE inventory_reservations SET released = 1 WHERE order_id = $1 AND released = 0",
+        )
+        .bind(order_id.to_string())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let mut units = 0;
+        if released == 1 {
+            let lines: String =
+                sqlx::query_scalar("SELECT lines FROM inventory_reservations WHERE order_id = $1")
+                    .bind(order_id.to_string())
+                    .fetch_one(&mut *tx)
+                    .await?;
+            let lines: Vec<(String, i64)> = serde_json::from_str(&lines).unwrap_or_default();
+            for (sku, qty) in lines {
+                sqlx::query("UPDATE inventory_bin_items SET qty = qty + $1 WHERE sku = $2")
+                    .bind(qty)
+                    .bind(&sku)
+                    .execute(&mut *tx)
+                    .await?;
+                units += qty;
+            }
+        }
+        tx.commit().await?;
+        Ok(units)
+    }
+
     /// Units on hand of one SKU.
     pub async fn on_hand(&self, sku: &str) -> sqlx::Result<i64> {
         sqlx::query_scalar("SELECT qty FROM inventory_bin_items WHERE sku = $1")
@@ -118,7 +152,13 @@ impl Stage for Inventory {
     const NODE: Node = Node::Inventory;
 
     async fn handle(&self, mut element: OrderElement) -> Result<Outcome, StageError> {
-        expect_state(&element, "inventory", &[OrderState::Charged])?;
+        expect_state(&element, "inventory", &[OrderState::Charged, OrderState::Cancelling])?;
+        if element.state == OrderState::Cancelling {
+            // A cancelled order comes back to give its reserved units back.
+            let units = self.release(element.order_id).await?;
+            let detail = format!("released the {units} units reserved for the cancelled order");
+            return Ok(Outcome::new(element).step(OrderState::StockReleased, detail));
+        }
         let lines = reservation_lines(&element.order);
         match self.reserve(element.order_id, &lines).await? {
             ReserveResult::Reserved(reservation) => {

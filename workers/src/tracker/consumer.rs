@@ -2,11 +2,11 @@
 //! written in one transaction, and only after the commit is the batch
 //! acknowledged (one `multiple` ack). Undecodable events are dead-lettered.
 
-use super::store::TrackerStore;
+use super::store::{Record, TrackerStore};
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use shared::settings::Settings;
-use shared::transport::message::decode_audit;
+use shared::transport::message::{decode, decode_audit, CHANGE_EVENT_TYPE};
 use shared::transport::runner::{dead_letter, finish, open_consumer, retry_delay, supervise, NodeContext};
 use shared::transport::Publisher;
 use std::sync::Arc;
@@ -31,7 +31,7 @@ async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let publisher = Publisher::open(&connection).await?;
-    let (channel, consumer) = open_consumer(&connection, &ctx).await?;
+    let (channel, consumer, _) = open_consumer(&connection, &ctx).await?;
     let mut batches = consumer.ready_chunks(BATCH);
     let mut failures = 0i64;
     let result = loop {
@@ -56,9 +56,16 @@ async fn serve(
         // one; the undecodable ones are settled one by one when dead-lettered.
         let mut last = None;
         for delivery in &deliveries {
-            match decode_audit(delivery, ctx.max_message_bytes) {
-                Ok(event) => {
-                    events.push(event);
+            let decoded =
+                if delivery.properties.kind().as_ref().map(|k| k.as_str()) == Some(CHANGE_EVENT_TYPE) {
+                    decode(&delivery.data, delivery.properties.headers().as_ref(), ctx.max_message_bytes)
+                        .map(Record::Change)
+                } else {
+                    decode_audit(delivery, ctx.max_message_bytes).map(Record::State)
+                };
+            match decoded {
+                Ok(record) => {
+                    events.push(record);
                     last = Some(delivery);
                 }
                 Err(error) => dead_letter(&publisher, &ctx, delivery, &error.to_string()).await,

@@ -4,9 +4,10 @@
 
 use serde::Serialize;
 use shared::audit::{rfc3339, AuditEvent};
+use shared::change::{ChangeEvent, ChangeKind};
 use shared::settings::Settings;
 use shared::store::Store;
-use sqlx::Row;
+use sqlx::Row as _;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -20,6 +21,12 @@ const SCHEMA: &[&str] = &[
      seq BIGINT NOT NULL, terminal BIGINT NOT NULL, updated_at TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS tracker_orders_by_state ON tracker_orders (state)",
 ];
+
+/// What the tracker receives on the audit exchange.
+pub enum Record {
+    State(AuditEvent),
+    Change(ChangeEvent),
+}
 
 /// One entry of an order's history.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -36,6 +43,9 @@ pub struct HistoryEntry {
     pub seq: i64,
     pub version: i64,
     pub event_id: String,
+    /// Set on the records of in-flight changes (`change_requested`, `change_applied`, `change_rejected`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change_id: Option<String>,
 }
 
 /// An order as the tracker knows it.
@@ -63,53 +73,66 @@ impl TrackerStore {
     pub async fn open(settings: &Settings) -> anyhow::Result<TrackerStore> {
         let store = Store::open(settings, "tracker").await?;
         store.migrate(SCHEMA).await?;
+        store.add_column("tracker_events", "change_id TEXT").await;
         Ok(TrackerStore { store })
     }
 
-    /// Records a batch of events in one transaction; returns how many were new.
-    pub async fn record(&self, events: &[AuditEvent]) -> sqlx::Result<u64> {
+    /// Records a batch in one transaction; returns how many records were new.
+    /// A change requested for an order the tracker does not know is rejected here.
+    pub async fn record(&self, records: &[Record]) -> sqlx::Result<u64> {
         let mut tx = self.store.pool.begin().await?;
         let recorded_at = rfc3339::format(&chrono::Utc::now());
         let mut new = 0;
-        for event in events {
-            let at = rfc3339::format(&event.at);
-            let inserted = sqlx::query(
-                "INSERT INTO tracker_events (event_id, order_id, seq, version, node, instance_id, from_state, \
-                 to_state, terminal, at, detail, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-                 ON CONFLICT (event_id) DO NOTHING",
-            )
-            .bind(event.event_id.to_string())
-            .bind(event.order_id.to_string())
-            .bind(i64::from(event.seq))
-            .bind(i64::from(event.version))
-            .bind(&event.node)
-            .bind(&event.instance_id)
-            .bind(event.from_state.map(|s| s.as_str()))
-            .bind(event.to_state.as_str())
-            .bind(i64::from(event.terminal))
-            .bind(&at)
-            .bind(&event.detail)
-            .bind(&recorded_at)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 0 {
+        for record in records {
+            let row = Row::from(record);
+            if !insert_event(&mut tx, &row, &recorded_at).await? {
                 continue;
             }
             new += 1;
-            sqlx::query(
-                "INSERT INTO tracker_orders (order_id, state, seq, terminal, updated_at) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (order_id) DO UPDATE SET state = excluded.state, seq = excluded.seq, \
-                 terminal = excluded.terminal, updated_at = excluded.updated_at \
-                 WHERE excluded.seq > tracker_orders.seq",
-            )
-            .bind(event.order_id.to_string())
-            .bind(event.to_state.as_str())
-            .bind(i64::from(event.seq))
-            .bind(i64::from(event.terminal))
-            .bind(&at)
-            .execute(&mut *tx)
-            .await?;
+            match record {
+                Record::State(event) => {
+                    sqlx::query(
+                        "INSERT INTO tracker_orders (order_id, state, seq, terminal, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (order_id) DO UPDATE SET state = excluded.state, seq = excluded.seq, \
+                         terminal = excluded.terminal, updated_at = excluded.updated_at \
+                         WHERE excluded.seq > tracker_orders.seq",
+                    )
+                    .bind(event.order_id.to_string())
+                    .bind(event.to_state.as_str())
+                    .bind(i64::from(event.seq))
+                    .bind(i64::from(event.terminal))
+                    .bind(&row.at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Record::Change(event) if event.kind == ChangeKind::ChangeRequested => {
+                    let known: Option<String> =
+                        sqlx::query_scalar("SELECT order_id FROM tracker_orders WHERE order_id = $1")
+                            .bind(event.order_id.to_string())
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    if known.is_none() {
+                        let request = shared::change::ChangeRequest {
+                            schema_version: event.schema_version,
+                            change_id: event.change_id,
+                            order_id: event.order_id,
+                            change: event.change.clone(),
+                            requested_at: event.at,
+                            deadline: None,
+                        };
+                        let rejection = ChangeEvent::new(
+                            &request,
+                            ChangeKind::ChangeRejected,
+                            "tracker",
+                            "tracker",
+                            format!("no order {} exists", event.order_id),
+                            0,
+                        );
+                        insert_event(&mut tx, &Row::from(&Record::Change(rejection)), &recorded_at).await?;
+                    }
+                }
+                Record::Change(_) => {}
+            }
         }
         tx.commit().await?;
         Ok(new)
@@ -118,8 +141,8 @@ impl TrackerStore {
     /// An order's state and ordered history, if the tracker knows it.
     pub async fn order(&self, order_id: Uuid) -> sqlx::Result<Option<OrderView>> {
         let rows = sqlx::query(
-            "SELECT to_state, from_state, node, instance_id, at, recorded_at, detail, seq, version, event_id, terminal \
-             FROM tracker_events WHERE order_id = $1 ORDER BY seq, at",
+            "SELECT to_state, from_state, node, instance_id, at, recorded_at, detail, seq, version, event_id, terminal, \
+             change_id FROM tracker_events WHERE order_id = $1 ORDER BY at, seq",
         )
         .bind(order_id.to_string())
         .fetch_all(&self.store.pool)
@@ -129,8 +152,13 @@ impl TrackerStore {
         }
         let mut history = Vec::with_capacity(rows.len());
         let mut terminal = false;
+        let mut state = String::new();
         for row in rows {
-            terminal = row.try_get::<i64, _>("terminal")? != 0;
+            let change_id: Option<String> = row.try_get("change_id")?;
+            if change_id.is_none() {
+                terminal |= row.try_get::<i64, _>("terminal")? != 0;
+                state = row.try_get("to_state")?;
+            }
             history.push(HistoryEntry {
                 state: row.try_get("to_state")?,
                 from_state: row.try_get("from_state")?,
@@ -142,9 +170,9 @@ impl TrackerStore {
                 seq: row.try_get("seq")?,
                 version: row.try_get("version")?,
                 event_id: row.try_get("event_id")?,
+                change_id,
             });
         }
-        let state = history.last().map(|h| h.state.clone()).unwrap_or_default();
         Ok(Some(OrderView { order_id: order_id.to_string(), state, terminal, history }))
     }
 
@@ -184,4 +212,85 @@ impl TrackerStore {
     pub async fn event_count(&self) -> sqlx::Result<i64> {
         sqlx::query_scalar("SELECT COUNT(*) FROM tracker_events").fetch_one(&self.store.pool).await
     }
+}
+
+/// One row of `tracker_events`, from either kind of record.
+struct Row {
+    event_id: String,
+    order_id: String,
+    seq: i64,
+    version: i64,
+    node: String,
+    instance_id: String,
+    from_state: Option<String>,
+    to_state: String,
+    terminal: i64,
+    at: String,
+    detail: String,
+    change_id: Option<String>,
+}
+
+impl From<&Record> for Row {
+    fn from(record: &Record) -> Row {
+        match record {
+            Record::State(e) => Row {
+                event_id: e.event_id.to_string(),
+                order_id: e.order_id.to_string(),
+                seq: i64::from(e.seq),
+                version: i64::from(e.version),
+                node: e.node.clone(),
+                instance_id: e.instance_id.clone(),
+                from_state: e.from_state.map(|s| s.as_str().to_string()),
+                to_state: e.to_state.as_str().to_string(),
+                terminal: i64::from(e.terminal),
+                at: rfc3339::format(&e.at),
+                detail: e.detail.clone(),
+                change_id: None,
+            },
+            Record::Change(e) => Row {
+                event_id: e.event_id.to_string(),
+                order_id: e.order_id.to_string(),
+                seq: -1,
+                version: i64::from(e.version),
+                node: e.node.clone(),
+                instance_id: e.instance_id.clone(),
+                from_state: None,
+                to_state: e.kind.as_str().to_string(),
+                terminal: 0,
+                at: rfc3339::format(&e.at),
+                detail: e.detail.clone(),
+                change_id: Some(e.change_id.to_string()),
+            },
+        }
+    }
+}
+
+/// Inserts a row unless its event id is known; true when it was new.
+async fn insert_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    row: &Row,
+    recorded_at: &str,
+) -> sqlx::Result<bool> {
+    let inserted = sqlx::query(
+        "INSERT INTO tracker_events (event_id, order_id, seq, version, node, instance_id, from_state, \
+         to_state, terminal, at, detail, recorded_at, change_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(&row.event_id)
+    .bind(&row.order_id)
+    .bind(row.seq)
+    .bind(row.version)
+    .bind(&row.node)
+    .bind(&row.instance_id)
+    .bind(row.from_state.as_deref())
+    .bind(&row.to_state)
+    .bind(row.terminal)
+    .bind(&row.at)
+    .bind(&row.detail)
+    .bind(recorded_at)
+    .bind(row.change_id.as_deref())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
 }

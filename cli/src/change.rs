@@ -1,0 +1,115 @@
+//! `orderflow change` and `orderflow cancel`: publish an in-flight change
+//! request to the changes fanout (recording it as requested) and print its
+//! id at once; with `--wait`, poll the tracker for its outcome; with
+//! `--sync`, give it a deadline: a node applies it before then or never.
+
+use crate::tracker_client::TrackerClient;
+use anyhow::Context;
+use chrono::Utc;
+use shared::change::{Change, ChangeEvent, ChangeKind, ChangeRequest};
+use shared::order::ShipTo;
+use shared::settings::Settings;
+use shared::transport::message::{change_event_message, change_request_message};
+use shared::transport::{connect, Publisher};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// How long the command waits for a change's outcome.
+pub enum Mode {
+    /// Print the change id and return (the request is queued).
+    Queue,
+    /// Also poll for the outcome, up to the timeout.
+    Wait(Duration),
+    /// The change must be applied within the timeout or not at all.
+    Sync(Duration),
+}
+
+pub fn parse_ship_to(json: &str) -> anyhow::Result<ShipTo> {
+    serde_json::from_str(json)
+        .context("the address is not a JSON object of name, line1, city, postal_code, country")
+}
+
+/// Publishes the request; returns whether it was applied (`Ok(false)`: rejected).
+pub async fn request(
+    settings: &Settings,
+    order_id: &str,
+    change: Change,
+    mode: Mode,
+) -> anyhow::Result<bool> {
+    let order_id =
+        Uuid::parse_str(order_id).map_err(|_| anyhow::anyhow!("{order_id:?} is not an order id (a uuid)"))?;
+    let deadline = match mode {
+        Mode::Sync(timeout) => Some(Utc::now() + chrono::Duration::from_std(timeout)?),
+        _ => None,
+    };
+    let request = ChangeRequest::new(order_id, change, deadline);
+    let connection = connect(&settings.amqp_url, "orderflow-change")
+        .await
+        .with_context(|| format!("cannot connect to RabbitMQ at {}", settings.amqp_url_redacted()))?;
+    let setup = connection.create_channel().await?;
+    topology::ensure_for(&setup, &[]).await.context("the topology is not applied on this broker")?;
+    let publisher = Publisher::open(&connection).await?;
+    let instance = format!("cli-{}", std::process::id());
+    let requested = ChangeEvent::new(
+        &request,
+        ChangeKind::ChangeRequested,
+        "publisher",
+        &instance,
+        request.change.describe(),
+        0,
+    );
+    publisher
+        .publish_all(&[change_event_message(&requested), change_request_message(&request)])
+        .await
+        .context("publishing the change request")?;
+    let _ = connection.close(200, "requested".into()).await;
+    println!("{}", request.change_id);
+
+    let (timeout, sync) = match mode {
+        Mode::Queue => return Ok(true),
+        Mode::Wait(timeout) => (timeout, false),
+        // After the deadline no node applies it; the grace lets a just-made decision reach the tracker.
+        Mode::Sync(timeout) => (timeout + Duration::from_secs(2), true),
+    };
+    let client = TrackerClient::new(settings);
+    let until = Instant::now() + timeout;
+    loop {
+        if let Ok(view) = client.order(&order_id.to_string()).await {
+            let outcome = view["history"].as_array().into_iter().flatten().find(|h| {
+                h["change_id"] == request.change_id.to_string()
+                    && (h["state"] == "change_applied" || h["state"] == "change_rejected")
+            });
+            if let Some(entry) = outcome {
+                let node = entry["node"].as_str().unwrap_or("?");
+                let detail = entry["detail"].as_str().unwrap_or_default();
+                if entry["state"] == "change_applied" {
+                    println!("applied by {node}: {detail}");
+                    return Ok(true);
+                }
+                println!("rejected by {node}: {detail}");
+                return Ok(false);
+            }
+        }
+        if Instant::now() >= until {
+            let state = client
+                .order(&order_id.to_string())
+                .await
+                .ok()
+                .and_then(|v| v["state"].as_str().map(str::to_string))
+                .unwrap_or_else(|| "unknown".into());
+            if sync {
+                anyhow::bail!(
+                    "no node answered within {:.0} s: the node that would handle the order (now {state}) \
+                     is not answering. The change was not applied, and will not be: its deadline has passed",
+                    timeout.as_secs_f64() - 2.0
+                );
+            }
+            anyhow::bail!(
+                "no outcome within {:.0} s (the order is {state}); the change stays queued: \
+                 follow it with `orderflow status {order_id}`",
+                timeout.as_secs_f64()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,306 @@
+//! In-flight changes: a customer's request to change an order's address or
+//! shipping method, or to cancel it, while the order travels. Requests fan out
+//! to every node; the node that holds the order (or next receives it) decides
+//! here, by plain rules, whether to apply or reject it.
+
+use crate::order::{Failure, OrderElement, OrderState, ShipTo, SCHEMA_VERSION};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Namespace of change event ids: one id per (change, outcome kind).
+const CHANGE_NAMESPACE: Uuid = Uuid::from_u128(0x6f72_6465_7266_6c6f_7763_6861_6e67_0001);
+
+/// What the customer asks for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Change {
+    ShipTo { ship_to: ShipTo },
+    ShippingMethod { shipping_method: String },
+    Cancel,
+}
+
+impl Change {
+    pub fn describe(&self) -> String {
+        match self {
+            Change::ShipTo { ship_to } => format!(
+                "ship to {}, {}, {} {}, {}",
+                ship_to.name, ship_to.line1, ship_to.postal_code, ship_to.city, ship_to.country
+            ),
+            Change::ShippingMethod { shipping_method } => format!("shipping method {shipping_method}"),
+            Change::Cancel => "cancel".to_string(),
+        }
+    }
+}
+
+/// The request published on the changes exchange.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChangeRequest {
+    pub schema_version: u32,
+    pub change_id: Uuid,
+    pub order_id: Uuid,
+    pub change: Change,
+    #[serde(with = "crate::audit::rfc3339")]
+    pub requested_at: DateTime<Utc>,
+    /// Synchronous requests must be applied before this time or not at all.
+    #[serde(default)]
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+impl ChangeRequest {
+    pub fn new(order_id: Uuid, change: Change, deadline: Option<DateTime<Utc>>) -> ChangeRequest {
+        ChangeRequest {
+            schema_version: SCHEMA_VERSION,
+            change_id: Uuid::new_v4(),
+            order_id,
+            change,
+            requested_at: Utc::now(),
+            deadline,
+        }
+    }
+}
+
+/// The three records every change leaves: requested, then applied or rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    ChangeRequested,
+    ChangeApplied,
+    ChangeRejected,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::ChangeRequested => "change_requested",
+            ChangeKind::ChangeApplied => "change_applied",
+            ChangeKind::ChangeRejected => "change_rejected",
+        }
+    }
+}
+
+/// A change record for the tracker (published on the audit exchange).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChangeEvent {
+    pub schema_version: u32,
+    pub event_id: Uuid,
+    pub change_id: Uuid,
+    pub order_id: Uuid,
+    pub kind: ChangeKind,
+    pub node: String,
+    pub instance_id: String,
+    #[serde(with = "crate::audit::rfc3339")]
+    pub at: DateTime<Utc>,
+    /// The attributes asked for (requested), what was done (applied), or why not (rejected).
+    pub detail: String,
+    /// The element's version after the change (applied), or when it was decided.
+    pub version: u32,
+    pub change: Change,
+}
+
+impl ChangeEvent {
+    pub fn new(
+        request: &ChangeRequest,
+        kind: ChangeKind,
+        node: &str,
+        instance_id: &str,
+        detail: String,
+        version: u32,
+    ) -> ChangeEvent {
+        let name = format!("{}/{}", request.change_id, kind.as_str());
+        ChangeEvent {
+            schema_version: SCHEMA_VERSION,
+            // Applied and rejected share an id: a change has one outcome, whoever records it.
+            event_id: Uuid::new_v5(
+                &CHANGE_NAMESPACE,
+                if kind == ChangeKind::ChangeRequested {
+                    name.as_bytes()
+                } else {
+                    request.change_id.as_bytes()
+                },
+            ),
+            change_id: request.change_id,
+            order_id: request.order_id,
+            kind,
+            node: node.to_string(),
+            instance_id: instance_id.to_string(),
+            at: Utc::now(),
+            detail,
+            version,
+            change: request.change.clone(),
+        }
+    }
+}
+
+/// A node's decision on one change for the element it holds.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    Apply,
+    Reject(String),
+}
+
+/// The rules: an address can change until the order is shipped, the
+/// shipping method until it is picked, and it can be cancelled until shipped.
+/// Terminal orders, orders being cancelled, invalid attributes and
+/// synchronous requests past their deadline are rejected.
+pub fn decide(element: &OrderElement, request: &ChangeRequest, now: DateTime<Utc>) -> Decision {
+    use OrderState::*;
+    if let Some(deadline) = request.deadline {
+        if now > deadline {
+            return Decision::Reject(
+                "the synchronous request's deadline passed before a node could apply it".into(),
+            );
+        }
+    }
+    let state = element.state;
+    if state.is_terminal() {
+        return Decision::Reject(format!("the order is already {state}"));
+    }
+    if matches!(state, Cancelling | StockReleased) || element.failure.is_some() {
+        return Decision::Reject("the order is being cancelled or compensated".into());
+    }
+    match &request.change {
+        Change::ShipTo { ship_to } => match validate_ship_to(ship_to) {
+            Ok(()) => Decision::Apply,
+            Err(reason) => Decision::Reject(reason),
+        },
+        Change::ShippingMethod { shipping_method } => {
+            if matches!(state, Picked | Rebinned) {
+                return Decision::Reject(
+                    "the shipping method cannot change: the order was already picked".into(),
+                );
+            }
+            if !crate::order::SHIPPING_METHODS.contains(&shipping_method.as_str()) {
+                return Decision::Reject(format!(
+                    "{shipping_method:?} is not one of standard, express, overnight"
+                ));
+            }
+            Decision::Apply
+        }
+        Change::Cancel => Decision::Apply,
+    }
+}
+
+fn validate_ship_to(to: &ShipTo) -> Result<(), String> {
+    for (field, value) in [
+        ("name", &to.name),
+        ("line1", &to.line1),
+        ("city", &to.city),
+        ("postal_code", &to.postal_code),
+        ("country", &to.country),
+    ] {
+        if value.trim().is_empty() {
+            return Err(format!("incomplete ship-to address: {field} is missing"));
+        }
+        if value.chars().count() > 200 || value.chars().any(char::is_control) {
+            return Err(format!("invalid ship-to address: {field} is too long or has control characters"));
+        }
+    }
+    Ok(())
+}
+
+/// Applies an accepted change to the element: its version goes up by one. A
+/// cancel marks the element to end `cancelled` after its compensations.
+pub fn apply(element: &mut OrderElement, request: &ChangeRequest) {
+    match &request.change {
+        Change::ShipTo { ship_to } => element.order.ship_to = ship_to.clone(),
+        Change::ShippingMethod { shipping_method } => element.order.shipping_method = shipping_method.clone(),
+        Change::Cancel => {
+            element.failure = Some(Failure {
+                ends_as: OrderState::Cancelled,
+                reason: format!("cancelled by the customer (change {})", request.change_id),
+            });
+        }
+    }
+    element.version += 1;
+    element.resolved_changes.push(request.change_id);
+}
+
+/// What a node does instead of its own work when it has just applied a
+/// cancel: an order with money or stock to give back starts its
+/// compensations (`cancelling`); one without ends `cancelled` at once.
+pub fn cancel_outcome(element: OrderElement) -> crate::stage::Outcome {
+    let reason = element.failure.as_ref().map(|f| f.reason.clone()).unwrap_or_else(|| "cancelled".into());
+    let outcome = crate::stage::Outcome::new(element.clone());
+    if element.charge.is_some() || element.reservation.is_some() {
+        outcome.step(OrderState::Cancelling, format!("{reason}; compensating"))
+    } else {
+        outcome.step(OrderState::Cancelled, reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::order::Order;
+
+    fn at(state: OrderState) -> OrderElement {
+        OrderElement { state, ..OrderElement::placed(Order::default()) }
+    }
+
+    fn request(change: Change) -> ChangeRequest {
+        ChangeRequest::new(Uuid::new_v4(), change, None)
+    }
+
+    fn address() -> ShipTo {
+        ShipTo {
+            name: "A".into(),
+            line1: "1 B St".into(),
+            city: "C".into(),
+            postal_code: "1".into(),
+            country: "DE".into(),
+        }
+    }
+
+    #[test]
+    fn cut_off_points() {
+        let method = request(Change::ShippingMethod { shipping_method: "express".into() });
+        assert_eq!(decide(&at(OrderState::Reserved), &method, Utc::now()), Decision::Apply);
+        assert!(
+            matches!(decide(&at(OrderState::Picked), &method, Utc::now()), Decision::Reject(r) if r.contains("picked"))
+        );
+        let address = request(Change::ShipTo { ship_to: address() });
+        assert_eq!(decide(&at(OrderState::Rebinned), &address, Utc::now()), Decision::Apply);
+        assert!(
+            matches!(decide(&at(OrderState::Shipped), &address, Utc::now()), Decision::Reject(r) if r.contains("already shipped"))
+        );
+        let cancel = request(Change::Cancel);
+        assert_eq!(decide(&at(OrderState::Picked), &cancel, Utc::now()), Decision::Apply);
+        assert!(matches!(decide(&at(OrderState::Cancelling), &cancel, Utc::now()), Decision::Reject(_)));
+    }
+
+    #[test]
+    fn bad_attributes_and_late_sync_requests_are_rejected() {
+        let mut incomplete = address();
+        incomplete.city.clear();
+        let r = request(Change::ShipTo { ship_to: incomplete });
+        assert!(
+            matches!(decide(&at(OrderState::Accepted), &r, Utc::now()), Decision::Reject(m) if m.contains("city"))
+        );
+        let mut late = request(Change::Cancel);
+        late.deadline = Some(Utc::now() - chrono::Duration::seconds(1));
+        assert!(
+            matches!(decide(&at(OrderState::Accepted), &late, Utc::now()), Decision::Reject(m) if m.contains("deadline"))
+        );
+    }
+
+    #[test]
+    fn applying_bumps_the_version_and_records_the_change() {
+        let mut element = at(OrderState::Charged);
+        let r = request(Change::ShippingMethod { shipping_method: "overnight".into() });
+        apply(&mut element, &r);
+        assert_eq!(element.version, 1);
+        assert_eq!(element.order.shipping_method, "overnight");
+        assert_eq!(element.resolved_changes, vec![r.change_id]);
+    }
+
+    #[test]
+    fn outcome_records_of_one_change_share_an_id() {
+        let r = request(Change::Cancel);
+        let applied = ChangeEvent::new(&r, ChangeKind::ChangeApplied, "payment", "p-1", String::new(), 1);
+        let rejected = ChangeEvent::new(&r, ChangeKind::ChangeRejected, "tracker", "t-1", String::new(), 0);
+        let requested = ChangeEvent::new(&r, ChangeKind::ChangeRequested, "publisher", "c", String::new(), 0);
+        assert_eq!(applied.event_id, rejected.event_id);
+        assert_ne!(applied.event_id, requested.event_id);
+    }
+}

@@ -1,0 +1,229 @@
+//! A node's book of in-flight changes: every change request the node has
+//! heard of (from the fanout), its decision once the node held the order, and
+//! the orders that ended at this node. Decisions are stored, so a redelivered
+//! element gets exactly the same decisions; one transaction at a time decides
+//! between "the order is still coming" and "the order already ended here", so
+//! a change is resolved once, by one node. Shared by every instance of the node.
+
+use crate::change::{apply, decide, ChangeRequest, Decision};
+use crate::order::{OrderElement, OrderState};
+use crate::settings::Settings;
+use crate::store::{Backend, Store};
+use chrono::Utc;
+use sqlx::{Any, Row, Transaction};
+use uuid::Uuid;
+
+/// What happened to a change request a node received.
+#[derive(Debug, PartialEq)]
+pub enum Received {
+    /// Kept until the order reaches this node.
+    Pending,
+    /// The order already ended here without this change: reject it with this reason.
+    Reject(String),
+    /// The order already ended here and had resolved this change: nothing to do.
+    AlreadyResolved,
+}
+
+pub struct ChangeBook {
+    store: Store,
+    changes: String,
+    closed: String,
+}
+
+impl ChangeBook {
+    pub async fn open(settings: &Settings, node: &str) -> anyhow::Result<ChangeBook> {
+        let store = Store::open(settings, node).await?;
+        let changes = format!("{node}_changes");
+        let closed = format!("{node}_closed_orders");
+        store
+            .migrate(&[
+                &format!(
+                    "CREATE TABLE IF NOT EXISTS {changes} (change_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, \
+                     request TEXT NOT NULL, requested_at TEXT NOT NULL, status TEXT NOT NULL, reason TEXT)"
+                ),
+                &format!("CREATE INDEX IF NOT EXISTS {changes}_by_order ON {changes} (order_id)"),
+                &format!(
+                    "CREATE TABLE IF NOT EXISTS {closed} (order_id TEXT PRIMARY KEY, state TEXT NOT NULL, \
+                     resolved TEXT NOT NULL, closed_at TEXT NOT NULL)"
+                ),
+            ])
+            .await?;
+        Ok(ChangeBook { store, changes, closed })
+    }
+
+    /// Serializes the decisions about one order (PostgreSQL; SQLite
+    /// transactions that start with a write are serialized already).
+    async fn lock_order(&self, tx: &mut Transaction<'_, Any>, order_id: Uuid) -> sqlx::Result<()> {
+        if self.store.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))::text")
+                .bind(order_id.to_string())
+                .fetch_optional(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Records a change request heard on the fanout.
+    pub async fn receive(&self, request: &ChangeRequest) -> sqlx::Result<Received> {
+        let mut tx = self.store.pool.begin().await?;
+        self.lock_order(&mut tx, request.order_id).await?;
+        sqlx::query(&format!(
+            "INSERT INTO {} (change_id, order_id, request, requested_at, status) VALUES ($1, $2, $3, $4, 'pending') \
+             ON CONFLICT (change_id) DO NOTHING",
+            self.changes
+        ))
+        .bind(request.change_id.to_string())
+        .bind(request.order_id.to_string())
+        .bind(serde_json::to_string(request).unwrap_or_default())
+        .bind(crate::audit::rfc3339::format(&request.requested_at))
+        .execute(&mut *tx)
+        .await?;
+        let closed = sqlx::query(&format!("SELECT state, resolved FROM {} WHERE order_id = $1", self.closed))
+            .bind(request.order_id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let received = match closed {
+            None => Received::Pending,
+            Some(row) => {
+                let resolved: Vec<Uuid> =
+                    serde_json::from_str(&row.try_get::<String, _>("resolved")?).unwrap_or_default();
+                if resolved.contains(&request.change_id) {
+                    Received::AlreadyResolved
+                } else {
+                    let reason = format!("the order is already {}", row.try_get::<String, _>("state")?);
+                    self.set_status(&mut tx, request.change_id, "rejected", &reason).await?;
+                    Received::Reject(reason)
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(received)
+    }
+
+    async fn set_status(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        change_id: Uuid,
+        status: &str,
+        reason: &str,
+    ) -> sqlx::Result<()> {
+        sqlx::query(&format!("UPDATE {} SET status = $1, reason = $2 WHERE change_id = $3", self.changes))
+            .bind(status)
+            .bind(reason)
+            .bind(change_id.to_string())
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Decides every change heard of for the element's order that it has not
+    /// resolved yet (oldest request first), applies those accepted, and
+    /// returns the element with each decision.
+    pub async fn resolve(
+        &self,
+        mut element: OrderElement,
+    ) -> sqlx::Result<(OrderElement, Vec<(ChangeRequest, Decision)>)> {
+        let rows = sqlx::query(&format!(
+            "SELECT change_id, request, status, reason FROM {} WHERE order_id = $1 ORDER BY requested_at, change_id",
+            self.changes
+        ))
+        .bind(element.order_id.to_string())
+        .fetch_all(&self.store.pool)
+        .await?;
+        let mut decisions = Vec::new();
+        for row in rows {
+            let Ok(request) = serde_json::from_str::<ChangeRequest>(&row.try_get::<String, _>("request")?)
+            else {
+                continue;
+            };
+            if element.resolved_changes.contains(&request.change_id) {
+                continue;
+            }
+            let status: String = row.try_get("status")?;
+            let decision = match status.as_str() {
+                "pending" => {
+                    let decision = decide(&element, &request, Utc::now());
+                    let (status, reason) = match &decision {
+                        Decision::Apply => ("applied", String::new()),
+                        Decision::Reject(reason) => ("rejected", reason.clone()),
+                    };
+                    let updated = sqlx::query(&format!(
+                        "UPDATE {} SET status = $1, reason = $2 WHERE change_id = $3 AND status = 'pending'",
+                        self.changes
+                    ))
+                    .bind(status)
+                    .bind(&reason)
+                    .bind(request.change_id.to_string())
+                    .execute(&self.store.pool)
+                    .await?
+                    .rows_affected();
+                    if updated == 1 {
+                        decision
+                    } else {
+                        self.stored_decision(request.change_id).await?
+                    }
+                }
+                "applied" => Decision::Apply,
+                _ => Decision::Reject(row.try_get::<Option<String>, _>("reason")?.unwrap_or_default()),
+            };
+            match &decision {
+                Decision::Apply => apply(&mut element, &request),
+                Decision::Reject(_) => element.resolved_changes.push(request.change_id),
+            }
+            decisions.push((request, decision));
+        }
+        Ok((element, decisions))
+    }
+
+    async fn stored_decision(&self, change_id: Uuid) -> sqlx::Result<Decision> {
+        let row = sqlx::query(&format!("SELECT status, reason FROM {} WHERE change_id = $1", self.changes))
+            .bind(change_id.to_string())
+            .fetch_one(&self.store.pool)
+            .await?;
+        Ok(match row.try_get::<String, _>("status")?.as_str() {
+            "applied" => Decision::Apply,
+            _ => Decision::Reject(row.try_get::<Option<String>, _>("reason")?.unwrap_or_default()),
+        })
+    }
+
+    /// The order ended at this node in `element`'s state: remember that, and
+    /// reject the changes that arrived while it was being handled.
+    pub async fn close(&self, element: &OrderElement) -> sqlx::Result<Vec<(ChangeRequest, String)>> {
+        let state: OrderState = element.state;
+        let mut tx = self.store.pool.begin().await?;
+        self.lock_order(&mut tx, element.order_id).await?;
+        sqlx::query(&format!(
+            "INSERT INTO {} (order_id, state, resolved, closed_at) VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO NOTHING",
+            self.closed
+        ))
+        .bind(element.order_id.to_string())
+        .bind(state.as_str())
+        .bind(serde_json::to_string(&element.resolved_changes).unwrap_or_default())
+        .bind(Utc::now().to_rfc3339())
+        .execute(&mut *tx)
+        .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT change_id, request, status FROM {} WHERE order_id = $1 AND status IN ('pending', 'late')",
+            self.changes
+        ))
+        .bind(element.order_id.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        let reason = format!("the order is already {state}");
+        let mut late = Vec::new();
+        for row in rows {
+            let Ok(request) = serde_json::from_str::<ChangeRequest>(&row.try_get::<String, _>("request")?)
+            else {
+                continue;
+            };
+            if element.resolved_changes.contains(&request.change_id) {
+                continue;
+            }
+            // 'late' keeps them returned if this step is redone after a crash.
+            self.set_status(&mut tx, request.change_id, "late", &reason).await?;
+            late.push((request, reason.clone()));
+        }
+        tx.commit().await?;
+        Ok(late)
+    }
+}

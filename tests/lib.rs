@@ -504,7 +504,7 @@ pub async fn assert_books_balance(stack: &Stack, orders: &[Value], ids: &[Uuid])
     assert_eq!(count(&shipping, "SELECT COUNT(*) FROM shipping_shipments").await, n, "shipments");
     for id in ids {
         let view = stack.order(id).await;
-        let path = states(&view);
+        let path: Vec<String> = states(&view).into_iter().filter(|s| !s.starts_with("change_")).collect();
         let terminal = path.iter().filter(|s| *s == "shipped").count();
         assert_eq!(terminal, 1, "order {id}: {path:?}");
         assert!(
@@ -512,5 +512,68 @@ pub async fn assert_books_balance(stack: &Stack, orders: &[Value], ids: &[Uuid])
                 || path == ["placed", "accepted", "charged", "reserved", "picked", "rebinned", "shipped"],
             "order {id}: {path:?}"
         );
+    }
+}
+
+/// The records of one change in an order's view: (kind, node, detail) in order.
+pub fn change_records(view: &Value, change_id: &str) -> Vec<(String, String, String)> {
+    view["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter(|h| h["change_id"] == change_id)
+        .map(|h| {
+            let text = |k: &str| h[k].as_str().unwrap_or_default().to_string();
+            (text("state"), text("node"), text("detail"))
+        })
+        .collect()
+}
+
+impl Stack {
+    /// Runs `orderflow change|cancel ...`; returns (exit code, change id, rest of stdout, stderr).
+    pub fn change_cli(&self, args: &[&str]) -> (i32, String, String, String) {
+        let output = self.cli(args);
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        let mut lines = stdout.lines();
+        let change_id = lines.next().unwrap_or_default().to_string();
+        let rest: Vec<&str> = lines.collect();
+        (
+            output.status.code().unwrap_or(-1),
+            change_id,
+            rest.join("\n"),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    }
+
+    /// Waits until the tracker shows the order in `state` (not necessarily terminal).
+    pub async fn wait_state(&self, id: &Uuid, state: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self.statuses(std::slice::from_ref(id)).await;
+            if found.get(&id.to_string()).map(|s| s["state"] == state) == Some(true) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "order {id} never reached {state}: {found:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every change of the order has an outcome; returns the view.
+    pub async fn wait_change_outcomes(&self, id: &Uuid, changes: usize, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let view = self.order(id).await;
+            let outcomes = view["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|h| h["state"] == "change_applied" || h["state"] == "change_rejected")
+                .count();
+            if outcomes >= changes {
+                return view;
+            }
+            assert!(Instant::now() < deadline, "order {id}: {outcomes} of {changes} change outcomes: {view}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }

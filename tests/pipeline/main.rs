@@ -8,12 +8,14 @@
 //! - `retry`: transient failures retry, then dead-letter; `dlq replay` sends them back once.
 //! - `faults`: SIGKILLed nodes, a stopped tracker, cut connections: nothing lost or doubled.
 //! - `bad_input`: refused files, rejected orders, hostile text, audit garbage.
+//! - `changes`: in-flight changes, cut-offs, cancels, sync mode.
 //! - `cli`: the command line and the tracker's HTTP API.
 //! - `compose`: the docker-compose file names every service.
 //! - `privilege`: per-node users with least privilege; strays are refused.
 //! - `postgres`: the stores on PostgreSQL instead of SQLite.
 
 mod bad_input;
+mod changes;
 mod cli;
 mod compose;
 mod faults;

@@ -57,7 +57,7 @@ async fn serve<S: BatchStage>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let publisher = Publisher::open(&connection).await?;
-    let (channel, mut consumer, mut changes) = open_consumer(&connection, &ctx).await?;
+    let (channel, mut consumer, mut changes) = open_consumer(&connection, &ctx, &publisher).await?;
     let mut batcher: Batcher<Held> = Batcher::new(settings.picklist_batch, settings.picklist_flush);
     let tasks = TaskTracker::new();
     let result = loop {

@@ -128,11 +128,13 @@ where
     }
 }
 
-/// Checks the topology, (re)declares the node's own queues, and opens a
-/// consumer on its workflow queue (and one on its changes queue).
+/// Checks the topology, (re)declares the node's own queues, hears the
+/// changes already waiting, and opens a consumer on its workflow queue (and
+/// one on its changes queue).
 pub async fn open_consumer(
     connection: &Connection,
     ctx: &NodeContext,
+    publisher: &Publisher,
 ) -> anyhow::Result<(Channel, Consumer, Option<Consumer>)> {
     let setup = connection.create_channel().await?;
     let mut own: Vec<topology::QueueSpec> =
@@ -149,6 +151,7 @@ pub async fn open_consumer(
         anyhow::anyhow!("{e}{hint}")
     })?;
     let _ = setup.close(200, "declared".into()).await;
+    drain_changes(connection, ctx, publisher).await?;
     let channel = connection.create_channel().await?;
     channel.basic_qos(ctx.prefetch, BasicQosOptions { global: false }).await?;
     let consume = |queue: String, tag: String| {
@@ -349,6 +352,25 @@ pub async fn handle_change(ctx: &NodeContext, publisher: &Publisher, delivery: D
     }
 }
 
+/// Hears every change already waiting for this node before it takes any
+/// element, so an order queued at a stopped node meets the changes
+/// requested meanwhile as soon as the node is back.
+pub async fn drain_changes(
+    connection: &Connection,
+    ctx: &NodeContext,
+    publisher: &Publisher,
+) -> anyhow::Result<()> {
+    let Some(node) = ctx.workflow_node() else { return Ok(()) };
+    let channel = connection.create_channel().await?;
+    let queue = node.changes_queue();
+    let options = lapin::options::BasicGetOptions { no_ack: false };
+    while let Some(message) = channel.basic_get(queue.as_str().into(), options).await? {
+        handle_change(ctx, publisher, message.delivery).await;
+    }
+    let _ = channel.close(200, "drained".into()).await;
+    Ok(())
+}
+
 /// Runs `stage` until shutdown: the main loop of every per-element node.
 pub async fn run_stage<S: Stage>(
     stage: S,
@@ -378,7 +400,7 @@ async fn serve<S: Stage>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let publisher = Publisher::open(&connection).await?;
-    let (channel, mut consumer, mut changes) = open_consumer(&connection, &ctx).await?;
+    let (channel, mut consumer, mut changes) = open_consumer(&connection, &ctx, &publisher).await?;
     tracing::info!(node = ctx.node, queue = ctx.queue, prefetch = ctx.prefetch, "consuming");
     let tasks = TaskTracker::new();
     let result = loop {

@@ -31,7 +31,7 @@ async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let publisher = Publisher::open(&connection).await?;
-    let (channel, consumer, _) = open_consumer(&connection, &ctx).await?;
+    let (channel, consumer, _) = open_consumer(&connection, &ctx, &publisher).await?;
     let mut batches = consumer.ready_chunks(BATCH);
     let mut failures = 0i64;
     let result = loop {

@@ -11,10 +11,12 @@
 //! - `changes`: in-flight changes, cut-offs, cancels, sync mode.
 //! - `cli`: the command line and the tracker's HTTP API.
 //! - `compose`: the docker-compose file names every service.
+//! - `bench_smoke`: the benchmark's smoke run finishes and prints every figure.
 //! - `privilege`: per-node users with least privilege; strays are refused.
 //! - `postgres`: the stores on PostgreSQL instead of SQLite.
 
 mod bad_input;
+mod bench_smoke;
 mod changes;
 mod cli;
 mod compose;

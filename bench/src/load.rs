@@ -1,0 +1,159 @@
+//! The load: valid generated orders (single- and multi-unit mixed, as
+//! `orderflow publish --count` makes them), published the way the CLI does
+//! (a `placed` audit event and the element to intake, confirmed), either
+//! saturating (closed loop, a bounded number of orders in flight) or open loop
+//! (paced by the clock, not by completions).
+
+use crate::stats::now_secs;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use shared::audit::AuditEvent;
+use shared::order::{Item, Order, OrderElement, PaymentCard, ShipTo};
+use shared::transport::message::{audit_message, element_message};
+use shared::transport::{Outgoing, Publisher};
+use std::time::{Duration, Instant};
+use topology::Node;
+use uuid::Uuid;
+
+const METHODS: [&str; 3] = ["standard", "express", "overnight"];
+const CITIES: [(&str, &str, &str); 4] = [
+    ("Seattle", "98101", "US"),
+    ("London", "EC1A 1BB", "GB"),
+    ("Berlin", "10115", "DE"),
+    ("Tokyo", "100-0001", "JP"),
+];
+
+/// A valid order, as the CLI generates them: about 40 % single-unit, the rest multi-unit.
+pub fn valid_order(rng: &mut impl Rng) -> Order {
+    let lines = if rng.gen_bool(0.5) { 1 } else { rng.gen_range(1..=3) };
+    let mut items: Vec<Item> = (0..lines)
+        .map(|_| Item { sku: format!("SKU-{:04}", rng.gen_range(1..=500)), qty: rng.gen_range(1..=3) })
+        .collect();
+    if lines == 1 && rng.gen_bool(0.5) {
+        items[0].qty = 1;
+    }
+    let (city, postal, country) = CITIES[rng.gen_range(0..CITIES.len())];
+    Order {
+        order_id: None,
+        customer_id: format!("cust-{:05}", rng.gen_range(0..100_000)),
+        items,
+        shipping_method: METHODS[rng.gen_range(0..METHODS.len())].to_string(),
+        ship_to: ShipTo {
+            name: format!("Customer {}", rng.gen_range(1..10_000)),
+            line1: format!("{} Main Street", rng.gen_range(1..999)),
+            city: city.into(),
+            postal_code: postal.into(),
+            country: country.into(),
+        },
+        payment: PaymentCard { card_number: "4111111111111111".into(), expiry: "12/30".into() },
+    }
+}
+
+pub fn orders(n: usize) -> Vec<Order> {
+    let mut rng = StdRng::from_entropy();
+    (0..n).map(|_| valid_order(&mut rng)).collect()
+}
+
+/// Share of single-unit orders (they skip rebin: 5 hops instead of 6).
+pub fn single_unit_share(orders: &[Order]) -> f64 {
+    let single = orders.iter().filter(|o| o.items.iter().map(|i| i.qty).sum::<i64>() == 1).count();
+    single as f64 / orders.len().max(1) as f64
+}
+
+/// The messages that place an order, made now (so `placed.at` is the publish time).
+fn place(order: Order, messages: &mut Vec<Outgoing>) -> Uuid {
+    let element = OrderElement::placed(order);
+    let detail = format!("order from {} with {} units", element.order.customer_id, element.total_units());
+    let placed = AuditEvent::for_transition(&element, None, "publisher", "bench", detail);
+    messages.push(audit_message(&placed));
+    messages.push(element_message(&element, Node::Intake));
+    element.order_id
+}
+
+/// What was published, and when (seconds since the epoch).
+#[derive(Clone, Debug, Default)]
+pub struct Published {
+    pub ids: Vec<Uuid>,
+    pub start: f64,
+    pub end: f64,
+    /// Longest delay of an open-loop publish behind its schedule.
+    pub max_lag_ms: f64,
+}
+
+impl Published {
+    pub fn rate(&self) -> f64 {
+        self.ids.len() as f64 / (self.end - self.start).max(1e-3)
+    }
+}
+
+/// Orders per confirmed publish window of a saturating run.
+pub const WINDOW: usize = 100;
+
+/// Saturates closed loop: publishes windows of [`WINDOW`] orders, each
+/// confirmed before the next, as fast as confirms allow while fewer than
+/// `in_flight` orders are published but not `completed()`. The publisher keeps
+/// running (and costing what publishing costs) for the whole measurement,
+/// while every queue holds a backlog.
+pub async fn saturate(
+    publisher: &Publisher,
+    orders: Vec<Order>,
+    in_flight: usize,
+    completed: impl Fn() -> usize,
+    mut on_progress: impl FnMut(usize),
+) -> anyhow::Result<Published> {
+    let start = now_secs();
+    let mut ids = Vec::with_capacity(orders.len());
+    let mut orders = orders.into_iter().peekable();
+    while orders.peek().is_some() {
+        while ids.len().saturating_sub(completed()) + WINDOW > in_flight.max(WINDOW) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut messages = Vec::with_capacity(2 * WINDOW);
+        for order in orders.by_ref().take(WINDOW) {
+            ids.push(place(order, &mut messages));
+        }
+        publisher.publish_all(&messages).await?;
+        on_progress(ids.len());
+    }
+    Ok(Published { ids, start, end: now_secs(), max_lag_ms: 0.0 })
+}
+
+/// Publishes open loop at `rate` orders per second: order `i` is due at
+/// `start + i / rate` whatever happens downstream; confirms are awaited
+/// concurrently, so a slow confirm never delays the next order.
+pub async fn open_loop(
+    publisher: &Publisher,
+    orders: Vec<Order>,
+    rate: f64,
+    mut on_progress: impl FnMut(usize),
+) -> anyhow::Result<Published> {
+    let n = orders.len();
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut orders = orders.into_iter();
+    let mut ids = Vec::with_capacity(n);
+    let mut confirms = tokio::task::JoinSet::new();
+    let mut max_lag = Duration::ZERO;
+    let started = Instant::now();
+    let start = now_secs();
+    while ids.len() < n {
+        let due = started + interval.mul_f64(ids.len() as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let now = Instant::now();
+        max_lag = max_lag.max(now - due);
+        let due_count = (((now - started).as_secs_f64() * rate).floor() as usize + 1).clamp(ids.len() + 1, n);
+        let mut messages = Vec::with_capacity(2 * (due_count - ids.len()));
+        for order in orders.by_ref().take(due_count - ids.len()) {
+            ids.push(place(order, &mut messages));
+        }
+        let publisher = publisher.clone();
+        confirms.spawn(async move { publisher.publish_all(&messages).await });
+        while let Some(done) = confirms.try_join_next() {
+            done??;
+        }
+        on_progress(ids.len());
+    }
+    let end = now_secs();
+    while let Some(done) = confirms.join_next().await {
+        done??;
+    }
+    Ok(Published { ids, start, end, max_lag_ms: max_lag.as_secs_f64() * 1000.0 })
+}

@@ -1,0 +1,424 @@
+//! `orderflow-bench`: in one run, on the local broker and in vhosts of its
+//! own, measures (1) the broker's limit for orderflow's message pattern with a
+//! minimal lapin relay, (2) orderflow end to end (every worker and the tracker
+//! as separate processes) saturated, at its maximum sustainable open-loop rate
+//! and at half of it, (3) their ratio over alternating repetitions, each
+//! process's peak RSS and CPU per 1,000 orders against the broker's, and (4)
+//! throughput with 1, 2 and 4 payment instances slowed to 10 ms per charge;
+//! then prints a markdown report (and writes it to `--report`). Every vhost it
+//! creates and every process it starts is removed when it ends, also on error,
+//! panic, Ctrl-C or SIGTERM.
+
+mod broker;
+mod load;
+mod orderflow;
+mod procfs;
+mod progress;
+mod relay;
+mod report;
+mod stack;
+mod stats;
+
+use anyhow::Context;
+use broker::Broker;
+use clap::Parser;
+use orderflow::{Load, RunResult};
+use progress::note;
+use relay::{RelayConfig, RelayResult};
+use stack::{Stack, StackConfig};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "orderflow-bench",
+    about = "Benchmark orderflow against the broker's limit for its message pattern; prints a markdown report",
+    after_help = "Needs the local RabbitMQ with its management plugin (scripts/bench.sh makes sure of both) \
+                  and the built binaries (cargo build --release --workspace --bins)."
+)]
+pub struct Args {
+    /// A short run (seconds, not minutes) that checks everything runs: tiny counts, one repetition,
+    /// scale-out with 1 and 2 payment instances. Its figures are not measurements.
+    #[arg(long)]
+    pub smoke: bool,
+    /// Folder holding the orderflow binaries (tracker, intake, payment, ...).
+    #[arg(long, default_value = "target/release")]
+    pub bin_dir: PathBuf,
+    /// Also write the markdown report to this file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Broker address and credentials; its vhost is not used (the bench makes its own).
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    pub amqp_url: String,
+    /// RabbitMQ management API (creates and deletes the bench's vhosts).
+    #[arg(long, env = "ORDERFLOW_MGMT_URL", default_value = "http://127.0.0.1:15672")]
+    pub mgmt_url: String,
+    /// Alternating relay/orderflow repetitions [default: 3; smoke 1].
+    #[arg(long)]
+    pub reps: Option<usize>,
+    /// Chains per relay run [default: 6000; smoke 300].
+    #[arg(long)]
+    pub relay_chains: Option<usize>,
+    /// Orders per saturating orderflow run [default: 4000; smoke 200].
+    #[arg(long)]
+    pub orders: Option<usize>,
+    /// Orders (relay: chains) in flight in a saturating run: published, not yet complete
+    /// [default: 1000; smoke 100].
+    #[arg(long)]
+    pub in_flight: Option<usize>,
+    /// Seconds of publishing in each open-loop run [default: 20; smoke 2].
+    #[arg(long)]
+    pub open_secs: Option<f64>,
+    /// Open-loop attempts to find the maximum sustainable rate, each 10 % below the
+    /// previous, starting at the saturated throughput [default: 4; smoke 1].
+    #[arg(long)]
+    pub max_attempts: Option<usize>,
+    /// Orders per scale-out run [default: 2000; smoke 100].
+    #[arg(long)]
+    pub scale_orders: Option<usize>,
+    /// Payment instance counts of the scale-out runs [default: 1,2,4; smoke 1,2].
+    #[arg(long, value_delimiter = ',')]
+    pub scale: Option<Vec<usize>>,
+    /// Payment delay per charge in the scale-out runs (ORDERFLOW_DELAY_MS_PAYMENT).
+    #[arg(long, default_value_t = 10)]
+    pub scale_delay_ms: u64,
+    /// Skip the supplementary scale-out with one charge at a time per payment instance
+    /// (ORDERFLOW_PREFETCH=1 on payment); the smoke run always skips it.
+    #[arg(long)]
+    pub no_serial_scale: bool,
+    /// Hops of the relay's chain (6: a multi-unit order's path).
+    #[arg(long, default_value_t = 6)]
+    pub hops: usize,
+    /// Warm-up orders on every fresh stack before measuring [default: 50; smoke 10].
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// Extra environment for every orderflow process, KEY=VALUE (repeatable), e.g.
+    /// ORDERFLOW_PICKLIST_FLUSH_MS=200.
+    #[arg(long = "env", value_parser = parse_key_value)]
+    pub env: Vec<(String, String)>,
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))
+}
+
+/// The counts and options of one bench run, after defaults.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub smoke: bool,
+    pub reps: usize,
+    pub relay: RelayConfig,
+    pub burst_orders: usize,
+    pub in_flight: usize,
+    pub warmup: usize,
+    pub open_secs: f64,
+    pub max_attempts: usize,
+    pub scale_orders: usize,
+    pub scale: Vec<usize>,
+    pub scale_delay_ms: u64,
+    pub serial_scale: bool,
+    /// A fresh stack (vhost, processes, stores) per measurement; the smoke run shares them.
+    pub fresh_stacks: bool,
+    pub env: Vec<(String, String)>,
+    pub bin_dir: PathBuf,
+}
+
+impl Plan {
+    fn from_args(args: &Args) -> Plan {
+        let pick = |value: Option<usize>, full: usize, smoke: usize| {
+            value.unwrap_or(if args.smoke { smoke } else { full })
+        };
+        let prefetch = args
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "ORDERFLOW_PREFETCH")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(64);
+        Plan {
+            smoke: args.smoke,
+            reps: pick(args.reps, 3, 1).max(1),
+            relay: RelayConfig {
+                hops: args.hops.max(1),
+                chains: pick(args.relay_chains, 6000, 300).max(20),
+                prefetch,
+                in_flight: pick(args.in_flight, 1000, 100).max(load::WINDOW),
+            },
+            burst_orders: pick(args.orders, 4000, 200).max(20),
+            in_flight: pick(args.in_flight, 1000, 100).max(load::WINDOW),
+            warmup: pick(args.warmup, 50, 10),
+            open_secs: args.open_secs.unwrap_or(if args.smoke { 2.0 } else { 20.0 }).max(0.5),
+            max_attempts: pick(args.max_attempts, 4, 1).max(1),
+            scale_orders: pick(args.scale_orders, 2000, 100).max(20),
+            scale: args.scale.clone().unwrap_or_else(|| if args.smoke { vec![1, 2] } else { vec![1, 2, 4] }),
+            scale_delay_ms: args.scale_delay_ms,
+            serial_scale: !args.smoke && !args.no_serial_scale,
+            fresh_stacks: !args.smoke,
+            env: args.env.clone(),
+            bin_dir: args.bin_dir.clone(),
+        }
+    }
+
+    /// The value of a setting of the orderflow processes: `--env`, else the default.
+    pub fn setting(&self, key: &str, default: &str) -> String {
+        self.env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| default.into())
+    }
+}
+
+/// One saturating pair: the relay and orderflow, measured back to back.
+pub struct Pair {
+    pub relay_first: bool,
+    pub relay: RelayResult,
+    pub orderflow: RunResult,
+}
+
+/// A scale-out measurement.
+pub struct ScalePoint {
+    pub instances: usize,
+    pub serial: bool,
+    pub run: RunResult,
+}
+
+pub struct Results {
+    pub pairs: Vec<Pair>,
+    /// Open-loop attempts at the maximum rate, in order; the last one is reported.
+    pub max_attempts: Vec<RunResult>,
+    pub half: RunResult,
+    pub scale: Vec<ScalePoint>,
+}
+
+/// Takes the reusable stack or starts a fresh one (and warms it up).
+async fn acquire(
+    slot: &mut Option<Stack>,
+    plan: &Plan,
+    config: &StackConfig,
+    tag: &str,
+) -> anyhow::Result<Stack> {
+    if let Some(stack) = slot.take() {
+        if !plan.fresh_stacks {
+            return Ok(stack);
+        }
+        stack.shutdown().await?;
+    }
+    let mut stack = Stack::start(config, tag).await.with_context(|| format!("starting the {tag} stack"))?;
+    orderflow::warm_up(&mut stack, plan.warmup)
+        .await
+        .with_context(|| format!("warming the {tag} stack up"))?;
+    Ok(stack)
+}
+
+/// Keeps the stack for the next measurement, or stops it.
+async fn release(slot: &mut Option<Stack>, plan: &Plan, stack: Stack) -> anyhow::Result<()> {
+    if plan.fresh_stacks {
+        stack.shutdown().await
+    } else {
+        *slot = Some(stack);
+        Ok(())
+    }
+}
+
+async fn measure(
+    slot: &mut Option<Stack>,
+    plan: &Plan,
+    config: &StackConfig,
+    tag: &str,
+    orders: usize,
+    load: Load,
+    phase: &str,
+) -> anyhow::Result<RunResult> {
+    let mut stack = acquire(slot, plan, config, tag).await?;
+    let run = orderflow::measure(&mut stack, load::orders(orders), load, phase).await?;
+    release(slot, plan, stack).await?;
+    Ok(run)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let plan = Plan::from_args(&args);
+    stack::check_binaries(&plan.bin_dir)?;
+    let broker = Broker::new(&args.amqp_url, &args.mgmt_url)?;
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let versions = broker.versions().await;
+    let started = chrono::Utc::now();
+    note(&format!(
+        "orderflow-bench {} run {run_id}: {} on {}",
+        if plan.smoke { "smoke" } else { "full" },
+        versions,
+        broker::machine()
+    ));
+    let config = StackConfig {
+        broker: broker.clone(),
+        run_id: run_id.clone(),
+        bin_dir: plan.bin_dir.clone(),
+        env: plan.env.clone(),
+        binary_env: Vec::new(),
+    };
+    let mut main_stack: Option<Stack> = None;
+
+    // 1 and 2: the relay and orderflow saturated, alternating (ABBA) so that drift cancels.
+    let mut pairs = Vec::new();
+    for rep in 1..=plan.reps {
+        let relay_first = rep % 2 == 1;
+        let mut relay_result = None;
+        let mut orderflow_result = None;
+        for relay_turn in [relay_first, !relay_first] {
+            if relay_turn {
+                let tag = format!("relay-{rep}");
+                relay_result = Some(relay::run(&broker, &run_id, &tag, &plan.relay).await?);
+            } else {
+                let (tag, phase) =
+                    (format!("burst-{rep}"), format!("orderflow saturated {rep}/{}", plan.reps));
+                let run = measure(
+                    &mut main_stack,
+                    &plan,
+                    &config,
+                    &tag,
+                    plan.burst_orders,
+                    Load::Saturated(plan.in_flight),
+                    &phase,
+                )
+                .await?;
+                orderflow_result = Some(run);
+            }
+        }
+        let (relay, orderflow) = (relay_result.expect("relay ran"), orderflow_result.expect("orderflow ran"));
+        note(&format!(
+            "  pair {rep}: relay {:.0} chains/s, orderflow {:.0} orders/s, ratio {:.2}",
+            relay.throughput.per_sec,
+            orderflow.throughput.per_sec,
+            orderflow.throughput.per_sec / relay.throughput.per_sec
+        ));
+        pairs.push(Pair { relay_first, relay, orderflow });
+    }
+
+    // 2a: the maximum sustainable rate, open loop, starting at the saturated throughput.
+    let saturated = stats::median(&pairs.iter().map(|p| p.orderflow.throughput.per_sec).collect::<Vec<_>>());
+    let mut max_attempts: Vec<RunResult> = Vec::new();
+    for attempt in 0..plan.max_attempts {
+        let rate = (saturated * (1.0 - 0.1 * attempt as f64)).max(1.0);
+        let orders = ((rate * plan.open_secs).ceil() as usize).max(10);
+        let tag = format!("max-{}", attempt + 1);
+        let phase = format!("orderflow open loop at {rate:.0}/s (maximum, attempt {})", attempt + 1);
+        let run =
+            measure(&mut main_stack, &plan, &config, &tag, orders, Load::OpenLoop(rate), &phase).await?;
+        let sustained = run.sustained();
+        max_attempts.push(run);
+        if sustained {
+            break;
+        }
+        if attempt + 1 < plan.max_attempts {
+            note("  not sustained (completions behind the offered rate, growing latency or publisher lag): 10 % lower");
+        }
+    }
+    let max_rate = match max_attempts.last().map(|r| r.load) {
+        Some(Load::OpenLoop(rate)) => rate,
+        _ => saturated,
+    };
+
+    // 2b: half of it.
+    let half_rate = (max_rate / 2.0).max(1.0);
+    let orders = ((half_rate * plan.open_secs).ceil() as usize).max(10);
+    let phase = format!("orderflow open loop at {half_rate:.0}/s (half)");
+    let half =
+        measure(&mut main_stack, &plan, &config, "half", orders, Load::OpenLoop(half_rate), &phase).await?;
+    if let Some(stack) = main_stack.take() {
+        stack.shutdown().await?;
+    }
+
+    // 4: scale-out of a slowed payment node.
+    let mut scale = Vec::new();
+    let variants: &[bool] = if plan.serial_scale { &[false, true] } else { &[false] };
+    for &serial in variants {
+        let mut binary_env = vec![(
+            "payment".to_string(),
+            "ORDERFLOW_DELAY_MS_PAYMENT".to_string(),
+            plan.scale_delay_ms.to_string(),
+        )];
+        if serial {
+            binary_env.push(("payment".into(), "ORDERFLOW_PREFETCH".into(), "1".into()));
+        }
+        let config = StackConfig { binary_env, ..config.clone() };
+        let mut scale_stack: Option<Stack> = None;
+        for &instances in &plan.scale {
+            let suffix = if serial { "-serial" } else { "" };
+            let tag = format!("scale-{instances}{suffix}");
+            let mut stack = acquire(&mut scale_stack, &plan, &config, &tag).await?;
+            let load = Load::Saturated(plan.in_flight);
+            let running = stack.processes.iter().filter(|p| p.binary == "payment").count();
+            stack.scale("payment", instances).await?;
+            if running < instances {
+                orderflow::warm_up(&mut stack, plan.warmup).await?;
+            }
+            let phase = format!(
+                "scale-out, {instances} payment instance{}{}",
+                if instances == 1 { "" } else { "s" },
+                if serial { " (one charge at a time each)" } else { "" }
+            );
+            let run = orderflow::measure(&mut stack, load::orders(plan.scale_orders), load, &phase).await?;
+            release(&mut scale_stack, &plan, stack).await?;
+            scale.push(ScalePoint { instances, serial, run });
+        }
+        if let Some(stack) = scale_stack.take() {
+            stack.shutdown().await?;
+        }
+    }
+
+    let results = Results { pairs, max_attempts, half, scale };
+    let context = report::Context {
+        plan: &plan,
+        started,
+        finished: chrono::Utc::now(),
+        machine: broker::machine(),
+        versions,
+        bin_dir: plan.bin_dir.display().to_string(),
+    };
+    let markdown = report::markdown(&context, &results);
+    println!("{markdown}");
+    if let Some(path) = &args.report {
+        std::fs::write(path, &markdown)
+            .with_context(|| format!("writing the report to {}", path.display()))?;
+        note(&format!("report written to {}", path.display()));
+    }
+    Ok(())
+}
+
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return "interrupted";
+    };
+    tokio::select! {
+        _ = term.recv() => "terminated (SIGTERM)",
+        _ = tokio::signal::ctrl_c() => "interrupted (Ctrl-C)",
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    // On a signal the run is dropped: its stacks kill their processes and every vhost is deleted.
+    let outcome = tokio::select! {
+        outcome = run(args) => outcome,
+        why = interrupted() => Err(anyhow::anyhow!("{why}; cleaned up")),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("\norderflow-bench: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,451 @@
+//! The bench's output: a markdown report, ready to paste into BENCHMARKS.md,
+//! with the summary against the issue's targets, every run's figures, the
+//! machine and how to rerun.
+
+use crate::orderflow::{Load, RunResult};
+use crate::stack::PROCESSES;
+use crate::stats::{median, Dist, SEGMENTS};
+use crate::{Plan, Results};
+use chrono::{DateTime, Utc};
+use std::fmt::Write;
+
+pub struct Context<'a> {
+    pub plan: &'a Plan,
+    pub started: DateTime<Utc>,
+    pub finished: DateTime<Utc>,
+    pub machine: String,
+    pub versions: String,
+    pub bin_dir: String,
+}
+
+const MIB: f64 = 1024.0;
+const RSS_TARGET_MIB: f64 = 20.0;
+
+fn rate(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.0}")
+    } else {
+        "–".into()
+    }
+}
+
+fn ms(x: f64) -> String {
+    match x {
+        x if !x.is_finite() => "–".into(),
+        x if x.abs() < 10.0 => format!("{x:.1} ms"),
+        x => format!("{x:.0} ms"),
+    }
+}
+
+fn dist(d: &Dist) -> String {
+    format!("p50 {}, p99 {}, max {}", ms(d.p50), ms(d.p99), ms(d.max))
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "yes"
+    } else {
+        "**no**"
+    }
+}
+
+fn list(values: &[f64], format: impl Fn(f64) -> String) -> String {
+    values.iter().map(|v| format(*v)).collect::<Vec<_>>().join(", ")
+}
+
+fn git_commit() -> String {
+    let run = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match run(&["rev-parse", "--short", "HEAD"]) {
+        Some(commit) => {
+            let dirty =
+                run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+            format!("{commit}{}", if dirty { " + uncommitted changes" } else { "" })
+        }
+        None => "unknown".into(),
+    }
+}
+
+fn process_name(label: &str) -> &str {
+    label.rsplit_once('-').map(|(name, _)| name).unwrap_or(label)
+}
+
+pub fn markdown(context: &Context, results: &Results) -> String {
+    let plan = context.plan;
+    let mut out = String::new();
+    let o = &mut out;
+    let flush_ms: f64 = plan.setting("ORDERFLOW_PICKLIST_FLUSH_MS", "500").parse().unwrap_or(500.0);
+    let relay_rates: Vec<f64> = results.pairs.iter().map(|p| p.relay.throughput.per_sec).collect();
+    let orderflow_rates: Vec<f64> = results.pairs.iter().map(|p| p.orderflow.throughput.per_sec).collect();
+    let ratios: Vec<f64> =
+        results.pairs.iter().map(|p| p.orderflow.throughput.per_sec / p.relay.throughput.per_sec).collect();
+    let ratio = median(&ratios);
+    let max_run = results.max_attempts.last().expect("at least one attempt");
+    let half = &results.half;
+    let main_runs: Vec<&RunResult> = results
+        .pairs
+        .iter()
+        .map(|p| &p.orderflow)
+        .chain(&results.max_attempts)
+        .chain(std::iter::once(half))
+        .collect();
+    // Peak RSS of each process over the main runs (not the slowed scale-out ones).
+    let peak_rss = |name: &str| {
+        main_runs
+            .iter()
+            .flat_map(|r| &r.rss_kib)
+            .filter(|(label, _)| process_name(label) == name)
+            .map(|(_, kib)| *kib as f64 / MIB)
+            .fold(0.0, f64::max)
+    };
+    let saturated: Vec<&RunResult> = results.pairs.iter().map(|p| &p.orderflow).collect();
+    let cpu_of = |name: &str| {
+        median(
+            &saturated
+                .iter()
+                .map(|r| {
+                    r.cpu_per_process.iter().filter(|(l, _)| process_name(l) == name).map(|(_, c)| c).sum()
+                })
+                .collect::<Vec<f64>>(),
+        )
+    };
+    let cpu_ours = median(&saturated.iter().map(|r| r.cpu_ours_per_1000).collect::<Vec<_>>());
+    let cpu_broker = median(&saturated.iter().map(|r| r.cpu_broker_per_1000).collect::<Vec<_>>());
+    let (worst_name, worst_rss) =
+        PROCESSES.iter().map(|n| (*n, peak_rss(n))).fold(("", 0.0), |a, b| if b.1 > a.1 { b } else { a });
+    let scale_main: Vec<_> = results.scale.iter().filter(|s| !s.serial).collect();
+    let scale_serial: Vec<_> = results.scale.iter().filter(|s| s.serial).collect();
+    let speedup = |points: &[&crate::ScalePoint], n: usize| {
+        let base = points.iter().find(|s| s.instances == 1)?.run.throughput.per_sec;
+        Some(points.iter().find(|s| s.instances == n)?.run.throughput.per_sec / base)
+    };
+
+    let _ = writeln!(o, "## Results of {}", context.started.format("%Y-%m-%d %H:%M UTC"));
+    let _ = writeln!(o);
+    if plan.smoke {
+        let _ = writeln!(
+            o,
+            "> **Smoke run**: tiny counts and one repetition, to check that the benchmark runs; \
+             these figures are not measurements.\n"
+        );
+    }
+    let _ = writeln!(o, "- Machine: {}; {}.", context.machine, context.versions);
+    let _ = writeln!(
+        o,
+        "- Code: commit {}; binaries from `{}`; took {:.0} s.",
+        git_commit(),
+        context.bin_dir,
+        (context.finished - context.started).num_milliseconds() as f64 / 1000.0
+    );
+    let extra_env = if plan.env.is_empty() {
+        "none".to_string()
+    } else {
+        plan.env.iter().map(|(k, v)| format!("`{k}={v}`")).collect::<Vec<_>>().join(", ")
+    };
+    let _ = writeln!(
+        o,
+        "- Settings: prefetch {}, picklist batch {}, flush {flush_ms:.0} ms; extra environment: {extra_env}.",
+        plan.setting("ORDERFLOW_PREFETCH", "64"),
+        plan.setting("ORDERFLOW_PICKLIST_BATCH", "25"),
+    );
+    let single = median(&main_runs.iter().map(|r| r.single_unit_share).collect::<Vec<_>>());
+    let _ = writeln!(
+        o,
+        "- Load: valid generated orders, {:.0} % single-unit (5 hops after publish) and the rest multi-unit \
+         (6 hops, through rebin); {} alternating repetition{} of relay and orderflow.",
+        single * 100.0,
+        plan.reps,
+        if plan.reps == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(o);
+
+    // Summary.
+    let _ = writeln!(o, "### Summary\n");
+    let _ = writeln!(o, "| figure | result | target | met |");
+    let _ = writeln!(o, "|---|---|---|---|");
+    let _ = writeln!(
+        o,
+        "| relay chains/s (broker limit, {} hops) | {} (median; runs: {}) | | |",
+        plan.relay.hops,
+        rate(median(&relay_rates)),
+        list(&relay_rates, rate)
+    );
+    let _ = writeln!(
+        o,
+        "| orderflow orders/s, saturated | {} (median; runs: {}) | | |",
+        rate(median(&orderflow_rates)),
+        list(&orderflow_rates, rate)
+    );
+    let _ = writeln!(
+        o,
+        "| ratio orderflow / relay | {:.2} (median of pairs: {}) | ≥ 0.9 | {} |",
+        ratio,
+        list(&ratios, |r| format!("{r:.2}")),
+        met(ratio >= 0.9)
+    );
+    let sustained_note = if max_run.sustained() { "" } else { ", **not sustained**" };
+    let _ = writeln!(
+        o,
+        "| orderflow orders/s at the maximum sustainable rate ({}/s offered{sustained_note}) | {} completed; latency {} | | |",
+        rate(max_run.published_rate),
+        rate(max_run.throughput.per_sec),
+        dist(&max_run.total)
+    );
+    let _ = writeln!(
+        o,
+        "| orderflow orders/s at half rate ({}/s offered) | {} completed; latency {} | | |",
+        rate(half.published_rate),
+        rate(half.throughput.per_sec),
+        dist(&half.total)
+    );
+    let _ = writeln!(
+        o,
+        "| half rate: p99 outside the picklist's aggregation wait | {} | < 100 ms | {} |",
+        ms(half.outside.p99),
+        met(half.outside.p99 < 100.0)
+    );
+    let _ = writeln!(
+        o,
+        "| half rate: p99 total, publish to tracker's `shipped` | {} | < {} (flush + 100 ms) | {} |",
+        ms(half.total.p99),
+        ms(flush_ms + 100.0),
+        met(half.total.p99 < flush_ms + 100.0)
+    );
+    let _ = writeln!(
+        o,
+        "| peak RSS of the largest worker | {:.1} MiB ({worst_name}) | < {RSS_TARGET_MIB:.0} MiB each | {} |",
+        worst_rss,
+        met(worst_rss < RSS_TARGET_MIB)
+    );
+    let _ = writeln!(
+        o,
+        "| CPU s/1000 orders, saturated (median) | orderflow {cpu_ours:.2} s, broker {cpu_broker:.2} s | | |"
+    );
+    match speedup(&scale_main, 4) {
+        Some(x) => {
+            let _ = writeln!(
+                o,
+                "| scale-out 4 vs 1 payment instance ({} ms per charge) | {x:.2}x | ≥ 3.5x | {} |",
+                plan.scale_delay_ms,
+                met(x >= 3.5)
+            );
+        }
+        None => {
+            let two =
+                speedup(&scale_main, 2).map(|x| format!("2 vs 1: {x:.2}x")).unwrap_or_else(|| "–".into());
+            let _ = writeln!(o, "| scale-out 4 vs 1 payment instance | not run ({two}) | ≥ 3.5x | – |");
+        }
+    }
+    let _ = writeln!(o);
+
+    // 1. The relay.
+    let _ = writeln!(o, "### 1. The broker's limit: a minimal relay on lapin\n");
+    let _ = writeln!(
+        o,
+        "Durable quorum queues (delivery limit 10), persistent mandatory messages, publisher confirms, \
+         each delivery acknowledged after its messages are confirmed. A chain: publish (element to hop 1 + \
+         one audit message), then {} hops, each its own connection with prefetch {} and one task per \
+         delivery, publishing one audit message and the element to the next hop (the last hop: its audit \
+         message only). An order makes 6 hops when multi-unit (intake, payment, inventory, picklist, rebin, \
+         shipping) and 5 when single-unit, so with 6 hops the relay does at least an average order's work. The audit queue is consumed like the tracker does \
+         (chunks of up to 500, one `multiple` ack); a chain is complete when its last audit message is \
+         consumed. Bodies are a real element's and audit event's JSON. {} chains per run, published like the \
+         orderflow load: confirmed windows of {}, at most {} chains in flight (published, not complete), so the \
+         publisher runs through the measurement; throughput is counted from the 10th percentile of completion \
+         times to the end of publishing (the drain after it is left out). Latency at saturation is mostly \
+         queueing.\n",
+        plan.relay.hops,
+        plan.relay.prefetch,
+        plan.relay.chains,
+        crate::load::WINDOW,
+        plan.relay.in_flight
+    );
+    let _ = writeln!(
+        o,
+        "| run | relay chains/s | latency | CPU s/1000 chains: relay process (with its publisher) | broker |"
+    );
+    let _ = writeln!(o, "|---|---|---|---|---|");
+    for (i, pair) in results.pairs.iter().enumerate() {
+        let r = &pair.relay;
+        let _ = writeln!(
+            o,
+            "| {} | {}{} | {} | {:.2} | {:.2} |",
+            i + 1,
+            rate(r.throughput.per_sec),
+            if r.throughput.short { " (short run)" } else { "" },
+            dist(&r.latency),
+            r.cpu_relay_per_1000,
+            r.cpu_broker_per_1000
+        );
+    }
+    let _ = writeln!(o);
+
+    // 2. orderflow.
+    let _ = writeln!(o, "### 2. orderflow end to end\n");
+    let _ = writeln!(
+        o,
+        "Every node and the tracker as separate processes of the built binaries (as `scripts/up.sh` starts \
+         them), in a vhost of their own{}, warmed up with {} orders. Completion is the tracker's record of \
+         `shipped`; latency is `shipped.recorded_at - placed.at` (placed at publish); the aggregation wait \
+         is `picked.at - reserved.at`. Saturated: {} orders published and counted like the relay's chains \
+         (at most {} in flight). Open loop: orders paced by the clock for {:.0} s; orders/s completed over the publishing \
+         window (less its first 20 %, shifted by the median latency). The maximum sustainable rate starts at \
+         the saturated throughput and steps down 10 % (up to {} attempts) until completions keep up \
+         (≥ 95 % of the offered rate), the median latency of the last quarter is within 200 ms of the \
+         first quarter's and the publisher keeps its schedule.\n",
+        if plan.fresh_stacks { " per run" } else { " (shared by the runs of this smoke run)" },
+        plan.warmup,
+        plan.burst_orders,
+        plan.in_flight,
+        plan.open_secs,
+        plan.max_attempts
+    );
+    let _ = writeln!(
+        o,
+        "| run | orders | offered/s | orderflow orders/s | latency p50 | p99 | max | p99 outside aggregation | aggregation p50 | CPU s/1000 orders: orderflow | broker | bench (publisher) | latency drift | sustained |"
+    );
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut rows: Vec<(String, &RunResult)> = results
+        .pairs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (format!("saturated {}", i + 1), &p.orderflow))
+        .collect();
+    for (i, run) in results.max_attempts.iter().enumerate() {
+        rows.push((format!("maximum, attempt {}", i + 1), run));
+    }
+    rows.push(("half of maximum".into(), half));
+    for (name, run) in rows {
+        let offered = match run.load {
+            Load::Saturated(_) => "–".to_string(),
+            Load::OpenLoop(_) => rate(run.published_rate),
+        };
+        let (sustained, drift) = match run.load {
+            Load::Saturated(_) => ("–", "–".to_string()),
+            Load::OpenLoop(_) => (met(run.sustained()), ms(run.drift_ms)),
+        };
+        let _ = writeln!(
+            o,
+            "| {name} | {} | {offered} | {}{} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {} | {sustained} |",
+            run.orders,
+            rate(run.throughput.per_sec),
+            if run.throughput.short { " (short run)" } else { "" },
+            ms(run.total.p50),
+            ms(run.total.p99),
+            ms(run.total.max),
+            ms(run.outside.p99),
+            ms(run.aggregation.p50),
+            run.cpu_ours_per_1000,
+            run.cpu_broker_per_1000,
+            run.cpu_bench_per_1000,
+            drift,
+        );
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(o, "Where the time goes at half rate (between the `at` of consecutive states; the last segment is the tracker's recording):\n");
+    let _ = writeln!(o, "| segment | p50 | p99 | max |");
+    let _ = writeln!(o, "|---|---|---|---|");
+    for ((from, to), d) in SEGMENTS.iter().zip(&half.segments) {
+        let _ = writeln!(o, "| {from} → {to} | {} | {} | {} |", ms(d.p50), ms(d.p99), ms(d.max));
+    }
+    let _ = writeln!(o);
+
+    // 3. Ratio, memory, CPU.
+    let _ = writeln!(o, "### 3. Ratio, memory and CPU\n");
+    let _ = writeln!(o, "Pairs measured back to back, alternating which goes first, so that the machine's drift cancels in each ratio.\n");
+    let _ = writeln!(o, "| pair | first | relay chains/s | orderflow orders/s | ratio |");
+    let _ = writeln!(o, "|---|---|---|---|---|");
+    for (i, pair) in results.pairs.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {:.2} |",
+            i + 1,
+            if pair.relay_first { "relay" } else { "orderflow" },
+            rate(pair.relay.throughput.per_sec),
+            rate(pair.orderflow.throughput.per_sec),
+            ratios[i]
+        );
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "Peak RSS is each process's VmHWM at the end of a run (the largest over the saturated and open-loop \
+         runs); CPU is user + system time over the saturated runs (median), per 1,000 orders. The broker's \
+         CPU is its `beam.smp` over the same window (it includes any other load on the broker).\n"
+    );
+    let _ = writeln!(o, "| process | peak RSS | < {RSS_TARGET_MIB:.0} MiB | CPU s/1000 orders |");
+    let _ = writeln!(o, "|---|---|---|---|");
+    for name in PROCESSES {
+        let rss = peak_rss(name);
+        let _ =
+            writeln!(o, "| {name} | {rss:.1} MiB | {} | {:.2} |", met(rss < RSS_TARGET_MIB), cpu_of(name));
+    }
+    let _ = writeln!(o, "| **orderflow, all processes** | | | **{cpu_ours:.2}** |");
+    let _ = writeln!(o, "| **broker (beam.smp)** | | | **{cpu_broker:.2}** |");
+    let _ = writeln!(o);
+
+    // 4. Scale-out.
+    let _ = writeln!(o, "### 4. Scale-out: payment slowed to {} ms per charge\n", plan.scale_delay_ms);
+    let _ = writeln!(
+        o,
+        "`ORDERFLOW_DELAY_MS_PAYMENT={}` on every payment instance; {} orders per run, published and \
+         counted like the saturated runs. Each instance handles up to its prefetch of charges at once, so \
+         one instance's bound is prefetch × 1000 / delay charges/s.\n",
+        plan.scale_delay_ms, plan.scale_orders
+    );
+    let _ = writeln!(o, "| scale-out | orders/s | vs 1 instance | latency |");
+    let _ = writeln!(o, "|---|---|---|---|");
+    let mut scale_rows = |points: &[&crate::ScalePoint], note: &str| {
+        for point in points {
+            let vs =
+                speedup(points, point.instances).map(|x| format!("{x:.2}x")).unwrap_or_else(|| "–".into());
+            let _ = writeln!(
+                o,
+                "| {} payment instance{}{note} | {} | {vs} | {} |",
+                point.instances,
+                if point.instances == 1 { "" } else { "s" },
+                rate(point.run.throughput.per_sec),
+                dist(&point.run.total)
+            );
+        }
+    };
+    scale_rows(&scale_main, "");
+    if !scale_serial.is_empty() {
+        scale_rows(&scale_serial, ", one charge at a time each (`ORDERFLOW_PREFETCH=1` on payment)");
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(o, "### How to rerun\n");
+    let _ = writeln!(o, "```sh");
+    let _ = writeln!(
+        o,
+        "scripts/bench.sh                       # full run, a few minutes; report in BENCHMARKS-latest.md"
+    );
+    let _ = writeln!(
+        o,
+        "scripts/bench.sh my-report.md --reps 5 # report elsewhere; options go to orderflow-bench"
+    );
+    let _ = writeln!(
+        o,
+        "scripts/bench.sh --smoke                # seconds: checks it runs, figures are not measurements"
+    );
+    let _ = writeln!(
+        o,
+        "target/release/orderflow-bench --help  # counts, durations, --env KEY=VALUE for every process"
+    );
+    let _ = writeln!(o, "```");
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "The bench needs the local RabbitMQ with its management plugin (the script starts it) and nothing \
+         else running heavy on the machine; it creates and deletes vhosts named `orderflow-bench-*`. \
+         Expect tens of percent between runs on a shared 2-core machine: compare the ratios, not the \
+         absolute rates, across machines and days."
+    );
+    out
+}

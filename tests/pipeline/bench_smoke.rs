@@ -1,0 +1,128 @@
+//! `bench_smoke`: the benchmark's smoke run (`orderflow-bench --smoke`) finishes
+//! in seconds, prints every figure of the report, writes it to `--report`, and
+//! leaves no vhost behind. It checks that the bench runs, never a speed.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What every figure line of the report contains.
+const FIGURES: [&str; 14] = [
+    "relay chains/s",
+    "orderflow orders/s, saturated",
+    "ratio orderflow / relay",
+    "orderflow orders/s at the maximum sustainable rate",
+    "orderflow orders/s at half rate",
+    "p50",
+    "p99",
+    "max",
+    "p99 outside the picklist's aggregation wait",
+    "p99 total",
+    "peak RSS",
+    "CPU s/1000 orders",
+    "| 1 payment instance |",
+    "| 2 payment instances |",
+];
+
+fn read_all(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        text
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_benchmark_smoke_run_prints_every_figure() {
+    let bin_dir = tests::bin_dir();
+    let report =
+        std::env::temp_dir().join(format!("orderflow-bench-smoke-{}.md", uuid::Uuid::new_v4().simple()));
+    let mut child = Command::new(bin_dir.join("orderflow-bench"))
+        .arg("--smoke")
+        .arg("--bin-dir")
+        .arg(&bin_dir)
+        .arg("--report")
+        .arg(&report)
+        .args(["--amqp-url", "amqp://guest:guest@127.0.0.1:5672/%2f"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("orderflow-bench starts");
+    let (stdout, stderr) = (read_all(child.stdout.take().unwrap()), read_all(child.stderr.take().unwrap()));
+    let status = tokio::task::spawn_blocking(move || {
+        // Generous: the other tests share the machine. On timeout, SIGTERM lets the bench clean up.
+        let deadline = Instant::now() + Duration::from_secs(240);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+                std::thread::sleep(Duration::from_secs(20));
+                let _ = child.kill();
+                panic!("orderflow-bench --smoke did not finish within 240 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .expect("waiting for the bench");
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    let written = std::fs::read_to_string(&report);
+    let _ = std::fs::remove_file(&report);
+    assert!(status.success(), "orderflow-bench --smoke failed ({status}):\n{stderr}\n{stdout}");
+
+    for figure in FIGURES {
+        assert!(stdout.contains(figure), "the report lacks {figure:?}:\n{stdout}");
+    }
+    for process in
+        ["tracker", "intake", "payment", "inventory", "picklist", "rebin", "shipping", "exceptions"]
+    {
+        let row = stdout.lines().find(|l| l.starts_with(&format!("| {process} |")));
+        let row = row.unwrap_or_else(|| panic!("no peak RSS / CPU row for {process}:\n{stdout}"));
+        assert!(row.contains("MiB"), "{process}'s row has no peak RSS: {row}");
+    }
+    // Every line of the summary carries a number.
+    let summary: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("### Summary"))
+        .take_while(|l| !l.starts_with("### 1."))
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| figure"))
+        .collect();
+    assert!(summary.len() >= 10, "a summary of every figure:\n{stdout}");
+    for line in summary {
+        assert!(line.chars().any(|c| c.is_ascii_digit()), "a figure without a number: {line}");
+    }
+    let written = written.expect("the report file is written");
+    assert_eq!(written.trim(), stdout.trim(), "--report holds what was printed");
+
+    // Every vhost the bench made is gone (it names its run on stderr).
+    let run_id = stderr
+        .split_whitespace()
+        .skip_while(|w| *w != "run")
+        .nth(1)
+        .map(|id| id.trim_end_matches(':').to_string())
+        .expect("the bench names its run");
+    let vhosts: serde_json::Value = reqwest::Client::new()
+        .get(format!(
+            "{}/api/vhosts",
+            std::env::var("ORDERFLOW_MGMT_URL").unwrap_or_else(|_| "http://127.0.0.1:15672".into())
+        ))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .expect("management API")
+        .json()
+        .await
+        .expect("vhosts");
+    let left: Vec<&str> = vhosts
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .filter(|name| name.contains(&format!("orderflow-bench-{run_id}")))
+        .collect();
+    assert!(left.is_empty(), "the bench left vhosts behind: {left:?}");
+}

@@ -11,6 +11,8 @@ use crate::settings::Settings;
 use crate::store::{Backend, Store};
 use chrono::Utc;
 use sqlx::{Any, Row, Transaction};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// What happened to a change request a node received.
@@ -28,27 +30,45 @@ pub struct ChangeBook {
     store: Store,
     changes: String,
     closed: String,
+    known: std::sync::Mutex<Known>,
 }
+
+/// Which orders have had changes in this book, so that an element without
+/// any skips the database. Refreshed from the table every [`POLL`] (changes
+/// another instance received) and at once for the changes this one receives.
+/// Missing a change here is safe: the next node, or the closing node (which
+/// always reads the table), decides it.
+#[derive(Default)]
+struct Known {
+    orders: HashSet<Uuid>,
+    polled_at: Option<Instant>,
+    cursor: String,
+}
+
+const POLL: Duration = Duration::from_millis(100);
 
 impl ChangeBook {
     pub async fn open(settings: &Settings, node: &str) -> anyhow::Result<ChangeBook> {
         let store = Store::open(settings, node).await?;
         let changes = format!("{node}_changes");
+        store.add_column(&changes, "received_at TEXT NOT NULL DEFAULT ''").await;
         let closed = format!("{node}_closed_orders");
         store
             .migrate(&[
                 &format!(
                     "CREATE TABLE IF NOT EXISTS {changes} (change_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, \
-                     request TEXT NOT NULL, requested_at TEXT NOT NULL, status TEXT NOT NULL, reason TEXT)"
+                     request TEXT NOT NULL, requested_at TEXT NOT NULL, status TEXT NOT NULL, reason TEXT, \
+                     received_at TEXT NOT NULL DEFAULT '')"
                 ),
                 &format!("CREATE INDEX IF NOT EXISTS {changes}_by_order ON {changes} (order_id)"),
+                &format!("CREATE INDEX IF NOT EXISTS {changes}_by_arrival ON {changes} (received_at)"),
                 &format!(
                     "CREATE TABLE IF NOT EXISTS {closed} (order_id TEXT PRIMARY KEY, state TEXT NOT NULL, \
                      resolved TEXT NOT NULL, closed_at TEXT NOT NULL)"
                 ),
             ])
             .await?;
-        Ok(ChangeBook { store, changes, closed })
+        Ok(ChangeBook { store, changes, closed, known: std::sync::Mutex::new(Known::default()) })
     }
 
     /// Serializes the decisions about one order (PostgreSQL; SQLite
@@ -68,14 +88,15 @@ impl ChangeBook {
         let mut tx = self.store.pool.begin().await?;
         self.lock_order(&mut tx, request.order_id).await?;
         sqlx::query(&format!(
-            "INSERT INTO {} (change_id, order_id, request, requested_at, status) VALUES ($1, $2, $3, $4, 'pending') \
-             ON CONFLICT (change_id) DO NOTHING",
+            "INSERT INTO {} (change_id, order_id, request, requested_at, status, received_at) \
+             VALUES ($1, $2, $3, $4, 'pending', $5) ON CONFLICT (change_id) DO NOTHING",
             self.changes
         ))
         .bind(request.change_id.to_string())
         .bind(request.order_id.to_string())
         .bind(serde_json::to_string(request).unwrap_or_default())
         .bind(crate::audit::rfc3339::format(&request.requested_at))
+        .bind(crate::audit::rfc3339::format(&Utc::now()))
         .execute(&mut *tx)
         .await?;
         let closed = sqlx::query(&format!("SELECT state, resolved FROM {} WHERE order_id = $1", self.closed))
@@ -97,7 +118,44 @@ impl ChangeBook {
             }
         };
         tx.commit().await?;
+        self.known.lock().expect("known orders").orders.insert(request.order_id);
         Ok(received)
+    }
+
+    /// Whether this book may hold changes for the order (see [`Known`]).
+    async fn may_have_changes(&self, order_id: Uuid) -> sqlx::Result<bool> {
+        let since = {
+            let known = self.known.lock().expect("known orders");
+            if known.polled_at.is_some_and(|t| t.elapsed() < POLL) {
+                return Ok(known.orders.contains(&order_id));
+            }
+            // Re-read a few seconds back: another instance may commit an earlier arrival late.
+            match chrono::DateTime::parse_from_rfc3339(&known.cursor) {
+                Ok(t) => {
+                    crate::audit::rfc3339::format(&(t.with_timezone(&Utc) - chrono::Duration::seconds(5)))
+                }
+                Err(_) => String::new(),
+            }
+        };
+        let rows = sqlx::query(&format!(
+            "SELECT order_id, received_at FROM {} WHERE received_at >= $1",
+            self.changes
+        ))
+        .bind(since)
+        .fetch_all(&self.store.pool)
+        .await?;
+        let mut known = self.known.lock().expect("known orders");
+        for row in rows {
+            let received_at: String = row.try_get("received_at")?;
+            if let Ok(id) = row.try_get::<String, _>("order_id")?.parse() {
+                known.orders.insert(id);
+            }
+            if received_at > known.cursor {
+                known.cursor = received_at;
+            }
+        }
+        known.polled_at = Some(Instant::now());
+        Ok(known.orders.contains(&order_id))
     }
 
     async fn set_status(
@@ -123,6 +181,9 @@ impl ChangeBook {
         &self,
         mut element: OrderElement,
     ) -> sqlx::Result<(OrderElement, Vec<(ChangeRequest, Decision)>)> {
+        if !self.may_have_changes(element.order_id).await? {
+            return Ok((element, Vec::new()));
+        }
         let rows = sqlx::query(&format!(
             "SELECT change_id, request, status, reason FROM {} WHERE order_id = $1 ORDER BY requested_at, change_id",
             self.changes

@@ -60,7 +60,8 @@ impl Settings {
     }
 
     /// `ORDERFLOW_DELAY_MS_<NODE>`, else `ORDERFLOW_DELAY_MS`: how long a node
-    /// waits per element, to slow a stage down on purpose (demos, tests, benchmarks).
+    /// instance is busy per element (one element at a time), to slow a stage
+    /// down on purpose (demos, tests, benchmarks).
     pub fn delay_for(&self, node: &str) -> anyhow::Result<Option<Duration>> {
         let specific = format!("ORDERFLOW_DELAY_MS_{}", node.to_ascii_uppercase());
         let ms: u64 = match var(&specific) {

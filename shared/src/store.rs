@@ -51,7 +51,7 @@ impl Store {
 
     async fn open_sqlite(url: &str) -> anyhow::Result<Store> {
         let pool = AnyPoolOptions::new()
-            .max_connections(4)
+            .max_connections(2)
             .acquire_timeout(Duration::from_secs(30))
             .after_connect(|conn, _| {
                 Box::pin(async move {
@@ -60,6 +60,8 @@ impl Store {
                     conn.execute("PRAGMA busy_timeout = 10000").await?;
                     conn.execute("PRAGMA journal_mode = WAL").await?;
                     conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    // A small page cache per connection keeps each worker's memory low.
+                    conn.execute("PRAGMA cache_size = -1024").await?;
                     Ok(())
                 })
             })

@@ -35,21 +35,17 @@ impl Processor {
 
     /// Charges an order once; a repeated request returns the original charge.
     pub async fn charge(&self, order_id: Uuid, amount_cents: i64, card_last4: &str) -> sqlx::Result<Charge> {
-        sqlx::query(
+        // One statement: a repeated request touches the existing row and returns it.
+        let (charge_id, amount_cents, card_last4): (String, i64, String) = sqlx::query_as(
             "INSERT INTO processor_charges (order_id, charge_id, amount_cents, card_last4, charged_at) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (order_id) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (order_id) DO UPDATE SET order_id = excluded.order_id \
+             RETURNING charge_id, amount_cents, card_last4",
         )
         .bind(order_id.to_string())
         .bind(Uuid::new_v4().to_string())
         .bind(amount_cents)
         .bind(card_last4)
         .bind(Utc::now().to_rfc3339())
-        .execute(&self.store.pool)
-        .await?;
-        let (charge_id, amount_cents, card_last4): (String, i64, String) = sqlx::query_as(
-            "SELECT charge_id, amount_cents, card_last4 FROM processor_charges WHERE order_id = $1",
-        )
-        .bind(order_id.to_string())
         .fetch_one(&self.store.pool)
         .await?;
         Ok(Charge { charge_id: charge_id.parse().unwrap_or_default(), amount_cents, card_last4 })

@@ -43,6 +43,9 @@ pub struct NodeContext {
     pub max_attempts: u32,
     /// The node's book of in-flight changes (workflow nodes only).
     pub book: Option<ChangeBook>,
+    /// Held during the configured per-element delay: a slowed instance handles
+    /// one element at a time, like a worker that is busy for that long.
+    busy: tokio::sync::Mutex<()>,
 }
 
 impl NodeContext {
@@ -61,6 +64,7 @@ impl NodeContext {
             max_message_bytes: settings.max_message_bytes,
             max_attempts: settings.max_attempts.max(1),
             book: None,
+            busy: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -467,6 +471,7 @@ async fn process<S: Stage>(
     let element = message::decode_element(delivery, ctx.max_message_bytes)
         .map_err(|e| StageError::Permanent(e.to_string()))?;
     if let Some(delay) = ctx.delay {
+        let _busy = ctx.busy.lock().await;
         tokio::time::sleep(delay).await;
     }
     let before = (element.seq, Some(element.state));

@@ -3,7 +3,7 @@
 use shared::transport::batch_runner::run_batch_stage;
 use workers::stages::picklist::Picklist;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     workers::node_main(|settings, shutdown| run_batch_stage(Picklist, settings, shutdown)).await
 }

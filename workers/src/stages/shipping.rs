@@ -33,20 +33,18 @@ impl Shipping {
 
     /// Records the shipment once; a repeated request returns the first tracking number.
     pub async fn ship(&self, order_id: Uuid, to: &ShipTo) -> sqlx::Result<String> {
-        sqlx::query(
+        // One statement: a repeated request touches the existing row and returns it.
+        sqlx::query_scalar(
             "INSERT INTO shipping_shipments (order_id, tracking_number, ship_to, shipped_at) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO NOTHING",
+             VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO UPDATE SET order_id = excluded.order_id \
+             RETURNING tracking_number",
         )
         .bind(order_id.to_string())
         .bind(new_tracking_number())
         .bind(address_line(to))
         .bind(Utc::now().to_rfc3339())
-        .execute(&self.store.pool)
-        .await?;
-        sqlx::query_scalar("SELECT tracking_number FROM shipping_shipments WHERE order_id = $1")
-            .bind(order_id.to_string())
-            .fetch_one(&self.store.pool)
-            .await
+        .fetch_one(&self.store.pool)
+        .await
     }
 
     pub async fn shipment_count(&self) -> sqlx::Result<i64> {

@@ -8,7 +8,7 @@ use shared::change::{ChangeEvent, ChangeKind};
 use shared::settings::Settings;
 use shared::store::Store;
 use sqlx::Row as _;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
 
 const SCHEMA: &[&str] = &[
@@ -77,65 +77,101 @@ impl TrackerStore {
         Ok(TrackerStore { store })
     }
 
-    /// Records a batch in one transaction; returns how many records were new.
-    /// A change requested for an order the tracker does not know is rejected here.
+    /// Records a batch in one transaction with a few multi-row statements;
+    /// returns how many records were new. A change requested for an order the
+    /// tracker does not know is rejected here.
     pub async fn record(&self, records: &[Record]) -> sqlx::Result<u64> {
-        let mut tx = self.store.pool.begin().await?;
         let recorded_at = rfc3339::format(&chrono::Utc::now());
-        let mut new = 0;
-        for record in records {
-            let row = Row::from(record);
-            if !insert_event(&mut tx, &row, &recorded_at).await? {
-                continue;
-            }
-            new += 1;
-            match record {
-                Record::State(event) => {
-                    sqlx::query(
-                        "INSERT INTO tracker_orders (order_id, state, seq, terminal, updated_at) VALUES ($1, $2, $3, $4, $5) \
-                         ON CONFLICT (order_id) DO UPDATE SET state = excluded.state, seq = excluded.seq, \
-                         terminal = excluded.terminal, updated_at = excluded.updated_at \
-                         WHERE excluded.seq > tracker_orders.seq",
-                    )
-                    .bind(event.order_id.to_string())
-                    .bind(event.to_state.as_str())
-                    .bind(i64::from(event.seq))
-                    .bind(i64::from(event.terminal))
-                    .bind(&row.at)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                Record::Change(event) if event.kind == ChangeKind::ChangeRequested => {
-                    let known: Option<String> =
-                        sqlx::query_scalar("SELECT order_id FROM tracker_orders WHERE order_id = $1")
-                            .bind(event.order_id.to_string())
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    if known.is_none() {
-                        let request = shared::change::ChangeRequest {
-                            schema_version: event.schema_version,
-                            change_id: event.change_id,
-                            order_id: event.order_id,
-                            change: event.change.clone(),
-                            requested_at: event.at,
-                            deadline: None,
-                        };
-                        let rejection = ChangeEvent::new(
-                            &request,
-                            ChangeKind::ChangeRejected,
-                            "tracker",
-                            "tracker",
-                            format!("no order {} exists", event.order_id),
-                            0,
-                        );
-                        insert_event(&mut tx, &Row::from(&Record::Change(rejection)), &recorded_at).await?;
-                    }
-                }
-                Record::Change(_) => {}
+        let mut seen = HashSet::new();
+        let rows: Vec<Row> =
+            records.iter().map(Row::from).filter(|row| seen.insert(row.event_id.clone())).collect();
+        let mut tx = self.store.pool.begin().await?;
+        let new_ids = insert_events(&mut tx, &rows, &recorded_at).await?;
+
+        // Each order's newest new state, then one upsert that never moves an order backwards.
+        let mut latest: HashMap<&str, &Row> = HashMap::new();
+        for row in rows.iter().filter(|r| r.change_id.is_none() && new_ids.contains(&r.event_id)) {
+            let entry = latest.entry(row.order_id.as_str()).or_insert(row);
+            if row.seq > entry.seq {
+                *entry = row;
             }
         }
+        let latest: Vec<&Row> = latest.into_values().collect();
+        for chunk in latest.chunks(400) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${})",
+                        i * 5 + 1,
+                        i * 5 + 2,
+                        i * 5 + 3,
+                        i * 5 + 4,
+                        i * 5 + 5
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO tracker_orders (order_id, state, seq, terminal, updated_at) VALUES {} \
+                 ON CONFLICT (order_id) DO UPDATE SET state = excluded.state, seq = excluded.seq, \
+                 terminal = excluded.terminal, updated_at = excluded.updated_at \
+                 WHERE excluded.seq > tracker_orders.seq",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for row in chunk {
+                query = query
+                    .bind(&row.order_id)
+                    .bind(&row.to_state)
+                    .bind(row.seq)
+                    .bind(row.terminal)
+                    .bind(&row.at);
+            }
+            query.execute(&mut *tx).await?;
+        }
+
+        // Changes requested for orders nobody knows are rejected by the tracker itself.
+        let asked: Vec<&ChangeEvent> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Change(e)
+                    if e.kind == ChangeKind::ChangeRequested && new_ids.contains(&e.event_id.to_string()) =>
+                {
+                    Some(e)
+                }
+                _ => None,
+            })
+            .collect();
+        if !asked.is_empty() {
+            let ids: Vec<Uuid> = asked.iter().map(|e| e.order_id).collect();
+            let known = statuses_in(&mut tx, &ids).await?;
+            let rejections: Vec<Row> = asked
+                .iter()
+                .filter(|e| !known.contains(&e.order_id.to_string()))
+                .map(|e| {
+                    let request = shared::change::ChangeRequest {
+                        schema_version: e.schema_version,
+                        change_id: e.change_id,
+                        order_id: e.order_id,
+                        change: e.change.clone(),
+                        requested_at: e.at,
+                        deadline: None,
+                    };
+                    let detail = format!("no order {} exists", e.order_id);
+                    let rejection = ChangeEvent::new(
+                        &request,
+                        ChangeKind::ChangeRejected,
+                        "tracker",
+                        "tracker",
+                        detail,
+                        0,
+                    );
+                    Row::from(&Record::Change(rejection))
+                })
+                .collect();
+            insert_events(&mut tx, &rejections, &recorded_at).await?;
+        }
         tx.commit().await?;
-        Ok(new)
+        Ok(new_ids.len() as u64)
     }
 
     /// An order's state and ordered history, if the tracker knows it.
@@ -265,32 +301,69 @@ impl From<&Record> for Row {
     }
 }
 
-/// Inserts a row unless its event id is known; true when it was new.
-async fn insert_event(
+/// Inserts the rows whose event ids are not known yet (multi-row
+/// statements); returns the ids that were new.
+async fn insert_events(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    row: &Row,
+    rows: &[Row],
     recorded_at: &str,
-) -> sqlx::Result<bool> {
-    let inserted = sqlx::query(
-        "INSERT INTO tracker_events (event_id, order_id, seq, version, node, instance_id, from_state, \
-         to_state, terminal, at, detail, recorded_at, change_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(&row.event_id)
-    .bind(&row.order_id)
-    .bind(row.seq)
-    .bind(row.version)
-    .bind(&row.node)
-    .bind(&row.instance_id)
-    .bind(row.from_state.as_deref())
-    .bind(&row.to_state)
-    .bind(row.terminal)
-    .bind(&row.at)
-    .bind(&row.detail)
-    .bind(recorded_at)
-    .bind(row.change_id.as_deref())
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    Ok(inserted == 1)
+) -> sqlx::Result<HashSet<String>> {
+    const COLUMNS: usize = 13;
+    let mut new_ids = HashSet::new();
+    for chunk in rows.chunks(300) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let params: Vec<String> = (1..=COLUMNS).map(|c| format!("${}", i * COLUMNS + c)).collect();
+                format!("({})", params.join(", "))
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO tracker_events (event_id, order_id, seq, version, node, instance_id, from_state, \
+             to_state, terminal, at, detail, recorded_at, change_id) VALUES {} \
+             ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for row in chunk {
+            query = query
+                .bind(&row.event_id)
+                .bind(&row.order_id)
+                .bind(row.seq)
+                .bind(row.version)
+                .bind(&row.node)
+                .bind(&row.instance_id)
+                .bind(row.from_state.clone())
+                .bind(&row.to_state)
+                .bind(row.terminal)
+                .bind(&row.at)
+                .bind(&row.detail)
+                .bind(recorded_at)
+                .bind(row.change_id.clone());
+        }
+        for returned in query.fetch_all(&mut **tx).await? {
+            new_ids.insert(returned.try_get::<String, _>("event_id")?);
+        }
+    }
+    Ok(new_ids)
+}
+
+/// Which of `ids` the tracker knows, read inside a transaction.
+async fn statuses_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    ids: &[Uuid],
+) -> sqlx::Result<HashSet<String>> {
+    let mut found = HashSet::new();
+    for chunk in ids.chunks(500) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql =
+            format!("SELECT order_id FROM tracker_orders WHERE order_id IN ({})", placeholders.join(", "));
+        let mut query = sqlx::query(&sql);
+        for id in chunk {
+            query = query.bind(id.to_string());
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            found.insert(row.try_get::<String, _>("order_id")?);
+        }
+    }
+    Ok(found)
 }

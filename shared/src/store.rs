@@ -78,13 +78,20 @@ impl Store {
     }
 
     /// Runs each statement of a schema (idempotent `CREATE ... IF NOT EXISTS`).
+    /// On PostgreSQL the statements run in one transaction under an advisory
+    /// lock, so processes starting together do not race on the catalog.
     pub async fn migrate(&self, statements: &[&str]) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(7270420601)::text").fetch_optional(&mut *tx).await?;
+        }
         for statement in statements {
             sqlx::query(statement)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await
                 .with_context(|| format!("schema statement failed: {statement}"))?;
         }
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -117,7 +117,7 @@ impl TrackerStore {
                  WHERE excluded.seq > tracker_orders.seq",
                 values.join(", ")
             );
-            let mut query = sqlx::query(&sql);
+            let mut query = sqlx::query(&sql).persistent(false);
             for row in chunk {
                 query = query
                     .bind(&row.order_id)
@@ -221,7 +221,7 @@ impl TrackerStore {
                 "SELECT order_id, state, terminal FROM tracker_orders WHERE order_id IN ({})",
                 placeholders.join(", ")
             );
-            let mut query = sqlx::query(&sql);
+            let mut query = sqlx::query(&sql).persistent(false);
             for id in chunk {
                 query = query.bind(id.to_string());
             }
@@ -323,7 +323,8 @@ async fn insert_events(
              ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
             values.join(", ")
         );
-        let mut query = sqlx::query(&sql);
+        // Multi-row statements vary in length: keep them out of the statement cache.
+        let mut query = sqlx::query(&sql).persistent(false);
         for row in chunk {
             query = query
                 .bind(&row.event_id)
@@ -357,7 +358,7 @@ async fn statuses_in(
         let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         let sql =
             format!("SELECT order_id FROM tracker_orders WHERE order_id IN ({})", placeholders.join(", "));
-        let mut query = sqlx::query(&sql);
+        let mut query = sqlx::query(&sql).persistent(false);
         for id in chunk {
             query = query.bind(id.to_string());
         }

@@ -12,8 +12,8 @@ use shared::transport::Publisher;
 use std::sync::Arc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-const PREFETCH: u16 = 400;
-const BATCH: usize = 200;
+const PREFETCH: u16 = 1000;
+const BATCH: usize = 500;
 
 pub async fn run(store: TrackerStore, settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let ctx =

@@ -15,6 +15,9 @@ pub enum PublishError {
     Unroutable(String),
 }
 
+/// How long a publish may wait for its confirm.
+pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A channel in confirm mode. Cloning shares the channel.
 #[derive(Clone)]
 pub struct Publisher {
@@ -50,7 +53,11 @@ impl Publisher {
         }
         for (confirm, message) in confirms {
             let target = || format!("{} / {}", message.exchange, message.routing_key);
-            match confirm.await? {
+            // A confirm that never comes (the connection died under it) is a failure, not a wait for ever.
+            let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await.map_err(|_| {
+                PublishError::Nacked(format!("{} (no confirm within {CONFIRM_TIMEOUT:?})", target()))
+            })?;
+            match confirmation? {
                 Confirmation::Ack(None) => {}
                 Confirmation::Ack(Some(_)) => return Err(PublishError::Unroutable(target())),
                 Confirmation::Nack(_) | Confirmation::NotRequested => {

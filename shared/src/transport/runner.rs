@@ -447,7 +447,12 @@ pub async fn finish(
         let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
     }
     tasks.close();
-    tasks.wait().await;
+    // On shutdown, finish what is in hand; after a lost connection, do not
+    // wait for tasks stuck on it (their deliveries return to the queue).
+    let patience = if result.is_ok() { Duration::from_secs(60) } else { Duration::from_secs(3) };
+    if tokio::time::timeout(patience, tasks.wait()).await.is_err() {
+        tracing::warn!(node = ctx.node, "tasks in hand did not finish; leaving them to redelivery");
+    }
     if result.is_ok() {
         let _ = connection.close(200, "shutdown".into()).await;
         tracing::info!(node = ctx.node, "stopped cleanly");

@@ -5,52 +5,17 @@
 //! (paced by the clock, not by completions).
 
 use crate::stats::now_secs;
-use rand::{rngs::StdRng, Rng, SeedableRng};
 use shared::audit::AuditEvent;
-use shared::order::{Item, Order, OrderElement, PaymentCard, ShipTo};
+use shared::order::{Order, OrderElement};
 use shared::transport::message::{audit_message, element_message};
 use shared::transport::{Outgoing, Publisher};
 use std::time::{Duration, Instant};
 use topology::Node;
 use uuid::Uuid;
 
-const METHODS: [&str; 3] = ["standard", "express", "overnight"];
-const CITIES: [(&str, &str, &str); 4] = [
-    ("Seattle", "98101", "US"),
-    ("London", "EC1A 1BB", "GB"),
-    ("Berlin", "10115", "DE"),
-    ("Tokyo", "100-0001", "JP"),
-];
-
-/// A valid order, as the CLI generates them: about 40 % single-unit, the rest multi-unit.
-pub fn valid_order(rng: &mut impl Rng) -> Order {
-    let lines = if rng.gen_bool(0.5) { 1 } else { rng.gen_range(1..=3) };
-    let mut items: Vec<Item> = (0..lines)
-        .map(|_| Item { sku: format!("SKU-{:04}", rng.gen_range(1..=500)), qty: rng.gen_range(1..=3) })
-        .collect();
-    if lines == 1 && rng.gen_bool(0.5) {
-        items[0].qty = 1;
-    }
-    let (city, postal, country) = CITIES[rng.gen_range(0..CITIES.len())];
-    Order {
-        order_id: None,
-        customer_id: format!("cust-{:05}", rng.gen_range(0..100_000)),
-        items,
-        shipping_method: METHODS[rng.gen_range(0..METHODS.len())].to_string(),
-        ship_to: ShipTo {
-            name: format!("Customer {}", rng.gen_range(1..10_000)),
-            line1: format!("{} Main Street", rng.gen_range(1..999)),
-            city: city.into(),
-            postal_code: postal.into(),
-            country: country.into(),
-        },
-        payment: PaymentCard { card_number: "4111111111111111".into(), expiry: "12/30".into() },
-    }
-}
-
+/// Valid generated orders, as `orderflow publish --count` makes them.
 pub fn orders(n: usize) -> Vec<Order> {
-    let mut rng = StdRng::from_entropy();
-    (0..n).map(|_| valid_order(&mut rng)).collect()
+    shared::generate::orders(n, false)
 }
 
 /// Share of single-unit orders (they skip rebin: 5 hops instead of 6).

@@ -3,7 +3,6 @@
 
 mod change;
 mod dlq;
-mod generate;
 mod publish;
 mod tracker_client;
 mod watch;
@@ -136,7 +135,7 @@ async fn main() -> ExitCode {
         match cli.command {
             Command::Publish { count, rate, mixed, file } => {
                 let orders = match (count, file) {
-                    (Some(n), _) => generate::orders(n, mixed),
+                    (Some(n), _) => shared::generate::orders(n, mixed),
                     (None, Some(path)) => publish::read_orders_file(&path, settings.max_message_bytes)?,
                     (None, None) => unreachable!("clap requires --count or --file"),
                 };

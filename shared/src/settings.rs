@@ -107,15 +107,6 @@ fn amqp_url_from_env() -> anyhow::Result<String> {
     Ok(with_credentials(&url, user.as_deref(), password.as_deref()))
 }
 
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// Sets the user and/or password of an AMQP URL (percent-encoded).
 pub fn with_credentials(url: &str, user: Option<&str>, password: Option<&str>) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
@@ -128,8 +119,8 @@ pub fn with_credentials(url: &str, user: Option<&str>, password: Option<&str>) -
         }
         None => (String::new(), String::new(), authority),
     };
-    let user = user.map(percent_encode).unwrap_or(old_user);
-    let password = password.map(percent_encode).unwrap_or(old_password);
+    let user = user.map(topology::management::encode).unwrap_or(old_user);
+    let password = password.map(topology::management::encode).unwrap_or(old_password);
     format!("{scheme}://{user}:{password}@{host}{path}")
 }
 

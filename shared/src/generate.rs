@@ -1,8 +1,8 @@
-//! Generated orders: valid ones (single- and multi-unit mixed) for load, and
-//! the demo's mix that also exercises every failure path.
+//! Generated orders: valid ones (single- and multi-unit mixed) for load and
+//! benchmarks, and the demo's mix that also exercises every failure path.
 
+use crate::order::{Item, Order, PaymentCard, ShipTo};
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use shared::order::{Item, Order, PaymentCard, ShipTo};
 
 const METHODS: [&str; 3] = ["standard", "express", "overnight"];
 const CITIES: [(&str, &str, &str); 4] = [

@@ -262,20 +262,31 @@ pub async fn close_if_terminal(
         .collect())
 }
 
-/// Acknowledges one delivery; a stale tag (from before a reconnect) only means
-/// the broker will deliver the message again.
+/// How long an acknowledgement may take before the connection is presumed dead.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Acknowledges one delivery; a stale tag (from before a reconnect) or a dead
+/// connection only means the broker will deliver the message again.
 pub async fn ack(delivery: &Delivery) {
-    match delivery.ack(BasicAckOptions::default()).await {
-        Ok(true) => {}
-        Ok(false) => tracing::debug!("stale delivery tag; the message will be redelivered"),
-        Err(error) => tracing::debug!(%error, "ack failed; the message will be redelivered"),
+    ack_with(delivery, BasicAckOptions::default()).await
+}
+
+/// Acknowledges with options (e.g. `multiple`), never waiting for ever.
+pub async fn ack_with(delivery: &Delivery, options: BasicAckOptions) {
+    match tokio::time::timeout(SETTLE_TIMEOUT, delivery.ack(options)).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => tracing::debug!("stale delivery tag; the message will be redelivered"),
+        Ok(Err(error)) => tracing::debug!(%error, "ack failed; the message will be redelivered"),
+        Err(_) => tracing::warn!("ack not answered; the message will be redelivered"),
     }
 }
 
 /// Returns a delivery to its queue (counted toward the delivery limit).
 pub async fn requeue(delivery: &Delivery) {
-    if let Err(error) = delivery.reject(BasicRejectOptions { requeue: true }).await {
-        tracing::debug!(%error, "reject failed; the message will be redelivered");
+    match tokio::time::timeout(SETTLE_TIMEOUT, delivery.reject(BasicRejectOptions { requeue: true })).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => tracing::debug!(%error, "reject failed; the message will be redelivered"),
+        Err(_) => tracing::warn!("reject not answered; the message will be redelivered"),
     }
 }
 

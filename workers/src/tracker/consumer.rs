@@ -7,7 +7,9 @@ use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use shared::settings::Settings;
 use shared::transport::message::{decode, decode_audit, CHANGE_EVENT_TYPE};
-use shared::transport::runner::{dead_letter, finish, open_consumer, retry_delay, supervise, NodeContext};
+use shared::transport::runner::{
+    ack_with, dead_letter, finish, open_consumer, retry_delay, supervise, NodeContext, SETTLE_TIMEOUT,
+};
 use shared::transport::Publisher;
 use std::sync::Arc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -81,13 +83,14 @@ async fn serve(
             Ok(new) => {
                 failures = 0;
                 tracing::debug!(received = events.len(), new, "audit events recorded");
-                let _ = last.ack(BasicAckOptions { multiple: true }).await;
+                ack_with(last, BasicAckOptions { multiple: true }).await;
             }
             Err(error) => {
                 failures += 1;
                 tracing::warn!(%error, "tracking store write failed; the events will be retried");
                 tokio::time::sleep(retry_delay(failures)).await;
-                let _ = last.nack(BasicNackOptions { multiple: true, requeue: true }).await;
+                let nack = last.nack(BasicNackOptions { multiple: true, requeue: true });
+                let _ = tokio::time::timeout(SETTLE_TIMEOUT, nack).await;
             }
         }
         if let Some(error) = broken {

@@ -26,6 +26,12 @@ pub enum Received {
     AlreadyResolved,
 }
 
+/// The change request stored in `row`, unless the element already resolved it.
+fn unresolved(row: &sqlx::any::AnyRow, element: &OrderElement) -> sqlx::Result<Option<ChangeRequest>> {
+    let request = serde_json::from_str::<ChangeRequest>(&row.try_get::<String, _>("request")?).ok();
+    Ok(request.filter(|r| !element.resolved_changes.contains(&r.change_id)))
+}
+
 pub struct ChangeBook {
     store: Store,
     changes: String,
@@ -193,13 +199,7 @@ impl ChangeBook {
         .await?;
         let mut decisions = Vec::new();
         for row in rows {
-            let Ok(request) = serde_json::from_str::<ChangeRequest>(&row.try_get::<String, _>("request")?)
-            else {
-                continue;
-            };
-            if element.resolved_changes.contains(&request.change_id) {
-                continue;
-            }
+            let Some(request) = unresolved(&row, &element)? else { continue };
             let status: String = row.try_get("status")?;
             let decision = match status.as_str() {
                 "pending" => {
@@ -273,13 +273,7 @@ impl ChangeBook {
         let reason = format!("the order is already {state}");
         let mut late = Vec::new();
         for row in rows {
-            let Ok(request) = serde_json::from_str::<ChangeRequest>(&row.try_get::<String, _>("request")?)
-            else {
-                continue;
-            };
-            if element.resolved_changes.contains(&request.change_id) {
-                continue;
-            }
+            let Some(request) = unresolved(&row, element)? else { continue };
             // 'late' keeps them returned if this step is redone after a crash.
             self.set_status(&mut tx, request.change_id, "late", &reason).await?;
             late.push((request, reason.clone()));

@@ -10,8 +10,8 @@
 use super::message::decode_element;
 use super::publisher::Publisher;
 use super::runner::{
-    ack, close_if_terminal, dead_letter, finish, handle_change, next_change, open_consumer, outcome_messages,
-    requeue, resolve_changes, supervise, NodeContext,
+    ack, close_if_terminal, dead_letter, dispatch_change, finish, next_change, open_consumer,
+    outcome_messages, requeue, resolve_changes, supervise, NodeContext,
 };
 use super::Outgoing;
 use crate::batcher::Batcher;
@@ -69,14 +69,11 @@ async fn serve<S: BatchStage>(
                 let due = batcher.take_due(Instant::now());
                 release(&ctx, &stage, &publisher, &tasks, &mut batcher, due).await;
             }
-            next = next_change(&mut changes) => match next {
-                Some(Ok(delivery)) => {
-                    let (ctx, publisher) = (ctx.clone(), publisher.clone());
-                    tasks.spawn(async move { handle_change(&ctx, &publisher, delivery).await });
+            next = next_change(&mut changes) => {
+                if let Err(error) = dispatch_change(next, &ctx, &publisher, &tasks) {
+                    break Err(error);
                 }
-                Some(Err(error)) => break Err(anyhow::Error::from(error).context("change consumer failed")),
-                None => break Err(anyhow::anyhow!("the broker cancelled the change consumer")),
-            },
+            }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => match decode_element(&delivery, ctx.max_message_bytes) {
                     Ok(element) => {

@@ -386,6 +386,25 @@ pub async fn drain_changes(
     Ok(())
 }
 
+/// Hands a change heard on the fanout to a task; an error when the change
+/// consumer failed or was cancelled (the session must be rebuilt).
+pub fn dispatch_change(
+    next: Option<lapin::Result<Delivery>>,
+    ctx: &Arc<NodeContext>,
+    publisher: &Publisher,
+    tasks: &TaskTracker,
+) -> anyhow::Result<()> {
+    match next {
+        Some(Ok(delivery)) => {
+            let (ctx, publisher) = (ctx.clone(), publisher.clone());
+            tasks.spawn(async move { handle_change(&ctx, &publisher, delivery).await });
+            Ok(())
+        }
+        Some(Err(error)) => Err(anyhow::Error::from(error).context("change consumer failed")),
+        None => Err(anyhow::anyhow!("the broker cancelled the change consumer")),
+    }
+}
+
 /// Runs `stage` until shutdown: the main loop of every per-element node.
 pub async fn run_stage<S: Stage>(
     stage: S,
@@ -422,14 +441,11 @@ async fn serve<S: Stage>(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break Ok(()),
-            next = next_change(&mut changes) => match next {
-                Some(Ok(delivery)) => {
-                    let (ctx, publisher) = (ctx.clone(), publisher.clone());
-                    tasks.spawn(async move { handle_change(&ctx, &publisher, delivery).await });
+            next = next_change(&mut changes) => {
+                if let Err(error) = dispatch_change(next, &ctx, &publisher, &tasks) {
+                    break Err(error);
                 }
-                Some(Err(error)) => break Err(anyhow::Error::from(error).context("change consumer failed")),
-                None => break Err(anyhow::anyhow!("the broker cancelled the change consumer")),
-            },
+            }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
                     let (ctx, stage, publisher) = (ctx.clone(), stage.clone(), publisher.clone());

@@ -5,6 +5,30 @@
 use crate::order::{OrderElement, OrderState};
 use topology::Node;
 
+/// Refuses an element that arrives at `node` in a state the workflow never
+/// routes there: it can never succeed here, so it is dead-lettered.
+pub fn check_arrival(node: Node, element: &OrderElement) -> Result<(), crate::stage::StageError> {
+    use OrderState::*;
+    let accepted: &[OrderState] = match node {
+        Node::Intake => &[Placed],
+        Node::Payment => &[Accepted],
+        Node::Inventory => &[Charged, Cancelling],
+        Node::Picklist => &[Reserved],
+        Node::Rebin => &[Picked],
+        Node::Shipping => &[Picked, Rebinned],
+        Node::Exceptions => &[StockShort, Cancelling, StockReleased],
+    };
+    if accepted.contains(&element.state) {
+        return Ok(());
+    }
+    Err(crate::stage::StageError::Permanent(format!(
+        "{} cannot handle order {} in state {}",
+        node.name(),
+        element.order_id,
+        element.state
+    )))
+}
+
 /// The next node for a non-terminal state; `None` ends the element's travel.
 pub fn next_node(element: &OrderElement) -> Option<Node> {
     use OrderState::*;

@@ -7,6 +7,7 @@
 pub mod definitions;
 pub mod management;
 pub mod permissions;
+pub mod workflow;
 
 use lapin::{
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},

@@ -4,7 +4,7 @@ WORKDIR /src
 COPY . .
 RUN cargo build --release --workspace --bins \
  && mkdir /out \
- && for b in intake payment inventory picklist rebin shipping exceptions tracker topology orderflow; do \
+ && for b in $(target/release/topology processes) topology orderflow; do \
       cp target/release/$b /out/; done
 
 FROM debian:bookworm-slim

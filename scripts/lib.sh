@@ -7,7 +7,6 @@
 : "${ORDERFLOW_MGMT_URL:=http://127.0.0.1:15672}"
 export AMQP_URL ORDERFLOW_RUN_DIR ORDERFLOW_HTTP_ADDR ORDERFLOW_MGMT_URL
 
-NODES=(intake payment inventory picklist rebin shipping exceptions tracker)
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -65,3 +64,10 @@ build_release() {
 }
 
 BIN=${ORDERFLOW_BIN_DIR:-$PWD/target/release}
+
+# The long-running processes of a stack, from the workflow definition
+# (`topology processes`): needs the built binaries.
+processes() {
+  [[ -x $BIN/topology ]] || die "$BIN/topology is missing: build first (cargo build --release --workspace --bins)."
+  "$BIN/topology" processes
+}

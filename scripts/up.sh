@@ -30,7 +30,8 @@ running() { # pid file -> true if its process is alive and is that binary
 }
 
 started=0
-for node in "${NODES[@]}"; do
+mapfile -t PROCESSES < <(processes)
+for node in "${PROCESSES[@]}"; do
   var="ORDERFLOW_INSTANCES_${node^^}"
   instances=${!var:-1}
   for i in $(seq 1 "$instances"); do

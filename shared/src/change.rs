@@ -6,6 +6,8 @@
 use crate::order::{Failure, OrderElement, OrderState, ShipTo, SCHEMA_VERSION};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use topology::workflow::{ChangeType, StateKind};
+use topology::WORKFLOW;
 use uuid::Uuid;
 
 /// Namespace of change event ids: one id per (change, outcome kind).
@@ -21,6 +23,15 @@ pub enum Change {
 }
 
 impl Change {
+    /// The kind of change, as the workflow definition's cut-offs name it.
+    pub fn change_type(&self) -> ChangeType {
+        match self {
+            Change::ShipTo { .. } => ChangeType::ShipTo,
+            Change::ShippingMethod { .. } => ChangeType::ShippingMethod,
+            Change::Cancel => ChangeType::Cancel,
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Change::ShipTo { ship_to } => format!(
@@ -139,12 +150,12 @@ pub enum Decision {
     Reject(String),
 }
 
-/// The rules: an address can change until the order is shipped, the
-/// shipping method until it is picked, and it can be cancelled until shipped.
-/// Terminal orders, orders being cancelled, invalid attributes and
-/// synchronous requests past their deadline are rejected.
+/// The rules: a change is rejected once its cut-off in the workflow
+/// definition has passed (the shipping method closes at picking), and for
+/// terminal orders, orders being cancelled, invalid attributes and
+/// synchronous requests past their deadline. Otherwise it applies: an address
+/// can change and an order be cancelled until it is shipped.
 pub fn decide(element: &OrderElement, request: &ChangeRequest, now: DateTime<Utc>) -> Decision {
-    use OrderState::*;
     if let Some(deadline) = request.deadline {
         if now > deadline {
             return Decision::Reject(
@@ -156,8 +167,15 @@ pub fn decide(element: &OrderElement, request: &ChangeRequest, now: DateTime<Utc
     if state.is_terminal() {
         return Decision::Reject(format!("the order is already {state}"));
     }
-    if matches!(state, Cancelling | StockReleased) || element.failure.is_some() {
+    if WORKFLOW.kind(state) == Some(StateKind::Compensation) || element.failure.is_some() {
         return Decision::Reject("the order is being cancelled or compensated".into());
+    }
+    let change_type = request.change.change_type();
+    if let Some(cut_off) = WORKFLOW.closed_by(change_type, state) {
+        return Decision::Reject(format!(
+            "the {} cannot change: the order was already {cut_off}",
+            change_type.noun()
+        ));
     }
     match &request.change {
         Change::ShipTo { ship_to } => match validate_ship_to(ship_to) {
@@ -165,11 +183,6 @@ pub fn decide(element: &OrderElement, request: &ChangeRequest, now: DateTime<Utc
             Err(reason) => Decision::Reject(reason),
         },
         Change::ShippingMethod { shipping_method } => {
-            if matches!(state, Picked | Rebinned) {
-                return Decision::Reject(
-                    "the shipping method cannot change: the order was already picked".into(),
-                );
-            }
             if !crate::order::SHIPPING_METHODS.contains(&shipping_method.as_str()) {
                 return Decision::Reject(format!(
                     "{shipping_method:?} is not one of standard, express, overnight"

@@ -53,90 +53,8 @@ pub struct PaymentCard {
     pub expiry: String,
 }
 
-/// Every state an order can be in. Terminal states end the workflow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
-pub enum OrderState {
-    Placed,
-    Accepted,
-    Rejected,
-    Charged,
-    PaymentDeclined,
-    Reserved,
-    /// Inventory could not reserve every item; the order is on its way to exceptions.
-    StockShort,
-    Refunded,
-    OutOfStock,
-    Picked,
-    Rebinned,
-    Shipped,
-    /// A cancel was applied; the order is on its way through its compensations.
-    Cancelling,
-    /// Inventory put a cancelled order's reserved units back.
-    StockReleased,
-    Cancelled,
-}
-
-impl OrderState {
-    pub const ALL: [OrderState; 15] = [
-        OrderState::Placed,
-        OrderState::Accepted,
-        OrderState::Rejected,
-        OrderState::Charged,
-        OrderState::PaymentDeclined,
-        OrderState::Reserved,
-        OrderState::StockShort,
-        OrderState::Refunded,
-        OrderState::OutOfStock,
-        OrderState::Picked,
-        OrderState::Rebinned,
-        OrderState::Shipped,
-        OrderState::Cancelling,
-        OrderState::StockReleased,
-        OrderState::Cancelled,
-    ];
-
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            OrderState::Rejected
-                | OrderState::PaymentDeclined
-                | OrderState::OutOfStock
-                | OrderState::Shipped
-                | OrderState::Cancelled
-        )
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OrderState::Placed => "placed",
-            OrderState::Accepted => "accepted",
-            OrderState::Rejected => "rejected",
-            OrderState::Charged => "charged",
-            OrderState::PaymentDeclined => "payment_declined",
-            OrderState::Reserved => "reserved",
-            OrderState::StockShort => "stock_short",
-            OrderState::Refunded => "refunded",
-            OrderState::OutOfStock => "out_of_stock",
-            OrderState::Picked => "picked",
-            OrderState::Rebinned => "rebinned",
-            OrderState::Shipped => "shipped",
-            OrderState::Cancelling => "cancelling",
-            OrderState::StockReleased => "stock_released",
-            OrderState::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<OrderState> {
-        OrderState::ALL.into_iter().find(|s| s.as_str() == name)
-    }
-}
-
-impl std::fmt::Display for OrderState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Every state an order can be in: named by the workflow definition.
+pub use topology::OrderState;
 
 /// The charge payment made, carried so that exceptions can refund it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -245,7 +163,7 @@ mod tests {
 
     #[test]
     fn states_round_trip_through_their_names() {
-        for state in OrderState::ALL {
+        for state in OrderState::all() {
             assert_eq!(OrderState::parse(state.as_str()), Some(state));
             let json = serde_json::to_string(&state).unwrap();
             assert_eq!(json, format!("\"{}\"", state.as_str()));

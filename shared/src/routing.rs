@@ -1,27 +1,30 @@
-//! Routing as data: where an element goes after a node, decided from its
-//! state alone (and, after picking, its unit count). Stages never name their
-//! successor; changing the workflow means changing this table.
+//! Routing as data: where an element goes after a node, and in which states
+//! it may arrive at one, both read from the workflow definition
+//! ([`topology::WORKFLOW`]). Stages never name their successor or list the
+//! states they accept; changing the workflow means changing that table.
 
-use crate::order::{OrderElement, OrderState};
-use topology::Node;
+use crate::order::OrderElement;
+use crate::stage::StageError;
+use topology::workflow::Facts;
+use topology::{Node, WORKFLOW};
+
+/// What the definition's route guards look at in an element.
+fn facts(element: &OrderElement) -> Facts {
+    Facts { units: element.total_units(), holds_reservation: element.reservation.is_some() }
+}
+
+/// The next node for a non-terminal state; `None` ends the element's travel.
+pub fn next_node(element: &OrderElement) -> Option<Node> {
+    WORKFLOW.next_node(element.state, &facts(element))
+}
 
 /// Refuses an element that arrives at `node` in a state the workflow never
 /// routes there: it can never succeed here, so it is dead-lettered.
-pub fn check_arrival(node: Node, element: &OrderElement) -> Result<(), crate::stage::StageError> {
-    use OrderState::*;
-    let accepted: &[OrderState] = match node {
-        Node::Intake => &[Placed],
-        Node::Payment => &[Accepted],
-        Node::Inventory => &[Charged, Cancelling],
-        Node::Picklist => &[Reserved],
-        Node::Rebin => &[Picked],
-        Node::Shipping => &[Picked, Rebinned],
-        Node::Exceptions => &[StockShort, Cancelling, StockReleased],
-    };
-    if accepted.contains(&element.state) {
+pub fn check_arrival(node: Node, element: &OrderElement) -> Result<(), StageError> {
+    if WORKFLOW.accepts(node).contains(&element.state) {
         return Ok(());
     }
-    Err(crate::stage::StageError::Permanent(format!(
+    Err(StageError::Permanent(format!(
         "{} cannot handle order {} in state {}",
         node.name(),
         element.order_id,
@@ -29,28 +32,10 @@ pub fn check_arrival(node: Node, element: &OrderElement) -> Result<(), crate::st
     )))
 }
 
-/// The next node for a non-terminal state; `None` ends the element's travel.
-pub fn next_node(element: &OrderElement) -> Option<Node> {
-    use OrderState::*;
-    match element.state {
-        Placed => Some(Node::Intake),
-        Accepted => Some(Node::Payment),
-        Charged => Some(Node::Inventory),
-        Reserved => Some(Node::Picklist),
-        // Multi-unit shipments are consolidated at rebin; single units ship directly.
-        Picked if element.total_units() > 1 => Some(Node::Rebin),
-        Picked | Rebinned => Some(Node::Shipping),
-        StockShort | Refunded => Some(Node::Exceptions),
-        // A cancelled order gives its stock back first, then its money.
-        Cancelling if element.reservation.is_some() => Some(Node::Inventory),
-        Cancelling | StockReleased => Some(Node::Exceptions),
-        Rejected | PaymentDeclined | OutOfStock | Shipped | Cancelled => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::order::OrderState;
     use crate::order::{Item, Order};
 
     fn element(state: OrderState, qty: i64) -> OrderElement {
@@ -66,23 +51,26 @@ mod tests {
 
     #[test]
     fn every_forward_is_allowed_by_the_senders_grant() {
-        use OrderState::*;
-        let emits: [(Node, &[OrderState]); 7] = [
-            (Node::Intake, &[Accepted, Rejected]),
-            (Node::Payment, &[Charged, PaymentDeclined]),
-            (Node::Inventory, &[Reserved, StockShort]),
-            (Node::Picklist, &[Picked]),
-            (Node::Rebin, &[Rebinned]),
-            (Node::Shipping, &[Shipped]),
-            (Node::Exceptions, &[OutOfStock]),
-        ];
-        for (node, states) in emits {
-            for &state in states {
-                for units in [1, 2] {
-                    if let Some(next) = next_node(&element(state, units)) {
+        for def in WORKFLOW.nodes {
+            for emit in def.produces {
+                let reservations = match emit.holds_reservation {
+                    Some(known) => vec![known],
+                    None => vec![false, true],
+                };
+                for (units, reserved) in
+                    [1, 2].into_iter().flat_map(|u| reservations.iter().map(move |&r| (u, r)))
+                {
+                    let mut leaving = element(emit.state, units);
+                    if reserved {
+                        leaving.reservation =
+                            Some(crate::order::Reservation { reservation_id: uuid::Uuid::nil() });
+                    }
+                    if let Some(next) = next_node(&leaving) {
                         assert!(
-                            topology::permissions::forwards_to(node).contains(&next),
-                            "{node:?} forwards {state} to {next:?} but may not publish there"
+                            topology::permissions::forwards_to(def.node).contains(&next),
+                            "{:?} forwards {} to {next:?} but may not publish there",
+                            def.node,
+                            emit.state
                         );
                     }
                 }
@@ -104,8 +92,16 @@ mod tests {
     }
 
     #[test]
+    fn arrivals_in_states_never_routed_to_the_node_are_refused() {
+        assert!(check_arrival(Node::Shipping, &element(OrderState::Rebinned, 2)).is_ok());
+        let refused = check_arrival(Node::Shipping, &element(OrderState::Charged, 1)).unwrap_err();
+        assert!(refused.to_string().contains("shipping cannot handle order"), "{refused}");
+        assert!(check_arrival(Node::Exceptions, &element(OrderState::Refunded, 1)).is_err());
+    }
+
+    #[test]
     fn terminal_states_go_nowhere() {
-        for state in OrderState::ALL.into_iter().filter(|s| s.is_terminal()) {
+        for state in OrderState::all().into_iter().filter(|s| s.is_terminal()) {
             assert_eq!(next_node(&element(state, 1)), None, "{state}");
         }
     }

@@ -2,12 +2,15 @@
 //! exchanges, queues, bindings, queue arguments and the definitions export.
 //!
 //! Nothing else in the workspace declares an exchange or a queue; workers call
-//! [`declare_for`] with their node, the setup scripts call [`declare_all`].
+//! [`ensure_for`] with their own queues, the setup scripts call [`declare_all`].
+//! The workflow's shape (nodes, states, routes) is [`workflow::WORKFLOW`].
 
 pub mod definitions;
 pub mod management;
 pub mod permissions;
 pub mod workflow;
+
+pub use workflow::{Node, OrderState, WORKFLOW};
 
 use lapin::{
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
@@ -30,63 +33,6 @@ pub const TRACKER_QUEUE: &str = "orderflow.audit.tracker";
 /// After this many deliveries a message is dead-lettered by the broker itself:
 /// the last guard against a message that crashes its consumer every time.
 pub const DELIVERY_LIMIT: i64 = 10;
-
-/// A processing node of the workflow; each runs as its own binary.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Node {
-    Intake,
-    Payment,
-    Inventory,
-    Picklist,
-    Rebin,
-    Shipping,
-    Exceptions,
-}
-
-impl Node {
-    /// Every workflow node, in the order an order usually meets them.
-    pub const ALL: [Node; 7] = [
-        Node::Intake,
-        Node::Payment,
-        Node::Inventory,
-        Node::Picklist,
-        Node::Rebin,
-        Node::Shipping,
-        Node::Exceptions,
-    ];
-
-    /// The node's name: its binary, its queue suffix, its routing-key word.
-    pub fn name(self) -> &'static str {
-        match self {
-            Node::Intake => "intake",
-            Node::Payment => "payment",
-            Node::Inventory => "inventory",
-            Node::Picklist => "picklist",
-            Node::Rebin => "rebin",
-            Node::Shipping => "shipping",
-            Node::Exceptions => "exceptions",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Node> {
-        Node::ALL.into_iter().find(|node| node.name() == name)
-    }
-
-    /// The queue the node consumes its workflow elements from.
-    pub fn queue(self) -> String {
-        format!("orderflow.{}", self.name())
-    }
-
-    /// The queue on which the node hears every in-flight change (fanout).
-    pub fn changes_queue(self) -> String {
-        format!("orderflow.changes.{}", self.name())
-    }
-
-    /// The routing key that delivers a workflow element to this node.
-    pub fn routing_key(self) -> String {
-        format!("order.{}", self.name())
-    }
-}
 
 /// Routing key of an audit event: `audit.<node>.<state>`.
 pub fn audit_routing_key(node: &str, state: &str) -> String {
@@ -116,8 +62,8 @@ pub fn exchanges() -> Vec<ExchangeSpec> {
 
 /// Every queue of the topology.
 pub fn queues() -> Vec<QueueSpec> {
-    let mut queues: Vec<QueueSpec> = Node::ALL.into_iter().map(node_queue).collect();
-    queues.extend(Node::ALL.into_iter().map(changes_queue));
+    let mut queues: Vec<QueueSpec> = Node::all().into_iter().map(node_queue).collect();
+    queues.extend(Node::all().into_iter().map(changes_queue));
     queues.push(tracker_queue());
     queues.push(dead_letter_queue());
     queues

@@ -1,6 +1,6 @@
 //! A small client of RabbitMQ's management HTTP API: creating and deleting
 //! vhosts, granting permissions, reading queues. Used by `topology apply
-//! --create-vhost`, by the CLI's dead-letter commands and by the tests.
+//! --create-vhost`, by the bench and by the tests.
 
 use anyhow::Context;
 use lapin::uri::AMQPUri;

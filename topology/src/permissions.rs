@@ -15,7 +15,7 @@ pub enum Role {
 
 impl Role {
     pub fn all() -> Vec<Role> {
-        let mut roles: Vec<Role> = Node::ALL.into_iter().map(Role::Node).collect();
+        let mut roles: Vec<Role> = Node::all().into_iter().map(Role::Node).collect();
         roles.push(Role::Tracker);
         roles.push(Role::Publisher);
         roles
@@ -35,19 +35,10 @@ impl Role {
     }
 }
 
-/// The nodes a node may forward elements to: the routing table's edges
-/// (`shared::routing` is tested against this list).
-pub fn forwards_to(node: Node) -> &'static [Node] {
-    match node {
-        Node::Intake => &[Node::Payment],
-        Node::Payment => &[Node::Inventory],
-        Node::Inventory => &[Node::Picklist, Node::Exceptions],
-        // A cancel applied at these nodes sends the order back to inventory to release its stock.
-        Node::Picklist => &[Node::Rebin, Node::Shipping, Node::Inventory],
-        Node::Rebin => &[Node::Shipping, Node::Inventory],
-        Node::Shipping => &[Node::Inventory],
-        Node::Exceptions => &[],
-    }
+/// The nodes a node may forward elements to: derived from the workflow
+/// definition (the routes of the states the node produces).
+pub fn forwards_to(node: Node) -> Vec<Node> {
+    crate::WORKFLOW.forwards_to(node)
 }
 
 /// A user's rights on the vhost: configure/write/read patterns, and per

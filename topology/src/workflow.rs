@@ -1,10 +1,675 @@
-//! The workflow definition (placeholder seam, filled in by the definition work):
-//! the processes a stack runs.
+//! The workflow definition: one table of the states an order can be in, the
+//! nodes with the states each produces, the routes (which node an element in
+//! a state goes to) and the change cut-offs. Everything else about the
+//! workflow's shape is derived from it: where an element goes next, which
+//! states a node accepts, which routing keys a node's broker user may publish,
+//! which change a state closes, and the processes a stack runs.
+//!
+//! Nodes and states are named values (not enums) so that a test can build a
+//! definition with a node of its own and watch the derivations follow.
 
-/// Every long-running process of a stack, the tracker first: what scripts,
-/// compose, tests and bench start.
-pub fn processes() -> Vec<&'static str> {
-    let mut all = vec!["tracker"];
-    all.extend(crate::Node::ALL.iter().map(|node| node.name()));
-    all
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A processing node of the workflow; each runs as its own binary, named
+/// like the node.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Node(&'static str);
+
+#[allow(non_upper_case_globals)]
+impl Node {
+    pub const Intake: Node = Node("intake");
+    pub const Payment: Node = Node("payment");
+    pub const Inventory: Node = Node("inventory");
+    pub const Picklist: Node = Node("picklist");
+    pub const Rebin: Node = Node("rebin");
+    pub const Shipping: Node = Node("shipping");
+    pub const Exceptions: Node = Node("exceptions");
+
+    /// A node of that name (lowercase, no dots): a row of a definition names it.
+    pub const fn named(name: &'static str) -> Node {
+        Node(name)
+    }
+
+    /// The node's name: its binary, its queue suffix, its routing-key word.
+    pub fn name(self) -> &'static str {
+        self.0
+    }
+
+    /// The node of [`WORKFLOW`] with this name.
+    pub fn from_name(name: &str) -> Option<Node> {
+        WORKFLOW.nodes().find(|node| node.name() == name)
+    }
+
+    /// Every node of [`WORKFLOW`], in the order an order usually meets them.
+    pub fn all() -> Vec<Node> {
+        WORKFLOW.nodes().collect()
+    }
+
+    /// The queue the node consumes its workflow elements from.
+    pub fn queue(self) -> String {
+        format!("orderflow.{}", self.0)
+    }
+
+    /// The queue on which the node hears every in-flight change (fanout).
+    pub fn changes_queue(self) -> String {
+        format!("orderflow.changes.{}", self.0)
+    }
+
+    /// The routing key that delivers a workflow element to this node.
+    pub fn routing_key(self) -> String {
+        format!("order.{}", self.0)
+    }
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::fmt::Display for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// A state an order can be in, as recorded in its history (`snake_case` on the wire).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OrderState(&'static str);
+
+#[allow(non_upper_case_globals)]
+impl OrderState {
+    pub const Placed: OrderState = OrderState("placed");
+    pub const Accepted: OrderState = OrderState("accepted");
+    pub const Rejected: OrderState = OrderState("rejected");
+    pub const Charged: OrderState = OrderState("charged");
+    pub const PaymentDeclined: OrderState = OrderState("payment_declined");
+    pub const Reserved: OrderState = OrderState("reserved");
+    /// Inventory could not reserve every item; the order is on its way to exceptions.
+    pub const StockShort: OrderState = OrderState("stock_short");
+    pub const Refunded: OrderState = OrderState("refunded");
+    pub const OutOfStock: OrderState = OrderState("out_of_stock");
+    pub const Picked: OrderState = OrderState("picked");
+    pub const Rebinned: OrderState = OrderState("rebinned");
+    pub const Shipped: OrderState = OrderState("shipped");
+    /// A cancel was applied; the order is on its way through its compensations.
+    pub const Cancelling: OrderState = OrderState("cancelling");
+    /// Inventory put a cancelled order's reserved units back.
+    pub const StockReleased: OrderState = OrderState("stock_released");
+    pub const Cancelled: OrderState = OrderState("cancelled");
+
+    /// A state of that name: a row of a definition names it.
+    pub const fn named(name: &'static str) -> OrderState {
+        OrderState(name)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
+
+    /// The state of [`WORKFLOW`] with this name.
+    pub fn parse(name: &str) -> Option<OrderState> {
+        WORKFLOW.states.iter().map(|def| def.state).find(|state| state.0 == name)
+    }
+
+    /// Every state of [`WORKFLOW`].
+    pub fn all() -> Vec<OrderState> {
+        WORKFLOW.states.iter().map(|def| def.state).collect()
+    }
+
+    /// Whether the state ends the workflow (in [`WORKFLOW`]).
+    pub fn is_terminal(self) -> bool {
+        WORKFLOW.kind(self) == Some(StateKind::Terminal)
+    }
+}
+
+impl std::fmt::Debug for OrderState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::fmt::Display for OrderState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl Serialize for OrderState {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for OrderState {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<OrderState, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        OrderState::parse(&name).ok_or_else(|| {
+            let known: Vec<&str> = WORKFLOW.states.iter().map(|def| def.state.0).collect();
+            serde::de::Error::unknown_variant(&name, leak_names(known))
+        })
+    }
+}
+
+/// The state names as the `'static` slice serde's error wants (built once).
+fn leak_names(names: Vec<&'static str>) -> &'static [&'static str] {
+    static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| names).as_slice()
+}
+
+/// What a state means for the order's travel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateKind {
+    /// On the way to shipping: routed to the next node of the happy path.
+    Forward,
+    /// On a failure or cancel path: routed to the node that compensates.
+    Compensation,
+    /// Recorded inside one node's outcome; an element never leaves a node in it.
+    Record,
+    /// Ends the workflow: no route.
+    Terminal,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct StateDef {
+    pub state: OrderState,
+    pub kind: StateKind,
+}
+
+/// A state a node may leave an element in, with what is known then of the
+/// element's reservation (so that grants follow only the routes it can take).
+#[derive(Clone, Copy, Debug)]
+pub struct Emit {
+    pub state: OrderState,
+    pub holds_reservation: Option<bool>,
+}
+
+impl Emit {
+    pub const fn of(state: OrderState) -> Emit {
+        Emit { state, holds_reservation: None }
+    }
+    pub const fn holding_reservation(self) -> Emit {
+        Emit { holds_reservation: Some(true), ..self }
+    }
+    pub const fn without_reservation(self) -> Emit {
+        Emit { holds_reservation: Some(false), ..self }
+    }
+}
+
+/// A workflow node: its name and every state it produces (audit events and
+/// the states elements leave it in).
+#[derive(Clone, Copy, Debug)]
+pub struct NodeDef {
+    pub node: Node,
+    pub produces: &'static [Emit],
+}
+
+/// A condition on the element that a route may require.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guard {
+    Always,
+    /// More than one unit in the order.
+    MultiUnit,
+    /// The element carries a stock reservation.
+    HoldsReservation,
+}
+
+/// What a route's guard is evaluated on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Facts {
+    pub units: i64,
+    pub holds_reservation: bool,
+}
+
+impl Guard {
+    fn holds(self, facts: &Facts) -> bool {
+        match self {
+            Guard::Always => true,
+            Guard::MultiUnit => facts.units > 1,
+            Guard::HoldsReservation => facts.holds_reservation,
+        }
+    }
+
+    /// The guard under partial knowledge: `None` when it could go either way.
+    fn holds_for(self, emit: &Emit) -> Option<bool> {
+        match self {
+            Guard::Always => Some(true),
+            Guard::MultiUnit => None,
+            Guard::HoldsReservation => emit.holds_reservation,
+        }
+    }
+}
+
+/// An element in `state` goes to `to` when `when` holds; the first matching
+/// route of a state wins.
+#[derive(Clone, Copy, Debug)]
+pub struct Route {
+    pub state: OrderState,
+    pub when: Guard,
+    pub to: Node,
+}
+
+/// The kinds of in-flight change a customer can ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeType {
+    ShipTo,
+    ShippingMethod,
+    Cancel,
+}
+
+impl ChangeType {
+    /// What the change is about, as a reason names it.
+    pub fn noun(self) -> &'static str {
+        match self {
+            ChangeType::ShipTo => "ship-to address",
+            ChangeType::ShippingMethod => "shipping method",
+            ChangeType::Cancel => "order",
+        }
+    }
+}
+
+/// From `from` on (that state and every state the happy path reaches from
+/// it), a change of kind `change` is rejected. Terminal states and the
+/// compensation paths close every change without a cut-off.
+#[derive(Clone, Copy, Debug)]
+pub struct CutOff {
+    pub change: ChangeType,
+    pub from: OrderState,
+}
+
+/// A whole workflow definition. [`WORKFLOW`] is orderflow's.
+#[derive(Clone, Copy, Debug)]
+pub struct Workflow {
+    pub states: &'static [StateDef],
+    pub nodes: &'static [NodeDef],
+    pub routes: &'static [Route],
+    pub cut_offs: &'static [CutOff],
+    /// Long-running processes that are not workflow nodes (each its own binary).
+    pub services: &'static [&'static str],
+}
+
+const fn state(state: OrderState, kind: StateKind) -> StateDef {
+    StateDef { state, kind }
+}
+
+const fn route(state: OrderState, when: Guard, to: Node) -> Route {
+    Route { state, when, to }
+}
+
+use Guard::{Always, HoldsReservation, MultiUnit};
+use StateKind::{Compensation, Forward, Record, Terminal};
+
+/// orderflow's workflow. Adding a node: one row in `nodes`, its states in
+/// `states`, the routes that lead to it (see ARCHITECTURE.md, "Adding a node").
+pub const WORKFLOW: Workflow = Workflow {
+    states: &[
+        state(OrderState::Placed, Forward),
+        state(OrderState::Accepted, Forward),
+        state(OrderState::Charged, Forward),
+        state(OrderState::Reserved, Forward),
+        state(OrderState::Picked, Forward),
+        state(OrderState::Rebinned, Forward),
+        state(OrderState::StockShort, Compensation),
+        state(OrderState::Cancelling, Compensation),
+        state(OrderState::StockReleased, Compensation),
+        state(OrderState::Refunded, Record),
+        state(OrderState::Rejected, Terminal),
+        state(OrderState::PaymentDeclined, Terminal),
+        state(OrderState::OutOfStock, Terminal),
+        state(OrderState::Shipped, Terminal),
+        state(OrderState::Cancelled, Terminal),
+    ],
+    nodes: &[
+        NodeDef {
+            node: Node::Intake,
+            produces: &[
+                Emit::of(OrderState::Accepted),
+                Emit::of(OrderState::Rejected),
+                Emit::of(OrderState::Cancelled),
+            ],
+        },
+        NodeDef {
+            node: Node::Payment,
+            produces: &[
+                Emit::of(OrderState::Charged),
+                Emit::of(OrderState::PaymentDeclined),
+                Emit::of(OrderState::Cancelled),
+            ],
+        },
+        NodeDef {
+            node: Node::Inventory,
+            produces: &[
+                Emit::of(OrderState::Reserved),
+                Emit::of(OrderState::StockShort),
+                Emit::of(OrderState::StockReleased),
+                // A cancel applied here comes before any reservation.
+                Emit::of(OrderState::Cancelling).without_reservation(),
+            ],
+        },
+        NodeDef {
+            node: Node::Picklist,
+            produces: &[Emit::of(OrderState::Picked), Emit::of(OrderState::Cancelling).holding_reservation()],
+        },
+        NodeDef {
+            node: Node::Rebin,
+            produces: &[
+                Emit::of(OrderState::Rebinned),
+                Emit::of(OrderState::Cancelling).holding_reservation(),
+            ],
+        },
+        NodeDef {
+            node: Node::Shipping,
+            produces: &[
+                Emit::of(OrderState::Shipped),
+                Emit::of(OrderState::Cancelling).holding_reservation(),
+            ],
+        },
+        NodeDef {
+            node: Node::Exceptions,
+            produces: &[
+                Emit::of(OrderState::Refunded),
+                Emit::of(OrderState::OutOfStock),
+                Emit::of(OrderState::Cancelled),
+            ],
+        },
+    ],
+    routes: &[
+        route(OrderState::Placed, Always, Node::Intake),
+        route(OrderState::Accepted, Always, Node::Payment),
+        route(OrderState::Charged, Always, Node::Inventory),
+        route(OrderState::Reserved, Always, Node::Picklist),
+        // Multi-unit shipments are consolidated at rebin; single units ship directly.
+        route(OrderState::Picked, MultiUnit, Node::Rebin),
+        route(OrderState::Picked, Always, Node::Shipping),
+        route(OrderState::Rebinned, Always, Node::Shipping),
+        route(OrderState::StockShort, Always, Node::Exceptions),
+        // A cancelled order gives its stock back first, then its money.
+        route(OrderState::Cancelling, HoldsReservation, Node::Inventory),
+        route(OrderState::Cancelling, Always, Node::Exceptions),
+        route(OrderState::StockReleased, Always, Node::Exceptions),
+    ],
+    cut_offs: &[CutOff { change: ChangeType::ShippingMethod, from: OrderState::Picked }],
+    services: &["tracker"],
+};
+
+impl Workflow {
+    /// The workflow nodes, in table order.
+    pub fn nodes(&self) -> impl Iterator<Item = Node> + '_ {
+        self.nodes.iter().map(|def| def.node)
+    }
+
+    /// Every long-running process of a stack, services first: what scripts,
+    /// compose, tests and bench start (each is a binary of that name).
+    pub fn processes(&self) -> Vec<&'static str> {
+        self.services.iter().copied().chain(self.nodes().map(Node::name)).collect()
+    }
+
+    pub fn kind(&self, state: OrderState) -> Option<StateKind> {
+        self.states.iter().find(|def| def.state == state).map(|def| def.kind)
+    }
+
+    fn node_def(&self, node: Node) -> Option<&NodeDef> {
+        self.nodes.iter().find(|def| def.node == node)
+    }
+
+    /// The node an element in `state` goes to next; `None` ends its travel.
+    pub fn next_node(&self, state: OrderState, facts: &Facts) -> Option<Node> {
+        self.routes.iter().find(|r| r.state == state && r.when.holds(facts)).map(|r| r.to)
+    }
+
+    /// The states in which an element may arrive at `node`: those routed to it.
+    pub fn accepts(&self, node: Node) -> Vec<OrderState> {
+        let mut states: Vec<OrderState> = Vec::new();
+        for route in self.routes.iter().filter(|r| r.to == node) {
+            if !states.contains(&route.state) {
+                states.push(route.state);
+            }
+        }
+        states
+    }
+
+    /// The states `node` produces.
+    pub fn produces(&self, node: Node) -> Vec<OrderState> {
+        self.node_def(node).map(|def| def.produces.iter().map(|e| e.state).collect()).unwrap_or_default()
+    }
+
+    /// The nodes that may produce `state` (for `placed`: none; the publisher does).
+    pub fn producers(&self, state: OrderState) -> Vec<Node> {
+        self.nodes
+            .iter()
+            .filter(|def| def.produces.iter().any(|e| e.state == state))
+            .map(|d| d.node)
+            .collect()
+    }
+
+    /// The nodes an element leaving `emit` may be routed to: first-match
+    /// routing evaluated with what is known when it leaves.
+    fn destinations(&self, emit: &Emit) -> Vec<Node> {
+        let mut to = Vec::new();
+        for route in self.routes.iter().filter(|r| r.state == emit.state) {
+            match route.when.holds_for(emit) {
+                Some(true) => {
+                    to.push(route.to);
+                    break;
+                }
+                None => to.push(route.to),
+                Some(false) => {}
+            }
+        }
+        to
+    }
+
+    /// The nodes `node` may forward elements to: the routes of the states it
+    /// produces. The node's broker user may publish exactly these routing keys.
+    pub fn forwards_to(&self, node: Node) -> Vec<Node> {
+        let mut all = Vec::new();
+        for emit in self.node_def(node).map(|def| def.produces).unwrap_or_default() {
+            for next in self.destinations(emit) {
+                if !all.contains(&next) {
+                    all.push(next);
+                }
+            }
+        }
+        all
+    }
+
+    /// The nodes that may forward an element in `state` to `node`.
+    pub fn senders(&self, node: Node, state: OrderState) -> Vec<Node> {
+        self.nodes
+            .iter()
+            .filter(|def| {
+                def.produces.iter().any(|e| e.state == state && self.destinations(e).contains(&node))
+            })
+            .map(|def| def.node)
+            .collect()
+    }
+
+    /// The cut-off state that closes `change` for an order in `state`, if any:
+    /// `state` is the cut-off's state or one the happy path reaches from it.
+    pub fn closed_by(&self, change: ChangeType, state: OrderState) -> Option<OrderState> {
+        self.cut_offs
+            .iter()
+            .filter(|cut| cut.change == change)
+            .find(|cut| self.forward_closure(cut.from).contains(&state))
+            .map(|cut| cut.from)
+    }
+
+    /// `from` and every state reachable from it through forward routes and
+    /// the nodes' forward (or terminal) products.
+    fn forward_closure(&self, from: OrderState) -> Vec<OrderState> {
+        let mut seen = vec![from];
+        let mut next = 0;
+        while next < seen.len() {
+            let state = seen[next];
+            next += 1;
+            for route in self.routes.iter().filter(|r| r.state == state) {
+                for produced in self.produces(route.to) {
+                    let onward = matches!(self.kind(produced), Some(Forward | Terminal));
+                    if onward && !seen.contains(&produced) {
+                        seen.push(produced);
+                    }
+                }
+            }
+        }
+        seen
+    }
+
+    /// Checks the definition is whole: every name unique, every route leads
+    /// to a node, every state a node leaves an element in has a route (or is
+    /// terminal), records and terminal states have none.
+    pub fn validate(&self) -> Result<(), String> {
+        let names: Vec<&str> = self.processes();
+        for (i, name) in names.iter().enumerate() {
+            if names[..i].contains(name) {
+                return Err(format!("process {name} is defined twice"));
+            }
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c == '-') {
+                return Err(format!("process name {name:?} must be lowercase letters and dashes"));
+            }
+        }
+        for route in self.routes {
+            if self.node_def(route.to).is_none() {
+                return Err(format!("a route of {} leads to {}, which is not a node", route.state, route.to));
+            }
+            match self.kind(route.state) {
+                None => return Err(format!("route for unknown state {}", route.state)),
+                Some(Record | Terminal) => {
+                    return Err(format!("{} is a record or terminal state but has a route", route.state))
+                }
+                _ => {}
+            }
+        }
+        for def in self.nodes {
+            for emit in def.produces {
+                match self.kind(emit.state) {
+                    None => return Err(format!("{} produces unknown state {}", def.node, emit.state)),
+                    Some(Forward | Compensation) if self.destinations(emit).is_empty() => {
+                        return Err(format!(
+                            "{} leaves elements in {} but no route takes them",
+                            def.node, emit.state
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for cut in self.cut_offs {
+            if self.kind(cut.from) != Some(Forward) {
+                return Err(format!("the cut-off state {} is not a forward state", cut.from));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orderflows_definition_is_whole() {
+        assert_eq!(WORKFLOW.validate(), Ok(()));
+    }
+
+    #[test]
+    fn accepted_states_are_the_routes_into_a_node() {
+        use OrderState as S;
+        assert_eq!(WORKFLOW.accepts(Node::Intake), [S::Placed]);
+        assert_eq!(WORKFLOW.accepts(Node::Inventory), [S::Charged, S::Cancelling]);
+        assert_eq!(WORKFLOW.accepts(Node::Shipping), [S::Picked, S::Rebinned]);
+        assert_eq!(WORKFLOW.accepts(Node::Exceptions), [S::StockShort, S::Cancelling, S::StockReleased]);
+    }
+
+    #[test]
+    fn grants_follow_only_routes_an_element_can_take() {
+        use Node as N;
+        assert_eq!(WORKFLOW.forwards_to(N::Intake), [N::Payment]);
+        assert_eq!(WORKFLOW.forwards_to(N::Inventory), [N::Picklist, N::Exceptions]);
+        assert_eq!(WORKFLOW.forwards_to(N::Picklist), [N::Rebin, N::Shipping, N::Inventory]);
+        assert_eq!(WORKFLOW.forwards_to(N::Shipping), [N::Inventory]);
+        assert!(WORKFLOW.forwards_to(N::Exceptions).is_empty());
+        assert_eq!(WORKFLOW.senders(N::Shipping, OrderState::Rebinned), [N::Rebin]);
+        assert_eq!(
+            WORKFLOW.senders(N::Inventory, OrderState::Cancelling),
+            [N::Picklist, N::Rebin, N::Shipping]
+        );
+    }
+
+    #[test]
+    fn the_shipping_method_closes_at_picking_and_after() {
+        let closed = |s| WORKFLOW.closed_by(ChangeType::ShippingMethod, s);
+        assert_eq!(closed(OrderState::Reserved), None);
+        assert_eq!(closed(OrderState::Picked), Some(OrderState::Picked));
+        assert_eq!(closed(OrderState::Rebinned), Some(OrderState::Picked));
+        assert_eq!(WORKFLOW.closed_by(ChangeType::ShipTo, OrderState::Rebinned), None);
+    }
+
+    #[test]
+    fn processes_are_the_services_then_the_nodes() {
+        let processes = WORKFLOW.processes();
+        assert_eq!(processes[0], "tracker");
+        assert_eq!(processes.len(), 8);
+        assert!(processes.contains(&"exceptions"));
+    }
+
+    #[test]
+    fn states_round_trip_through_json_and_unknown_ones_are_refused() {
+        let json = serde_json::to_string(&OrderState::PaymentDeclined).unwrap();
+        assert_eq!(json, "\"payment_declined\"");
+        assert_eq!(serde_json::from_str::<OrderState>(&json).unwrap(), OrderState::PaymentDeclined);
+        let error = serde_json::from_str::<OrderState>("\"teleported\"").unwrap_err().to_string();
+        assert!(error.contains("unknown variant `teleported`"), "{error}");
+    }
+
+    /// A definition with one more node: `pack` sits between rebin (and
+    /// single-unit picking) and shipping, producing `packed`.
+    #[test]
+    fn an_extra_node_changes_routing_grants_accepted_states_and_cut_offs() {
+        const PACK: Node = Node::named("pack");
+        const PACKED: OrderState = OrderState::named("packed");
+        const PACK_EMITS: &[Emit] =
+            &[Emit::of(PACKED), Emit::of(OrderState::Cancelling).holding_reservation()];
+        static STATES: std::sync::LazyLock<Vec<StateDef>> = std::sync::LazyLock::new(|| {
+            let mut states = WORKFLOW.states.to_vec();
+            states.insert(6, state(PACKED, Forward));
+            states
+        });
+        static NODES: std::sync::LazyLock<Vec<NodeDef>> = std::sync::LazyLock::new(|| {
+            let mut nodes = WORKFLOW.nodes.to_vec();
+            nodes.insert(5, NodeDef { node: PACK, produces: PACK_EMITS });
+            nodes
+        });
+        static ROUTES: std::sync::LazyLock<Vec<Route>> = std::sync::LazyLock::new(|| {
+            let mut routes: Vec<Route> = WORKFLOW.routes.to_vec();
+            for r in routes.iter_mut() {
+                if r.to == Node::Shipping {
+                    r.to = PACK;
+                }
+            }
+            routes.push(route(PACKED, Always, Node::Shipping));
+            routes
+        });
+        let with_pack = Workflow { states: &STATES, nodes: &NODES, routes: &ROUTES, ..WORKFLOW };
+        assert_eq!(with_pack.validate(), Ok(()));
+        // Routing: rebinned and single-unit picked orders go to pack, then shipping.
+        let one = Facts { units: 1, holds_reservation: true };
+        assert_eq!(with_pack.next_node(OrderState::Rebinned, &one), Some(PACK));
+        assert_eq!(with_pack.next_node(OrderState::Picked, &one), Some(PACK));
+        assert_eq!(with_pack.next_node(PACKED, &one), Some(Node::Shipping));
+        // Accepted states: pack takes what shipping took; shipping takes packed only.
+        assert_eq!(with_pack.accepts(PACK), [OrderState::Picked, OrderState::Rebinned]);
+        assert_eq!(with_pack.accepts(Node::Shipping), [PACKED]);
+        // Grants: rebin now publishes to pack, pack to shipping (and inventory on cancel).
+        assert_eq!(with_pack.forwards_to(Node::Rebin), [PACK, Node::Inventory]);
+        assert_eq!(with_pack.forwards_to(PACK), [Node::Shipping, Node::Inventory]);
+        assert_eq!(with_pack.senders(Node::Shipping, PACKED), [PACK]);
+        // Cut-offs: packed lies after picking, so the shipping method is closed there too.
+        assert_eq!(with_pack.closed_by(ChangeType::ShippingMethod, PACKED), Some(OrderState::Picked));
+        assert_eq!(with_pack.closed_by(ChangeType::ShippingMethod, OrderState::Reserved), None);
+        // Processes: the new binary is started with the rest.
+        assert!(with_pack.processes().contains(&"pack"));
+        // And a definition that forgets the route out of pack is refused.
+        let dead_end = Workflow { routes: &ROUTES[..ROUTES.len() - 1], ..with_pack };
+        assert!(dead_end.validate().unwrap_err().contains("pack leaves elements in packed"));
+    }
 }

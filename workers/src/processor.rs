@@ -70,14 +70,4 @@ impl Processor {
                 .await?;
         Ok(Refund { refund_id: refund_id.parse().unwrap_or_default(), amount_cents })
     }
-
-    /// How many charges the ledger holds (for tests and audits).
-    pub async fn charge_count(&self) -> sqlx::Result<i64> {
-        sqlx::query_scalar("SELECT COUNT(*) FROM processor_charges").fetch_one(&self.store.pool).await
-    }
-
-    /// How many refunds the ledger holds.
-    pub async fn refund_count(&self) -> sqlx::Result<i64> {
-        sqlx::query_scalar("SELECT COUNT(*) FROM processor_refunds").fetch_one(&self.store.pool).await
-    }
 }

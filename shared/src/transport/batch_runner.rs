@@ -75,7 +75,13 @@ async fn serve<S: BatchStage>(
                 }
             }
             next = consumer.next() => match next {
-                Some(Ok(delivery)) => match decode_element(&delivery, ctx.max_message_bytes) {
+                Some(Ok(delivery)) => match decode_element(&delivery, ctx.max_message_bytes)
+                    .map_err(|e| e.to_string())
+                    .and_then(|element| match crate::routing::check_arrival(S::NODE, &element) {
+                        Err(crate::StageError::Permanent(reason)) => Err(reason),
+                        _ => Ok(element),
+                    })
+                {
                     Ok(element) => {
                         if let Some(delay) = ctx.delay {
                             tokio::time::sleep(delay).await;
@@ -89,7 +95,7 @@ async fn serve<S: BatchStage>(
                     }
                     Err(error) => {
                         let (ctx, publisher) = (ctx.clone(), publisher.clone());
-                        tasks.spawn(async move { dead_letter(&publisher, &ctx, &delivery, &error.to_string()).await });
+                        tasks.spawn(async move { dead_letter(&publisher, &ctx, &delivery, &error).await });
                     }
                 },
                 Some(Err(error)) => break Err(anyhow::Error::from(error).context("consumer failed")),

@@ -502,6 +502,7 @@ async fn process<S: Stage>(
 ) -> Result<(), StageError> {
     let element = message::decode_element(delivery, ctx.max_message_bytes)
         .map_err(|e| StageError::Permanent(e.to_string()))?;
+    crate::routing::check_arrival(S::NODE, &element)?;
     if let Some(delay) = ctx.delay {
         let _busy = ctx.busy.lock().await;
         tokio::time::sleep(delay).await;

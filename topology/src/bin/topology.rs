@@ -1,6 +1,8 @@
 //! `topology apply` declares the whole topology on the broker of `AMQP_URL`;
 //! `topology export` writes the definitions JSON (and a rabbitmq.conf that
-//! loads it) for the compose broker.
+//! loads it) for the compose broker; `topology processes` lists the binaries
+//! a stack runs (for the scripts and the Dockerfile) and `topology workflow`
+//! prints the workflow definition with what is derived from it.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -41,6 +43,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print every long-running process of a stack, one per line (services first).
+    #[command(alias = "nodes")]
+    Processes,
+    /// Print the workflow definition: per node, the states it accepts and
+    /// produces and where it may forward elements; the change cut-offs.
+    Workflow,
     /// Declare every exchange, queue and binding on the broker at AMQP_URL.
     Apply {
         #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
@@ -84,6 +92,12 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Processes => {
+            for process in topology::WORKFLOW.processes() {
+                println!("{process}");
+            }
+        }
+        Command::Workflow => print_workflow(),
         Command::Apply { amqp_url, create_vhost, create_users, secrets_dir, user_prefix } => {
             let (user, _, vhost) = topology::management::amqp_url_parts(&amqp_url)?;
             let management = topology::management::Management::from_env(&amqp_url)?;
@@ -137,4 +151,20 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_workflow() {
+    let workflow = topology::WORKFLOW;
+    let names = |items: Vec<String>| if items.is_empty() { "-".to_string() } else { items.join(", ") };
+    println!("{:<11} {:<38} {:<58} forwards to", "node", "accepts", "produces");
+    for node in workflow.nodes() {
+        let accepts = names(workflow.accepts(node).iter().map(|s| s.to_string()).collect());
+        let produces = names(workflow.produces(node).iter().map(|s| s.to_string()).collect());
+        let forwards = names(workflow.forwards_to(node).iter().map(|n| n.to_string()).collect());
+        println!("{:<11} {accepts:<38} {produces:<58} {forwards}", node.name());
+    }
+    for cut in workflow.cut_offs {
+        println!("cut-off: the {} cannot change from {} on", cut.change.noun(), cut.from);
+    }
+    println!("services: {}", workflow.services.join(", "));
 }

@@ -2,7 +2,6 @@
 //! after performing their compensations (refunding the charge of an order that
 //! could not be reserved or was cancelled), each recorded in the order's history.
 
-use super::expect_state;
 use crate::processor::Processor;
 use shared::{Node, OrderElement, OrderState, Outcome, Stage, StageError};
 
@@ -20,11 +19,6 @@ impl Stage for Exceptions {
     const NODE: Node = Node::Exceptions;
 
     async fn handle(&self, element: OrderElement) -> Result<Outcome, StageError> {
-        expect_state(
-            &element,
-            "exceptions",
-            &[OrderState::StockShort, OrderState::Cancelling, OrderState::StockReleased],
-        )?;
         let Some(failure) = element.failure.clone().filter(|f| f.ends_as.is_terminal()) else {
             return Err(StageError::Permanent(format!(
                 "order {} reached exceptions without a terminal failure",

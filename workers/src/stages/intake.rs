@@ -1,7 +1,6 @@
 //! intake: validates a placed order and accepts it, or rejects it (terminal)
 //! with the first reason found.
 
-use super::expect_state;
 use crate::catalog;
 use shared::{order::Order, Node, OrderElement, OrderState, Outcome, Stage, StageError};
 
@@ -101,7 +100,6 @@ impl Stage for Intake {
     const NODE: Node = Node::Intake;
 
     async fn handle(&self, element: OrderElement) -> Result<Outcome, StageError> {
-        expect_state(&element, "intake", &[OrderState::Placed])?;
         Ok(Intake::decide(element))
     }
 }

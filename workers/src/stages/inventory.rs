@@ -2,7 +2,6 @@
 //! reserves an order's items once (`reserved`), or sends the order to
 //! exceptions (`stock_short`) when any item is short.
 
-use super::expect_state;
 use crate::catalog;
 use chrono::Utc;
 use shared::order::{Failure, Order, Reservation};
@@ -40,7 +39,7 @@ pub struct Inventory {
 impl Inventory {
     /// Opens the stock store and seeds the catalog (idempotent).
     pub async fn open(settings: &Settings) -> anyhow::Result<Inventory> {
-        let store = Store::open(settings, "inventory").await?;
+        let store = Store::open(settings, <Self as Stage>::NODE.name()).await?;
         store.migrate(SCHEMA).await?;
         store.add_column("inventory_reservations", "released BIGINT NOT NULL DEFAULT 0").await;
         let mut tx = store.pool.begin().await?;
@@ -133,26 +132,12 @@ impl Inventory {
         tx.commit().await?;
         Ok(units)
     }
-
-    /// Units on hand of one SKU.
-    pub async fn on_hand(&self, sku: &str) -> sqlx::Result<i64> {
-        sqlx::query_scalar("SELECT qty FROM inventory_bin_items WHERE sku = $1")
-            .bind(sku)
-            .fetch_one(&self.store.pool)
-            .await
-    }
-
-    /// Number of reservations held.
-    pub async fn reservation_count(&self) -> sqlx::Result<i64> {
-        sqlx::query_scalar("SELECT COUNT(*) FROM inventory_reservations").fetch_one(&self.store.pool).await
-    }
 }
 
 impl Stage for Inventory {
     const NODE: Node = Node::Inventory;
 
     async fn handle(&self, mut element: OrderElement) -> Result<Outcome, StageError> {
-        expect_state(&element, "inventory", &[OrderState::Charged, OrderState::Cancelling])?;
         if element.state == OrderState::Cancelling {
             // A cancelled order comes back to give its reserved units back.
             let units = self.release(element.order_id).await?;

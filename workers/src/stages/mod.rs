@@ -1,5 +1,7 @@
 //! One module per workflow node: the node's rules as plain functions, and a
 //! [`shared::Stage`] (or [`shared::BatchStage`]) that applies them to an element.
+//! Which states a node accepts is the workflow definition's business
+//! (`topology::WORKFLOW`): the transport checks it before a stage runs.
 
 pub mod exceptions;
 pub mod intake;
@@ -8,17 +10,3 @@ pub mod payment;
 pub mod picklist;
 pub mod rebin;
 pub mod shipping;
-
-use shared::{OrderElement, OrderState, StageError};
-
-/// Refuses an element that arrives in a state this node does not handle: it
-/// can never succeed here, so it is dead-lettered with this reason.
-pub fn expect_state(element: &OrderElement, node: &str, allowed: &[OrderState]) -> Result<(), StageError> {
-    if allowed.contains(&element.state) {
-        return Ok(());
-    }
-    Err(StageError::Permanent(format!(
-        "{node} cannot handle order {} in state {}",
-        element.order_id, element.state
-    )))
-}

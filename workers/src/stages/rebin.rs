@@ -1,7 +1,6 @@
 //! rebin: consolidates the units of a multi-unit shipment picked from a
 //! picklist into one bin, then sends it on to shipping.
 
-use super::expect_state;
 use shared::{Node, OrderElement, OrderState, Outcome, Stage, StageError};
 
 pub struct Rebin;
@@ -10,7 +9,6 @@ impl Stage for Rebin {
     const NODE: Node = Node::Rebin;
 
     async fn handle(&self, element: OrderElement) -> Result<Outcome, StageError> {
-        expect_state(&element, "rebin", &[OrderState::Picked])?;
         let detail = format!("{} units consolidated", element.total_units());
         Ok(Outcome::new(element).step(OrderState::Rebinned, detail))
     }

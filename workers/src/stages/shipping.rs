@@ -1,7 +1,6 @@
 //! shipping: packs and ships an order once (`shipped`, terminal) with a
 //! tracking number; its audit detail names the address it shipped to.
 
-use super::expect_state;
 use chrono::Utc;
 use shared::order::ShipTo;
 use shared::store::Store;
@@ -26,7 +25,7 @@ pub struct Shipping {
 
 impl Shipping {
     pub async fn open(settings: &Settings) -> anyhow::Result<Shipping> {
-        let store = Store::open(settings, "shipping").await?;
+        let store = Store::open(settings, <Self as Stage>::NODE.name()).await?;
         store.migrate(SCHEMA).await?;
         Ok(Shipping { store })
     }
@@ -46,17 +45,12 @@ impl Shipping {
         .fetch_one(&self.store.pool)
         .await
     }
-
-    pub async fn shipment_count(&self) -> sqlx::Result<i64> {
-        sqlx::query_scalar("SELECT COUNT(*) FROM shipping_shipments").fetch_one(&self.store.pool).await
-    }
 }
 
 impl Stage for Shipping {
     const NODE: Node = Node::Shipping;
 
     async fn handle(&self, mut element: OrderElement) -> Result<Outcome, StageError> {
-        expect_state(&element, "shipping", &[OrderState::Picked, OrderState::Rebinned])?;
         let tracking = self.ship(element.order_id, &element.order.ship_to).await?;
         let detail = format!(
             "shipped {} to {}, tracking {tracking}",

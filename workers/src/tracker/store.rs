@@ -243,11 +243,6 @@ impl TrackerStore {
             .await?;
         rows.into_iter().map(|row| Ok((row.try_get("state")?, row.try_get("n")?))).collect()
     }
-
-    /// Every event recorded, for audits in tests: (order id, state, terminal).
-    pub async fn event_count(&self) -> sqlx::Result<i64> {
-        sqlx::query_scalar("SELECT COUNT(*) FROM tracker_events").fetch_one(&self.store.pool).await
-    }
 }
 
 /// One row of `tracker_events`, from either kind of record.

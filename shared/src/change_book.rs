@@ -57,7 +57,7 @@ impl ChangeBook {
     pub async fn open(settings: &Settings, node: &str) -> anyhow::Result<ChangeBook> {
         let store = Store::open(settings, node).await?;
         let changes = format!("{node}_changes");
-        store.add_column(&changes, "received_at TEXT NOT NULL DEFAULT ''").await;
+        store.add_column(&changes, "received_at TEXT NOT NULL DEFAULT ''").await?;
         let closed = format!("{node}_closed_orders");
         store
             .migrate(&[

@@ -71,10 +71,35 @@ impl Store {
         Ok(Store { pool, backend: Backend::Sqlite })
     }
 
-    /// Adds a column to a table created by an earlier version (ignored when present).
-    pub async fn add_column(&self, table: &str, column_definition: &str) {
-        let sql = format!("ALTER TABLE {table} ADD COLUMN {column_definition}");
-        let _ = sqlx::query(&sql).execute(&self.pool).await;
+    /// Adds a column to a table created by an earlier version: a no-op when
+    /// the table does not exist yet (its `CREATE TABLE` has the column) or
+    /// already has the column; any other failure is an error.
+    pub async fn add_column(&self, table: &str, column_definition: &str) -> anyhow::Result<()> {
+        let column = column_definition.split_whitespace().next().unwrap_or_default();
+        let (table_sql, column_sql) = match self.backend {
+            Backend::Sqlite => (
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = $1",
+                "SELECT COUNT(*) FROM pragma_table_info($1) WHERE name = $2",
+            ),
+            Backend::Postgres => (
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = $1",
+                "SELECT COUNT(*) FROM information_schema.columns WHERE table_name = $1 AND column_name = $2",
+            ),
+        };
+        let tables: i64 = sqlx::query_scalar(table_sql).bind(table).fetch_one(&self.pool).await?;
+        if tables == 0 {
+            return Ok(());
+        }
+        let columns: i64 =
+            sqlx::query_scalar(column_sql).bind(table).bind(column).fetch_one(&self.pool).await?;
+        if columns == 0 {
+            let sql = format!("ALTER TABLE {table} ADD COLUMN {column_definition}");
+            sqlx::query(&sql)
+                .execute(&self.pool)
+                .await
+                .with_context(|| format!("adding column {column} to {table}"))?;
+        }
+        Ok(())
     }
 
     /// Runs each statement of a schema (idempotent `CREATE ... IF NOT EXISTS`).
@@ -93,5 +118,45 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+}
+
+/// Reads a uuid stored as text: a corrupt one is an error, never the nil uuid.
+pub fn stored_uuid(text: &str, column: &str) -> sqlx::Result<uuid::Uuid> {
+    text.parse().map_err(|error| {
+        let message = format!("stored {column} {text:?} is not a uuid: {error}");
+        sqlx::Error::Decode(message.into())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn add_column_upgrades_an_old_table_once_and_skips_a_missing_one() {
+        let dir = std::env::temp_dir().join(format!("orderflow-store-{}", uuid::Uuid::new_v4().simple()));
+        let mut settings = Settings::from_env().unwrap();
+        settings.database_url = None;
+        settings.run_dir = dir.clone();
+        let store = Store::open(&settings, "test").await.unwrap();
+        store.add_column("not_yet_created", "extra TEXT").await.unwrap();
+        sqlx::query("CREATE TABLE old_rows (id TEXT PRIMARY KEY)").execute(&store.pool).await.unwrap();
+        store.add_column("old_rows", "extra TEXT NOT NULL DEFAULT ''").await.unwrap();
+        store.add_column("old_rows", "extra TEXT NOT NULL DEFAULT ''").await.unwrap();
+        sqlx::query("INSERT INTO old_rows (id) VALUES ('a')").execute(&store.pool).await.unwrap();
+        let extra: String =
+            sqlx::query_scalar("SELECT extra FROM old_rows").fetch_one(&store.pool).await.unwrap();
+        assert_eq!(extra, "");
+        let error = store.add_column("old_rows", "bad column definition (").await.unwrap_err();
+        assert!(format!("{error:#}").contains("adding column bad"), "{error:#}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_corrupt_stored_uuid_is_an_error() {
+        assert!(stored_uuid("not-a-uuid", "charge_id").unwrap_err().to_string().contains("charge_id"));
+        let id = uuid::Uuid::new_v4();
+        assert_eq!(stored_uuid(&id.to_string(), "charge_id").unwrap(), id);
     }
 }

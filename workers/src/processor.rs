@@ -5,7 +5,7 @@
 use chrono::Utc;
 use shared::order::Charge;
 use shared::settings::Settings;
-use shared::store::Store;
+use shared::store::{stored_uuid, Store};
 use uuid::Uuid;
 
 const SCHEMA: &[&str] = &[
@@ -48,7 +48,7 @@ impl Processor {
         .bind(Utc::now().to_rfc3339())
         .fetch_one(&self.store.pool)
         .await?;
-        Ok(Charge { charge_id: charge_id.parse().unwrap_or_default(), amount_cents, card_last4 })
+        Ok(Charge { charge_id: stored_uuid(&charge_id, "charge_id")?, amount_cents, card_last4 })
     }
 
     /// Refunds a charge once; a repeated request returns the original refund.
@@ -68,6 +68,6 @@ impl Processor {
                 .bind(charge.charge_id.to_string())
                 .fetch_one(&self.store.pool)
                 .await?;
-        Ok(Refund { refund_id: refund_id.parse().unwrap_or_default(), amount_cents })
+        Ok(Refund { refund_id: stored_uuid(&refund_id, "refund_id")?, amount_cents })
     }
 }

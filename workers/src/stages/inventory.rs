@@ -5,7 +5,7 @@
 use crate::catalog;
 use chrono::Utc;
 use shared::order::{Failure, Order, Reservation};
-use shared::store::Store;
+use shared::store::{stored_uuid, Store};
 use shared::{settings::Settings, Node, OrderElement, OrderState, Outcome, Stage, StageError};
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -41,7 +41,7 @@ impl Inventory {
     pub async fn open(settings: &Settings) -> anyhow::Result<Inventory> {
         let store = Store::open(settings, <Self as Stage>::NODE.name()).await?;
         store.migrate(SCHEMA).await?;
-        store.add_column("inventory_reservations", "released BIGINT NOT NULL DEFAULT 0").await;
+        store.add_column("inventory_reservations", "released BIGINT NOT NULL DEFAULT 0").await?;
         let mut tx = store.pool.begin().await?;
         for (sku, qty) in catalog::seeded_stock() {
             sqlx::query(
@@ -97,7 +97,7 @@ impl Inventory {
                 .await?;
         tx.commit().await?;
         Ok(ReserveResult::Reserved(Reservation {
-            reservation_id: reservation_id.parse().unwrap_or_default(),
+            reservation_id: stored_uuid(&reservation_id, "reservation_id")?,
         }))
     }
 

@@ -73,7 +73,7 @@ impl TrackerStore {
     pub async fn open(settings: &Settings) -> anyhow::Result<TrackerStore> {
         let store = Store::open(settings, "tracker").await?;
         store.migrate(SCHEMA).await?;
-        store.add_column("tracker_events", "change_id TEXT").await;
+        store.add_column("tracker_events", "change_id TEXT").await?;
         Ok(TrackerStore { store })
     }
 

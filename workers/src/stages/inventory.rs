@@ -15,6 +15,9 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS inventory_reservations (order_id TEXT PRIMARY KEY, \
      reservation_id TEXT NOT NULL, lines TEXT NOT NULL, reserved_at TEXT NOT NULL, \
      released BIGINT NOT NULL DEFAULT 0)",
+    // A shortage is a decision like a reservation: a redelivered element gets it again.
+    "CREATE TABLE IF NOT EXISTS inventory_shortages (order_id TEXT PRIMARY KEY, \
+     skus TEXT NOT NULL, decided_at TEXT NOT NULL)",
 ];
 
 /// The units to reserve per SKU, merged and sorted (a fixed lock order).
@@ -57,9 +60,20 @@ impl Inventory {
     }
 
     /// Reserves every line of an order in one transaction, once per order.
+    /// The decision is recorded either way: a shortage too, so a redelivered
+    /// element is short again even if stock arrived meanwhile.
     pub async fn reserve(&self, order_id: Uuid, lines: &[(String, i64)]) -> sqlx::Result<ReserveResult> {
         let mut tx = self.store.pool.begin().await?;
-        let lines_json = serde_json::to_string(lines).unwrap_or_default();
+        let recorded: Option<String> =
+            sqlx::query_scalar("SELECT skus FROM inventory_shortages WHERE order_id = $1")
+                .bind(order_id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(skus) = recorded {
+            tx.commit().await?;
+            return Ok(ReserveResult::Short(skus.split(',').map(str::to_string).collect()));
+        }
+        let lines_json = serde_json::to_string(lines).map_err(|e| sqlx::Error::Encode(e.into()))?;
         let inserted = sqlx::query(
             "INSERT INTO inventory_reservations (order_id, reservation_id, lines, reserved_at) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO NOTHING",
@@ -73,6 +87,7 @@ impl Inventory {
         .rows_affected();
         if inserted == 1 {
             let mut short = Vec::new();
+            let mut taken = Vec::new();
             for (sku, qty) in lines {
                 let updated =
                     sqlx::query("UPDATE inventory_bin_items SET qty = qty - $1 WHERE sku = $2 AND qty >= $1")
@@ -83,10 +98,32 @@ impl Inventory {
                         .rows_affected();
                 if updated == 0 {
                     short.push(sku.clone());
+                } else {
+                    taken.push((sku, *qty));
                 }
             }
             if !short.is_empty() {
-                tx.rollback().await?;
+                // Undo in the same transaction, and record the shortage instead.
+                for (sku, qty) in taken {
+                    sqlx::query("UPDATE inventory_bin_items SET qty = qty + $1 WHERE sku = $2")
+                        .bind(qty)
+                        .bind(sku)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sqlx::query("DELETE FROM inventory_reservations WHERE order_id = $1")
+                    .bind(order_id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO inventory_shortages (order_id, skus, decided_at) VALUES ($1, $2, $3)",
+                )
+                .bind(order_id.to_string())
+                .bind(short.join(","))
+                .bind(Utc::now().to_rfc3339())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
                 return Ok(ReserveResult::Short(short));
             }
         }
@@ -165,6 +202,36 @@ impl Stage for Inventory {
 mod tests {
     use super::*;
     use shared::order::Item;
+
+    /// Stock short, then stock arrives, then the same element is redelivered:
+    /// it gets the recorded decision again, and the stock is untouched.
+    #[tokio::test]
+    async fn a_shortage_is_recorded_and_a_redelivery_is_short_again() {
+        let dir = std::env::temp_dir().join(format!("orderflow-inventory-{}", Uuid::new_v4().simple()));
+        let mut settings = Settings::from_env().unwrap();
+        settings.database_url = None;
+        settings.run_dir = dir.clone();
+        let inventory = Inventory::open(&settings).await.unwrap();
+        let (sku, _) = catalog::seeded_stock().into_iter().next().unwrap();
+        let order_id = Uuid::new_v4();
+        let lines = vec![(sku.to_string(), 1_000_000_000)];
+        assert!(
+            matches!(inventory.reserve(order_id, &lines).await.unwrap(), ReserveResult::Short(s) if s == [sku.to_string()])
+        );
+        sqlx::query("UPDATE inventory_bin_items SET qty = 2000000000 WHERE sku = $1")
+            .bind(&sku)
+            .execute(&inventory.store.pool)
+            .await
+            .unwrap();
+        assert!(matches!(inventory.reserve(order_id, &lines).await.unwrap(), ReserveResult::Short(_)));
+        let qty: i64 = sqlx::query_scalar("SELECT qty FROM inventory_bin_items WHERE sku = $1")
+            .bind(&sku)
+            .fetch_one(&inventory.store.pool)
+            .await
+            .unwrap();
+        assert_eq!(qty, 2_000_000_000, "a recorded shortage takes no stock");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn lines_merge_duplicate_skus_in_sorted_order() {

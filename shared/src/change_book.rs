@@ -4,6 +4,11 @@
 //! element gets exactly the same decisions; one transaction at a time decides
 //! between "the order is still coming" and "the order already ended here", so
 //! a change is resolved once, by one node. Shared by every instance of the node.
+//!
+//! The book stays bounded: requests larger than [`MAX_CHANGE_REQUEST_BYTES`]
+//! are rejected unread, and requests and closed orders older than the
+//! retention (`ORDERFLOW_CHANGE_RETENTION_S`) are purged, among them requests
+//! for orders that never came or never visit this node.
 
 use crate::change::{apply, decide, ChangeRequest, Decision};
 use crate::order::{OrderElement, OrderState};
@@ -11,7 +16,7 @@ use crate::settings::Settings;
 use crate::store::{Backend, Store};
 use chrono::Utc;
 use sqlx::{Any, Row, Transaction};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -26,6 +31,12 @@ pub enum Received {
     AlreadyResolved,
 }
 
+/// The largest change request a book stores: a real one is a few hundred bytes.
+pub const MAX_CHANGE_REQUEST_BYTES: usize = 8 * 1024;
+
+/// How often a book purges what is past its retention.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+
 /// The change request stored in `row`, unless the element already resolved it.
 fn unresolved(row: &sqlx::any::AnyRow, element: &OrderElement) -> sqlx::Result<Option<ChangeRequest>> {
     let request = serde_json::from_str::<ChangeRequest>(&row.try_get::<String, _>("request")?).ok();
@@ -37,6 +48,8 @@ pub struct ChangeBook {
     changes: String,
     closed: String,
     known: std::sync::Mutex<Known>,
+    retention: Duration,
+    purged_at: std::sync::Mutex<Option<Instant>>,
 }
 
 /// Which orders have had changes in this book, so that an element without
@@ -46,7 +59,9 @@ pub struct ChangeBook {
 /// always reads the table), decides it.
 #[derive(Default)]
 struct Known {
-    orders: HashSet<Uuid>,
+    /// Orders with changes, and when this process last heard of one for it
+    /// (forgotten after the retention, like the rows).
+    orders: HashMap<Uuid, Instant>,
     polled_at: Option<Instant>,
     cursor: String,
 }
@@ -74,7 +89,14 @@ impl ChangeBook {
                 ),
             ])
             .await?;
-        Ok(ChangeBook { store, changes, closed, known: std::sync::Mutex::new(Known::default()) })
+        Ok(ChangeBook {
+            store,
+            changes,
+            closed,
+            known: std::sync::Mutex::new(Known::default()),
+            retention: settings.change_retention,
+            purged_at: std::sync::Mutex::new(None),
+        })
     }
 
     /// Serializes the decisions about one order (PostgreSQL; SQLite
@@ -91,6 +113,15 @@ impl ChangeBook {
 
     /// Records a change request heard on the fanout.
     pub async fn receive(&self, request: &ChangeRequest) -> sqlx::Result<Received> {
+        let encoded = serde_json::to_string(request).map_err(|e| sqlx::Error::Encode(e.into()))?;
+        if encoded.len() > MAX_CHANGE_REQUEST_BYTES {
+            // Every node decides this alike, and applied/rejected share one event id.
+            return Ok(Received::Reject(format!(
+                "the change request is {} bytes; at most {MAX_CHANGE_REQUEST_BYTES} are accepted",
+                encoded.len()
+            )));
+        }
+        self.purge_if_due().await?;
         let mut tx = self.store.pool.begin().await?;
         self.lock_order(&mut tx, request.order_id).await?;
         sqlx::query(&format!(
@@ -100,7 +131,7 @@ impl ChangeBook {
         ))
         .bind(request.change_id.to_string())
         .bind(request.order_id.to_string())
-        .bind(serde_json::to_string(request).unwrap_or_default())
+        .bind(encoded)
         .bind(crate::audit::rfc3339::format(&request.requested_at))
         .bind(crate::audit::rfc3339::format(&Utc::now()))
         .execute(&mut *tx)
@@ -124,8 +155,49 @@ impl ChangeBook {
             }
         };
         tx.commit().await?;
-        self.known.lock().expect("known orders").orders.insert(request.order_id);
+        self.known.lock().expect("known orders").orders.insert(request.order_id, Instant::now());
         Ok(received)
+    }
+
+    /// Deletes requests received and orders closed longer ago than the
+    /// retention, at most once a minute. Returns the rows deleted.
+    async fn purge_if_due(&self) -> sqlx::Result<u64> {
+        {
+            let mut purged_at = self.purged_at.lock().expect("purge time");
+            if purged_at.is_some_and(|t| t.elapsed() < PURGE_EVERY) {
+                return Ok(0);
+            }
+            *purged_at = Some(Instant::now());
+        }
+        self.purge().await
+    }
+
+    /// Deletes what is past the retention now.
+    pub async fn purge(&self) -> sqlx::Result<u64> {
+        let retention = chrono::Duration::from_std(self.retention).unwrap_or(chrono::Duration::days(1));
+        let cutoff = crate::audit::rfc3339::format(&(Utc::now() - retention));
+        let changes = sqlx::query(&format!("DELETE FROM {} WHERE received_at < $1", self.changes))
+            .bind(&cutoff)
+            .execute(&self.store.pool)
+            .await?
+            .rows_affected();
+        let closed = sqlx::query(&format!("DELETE FROM {} WHERE closed_at < $1", self.closed))
+            .bind(&cutoff)
+            .execute(&self.store.pool)
+            .await?
+            .rows_affected();
+        let mut known = self.known.lock().expect("known orders");
+        let retention = self.retention;
+        known.orders.retain(|_, heard| heard.elapsed() < retention);
+        Ok(changes + closed)
+    }
+
+    /// Rows in the book (requests, closed orders): for tests and audits.
+    pub async fn row_counts(&self) -> sqlx::Result<(i64, i64)> {
+        let count = |table: &str| format!("SELECT COUNT(*) FROM {table}");
+        let changes = sqlx::query_scalar(&count(&self.changes)).fetch_one(&self.store.pool).await?;
+        let closed = sqlx::query_scalar(&count(&self.closed)).fetch_one(&self.store.pool).await?;
+        Ok((changes, closed))
     }
 
     /// Whether this book may hold changes for the order (see [`Known`]).
@@ -133,7 +205,7 @@ impl ChangeBook {
         let since = {
             let known = self.known.lock().expect("known orders");
             if known.polled_at.is_some_and(|t| t.elapsed() < POLL) {
-                return Ok(known.orders.contains(&order_id));
+                return Ok(known.orders.contains_key(&order_id));
             }
             // Re-read a few seconds back: another instance may commit an earlier arrival late.
             match chrono::DateTime::parse_from_rfc3339(&known.cursor) {
@@ -154,14 +226,14 @@ impl ChangeBook {
         for row in rows {
             let received_at: String = row.try_get("received_at")?;
             if let Ok(id) = row.try_get::<String, _>("order_id")?.parse() {
-                known.orders.insert(id);
+                known.orders.entry(id).or_insert_with(Instant::now);
             }
             if received_at > known.cursor {
                 known.cursor = received_at;
             }
         }
         known.polled_at = Some(Instant::now());
-        Ok(known.orders.contains(&order_id))
+        Ok(known.orders.contains_key(&order_id))
     }
 
     async fn set_status(
@@ -260,7 +332,7 @@ impl ChangeBook {
         .bind(element.order_id.to_string())
         .bind(state.as_str())
         .bind(serde_json::to_string(&element.resolved_changes).unwrap_or_default())
-        .bind(Utc::now().to_rfc3339())
+        .bind(crate::audit::rfc3339::format(&Utc::now()))
         .execute(&mut *tx)
         .await?;
         let rows = sqlx::query(&format!(
@@ -280,5 +352,52 @@ impl ChangeBook {
         }
         tx.commit().await?;
         Ok(late)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::Change;
+    use crate::order::{Order, ShipTo};
+
+    async fn book(retention: Duration) -> (ChangeBook, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("orderflow-book-{}", Uuid::new_v4().simple()));
+        let mut settings = Settings::from_env().unwrap();
+        settings.database_url = None;
+        settings.run_dir = dir.clone();
+        settings.change_retention = retention;
+        (ChangeBook::open(&settings, "test").await.unwrap(), dir)
+    }
+
+    #[tokio::test]
+    async fn requests_for_orders_that_never_come_are_purged_after_the_retention() {
+        let (book, dir) = book(Duration::from_millis(300)).await;
+        for _ in 0..200 {
+            let request = ChangeRequest::new(Uuid::new_v4(), Change::Cancel, None);
+            assert_eq!(book.receive(&request).await.unwrap(), Received::Pending);
+        }
+        let mut ended = OrderElement::placed(Order::default());
+        ended.state = OrderState::Shipped;
+        book.close(&ended).await.unwrap();
+        assert_eq!(book.row_counts().await.unwrap(), (200, 1));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(book.purge().await.unwrap(), 201);
+        assert_eq!(book.row_counts().await.unwrap(), (0, 0));
+        assert!(book.known.lock().unwrap().orders.is_empty(), "the in-memory set is bounded too");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_request_is_rejected_and_not_stored() {
+        let (book, dir) = book(Duration::from_secs(3600)).await;
+        let ship_to = ShipTo { name: "x".repeat(1_000_000), ..ShipTo::default() };
+        let request = ChangeRequest::new(Uuid::new_v4(), Change::ShipTo { ship_to }, None);
+        match book.receive(&request).await.unwrap() {
+            Received::Reject(reason) => assert!(reason.contains("at most 8192"), "{reason}"),
+            other => panic!("stored a 1 MB change request: {other:?}"),
+        }
+        assert_eq!(book.row_counts().await.unwrap(), (0, 0));
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

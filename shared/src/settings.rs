@@ -28,6 +28,9 @@ pub struct Settings {
     pub max_attempts: u32,
     /// `ORDERFLOW_INSTANCE_ID`: names this process in audit events (default: node-pid).
     pub instance_id: Option<String>,
+    /// `ORDERFLOW_CHANGE_RETENTION_S`: how long a node's change book keeps a
+    /// change request (decided or not) and a closed order, in seconds.
+    pub change_retention: Duration,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -56,6 +59,7 @@ impl Settings {
             max_message_bytes: parsed("ORDERFLOW_MAX_MESSAGE_BYTES", 64 * 1024)?,
             max_attempts: parsed("ORDERFLOW_MAX_ATTEMPTS", 5)?,
             instance_id: var("ORDERFLOW_INSTANCE_ID"),
+            change_retention: Duration::from_secs(parsed("ORDERFLOW_CHANGE_RETENTION_S", 86_400)?),
         })
     }
 

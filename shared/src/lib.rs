@@ -5,6 +5,7 @@ pub mod audit;
 pub mod batcher;
 pub mod change;
 pub mod change_book;
+pub mod events;
 pub mod generate;
 pub mod order;
 pub mod routing;

@@ -7,18 +7,19 @@
 //! deliveries acknowledged. A crash loses nothing: unacknowledged deliveries
 //! return to the queue.
 
+use super::change_consumer::{dispatch_change, next_change};
+use super::context::NodeContext;
 use super::message::decode_element;
 use super::publisher::Publisher;
-use super::runner::{
-    ack, close_if_terminal, dead_letter, dispatch_change, finish, next_change, open_consumer,
-    outcome_messages, requeue, resolve_changes, supervise, NodeContext,
-};
-use super::Outgoing;
+use super::session::{finish, open_consumer, supervise};
+use super::settle::{ack, requeue, settle_failure};
+use super::step::{record_outcome, resolve_changes, ChangeRecords, Handled};
 use crate::batcher::Batcher;
 use crate::change::cancel_outcome;
 use crate::order::{OrderElement, OrderState};
+use crate::routing::check_arrival;
 use crate::settings::Settings;
-use crate::stage::{BatchStage, Outcome};
+use crate::stage::{BatchStage, Outcome, StageError};
 use futures::StreamExt;
 use lapin::{message::Delivery, Connection};
 use std::{sync::Arc, time::Instant};
@@ -29,8 +30,8 @@ struct Held {
     element: OrderElement,
     delivery: Delivery,
     before: (u32, Option<OrderState>),
-    /// Change records to publish with its outcome.
-    messages: Vec<Outgoing>,
+    /// Change decisions to publish (and report) with its outcome.
+    changes: ChangeRecords,
 }
 
 /// Runs `stage` until shutdown. The prefetch covers a full batch of every
@@ -75,27 +76,21 @@ async fn serve<S: BatchStage>(
                 }
             }
             next = consumer.next() => match next {
-                Some(Ok(delivery)) => match decode_element(&delivery, ctx.max_message_bytes)
-                    .map_err(|e| e.to_string())
-                    .and_then(|element| match crate::routing::check_arrival(S::NODE, &element) {
-                        Err(crate::StageError::Permanent(reason)) => Err(reason),
-                        _ => Ok(element),
-                    })
-                {
+                Some(Ok(delivery)) => match arrive::<S>(&ctx, &delivery) {
                     Ok(element) => {
                         if let Some(delay) = ctx.delay {
                             tokio::time::sleep(delay).await;
                         }
                         let key = stage.group_key(&element);
                         let before = (element.seq, Some(element.state));
-                        let held = Held { element, delivery, before, messages: Vec::new() };
+                        let held = Held { element, delivery, before, changes: ChangeRecords::default() };
                         if let Some(batch) = batcher.push(&key, held, Instant::now()) {
                             release(&ctx, &stage, &publisher, &tasks, &mut batcher, vec![(key, batch)]).await;
                         }
                     }
                     Err(error) => {
                         let (ctx, publisher) = (ctx.clone(), publisher.clone());
-                        tasks.spawn(async move { dead_letter(&publisher, &ctx, &delivery, &error).await });
+                        tasks.spawn(async move { settle_failure(&publisher, &ctx, &delivery, error).await });
                     }
                 },
                 Some(Err(error)) => break Err(anyhow::Error::from(error).context("consumer failed")),
@@ -112,6 +107,15 @@ async fn serve<S: BatchStage>(
     }
     // On a lost connection the held deliveries return to the queue by themselves.
     finish(&connection, &channel, &ctx, tasks, result).await
+}
+
+/// Decodes a delivery and checks the element may arrive here; an element that
+/// cannot is refused at once (a permanent failure) and never joins a batch.
+fn arrive<S: BatchStage>(ctx: &NodeContext, delivery: &Delivery) -> Result<OrderElement, StageError> {
+    let element =
+        decode_element(delivery, ctx.max_message_bytes).map_err(|e| StageError::Permanent(e.to_string()))?;
+    check_arrival(S::NODE, &element)?;
+    Ok(element)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -142,12 +146,15 @@ async fn release<S: BatchStage>(
                     tracing::warn!(%error, "could not decide pending changes; requeueing the order");
                     tasks.spawn(async move { requeue(&held.delivery).await });
                 }
-                Ok((element, messages, cancelled)) => {
-                    held.messages.extend(messages);
-                    if cancelled {
+                Ok(resolved) => {
+                    held.changes.extend(resolved.changes);
+                    let element = resolved.element;
+                    if resolved.cancelled {
                         let outcome = cancel_outcome(element);
                         let (ctx, publisher) = (ctx.clone(), publisher.clone());
-                        tasks.spawn(async move { settle(&ctx, &publisher, vec![(held, outcome)]).await });
+                        tasks.spawn(
+                            async move { settle_released(&ctx, &publisher, vec![(held, outcome)]).await },
+                        );
                         continue;
                     }
                     held.element = element;
@@ -168,40 +175,40 @@ async fn release<S: BatchStage>(
         let elements: Vec<OrderElement> = emit_now.iter().map(|h| h.element.clone()).collect();
         let outcomes = stage.emit(&key, elements);
         let (ctx, publisher) = (ctx.clone(), publisher.clone());
-        tasks.spawn(
-            async move { settle(&ctx, &publisher, emit_now.into_iter().zip(outcomes).collect()).await },
-        );
+        tasks.spawn(async move {
+            settle_released(&ctx, &publisher, emit_now.into_iter().zip(outcomes).collect()).await
+        });
     }
 }
 
-/// Publishes the records and forwards of released elements, then acknowledges them.
-async fn settle(ctx: &NodeContext, publisher: &Publisher, released: Vec<(Held, Outcome)>) {
+/// Publishes the records and forwards of released elements, then
+/// acknowledges them and reports what was handled.
+async fn settle_released(ctx: &NodeContext, publisher: &Publisher, released: Vec<(Held, Outcome)>) {
     let mut messages = Vec::new();
-    let mut deliveries = Vec::with_capacity(released.len());
+    let mut settled: Vec<(Delivery, Handled)> = Vec::with_capacity(released.len());
     for (held, outcome) in released {
-        messages.extend(held.messages);
-        let (element, outgoing) = outcome_messages(held.before, &outcome, ctx);
-        messages.extend(outgoing);
-        match close_if_terminal(ctx, &element).await {
-            Ok(late) => messages.extend(late),
+        match record_outcome(ctx, held.before, held.changes, &outcome).await {
+            Ok(mut handled) => {
+                messages.append(&mut handled.messages);
+                settled.push((held.delivery, handled));
+            }
             Err(error) => {
                 tracing::warn!(%error, "could not close the order; requeueing it");
                 requeue(&held.delivery).await;
-                continue;
             }
         }
-        deliveries.push(held.delivery);
     }
     match publisher.publish_all(&messages).await {
         Ok(()) => {
-            tracing::debug!(node = ctx.node, size = deliveries.len(), "batch released");
-            for delivery in &deliveries {
+            tracing::debug!(node = ctx.node, size = settled.len(), "batch released");
+            for (delivery, handled) in &settled {
                 ack(delivery).await;
+                handled.emit(ctx.node);
             }
         }
         Err(error) => {
             tracing::warn!(%error, "batch not confirmed; requeueing its orders");
-            for delivery in &deliveries {
+            for (delivery, _) in &settled {
                 requeue(delivery).await;
             }
         }

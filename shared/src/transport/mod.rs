@@ -1,14 +1,23 @@
-//! Everything AMQP: connecting with backoff, confirmed publishing, the
-//! consume loops that run a stage, message encoding and dead-lettering.
+//! Everything AMQP: connecting with backoff, confirmed publishing, message
+//! encoding and dead-lettering, and the runners that put a stage on the
+//! broker. Each runner is built from the same pieces: the session (connect,
+//! supervise, shut down), the broker-free step (element in, messages and
+//! settle decision out), settling a delivery, and the change consumer.
 //! Stage logic never sees any of it.
 
 pub mod batch_runner;
+pub mod change_consumer;
 pub mod connect;
+pub mod context;
 pub mod dead_letters;
 pub mod message;
 pub mod publisher;
 pub mod runner;
+pub mod session;
+pub mod settle;
+pub mod step;
 
 pub use connect::connect;
+pub use context::NodeContext;
 pub use message::Outgoing;
 pub use publisher::Publisher;

@@ -7,10 +7,9 @@ use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use shared::settings::Settings;
 use shared::transport::message::{decode, decode_audit, CHANGE_EVENT_TYPE};
-use shared::transport::runner::{
-    ack_with, dead_letter, finish, open_consumer, retry_delay, supervise, NodeContext, SETTLE_TIMEOUT,
-};
-use shared::transport::Publisher;
+use shared::transport::session::{finish, open_consumer, supervise};
+use shared::transport::settle::{ack_with, dead_letter, retry_delay, SETTLE_TIMEOUT};
+use shared::transport::{NodeContext, Publisher};
 use std::sync::Arc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 

@@ -1,0 +1,82 @@
+//! What every handler of a node knows about it: its name and instance, its
+//! queue and prefetch, its limits, and (for a workflow node) its change book.
+//! Built once per process and shared by the session, the step and settling.
+
+use super::message::{change_event_message, Outgoing};
+use crate::change::{ChangeEvent, ChangeKind, ChangeRequest};
+use crate::change_book::ChangeBook;
+use crate::settings::Settings;
+use std::time::Duration;
+use topology::Node;
+
+pub struct NodeContext {
+    pub node: &'static str,
+    pub instance_id: String,
+    pub queue: String,
+    pub prefetch: u16,
+    pub delay: Option<Duration>,
+    pub max_message_bytes: usize,
+    pub max_attempts: u32,
+    /// The node's book of in-flight changes (workflow nodes only).
+    pub book: Option<ChangeBook>,
+    /// Held during the configured per-element delay: a slowed instance handles
+    /// one element at a time, like a worker that is busy for that long.
+    busy: tokio::sync::Mutex<()>,
+}
+
+impl NodeContext {
+    pub fn new(
+        settings: &Settings,
+        node: &'static str,
+        queue: String,
+        prefetch: u16,
+    ) -> anyhow::Result<NodeContext> {
+        Ok(NodeContext {
+            node,
+            instance_id: settings.instance_id(node),
+            queue,
+            prefetch: prefetch.clamp(1, 2000),
+            delay: settings.delay_for(node)?,
+            max_message_bytes: settings.max_message_bytes,
+            max_attempts: settings.max_attempts.max(1),
+            book: None,
+            busy: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The context of a workflow node, with its change book opened.
+    pub async fn for_node(settings: &Settings, node: Node, prefetch: u16) -> anyhow::Result<NodeContext> {
+        let mut ctx = NodeContext::new(settings, node.name(), node.queue(), prefetch)?;
+        ctx.book = Some(ChangeBook::open(settings, node.name()).await?);
+        Ok(ctx)
+    }
+
+    /// The workflow node this context runs, when it has a change book.
+    pub fn workflow_node(&self) -> Option<Node> {
+        self.book.as_ref().and_then(|_| Node::from_name(self.node))
+    }
+
+    /// The consumer tag of the node's workflow queue and of its changes queue.
+    pub fn consumer_tags(&self) -> [String; 2] {
+        [self.instance_id.clone(), format!("{}-changes", self.instance_id)]
+    }
+
+    /// Waits out the configured per-element delay, one element at a time.
+    pub async fn simulate_busy(&self) {
+        if let Some(delay) = self.delay {
+            let _busy = self.busy.lock().await;
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// A change record from this node, for the tracker.
+    pub fn change_event(
+        &self,
+        request: &ChangeRequest,
+        kind: ChangeKind,
+        detail: String,
+        version: u32,
+    ) -> Outgoing {
+        change_event_message(&ChangeEvent::new(request, kind, self.node, &self.instance_id, detail, version))
+    }
+}

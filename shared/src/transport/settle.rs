@@ -1,0 +1,154 @@
+//! Settling a delivery: acknowledge it once what it caused is confirmed,
+//! retry a transient failure after a growing delay, dead-letter a permanent
+//! one (or a transient one out of attempts) with its reason. Nothing here
+//! waits for ever on a dead connection: a stale tag or a lost channel only
+//! means the broker delivers the message again.
+
+use super::context::NodeContext;
+use super::message::{self, dead_letter_message};
+use super::publisher::Publisher;
+use crate::events::{DeadLettered, GaveUp, Retried};
+use crate::stage::StageError;
+use lapin::{
+    message::Delivery,
+    options::{BasicAckOptions, BasicRejectOptions},
+};
+use std::time::Duration;
+
+/// How long an acknowledgement may take before the connection is presumed dead.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a delivery whose handling failed is settled.
+#[derive(Debug)]
+pub enum Settle {
+    /// Back to its queue after `delay`: this was attempt `attempts` of a transient failure.
+    Retry { attempts: i64, delay: Duration, error: anyhow::Error },
+    /// A transient failure on every allowed attempt: dead-letter it, saying so.
+    GiveUp { attempts: i64, error: anyhow::Error },
+    /// It can never succeed: dead-letter it with this reason.
+    DeadLetter { reason: String },
+}
+
+impl Settle {
+    /// The decision for a failure on attempt `attempts` (1 for a first
+    /// delivery): a permanent failure is dead-lettered at once; a transient
+    /// one is retried after a growing delay until `max_attempts`.
+    pub fn after_failure(error: StageError, attempts: i64, max_attempts: u32) -> Settle {
+        match error {
+            StageError::Permanent(reason) => Settle::DeadLetter { reason },
+            StageError::Transient(error) if attempts >= i64::from(max_attempts) => {
+                Settle::GiveUp { attempts, error }
+            }
+            StageError::Transient(error) => {
+                Settle::Retry { attempts, delay: retry_delay(attempts - 1), error }
+            }
+        }
+    }
+}
+
+/// Which attempt this delivery is (1 for a first delivery; quorum queues count).
+pub fn attempt_of(delivery: &Delivery) -> i64 {
+    message::delivery_count(delivery) + 1
+}
+
+/// Carries out a failure decision for one delivery.
+pub async fn settle(publisher: &Publisher, ctx: &NodeContext, delivery: &Delivery, decision: Settle) {
+    match decision {
+        Settle::DeadLetter { reason } => dead_letter(publisher, ctx, delivery, &reason).await,
+        Settle::GiveUp { attempts, error } => {
+            GaveUp { node: ctx.node, attempts, error: &error }.emit();
+            let reason = format!("gave up after {attempts} attempts: {error:#}");
+            dead_letter(publisher, ctx, delivery, &reason).await;
+        }
+        Settle::Retry { attempts, delay, error } => {
+            Retried { node: ctx.node, attempts, delay, error: &error }.emit();
+            tokio::time::sleep(delay).await;
+            requeue(delivery).await;
+        }
+    }
+}
+
+/// Settles a delivery after a failed attempt (see [`Settle::after_failure`]).
+pub async fn settle_failure(
+    publisher: &Publisher,
+    ctx: &NodeContext,
+    delivery: &Delivery,
+    error: StageError,
+) {
+    let decision = Settle::after_failure(error, attempt_of(delivery), ctx.max_attempts);
+    settle(publisher, ctx, delivery, decision).await
+}
+
+/// Acknowledges one delivery; a stale tag (from before a reconnect) or a dead
+/// connection only means the broker will deliver the message again.
+pub async fn ack(delivery: &Delivery) {
+    ack_with(delivery, BasicAckOptions::default()).await
+}
+
+/// Acknowledges with options (e.g. `multiple`), never waiting for ever.
+pub async fn ack_with(delivery: &Delivery, options: BasicAckOptions) {
+    match tokio::time::timeout(SETTLE_TIMEOUT, delivery.ack(options)).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => tracing::debug!("stale delivery tag; the message will be redelivered"),
+        Ok(Err(error)) => tracing::debug!(%error, "ack failed; the message will be redelivered"),
+        Err(_) => tracing::warn!("ack not answered; the message will be redelivered"),
+    }
+}
+
+/// Returns a delivery to its queue (counted toward the delivery limit).
+pub async fn requeue(delivery: &Delivery) {
+    match tokio::time::timeout(SETTLE_TIMEOUT, delivery.reject(BasicRejectOptions { requeue: true })).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => tracing::debug!(%error, "reject failed; the message will be redelivered"),
+        Err(_) => tracing::warn!("reject not answered; the message will be redelivered"),
+    }
+}
+
+/// Sends a delivery that can never succeed to the dead-letter exchange with
+/// its reason, then acknowledges it; if that publish fails it is requeued.
+pub async fn dead_letter(publisher: &Publisher, ctx: &NodeContext, delivery: &Delivery, reason: &str) {
+    let routing_key = delivery.routing_key.as_str();
+    match publisher.publish_all(&[dead_letter_message(delivery, ctx.node, reason)]).await {
+        Ok(()) => {
+            DeadLettered { node: ctx.node, routing_key, reason }.emit();
+            ack(delivery).await
+        }
+        Err(error) => {
+            tracing::warn!(node = ctx.node, routing_key, reason, %error, "could not dead-letter; requeueing");
+            requeue(delivery).await;
+        }
+    }
+}
+
+/// Waits before a retry: 200 ms doubling with each earlier delivery, up to 10 s.
+pub fn retry_delay(delivery_count: i64) -> Duration {
+    let exponent = delivery_count.clamp(0, 6) as u32;
+    Duration::from_millis(200 * 2u64.pow(exponent)).min(Duration::from_secs(10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_wait_longer_each_time_up_to_ten_seconds() {
+        let delays: Vec<u128> = (0..9).map(|n| retry_delay(n).as_millis()).collect();
+        assert_eq!(delays, [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000]);
+    }
+
+    #[test]
+    fn a_transient_failure_is_retried_until_the_last_attempt() {
+        let transient = || StageError::Transient(anyhow::anyhow!("store down"));
+        match Settle::after_failure(transient(), 2, 5) {
+            Settle::Retry { attempts: 2, delay, .. } => assert_eq!(delay, Duration::from_millis(400)),
+            other => panic!("expected a retry, got {other:?}"),
+        }
+        assert!(matches!(Settle::after_failure(transient(), 5, 5), Settle::GiveUp { attempts: 5, .. }));
+    }
+
+    #[test]
+    fn a_permanent_failure_is_dead_lettered_at_once() {
+        let decision = Settle::after_failure(StageError::Permanent("bad card".into()), 1, 5);
+        assert!(matches!(decision, Settle::DeadLetter { reason } if reason == "bad card"));
+    }
+}

@@ -1,0 +1,211 @@
+//! The broker-free step: one decoded element in, the messages to publish and
+//! the settle decision out. It checks the element may arrive here, decides
+//! its pending changes, runs the stage (or the cancel path), turns the
+//! outcome into audit events and the forwarded element, and closes the order
+//! in the change book when it ends here. The runners publish what it returns
+//! and acknowledge only once all of it is confirmed.
+
+use super::context::NodeContext;
+use super::message::{audit_message, element_message, Outgoing};
+use super::settle::Settle;
+use crate::audit::{AuditEvent, Transition};
+use crate::change::{cancel_outcome, Change, ChangeKind, Decision};
+use crate::events::{ChangeApplied, ChangeRejected, ElementHandled};
+use crate::order::{OrderElement, OrderState};
+use crate::routing::{check_arrival, next_node};
+use crate::stage::{Outcome, Stage, StageError};
+
+/// What one step decided for one element.
+#[derive(Debug)]
+pub enum StepOutcome {
+    /// Publish `messages` (each confirmed), then acknowledge the delivery.
+    Handled(Box<Handled>),
+    /// Publish nothing of it; settle the delivery so.
+    Failed(Settle),
+}
+
+/// A handled element: what to publish, and what to report once it is confirmed.
+#[derive(Debug)]
+pub struct Handled {
+    /// The element as it leaves the node.
+    pub element: OrderElement,
+    /// Change records, audit events, the forwarded element, late rejections: in that order.
+    pub messages: Vec<Outgoing>,
+    pub changes: ChangeRecords,
+}
+
+impl Handled {
+    /// Reports the element and its change decisions (call once confirmed).
+    pub fn emit(&self, node: &'static str) {
+        ElementHandled { node, order_id: self.element.order_id, state: self.element.state }.emit();
+        self.changes.emit();
+    }
+}
+
+/// Change decisions made for an element: their records for the tracker,
+/// and their events to emit once the records are confirmed.
+#[derive(Debug, Default)]
+pub struct ChangeRecords {
+    pub messages: Vec<Outgoing>,
+    pub applied: Vec<ChangeApplied>,
+    pub rejected: Vec<ChangeRejected>,
+}
+
+impl ChangeRecords {
+    pub fn extend(&mut self, more: ChangeRecords) {
+        self.messages.extend(more.messages);
+        self.applied.extend(more.applied);
+        self.rejected.extend(more.rejected);
+    }
+
+    pub fn emit(&self) {
+        self.applied.iter().for_each(ChangeApplied::emit);
+        self.rejected.iter().for_each(ChangeRejected::emit);
+    }
+}
+
+/// Runs one element through `stage` at its `attempts`-th delivery (1 for the first).
+pub async fn step<S: Stage>(
+    ctx: &NodeContext,
+    stage: &S,
+    element: OrderElement,
+    attempts: i64,
+) -> StepOutcome {
+    match try_step(ctx, stage, element).await {
+        Ok(handled) => StepOutcome::Handled(Box::new(handled)),
+        Err(error) => StepOutcome::Failed(Settle::after_failure(error, attempts, ctx.max_attempts)),
+    }
+}
+
+async fn try_step<S: Stage>(
+    ctx: &NodeContext,
+    stage: &S,
+    element: OrderElement,
+) -> Result<Handled, StageError> {
+    check_arrival(S::NODE, &element)?;
+    let before = (element.seq, Some(element.state));
+    let resolved = resolve_changes(ctx, element).await?;
+    let outcome = if resolved.cancelled {
+        cancel_outcome(resolved.element)
+    } else {
+        stage.handle(resolved.element).await?
+    };
+    record_outcome(ctx, before, resolved.changes, &outcome).await
+}
+
+/// An element with its pending changes decided.
+pub struct Resolved {
+    /// The element as changed.
+    pub element: OrderElement,
+    pub changes: ChangeRecords,
+    /// A cancel was just applied: the element takes its cancel path instead of the stage.
+    pub cancelled: bool,
+}
+
+/// Decides the element's pending changes in the node's change book.
+pub async fn resolve_changes(ctx: &NodeContext, element: OrderElement) -> Result<Resolved, StageError> {
+    let Some(book) = &ctx.book else {
+        return Ok(Resolved { element, changes: ChangeRecords::default(), cancelled: false });
+    };
+    let mut version = element.version;
+    let (element, decisions) = book.resolve(element).await?;
+    let mut changes = ChangeRecords::default();
+    let mut cancelled = false;
+    for (request, decision) in decisions {
+        let (order_id, change_id, node) = (request.order_id, request.change_id, ctx.node);
+        match decision {
+            Decision::Apply => {
+                version += 1;
+                cancelled |= request.change == Change::Cancel;
+                let detail = format!("{} (version {version})", request.change.describe());
+                changes.messages.push(ctx.change_event(&request, ChangeKind::ChangeApplied, detail, version));
+                changes.applied.push(ChangeApplied { node, order_id, change_id, version });
+            }
+            Decision::Reject(reason) => {
+                let record = ctx.change_event(&request, ChangeKind::ChangeRejected, reason.clone(), version);
+                changes.messages.push(record);
+                changes.rejected.push(ChangeRejected { node, order_id, change_id, reason });
+            }
+        }
+    }
+    Ok(Resolved { element, changes, cancelled })
+}
+
+/// Everything a stage's outcome leads to: the change records decided before
+/// it, its audit events and forward, and the order closed if it ended here.
+/// `before` is the element's sequence number and state on arrival.
+pub async fn record_outcome(
+    ctx: &NodeContext,
+    before: (u32, Option<OrderState>),
+    mut changes: ChangeRecords,
+    outcome: &Outcome,
+) -> Result<Handled, StageError> {
+    let mut messages = std::mem::take(&mut changes.messages);
+    let (element, outgoing) = outcome_messages(before, outcome, ctx);
+    messages.extend(outgoing);
+    let late = close_if_terminal(ctx, &element).await?;
+    messages.extend(late.messages);
+    changes.applied.extend(late.applied);
+    changes.rejected.extend(late.rejected);
+    Ok(Handled { element, messages, changes })
+}
+
+/// The messages that record an outcome: one audit event per step, then the
+/// element forwarded to its next node (if it has one).
+pub fn outcome_messages(
+    before: (u32, Option<OrderState>),
+    outcome: &Outcome,
+    ctx: &NodeContext,
+) -> (OrderElement, Vec<Outgoing>) {
+    let (mut seq, mut from_state) = before;
+    let mut element = outcome.element.clone();
+    let mut messages = Vec::with_capacity(outcome.steps.len() + 1);
+    for step in &outcome.steps {
+        seq += 1;
+        let transition = Transition {
+            order_id: element.order_id,
+            seq,
+            version: element.version,
+            from_state,
+            to_state: step.state,
+        };
+        messages.push(audit_message(&AuditEvent::new(
+            transition,
+            ctx.node,
+            &ctx.instance_id,
+            step.detail.clone(),
+        )));
+        from_state = Some(step.state);
+    }
+    element.seq = seq;
+    if let Some(state) = from_state {
+        element.state = state;
+    }
+    if let Some(next) = next_node(&element) {
+        messages.push(element_message(&element, next));
+    }
+    (element, messages)
+}
+
+/// When the element ends its travel here, closes the order in the change
+/// book and rejects the changes that arrived meanwhile.
+pub async fn close_if_terminal(
+    ctx: &NodeContext,
+    element: &OrderElement,
+) -> Result<ChangeRecords, StageError> {
+    let mut changes = ChangeRecords::default();
+    let Some(book) = &ctx.book else { return Ok(changes) };
+    if !element.state.is_terminal() {
+        return Ok(changes);
+    }
+    for (request, reason) in book.close(element).await? {
+        let record = ctx.change_event(&request, ChangeKind::ChangeRejected, reason.clone(), element.version);
+        changes.messages.push(record);
+        let (node, order_id, change_id) = (ctx.node, request.order_id, request.change_id);
+        changes.rejected.push(ChangeRejected { node, order_id, change_id, reason });
+    }
+    Ok(changes)
+}
+
+#[cfg(test)]
+mod tests;

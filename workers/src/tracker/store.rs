@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 use shared::audit::{rfc3339, AuditEvent};
-use shared::change::{ChangeEvent, ChangeKind};
+use shared::change::ChangeEvent;
 use shared::settings::Settings;
 use shared::store::Store;
 use sqlx::Row as _;
@@ -78,8 +78,8 @@ impl TrackerStore {
     }
 
     /// Records a batch in one transaction with a few multi-row statements;
-    /// returns how many records were new. A change requested for an order the
-    /// tracker does not know is rejected here.
+    /// returns how many records were new. The tracker records changes; it
+    /// never decides them (the node holding the order does, once).
     pub async fn record(&self, records: &[Record]) -> sqlx::Result<u64> {
         let recorded_at = rfc3339::format(&chrono::Utc::now());
         let mut seen = HashSet::new();
@@ -129,47 +129,6 @@ impl TrackerStore {
             query.execute(&mut *tx).await?;
         }
 
-        // Changes requested for orders nobody knows are rejected by the tracker itself.
-        let asked: Vec<&ChangeEvent> = records
-            .iter()
-            .filter_map(|r| match r {
-                Record::Change(e)
-                    if e.kind == ChangeKind::ChangeRequested && new_ids.contains(&e.event_id.to_string()) =>
-                {
-                    Some(e)
-                }
-                _ => None,
-            })
-            .collect();
-        if !asked.is_empty() {
-            let ids: Vec<Uuid> = asked.iter().map(|e| e.order_id).collect();
-            let known = statuses_in(&mut tx, &ids).await?;
-            let rejections: Vec<Row> = asked
-                .iter()
-                .filter(|e| !known.contains(&e.order_id.to_string()))
-                .map(|e| {
-                    let request = shared::change::ChangeRequest {
-                        schema_version: e.schema_version,
-                        change_id: e.change_id,
-                        order_id: e.order_id,
-                        change: e.change.clone(),
-                        requested_at: e.at,
-                        deadline: None,
-                    };
-                    let detail = format!("no order {} exists", e.order_id);
-                    let rejection = ChangeEvent::new(
-                        &request,
-                        ChangeKind::ChangeRejected,
-                        "tracker",
-                        "tracker",
-                        detail,
-                        0,
-                    );
-                    Row::from(&Record::Change(rejection))
-                })
-                .collect();
-            insert_events(&mut tx, &rejections, &recorded_at).await?;
-        }
         tx.commit().await?;
         Ok(new_ids.len() as u64)
     }
@@ -341,25 +300,4 @@ async fn insert_events(
         }
     }
     Ok(new_ids)
-}
-
-/// Which of `ids` the tracker knows, read inside a transaction.
-async fn statuses_in(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    ids: &[Uuid],
-) -> sqlx::Result<HashSet<String>> {
-    let mut found = HashSet::new();
-    for chunk in ids.chunks(500) {
-        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-        let sql =
-            format!("SELECT order_id FROM tracker_orders WHERE order_id IN ({})", placeholders.join(", "));
-        let mut query = sqlx::query(&sql).persistent(false);
-        for id in chunk {
-            query = query.bind(id.to_string());
-        }
-        for row in query.fetch_all(&mut **tx).await? {
-            found.insert(row.try_get::<String, _>("order_id")?);
-        }
-    }
-    Ok(found)
 }

@@ -161,8 +161,24 @@ pub fn decode<T: DeserializeOwned>(
     serde_json::from_value(value).map_err(|e| DecodeError::Invalid(e.to_string()))
 }
 
+/// The most steps an element may have gone through: a real order takes a
+/// dozen; a larger `seq` is forged or corrupt (and could wrap the counter).
+pub const MAX_SEQ: u32 = 10_000;
+
 pub fn decode_element(delivery: &Delivery, max_bytes: usize) -> Result<OrderElement, DecodeError> {
-    decode(&delivery.data, delivery.properties.headers().as_ref(), max_bytes)
+    let element: OrderElement = decode(&delivery.data, delivery.properties.headers().as_ref(), max_bytes)?;
+    check_seq(&element)?;
+    Ok(element)
+}
+
+fn check_seq(element: &OrderElement) -> Result<(), DecodeError> {
+    if element.seq > MAX_SEQ {
+        return Err(DecodeError::Invalid(format!(
+            "seq {} is beyond the {MAX_SEQ} steps an order can take",
+            element.seq
+        )));
+    }
+    Ok(())
 }
 
 pub fn decode_audit(delivery: &Delivery, max_bytes: usize) -> Result<AuditEvent, DecodeError> {
@@ -182,6 +198,15 @@ pub fn delivery_count(delivery: &Delivery) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_seq_near_the_counters_limit_is_refused() {
+        let mut element = OrderElement::placed(crate::order::Order::default());
+        element.seq = u32::MAX;
+        assert!(check_seq(&element).unwrap_err().to_string().contains("beyond the 10000 steps"));
+        element.seq = 12;
+        assert!(check_seq(&element).is_ok());
+    }
     use crate::order::Order;
 
     #[test]

@@ -3,7 +3,6 @@
 //! machine and how to rerun.
 
 use crate::orderflow::{Load, RunResult};
-use crate::stack::PROCESSES;
 use crate::stats::{median, Dist, SEGMENTS};
 use crate::{Plan, Results};
 use chrono::{DateTime, Utc};
@@ -117,8 +116,10 @@ pub fn markdown(context: &Context, results: &Results) -> String {
     };
     let cpu_ours = median(&saturated.iter().map(|r| r.cpu_ours_per_1000).collect::<Vec<_>>());
     let cpu_broker = median(&saturated.iter().map(|r| r.cpu_broker_per_1000).collect::<Vec<_>>());
-    let (worst_name, worst_rss) =
-        PROCESSES.iter().map(|n| (*n, peak_rss(n))).fold(("", 0.0), |a, b| if b.1 > a.1 { b } else { a });
+    let (worst_name, worst_rss) = harness::processes()
+        .into_iter()
+        .map(|n| (n, peak_rss(n)))
+        .fold(("", 0.0), |a, b| if b.1 > a.1 { b } else { a });
     let scale_main: Vec<_> = results.scale.iter().filter(|s| !s.serial).collect();
     let scale_serial: Vec<_> = results.scale.iter().filter(|s| s.serial).collect();
     let speedup = |points: &[&crate::ScalePoint], n: usize| {
@@ -381,7 +382,7 @@ pub fn markdown(context: &Context, results: &Results) -> String {
     );
     let _ = writeln!(o, "| process | peak RSS | < {RSS_TARGET_MIB:.0} MiB | CPU s/1000 orders |");
     let _ = writeln!(o, "|---|---|---|---|");
-    for name in PROCESSES {
+    for name in harness::processes() {
         let rss = peak_rss(name);
         let _ =
             writeln!(o, "| {name} | {rss:.1} MiB | {} | {:.2} |", met(rss < RSS_TARGET_MIB), cpu_of(name));

@@ -15,8 +15,8 @@ fn compose_file_names_every_service() {
     let image = rabbit["image"].as_str().expect("rabbitmq image");
     assert!(image.starts_with("rabbitmq:4") && image.contains("management"), "{image}");
     assert!(!text.contains("guest"), "the compose stack must not use the guest account");
-    for node in tests::NODES.iter().chain(&["tracker"]) {
-        let service = services.get(Value::from(*node)).unwrap_or_else(|| panic!("no service {node}"));
+    for node in harness::processes() {
+        let service = services.get(Value::from(node)).unwrap_or_else(|| panic!("no service {node}"));
         assert!(service.get("build").is_some(), "{node} is not built from the workspace");
         let env = &service["environment"];
         assert!(env["AMQP_URL"].as_str().is_some(), "{node} has no AMQP_URL");

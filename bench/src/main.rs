@@ -9,8 +9,8 @@
 //! creates and every process it starts is removed when it ends, also on error,
 //! panic, Ctrl-C or SIGTERM.
 
-mod broker;
 mod load;
+mod machine;
 mod orderflow;
 mod procfs;
 mod progress;
@@ -20,12 +20,12 @@ mod stack;
 mod stats;
 
 use anyhow::Context;
-use broker::Broker;
 use clap::Parser;
+use harness::{Broker, StackConfig};
 use orderflow::{Load, RunResult};
 use progress::note;
 use relay::{RelayConfig, RelayResult};
-use stack::{Stack, StackConfig};
+use stack::{BenchConfig, Stack};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -204,7 +204,7 @@ pub struct Results {
 async fn acquire(
     slot: &mut Option<Stack>,
     plan: &Plan,
-    config: &StackConfig,
+    config: &BenchConfig,
     tag: &str,
 ) -> anyhow::Result<Stack> {
     if let Some(stack) = slot.take() {
@@ -233,7 +233,7 @@ async fn release(slot: &mut Option<Stack>, plan: &Plan, stack: Stack) -> anyhow:
 async fn measure(
     slot: &mut Option<Stack>,
     plan: &Plan,
-    config: &StackConfig,
+    config: &BenchConfig,
     tag: &str,
     orders: usize,
     load: Load,
@@ -256,15 +256,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "orderflow-bench {} run {run_id}: {} on {}",
         if plan.smoke { "smoke" } else { "full" },
         versions,
-        broker::machine()
+        machine::describe()
     ));
-    let config = StackConfig {
-        broker: broker.clone(),
-        run_id: run_id.clone(),
-        bin_dir: plan.bin_dir.clone(),
-        env: plan.env.clone(),
-        binary_env: Vec::new(),
-    };
+    let mut stack_config = StackConfig::new(broker.clone(), plan.bin_dir.clone());
+    stack_config.env = plan.env.clone();
+    // Measured at the processes' default log level; a failed run's logs stay for a look.
+    stack_config.pass_rust_log = false;
+    stack_config.keep_run_dir_on_drop = true;
+    let config = BenchConfig { stack: stack_config, run_id: run_id.clone() };
     let mut main_stack: Option<Stack> = None;
 
     // 1 and 2: the relay and orderflow saturated, alternating (ABBA) so that drift cancels.
@@ -349,7 +348,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         if serial {
             binary_env.push(("payment".into(), "ORDERFLOW_PREFETCH".into(), "1".into()));
         }
-        let config = StackConfig { binary_env, ..config.clone() };
+        let config =
+            BenchConfig { stack: StackConfig { binary_env, ..config.stack.clone() }, ..config.clone() };
         let mut scale_stack: Option<Stack> = None;
         for &instances in &plan.scale {
             let suffix = if serial { "-serial" } else { "" };
@@ -380,7 +380,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         plan: &plan,
         started,
         finished: chrono::Utc::now(),
-        machine: broker::machine(),
+        machine: machine::describe(),
         versions,
         bin_dir: plan.bin_dir.display().to_string(),
     };

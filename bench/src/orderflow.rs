@@ -65,7 +65,7 @@ impl RunResult {
     }
 }
 
-/// Polls the tracker's `/stats` in the background: orders shipped, and ended otherwise.
+/// Polls the tracker's `GET /stats` in the background: orders shipped, and ended otherwise.
 struct Watch {
     shipped: Arc<AtomicU64>,
     other_terminal: Arc<AtomicU64>,
@@ -78,16 +78,13 @@ impl Watch {
     fn start(stack: &Stack) -> Watch {
         let (shipped, other_terminal) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let (s, o) = (shipped.clone(), other_terminal.clone());
-        let url = stack.url("/stats");
+        let tracker = stack.tracker().clone();
         let task = tokio::spawn(async move {
-            let http = reqwest::Client::new();
             loop {
-                if let Ok(response) = http.get(&url).send().await {
-                    if let Ok(body) = response.json::<serde_json::Value>().await {
-                        let count = |state: &str| body["by_state"][state].as_u64().unwrap_or(0);
-                        s.store(count("shipped"), Ordering::Relaxed);
-                        o.store(OTHER_TERMINAL.iter().map(|st| count(st)).sum(), Ordering::Relaxed);
-                    }
+                if let Ok(stats) = tracker.stats().await {
+                    let count = |state: &str| stats.count(state).max(0) as u64;
+                    s.store(count("shipped"), Ordering::Relaxed);
+                    o.store(OTHER_TERMINAL.iter().map(|st| count(st)).sum(), Ordering::Relaxed);
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
@@ -141,11 +138,16 @@ async fn wait_shipped(
     }
 }
 
+/// Orders the tracker counts shipped now.
+async fn shipped_now(stack: &Stack) -> anyhow::Result<u64> {
+    Ok(stack.tracker().stats().await?.count("shipped").max(0) as u64)
+}
+
 /// Publishes `n` orders and waits for them: warms a fresh stack up (connections,
 /// stores, caches) so the measured run starts steady.
 pub async fn warm_up(stack: &mut Stack, n: usize) -> anyhow::Result<()> {
     let watch = Watch::start(stack);
-    let target = stack.stats().await?.get("shipped").copied().unwrap_or(0) + n as u64;
+    let target = shipped_now(stack).await? + n as u64;
     load::saturate(&stack.publisher, load::orders(n), n, || 0, |_| {}).await?;
     let progress = Progress::start("warm-up");
     wait_shipped(stack, &watch, target, Duration::from_secs(60), &progress).await?;
@@ -167,7 +169,7 @@ pub async fn measure(
     let n = orders.len();
     let single_unit_share = load::single_unit_share(&orders);
     let watch = Watch::start(stack);
-    let baseline = stack.stats().await?.get("shipped").copied().unwrap_or(0);
+    let baseline = shipped_now(stack).await?;
     let target = baseline + n as u64;
     let progress = Progress::start(phase);
     let broker_pids = procfs::broker_pids();

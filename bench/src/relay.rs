@@ -15,12 +15,12 @@
 //! rebin, shipping); single-unit orders skip rebin, so the relay does at least
 //! an average order's work.
 
-use crate::broker::{BenchVhost, Broker};
 use crate::progress::Progress;
 use crate::stats::{now_secs, Dist, Throughput};
 use crate::{load, procfs};
 use anyhow::Context;
 use futures::StreamExt;
+use harness::{Broker, Vhost};
 use lapin::{
     message::Delivery,
     options::{
@@ -295,7 +295,7 @@ pub async fn run(
     tag: &str,
     config: &RelayConfig,
 ) -> anyhow::Result<RelayResult> {
-    let vhost = BenchVhost::create(broker, run_id, tag).await?;
+    let mut vhost = Vhost::create(broker, &format!("orderflow-bench-{run_id}-{tag}")).await?;
     let result = run_in(&vhost.amqp_url, config, tag).await;
     let deleted = vhost.delete().await;
     let result = result?;

@@ -3,7 +3,6 @@
 //! machine and how to rerun.
 
 use crate::orderflow::{Load, RunResult};
-use crate::stack::PROCESSES;
 use crate::stats::{median, Dist, SEGMENTS};
 use crate::{Plan, Results};
 use chrono::{DateTime, Utc};
@@ -117,8 +116,10 @@ pub fn markdown(context: &Context, results: &Results) -> String {
     };
     let cpu_ours = median(&saturated.iter().map(|r| r.cpu_ours_per_1000).collect::<Vec<_>>());
     let cpu_broker = median(&saturated.iter().map(|r| r.cpu_broker_per_1000).collect::<Vec<_>>());
-    let (worst_name, worst_rss) =
-        PROCESSES.iter().map(|n| (*n, peak_rss(n))).fold(("", 0.0), |a, b| if b.1 > a.1 { b } else { a });
+    let (worst_name, worst_rss) = harness::processes()
+        .into_iter()
+        .map(|n| (n, peak_rss(n)))
+        .fold(("", 0.0), |a, b| if b.1 > a.1 { b } else { a });
     let scale_main: Vec<_> = results.scale.iter().filter(|s| !s.serial).collect();
     let scale_serial: Vec<_> = results.scale.iter().filter(|s| s.serial).collect();
     let speedup = |points: &[&crate::ScalePoint], n: usize| {
@@ -252,8 +253,8 @@ pub fn markdown(context: &Context, results: &Results) -> String {
          each delivery acknowledged after its messages are confirmed. A chain: publish (element to hop 1 + \
          one audit message), then {} hops, each its own connection with prefetch {} and one task per \
          delivery, publishing one audit message and the element to the next hop (the last hop: its audit \
-         message only). An order makes 6 hops when multi-unit (intake, payment, inventory, picklist, rebin, \
-         shipping) and 5 when single-unit, so with 6 hops the relay does at least an average order's work. The audit queue is consumed like the tracker does \
+         message only). An order makes 6 hops when multi-unit (every node from intake to shipping, rebin included) \
+         and 5 when single-unit, so with 6 hops the relay does at least an average order's work. The audit queue is consumed like the tracker does \
          (chunks of up to 500, one `multiple` ack); a chain is complete when its last audit message is \
          consumed. Bodies are a real element's and audit event's JSON. {} chains per run, published like the \
          orderflow load: confirmed windows of {}, at most {} chains in flight (published, not complete), so the \
@@ -381,7 +382,7 @@ pub fn markdown(context: &Context, results: &Results) -> String {
     );
     let _ = writeln!(o, "| process | peak RSS | < {RSS_TARGET_MIB:.0} MiB | CPU s/1000 orders |");
     let _ = writeln!(o, "|---|---|---|---|");
-    for name in PROCESSES {
+    for name in harness::processes() {
         let rss = peak_rss(name);
         let _ =
             writeln!(o, "| {name} | {rss:.1} MiB | {} | {:.2} |", met(rss < RSS_TARGET_MIB), cpu_of(name));

@@ -2,7 +2,7 @@
 //! part of a run, and per-order latencies from the tracker's histories.
 
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use harness::OrderView;
 
 /// Seconds since the Unix epoch (microsecond precision survives in an f64).
 pub fn epoch_secs(at: DateTime<Utc>) -> f64 {
@@ -113,19 +113,6 @@ pub fn open_loop_throughput(
     Throughput { per_sec: counted as f64 / window, window_secs: window, counted, short: false }
 }
 
-/// One entry of `GET /orders/{id}`'s history (the fields the bench uses).
-#[derive(Clone, Debug, Deserialize)]
-pub struct HistoryEntry {
-    pub state: String,
-    pub at: String,
-    pub recorded_at: String,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct OrderView {
-    pub history: Vec<HistoryEntry>,
-}
-
 /// The segments between consecutive states of the happy path, for "where the time goes".
 pub const SEGMENTS: [(&str, &str); 7] = [
     ("placed", "accepted"),
@@ -158,7 +145,7 @@ fn parse(at: &str) -> Option<f64> {
 
 impl OrderTiming {
     pub fn from_view(view: &OrderView) -> Option<OrderTiming> {
-        let find = |state: &str| view.history.iter().find(|h| h.state == state);
+        let find = |state: &str| view.entry(state);
         let at = |state: &str| find(state).and_then(|h| parse(&h.at));
         let placed = at("placed")?;
         let shipped = find("shipped")?;
@@ -196,6 +183,7 @@ impl OrderTiming {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::tracker_api::HistoryEntry;
 
     #[test]
     fn percentiles_are_nearest_rank() {
@@ -220,12 +208,23 @@ mod tests {
     fn timing_from_a_history() {
         let entry = |state: &str, at: &str| HistoryEntry {
             state: state.into(),
+            from_state: None,
+            node: "node".into(),
+            instance_id: "node-1".into(),
             at: format!("2030-01-01T00:00:{at}Z"),
             recorded_at: format!("2030-01-01T00:00:{at}Z"),
+            detail: String::new(),
+            seq: 0,
+            version: 0,
+            event_id: state.into(),
+            change_id: None,
         };
         let mut shipped = entry("shipped", "00.600000");
         shipped.recorded_at = "2030-01-01T00:00:00.650000Z".into();
         let view = OrderView {
+            order_id: "o".into(),
+            state: "shipped".into(),
+            terminal: true,
             history: vec![
                 entry("placed", "00.000000"),
                 entry("accepted", "00.010000"),

@@ -3,12 +3,12 @@
 //! id at once; with `--wait`, poll the tracker for its outcome; with
 //! `--sync`, give it a deadline: a node applies it before then or never.
 
-use crate::tracker_client::TrackerClient;
 use anyhow::Context;
 use chrono::Utc;
 use shared::change::{Change, ChangeEvent, ChangeKind, ChangeRequest};
 use shared::order::ShipTo;
 use shared::settings::Settings;
+use shared::tracker_api::TrackerClient;
 use shared::transport::message::{change_event_message, change_request_message};
 use shared::transport::{connect, Publisher};
 use std::time::{Duration, Instant};
@@ -71,18 +71,14 @@ pub async fn request(
         // After the deadline no node applies it; the grace lets a just-made decision reach the tracker.
         Mode::Sync(timeout) => (timeout + Duration::from_secs(2), true),
     };
-    let client = TrackerClient::new(settings);
+    let client = TrackerClient::new(&settings.tracker_url());
+    let change_id = request.change_id.to_string();
     let until = Instant::now() + timeout;
     loop {
-        if let Ok(view) = client.order(&order_id.to_string()).await {
-            let outcome = view["history"].as_array().into_iter().flatten().find(|h| {
-                h["change_id"] == request.change_id.to_string()
-                    && (h["state"] == "change_applied" || h["state"] == "change_rejected")
-            });
-            if let Some(entry) = outcome {
-                let node = entry["node"].as_str().unwrap_or("?");
-                let detail = entry["detail"].as_str().unwrap_or_default();
-                if entry["state"] == "change_applied" {
+        if let Ok(view) = client.order(&order_id).await {
+            if let Some(outcome) = view.change_outcome(&change_id) {
+                let (node, detail) = (&outcome.node, &outcome.detail);
+                if outcome.state == "change_applied" {
                     println!("applied by {node}: {detail}");
                     return Ok(true);
                 }
@@ -91,12 +87,8 @@ pub async fn request(
             }
         }
         if Instant::now() >= until {
-            let state = client
-                .order(&order_id.to_string())
-                .await
-                .ok()
-                .and_then(|v| v["state"].as_str().map(str::to_string))
-                .unwrap_or_else(|| "unknown".into());
+            let state =
+                client.order(&order_id).await.map(|view| view.state).unwrap_or_else(|_| "unknown".into());
             if sync {
                 anyhow::bail!(
                     "no node answered within {:.0} s: the node that would handle the order (now {state}) \

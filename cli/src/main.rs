@@ -4,7 +4,6 @@
 mod change;
 mod dlq;
 mod publish;
-mod tracker_client;
 mod watch;
 
 use clap::{Parser, Subcommand};

@@ -2,12 +2,12 @@
 //! one's first state (`placed`) on the audit exchange, and sends it to
 //! intake, every message confirmed by the broker before its id is printed.
 
-use crate::tracker_client::TrackerClient;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use shared::audit::AuditEvent;
 use shared::order::{Order, OrderElement};
 use shared::settings::Settings;
+use shared::tracker_api::TrackerClient;
 use shared::transport::message::{audit_message, element_message};
 use shared::transport::Publisher;
 use std::io::{BufRead, Write};
@@ -125,7 +125,7 @@ fn placed_detail(element: &OrderElement) -> String {
 /// Waits (up to 10 s) until the tracker has recorded every published order,
 /// so that `status` knows an order as soon as this command returns.
 async fn wait_until_tracked(settings: &Settings, ids: &[uuid::Uuid]) {
-    let client = TrackerClient::new(settings);
+    let client = TrackerClient::new(&settings.tracker_url());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match client.statuses(ids).await {
@@ -135,7 +135,7 @@ async fn wait_until_tracked(settings: &Settings, ids: &[uuid::Uuid]) {
                 return;
             }
             Err(error) => {
-                eprintln!("note: the orders are published; {error:#}");
+                eprintln!("note: the orders are published; {:#}", anyhow::Error::from(error));
                 return;
             }
             _ => tokio::time::sleep(Duration::from_millis(100)).await,

@@ -1,53 +1,42 @@
 //! `orderflow status`, `watch` and `wait`: reading the pipeline's progress
 //! from the tracker, by polling, as the manifesto prefers.
 
-use crate::tracker_client::TrackerClient;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{json, Value};
 use shared::settings::Settings;
+use shared::tracker_api::{Stats, TrackerClient};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
+fn client(settings: &Settings) -> TrackerClient {
+    TrackerClient::new(&settings.tracker_url())
+}
+
 pub async fn status(settings: &Settings, id: &str, as_json: bool) -> anyhow::Result<()> {
-    let view = TrackerClient::new(settings).order(id).await?;
+    let id = Uuid::parse_str(id).map_err(|_| anyhow::anyhow!("{id:?} is not an order id (a uuid)"))?;
+    let view = client(settings).order(&id).await?;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(());
     }
-    let terminal = if view["terminal"].as_bool() == Some(true) { " (terminal)" } else { "" };
-    println!(
-        "order {}: {}{terminal}",
-        view["order_id"].as_str().unwrap_or(id),
-        view["state"].as_str().unwrap_or("?")
-    );
-    for entry in view["history"].as_array().into_iter().flatten() {
-        println!(
-            "  {:<27} {:<17} {:<11} {}",
-            entry["at"].as_str().unwrap_or_default(),
-            entry["state"].as_str().unwrap_or_default(),
-            entry["node"].as_str().unwrap_or_default(),
-            entry["detail"].as_str().unwrap_or_default()
-        );
+    let terminal = if view.terminal { " (terminal)" } else { "" };
+    println!("order {}: {}{terminal}", view.order_id, view.state);
+    for entry in &view.history {
+        println!("  {:<27} {:<17} {:<11} {}", entry.at, entry.state, entry.node, entry.detail);
     }
     Ok(())
 }
 
-fn counts_line(stats: &Value) -> String {
-    let mut parts: Vec<String> = stats["by_state"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(state, n)| format!("{state}={n}"))
-        .collect();
-    parts.push(format!("total={}", stats["orders"]));
+fn counts_line(stats: &Stats) -> String {
+    let mut parts: Vec<String> = stats.by_state.iter().map(|(state, n)| format!("{state}={n}")).collect();
+    parts.push(format!("total={}", stats.orders));
     parts.join("  ")
 }
 
 pub async fn watch(settings: &Settings, once: bool) -> anyhow::Result<()> {
-    let client = TrackerClient::new(settings);
+    let client = client(settings);
     if once {
         println!("{}", counts_line(&client.stats().await?));
         return Ok(());
@@ -57,7 +46,7 @@ pub async fn watch(settings: &Settings, once: bool) -> anyhow::Result<()> {
     loop {
         match client.stats().await {
             Ok(stats) => spinner.set_message(counts_line(&stats)),
-            Err(error) => spinner.set_message(format!("{error:#}")),
+            Err(error) => spinner.set_message(format!("{:#}", anyhow::Error::from(error))),
         }
         spinner.tick();
         tokio::select! {
@@ -84,7 +73,7 @@ fn read_ids(path: &Path) -> anyhow::Result<Vec<Uuid>> {
 /// Polls until every order is terminal; `Ok(false)` on timeout.
 pub async fn wait(settings: &Settings, ids_file: &Path, timeout_secs: f64) -> anyhow::Result<bool> {
     let ids = read_ids(ids_file)?;
-    let client = TrackerClient::new(settings);
+    let client = client(settings);
     let deadline = Instant::now() + Duration::from_secs_f64(timeout_secs);
     let bar = ProgressBar::new(ids.len() as u64);
     bar.set_style(
@@ -104,7 +93,7 @@ pub async fn wait(settings: &Settings, ids_file: &Path, timeout_secs: f64) -> an
         let done = terminal == ids.len();
         if done || Instant::now() >= deadline {
             bar.finish_and_clear();
-            println!("{}", json!(counts));
+            println!("{}", serde_json::to_string(&counts)?);
             if !done {
                 eprintln!(
                     "timed out after {timeout_secs} s: {} of {} orders are terminal",

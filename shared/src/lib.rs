@@ -14,6 +14,7 @@ pub mod shutdown;
 pub mod stage;
 pub mod store;
 pub mod telemetry;
+pub mod tracker_api;
 pub mod transport;
 
 pub use audit::AuditEvent;

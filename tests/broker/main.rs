@@ -70,7 +70,7 @@ async fn workers_survive_broker_restarts() {
 
     if full_restart_allowed() {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let before = stack.statuses(&ids).await.values().filter(|s| s["terminal"] == true).count();
+        let before = stack.statuses(&ids).await.values().filter(|s| s.terminal).count();
         assert!(before < ids.len(), "every order finished before the full restart; nothing was in flight");
         tokio::task::spawn_blocking(|| {
             rabbitmqctl(&["stop"]);

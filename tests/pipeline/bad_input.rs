@@ -71,15 +71,12 @@ async fn bad_input_gets_a_clear_outcome_and_loses_nothing() {
     for ((_, reason), id) in rejected.iter().zip(&ids) {
         let view = stack.order(id).await;
         assert_eq!(states(&view), ["placed", "rejected"], "order {id}");
-        let detail = view["history"][1]["detail"].as_str().unwrap();
+        let detail = &view.history[1].detail;
         assert!(detail.contains(reason), "{detail:?} should say {reason:?}");
     }
     let shipped = stack.order(ids.last().unwrap()).await;
     assert_eq!(states(&shipped).last().unwrap(), "shipped");
-    assert!(shipped["history"].as_array().unwrap().last().unwrap()["detail"]
-        .as_str()
-        .unwrap()
-        .contains(hostile));
+    assert!(shipped.history.last().unwrap().detail.contains(hostile));
 
     // Garbage on the audit exchange is dead-lettered by the tracker, which goes on.
     let connection = stack.connect().await;

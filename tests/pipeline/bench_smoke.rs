@@ -77,9 +77,7 @@ async fn the_benchmark_smoke_run_prints_every_figure() {
     for figure in FIGURES {
         assert!(stdout.contains(figure), "the report lacks {figure:?}:\n{stdout}");
     }
-    for process in
-        ["tracker", "intake", "payment", "inventory", "picklist", "rebin", "shipping", "exceptions"]
-    {
+    for process in harness::processes() {
         let row = stdout.lines().find(|l| l.starts_with(&format!("| {process} |")));
         let row = row.unwrap_or_else(|| panic!("no peak RSS / CPU row for {process}:\n{stdout}"));
         assert!(row.contains("MiB"), "{process}'s row has no peak RSS: {row}");

@@ -5,6 +5,7 @@
 //! shipped order carries the last applied address; sync mode answers or
 //! fails clearly.
 
+use harness::OrderView;
 use serde_json::{json, Value};
 use shared::change::{Change, ChangeEvent, ChangeKind, ChangeRequest};
 use shared::order::ShipTo;
@@ -12,7 +13,7 @@ use shared::transport::message::{change_event_message, change_request_message};
 use shared::transport::Publisher;
 use std::collections::HashMap;
 use std::time::Duration;
-use tests::{assert_books_balance, change_records, orders, states, Stack, NODES};
+use tests::{assert_books_balance, change_records, orders, states, Stack};
 
 fn address(n: usize) -> ShipTo {
     ShipTo {
@@ -39,10 +40,10 @@ async fn a_storm_of_address_changes_has_one_outcome_each_and_ships_the_last() {
     let env =
         [("ORDERFLOW_DELAY_MS", "25"), ("ORDERFLOW_PREFETCH", "8"), ("ORDERFLOW_DELAY_MS_PICKLIST", "0")];
     let mut stack = Stack::empty("storm", &env).await;
-    stack.spawn("tracker", "tracker-1", &[]);
-    for node in NODES {
-        stack.spawn(node, &format!("{node}-1"), &[]);
-        stack.spawn(node, &format!("{node}-2"), &[]);
+    stack.spawn("tracker", "tracker-1");
+    for node in harness::nodes() {
+        stack.spawn(node, &format!("{node}-1"));
+        stack.spawn(node, &format!("{node}-2"));
     }
     stack.wait_for_tracker().await;
     let mut rng = rand::thread_rng();
@@ -90,23 +91,19 @@ async fn a_storm_of_address_changes_has_one_outcome_each_and_ships_the_last() {
                 applied += 1;
             }
         }
-        for entry in view["history"].as_array().unwrap() {
-            if entry["state"] == "change_applied" {
-                last_applied = Some(entry["detail"].as_str().unwrap().to_string());
+        for entry in &view.history {
+            if entry.state == "change_applied" {
+                last_applied = Some(entry.detail.clone());
             }
         }
-        let history = view["history"].as_array().unwrap();
-        let shipped = history.iter().find(|h| h["state"] == "shipped").expect("shipped");
-        let shipped_detail = shipped["detail"].as_str().unwrap();
+        let history = &view.history;
+        let shipped = history.iter().find(|h| h.state == "shipped").expect("shipped");
+        let shipped_detail = shipped.detail.as_str();
         if let Some(last) = last_applied {
             let shipped_to = last.trim_start_matches("ship to ").split(" (version").next().unwrap();
             assert!(shipped_detail.contains(shipped_to), "shipped {shipped_detail:?}, last applied {last:?}");
         }
-        assert_eq!(
-            shipped["version"].as_i64().unwrap(),
-            applied,
-            "the shipping step saw every applied change"
-        );
+        assert_eq!(shipped.version, applied, "the shipping step saw every applied change");
         applied_total += applied;
     }
     assert!(applied_total > 0, "no change was applied: nothing was in flight");
@@ -114,15 +111,15 @@ async fn a_storm_of_address_changes_has_one_outcome_each_and_ships_the_last() {
 }
 
 /// Holds an order just before `node` (stopped), asks to cancel it, and restarts the node.
-async fn cancel_at(stack: &mut Stack, node: &str, waits_in: &str, units: i64) -> Value {
+async fn cancel_at(stack: &mut Stack, node: &str, waits_in: &str, units: i64) -> OrderView {
     let label = format!("{node}-1");
-    assert!(stack.stop(&label).success());
+    assert!(stack.stop(&label).await.success());
     let ids = stack.publish(&[orders::valid(units, "express")]);
     stack.wait_state(&ids[0], waits_in, Duration::from_secs(30)).await;
     let (code, change_id, _, stderr) = stack.change_cli(&["cancel", &ids[0].to_string()]);
     assert_eq!(code, 0, "{stderr}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stack.spawn(node, &label, &[]);
+    stack.spawn(node, &label);
     stack.wait_terminal(&ids, Duration::from_secs(30)).await;
     let view = stack.wait_change_outcomes(&ids[0], 1, Duration::from_secs(30)).await;
     let records = change_records(&view, &change_id);
@@ -224,22 +221,22 @@ async fn changes_in_a_picklist_batch_and_the_cut_off_points() {
     let view = stack.order(&ids[0]).await;
     let records = change_records(&view, &address_change);
     assert_eq!((records[1].0.as_str(), records[1].1.as_str()), ("change_applied", "picklist"), "{records:?}");
-    let history = view["history"].as_array().unwrap();
-    let picked = history.iter().find(|h| h["state"] == "picked").unwrap();
-    assert!(picked["detail"].as_str().unwrap().contains("overnight"), "{picked}");
-    let shipped = history.iter().find(|h| h["state"] == "shipped").unwrap();
-    let detail = shipped["detail"].as_str().unwrap();
+    let history = &view.history;
+    let picked = history.iter().find(|h| h.state == "picked").unwrap();
+    assert!(picked.detail.contains("overnight"), "{picked:?}");
+    let shipped = history.iter().find(|h| h.state == "shipped").unwrap();
+    let detail = &shipped.detail;
     assert!(detail.contains(&address_text(&address(7))) && detail.contains("overnight"), "{detail}");
-    assert_eq!(shipped["version"], 2);
+    assert_eq!(shipped.version, 2);
 
     // After picking: the method is past its cut-off, the address is not.
-    assert!(stack.stop("rebin-1").success());
+    assert!(stack.stop("rebin-1").await.success());
     let ids = stack.publish(&[orders::valid(2, "express")]);
     stack.wait_state(&ids[0], "picked", Duration::from_secs(30)).await;
     let id = ids[0].to_string();
     let (_, method_change, _, _) = stack.change_cli(&["change", &id, "--shipping-method", "standard"]);
     let (_, address_change, _, _) = stack.change_cli(&["change", &id, "--ship-to", &address_json(8)]);
-    stack.spawn("rebin", "rebin-1", &[]);
+    stack.spawn("rebin", "rebin-1");
     stack.wait_terminal(&ids, Duration::from_secs(30)).await;
     let view = stack.wait_change_outcomes(&ids[0], 2, Duration::from_secs(30)).await;
     let method = change_records(&view, &method_change);
@@ -247,9 +244,8 @@ async fn changes_in_a_picklist_batch_and_the_cut_off_points() {
     assert!(method[1].2.contains("already picked"), "{method:?}");
     let address_records = change_records(&view, &address_change);
     assert_eq!((address_records[1].0.as_str(), address_records[1].1.as_str()), ("change_applied", "rebin"));
-    let last =
-        view["history"].as_array().unwrap().iter().rev().find(|h| h["state"] == "shipped").unwrap().clone();
-    assert!(last["detail"].as_str().unwrap().contains(&address_text(&address(8))));
+    let last = view.history.iter().rev().find(|h| h.state == "shipped").unwrap().clone();
+    assert!(last.detail.contains(&address_text(&address(8))));
 
     // After shipping, for a terminal order, and for an order that does not exist: rejected with the reason.
     let (code, _, out, _) = stack.change_cli(&["change", &id, "--ship-to", &address_json(9), "--wait"]);
@@ -305,7 +301,7 @@ async fn sync_mode_answers_both_ways_and_fails_clearly_without_its_node() {
 
     // No answer: the node that would apply it is stopped. The command says so and fails,
     // and the change is never applied, even after the node comes back.
-    assert!(stack.stop("payment-1").success());
+    assert!(stack.stop("payment-1").await.success());
     let ids = stack.publish(&[orders::valid(1, "express")]);
     stack.wait_state(&ids[0], "accepted", Duration::from_secs(30)).await;
     let (code, change_id, out, err) = stack.change_cli(&[
@@ -320,13 +316,12 @@ async fn sync_mode_answers_both_ways_and_fails_clearly_without_its_node() {
     assert_eq!(code, 2, "{out} {err}");
     assert!(err.contains("no node answered within 2 s") && err.contains("not applied"), "{err}");
     assert!(!out.contains("applied"), "{out}");
-    stack.spawn("payment", "payment-1", &[]);
+    stack.spawn("payment", "payment-1");
     stack.wait_terminal(&ids, Duration::from_secs(30)).await;
     let view = stack.wait_change_outcomes(&ids[0], 1, Duration::from_secs(30)).await;
     let records = change_records(&view, &change_id);
     assert_eq!(records[1].0, "change_rejected", "{records:?}");
     assert!(records[1].2.contains("deadline"), "{records:?}");
-    let shipped =
-        view["history"].as_array().unwrap().iter().find(|h| h["state"] == "shipped").unwrap().clone();
-    assert!(!shipped["detail"].as_str().unwrap().contains("Recipient 2"), "the withdrawn change was applied");
+    let shipped = view.history.iter().find(|h| h.state == "shipped").unwrap().clone();
+    assert!(!shipped.detail.contains("Recipient 2"), "the withdrawn change was applied");
 }

@@ -1,6 +1,6 @@
 //! The docker-compose file (no Docker engine runs here): it parses, runs
 //! RabbitMQ 4 with the management UI and loaded definitions, does not use the
-//! guest account, and names every worker and the tracker.
+//! guest account, and runs exactly the processes of the workflow definition.
 
 use serde_yaml::Value;
 
@@ -15,8 +15,26 @@ fn compose_file_names_every_service() {
     let image = rabbit["image"].as_str().expect("rabbitmq image");
     assert!(image.starts_with("rabbitmq:4") && image.contains("management"), "{image}");
     assert!(!text.contains("guest"), "the compose stack must not use the guest account");
-    for node in tests::NODES.iter().chain(&["tracker"]) {
-        let service = services.get(Value::from(*node)).unwrap_or_else(|| panic!("no service {node}"));
+    // The long-running services are exactly the definition's processes, each running its binary.
+    let mut running: Vec<String> = services
+        .iter()
+        .filter(|(name, _)| !matches!(name.as_str(), Some("rabbitmq" | "definitions")))
+        .map(|(name, service)| {
+            let name = name.as_str().expect("service name").to_string();
+            assert_eq!(
+                service["command"][0].as_str(),
+                Some(name.as_str()),
+                "service {name} runs another binary"
+            );
+            name
+        })
+        .collect();
+    running.sort();
+    let mut defined: Vec<String> = harness::processes().iter().map(|p| p.to_string()).collect();
+    defined.sort();
+    assert_eq!(running, defined, "compose services differ from `topology processes`");
+    for node in harness::processes() {
+        let service = services.get(Value::from(node)).unwrap_or_else(|| panic!("no service {node}"));
         assert!(service.get("build").is_some(), "{node} is not built from the workspace");
         let env = &service["environment"];
         assert!(env["AMQP_URL"].as_str().is_some(), "{node} has no AMQP_URL");

@@ -5,7 +5,7 @@
 
 use rand::{seq::SliceRandom, Rng};
 use std::time::Duration;
-use tests::{assert_books_balance, finish_publish, management, random_valid_order, Stack, NODES};
+use tests::{assert_books_balance, finish_publish, management, random_valid_order, Stack};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_every_node_loses_and_doubles_nothing() {
@@ -14,7 +14,7 @@ async fn kill_9_of_every_node_loses_and_doubles_nothing() {
     let orders: Vec<_> = (0..2000).map(|_| random_valid_order(&mut rng)).collect();
     let publishing = stack.publish_in_background(&orders, &["--rate", "400"]);
 
-    let mut victims: Vec<&str> = NODES.iter().copied().chain(["tracker"]).collect();
+    let mut victims: Vec<&str> = harness::processes();
     for _round in 0..2 {
         victims.shuffle(&mut rng);
         for node in &victims {
@@ -22,7 +22,7 @@ async fn kill_9_of_every_node_loses_and_doubles_nothing() {
             let label = format!("{node}-1");
             stack.kill(&label);
             tokio::time::sleep(Duration::from_millis(rng.gen_range(0..300))).await;
-            stack.spawn(node, &label, &[]);
+            stack.spawn(node, &label);
         }
     }
     let ids = tokio::task::spawn_blocking(move || finish_publish(publishing)).await.unwrap();
@@ -35,7 +35,7 @@ async fn kill_9_of_every_node_loses_and_doubles_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_events_wait_while_the_tracker_is_down() {
     let mut stack = Stack::start("tracker-down", &[]).await;
-    let status = stack.stop("tracker-1");
+    let status = stack.stop("tracker-1").await;
     assert!(status.success());
     let mut rng = rand::thread_rng();
     let orders: Vec<_> = (0..200).map(|_| random_valid_order(&mut rng)).collect();
@@ -54,7 +54,7 @@ async fn audit_events_wait_while_the_tracker_is_down() {
     }
     assert!(waiting >= 200 * 6, "only {waiting} audit events are waiting");
 
-    stack.spawn("tracker", "tracker-1", &[]);
+    stack.spawn("tracker", "tracker-1");
     stack.wait_for_tracker().await;
     stack.wait_terminal(&ids, Duration::from_secs(60)).await;
     assert_books_balance(&stack, &orders, &ids).await;

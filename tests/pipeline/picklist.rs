@@ -24,13 +24,12 @@ async fn picklists_group_by_method_within_batch_size_and_flush() {
     let mut waits_ms = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let view = stack.order(id).await;
-        let history = view["history"].as_array().unwrap();
         let at = |state: &str| {
-            let entry = history.iter().find(|h| h["state"] == state).expect(state);
-            DateTime::parse_from_rfc3339(entry["at"].as_str().unwrap()).unwrap()
+            let entry = view.entry(state).expect(state);
+            DateTime::parse_from_rfc3339(&entry.at).unwrap()
         };
-        let picked = history.iter().find(|h| h["state"] == "picked").expect("picked");
-        let detail = picked["detail"].as_str().unwrap();
+        let picked = view.entry("picked").expect("picked");
+        let detail = picked.detail.as_str();
         let picklist_id = detail.split_whitespace().nth(1).unwrap().to_string();
         assert!(detail.contains(methods[i % 3]), "{detail} should name {}", methods[i % 3]);
         picklists.entry(picklist_id).or_default().push(methods[i % 3]);

@@ -392,6 +392,11 @@ pub const WORKFLOW: Workflow = Workflow {
     services: &["tracker"],
 };
 
+/// Every long-running process of orderflow's stack (`WORKFLOW.processes()`).
+pub fn processes() -> Vec<&'static str> {
+    WORKFLOW.processes()
+}
+
 impl Workflow {
     /// The workflow nodes, in table order.
     pub fn nodes(&self) -> impl Iterator<Item = Node> + '_ {

@@ -10,8 +10,7 @@ use axum::{
     routing::{get, post},
     Json, Router,
 };
-use serde::Deserialize;
-use serde_json::json;
+use shared::tracker_api::{ApiError, StatusRequest};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -36,7 +35,7 @@ pub async fn serve(
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
+    (status, Json(ApiError { error: message.into() })).into_response()
 }
 
 fn internal(e: sqlx::Error) -> Response {
@@ -55,11 +54,6 @@ async fn order(State(store): State<TrackerStore>, Path(id): Path<String>) -> Res
     }
 }
 
-#[derive(Deserialize)]
-struct StatusRequest {
-    ids: Vec<Uuid>,
-}
-
 async fn statuses(State(store): State<TrackerStore>, Json(request): Json<StatusRequest>) -> Response {
     if request.ids.len() > 100_000 {
         return error(StatusCode::BAD_REQUEST, "at most 100000 ids per request");
@@ -72,10 +66,7 @@ async fn statuses(State(store): State<TrackerStore>, Json(request): Json<StatusR
 
 async fn stats(State(store): State<TrackerStore>) -> Response {
     match store.stats().await {
-        Ok(by_state) => {
-            let total: i64 = by_state.values().sum();
-            Json(json!({ "orders": total, "by_state": by_state })).into_response()
-        }
+        Ok(stats) => Json(stats).into_response(),
         Err(e) => internal(e),
     }
 }

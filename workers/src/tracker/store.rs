@@ -2,11 +2,11 @@
 //! event id is the key, so a duplicate is dropped), `tracker_orders` each
 //! order's latest state. SQLite by default, PostgreSQL with `DATABASE_URL`.
 
-use serde::Serialize;
 use shared::audit::{rfc3339, AuditEvent};
 use shared::change::ChangeEvent;
 use shared::settings::Settings;
 use shared::store::Store;
+use shared::tracker_api::{HistoryEntry, OrderStatus, OrderView, Stats, Statuses};
 use sqlx::Row as _;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
@@ -26,42 +26,6 @@ const SCHEMA: &[&str] = &[
 pub enum Record {
     State(AuditEvent),
     Change(ChangeEvent),
-}
-
-/// One entry of an order's history.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct HistoryEntry {
-    pub state: String,
-    pub from_state: Option<String>,
-    pub node: String,
-    pub instance_id: String,
-    /// When the node made the change.
-    pub at: String,
-    /// When the tracker recorded it.
-    pub recorded_at: String,
-    pub detail: String,
-    pub seq: i64,
-    pub version: i64,
-    pub event_id: String,
-    /// Set on the records of in-flight changes (`change_requested`, `change_applied`, `change_rejected`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub change_id: Option<String>,
-}
-
-/// An order as the tracker knows it.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct OrderView {
-    pub order_id: String,
-    pub state: String,
-    pub terminal: bool,
-    pub history: Vec<HistoryEntry>,
-}
-
-/// An order's latest state only.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct OrderStatus {
-    pub state: String,
-    pub terminal: bool,
 }
 
 #[derive(Clone)]
@@ -172,8 +136,8 @@ impl TrackerStore {
     }
 
     /// Latest state of each of `ids` the tracker knows.
-    pub async fn statuses(&self, ids: &[Uuid]) -> sqlx::Result<BTreeMap<String, OrderStatus>> {
-        let mut found = BTreeMap::new();
+    pub async fn statuses(&self, ids: &[Uuid]) -> sqlx::Result<Statuses> {
+        let mut found = Statuses::new();
         for chunk in ids.chunks(500) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
@@ -195,12 +159,16 @@ impl TrackerStore {
         Ok(found)
     }
 
-    /// Orders per state.
-    pub async fn stats(&self) -> sqlx::Result<BTreeMap<String, i64>> {
+    /// Orders per state, and in all.
+    pub async fn stats(&self) -> sqlx::Result<Stats> {
         let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM tracker_orders GROUP BY state")
             .fetch_all(&self.store.pool)
             .await?;
-        rows.into_iter().map(|row| Ok((row.try_get("state")?, row.try_get("n")?))).collect()
+        let by_state: BTreeMap<String, i64> = rows
+            .into_iter()
+            .map(|row| Ok((row.try_get("state")?, row.try_get("n")?)))
+            .collect::<sqlx::Result<_>>()?;
+        Ok(Stats { orders: by_state.values().sum(), by_state })
     }
 }
 

@@ -1,6 +1,6 @@
-//! The local broker as the bench uses it: its address without a vhost, the
-//! management API, and vhosts of the bench's own that are deleted when
-//! dropped (so also on error and panic), plus the machine's description.
+//! The broker a stack runs on: its AMQP address without a vhost and its
+//! management API, and vhosts of a stack's own, created through the
+//! management API and deleted when dropped (so also on error and panic).
 
 use anyhow::Context;
 use topology::management::{amqp_url_parts, encode, Management};
@@ -16,6 +16,10 @@ pub struct Broker {
     mgmt_password: String,
     management: Management,
 }
+
+/// The local broker's address as the tests use it (guest is allowed from loopback only).
+const LOCAL_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const LOCAL_MGMT_URL: &str = "http://127.0.0.1:15672";
 
 impl Broker {
     /// From an AMQP URL (its vhost is ignored) and the management API's URL;
@@ -36,8 +40,40 @@ impl Broker {
         })
     }
 
+    /// The local broker as guest, its management API at `ORDERFLOW_MGMT_URL`
+    /// (default `http://127.0.0.1:15672`).
+    pub fn local() -> Broker {
+        let mgmt_url = std::env::var("ORDERFLOW_MGMT_URL").unwrap_or_else(|_| LOCAL_MGMT_URL.into());
+        Broker::new(LOCAL_AMQP_URL, &mgmt_url).expect("the local broker's URL is valid")
+    }
+
+    /// The AMQP URL of `vhost` on this broker.
     pub fn url(&self, vhost: &str) -> String {
         format!("{}/{}", self.base, encode(vhost))
+    }
+
+    /// The AMQP user, who gets every right on the vhosts made here.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    pub fn management(&self) -> &Management {
+        &self.management
+    }
+
+    /// A management client of its own, with its own HTTP connections: for a
+    /// runtime other than the one that made this broker (e.g. in `drop`).
+    pub fn fresh_management(&self) -> Management {
+        Management::new(&self.mgmt_url, &self.mgmt_user, &self.mgmt_password)
+    }
+
+    /// The settings that point a process (the CLI's dead-letter commands) at this management API.
+    pub fn management_env(&self) -> [(&'static str, &str); 3] {
+        [
+            ("ORDERFLOW_MGMT_URL", &self.mgmt_url),
+            ("ORDERFLOW_MGMT_USER", &self.mgmt_user),
+            ("ORDERFLOW_MGMT_PASSWORD", &self.mgmt_password),
+        ]
     }
 
     /// RabbitMQ's and Erlang's versions, from the management API's overview.
@@ -57,76 +93,51 @@ impl Broker {
     }
 }
 
-/// A vhost of the bench's own; deleted (with all its queues) by [`BenchVhost::delete`] or on drop.
-pub struct BenchVhost {
+/// A vhost of its own; deleted (with all its queues) by [`Vhost::delete`] or on drop.
+pub struct Vhost {
     pub name: String,
     pub amqp_url: String,
-    management: Management,
-    /// Management URL, user and password, for a client of its own in `drop`.
-    credentials: (String, String, String),
+    broker: Broker,
     deleted: bool,
 }
 
-impl BenchVhost {
-    pub async fn create(broker: &Broker, run_id: &str, tag: &str) -> anyhow::Result<BenchVhost> {
-        let name = format!("orderflow-bench-{run_id}-{tag}");
-        let management = broker.management.clone();
-        management
-            .create_vhost(&name)
+impl Vhost {
+    /// Creates `name` and gives the broker's user every right on it.
+    pub async fn create(broker: &Broker, name: &str) -> anyhow::Result<Vhost> {
+        broker
+            .management
+            .create_vhost(name)
             .await
             .with_context(|| format!("creating vhost {name} (is the management plugin on?)"))?;
-        let credentials = (broker.mgmt_url.clone(), broker.mgmt_user.clone(), broker.mgmt_password.clone());
-        let vhost = BenchVhost { amqp_url: broker.url(&name), name, management, credentials, deleted: false };
-        vhost.management.set_permissions(&vhost.name, &broker.user, ".*", ".*", ".*").await?;
+        let vhost = Vhost {
+            name: name.to_string(),
+            amqp_url: broker.url(name),
+            broker: broker.clone(),
+            deleted: false,
+        };
+        broker.management.set_permissions(name, &broker.user, ".*", ".*", ".*").await?;
         Ok(vhost)
     }
 
-    pub async fn delete(mut self) -> anyhow::Result<()> {
+    /// Deletes the vhost now (its drop then has nothing left to do).
+    pub async fn delete(&mut self) -> anyhow::Result<()> {
         self.deleted = true;
-        self.management.delete_vhost(&self.name).await
+        self.broker.management.delete_vhost(&self.name).await
     }
 }
 
-impl Drop for BenchVhost {
+impl Drop for Vhost {
     fn drop(&mut self) {
         if self.deleted {
             return;
         }
         // Drop cannot await: delete on a thread with a runtime (and an HTTP client) of its own.
-        let (url, user, password) = self.credentials.clone();
+        let management = self.broker.fresh_management();
         let name = self.name.clone();
         let _ = std::thread::spawn(move || {
-            let management = Management::new(&url, &user, &password);
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async { management.delete_vhost(&name).await })
         })
         .join();
     }
-}
-
-/// CPU, memory, kernel and OS of this machine, in one line.
-pub fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, m)| m.trim().to_string())
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_gib = meminfo
-        .lines()
-        .find(|l| l.starts_with("MemTotal:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kib| kib.parse::<f64>().ok())
-        .map(|kib| kib / 1024.0 / 1024.0)
-        .unwrap_or(0.0);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let os = std::fs::read_to_string("/etc/os-release")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
-        .unwrap_or_else(|| "Linux".into());
-    format!("{model}, {cores} cores, {mem_gib:.1} GiB RAM, {os}, kernel {}", kernel.trim())
 }

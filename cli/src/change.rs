@@ -6,9 +6,10 @@
 use anyhow::Context;
 use chrono::Utc;
 use shared::change::{Change, ChangeEvent, ChangeKind, ChangeRequest};
+use shared::change_book::MAX_CHANGE_REQUEST_BYTES;
 use shared::order::ShipTo;
 use shared::settings::Settings;
-use shared::tracker_api::TrackerClient;
+use shared::tracker_api::{TrackerClient, TrackerError};
 use shared::transport::message::{change_event_message, change_request_message};
 use shared::transport::{connect, Publisher};
 use std::time::{Duration, Instant};
@@ -43,6 +44,29 @@ pub async fn request(
         _ => None,
     };
     let request = ChangeRequest::new(order_id, change, deadline);
+    let size = serde_json::to_vec(&request)?.len();
+    anyhow::ensure!(
+        size <= MAX_CHANGE_REQUEST_BYTES,
+        "the change request is {size} bytes; at most {MAX_CHANGE_REQUEST_BYTES} are accepted (nothing was sent)"
+    );
+    let client = TrackerClient::new(&settings.tracker_url());
+    // Not a decision (the node holding the order makes that, once): a request
+    // for an order nobody placed is simply not sent.
+    match client.order(&order_id).await {
+        Err(TrackerError::Refused { status: 404, .. }) => {
+            // Same output as always: the change id, then its outcome.
+            println!("{}", request.change_id);
+            println!(
+                "rejected by tracker: no order {order_id} exists, so the request was not sent \
+                 (an order placed a moment ago may not be known yet: try again)"
+            );
+            return Ok(false);
+        }
+        Err(error @ TrackerError::Unreachable { .. }) => {
+            eprintln!("warning: {error}; sending the change anyway (the node holding the order decides it)");
+        }
+        _ => {}
+    }
     let connection = connect(&settings.amqp_url, "orderflow-change")
         .await
         .with_context(|| format!("cannot connect to RabbitMQ at {}", settings.amqp_url_redacted()))?;
@@ -71,7 +95,6 @@ pub async fn request(
         // After the deadline no node applies it; the grace lets a just-made decision reach the tracker.
         Mode::Sync(timeout) => (timeout + Duration::from_secs(2), true),
     };
-    let client = TrackerClient::new(&settings.tracker_url());
     let change_id = request.change_id.to_string();
     let until = Instant::now() + timeout;
     loop {

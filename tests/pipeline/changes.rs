@@ -325,3 +325,47 @@ async fn sync_mode_answers_both_ways_and_fails_clearly_without_its_node() {
     let shipped = view.history.iter().find(|h| h.state == "shipped").unwrap().clone();
     assert!(!shipped.detail.contains("Recipient 2"), "the withdrawn change was applied");
 }
+
+/// One decider per change: a change published (by any client) before its
+/// order is decided by the node that meets the order, and by nobody else;
+/// the CLI does not send a change for an order nobody placed, so nothing
+/// rejected is applied later (the probe's case: rejected by the tracker,
+/// then applied at intake once the order came).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_has_one_decider_even_when_it_comes_before_its_order() {
+    let stack = Stack::start("decider", &[]).await;
+    // A raw change for an order that does not exist yet, as another client would send it.
+    let early = uuid::Uuid::new_v4();
+    let request = ChangeRequest::new(early, Change::ShipTo { ship_to: address(5) }, None);
+    let requested =
+        ChangeEvent::new(&request, ChangeKind::ChangeRequested, "publisher", "test", String::new(), 0);
+    let connection = stack.connect().await;
+    let publisher = Publisher::open(&connection).await.unwrap();
+    publisher
+        .publish_all(&[change_event_message(&requested), change_request_message(&request)])
+        .await
+        .unwrap();
+    // Through the CLI, a change for an order nobody placed is not sent at all.
+    let never = uuid::Uuid::new_v4();
+    let (code, _, out, _) = stack.change_cli(&["change", &never.to_string(), "--ship-to", &address_json(6)]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("no order") && out.contains("not sent"), "{out}");
+    // Let the tracker record the early request before the order exists.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut first = orders::valid(1, "standard");
+    first["order_id"] = json!(early);
+    let mut second = orders::valid(1, "standard");
+    second["order_id"] = json!(never);
+    let ids = stack.publish(&[first, second]);
+    assert_eq!(ids, [early, never]);
+    stack.wait_terminal(&ids, Duration::from_secs(60)).await;
+    let view = stack.wait_change_outcomes(&early, 1, Duration::from_secs(30)).await;
+    let records = change_records(&view, &request.change_id.to_string());
+    let kinds: Vec<&str> = records.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(kinds, ["change_requested", "change_applied"], "{records:?}");
+    let shipped = view.history.iter().find(|h| h.state == "shipped").expect("shipped");
+    assert!(shipped.detail.contains(&address_text(&address(5))), "{}", shipped.detail);
+    let untouched = stack.order(&never).await;
+    assert!(untouched.history.iter().all(|h| h.change_id.is_none()), "no change was sent for {never}");
+    let _ = connection.close(200, "done".into()).await;
+}

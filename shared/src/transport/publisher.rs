@@ -13,6 +13,8 @@ pub enum PublishError {
     Nacked(String),
     #[error("no queue is bound for {0}")]
     Unroutable(String),
+    #[error("no confirm for {0} within {CONFIRM_TIMEOUT:?} (the connection is presumed dead)")]
+    Unconfirmed(String),
 }
 
 /// How long a publish may wait for its confirm.
@@ -54,9 +56,9 @@ impl Publisher {
         for (confirm, message) in confirms {
             let target = || format!("{} / {}", message.exchange, message.routing_key);
             // A confirm that never comes (the connection died under it) is a failure, not a wait for ever.
-            let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await.map_err(|_| {
-                PublishError::Nacked(format!("{} (no confirm within {CONFIRM_TIMEOUT:?})", target()))
-            })?;
+            let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+                .await
+                .map_err(|_| PublishError::Unconfirmed(target()))?;
             match confirmation? {
                 Confirmation::Ack(None) => {}
                 Confirmation::Ack(Some(_)) => return Err(PublishError::Unroutable(target())),

@@ -63,16 +63,10 @@ impl Inventory {
     /// The decision is recorded either way: a shortage too, so a redelivered
     /// element is short again even if stock arrived meanwhile.
     pub async fn reserve(&self, order_id: Uuid, lines: &[(String, i64)]) -> sqlx::Result<ReserveResult> {
+        // The first statement writes, so the transaction takes SQLite's write
+        // lock at once (waiting on the busy timeout) instead of upgrading a
+        // read later, which fails at once with "database is locked".
         let mut tx = self.store.pool.begin().await?;
-        let recorded: Option<String> =
-            sqlx::query_scalar("SELECT skus FROM inventory_shortages WHERE order_id = $1")
-                .bind(order_id.to_string())
-                .fetch_optional(&mut *tx)
-                .await?;
-        if let Some(skus) = recorded {
-            tx.commit().await?;
-            return Ok(ReserveResult::Short(skus.split(',').map(str::to_string).collect()));
-        }
         let lines_json = serde_json::to_string(lines).map_err(|e| sqlx::Error::Encode(e.into()))?;
         let inserted = sqlx::query(
             "INSERT INTO inventory_reservations (order_id, reservation_id, lines, reserved_at) \
@@ -86,6 +80,16 @@ impl Inventory {
         .await?
         .rows_affected();
         if inserted == 1 {
+            let recorded: Option<String> =
+                sqlx::query_scalar("SELECT skus FROM inventory_shortages WHERE order_id = $1")
+                    .bind(order_id.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some(skus) = recorded {
+                // Decided short before: undo the insert, give the same answer.
+                tx.rollback().await?;
+                return Ok(ReserveResult::Short(skus.split(',').map(str::to_string).collect()));
+            }
             let mut short = Vec::new();
             let mut taken = Vec::new();
             for (sku, qty) in lines {

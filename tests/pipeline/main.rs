@@ -14,6 +14,7 @@
 //! - `bench_smoke`: the benchmark's smoke run finishes and prints every figure.
 //! - `privilege`: per-node users with least privilege; strays are refused.
 //! - `postgres`: the stores on PostgreSQL instead of SQLite.
+//! - `transport_faults`: refused publishes, retries out of the consumer (issue 15).
 
 mod bad_input;
 mod bench_smoke;
@@ -28,3 +29,4 @@ mod postgres;
 mod privilege;
 mod retry;
 mod scaling;
+mod transport_faults;

@@ -100,6 +100,12 @@ mod tests {
         assert!(names.contains(&"orderflow.audit.tracker"));
         assert_eq!(defs["bindings"].as_array().unwrap().len(), queues().len());
         assert_eq!(defs["queues"][0]["arguments"]["x-queue-type"], "quorum");
+        let retry =
+            defs["queues"].as_array().unwrap().iter().find(|q| q["name"] == "orderflow.retry.payment");
+        let arguments = &retry.expect("the retry queue is exported")["arguments"];
+        assert_eq!(arguments["x-queue-type"], "classic");
+        assert_eq!(arguments["x-dead-letter-exchange"], "orderflow.workflow");
+        assert_eq!(arguments["x-dead-letter-routing-key"], "order.payment");
     }
 
     #[test]

@@ -34,6 +34,20 @@ pub const TRACKER_QUEUE: &str = "orderflow.audit.tracker";
 /// the last guard against a message that crashes its consumer every time.
 pub const DELIVERY_LIMIT: i64 = 10;
 
+/// A node's retry queue, and the routing key (on [`WORKFLOW_EXCHANGE`]) that
+/// reaches it: a transiently failed element waits there out of its node's
+/// consumer until its per-message TTL (`expiration`) runs out, then the queue
+/// dead-letters it back to the node's queue (`order.<node>`). Nobody consumes it.
+impl Node {
+    pub fn retry_queue(self) -> String {
+        format!("orderflow.retry.{}", self.name())
+    }
+
+    pub fn retry_routing_key(self) -> String {
+        format!("retry.{}", self.name())
+    }
+}
+
 /// Routing key of an audit event: `audit.<node>.<state>`.
 pub fn audit_routing_key(node: &str, state: &str) -> String {
     format!("audit.{node}.{state}")
@@ -64,6 +78,7 @@ pub fn exchanges() -> Vec<ExchangeSpec> {
 pub fn queues() -> Vec<QueueSpec> {
     let mut queues: Vec<QueueSpec> = Node::all().into_iter().map(node_queue).collect();
     queues.extend(Node::all().into_iter().map(changes_queue));
+    queues.extend(Node::all().into_iter().map(retry_queue));
     queues.push(tracker_queue());
     queues.push(dead_letter_queue());
     queues
@@ -78,6 +93,11 @@ pub fn changes_queue(node: Node) -> QueueSpec {
     QueueSpec { name: node.changes_queue(), bindings: vec![(CHANGES_EXCHANGE, String::new())] }
 }
 
+/// The node's retry queue (see [`Node::retry_queue`]).
+pub fn retry_queue(node: Node) -> QueueSpec {
+    QueueSpec { name: node.retry_queue(), bindings: vec![(WORKFLOW_EXCHANGE, node.retry_routing_key())] }
+}
+
 pub fn tracker_queue() -> QueueSpec {
     QueueSpec { name: TRACKER_QUEUE.to_string(), bindings: vec![(AUDIT_EXCHANGE, "#".to_string())] }
 }
@@ -89,7 +109,25 @@ pub fn dead_letter_queue() -> QueueSpec {
 /// Arguments of every queue: durable quorum queues that dead-letter to
 /// [`DEAD_LETTER_EXCHANGE`] after [`DELIVERY_LIMIT`] deliveries. The
 /// dead-letter queue itself has no dead-letter exchange, so nothing loops.
+///
+/// A retry queue is a durable *classic* queue, named so explicitly (a
+/// broker whose default queue type is quorum must not make it one): what it
+/// relies on is per-message TTL (the `expiration` property) with
+/// dead-lettering on expiry, which classic queues support on RabbitMQ 3.10
+/// and 4.x alike (checked on this machine's 3.10.8, where a quorum queue did
+/// it too; quorum message TTL is recent, and classic queues keep the retry
+/// queues out of the quorum delivery-limit policy). Expiry happens at the head of the queue,
+/// so a short delay behind a longer one waits for it: delays are minimums.
+/// Classic dead-lettering is at-most-once; the broker has the message durably
+/// (persistent, confirmed) before the node acknowledges the original.
 pub fn queue_arguments(queue: &str) -> Vec<(&'static str, serde_json::Value)> {
+    if let Some(node) = Node::all().into_iter().find(|n| n.retry_queue() == queue) {
+        return vec![
+            ("x-queue-type", serde_json::json!("classic")),
+            ("x-dead-letter-exchange", serde_json::json!(WORKFLOW_EXCHANGE)),
+            ("x-dead-letter-routing-key", serde_json::json!(node.routing_key())),
+        ];
+    }
     let mut args = vec![("x-queue-type", serde_json::json!("quorum"))];
     if queue != DEAD_LETTER_QUEUE {
         args.push(("x-dead-letter-exchange", serde_json::json!(DEAD_LETTER_EXCHANGE)));

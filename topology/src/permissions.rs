@@ -75,14 +75,28 @@ pub fn grant(role: Role) -> Grant {
         Role::Node(node) => {
             let queue = node.queue();
             let changes = node.changes_queue();
+            // The retry queue: declared (configure), bound to the workflow
+            // exchange (write on the queue, topic read of its key) and
+            // published to by key (topic write); never consumed. Declaring
+            // it with a dead-letter exchange needs read on the queue.
+            let retry = node.retry_queue();
+            let retry_key = node.retry_routing_key();
             let keys: Vec<String> = forwards_to(node).iter().map(|n| n.routing_key()).collect();
-            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let mut keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            keys.push(&retry_key);
             Grant {
-                configure: exact(&[&queue, &changes]),
-                write: exact(&[&queue, &changes, WORKFLOW_EXCHANGE, AUDIT_EXCHANGE, DEAD_LETTER_EXCHANGE]),
-                read: exact(&[&queue, &changes, WORKFLOW_EXCHANGE, CHANGES_EXCHANGE]),
+                configure: exact(&[&queue, &changes, &retry]),
+                write: exact(&[
+                    &queue,
+                    &changes,
+                    &retry,
+                    WORKFLOW_EXCHANGE,
+                    AUDIT_EXCHANGE,
+                    DEAD_LETTER_EXCHANGE,
+                ]),
+                read: exact(&[&queue, &changes, &retry, WORKFLOW_EXCHANGE, CHANGES_EXCHANGE]),
                 topic: vec![
-                    topic(WORKFLOW_EXCHANGE, exact(&keys), exact(&[&node.routing_key()])),
+                    topic(WORKFLOW_EXCHANGE, exact(&keys), exact(&[&node.routing_key(), &retry_key])),
                     topic(AUDIT_EXCHANGE, format!("^audit\\.{}\\.[a-z_]+$", node.name()), exact(&[])),
                     topic(DEAD_LETTER_EXCHANGE, format!("^{}\\.", node.name()), exact(&[])),
                 ],
@@ -122,11 +136,14 @@ mod tests {
     #[test]
     fn node_grants_name_only_their_own_queue() {
         let g = grant(Role::Node(Node::Payment));
-        assert_eq!(g.configure, "^(orderflow\\.payment|orderflow\\.changes\\.payment)$");
+        assert_eq!(
+            g.configure,
+            "^(orderflow\\.payment|orderflow\\.changes\\.payment|orderflow\\.retry\\.payment)$"
+        );
         assert!(g.read.contains("orderflow\\.payment") && !g.read.contains("shipping"));
-        assert_eq!(g.topic[0].write, "^(order\\.inventory)$");
-        assert_eq!(g.topic[0].read, "^(order\\.payment)$");
-        assert_eq!(grant(Role::Node(Node::Exceptions)).topic[0].write, "^$");
+        assert_eq!(g.topic[0].write, "^(order\\.inventory|retry\\.payment)$");
+        assert_eq!(g.topic[0].read, "^(order\\.payment|retry\\.payment)$");
+        assert_eq!(grant(Role::Node(Node::Exceptions)).topic[0].write, "^(retry\\.exceptions)$");
     }
 
     #[test]

@@ -4,15 +4,17 @@
 //! first: a cancelled element leaves the batch on its cancel path, one whose
 //! shipping method changed moves to its new group, the rest are recorded and
 //! forwarded, and only when all of that is confirmed are the batch's
-//! deliveries acknowledged. A crash loses nothing: unacknowledged deliveries
-//! return to the queue.
+//! deliveries acknowledged. Every held delivery is settled exactly once: an
+//! element the stage returned no outcome for, or whose order could not be
+//! closed, is settled as a failure before anything of it is published. A
+//! crash loses nothing: unacknowledged deliveries return to the queue.
 
 use super::change_consumer::{dispatch_change, next_change};
 use super::context::NodeContext;
 use super::message::decode_element;
-use super::publisher::Publisher;
+use super::publisher::{publish_failure, Publisher};
 use super::session::{finish, open_consumer, supervise};
-use super::settle::{ack, requeue, settle_failure};
+use super::settle::{ack, attempt_of, requeue, settle, settle_failure, Settle};
 use super::step::{record_outcome, resolve_changes, ChangeRecords, Handled};
 use crate::batcher::Batcher;
 use crate::change::cancel_outcome;
@@ -57,7 +59,8 @@ async fn serve<S: BatchStage>(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let publisher = Publisher::open(&connection).await?;
+    let connection = Arc::new(connection);
+    let publisher = Publisher::reopening(connection.clone()).await?;
     let (channel, mut consumer, mut changes) = open_consumer(&connection, &ctx, &publisher).await?;
     let mut batcher: Batcher<Held> = Batcher::new(settings.picklist_batch, settings.picklist_flush);
     let tasks = TaskTracker::new();
@@ -174,29 +177,71 @@ async fn release<S: BatchStage>(
         }
         let elements: Vec<OrderElement> = emit_now.iter().map(|h| h.element.clone()).collect();
         let outcomes = stage.emit(&key, elements);
+        let paired = pair_by_order(emit_now, |held| held.element.order_id, outcomes);
+        for extra in &paired.extra {
+            let order_id = extra.element.order_id;
+            tracing::warn!(node = ctx.node, %order_id, "the stage returned an outcome for no held order; dropped");
+        }
+        for held in paired.unmatched {
+            let (ctx, publisher) = (ctx.clone(), publisher.clone());
+            let error = StageError::Transient(anyhow::anyhow!(
+                "the batch stage returned no outcome for order {}",
+                held.element.order_id
+            ));
+            tasks.spawn(async move { settle_failure(&publisher, &ctx, &held.delivery, error).await });
+        }
         let (ctx, publisher) = (ctx.clone(), publisher.clone());
-        tasks.spawn(async move {
-            settle_released(&ctx, &publisher, emit_now.into_iter().zip(outcomes).collect()).await
-        });
+        tasks.spawn(async move { settle_released(&ctx, &publisher, paired.matched).await });
     }
 }
 
-/// Publishes the records and forwards of released elements, then
-/// acknowledges them and reports what was handled.
+/// Held elements paired with the batch stage's outcomes, by order id.
+struct Paired<T> {
+    matched: Vec<(T, Outcome)>,
+    /// Held elements the stage returned no outcome for.
+    unmatched: Vec<T>,
+    /// Outcomes for no held element.
+    extra: Vec<Outcome>,
+}
+
+/// Pairs each held element with the outcome for its order (a stage may
+/// return them in any order); nothing is dropped silently.
+fn pair_by_order<T>(held: Vec<T>, order_of: impl Fn(&T) -> uuid::Uuid, outcomes: Vec<Outcome>) -> Paired<T> {
+    let mut extra = outcomes;
+    let mut matched = Vec::with_capacity(held.len());
+    let mut unmatched = Vec::new();
+    for item in held {
+        match extra.iter().position(|o| o.element.order_id == order_of(&item)) {
+            Some(i) => matched.push((item, extra.remove(i))),
+            None => unmatched.push(item),
+        }
+    }
+    Paired { matched, unmatched, extra }
+}
+
+/// Records every released element's outcome (closing an order that ends
+/// here) before anything is published, so an element whose record fails is
+/// settled as a failure with none of its messages sent; then publishes the
+/// rest as one group and acknowledges them. When the group is not
+/// confirmed, each element is published and settled on its own, so one
+/// refused message is dead-lettered alone and the others go on.
 async fn settle_released(ctx: &NodeContext, publisher: &Publisher, released: Vec<(Held, Outcome)>) {
     let mut messages = Vec::new();
     let mut settled: Vec<(Delivery, Handled)> = Vec::with_capacity(released.len());
     for (held, outcome) in released {
         match record_outcome(ctx, held.before, held.changes, &outcome).await {
-            Ok(mut handled) => {
-                messages.append(&mut handled.messages);
+            Ok(handled) => {
+                messages.extend(handled.messages.iter().cloned());
                 settled.push((held.delivery, handled));
             }
             Err(error) => {
-                tracing::warn!(%error, "could not close the order; requeueing it");
-                requeue(&held.delivery).await;
+                tracing::warn!(%error, "could not record the order's outcome; nothing of it was sent");
+                settle_failure(publisher, ctx, &held.delivery, error).await;
             }
         }
+    }
+    if messages.is_empty() && settled.is_empty() {
+        return;
     }
     match publisher.publish_all(&messages).await {
         Ok(()) => {
@@ -207,10 +252,58 @@ async fn settle_released(ctx: &NodeContext, publisher: &Publisher, released: Vec
             }
         }
         Err(error) => {
-            tracing::warn!(%error, "batch not confirmed; requeueing its orders");
-            for (delivery, _) in &settled {
-                requeue(delivery).await;
+            tracing::warn!(%error, "batch not confirmed; settling its orders one by one");
+            for (delivery, handled) in &settled {
+                match publisher.publish_all(&handled.messages).await {
+                    Ok(()) => {
+                        ack(delivery).await;
+                        handled.emit(ctx.node);
+                    }
+                    Err(error) => {
+                        let decision = Settle::after_failure(
+                            publish_failure(error),
+                            attempt_of(delivery),
+                            ctx.max_attempts,
+                        );
+                        settle(publisher, ctx, delivery, decision).await;
+                    }
+                }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::order::Order;
+
+    fn outcome(order_id: uuid::Uuid) -> Outcome {
+        let mut element = OrderElement::placed(Order::default());
+        element.order_id = order_id;
+        Outcome::new(element)
+    }
+
+    #[test]
+    fn outcomes_pair_with_their_orders_and_nothing_is_dropped() {
+        let ids: Vec<uuid::Uuid> = (0..4).map(|_| uuid::Uuid::new_v4()).collect();
+        let stray = uuid::Uuid::new_v4();
+        // The stage answers out of order, forgets ids[1] and invents an order.
+        let outcomes = vec![outcome(ids[3]), outcome(stray), outcome(ids[0]), outcome(ids[2])];
+        let paired = pair_by_order(ids.clone(), |id| *id, outcomes);
+        let matched: Vec<(uuid::Uuid, uuid::Uuid)> =
+            paired.matched.iter().map(|(id, o)| (*id, o.element.order_id)).collect();
+        assert_eq!(matched, [(ids[0], ids[0]), (ids[2], ids[2]), (ids[3], ids[3])]);
+        assert_eq!(paired.unmatched, [ids[1]]);
+        assert_eq!(paired.extra.len(), 1);
+        assert_eq!(paired.extra[0].element.order_id, stray);
+    }
+
+    #[test]
+    fn a_full_answer_pairs_everything() {
+        let ids: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::new_v4()).collect();
+        let paired = pair_by_order(ids.clone(), |id| *id, ids.iter().rev().map(|id| outcome(*id)).collect());
+        assert_eq!(paired.matched.len(), 3);
+        assert!(paired.unmatched.is_empty() && paired.extra.is_empty());
     }
 }

@@ -22,6 +22,9 @@ pub const NODE_HEADER: &str = "x-orderflow-node";
 pub const ROUTING_KEY_HEADER: &str = "x-orderflow-routing-key";
 pub const EXCHANGE_HEADER: &str = "x-orderflow-exchange";
 pub const DEAD_LETTERED_AT_HEADER: &str = "x-orderflow-dead-lettered-at";
+/// How many attempts at a message its node made before sending it round its
+/// retry queue (a republished message starts a new `x-delivery-count`).
+pub const ATTEMPT_HEADER: &str = "x-orderflow-attempt";
 /// How many times a message was replayed from the dead-letter queue.
 pub const REPLAYS_HEADER: &str = "x-orderflow-replays";
 
@@ -109,6 +112,28 @@ pub fn dead_letter_message(delivery: &Delivery, node: &str, reason: &str) -> Out
     }
 }
 
+/// A delivery sent round `node`'s retry queue: unchanged but for the
+/// attempts made so far (`attempts`) and a per-message TTL of `delay`, after
+/// which the retry queue dead-letters it back to the node's queue.
+pub fn retry_message(delivery: &Delivery, node: Node, attempts: i64, delay: std::time::Duration) -> Outgoing {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    let mut inner = headers.inner().clone();
+    inner.remove(&ShortString::from("x-delivery-count"));
+    headers = FieldTable::from(inner);
+    headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(attempts));
+    Outgoing {
+        exchange: WORKFLOW_EXCHANGE,
+        routing_key: node.retry_routing_key(),
+        body: delivery.data.clone(),
+        properties: delivery
+            .properties
+            .clone()
+            .with_headers(headers)
+            .with_delivery_mode(2)
+            .with_expiration(delay.as_millis().max(1).to_string().into()),
+    }
+}
+
 /// Why a received message can never be decoded.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DecodeError {
@@ -185,14 +210,27 @@ pub fn decode_audit(delivery: &Delivery, max_bytes: usize) -> Result<AuditEvent,
     decode(&delivery.data, delivery.properties.headers().as_ref(), max_bytes)
 }
 
-/// How many times the broker has delivered this message before (quorum queues).
-pub fn delivery_count(delivery: &Delivery) -> i64 {
+/// An integer header of a delivery (0 when absent or not an integer).
+fn int_header(delivery: &Delivery, key: &str) -> i64 {
     let headers = delivery.properties.headers().as_ref();
-    match headers.and_then(|h| h.inner().get(&ShortString::from("x-delivery-count"))) {
+    match headers.and_then(|h| h.inner().get(&ShortString::from(key))) {
         Some(AMQPValue::LongLongInt(n)) => *n,
         Some(AMQPValue::LongInt(n)) => i64::from(*n),
+        Some(AMQPValue::LongUInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortUInt(n)) => i64::from(*n),
         _ => 0,
     }
+}
+
+/// How many times the broker has delivered this message before (quorum queues).
+pub fn delivery_count(delivery: &Delivery) -> i64 {
+    int_header(delivery, "x-delivery-count")
+}
+
+/// How many attempts were made before the message went round its retry queue.
+pub fn earlier_attempts(delivery: &Delivery) -> i64 {
+    int_header(delivery, ATTEMPT_HEADER).max(0)
 }
 
 #[cfg(test)]

@@ -1,9 +1,14 @@
 //! Confirmed publishing: every message is persistent and mandatory, and a
 //! publish counts only when the broker has confirmed it (`Ack` without a
-//! returned message). Confirms of a group are awaited together.
+//! returned message). Confirms of a group are awaited together. A channel the
+//! broker closed (a refused publish, a deleted exchange) is replaced by a
+//! fresh one before the next publish, so one bad message never stops a node.
 
 use super::message::Outgoing;
-use lapin::{options::BasicPublishOptions, options::ConfirmSelectOptions, Channel, Confirmation, Connection};
+use lapin::{
+    options::BasicPublishOptions, options::ConfirmSelectOptions, Channel, Confirmation, Connection, ErrorKind,
+};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -15,34 +20,81 @@ pub enum PublishError {
     Unroutable(String),
     #[error("no confirm for {0} within {CONFIRM_TIMEOUT:?} (the connection is presumed dead)")]
     Unconfirmed(String),
+    /// The broker refused one of these messages for this user (403
+    /// ACCESS_REFUSED naming its exchange and routing key) and closed the
+    /// channel: sending it again can never succeed.
+    #[error("the broker refused to publish {target}: {reply}")]
+    Refused { target: String, reply: String },
+}
+
+impl PublishError {
+    /// True when publishing the same messages again can never succeed.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, PublishError::Refused { .. })
+    }
+}
+
+/// The stage error a failed publish amounts to: permanent when the broker
+/// refused the message for this user, transient otherwise.
+pub fn publish_failure(error: PublishError) -> crate::stage::StageError {
+    if error.is_permanent() {
+        crate::stage::StageError::Permanent(error.to_string())
+    } else {
+        crate::stage::StageError::Transient(error.into())
+    }
 }
 
 /// How long a publish may wait for its confirm.
 pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// A channel in confirm mode. Cloning shares the channel.
+/// A channel in confirm mode. Cloning shares the channel (and its replacement).
 #[derive(Clone)]
 pub struct Publisher {
-    channel: Channel,
+    channel: Arc<tokio::sync::Mutex<Channel>>,
+    /// Where a replacement channel comes from; `None` for a one-shot publisher.
+    connection: Option<Arc<Connection>>,
+}
+
+async fn confirm_channel(connection: &Connection) -> lapin::Result<Channel> {
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok(channel)
 }
 
 impl Publisher {
+    /// A publisher on one channel of `connection` (for short-lived users
+    /// such as the CLI: a closed channel is not replaced).
     pub async fn open(connection: &Connection) -> lapin::Result<Publisher> {
-        let channel = connection.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(Publisher { channel })
+        let channel = confirm_channel(connection).await?;
+        Ok(Publisher { channel: Arc::new(tokio::sync::Mutex::new(channel)), connection: None })
     }
 
-    pub fn channel(&self) -> &Channel {
-        &self.channel
+    /// A publisher that opens a fresh channel on `connection` whenever the
+    /// broker has closed the current one (what a node's session uses).
+    pub async fn reopening(connection: Arc<Connection>) -> lapin::Result<Publisher> {
+        let channel = confirm_channel(&connection).await?;
+        Ok(Publisher { channel: Arc::new(tokio::sync::Mutex::new(channel)), connection: Some(connection) })
+    }
+
+    /// The channel to publish on: the current one, or a fresh one when the
+    /// broker closed it.
+    pub async fn channel(&self) -> lapin::Result<Channel> {
+        let mut channel = self.channel.lock().await;
+        if let Some(connection) = &self.connection {
+            if !channel.status().connected() && connection.status().connected() {
+                tracing::info!("the publishing channel was closed; opening a new one");
+                *channel = confirm_channel(connection).await?;
+            }
+        }
+        Ok(channel.clone())
     }
 
     /// Publishes every message, then waits for each one's confirm.
     pub async fn publish_all(&self, messages: &[Outgoing]) -> Result<(), PublishError> {
+        let channel = self.channel().await?;
         let mut confirms = Vec::with_capacity(messages.len());
         for message in messages {
-            let confirm = self
-                .channel
+            let confirm = channel
                 .basic_publish(
                     message.exchange.into(),
                     message.routing_key.as_str().into(),
@@ -59,7 +111,7 @@ impl Publisher {
             let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
                 .await
                 .map_err(|_| PublishError::Unconfirmed(target()))?;
-            match confirmation? {
+            match confirmation.map_err(|error| refused_among(error, messages))? {
                 Confirmation::Ack(None) => {}
                 Confirmation::Ack(Some(_)) => return Err(PublishError::Unroutable(target())),
                 Confirmation::Nack(_) | Confirmation::NotRequested => {
@@ -68,5 +120,56 @@ impl Publisher {
             }
         }
         Ok(())
+    }
+}
+
+/// A channel closed with ACCESS_REFUSED fails every confirm pending on it,
+/// including those of other tasks' messages; the refusal is this group's own
+/// (permanent) only when the broker's reply names one of its messages'
+/// exchange and routing key. Any other channel error is transient.
+fn refused_among(error: lapin::Error, messages: &[Outgoing]) -> PublishError {
+    if let ErrorKind::ProtocolError(amqp) = error.kind() {
+        let reply = amqp.to_string();
+        if let Some(message) = messages.iter().find(|m| names_refused(&reply, m)) {
+            let target = format!("{} / {}", message.exchange, message.routing_key);
+            return PublishError::Refused { target, reply };
+        }
+    }
+    PublishError::Broker(error)
+}
+
+/// Whether a broker reply is a 403 naming this message's exchange (and, for
+/// a topic exchange, its routing key).
+fn names_refused(reply: &str, message: &Outgoing) -> bool {
+    reply.contains("ACCESS_REFUSED")
+        && reply.contains(&format!("exchange '{}'", message.exchange))
+        && (!reply.contains("access to topic") || reply.contains(&format!("topic '{}'", message.routing_key)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn to(exchange: &'static str, routing_key: &str) -> Outgoing {
+        Outgoing {
+            exchange,
+            routing_key: routing_key.into(),
+            body: Vec::new(),
+            properties: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_refusal_is_ours_only_when_it_names_our_routing_key() {
+        let reply = "ACCESS_REFUSED - access to topic 'order.exceptions' in exchange 'orderflow.workflow' \
+                     in vhost 'v' refused for user 'of-intake'";
+        assert!(names_refused(reply, &to("orderflow.workflow", "order.exceptions")));
+        assert!(!names_refused(reply, &to("orderflow.workflow", "order.payment")));
+        assert!(!names_refused(reply, &to("orderflow.audit", "order.exceptions")));
+        let exchange =
+            "ACCESS_REFUSED - access to exchange 'orderflow.changes' in vhost 'v' refused for user 'u'";
+        assert!(names_refused(exchange, &to("orderflow.changes", "")));
+        let gone = "NOT_FOUND - no exchange 'orderflow.workflow' in vhost 'v'";
+        assert!(!names_refused(gone, &to("orderflow.workflow", "order.payment")));
     }
 }

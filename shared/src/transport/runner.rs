@@ -7,12 +7,12 @@
 use super::change_consumer::{dispatch_change, next_change};
 use super::context::NodeContext;
 use super::message::decode_element;
-use super::publisher::Publisher;
+use super::publisher::{publish_failure, Publisher};
 use super::session::{finish, open_consumer, supervise};
 use super::settle::{ack, attempt_of, dead_letter, settle, Settle};
 use super::step::{step, StepOutcome};
 use crate::settings::Settings;
-use crate::stage::{Stage, StageError};
+use crate::stage::Stage;
 use futures::StreamExt;
 use lapin::{message::Delivery, Connection};
 use std::sync::Arc;
@@ -38,7 +38,8 @@ async fn serve<S: Stage>(
     stage: Arc<S>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let publisher = Publisher::open(&connection).await?;
+    let connection = Arc::new(connection);
+    let publisher = Publisher::reopening(connection.clone()).await?;
     let (channel, mut consumer, mut changes) = open_consumer(&connection, &ctx, &publisher).await?;
     tracing::info!(node = ctx.node, queue = ctx.queue, prefetch = ctx.prefetch, "consuming");
     let tasks = TaskTracker::new();
@@ -79,7 +80,7 @@ async fn handle_delivery<S: Stage>(ctx: &NodeContext, stage: &S, publisher: &Pub
                 handled.emit(ctx.node);
             }
             Err(error) => {
-                let failure = StageError::Transient(error.into());
+                let failure = publish_failure(error);
                 settle(publisher, ctx, &delivery, Settle::after_failure(failure, attempts, ctx.max_attempts))
                     .await
             }

@@ -78,6 +78,7 @@ pub async fn open_consumer(
         topology::queues().into_iter().filter(|q| q.name == ctx.queue).collect();
     if let Some(node) = ctx.workflow_node() {
         own.push(topology::changes_queue(node));
+        own.push(topology::retry_queue(node));
     }
     topology::ensure_for(&setup, &own).await.map_err(|e| {
         let hint = if e.to_string().contains("NOT_FOUND") {

@@ -1,8 +1,10 @@
 //! Settling a delivery: acknowledge it once what it caused is confirmed,
 //! retry a transient failure after a growing delay, dead-letter a permanent
-//! one (or a transient one out of attempts) with its reason. Nothing here
-//! waits for ever on a dead connection: a stale tag or a lost channel only
-//! means the broker delivers the message again.
+//! one (or a transient one out of attempts) with its reason. An element
+//! waits out its delay in its node's retry queue, not in the consumer, so a
+//! retry holds no prefetch slot. Nothing here waits for ever on a dead
+//! connection: a stale tag or a lost channel only means the broker delivers
+//! the message again.
 
 use super::context::NodeContext;
 use super::message::{self, dead_letter_message};
@@ -46,9 +48,11 @@ impl Settle {
     }
 }
 
-/// Which attempt this delivery is (1 for a first delivery; quorum queues count).
+/// Which attempt this delivery is (1 for a first delivery): the attempts
+/// made before it went round the retry queue, plus the deliveries the
+/// quorum queue has counted since (crashes, requeues), plus this one.
 pub fn attempt_of(delivery: &Delivery) -> i64 {
-    message::delivery_count(delivery) + 1
+    message::earlier_attempts(delivery) + message::delivery_count(delivery) + 1
 }
 
 /// Carries out a failure decision for one delivery.
@@ -62,10 +66,34 @@ pub async fn settle(publisher: &Publisher, ctx: &NodeContext, delivery: &Deliver
         }
         Settle::Retry { attempts, delay, error } => {
             Retried { node: ctx.node, attempts, delay, error: &error }.emit();
-            tokio::time::sleep(delay).await;
-            requeue(delivery).await;
+            retry_later(publisher, ctx, delivery, attempts, delay).await;
         }
     }
+}
+
+/// Sends an element round its node's retry queue (confirmed, with the
+/// attempts made and a TTL of `delay`), then acknowledges the original: the
+/// consumer's slot is free at once and the message is never only in flight.
+/// A delivery that is not an element of this node (a change request) or
+/// that cannot be sent there waits in the task and is requeued, as before.
+async fn retry_later(
+    publisher: &Publisher,
+    ctx: &NodeContext,
+    delivery: &Delivery,
+    attempts: i64,
+    delay: Duration,
+) {
+    let node = ctx.workflow_node().filter(|n| delivery.routing_key.as_str() == n.routing_key());
+    if let Some(node) = node {
+        match publisher.publish_all(&[message::retry_message(delivery, node, attempts, delay)]).await {
+            Ok(()) => return ack(delivery).await,
+            Err(error) => {
+                tracing::warn!(node = ctx.node, %error, "could not send to the retry queue; waiting here")
+            }
+        }
+    }
+    tokio::time::sleep(delay).await;
+    requeue(delivery).await;
 }
 
 /// Settles a delivery after a failed attempt (see [`Settle::after_failure`]).

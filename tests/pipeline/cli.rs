@@ -58,4 +58,16 @@ async fn cli_and_tracker_api() {
     let output = stack.cli(&["status", "not-a-uuid"]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("uuid"));
+
+    // The promised 100,000 ids per status request fit (60,000 used to answer 413 with no body),
+    // and more get a reason.
+    let many: Vec<uuid::Uuid> = (0..100_000).map(|_| uuid::Uuid::new_v4()).collect();
+    let url = format!("http://{}/orders/status", stack.http_addr);
+    let client = reqwest::Client::new();
+    let answer = client.post(&url).json(&serde_json::json!({ "ids": many })).send().await.unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    let too_many: Vec<uuid::Uuid> = (0..100_001).map(|_| uuid::Uuid::new_v4()).collect();
+    let answer = client.post(&url).json(&serde_json::json!({ "ids": too_many })).send().await.unwrap();
+    assert_eq!(answer.status().as_u16(), 400);
+    assert!(answer.text().await.unwrap().contains("at most 100000 ids"));
 }

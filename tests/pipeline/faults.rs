@@ -114,3 +114,36 @@ async fn an_order_published_twice_ships_once() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_books_balance(&stack, &[order], &again).await;
 }
+
+/// The tracker's store refuses writes (its events table renamed away) for
+/// longer than ten attempts take: the tracker pauses, says so on `/health`,
+/// spends no delivery attempts (on a quorum queue a requeue counts toward its
+/// delivery limit of 10), and records everything once the store is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracking_store_outage_pauses_the_tracker_and_loses_nothing() {
+    let stack = Stack::start("store-outage", &[]).await;
+    assert_eq!(stack.get("/health").await.0, 200);
+    let pool = stack.sqlite("tracker", "tracker_events").await;
+    sqlx::query("ALTER TABLE tracker_events RENAME TO tracker_events_away").execute(&pool).await.unwrap();
+    let mut rng = rand::thread_rng();
+    let orders: Vec<_> = (0..100).map(|_| random_valid_order(&mut rng)).collect();
+    let ids = stack.publish(&orders);
+    // Ten attempts take 200 ms doubling (capped at 3.2 s): about 20 s. Wait longer.
+    let outage = std::time::Instant::now();
+    let mut unhealthy = None;
+    while outage.elapsed() < Duration::from_secs(30) {
+        let (code, body) = stack.get("/health").await;
+        if code == 503 {
+            unhealthy = Some(body);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let body = unhealthy.expect("/health turned unhealthy during the outage");
+    assert!(body.contains("tracking store"), "{body}");
+    sqlx::query("ALTER TABLE tracker_events_away RENAME TO tracker_events").execute(&pool).await.unwrap();
+    stack.wait_terminal(&ids, Duration::from_secs(90)).await;
+    assert_eq!(stack.get("/health").await.0, 200, "healthy again once the store is back");
+    let dead = management().queue(&stack.vhost.name, topology::DEAD_LETTER_QUEUE).await.unwrap();
+    assert_eq!(dead["messages"].as_i64(), Some(0), "nothing was dead-lettered during the outage");
+    assert_books_balance(&stack, &orders, &ids).await;
+}

@@ -1,14 +1,18 @@
 //! Consumes audit events in batches: whatever has arrived (up to 500) is
 //! written in one transaction, and only after the commit is the batch
 //! acknowledged (one `multiple` ack). Undecodable events are dead-lettered.
+//! When the store refuses a write, consumption pauses: the batch stays in
+//! hand (unacknowledged, spending no delivery attempts) and is written again
+//! with growing delays until the store recovers, while `/health` says so.
 
 use super::store::{Record, TrackerStore};
+use super::Health;
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::options::BasicAckOptions;
 use shared::settings::Settings;
 use shared::transport::message::{decode, decode_audit, CHANGE_EVENT_TYPE};
 use shared::transport::session::{finish, open_consumer, supervise};
-use shared::transport::settle::{ack_with, dead_letter, retry_delay, SETTLE_TIMEOUT};
+use shared::transport::settle::{ack_with, dead_letter, retry_delay};
 use shared::transport::{NodeContext, Publisher};
 use std::sync::Arc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -16,25 +20,39 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 const PREFETCH: u16 = 1000;
 const BATCH: usize = 500;
 
-pub async fn run(store: TrackerStore, settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    store: TrackerStore,
+    settings: Settings,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let ctx =
         Arc::new(NodeContext::new(&settings, "tracker", topology::TRACKER_QUEUE.to_string(), PREFETCH)?);
-    supervise(&settings, &ctx.instance_id.clone(), &shutdown, |connection| {
-        serve(connection, ctx.clone(), store.clone(), shutdown.clone())
+    let result = supervise(&settings, &ctx.instance_id.clone(), &shutdown, |connection| {
+        let health = health.clone();
+        let session = serve(connection, ctx.clone(), store.clone(), health.clone(), shutdown.clone());
+        async move {
+            let result = session.await;
+            health.set_consuming(false);
+            result
+        }
     })
-    .await
+    .await;
+    health.set_consuming(false);
+    result
 }
 
 async fn serve(
     connection: lapin::Connection,
     ctx: Arc<NodeContext>,
     store: TrackerStore,
+    health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let publisher = Publisher::open(&connection).await?;
     let (channel, consumer, _) = open_consumer(&connection, &ctx, &publisher).await?;
+    health.set_consuming(true);
     let mut batches = consumer.ready_chunks(BATCH);
-    let mut failures = 0i64;
     let result = loop {
         let chunk = tokio::select! {
             biased;
@@ -78,20 +96,37 @@ async fn serve(
             }
             continue;
         };
-        match store.record(&events).await {
-            Ok(new) => {
-                failures = 0;
-                tracing::debug!(received = events.len(), new, "audit events recorded");
-                ack_with(last, BasicAckOptions { multiple: true }).await;
+        // Pause on a store outage: keep the batch, write it again until it
+        // is recorded (or shutdown, which leaves it to redelivery).
+        let mut failures = 0i64;
+        let recorded = loop {
+            match store.record(&events).await {
+                Ok(new) => {
+                    health.set_store_failing(false);
+                    tracing::debug!(received = events.len(), new, "audit events recorded");
+                    break true;
+                }
+                Err(error) => {
+                    failures += 1;
+                    health.set_store_failing(true);
+                    let delay = retry_delay(failures.min(4));
+                    tracing::warn!(
+                        %error,
+                        failures,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "tracking store write failed; consumption paused, retrying the batch"
+                    );
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break false,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
             }
-            Err(error) => {
-                failures += 1;
-                tracing::warn!(%error, "tracking store write failed; the events will be retried");
-                tokio::time::sleep(retry_delay(failures)).await;
-                let nack = last.nack(BasicNackOptions { multiple: true, requeue: true });
-                let _ = tokio::time::timeout(SETTLE_TIMEOUT, nack).await;
-            }
+        };
+        if !recorded {
+            break Ok(());
         }
+        ack_with(last, BasicAckOptions { multiple: true }).await;
         if let Some(error) = broken {
             break Err(anyhow::Error::from(error).context("consumer failed"));
         }

@@ -3,6 +3,7 @@
 //! many orders), `GET /stats` (orders per state), `GET /health`.
 
 use super::store::TrackerStore;
+use super::Health;
 use axum::{
     extract::{Path, State},
     http::StatusCode,
@@ -11,24 +12,41 @@ use axum::{
     Json, Router,
 };
 use shared::tracker_api::{ApiError, StatusRequest};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub fn router(store: TrackerStore) -> Router {
+/// The largest `POST /orders/status` body: room for the promised 100,000 ids.
+const STATUS_BODY_LIMIT: usize = 5 * 1024 * 1024;
+
+pub fn router(store: TrackerStore, health: Arc<Health>) -> Router {
     Router::new()
         .route("/orders/{id}", get(order))
-        .route("/orders/status", post(statuses))
+        // 100,000 ids of 36 characters, quoted and separated: about 3.9 MB (axum's default is 2 MB).
+        .route(
+            "/orders/status",
+            post(statuses).layer(axum::extract::DefaultBodyLimit::max(STATUS_BODY_LIMIT)),
+        )
         .route("/stats", get(stats))
-        .route("/health", get(|| async { "ok" }))
         .with_state(store)
+        .route("/health", get(move || async move { health_answer(&health) }))
+}
+
+/// `200 ok` while events are being recorded; `503` with the reason otherwise.
+fn health_answer(health: &Health) -> Response {
+    match health.check() {
+        Ok(()) => "ok".into_response(),
+        Err(reason) => error(StatusCode::SERVICE_UNAVAILABLE, reason),
+    }
 }
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: TrackerStore,
+    health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(store))
+    axum::serve(listener, router(store, health))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;
     Ok(())

@@ -1,6 +1,10 @@
 //! `orderflow publish`: turns orders into workflow elements, records each
 //! one's first state (`placed`) on the audit exchange, and sends it to
 //! intake, every message confirmed by the broker before its id is printed.
+//! It rides through a broker restart or a cut connection: it reconnects and
+//! sends again what was not confirmed (the same elements, same order ids and
+//! event ids, which the pipeline takes once), prints each id once, and gives
+//! up only after `ORDERFLOW_PUBLISH_PATIENCE_S` seconds without progress.
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -63,13 +67,22 @@ fn progress(total: usize) -> ProgressBar {
     bar
 }
 
-/// Publishes the orders and prints their ids in order.
-pub async fn publish(settings: &Settings, orders: Vec<Order>, rate: Option<f64>) -> anyhow::Result<()> {
-    let pool = deadpool_lapin::Config { url: Some(settings.amqp_url.clone()), ..Default::default() }
-        .create_pool(
-            || lapin::ConnectionProperties::default().with_connection_name("orderflow-publish".into()),
-            deadpool_lapin::Runtime::Tokio1,
-        )?;
+/// How long publishing may fail without progress before the command gives up.
+fn patience() -> anyhow::Result<Duration> {
+    let seconds = match std::env::var("ORDERFLOW_PUBLISH_PATIENCE_S") {
+        Ok(text) if !text.trim().is_empty() => text
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| anyhow::anyhow!("ORDERFLOW_PUBLISH_PATIENCE_S={text:?} is not a number of seconds"))?,
+        _ => 120,
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+type Session = (deadpool_lapin::Object, Publisher);
+
+/// A connection from the pool (a new one when the last died) with a confirm channel.
+async fn open_session(pool: &deadpool_lapin::Pool, settings: &Settings) -> anyhow::Result<Session> {
     let connection = pool
         .get()
         .await
@@ -78,7 +91,21 @@ pub async fn publish(settings: &Settings, orders: Vec<Order>, rate: Option<f64>)
     topology::ensure_for(&setup, &[])
         .await
         .context("the topology is not applied on this broker (run scripts/up.sh or `topology apply`)")?;
+    let _ = setup.close(200, "checked".into()).await;
     let publisher = Publisher::open(&connection).await?;
+    Ok((connection, publisher))
+}
+
+/// Publishes the orders and prints their ids in order.
+pub async fn publish(settings: &Settings, orders: Vec<Order>, rate: Option<f64>) -> anyhow::Result<()> {
+    let patience = patience()?;
+    let pool = deadpool_lapin::Config { url: Some(settings.amqp_url.clone()), ..Default::default() }
+        .create_pool(
+            || lapin::ConnectionProperties::default().with_connection_name("orderflow-publish".into()),
+            deadpool_lapin::Runtime::Tokio1,
+        )?;
+    // The first connection must work: a wrong URL or a missing topology is reported at once.
+    let mut session: Option<Session> = Some(open_session(&pool, settings).await?);
     let instance = format!("cli-{}", std::process::id());
 
     let elements: Vec<OrderElement> = orders.into_iter().map(OrderElement::placed).collect();
@@ -89,6 +116,7 @@ pub async fn publish(settings: &Settings, orders: Vec<Order>, rate: Option<f64>)
     let interval = rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(1.0 / r));
     let started = Instant::now();
     let mut stdout = std::io::stdout().lock();
+    let mut published = 0usize;
     for (index, chunk) in elements.chunks(window).enumerate() {
         if let Some(interval) = interval {
             let due = started + interval * index as u32;
@@ -101,15 +129,45 @@ pub async fn publish(settings: &Settings, orders: Vec<Order>, rate: Option<f64>)
             messages.push(audit_message(&placed));
             messages.push(element_message(element, Node::Intake));
         }
-        publisher.publish_all(&messages).await.context("publishing orders")?;
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            let attempt = async {
+                if session.is_none() {
+                    session = Some(open_session(&pool, settings).await?);
+                }
+                let (_, publisher) = session.as_ref().expect("a session was just opened");
+                publisher.publish_all(&messages).await.context("publishing orders")
+            }
+            .await;
+            let Err(error) = attempt else { break };
+            session = None;
+            let since = *failing_since.get_or_insert_with(|| {
+                bar.suspend(|| eprintln!("warning: {error:#}; reconnecting and sending again"));
+                Instant::now()
+            });
+            if since.elapsed() >= patience {
+                bar.finish_and_clear();
+                stdout.flush()?;
+                anyhow::bail!(
+                    "published {published} of {} orders (their ids are printed); gave up after {} s \
+                     without the broker confirming the rest: {error:#}",
+                    elements.len(),
+                    patience.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         for element in chunk {
             writeln!(stdout, "{}", element.order_id)?;
         }
+        published += chunk.len();
         bar.inc(chunk.len() as u64);
     }
     stdout.flush()?;
     bar.finish_and_clear();
-    let _ = connection.close(200, "published".into()).await;
+    if let Some((connection, _)) = session {
+        let _ = connection.close(200, "published".into()).await;
+    }
     wait_until_tracked(settings, &ids).await;
     Ok(())
 }

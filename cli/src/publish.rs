@@ -70,10 +70,9 @@ fn progress(total: usize) -> ProgressBar {
 /// How long publishing may fail without progress before the command gives up.
 fn patience() -> anyhow::Result<Duration> {
     let seconds = match std::env::var("ORDERFLOW_PUBLISH_PATIENCE_S") {
-        Ok(text) if !text.trim().is_empty() => text
-            .trim()
-            .parse::<u64>()
-            .map_err(|_| anyhow::anyhow!("ORDERFLOW_PUBLISH_PATIENCE_S={text:?} is not a number of seconds"))?,
+        Ok(text) if !text.trim().is_empty() => text.trim().parse::<u64>().map_err(|_| {
+            anyhow::anyhow!("ORDERFLOW_PUBLISH_PATIENCE_S={text:?} is not a number of seconds")
+        })?,
         _ => 120,
     };
     Ok(Duration::from_secs(seconds))

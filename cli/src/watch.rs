@@ -80,8 +80,22 @@ pub async fn wait(settings: &Settings, ids_file: &Path, timeout_secs: f64) -> an
         ProgressStyle::with_template("{spinner} terminal [{bar:30}] {pos}/{len} orders  {msg}")
             .expect("valid template"),
     );
+    let mut last_error: Option<String>;
     loop {
-        let found = client.statuses(&ids).await.unwrap_or_default();
+        // A tracker that does not answer is said, not shown as orders in state "unknown".
+        let found = match client.statuses(&ids).await {
+            Ok(found) => {
+                last_error = None;
+                bar.set_message("");
+                found
+            }
+            Err(error) => {
+                let message = format!("{:#}", anyhow::Error::from(error));
+                bar.set_message(message.clone());
+                last_error = Some(message);
+                Default::default()
+            }
+        };
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         for id in &ids {
             let state =
@@ -100,6 +114,9 @@ pub async fn wait(settings: &Settings, ids_file: &Path, timeout_secs: f64) -> an
                     terminal,
                     ids.len()
                 );
+                if let Some(error) = &last_error {
+                    eprintln!("the tracker's last answer: {error}");
+                }
             }
             return Ok(done);
         }

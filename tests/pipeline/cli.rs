@@ -71,3 +71,23 @@ async fn cli_and_tracker_api() {
     assert_eq!(answer.status().as_u16(), 400);
     assert!(answer.text().await.unwrap().contains("at most 100000 ids"));
 }
+
+/// `orderflow wait` with no tracker listening says so instead of counting
+/// every order as "unknown" in silence.
+#[test]
+fn wait_says_when_the_tracker_does_not_answer() {
+    let dir = std::env::temp_dir().join(format!("orderflow-wait-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ids = dir.join("ids.txt");
+    std::fs::write(&ids, format!("{}\n", uuid::Uuid::new_v4())).unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let output = std::process::Command::new(tests::bin_dir().join("orderflow"))
+        .args(["wait", "--ids", ids.to_str().unwrap(), "--timeout", "1"])
+        .env("ORDERFLOW_HTTP_ADDR", closed.to_string())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("the tracker's last answer") && stderr.contains("not reachable"), "{stderr}");
+}

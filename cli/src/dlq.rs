@@ -1,5 +1,5 @@
-//! `orderflow dlq list | replay`: what is dead-lettered and why, and sending
-//! it back to where it failed, exactly once.
+//! `orderflow dlq list | replay | discard`: what is dead-lettered and why,
+//! sending it back to where it failed, exactly once, and removing it.
 
 use anyhow::Context;
 use shared::settings::Settings;
@@ -21,6 +21,12 @@ pub async fn list(settings: &Settings, json: bool) -> anyhow::Result<()> {
     }
     if letters.is_empty() {
         println!("the dead-letter queue is empty");
+    } else {
+        println!("{} dead letters by reason:", letters.len());
+        for (reason, count) in dead_letters::by_reason(&letters) {
+            println!("{count:>6}  {}", if reason.is_empty() { "(no reason given)" } else { &reason });
+        }
+        println!();
     }
     for l in &letters {
         println!(
@@ -38,19 +44,43 @@ pub async fn list(settings: &Settings, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn replay(settings: &Settings, target: Option<String>) -> anyhow::Result<bool> {
+pub async fn replay(settings: &Settings, target: Option<String>, force: bool) -> anyhow::Result<bool> {
     let connection = open(settings).await?;
-    let report = dead_letters::replay(&connection, target.as_deref()).await?;
+    let report = dead_letters::replay(&connection, target.as_deref(), force).await?;
     let _ = connection.close(200, "done".into()).await;
     for l in &report.replayed {
         println!("replayed {} (order {}) to {} {}", l.message_id, l.order_id, l.exchange, l.routing_key);
     }
-    if report.dropped_duplicates > 0 {
-        println!("dropped {} duplicate copies of replayed messages", report.dropped_duplicates);
+    for s in &report.skipped {
+        let l = &s.letter;
+        let id = if l.message_id.is_empty() { "(no message id)" } else { &l.message_id };
+        println!("skipped {id} from node {}: {}", l.node, s.reason);
     }
+    if report.dropped_duplicates > 0 {
+        println!("dropped {} duplicate copies of messages sent back in this run", report.dropped_duplicates);
+    }
+    println!(
+        "done: {} of {} dead letters sent back, {} skipped (left in the queue), {} duplicate copies dropped",
+        report.replayed.len(),
+        report.snapshot,
+        report.skipped.len(),
+        report.dropped_duplicates
+    );
     if report.replayed.is_empty() {
         eprintln!("nothing to replay{}", target.map(|t| format!(" for {t}")).unwrap_or_default());
         return Ok(false);
     }
     Ok(true)
+}
+
+pub async fn discard(settings: &Settings, selection: dead_letters::Selection) -> anyhow::Result<()> {
+    let connection = open(settings).await?;
+    let discarded = dead_letters::discard(&connection, &selection).await?;
+    let _ = connection.close(200, "done".into()).await;
+    for l in &discarded {
+        let id = if l.message_id.is_empty() { "(no message id)" } else { &l.message_id };
+        println!("discarded {id} (node {}): {}", l.node, l.reason);
+    }
+    println!("discarded {} dead letters", discarded.len());
+    Ok(())
 }

@@ -68,7 +68,7 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
-    /// The dead-letter queue: list what is there and why, or replay it.
+    /// The dead-letter queue: list what is there and why, replay it, or discard from it.
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
@@ -110,7 +110,7 @@ impl ModeArgs {
 
 #[derive(Subcommand)]
 enum DlqCommand {
-    /// Show every dead-lettered message with its reason, node and original routing key.
+    /// Show a count per reason, then every dead-lettered message with its reason, node and original routing key.
     List {
         #[arg(long)]
         json: bool,
@@ -119,7 +119,21 @@ enum DlqCommand {
     Replay {
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         id: Option<String>,
-        /// Replay every dead-lettered message.
+        /// Replay every dead-lettered message (those in the queue when the replay starts).
+        #[arg(long)]
+        all: bool,
+        /// Also send back messages that were replayed before and failed again.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove dead letters for good: by message id or order id, by reason, or all.
+    Discard {
+        #[arg(required_unless_present_any = ["reason", "all"], conflicts_with_all = ["reason", "all"])]
+        id: Option<String>,
+        /// Discard every dead letter whose reason contains this text.
+        #[arg(long, conflicts_with = "all")]
+        reason: Option<String>,
+        /// Discard every dead letter.
         #[arg(long)]
         all: bool,
     },
@@ -166,7 +180,17 @@ async fn main() -> ExitCode {
             Command::Dlq { command: DlqCommand::List { json } } => {
                 dlq::list(&settings, json).await.map(|_| true)
             }
-            Command::Dlq { command: DlqCommand::Replay { id, .. } } => dlq::replay(&settings, id).await,
+            Command::Dlq { command: DlqCommand::Replay { id, force, .. } } => {
+                dlq::replay(&settings, id, force).await
+            }
+            Command::Dlq { command: DlqCommand::Discard { id, reason, .. } } => {
+                let selection = match (id, reason) {
+                    (Some(id), _) => shared::transport::dead_letters::Selection::Id(id),
+                    (None, Some(reason)) => shared::transport::dead_letters::Selection::Reason(reason),
+                    (None, None) => shared::transport::dead_letters::Selection::All,
+                };
+                dlq::discard(&settings, selection).await.map(|_| true)
+            }
         }
     };
     match result.await {

@@ -5,6 +5,7 @@
 //! - `picklist`: the aggregation queue's grouping, batch size and flush.
 //! - `scaling`: competing consumers share a node's work.
 //! - `poison`: undecodable messages are dead-lettered and the rest flows.
+//! - `dlq`: replay on a snapshot without loops, listing loses nothing, discard, counts per reason.
 //! - `retry`: transient failures retry, then dead-letter; `dlq replay` sends them back once.
 //! - `faults`: SIGKILLed nodes, a stopped tracker, cut connections: nothing lost or doubled.
 //! - `bad_input`: refused files, rejected orders, hostile text, audit garbage.
@@ -21,6 +22,7 @@ mod bench_smoke;
 mod changes;
 mod cli;
 mod compose;
+mod dlq;
 mod faults;
 mod paths;
 mod picklist;

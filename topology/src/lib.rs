@@ -34,6 +34,16 @@ pub const TRACKER_QUEUE: &str = "orderflow.audit.tracker";
 /// the last guard against a message that crashes its consumer every time.
 pub const DELIVERY_LIMIT: i64 = 10;
 
+/// The dead-letter queue's explicit delivery limit. Listing and replaying
+/// read with basic.get and return what they keep, and each return counts as
+/// a delivery; RabbitMQ 4.0 gives quorum queues a default limit of 20 and
+/// drops a message past it when there is no dead-letter exchange (the DLQ
+/// has none, so nothing loops). RabbitMQ 3.10 accepts any non-negative
+/// integer here (it has no default limit); a billion listings is "never".
+/// Queue arguments are immutable: a DLQ declared before this was set fails
+/// redeclaration with PRECONDITION_FAILED (see README, "Dead letters").
+pub const DEAD_LETTER_DELIVERY_LIMIT: i64 = 1_000_000_000;
+
 /// A node's retry queue, and the routing key (on [`WORKFLOW_EXCHANGE`]) that
 /// reaches it: a transiently failed element waits there out of its node's
 /// consumer until its per-message TTL (`expiration`) runs out, then the queue
@@ -108,7 +118,9 @@ pub fn dead_letter_queue() -> QueueSpec {
 
 /// Arguments of every queue: durable quorum queues that dead-letter to
 /// [`DEAD_LETTER_EXCHANGE`] after [`DELIVERY_LIMIT`] deliveries. The
-/// dead-letter queue itself has no dead-letter exchange, so nothing loops.
+/// dead-letter queue itself has no dead-letter exchange, so nothing loops, and
+/// an explicit, huge delivery limit ([`DEAD_LETTER_DELIVERY_LIMIT`]) so that
+/// reading it never drops anything.
 ///
 /// A retry queue is a durable *classic* queue, named so explicitly (a
 /// broker whose default queue type is quorum must not make it one): what it
@@ -129,7 +141,9 @@ pub fn queue_arguments(queue: &str) -> Vec<(&'static str, serde_json::Value)> {
         ];
     }
     let mut args = vec![("x-queue-type", serde_json::json!("quorum"))];
-    if queue != DEAD_LETTER_QUEUE {
+    if queue == DEAD_LETTER_QUEUE {
+        args.push(("x-delivery-limit", serde_json::json!(DEAD_LETTER_DELIVERY_LIMIT)));
+    } else {
         args.push(("x-dead-letter-exchange", serde_json::json!(DEAD_LETTER_EXCHANGE)));
         args.push(("x-delivery-limit", serde_json::json!(DELIVERY_LIMIT)));
     }

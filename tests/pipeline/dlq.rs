@@ -1,0 +1,142 @@
+//! The dead-letter queue under its own tools (issue 15): a replay works on a
+//! snapshot and ends, a message that fails again is not replayed in a loop,
+//! listing loses nothing, and discard removes exactly what it selects.
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::BasicProperties;
+use serde_json::Value;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+use tests::Stack;
+
+/// Publishes a raw body without a message id, confirmed.
+async fn publish_raw(stack: &Stack, exchange: &str, routing_key: &str, body: &[u8]) {
+    let connection = stack.connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let _ = connection.close(200, "done".into()).await;
+}
+
+/// Runs `orderflow args` and fails the test if it does not end within `limit`
+/// (the process is killed first, so nothing is left behind).
+async fn cli_within(stack: &Stack, args: &[&str], limit: Duration) -> Output {
+    let mut child = stack
+        .command("orderflow")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("orderflow runs");
+    let started = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("orderflow {args:?} did not end within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn letters(stack: &Stack) -> Vec<Value> {
+    stack.cli_json(&["dlq", "list", "--json"]).as_array().expect("a list").clone()
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_all_works_on_a_snapshot_and_does_not_loop() {
+    let stack = Stack::start("dlq-replay", &[]).await;
+    publish_raw(&stack, topology::CHANGES_EXCHANGE, "", b"{}").await;
+    let first = stack.wait_dead_letters(7, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(letters(&stack).len(), 7, "one dead letter per node: {first:?}");
+
+    let output = cli_within(&stack, &["dlq", "replay", "--all"], Duration::from_secs(30)).await;
+    let said = text(&output);
+    assert!(output.status.success(), "{said}");
+    // The fanout gives every node a copy again: one copy is sent, six dropped.
+    assert!(said.contains("done: 1 of 7 dead letters sent back, 0 skipped"), "{said}");
+    assert!(said.contains("dropped 6 duplicate copies"), "{said}");
+
+    // The copy fails again at every node: seven dead letters, not thousands.
+    let again = stack.wait_dead_letters(7, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let now = letters(&stack);
+    assert!(now.len() <= 7, "{} dead letters after one replay", now.len());
+    assert!(again.iter().all(|l| l["replays"] == 1), "{again:?}");
+
+    // A second replay refuses what already failed after a replay, and ends.
+    let output = cli_within(&stack, &["dlq", "replay", "--all"], Duration::from_secs(30)).await;
+    let said = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    assert_eq!(said.lines().filter(|l| l.starts_with("skipped ")).count(), 7, "{said}");
+    assert!(said.contains("--force"), "{said}");
+    assert!(said.contains("done: 0 of 7 dead letters sent back, 7 skipped"), "{said}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(letters(&stack).len(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_loses_nothing_and_discard_removes_what_it_selects() {
+    let stack = Stack::start("dlq-discard", &[]).await;
+    publish_raw(&stack, topology::CHANGES_EXCHANGE, "", b"{}").await;
+    publish_raw(&stack, topology::WORKFLOW_EXCHANGE, "order.payment", b"{not json").await;
+    stack.wait_dead_letters(8, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let all = letters(&stack);
+    assert_eq!(all.len(), 8, "{all:?}");
+
+    // Every listing returns what it read; none is lost (quorum delivery limit).
+    for round in 0..25 {
+        assert_eq!(letters(&stack).len(), 8, "after {round} listings");
+    }
+
+    // The text listing has a count per reason before the messages.
+    let output = stack.cli(&["dlq", "list"]);
+    let listing = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(listing.starts_with("8 dead letters by reason:"), "{listing}");
+    let poison = all.iter().find(|l| l["routing_key"] == "order.payment").expect("the payment dead letter");
+    let poison_reason = poison["reason"].as_str().unwrap().to_string();
+    assert!(listing.contains(&format!("     1  {poison_reason}")), "{listing}");
+    let change_reason =
+        all.iter().find(|l| l["routing_key"] != "order.payment").unwrap()["reason"].as_str().unwrap();
+    if change_reason != poison_reason {
+        let n = all.iter().filter(|l| l["reason"] == change_reason).count();
+        assert!(listing.contains(&format!("{n:>6}  {change_reason}")), "{listing}");
+    }
+
+    // Discard by reason removes exactly the letters whose reason contains it.
+    let matching = all.iter().filter(|l| l["reason"].as_str().unwrap().contains(&poison_reason)).count();
+    assert_eq!(matching, 1, "the payment reason is its own: {all:?}");
+    let output = stack.cli(&["dlq", "discard", "--reason", &poison_reason]);
+    let said = text(&output);
+    assert!(output.status.success(), "{said}");
+    assert!(said.contains("discarded 1 dead letters"), "{said}");
+    let left = letters(&stack);
+    assert_eq!(left.len(), 7, "{left:?}");
+    assert!(left.iter().all(|l| l["routing_key"] != "order.payment"), "{left:?}");
+
+    let output = stack.cli(&["dlq", "discard", "--all"]);
+    assert!(text(&output).contains("discarded 7 dead letters"), "{}", text(&output));
+    let left = letters(&stack);
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -21,7 +21,7 @@ pub fn next_node(element: &OrderElement) -> Option<Node> {
 /// Refuses an element that arrives at `node` in a state the workflow never
 /// routes there: it can never succeed here, so it is dead-lettered.
 pub fn check_arrival(node: Node, element: &OrderElement) -> Result<(), StageError> {
-    if WORKFLOW.accepts(node).contains(&element.state) {
+    if WORKFLOW.accepts_state(node, element.state) {
         return Ok(());
     }
     Err(StageError::Permanent(format!(

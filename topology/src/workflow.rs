@@ -433,6 +433,12 @@ impl Workflow {
         states
     }
 
+    /// Whether an element may arrive at `node` in `state` (checked per
+    /// message: no allocation).
+    pub fn accepts_state(&self, node: Node, state: OrderState) -> bool {
+        self.routes.iter().any(|r| r.to == node && r.state == state)
+    }
+
     /// The states `node` produces.
     pub fn produces(&self, node: Node) -> Vec<OrderState> {
         self.node_def(node).map(|def| def.produces.iter().map(|e| e.state).collect()).unwrap_or_default()
@@ -583,6 +589,11 @@ mod tests {
         assert_eq!(WORKFLOW.accepts(Node::Inventory), [S::Charged, S::Cancelling]);
         assert_eq!(WORKFLOW.accepts(Node::Shipping), [S::Picked, S::Rebinned]);
         assert_eq!(WORKFLOW.accepts(Node::Exceptions), [S::StockShort, S::Cancelling, S::StockReleased]);
+        for node in WORKFLOW.nodes() {
+            for state in OrderState::all() {
+                assert_eq!(WORKFLOW.accepts_state(node, state), WORKFLOW.accepts(node).contains(&state));
+            }
+        }
     }
 
     #[test]

@@ -23,11 +23,16 @@ pub fn management() -> Management {
     Broker::local().management().clone()
 }
 
-/// The folder holding the workspace's binaries, built once per test run.
+/// The folder holding the workspace's binaries, built once per test run
+/// (or `ORDERFLOW_TEST_BIN_DIR`, taken as built: to run a copied test binary
+/// again and again while the workspace is rebuilt, as the flaky-test hunt does).
 pub fn bin_dir() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
+            if let Some(dir) = std::env::var_os("ORDERFLOW_TEST_BIN_DIR") {
+                return PathBuf::from(dir);
+            }
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo)
                 .args(["build", "--workspace", "--bins", "--quiet"])

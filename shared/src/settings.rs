@@ -31,6 +31,10 @@ pub struct Settings {
     /// `ORDERFLOW_CHANGE_RETENTION_S`: how long a node's change book keeps a
     /// change request (decided or not) and a closed order, in seconds.
     pub change_retention: Duration,
+    /// `ORDERFLOW_HTTP_HEADER_TIMEOUT_S`: how long the tracker's API waits for
+    /// a client to finish sending a request's headers before it closes the
+    /// connection (also how long an idle keep-alive connection is kept).
+    pub http_header_timeout: Duration,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -60,6 +64,10 @@ impl Settings {
             max_attempts: parsed("ORDERFLOW_MAX_ATTEMPTS", 5)?,
             instance_id: var("ORDERFLOW_INSTANCE_ID"),
             change_retention: Duration::from_secs(parsed("ORDERFLOW_CHANGE_RETENTION_S", 86_400)?),
+            http_header_timeout: match parsed("ORDERFLOW_HTTP_HEADER_TIMEOUT_S", 10u64)? {
+                0 => anyhow::bail!("ORDERFLOW_HTTP_HEADER_TIMEOUT_S must be at least 1 (seconds)"),
+                seconds => Duration::from_secs(seconds),
+            },
         })
     }
 

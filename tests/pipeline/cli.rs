@@ -91,3 +91,41 @@ fn wait_says_when_the_tracker_does_not_answer() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("the tracker's last answer") && stderr.contains("not reachable"), "{stderr}");
 }
+
+/// 300 clients that open a connection to the tracker's API and never finish
+/// their headers (plus 100 that send nothing) are disconnected once the
+/// header-read timeout passes, and the API answers everyone else meanwhile.
+/// Before the timeout they stayed connected for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tracker_api_drops_clients_that_never_finish_their_headers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stack = Stack::empty("slowloris", &[("ORDERFLOW_HTTP_HEADER_TIMEOUT_S", "2")]).await;
+    stack.spawn("tracker", "tracker-1");
+    stack.wait_for_tracker().await;
+
+    let mut stalled = Vec::new();
+    for i in 0..400 {
+        let mut socket = tokio::net::TcpStream::connect(&stack.http_addr).await.unwrap();
+        if i < 300 {
+            socket.write_all(b"GET /stats HTTP/1.1\r\nHost: tracker\r\nX-Slow: ").await.unwrap();
+        }
+        stalled.push(socket);
+    }
+    // Still answering while they hang.
+    assert_eq!(stack.get("/health").await.0, 200);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for (i, socket) in stalled.iter_mut().enumerate() {
+        let mut buffer = [0u8; 512];
+        // The server ends the connection (EOF, or a 408 then EOF, or a reset).
+        loop {
+            match tokio::time::timeout_at(deadline, socket.read(&mut buffer)).await {
+                Err(_) => panic!("client {i} still connected 20 s after a 2 s header timeout"),
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(_)) => continue,
+            }
+        }
+    }
+    assert_eq!(stack.get("/health").await.0, 200);
+    stack.stop_all().await;
+}

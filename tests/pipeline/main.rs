@@ -10,7 +10,7 @@
 //! - `faults`: SIGKILLed nodes, a stopped tracker, cut connections: nothing lost or doubled.
 //! - `bad_input`: refused files, rejected orders, hostile text, audit garbage.
 //! - `changes`: in-flight changes, cut-offs, cancels, sync mode.
-//! - `cli`: the command line and the tracker's HTTP API.
+//! - `cli`: the command line and the tracker's HTTP API (also its header-read timeout).
 //! - `compose`: the docker-compose file names every service.
 //! - `bench_smoke`: the benchmark's smoke run finishes and prints every figure.
 //! - `privilege`: per-node users with least privilege; strays are refused.

@@ -11,8 +11,12 @@ use axum::{
     routing::{get, post},
     Json, Router,
 };
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use shared::tracker_api::{ApiError, StatusRequest};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -40,15 +44,48 @@ fn health_answer(health: &Health) -> Response {
     }
 }
 
+/// How long in-flight requests get to finish once shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves the API over HTTP/1.1 until `shutdown`. Unlike `axum::serve`, each
+/// connection gets a header-read timeout (`header_timeout`): a client that
+/// opens a connection and never finishes its headers, or leaves a kept-alive
+/// connection idle, is disconnected instead of holding a socket for ever.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: TrackerStore,
     health: Arc<Health>,
+    header_timeout: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(store, health))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
+    let app = router(store, health);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(error = %e, "the tracker API cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "tracker API connection ended");
+            }
+        });
+    }
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+        tracing::warn!("tracker API requests still running after {SHUTDOWN_GRACE:?}; closing them");
+    }
     Ok(())
 }
 

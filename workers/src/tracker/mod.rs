@@ -51,7 +51,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     tracing::info!(addr = %settings.http_addr, "tracker API listening");
     let health = Arc::new(Health::default());
     let stop = shutdown.child_token();
-    let api = http::serve(listener, store.clone(), health.clone(), stop.clone());
+    let api =
+        http::serve(listener, store.clone(), health.clone(), settings.http_header_timeout, stop.clone());
     let consume = consumer::run(store, settings, health, stop.clone());
     tokio::pin!(api, consume);
     tokio::select! {

@@ -35,6 +35,7 @@ impl Scratch {
             max_attempts: 3,
             instance_id: Some("payment-test".into()),
             change_retention: Duration::from_secs(3600),
+            http_header_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -10,9 +10,14 @@ source scripts/lib.sh
 
 ensure_broker
 [[ ${ORDERFLOW_SKIP_BUILD:-} == 1 ]] || build_release
+# Stores, logs and secrets are for the stack's owner alone (0600 files, 0700 folders).
+umask 077
 mkdir -p "$ORDERFLOW_RUN_DIR/pids" "$ORDERFLOW_RUN_DIR/logs"
-# Each node and the tracker connect as their own least-privilege user; the
-# passwords are generated once into $ORDERFLOW_RUN_DIR/secrets (mode 0600).
+# Each node and the tracker connect as their own least-privilege user of this
+# stack (named after the vhost, so stacks never share users); the passwords
+# are generated once into $ORDERFLOW_RUN_DIR/secrets (mode 0600). A user that
+# exists without its password here belongs to another run directory: apply
+# refuses rather than change its password under the processes using it.
 secrets="$ORDERFLOW_RUN_DIR/secrets"
 : "${ORDERFLOW_USER_PREFIX:=orderflow-}"
 if [[ ${ORDERFLOW_NODE_USERS:-1} == 1 ]]; then
@@ -39,7 +44,8 @@ for node in "${PROCESSES[@]}"; do
     if running "$pidfile" "$node"; then continue; fi
     credentials=()
     if [[ ${ORDERFLOW_NODE_USERS:-1} == 1 ]]; then
-      credentials=(AMQP_USER="$ORDERFLOW_USER_PREFIX$node" AMQP_PASSWORD_FILE="$secrets/$ORDERFLOW_USER_PREFIX$node")
+      # This stack's own user of the role (named after the vhost) and its password file.
+      mapfile -t credentials < <("$BIN/topology" credentials "$node" --secrets-dir "$secrets" --user-prefix "$ORDERFLOW_USER_PREFIX")
     fi
     env "${credentials[@]}" ORDERFLOW_INSTANCE_ID="$node-$i" nohup "$BIN/$node" >>"$ORDERFLOW_RUN_DIR/logs/$node-$i.log" 2>&1 &
     echo $! >"$pidfile"

@@ -16,6 +16,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 use topology::management::Management;
+use topology::permissions::secret_file_name;
 use uuid::Uuid;
 
 /// The local broker's management API.
@@ -102,12 +103,13 @@ impl Stack {
             &prefix,
         ]);
         for binary in harness::processes() {
-            let user = format!("{prefix}{binary}");
-            let password_file = secrets.join(&user).display().to_string();
+            let user = stack.user_of(&prefix, binary);
+            let password_file = secrets.join(secret_file_name(&user)).display().to_string();
             let binary_env = &mut stack.config.binary_env;
             binary_env.push((binary.into(), "AMQP_USER".into(), user));
             binary_env.push((binary.into(), "AMQP_PASSWORD_FILE".into(), password_file));
         }
+        stack.config.env.push(("ORDERFLOW_USER_PREFIX".into(), prefix.clone()));
         stack.user_prefix = Some(prefix);
         ok(stack.inner.start_all().await);
         stack
@@ -123,12 +125,24 @@ impl Stack {
         self.run_dir.join("secrets")
     }
 
-    /// The AMQP URL of a role's user (`payment`, `tracker`, `publisher`, ...).
+    /// The broker user of a role (`payment`, `tracker`, `publisher`, `support`, ...) in this stack.
+    pub fn user_of(&self, prefix: &str, role: &str) -> String {
+        let role = topology::permissions::Role::from_name(role).expect("a role");
+        role.user(prefix, &self.vhost.name)
+    }
+
+    /// The broker user of a role in this stack with node users.
+    pub fn role_user(&self, role: &str) -> String {
+        self.user_of(self.user_prefix.as_ref().expect("a stack with node users"), role)
+    }
+
+    /// The AMQP URL of a role's user (`payment`, `tracker`, `publisher`, `support`, ...).
     pub fn role_url(&self, role: &str) -> String {
-        let prefix = self.user_prefix.as_ref().expect("a stack with node users");
-        let user = format!("{prefix}{role}");
-        let password = std::fs::read_to_string(self.secrets_dir().join(&user)).expect("secret file");
-        format!("amqp://{user}:{}@127.0.0.1:5672/{}", password.trim(), self.vhost.name)
+        let user = self.role_user(role);
+        let password =
+            std::fs::read_to_string(self.secrets_dir().join(secret_file_name(&user))).expect("secret file");
+        let url = format!("amqp://127.0.0.1:5672/{}", self.vhost.name);
+        shared::settings::with_credentials(&url, Some(&user), Some(password.trim()))
     }
 
     /// Starts one process of `binary` labelled `label` (also its instance id).
@@ -296,6 +310,7 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         let Some(prefix) = self.user_prefix.clone() else { return };
+        let vhost = self.vhost.name.clone();
         // The processes go first, then their users; the harness stack deletes the vhost.
         self.inner.kill_all();
         let _ = std::thread::spawn(move || {
@@ -304,7 +319,7 @@ impl Drop for Stack {
             runtime.block_on(async {
                 let management = management();
                 for role in topology::permissions::Role::all() {
-                    let _ = management.delete_user(&role.user(&prefix)).await;
+                    let _ = management.delete_user(&role.user(&prefix, &vhost)).await;
                 }
             })
         })

@@ -60,7 +60,7 @@ impl Stack {
         let name = format!("orderflow-bench-{}-{tag}", config.run_id);
         let inner = harness::Stack::start(&config.stack, &name).await?;
         let connection = inner.connect("orderflow-bench").await?;
-        let publisher = Publisher::open(&connection).await?;
+        let publisher = Publisher::open(&connection, &inner.user()).await?;
         Ok(Stack { inner, publisher, connection })
     }
 

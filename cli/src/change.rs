@@ -72,12 +72,12 @@ pub async fn request(
         .with_context(|| format!("cannot connect to RabbitMQ at {}", settings.amqp_url_redacted()))?;
     let setup = connection.create_channel().await?;
     topology::ensure_for(&setup, &[]).await.context("the topology is not applied on this broker")?;
-    let publisher = Publisher::open(&connection).await?;
+    let publisher = Publisher::open(&connection, &settings.broker_user()).await?;
     let instance = format!("cli-{}", std::process::id());
     let requested = ChangeEvent::new(
         &request,
         ChangeKind::ChangeRequested,
-        "publisher",
+        shared::trust::Trust::cli_role(settings).name(),
         &instance,
         request.change.describe(),
         0,

@@ -46,10 +46,10 @@ pub async fn list(settings: &Settings, json: bool) -> anyhow::Result<()> {
 
 pub async fn replay(settings: &Settings, target: Option<String>, force: bool) -> anyhow::Result<bool> {
     let connection = open(settings).await?;
-    let report = dead_letters::replay(&connection, target.as_deref(), force).await?;
+    let report = dead_letters::replay(&connection, settings, target.as_deref(), force).await?;
     let _ = connection.close(200, "done".into()).await;
     for l in &report.replayed {
-        println!("replayed {} (order {}) to {} {}", l.message_id, l.order_id, l.exchange, l.routing_key);
+        println!("replayed {} (order {}) to queue {}", l.message_id, l.order_id, l.queue);
     }
     for s in &report.skipped {
         let l = &s.letter;

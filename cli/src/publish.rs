@@ -91,7 +91,7 @@ async fn open_session(pool: &deadpool_lapin::Pool, settings: &Settings) -> anyho
         .await
         .context("the topology is not applied on this broker (run scripts/up.sh or `topology apply`)")?;
     let _ = setup.close(200, "checked".into()).await;
-    let publisher = Publisher::open(&connection).await?;
+    let publisher = Publisher::open(&connection, &settings.broker_user()).await?;
     Ok((connection, publisher))
 }
 

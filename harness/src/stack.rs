@@ -340,6 +340,14 @@ impl Stack {
         &self.tracker
     }
 
+    /// The broker user [`Stack::connect`] connects as (what a publisher on
+    /// that connection must sign its messages with).
+    pub fn user(&self) -> String {
+        topology::management::amqp_url_parts(&self.vhost.amqp_url)
+            .map(|(user, _, _)| user)
+            .unwrap_or_default()
+    }
+
     /// Opens an AMQP connection (as the broker's user) to this stack's vhost.
     pub async fn connect(&self, name: &str) -> anyhow::Result<lapin::Connection> {
         let properties = lapin::ConnectionProperties::default().with_connection_name(name.into());

@@ -56,6 +56,10 @@ pub struct ChangeRequest {
     /// Synchronous requests must be applied before this time or not at all.
     #[serde(default)]
     pub deadline: Option<DateTime<Utc>>,
+    /// The broker user that sent the request, as the node that heard it
+    /// verified it (its `user_id`); whatever the body says is replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester: Option<String>,
 }
 
 impl ChangeRequest {
@@ -67,6 +71,7 @@ impl ChangeRequest {
             change,
             requested_at: Utc::now(),
             deadline,
+            requester: None,
         }
     }
 }
@@ -155,6 +160,41 @@ pub enum Decision {
 /// terminal orders, orders being cancelled, invalid attributes and
 /// synchronous requests past their deadline. Otherwise it applies: an address
 /// can change and an order be cancelled until it is shipped.
+/// Who may change an order: the user that placed it (`placed_by`, verified
+/// by intake), customer support, or the operator. Everyone else's requests
+/// are rejected with the reason, and recorded like any other decision.
+#[derive(Clone, Debug)]
+pub struct ChangeAuthority {
+    /// The stack's customer-support user.
+    pub support: String,
+    /// The administrator (see `Settings::operator_user`).
+    pub operator: String,
+}
+
+impl ChangeAuthority {
+    pub fn check(&self, element: &OrderElement, request: &ChangeRequest) -> Result<(), String> {
+        let Some(requester) = request.requester.as_deref() else {
+            return Err("the request names no requester (no user_id): only the user that placed the order \
+                        or customer support may change it"
+                .into());
+        };
+        if [self.support.as_str(), self.operator.as_str()].contains(&requester)
+            || Some(requester) == element.placed_by.as_deref()
+        {
+            return Ok(());
+        }
+        let placer = element.placed_by.as_deref().map(crate::text::escaped);
+        Err(format!(
+            "{} may not change this order: only {} or customer support ({}) may",
+            crate::text::escaped(requester),
+            placer
+                .map(|p| format!("{p}, who placed it,"))
+                .unwrap_or_else(|| "the user that placed it".into()),
+            self.support
+        ))
+    }
+}
+
 pub fn decide(element: &OrderElement, request: &ChangeRequest, now: DateTime<Utc>) -> Decision {
     if let Some(deadline) = request.deadline {
         if now > deadline {
@@ -263,6 +303,31 @@ mod tests {
             postal_code: "1".into(),
             country: "DE".into(),
         }
+    }
+
+    #[test]
+    fn only_the_placer_or_support_may_change_an_order() {
+        let authority = ChangeAuthority { support: "of-shop.support".into(), operator: "admin".into() };
+        let mut element = at(OrderState::Accepted);
+        element.placed_by = Some("of-shop.publisher".into());
+        let mut cancel = request(Change::Cancel);
+        assert!(authority.check(&element, &cancel).unwrap_err().contains("no requester"));
+        cancel.requester = Some("of-shop.publisher".into());
+        assert!(authority.check(&element, &cancel).is_ok());
+        cancel.requester = Some("of-shop.support".into());
+        assert!(authority.check(&element, &cancel).is_ok());
+        cancel.requester = Some("mallory".into());
+        let refused = authority.check(&element, &cancel).unwrap_err();
+        assert!(
+            refused.contains("mallory may not change") && refused.contains("of-shop.publisher"),
+            "{refused}"
+        );
+        element.placed_by = None;
+        cancel.requester = Some("of-shop.publisher".into());
+        assert!(
+            authority.check(&element, &cancel).is_err(),
+            "an order placed anonymously is support's alone"
+        );
     }
 
     #[test]

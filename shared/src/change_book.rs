@@ -10,7 +10,7 @@
 //! retention (`ORDERFLOW_CHANGE_RETENTION_S`) are purged, among them requests
 //! for orders that never came or never visit this node.
 
-use crate::change::{apply, decide, ChangeRequest, Decision};
+use crate::change::{apply, decide, ChangeAuthority, ChangeRequest, Decision};
 use crate::order::{OrderElement, OrderState};
 use crate::settings::Settings;
 use crate::store::{Backend, Store};
@@ -50,6 +50,19 @@ pub struct ChangeBook {
     known: std::sync::Mutex<Known>,
     retention: Duration,
     purged_at: std::sync::Mutex<Option<Instant>>,
+    /// Who may change an order (checked before any other rule).
+    authority: ChangeAuthority,
+}
+
+/// Who may change orders in the stack the node `node` runs in.
+fn change_authority(settings: &Settings, node: &str) -> anyhow::Result<ChangeAuthority> {
+    let role = topology::permissions::Role::from_name(node)
+        .ok_or_else(|| anyhow::anyhow!("no role is named {node}"))?;
+    let trust = crate::trust::Trust::new(settings, role)?;
+    Ok(ChangeAuthority {
+        support: trust.user_of(topology::permissions::Role::Support),
+        operator: trust.operator().to_string(),
+    })
 }
 
 /// Which orders have had changes in this book, so that an element without
@@ -96,6 +109,7 @@ impl ChangeBook {
             known: std::sync::Mutex::new(Known::default()),
             retention: settings.change_retention,
             purged_at: std::sync::Mutex::new(None),
+            authority: change_authority(settings, node)?,
         })
     }
 
@@ -275,7 +289,10 @@ impl ChangeBook {
             let status: String = row.try_get("status")?;
             let decision = match status.as_str() {
                 "pending" => {
-                    let decision = decide(&element, &request, Utc::now());
+                    let decision = match self.authority.check(&element, &request) {
+                        Ok(()) => decide(&element, &request, Utc::now()),
+                        Err(reason) => Decision::Reject(reason),
+                    };
                     let (status, reason) = match &decision {
                         Decision::Apply => ("applied", String::new()),
                         Decision::Reject(reason) => ("rejected", reason.clone()),
@@ -367,7 +384,7 @@ mod tests {
         settings.database_url = None;
         settings.run_dir = dir.clone();
         settings.change_retention = retention;
-        (ChangeBook::open(&settings, "test").await.unwrap(), dir)
+        (ChangeBook::open(&settings, "payment").await.unwrap(), dir)
     }
 
     #[tokio::test]

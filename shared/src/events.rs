@@ -82,7 +82,7 @@ impl DeadLettered<'_> {
         tracing::error!(
             node = self.node,
             routing_key = self.routing_key,
-            reason = self.reason,
+            reason = crate::text::mask_card_numbers(self.reason),
             "dead-lettered a message"
         );
         DEAD_LETTERED.increment();
@@ -102,7 +102,7 @@ impl Retried<'_> {
     pub fn emit(&self) {
         tracing::warn!(
             node = self.node,
-            error = format!("{:#}", self.error),
+            error = crate::text::mask_card_numbers(&format!("{:#}", self.error)),
             attempts = self.attempts,
             retry_in_ms = self.delay.as_millis() as u64,
             "transient failure; retrying"
@@ -123,7 +123,7 @@ impl GaveUp<'_> {
     pub fn emit(&self) {
         tracing::warn!(
             node = self.node,
-            error = format!("{:#}", self.error),
+            error = crate::text::mask_card_numbers(&format!("{:#}", self.error)),
             attempts = self.attempts,
             "transient failure on every attempt; giving up"
         );

@@ -14,8 +14,10 @@ pub mod shutdown;
 pub mod stage;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod tracker_api;
 pub mod transport;
+pub mod trust;
 
 pub use audit::AuditEvent;
 pub use order::{Order, OrderElement, OrderState};

@@ -102,6 +102,11 @@ pub struct OrderElement {
     /// In-flight changes already applied or rejected for this element.
     #[serde(default)]
     pub resolved_changes: Vec<Uuid>,
+    /// The broker user that placed the order, as intake verified it (set by
+    /// intake from the message's `user_id`, whatever the body says; `None`
+    /// when the order came without one). Decides who may change the order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placed_by: Option<String>,
 }
 
 impl OrderElement {
@@ -122,6 +127,7 @@ impl OrderElement {
             failure: None,
             tracking_number: None,
             resolved_changes: Vec::new(),
+            placed_by: None,
         }
     }
 

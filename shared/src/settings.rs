@@ -35,6 +35,13 @@ pub struct Settings {
     /// a client to finish sending a request's headers before it closes the
     /// connection (also how long an idle keep-alive connection is kept).
     pub http_header_timeout: Duration,
+    /// `ORDERFLOW_USER_PREFIX`: what the stack's per-role broker users are
+    /// named with (see `topology::permissions::Role::user`).
+    pub user_prefix: String,
+    /// `ORDERFLOW_OPERATOR_USER` (default: the user named in `AMQP_URL`,
+    /// before `AMQP_USER` replaces it): the administrator whose `orderflow dlq
+    /// replay` a node trusts to send a dead letter back.
+    pub operator_user: String,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -52,6 +59,10 @@ fn parsed<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
 
 impl Settings {
     pub fn from_env() -> anyhow::Result<Settings> {
+        let url_user = topology::management::amqp_url_parts(
+            &var("AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.to_string()),
+        )?
+        .0;
         Ok(Settings {
             amqp_url: amqp_url_from_env()?,
             database_url: var("DATABASE_URL"),
@@ -68,6 +79,8 @@ impl Settings {
                 0 => anyhow::bail!("ORDERFLOW_HTTP_HEADER_TIMEOUT_S must be at least 1 (seconds)"),
                 seconds => Duration::from_secs(seconds),
             },
+            user_prefix: var("ORDERFLOW_USER_PREFIX").unwrap_or_else(|| "orderflow-".into()),
+            operator_user: var("ORDERFLOW_OPERATOR_USER").unwrap_or(url_user),
         })
     }
 
@@ -90,6 +103,11 @@ impl Settings {
     /// The URL of the tracker's HTTP API.
     pub fn tracker_url(&self) -> String {
         format!("http://{}", self.http_addr)
+    }
+
+    /// The broker user this process connects as (what it signs its messages with).
+    pub fn broker_user(&self) -> String {
+        topology::management::amqp_url_parts(&self.amqp_url).map(|(user, _, _)| user).unwrap_or_default()
     }
 
     /// The AMQP URL with any password replaced, for logs.

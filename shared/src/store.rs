@@ -20,6 +20,24 @@ pub struct Store {
     pub backend: Backend,
 }
 
+/// `dir/name`, created empty for its owner alone when missing (a 0600 file
+/// in a folder created 0700): an SQLite store holds customers' addresses,
+/// and SQLite gives its WAL and shared-memory files the database's mode.
+pub fn private_file(dir: &std::path::Path, name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let mut folder = std::fs::DirBuilder::new();
+    folder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut folder, 0o700);
+    folder.create(dir).with_context(|| format!("cannot create the run directory {}", dir.display()))?;
+    let path = dir.join(name);
+    let mut file = std::fs::OpenOptions::new();
+    file.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
+    file.open(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    Ok(path)
+}
+
 impl Store {
     /// Opens (creating if needed) the store of `owner` (e.g. `tracker`, `inventory`).
     pub async fn open(settings: &Settings, owner: &str) -> anyhow::Result<Store> {
@@ -40,10 +58,7 @@ impl Store {
                 crate::settings::redact_url(other)
             ),
             None => {
-                std::fs::create_dir_all(&settings.run_dir).with_context(|| {
-                    format!("cannot create the run directory {}", settings.run_dir.display())
-                })?;
-                let path = settings.run_dir.join(format!("{owner}.db"));
+                let path = private_file(&settings.run_dir, &format!("{owner}.db"))?;
                 Self::open_sqlite(&format!("sqlite://{}?mode=rwc", path.display())).await
             }
         }
@@ -150,6 +165,24 @@ mod tests {
         assert_eq!(extra, "");
         let error = store.add_column("old_rows", "bad column definition (").await.unwrap_err();
         assert!(format!("{error:#}").contains("adding column bad"), "{error:#}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn sqlite_stores_are_for_their_owner_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("orderflow-private-{}", uuid::Uuid::new_v4().simple()));
+        let mut settings = Settings::from_env().unwrap();
+        settings.database_url = None;
+        settings.run_dir = dir.clone();
+        let store = Store::open(&settings, "test").await.unwrap();
+        sqlx::query("CREATE TABLE t (id TEXT)").execute(&store.pool).await.unwrap();
+        let mode = |p: std::path::PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(dir.clone()), 0o700);
+        for file in ["test.db", "test.db-wal", "test.db-shm"] {
+            assert_eq!(mode(dir.join(file)), 0o600, "{file}");
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -52,7 +52,7 @@ async fn a_storm_of_address_changes_has_one_outcome_each_and_ships_the_last() {
 
     // 500 address changes, five rounds over the 100 orders, published as the CLI does.
     let connection = stack.connect().await;
-    let publisher = Publisher::open(&connection).await.unwrap();
+    let publisher = Publisher::open(&connection, &stack.user()).await.unwrap();
     let mut requested: HashMap<uuid::Uuid, Vec<uuid::Uuid>> = HashMap::new();
     for round in 0..5 {
         let mut messages = Vec::new();
@@ -340,7 +340,7 @@ async fn a_change_has_one_decider_even_when_it_comes_before_its_order() {
     let requested =
         ChangeEvent::new(&request, ChangeKind::ChangeRequested, "publisher", "test", String::new(), 0);
     let connection = stack.connect().await;
-    let publisher = Publisher::open(&connection).await.unwrap();
+    let publisher = Publisher::open(&connection, &stack.user()).await.unwrap();
     publisher
         .publish_all(&[change_event_message(&requested), change_request_message(&request)])
         .await

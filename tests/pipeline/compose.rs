@@ -73,9 +73,14 @@ async fn exported_definitions_load_into_a_real_broker() {
     let management = tests::management();
     management.import_definitions(&document).await.expect("the broker accepts the definitions");
 
-    let user = format!("{prefix}payment");
-    let password = std::fs::read_to_string(out.join("secrets").join(&user)).unwrap();
-    let url = format!("amqp://{user}:{}@127.0.0.1:5672/{vhost}", password.trim());
+    let user = topology::permissions::Role::Node(topology::Node::Payment).user(&prefix, &vhost);
+    let secret = topology::permissions::secret_file_name(&user);
+    let password = std::fs::read_to_string(out.join("secrets").join(secret)).unwrap();
+    let url = shared::settings::with_credentials(
+        &format!("amqp://127.0.0.1:5672/{vhost}"),
+        Some(&user),
+        Some(password.trim()),
+    );
     let result = async {
         let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
@@ -96,7 +101,7 @@ async fn exported_definitions_load_into_a_real_broker() {
     .await;
     let _ = management.delete_vhost(&vhost).await;
     for role in topology::permissions::Role::all() {
-        let _ = management.delete_user(&role.user(&prefix)).await;
+        let _ = management.delete_user(&role.user(&prefix, &vhost)).await;
     }
     let _ = management.delete_user(&format!("{prefix}admin")).await;
     let _ = std::fs::remove_dir_all(&out);

@@ -2,7 +2,7 @@
 //! exchanges, queues, bindings, queue arguments and the definitions export.
 //!
 //! Nothing else in the workspace declares an exchange or a queue; workers call
-//! [`ensure_for`] with their own queues, the setup scripts call [`declare_all`].
+//! [`ensure_for`] to check their own queues exist, the setup scripts call [`declare_all`].
 //! The workflow's shape (nodes, states, routes) is [`workflow::WORKFLOW`].
 
 pub mod definitions;
@@ -203,15 +203,17 @@ pub async fn declare_all(channel: &Channel) -> lapin::Result<()> {
 }
 
 /// What a process with restricted rights needs before it consumes: the
-/// exchanges must exist (checked passively: setup creates them), and its own
-/// queue and binding are (re)declared, which its grant allows.
+/// exchanges and its own queues must exist. Both are checked passively:
+/// setup (`topology apply`, [`declare_all`]) creates them, and a node's user
+/// has no configure right, so it can neither declare nor delete a queue.
 pub async fn ensure_for(channel: &Channel, own_queues: &[QueueSpec]) -> lapin::Result<()> {
     for spec in exchanges() {
         let options = ExchangeDeclareOptions { passive: true, durable: true, ..Default::default() };
         channel.exchange_declare(spec.name.into(), spec.kind.clone(), options, FieldTable::default()).await?;
     }
     for queue in own_queues {
-        declare_queue(channel, queue).await?;
+        let options = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
+        channel.queue_declare(queue.name.as_str().into(), options, FieldTable::default()).await?;
     }
     Ok(())
 }

@@ -101,6 +101,23 @@ impl Management {
         Ok(())
     }
 
+    /// Whether `user` exists on the broker.
+    pub async fn user_exists(&self, user: &str) -> anyhow::Result<bool> {
+        let url = format!("{}/api/users/{}", self.base, encode(user));
+        let response = self
+            .http
+            .get(url)
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await
+            .with_context(|| format!("the management API at {} is not reachable", self.base))?;
+        match response.status().as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            status => anyhow::bail!("reading user {user} failed: HTTP {status}"),
+        }
+    }
+
     pub async fn delete_user(&self, user: &str) -> anyhow::Result<()> {
         let url = format!("{}/api/users/{}", self.base, encode(user));
         self.send(self.http.delete(url), "deleting a user").await?;

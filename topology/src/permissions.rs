@@ -1,6 +1,7 @@
 //! Least privilege: who connects to the broker (each node, the tracker, the
-//! publisher) and exactly what each may configure, write and read, down to
-//! the routing keys it may publish with (topic permissions).
+//! publisher, customer support) and exactly what each may configure, write
+//! and read, down to the routing keys it may publish with (topic
+//! permissions); and the broker user of each role in each stack.
 
 use crate::{Node, AUDIT_EXCHANGE, CHANGES_EXCHANGE, DEAD_LETTER_EXCHANGE, TRACKER_QUEUE, WORKFLOW_EXCHANGE};
 
@@ -9,8 +10,11 @@ use crate::{Node, AUDIT_EXCHANGE, CHANGES_EXCHANGE, DEAD_LETTER_EXCHANGE, TRACKE
 pub enum Role {
     Node(Node),
     Tracker,
-    /// Injects orders (`orderflow publish`): writes to intake and records `placed`.
+    /// Injects orders (`orderflow publish`): writes to intake and records
+    /// `placed`; may change or cancel the orders it placed.
     Publisher,
+    /// Customer support: may change or cancel any order, and nothing else.
+    Support,
 }
 
 impl Role {
@@ -18,7 +22,12 @@ impl Role {
         let mut roles: Vec<Role> = Node::all().into_iter().map(Role::Node).collect();
         roles.push(Role::Tracker);
         roles.push(Role::Publisher);
+        roles.push(Role::Support);
         roles
+    }
+
+    pub fn from_name(name: &str) -> Option<Role> {
+        Role::all().into_iter().find(|role| role.name() == name)
     }
 
     pub fn name(self) -> &'static str {
@@ -26,13 +35,38 @@ impl Role {
             Role::Node(node) => node.name(),
             Role::Tracker => "tracker",
             Role::Publisher => "publisher",
+            Role::Support => "support",
         }
     }
 
-    /// The broker user of this role, e.g. `orderflow-payment` for prefix `orderflow-`.
-    pub fn user(self, prefix: &str) -> String {
-        format!("{prefix}{}", self.name())
+    /// The broker user of this role in the stack on `vhost`: `<prefix><role>`
+    /// on the default vhost `/` (`orderflow-payment`), else
+    /// `<prefix><vhost>.<role>` (`orderflow-shop.payment`). Broker users are
+    /// global, so two stacks never share a user or a password; role names
+    /// have no dot, so a user name says which stack and role it is.
+    pub fn user(self, prefix: &str, vhost: &str) -> String {
+        stack_prefix(prefix, vhost) + self.name()
     }
+
+    /// The role whose user in this stack is `user`, if any.
+    pub fn of_user(user: &str, prefix: &str, vhost: &str) -> Option<Role> {
+        Role::from_name(user.strip_prefix(&stack_prefix(prefix, vhost))?)
+    }
+}
+
+/// What every user name of the stack on `vhost` starts with.
+fn stack_prefix(prefix: &str, vhost: &str) -> String {
+    if vhost == "/" {
+        prefix.to_string()
+    } else {
+        format!("{prefix}{vhost}.")
+    }
+}
+
+/// The file (in a secrets folder) holding the password of `user`: the user
+/// name, percent-encoded so that any vhost name makes a plain file name.
+pub fn secret_file_name(user: &str) -> String {
+    crate::management::encode(user)
 }
 
 /// The nodes a node may forward elements to: derived from the workflow
@@ -75,26 +109,18 @@ pub fn grant(role: Role) -> Grant {
         Role::Node(node) => {
             let queue = node.queue();
             let changes = node.changes_queue();
-            // The retry queue: declared (configure), bound to the workflow
-            // exchange (write on the queue, topic read of its key) and
-            // published to by key (topic write); never consumed. Declaring
-            // it with a dead-letter exchange needs read on the queue.
-            let retry = node.retry_queue();
+            // No configure right at all: `topology apply` declares every
+            // queue, a node only checks its own exist (a passive declare),
+            // and so it can never delete one. The retry queue is published
+            // to by key (topic write) and never consumed.
             let retry_key = node.retry_routing_key();
             let keys: Vec<String> = forwards_to(node).iter().map(|n| n.routing_key()).collect();
             let mut keys: Vec<&str> = keys.iter().map(String::as_str).collect();
             keys.push(&retry_key);
             Grant {
-                configure: exact(&[&queue, &changes, &retry]),
-                write: exact(&[
-                    &queue,
-                    &changes,
-                    &retry,
-                    WORKFLOW_EXCHANGE,
-                    AUDIT_EXCHANGE,
-                    DEAD_LETTER_EXCHANGE,
-                ]),
-                read: exact(&[&queue, &changes, &retry, WORKFLOW_EXCHANGE, CHANGES_EXCHANGE]),
+                configure: exact(&[]),
+                write: exact(&[WORKFLOW_EXCHANGE, AUDIT_EXCHANGE, DEAD_LETTER_EXCHANGE]),
+                read: exact(&[&queue, &changes]),
                 topic: vec![
                     topic(WORKFLOW_EXCHANGE, exact(&keys), exact(&[&node.routing_key(), &retry_key])),
                     topic(AUDIT_EXCHANGE, format!("^audit\\.{}\\.[a-z_]+$", node.name()), exact(&[])),
@@ -103,9 +129,9 @@ pub fn grant(role: Role) -> Grant {
             }
         }
         Role::Tracker => Grant {
-            configure: exact(&[TRACKER_QUEUE]),
-            write: exact(&[TRACKER_QUEUE, DEAD_LETTER_EXCHANGE]),
-            read: exact(&[TRACKER_QUEUE, AUDIT_EXCHANGE]),
+            configure: exact(&[]),
+            write: exact(&[DEAD_LETTER_EXCHANGE]),
+            read: exact(&[TRACKER_QUEUE]),
             topic: vec![
                 topic(WORKFLOW_EXCHANGE, exact(&[]), exact(&[])),
                 topic(AUDIT_EXCHANGE, exact(&[]), "^#$".to_string()),
@@ -126,6 +152,16 @@ pub fn grant(role: Role) -> Grant {
                 topic(DEAD_LETTER_EXCHANGE, exact(&[]), exact(&[])),
             ],
         },
+        Role::Support => Grant {
+            configure: exact(&[]),
+            write: exact(&[AUDIT_EXCHANGE, CHANGES_EXCHANGE]),
+            read: exact(&[]),
+            topic: vec![
+                topic(WORKFLOW_EXCHANGE, exact(&[]), exact(&[])),
+                topic(AUDIT_EXCHANGE, "^audit\\.support\\.change_requested$".to_string(), exact(&[])),
+                topic(DEAD_LETTER_EXCHANGE, exact(&[]), exact(&[])),
+            ],
+        },
     }
 }
 
@@ -136,11 +172,8 @@ mod tests {
     #[test]
     fn node_grants_name_only_their_own_queue() {
         let g = grant(Role::Node(Node::Payment));
-        assert_eq!(
-            g.configure,
-            "^(orderflow\\.payment|orderflow\\.changes\\.payment|orderflow\\.retry\\.payment)$"
-        );
-        assert!(g.read.contains("orderflow\\.payment") && !g.read.contains("shipping"));
+        assert_eq!(g.configure, "^$", "a node may not declare, and so not delete, any queue");
+        assert_eq!(g.read, "^(orderflow\\.payment|orderflow\\.changes\\.payment)$");
         assert_eq!(g.topic[0].write, "^(order\\.inventory|retry\\.payment)$");
         assert_eq!(g.topic[0].read, "^(order\\.payment|retry\\.payment)$");
         assert_eq!(grant(Role::Node(Node::Exceptions)).topic[0].write, "^(retry\\.exceptions)$");
@@ -148,7 +181,25 @@ mod tests {
 
     #[test]
     fn every_role_has_a_distinct_user() {
-        let users: std::collections::HashSet<String> = Role::all().iter().map(|r| r.user("of-")).collect();
+        let users: std::collections::HashSet<String> =
+            Role::all().iter().map(|r| r.user("of-", "shop")).collect();
         assert_eq!(users.len(), Role::all().len());
+    }
+
+    #[test]
+    fn stacks_never_share_a_user_and_a_user_names_its_role() {
+        assert_eq!(Role::Node(Node::Payment).user("orderflow-", "/"), "orderflow-payment");
+        assert_eq!(Role::Node(Node::Payment).user("orderflow-", "shop"), "orderflow-shop.payment");
+        let mut seen = std::collections::HashSet::new();
+        for vhost in ["/", "shop", "shop.eu", "a/b"] {
+            for role in Role::all() {
+                let user = role.user("orderflow-", vhost);
+                assert!(seen.insert(user.clone()), "{user} named twice");
+                assert_eq!(Role::of_user(&user, "orderflow-", vhost), Some(role));
+            }
+        }
+        assert_eq!(Role::of_user("orderflow-shop.payment", "orderflow-", "/"), None);
+        assert_eq!(Role::of_user("guest", "orderflow-", "shop"), None);
+        assert_eq!(secret_file_name("orderflow-a/b.payment"), "orderflow-a%2Fb.payment");
     }
 }

@@ -1,6 +1,8 @@
 //! A simulated card processor with its own ledger. Charges are keyed by order
 //! id and refunds by charge id, so asking twice returns the first answer:
 //! an order is never charged (or refunded) twice, whatever is redelivered.
+//! A refund is checked against the ledger, not the element: only a charge
+//! recorded for that order is refunded, and never more than was charged.
 
 use chrono::Utc;
 use shared::order::Charge;
@@ -51,8 +53,31 @@ impl Processor {
         Ok(Charge { charge_id: stored_uuid(&charge_id, "charge_id")?, amount_cents, card_last4 })
     }
 
-    /// Refunds a charge once; a repeated request returns the original refund.
-    pub async fn refund(&self, charge: &Charge) -> sqlx::Result<Refund> {
+    /// Refunds the charge recorded for `order_id` once; a repeated request
+    /// returns the original refund. `Ok(Err(reason))` when the ledger
+    /// refuses: no charge for the order, another charge than `claimed`, or
+    /// a claimed amount above the charged one.
+    pub async fn refund(&self, order_id: Uuid, claimed: &Charge) -> sqlx::Result<Result<Refund, String>> {
+        let recorded: Option<(String, i64)> =
+            sqlx::query_as("SELECT charge_id, amount_cents FROM processor_charges WHERE order_id = $1")
+                .bind(order_id.to_string())
+                .fetch_optional(&self.store.pool)
+                .await?;
+        let Some((charge_id, charged_cents)) = recorded else {
+            return Ok(Err(format!("no charge is recorded for order {order_id}: nothing to refund")));
+        };
+        if charge_id != claimed.charge_id.to_string() || claimed.amount_cents > charged_cents {
+            return Ok(Err(format!(
+                "order {order_id} was charged {charged_cents} cents (charge {charge_id}), not {} cents \
+                 (charge {}): refund refused",
+                claimed.amount_cents, claimed.charge_id
+            )));
+        }
+        let charge = Charge { amount_cents: charged_cents, ..claimed.clone() };
+        self.refund_recorded(&charge).await.map(Ok)
+    }
+
+    async fn refund_recorded(&self, charge: &Charge) -> sqlx::Result<Refund> {
         sqlx::query(
             "INSERT INTO processor_refunds (charge_id, refund_id, amount_cents, refunded_at) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (charge_id) DO NOTHING",
@@ -69,5 +94,39 @@ impl Processor {
                 .fetch_one(&self.store.pool)
                 .await?;
         Ok(Refund { refund_id: stored_uuid(&refund_id, "refund_id")?, amount_cents })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The forged refund an inventory user tried: a charge of 99,999,999
+    /// cents claimed for an order, with no charge (or a smaller one) in the ledger.
+    #[tokio::test]
+    async fn only_a_recorded_charge_is_refunded_and_never_more_than_charged() {
+        let dir = std::env::temp_dir().join(format!("orderflow-processor-{}", Uuid::new_v4().simple()));
+        let mut settings = Settings::from_env().unwrap();
+        settings.database_url = None;
+        settings.run_dir = dir.clone();
+        let processor = Processor::open(&settings).await.unwrap();
+        let forged =
+            Charge { charge_id: Uuid::new_v4(), amount_cents: 99_999_999, card_last4: "4242".into() };
+        let never_charged = Uuid::new_v4();
+        let refused = processor.refund(never_charged, &forged).await.unwrap().unwrap_err();
+        assert!(refused.contains("no charge is recorded"), "{refused}");
+
+        let order_id = Uuid::new_v4();
+        let charge = processor.charge(order_id, 1_500, "4242").await.unwrap();
+        let inflated = Charge { amount_cents: 99_999_999, ..charge.clone() };
+        assert!(processor.refund(order_id, &inflated).await.unwrap().unwrap_err().contains("refund refused"));
+        let other = Charge { charge_id: Uuid::new_v4(), ..charge.clone() };
+        assert!(processor.refund(order_id, &other).await.unwrap().is_err());
+
+        let refund = processor.refund(order_id, &charge).await.unwrap().unwrap();
+        assert_eq!(refund.amount_cents, 1_500);
+        let again = processor.refund(order_id, &charge).await.unwrap().unwrap();
+        assert_eq!(again, refund, "a repeated refund returns the first");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

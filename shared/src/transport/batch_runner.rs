@@ -9,9 +9,9 @@
 //! closed, is settled as a failure before anything of it is published. A
 //! crash loses nothing: unacknowledged deliveries return to the queue.
 
+use super::arrival::receive_element;
 use super::change_consumer::{dispatch_change, next_change};
 use super::context::NodeContext;
-use super::message::decode_element;
 use super::publisher::{publish_failure, Publisher};
 use super::session::{finish, open_consumer, supervise};
 use super::settle::{ack, attempt_of, requeue, settle, settle_failure, Settle};
@@ -19,7 +19,6 @@ use super::step::{record_outcome, resolve_changes, ChangeRecords, Handled};
 use crate::batcher::Batcher;
 use crate::change::cancel_outcome;
 use crate::order::{OrderElement, OrderState};
-use crate::routing::check_arrival;
 use crate::settings::Settings;
 use crate::stage::{BatchStage, Outcome, StageError};
 use futures::StreamExt;
@@ -60,7 +59,7 @@ async fn serve<S: BatchStage>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let connection = Arc::new(connection);
-    let publisher = Publisher::reopening(connection.clone()).await?;
+    let publisher = Publisher::reopening(connection.clone(), ctx.trust.own_user()).await?;
     let (channel, mut consumer, mut changes) = open_consumer(&connection, &ctx, &publisher).await?;
     let mut batcher: Batcher<Held> = Batcher::new(settings.picklist_batch, settings.picklist_flush);
     let tasks = TaskTracker::new();
@@ -112,13 +111,11 @@ async fn serve<S: BatchStage>(
     finish(&connection, &channel, &ctx, tasks, result).await
 }
 
-/// Decodes a delivery and checks the element may arrive here; an element that
-/// cannot is refused at once (a permanent failure) and never joins a batch.
+/// Decodes a delivery and checks the element may arrive here (from its
+/// sender, in its state); an element that cannot is refused at once (a
+/// permanent failure) and never joins a batch.
 fn arrive<S: BatchStage>(ctx: &NodeContext, delivery: &Delivery) -> Result<OrderElement, StageError> {
-    let element =
-        decode_element(delivery, ctx.max_message_bytes).map_err(|e| StageError::Permanent(e.to_string()))?;
-    check_arrival(S::NODE, &element)?;
-    Ok(element)
+    receive_element(ctx, S::NODE, delivery)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

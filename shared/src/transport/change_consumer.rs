@@ -1,6 +1,7 @@
 //! The change consumer: every change request fanned out to the node goes into
 //! its change book (or is rejected at once when the order already ended
-//! here). Changes waiting at start are heard before any element is taken.
+//! here), with its requester as the broker verified it. Changes waiting at
+//! start are heard before any element is taken.
 
 use super::context::NodeContext;
 use super::message;
@@ -19,9 +20,10 @@ use tokio_util::task::TaskTracker;
 /// the order, or rejects it when the order already ended at this node.
 pub async fn handle_change(ctx: &NodeContext, publisher: &Publisher, delivery: Delivery) {
     let result = async {
-        let request: ChangeRequest =
+        let mut request: ChangeRequest =
             message::decode(&delivery.data, delivery.properties.headers().as_ref(), ctx.max_message_bytes)
                 .map_err(|e| StageError::Permanent(e.to_string()))?;
+        request.requester = ctx.trust.sender(&delivery.properties);
         let Some(book) = &ctx.book else { return Ok(()) };
         if let Received::Reject(reason) = book.receive(&request).await? {
             let event = ctx.change_event(&request, ChangeKind::ChangeRejected, reason.clone(), 0);

@@ -35,6 +35,15 @@ impl Backoff {
     }
 }
 
+/// Whether the broker answered but refused the user or its password (a
+/// wrong or changed password, a deleted user), as opposed to not answering.
+pub fn is_login_refused(error: &lapin::Error) -> bool {
+    let text = format!("{error:?} {error}");
+    ["ACCESS_REFUSED", "ACCESSREFUSED", "AccessRefused", "Login was refused", "authentication"]
+        .iter()
+        .any(|sign| text.contains(sign))
+}
+
 /// Connects, retrying with backoff; `None` when shutdown came first.
 pub async fn connect_with_retry(url: &str, name: &str, shutdown: &CancellationToken) -> Option<Connection> {
     let mut backoff = Backoff::default();
@@ -43,7 +52,15 @@ pub async fn connect_with_retry(url: &str, name: &str, shutdown: &CancellationTo
             Ok(connection) => return Some(connection),
             Err(error) => {
                 let delay = backoff.next_delay();
-                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot reach the broker");
+                let retry_in_ms = delay.as_millis() as u64;
+                if is_login_refused(&error) {
+                    let user =
+                        topology::management::amqp_url_parts(url).map(|(u, _, _)| u).unwrap_or_default();
+                    let message = format!("the broker refused the credentials of {user}");
+                    tracing::error!(%error, retry_in_ms, "{message}");
+                } else {
+                    tracing::warn!(%error, retry_in_ms, "cannot reach the broker");
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => return None,
                     _ = tokio::time::sleep(delay) => {}

@@ -1,13 +1,15 @@
 //! What every handler of a node knows about it: its name and instance, its
-//! queue and prefetch, its limits, and (for a workflow node) its change book.
+//! queue and prefetch, its limits, whom it trusts (its broker user and the
+//! stack's), and (for a workflow node) its change book.
 //! Built once per process and shared by the session, the step and settling.
 
 use super::message::{change_event_message, Outgoing};
 use crate::change::{ChangeEvent, ChangeKind, ChangeRequest};
 use crate::change_book::ChangeBook;
 use crate::settings::Settings;
+use crate::trust::Trust;
 use std::time::Duration;
-use topology::Node;
+use topology::{permissions::Role, Node};
 
 pub struct NodeContext {
     pub node: &'static str,
@@ -17,6 +19,8 @@ pub struct NodeContext {
     pub delay: Option<Duration>,
     pub max_message_bytes: usize,
     pub max_attempts: u32,
+    /// Who this process is on the broker and which senders it believes.
+    pub trust: Trust,
     /// The node's book of in-flight changes (workflow nodes only).
     pub book: Option<ChangeBook>,
     /// Held during the configured per-element delay: a slowed instance handles
@@ -31,7 +35,9 @@ impl NodeContext {
         queue: String,
         prefetch: u16,
     ) -> anyhow::Result<NodeContext> {
+        let role = Role::from_name(node).ok_or_else(|| anyhow::anyhow!("no role is named {node}"))?;
         Ok(NodeContext {
+            trust: Trust::new(settings, role)?,
             node,
             instance_id: settings.instance_id(node),
             queue,
@@ -59,6 +65,15 @@ impl NodeContext {
     /// The consumer tag of the node's workflow queue and of its changes queue.
     pub fn consumer_tags(&self) -> [String; 2] {
         [self.instance_id.clone(), format!("{}-changes", self.instance_id)]
+    }
+
+    /// The queue a delivery came from: the node's changes queue for a
+    /// change request heard on the fanout, else its own queue.
+    pub fn queue_of(&self, delivery: &lapin::message::Delivery) -> String {
+        match self.workflow_node() {
+            Some(node) if delivery.exchange.as_str() == topology::CHANGES_EXCHANGE => node.changes_queue(),
+            _ => self.queue.clone(),
+        }
     }
 
     /// Waits out the configured per-element delay, one element at a time.

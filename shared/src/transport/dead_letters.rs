@@ -1,6 +1,13 @@
 //! The dead-letter queue as a service: list what is there and why, replay a
 //! message to where it failed exactly once (same message id and body), and
-//! discard dead letters for good. A message is removed from the queue only
+//! discard dead letters for good.
+//!
+//! A replay goes only to the queue the node that dead-lettered the message
+//! received it from (`x-orderflow-queue`), and only when the dead letter is
+//! signed (`user_id`) by that node's own user: a header anyone can write
+//! never steers it. Anything else (dead-lettered by the broker, or published
+//! to the dead-letter exchange by someone else) is left in the queue, and the
+//! report says why. A message is removed from the queue only
 //! after its replay was confirmed, and further copies of an already replayed
 //! message id are dropped, not replayed.
 //!
@@ -12,15 +19,19 @@
 //! again unless forced: it failed again after a replay.
 
 use super::message::{
-    DEAD_LETTERED_AT_HEADER, EXCHANGE_HEADER, NODE_HEADER, REASON_HEADER, REPLAYS_HEADER, ROUTING_KEY_HEADER,
+    DEAD_LETTERED_AT_HEADER, EXCHANGE_HEADER, MASKED_HEADER, NODE_HEADER, QUEUE_HEADER, REASON_HEADER,
+    REPLAYS_HEADER, ROUTING_KEY_HEADER,
 };
 use super::{Outgoing, Publisher};
+use crate::settings::Settings;
+use crate::trust::SENDER_HEADER;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::Connection;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
+use topology::permissions::Role;
 use topology::DEAD_LETTER_QUEUE;
 
 /// The id of the replay run that sent a message back; a run never re-reads
@@ -39,9 +50,13 @@ pub struct DeadLetter {
     pub reason: String,
     pub exchange: String,
     pub routing_key: String,
+    /// The queue its node received it from (where a replay sends it).
+    pub queue: String,
     pub dead_lettered_at: String,
     pub replays: i64,
     pub body_bytes: usize,
+    /// Card numbers were masked in its body when it was dead-lettered.
+    pub card_masked: bool,
 }
 
 fn text(value: Option<&AMQPValue>) -> Option<String> {
@@ -88,20 +103,73 @@ pub fn describe(delivery: &Delivery) -> DeadLetter {
             .unwrap_or_default(),
         exchange: text(get(EXCHANGE_HEADER)).or_else(|| from_death("exchange")).unwrap_or_default(),
         routing_key: text(get(ROUTING_KEY_HEADER)).or_else(|| from_death("routing-keys")).unwrap_or_default(),
+        queue: text(get(QUEUE_HEADER)).or_else(|| from_death("queue")).unwrap_or_default(),
         dead_lettered_at: text(get(DEAD_LETTERED_AT_HEADER))
             .or_else(|| from_death("time"))
             .unwrap_or_default(),
         replays: number(get(REPLAYS_HEADER)),
         body_bytes: delivery.data.len(),
+        card_masked: matches!(get(MASKED_HEADER), Some(AMQPValue::Boolean(true))),
     }
 }
 
-/// The message as it was before it was dead-lettered, marked as replayed.
-fn replay_message(delivery: &Delivery, letter: &DeadLetter, run: &str) -> Outgoing {
+/// Who may have dead-lettered what: the stack's user naming and the operator.
+pub struct Signers {
+    prefix: String,
+    vhost: String,
+    operator: String,
+}
+
+impl Signers {
+    pub fn new(settings: &Settings) -> anyhow::Result<Signers> {
+        let (_, _, vhost) = topology::management::amqp_url_parts(&settings.amqp_url)?;
+        Ok(Signers { prefix: settings.user_prefix.clone(), vhost, operator: settings.operator_user.clone() })
+    }
+
+    /// The queue a dead letter goes back to, or why it may not go back: the
+    /// queue its node recorded, when that node's own user signed it (or the
+    /// operator's, which every process runs as when roles share one user).
+    pub fn replay_queue(&self, delivery: &Delivery) -> Result<String, String> {
+        let headers = delivery.properties.headers().clone().unwrap_or_default();
+        let get = |key: &str| text(headers.inner().get(&ShortString::from(key)));
+        let Some(node) = get(NODE_HEADER) else {
+            return Err(
+                "no orderflow node dead-lettered it (the broker did, or someone published it to the \
+                        dead-letter exchange): where it came from cannot be verified, so it is not sent back"
+                    .into(),
+            );
+        };
+        let role = Role::from_name(&node).ok_or_else(|| format!("it names no orderflow node ({node:?})"))?;
+        let signer = delivery.properties.user_id().as_ref().map(|u| u.to_string());
+        let signed_by_node = signer.as_deref().is_some_and(|user| {
+            Role::of_user(user, &self.prefix, &self.vhost) == Some(role) || user == self.operator
+        });
+        if !signed_by_node {
+            let by = signer.map(|u| crate::text::escaped(&u)).unwrap_or_else(|| "no one (no user_id)".into());
+            return Err(format!("it says node {node} dead-lettered it, but it was published by {by}"));
+        }
+        let queue = get(QUEUE_HEADER).unwrap_or_default();
+        let own_queues = match role {
+            Role::Node(n) => vec![n.queue(), n.changes_queue()],
+            Role::Tracker => vec![topology::TRACKER_QUEUE.to_string()],
+            Role::Publisher | Role::Support => Vec::new(),
+        };
+        if !own_queues.contains(&queue) {
+            return Err(format!("{node} does not consume {queue:?}: it cannot be sent back there"));
+        }
+        Ok(queue)
+    }
+}
+
+/// The message as it was before it was dead-lettered, marked as replayed,
+/// addressed straight to `queue` (through the default exchange) and still
+/// naming the sender its node verified.
+fn replay_message(delivery: &Delivery, letter: &DeadLetter, queue: &str, run: &str) -> Outgoing {
     let mut headers = FieldTable::default();
     for (key, value) in delivery.properties.headers().clone().unwrap_or_default().inner() {
         let key_text = key.as_str();
-        if (key_text.starts_with("x-orderflow-") && key_text != REPLAY_RUN_HEADER)
+        let kept = [REPLAY_RUN_HEADER, SENDER_HEADER].contains(&key_text);
+        if (key_text.starts_with("x-orderflow-") && !kept)
             || key_text.starts_with("x-death")
             || key_text.contains("-death-")
         {
@@ -111,14 +179,9 @@ fn replay_message(delivery: &Delivery, letter: &DeadLetter, run: &str) -> Outgoi
     }
     headers.insert(REPLAYS_HEADER.into(), AMQPValue::LongLongInt(letter.replays + 1));
     headers.insert(REPLAY_RUN_HEADER.into(), AMQPValue::LongString(run.into()));
-    let exchange: &'static str = match letter.exchange.as_str() {
-        topology::AUDIT_EXCHANGE => topology::AUDIT_EXCHANGE,
-        topology::CHANGES_EXCHANGE => topology::CHANGES_EXCHANGE,
-        _ => topology::WORKFLOW_EXCHANGE,
-    };
     Outgoing {
-        exchange,
-        routing_key: letter.routing_key.clone(),
+        exchange: "",
+        routing_key: queue.to_string(),
         body: delivery.data.clone(),
         properties: delivery.properties.clone().with_headers(headers),
     }
@@ -183,15 +246,15 @@ pub struct ReplayReport {
     pub skipped: Vec<Skipped>,
 }
 
-/// Which copies are one message: its message id; without one, a message
-/// from the changes fanout is one per body (the fanout gave each node a
-/// copy, and replaying one copy to the fanout reaches every node again).
-fn identity(letter: &DeadLetter, body: &[u8]) -> Option<String> {
+/// Which copies are one message for one queue: its message id; without
+/// one, a message from the changes fanout is one per body. Each node's copy
+/// of a fanout message goes back to that node's queue alone.
+fn identity(letter: &DeadLetter, queue: &str, body: &[u8]) -> Option<String> {
     if !letter.message_id.is_empty() {
-        return Some(format!("id:{}", letter.message_id));
+        return Some(format!("{queue} id:{}", letter.message_id));
     }
     if letter.exchange == topology::CHANGES_EXCHANGE {
-        return Some(format!("fanout:{}", String::from_utf8_lossy(body)));
+        return Some(format!("{queue} fanout:{}", String::from_utf8_lossy(body)));
     }
     None
 }
@@ -201,10 +264,12 @@ fn identity(letter: &DeadLetter, body: &[u8]) -> Option<String> {
 /// Messages replayed before are skipped unless `force`.
 pub async fn replay(
     connection: &Connection,
+    settings: &Settings,
     target: Option<&str>,
     force: bool,
 ) -> anyhow::Result<ReplayReport> {
-    let publisher = Publisher::open(connection).await?;
+    let signers = Signers::new(settings)?;
+    let publisher = Publisher::open(connection, &settings.broker_user()).await?;
     let channel = connection.create_channel().await?;
     let run = uuid::Uuid::new_v4().to_string();
     let mut report = ReplayReport { snapshot: queue_length(&channel).await?, ..Default::default() };
@@ -226,7 +291,22 @@ pub async fn replay(
         if !wanted {
             continue;
         }
-        let identity = identity(&letter, &delivery.data);
+        let queue = match signers.replay_queue(&delivery) {
+            Ok(queue) => queue,
+            Err(reason) => {
+                report.skipped.push(Skipped { letter, reason });
+                continue;
+            }
+        };
+        let needs_card = [topology::Node::Intake.queue(), topology::Node::Payment.queue()].contains(&queue);
+        if letter.card_masked && needs_card {
+            let reason = "its card number was masked when it was dead-lettered, so it cannot be charged: \
+                          publish the order again"
+                .to_string();
+            report.skipped.push(Skipped { letter, reason });
+            continue;
+        }
+        let identity = identity(&letter, &queue, &delivery.data);
         if identity.as_ref().is_some_and(|i| seen.contains(i)) {
             delivery.ack(BasicAckOptions::default()).await?;
             report.dropped_duplicates += 1;
@@ -240,12 +320,7 @@ pub async fn replay(
             report.skipped.push(Skipped { letter, reason });
             continue;
         }
-        if letter.routing_key.is_empty() && letter.exchange != topology::CHANGES_EXCHANGE {
-            let reason = "no original routing key: it cannot be sent back".to_string();
-            report.skipped.push(Skipped { letter, reason });
-            continue;
-        }
-        publisher.publish_all(&[replay_message(&delivery, &letter, &run)]).await?;
+        publisher.publish_all(&[replay_message(&delivery, &letter, &queue, &run)]).await?;
         delivery.ack(BasicAckOptions::default()).await?;
         if let Some(identity) = identity {
             seen.insert(identity);

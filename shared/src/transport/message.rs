@@ -22,9 +22,15 @@ pub const NODE_HEADER: &str = "x-orderflow-node";
 pub const ROUTING_KEY_HEADER: &str = "x-orderflow-routing-key";
 pub const EXCHANGE_HEADER: &str = "x-orderflow-exchange";
 pub const DEAD_LETTERED_AT_HEADER: &str = "x-orderflow-dead-lettered-at";
+/// The queue the node received the dead-lettered message from: where a
+/// replay sends it back (believed only from the node's own user).
+pub const QUEUE_HEADER: &str = "x-orderflow-queue";
 /// How many attempts at a message its node made before sending it round its
 /// retry queue (a republished message starts a new `x-delivery-count`).
 pub const ATTEMPT_HEADER: &str = "x-orderflow-attempt";
+/// Set on a dead letter whose body had card numbers masked: it can no
+/// longer be charged, so a replay to intake or payment would fail again.
+pub const MASKED_HEADER: &str = "x-orderflow-card-masked";
 /// How many times a message was replayed from the dead-letter queue.
 pub const REPLAYS_HEADER: &str = "x-orderflow-replays";
 
@@ -94,32 +100,58 @@ pub fn change_request_message(request: &ChangeRequest) -> Outgoing {
 /// The `type` property of change records on the audit exchange.
 pub const CHANGE_EVENT_TYPE: &str = "change_event";
 
+/// Where a dead letter came from: the node that gave up on it, the queue
+/// it was received from, and its verified sender.
+pub struct Origin<'a> {
+    pub node: &'a str,
+    pub queue: &'a str,
+    pub sender: Option<&'a str>,
+}
+
 /// A received message sent on to the dead-letter exchange, unchanged but for
-/// headers saying why, which node gave up on it, and where it was going.
-pub fn dead_letter_message(delivery: &Delivery, node: &str, reason: &str) -> Outgoing {
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+/// headers saying why, which node gave up on it, the queue it came from, its
+/// verified sender (the node signs the dead letter as its own), and where it
+/// was going. Card numbers are masked in the reason and the body: a dead
+/// letter may be kept for a long time and read by anyone who operates it.
+pub fn dead_letter_message(delivery: &Delivery, origin: &Origin, reason: &str) -> Outgoing {
+    let reason = crate::text::mask_card_numbers(reason);
+    let masked_body = crate::text::mask_card_numbers_in_body(&delivery.data);
+    let node = origin.node;
+    let headers = delivery.properties.headers().clone().unwrap_or_default();
+    let mut headers = crate::trust::with_sender(headers, origin.sender);
     let text = |s: &str| AMQPValue::LongString(s.into());
-    headers.insert(REASON_HEADER.into(), text(reason));
+    headers.insert(REASON_HEADER.into(), text(&reason));
+    if masked_body.is_some() {
+        headers.insert(MASKED_HEADER.into(), AMQPValue::Boolean(true));
+    }
     headers.insert(NODE_HEADER.into(), text(node));
+    headers.insert(QUEUE_HEADER.into(), text(origin.queue));
     headers.insert(ROUTING_KEY_HEADER.into(), text(delivery.routing_key.as_str()));
     headers.insert(EXCHANGE_HEADER.into(), text(delivery.exchange.as_str()));
     headers.insert(DEAD_LETTERED_AT_HEADER.into(), text(&crate::audit::rfc3339::format(&chrono::Utc::now())));
     Outgoing {
         exchange: DEAD_LETTER_EXCHANGE,
         routing_key: format!("{node}.{}", delivery.routing_key.as_str()),
-        body: delivery.data.clone(),
+        body: masked_body.unwrap_or_else(|| delivery.data.clone()),
         properties: delivery.properties.clone().with_headers(headers).with_delivery_mode(2),
     }
 }
 
 /// A delivery sent round `node`'s retry queue: unchanged but for the
-/// attempts made so far (`attempts`) and a per-message TTL of `delay`, after
-/// which the retry queue dead-letters it back to the node's queue.
-pub fn retry_message(delivery: &Delivery, node: Node, attempts: i64, delay: std::time::Duration) -> Outgoing {
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+/// attempts made so far (`attempts`), its verified `sender` (the node signs
+/// the copy as its own) and a per-message TTL of `delay`, after which the
+/// retry queue dead-letters it back to the node's queue.
+pub fn retry_message(
+    delivery: &Delivery,
+    node: Node,
+    sender: Option<&str>,
+    attempts: i64,
+    delay: std::time::Duration,
+) -> Outgoing {
+    let headers = delivery.properties.headers().clone().unwrap_or_default();
     let mut inner = headers.inner().clone();
     inner.remove(&ShortString::from("x-delivery-count"));
-    headers = FieldTable::from(inner);
+    let mut headers = crate::trust::with_sender(FieldTable::from(inner), sender);
     headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(attempts));
     Outgoing {
         exchange: WORKFLOW_EXCHANGE,

@@ -5,6 +5,7 @@
 //! settle decision out), settling a delivery, and the change consumer.
 //! Stage logic never sees any of it.
 
+pub mod arrival;
 pub mod batch_runner;
 pub mod change_consumer;
 pub mod connect;

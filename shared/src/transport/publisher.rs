@@ -3,6 +3,8 @@
 //! returned message). Confirms of a group are awaited together. A channel the
 //! broker closed (a refused publish, a deleted exchange) is replaced by a
 //! fresh one before the next publish, so one bad message never stops a node.
+//! Every message carries the connection's user as `user_id`, which the
+//! broker checks: receivers know who sent it (see `crate::trust`).
 
 use super::message::Outgoing;
 use lapin::{
@@ -53,6 +55,8 @@ pub struct Publisher {
     channel: Arc<tokio::sync::Mutex<Channel>>,
     /// Where a replacement channel comes from; `None` for a one-shot publisher.
     connection: Option<Arc<Connection>>,
+    /// The connection's user, set as every message's `user_id`.
+    user: lapin::types::ShortString,
 }
 
 async fn confirm_channel(connection: &Connection) -> lapin::Result<Channel> {
@@ -64,16 +68,19 @@ async fn confirm_channel(connection: &Connection) -> lapin::Result<Channel> {
 impl Publisher {
     /// A publisher on one channel of `connection` (for short-lived users
     /// such as the CLI: a closed channel is not replaced).
-    pub async fn open(connection: &Connection) -> lapin::Result<Publisher> {
+    /// `user` is the connection's user: the broker refuses a `user_id` that is not.
+    pub async fn open(connection: &Connection, user: &str) -> lapin::Result<Publisher> {
         let channel = confirm_channel(connection).await?;
-        Ok(Publisher { channel: Arc::new(tokio::sync::Mutex::new(channel)), connection: None })
+        let channel = Arc::new(tokio::sync::Mutex::new(channel));
+        Ok(Publisher { channel, connection: None, user: user.into() })
     }
 
     /// A publisher that opens a fresh channel on `connection` whenever the
     /// broker has closed the current one (what a node's session uses).
-    pub async fn reopening(connection: Arc<Connection>) -> lapin::Result<Publisher> {
+    pub async fn reopening(connection: Arc<Connection>, user: &str) -> lapin::Result<Publisher> {
         let channel = confirm_channel(&connection).await?;
-        Ok(Publisher { channel: Arc::new(tokio::sync::Mutex::new(channel)), connection: Some(connection) })
+        let channel = Arc::new(tokio::sync::Mutex::new(channel));
+        Ok(Publisher { channel, connection: Some(connection), user: user.into() })
     }
 
     /// The channel to publish on: the current one, or a fresh one when the
@@ -100,7 +107,7 @@ impl Publisher {
                     message.routing_key.as_str().into(),
                     BasicPublishOptions { mandatory: true, ..Default::default() },
                     &message.body,
-                    message.properties.clone(),
+                    message.properties.clone().with_user_id(self.user.clone()),
                 )
                 .await?;
             confirms.push((confirm, message));

@@ -4,12 +4,12 @@
 //! acknowledged (or else retried or dead-lettered). Changes heard meanwhile
 //! go to the change consumer; the session reconnects and shuts down.
 
+use super::arrival::receive_element;
 use super::change_consumer::{dispatch_change, next_change};
 use super::context::NodeContext;
-use super::message::decode_element;
 use super::publisher::{publish_failure, Publisher};
 use super::session::{finish, open_consumer, supervise};
-use super::settle::{ack, attempt_of, dead_letter, settle, Settle};
+use super::settle::{ack, attempt_of, settle, settle_failure, Settle};
 use super::step::{step, StepOutcome};
 use crate::settings::Settings;
 use crate::stage::Stage;
@@ -39,7 +39,7 @@ async fn serve<S: Stage>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let connection = Arc::new(connection);
-    let publisher = Publisher::reopening(connection.clone()).await?;
+    let publisher = Publisher::reopening(connection.clone(), ctx.trust.own_user()).await?;
     let (channel, mut consumer, mut changes) = open_consumer(&connection, &ctx, &publisher).await?;
     tracing::info!(node = ctx.node, queue = ctx.queue, prefetch = ctx.prefetch, "consuming");
     let tasks = TaskTracker::new();
@@ -67,9 +67,9 @@ async fn serve<S: Stage>(
 
 /// Decodes a delivery, runs the step, publishes what it returned and settles the delivery.
 async fn handle_delivery<S: Stage>(ctx: &NodeContext, stage: &S, publisher: &Publisher, delivery: Delivery) {
-    let element = match decode_element(&delivery, ctx.max_message_bytes) {
+    let element = match receive_element(ctx, S::NODE, &delivery) {
         Ok(element) => element,
-        Err(error) => return dead_letter(publisher, ctx, &delivery, &error.to_string()).await,
+        Err(error) => return settle_failure(publisher, ctx, &delivery, error).await,
     };
     ctx.simulate_busy().await;
     let attempts = attempt_of(&delivery);

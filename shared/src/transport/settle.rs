@@ -7,7 +7,7 @@
 //! the message again.
 
 use super::context::NodeContext;
-use super::message::{self, dead_letter_message};
+use super::message::{self, dead_letter_message, Origin};
 use super::publisher::Publisher;
 use crate::events::{DeadLettered, GaveUp, Retried};
 use crate::stage::StageError;
@@ -85,7 +85,9 @@ async fn retry_later(
 ) {
     let node = ctx.workflow_node().filter(|n| delivery.routing_key.as_str() == n.routing_key());
     if let Some(node) = node {
-        match publisher.publish_all(&[message::retry_message(delivery, node, attempts, delay)]).await {
+        let sender = ctx.trust.sender(&delivery.properties);
+        let retry = message::retry_message(delivery, node, sender.as_deref(), attempts, delay);
+        match publisher.publish_all(&[retry]).await {
             Ok(()) => return ack(delivery).await,
             Err(error) => {
                 tracing::warn!(node = ctx.node, %error, "could not send to the retry queue; waiting here")
@@ -135,8 +137,12 @@ pub async fn requeue(delivery: &Delivery) {
 /// Sends a delivery that can never succeed to the dead-letter exchange with
 /// its reason, then acknowledges it; if that publish fails it is requeued.
 pub async fn dead_letter(publisher: &Publisher, ctx: &NodeContext, delivery: &Delivery, reason: &str) {
+    // What a reason quotes of the message (a parser's error quotes the value) never shows a card.
+    let reason = &crate::text::mask_card_numbers(reason);
     let routing_key = delivery.routing_key.as_str();
-    match publisher.publish_all(&[dead_letter_message(delivery, ctx.node, reason)]).await {
+    let sender = ctx.trust.sender(&delivery.properties);
+    let origin = Origin { node: ctx.node, queue: &ctx.queue_of(delivery), sender: sender.as_deref() };
+    match publisher.publish_all(&[dead_letter_message(delivery, &origin, reason)]).await {
         Ok(()) => {
             DeadLettered { node: ctx.node, routing_key, reason }.emit();
             ack(delivery).await

@@ -8,15 +8,26 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use topology::definitions::{definitions, UserSpec};
-use topology::permissions::{grant, Role};
+use topology::permissions::{grant, secret_file_name, Role};
 
-/// The password kept in `<dir>/<user>`, generated (and written with mode 0600) when missing.
+/// The password kept in `<dir>/<user>` (see [`secret_file_name`]), if any.
+fn existing_secret(dir: &std::path::Path, user: &str) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join(secret_file_name(user))).ok()?;
+    Some(text.trim().to_string())
+}
+
+/// The password kept in `<dir>/<user>`, generated (and written with mode
+/// 0600, in a folder of mode 0700) when missing.
 fn secret(dir: &std::path::Path, user: &str) -> anyhow::Result<String> {
-    let path = dir.join(user);
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        return Ok(existing.trim().to_string());
+    let path = dir.join(secret_file_name(user));
+    if let Some(existing) = existing_secret(dir, user) {
+        return Ok(existing);
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut folder = std::fs::DirBuilder::new();
+    folder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut folder, 0o700);
+    folder.create(dir).with_context(|| format!("creating {}", dir.display()))?;
     let password: String = {
         use rand::Rng;
         let mut rng = rand::thread_rng();
@@ -66,6 +77,18 @@ enum Command {
         #[arg(long, env = "ORDERFLOW_USER_PREFIX", default_value = "orderflow-")]
         user_prefix: String,
     },
+    /// Print the AMQP_USER=... and AMQP_PASSWORD_FILE=... a process of ROLE
+    /// (a node, tracker, publisher or support) runs with in the stack of
+    /// AMQP_URL, its password in --secrets-dir (what `scripts/up.sh` uses).
+    Credentials {
+        role: String,
+        #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+        amqp_url: String,
+        #[arg(long, env = "ORDERFLOW_SECRETS_DIR")]
+        secrets_dir: PathBuf,
+        #[arg(long, env = "ORDERFLOW_USER_PREFIX", default_value = "orderflow-")]
+        user_prefix: String,
+    },
     /// Write definitions.json and rabbitmq.conf into a folder.
     Export {
         #[arg(long)]
@@ -107,7 +130,15 @@ async fn main() -> anyhow::Result<()> {
             }
             if let (true, Some(dir)) = (create_users, secrets_dir) {
                 for role in Role::all() {
-                    let user = role.user(&user_prefix);
+                    let user = role.user(&user_prefix, &vhost);
+                    // Never change the password of a user whose processes this run directory did not start.
+                    if existing_secret(&dir, &user).is_none() && management.user_exists(&user).await? {
+                        anyhow::bail!(
+                            "the broker user {user} already exists and its password is not in {}: another run \
+                             directory set this stack up (use its ORDERFLOW_RUN_DIR), or delete the user first",
+                            dir.display()
+                        );
+                    }
                     let password = secret(&dir, &user)?;
                     management.apply_grant(&vhost, &user, &password, &grant(role)).await?;
                 }
@@ -119,6 +150,16 @@ async fn main() -> anyhow::Result<()> {
             topology::declare_all(&channel).await.context("declaring the topology")?;
             connection.close(200, "topology applied".into()).await?;
             println!("topology applied");
+        }
+        Command::Credentials { role, amqp_url, secrets_dir, user_prefix } => {
+            let role = Role::from_name(&role).with_context(|| {
+                let names: Vec<&str> = Role::all().into_iter().map(Role::name).collect();
+                format!("no role {role:?} (one of: {})", names.join(", "))
+            })?;
+            let (_, _, vhost) = topology::management::amqp_url_parts(&amqp_url)?;
+            let user = role.user(&user_prefix, &vhost);
+            println!("AMQP_USER={user}");
+            println!("AMQP_PASSWORD_FILE={}", secrets_dir.join(secret_file_name(&user)).display());
         }
         Command::Export { out, broker_path, vhost, user, password, password_file, user_prefix } => {
             let password = match (password, password_file) {
@@ -136,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
             // One least-privilege user per role, its password in <out>/secrets/<user>.
             let mut roles = Vec::new();
             for role in Role::all() {
-                let name = role.user(&user_prefix);
+                let name = role.user(&user_prefix, &vhost);
                 let password = secret(&out.join("secrets"), &name)?;
                 roles.push((UserSpec { name, password, tags: String::new() }, grant(role)));
             }

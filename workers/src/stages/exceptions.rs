@@ -27,7 +27,13 @@ impl Stage for Exceptions {
         };
         let mut outcome = Outcome::new(element.clone());
         if let Some(charge) = &element.charge {
-            let refund = self.processor.refund(charge).await?;
+            let refund = match self.processor.refund(element.order_id, charge).await? {
+                Ok(refund) => refund,
+                Err(reason) => {
+                    tracing::error!(order_id = %element.order_id, reason, "refund refused by the processor ledger");
+                    return Err(StageError::Permanent(reason));
+                }
+            };
             let detail = format!(
                 "refunded {} cents of charge {} (refund {})",
                 refund.amount_cents, charge.charge_id, refund.refund_id

@@ -1,5 +1,8 @@
 //! shipping: packs and ships an order once (`shipped`, terminal) with a
-//! tracking number; its audit detail names the address it shipped to.
+//! tracking number; its audit detail names the address it shipped to. It
+//! ships only an element that carries its charge and its reservation: the
+//! element reached shipping only along broker-verified hops (payment →
+//! inventory → picklist → rebin), so those records are the owners' own.
 
 use chrono::Utc;
 use shared::order::ShipTo;
@@ -51,6 +54,13 @@ impl Stage for Shipping {
     const NODE: Node = Node::Shipping;
 
     async fn handle(&self, mut element: OrderElement) -> Result<Outcome, StageError> {
+        if element.charge.is_none() || element.reservation.is_none() {
+            return Err(StageError::Permanent(format!(
+                "order {} carries no {}: it is not shipped",
+                element.order_id,
+                if element.charge.is_none() { "charge" } else { "reservation" }
+            )));
+        }
         let tracking = self.ship(element.order_id, &element.order.ship_to).await?;
         let detail = format!(
             "shipped {} to {}, tracking {tracking}",

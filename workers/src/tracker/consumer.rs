@@ -1,6 +1,8 @@
 //! Consumes audit events in batches: whatever has arrived (up to 500) is
 //! written in one transaction, and only after the commit is the batch
-//! acknowledged (one `multiple` ack). Undecodable events are dead-lettered.
+//! acknowledged (one `multiple` ack). Undecodable events, and events whose
+//! sender may not say them (`shared::trust`: an event for node N only from
+//! N's user, for a state N produces), are dead-lettered.
 //! When the store refuses a write, consumption pauses: the batch stays in
 //! hand (unacknowledged, spending no delivery attempts) and is written again
 //! with growing delays until the store recovers, while `/health` says so.
@@ -10,7 +12,7 @@ use super::Health;
 use futures::StreamExt;
 use lapin::options::BasicAckOptions;
 use shared::settings::Settings;
-use shared::transport::message::{decode, decode_audit, CHANGE_EVENT_TYPE};
+use shared::transport::message::{decode, decode_audit, CHANGE_EVENT_TYPE, MAX_SEQ};
 use shared::transport::session::{finish, open_consumer, supervise};
 use shared::transport::settle::{ack_with, dead_letter, retry_delay};
 use shared::transport::{NodeContext, Publisher};
@@ -42,6 +44,31 @@ pub async fn run(
     result
 }
 
+/// Checks that the event's sender may say it: the node it names is the
+/// sender's role, the state one that role records, the step within an
+/// order's possible length (`placed` is always step 0). Whether an event is
+/// terminal comes from its state, not from what the body claims.
+fn verify(ctx: &NodeContext, delivery: &lapin::message::Delivery, record: Record) -> Result<Record, String> {
+    let sender = ctx.trust.sender(&delivery.properties);
+    let (node, state, order_id) = match &record {
+        Record::State(e) => (e.node.clone(), e.to_state.as_str(), e.order_id),
+        Record::Change(e) => (e.node.clone(), e.kind.as_str(), e.order_id),
+    };
+    let refused = |reason: String| {
+        let node = shared::text::escaped(&node);
+        tracing::error!(%order_id, node, state, reason, "refused an audit event from a sender that may not send it");
+        format!("refused: {reason}")
+    };
+    ctx.trust.check_event(&node, state, sender.as_deref()).map_err(refused)?;
+    let Record::State(mut event) = record else { return Ok(record) };
+    let placed = event.to_state == shared::OrderState::Placed;
+    if event.seq > MAX_SEQ || placed != (event.seq == 0) {
+        return Err(refused(format!("step {} is not a possible step of {state}", event.seq)));
+    }
+    event.terminal = event.to_state.is_terminal();
+    Ok(Record::State(event))
+}
+
 async fn serve(
     connection: lapin::Connection,
     ctx: Arc<NodeContext>,
@@ -49,7 +76,7 @@ async fn serve(
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let publisher = Publisher::open(&connection).await?;
+    let publisher = Publisher::open(&connection, ctx.trust.own_user()).await?;
     let (channel, consumer, _) = open_consumer(&connection, &ctx, &publisher).await?;
     health.set_consuming(true);
     let mut batches = consumer.ready_chunks(BATCH);
@@ -82,12 +109,14 @@ async fn serve(
                 } else {
                     decode_audit(delivery, ctx.max_message_bytes).map(Record::State)
                 };
-            match decoded {
+            let verified =
+                decoded.map_err(|e| e.to_string()).and_then(|record| verify(&ctx, delivery, record));
+            match verified {
                 Ok(record) => {
                     events.push(record);
                     last = Some(delivery);
                 }
-                Err(error) => dead_letter(&publisher, &ctx, delivery, &error.to_string()).await,
+                Err(reason) => dead_letter(&publisher, &ctx, delivery, &reason).await,
             }
         }
         let Some(last) = last else {

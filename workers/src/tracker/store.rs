@@ -101,7 +101,7 @@ impl TrackerStore {
     pub async fn order(&self, order_id: Uuid) -> sqlx::Result<Option<OrderView>> {
         let rows = sqlx::query(
             "SELECT to_state, from_state, node, instance_id, at, recorded_at, detail, seq, version, event_id, terminal, \
-             change_id FROM tracker_events WHERE order_id = $1 ORDER BY at, seq",
+             change_id FROM tracker_events WHERE order_id = $1 ORDER BY seq, at",
         )
         .bind(order_id.to_string())
         .fetch_all(&self.store.pool)
@@ -115,6 +115,7 @@ impl TrackerStore {
         for row in rows {
             let change_id: Option<String> = row.try_get("change_id")?;
             if change_id.is_none() {
+                // Rows come by seq: the last state step is the current state.
                 terminal |= row.try_get::<i64, _>("terminal")? != 0;
                 state = row.try_get("to_state")?;
             }
@@ -132,6 +133,7 @@ impl TrackerStore {
                 change_id,
             });
         }
+        let history = in_order(history);
         Ok(Some(OrderView { order_id: order_id.to_string(), state, terminal, history }))
     }
 
@@ -268,4 +270,70 @@ async fn insert_events(
         }
     }
     Ok(new_ids)
+}
+
+/// An order's history in the order it happened: state steps by their `seq`
+/// (the step counter the element carries), never by their timestamps. A
+/// step redone after a crash (its node killed after forwarding the element
+/// but before its event was confirmed) is sent again with a later `at`, and
+/// sorting by time put `picked` after `shipped`. A change record (no seq)
+/// goes after the last step recorded no later than it.
+fn in_order(entries: Vec<HistoryEntry>) -> Vec<HistoryEntry> {
+    let (mut changes, mut steps): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| e.change_id.is_some());
+    steps.sort_by_key(|e| e.seq);
+    changes.sort_by(|a, b| a.at.cmp(&b.at));
+    // For each change, how many steps precede it.
+    let place = |change: &HistoryEntry| steps.iter().rposition(|s| s.at <= change.at).map_or(0, |i| i + 1);
+    let places: Vec<usize> = changes.iter().map(place).collect();
+    let mut changes = changes.into_iter().zip(places).peekable();
+    let mut history = Vec::with_capacity(steps.len() + changes.len());
+    for (i, step) in steps.into_iter().enumerate() {
+        while let Some((change, _)) = changes.next_if(|(_, place)| *place <= i) {
+            history.push(change);
+        }
+        history.push(step);
+    }
+    history.extend(changes.map(|(change, _)| change));
+    history
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(state: &str, seq: i64, at: &str, change: bool) -> HistoryEntry {
+        HistoryEntry {
+            state: state.into(),
+            from_state: None,
+            node: "n".into(),
+            instance_id: "n-1".into(),
+            at: at.into(),
+            recorded_at: at.into(),
+            detail: String::new(),
+            seq,
+            version: 0,
+            event_id: format!("{state}-{seq}"),
+            change_id: change.then(|| "c".to_string()),
+        }
+    }
+
+    /// The flaky `kill_9` failure: picklist was killed after forwarding an
+    /// element and before its `picked` event was confirmed; the redone step
+    /// was recorded with a later time than the shipment.
+    #[test]
+    fn a_redone_step_keeps_its_place_in_the_history() {
+        let rows = vec![
+            entry("reserved", 4, "2026-11-29T00:00:01.000000Z", false),
+            entry("rebinned", 6, "2026-11-29T00:00:02.000000Z", false),
+            entry("shipped", 7, "2026-11-29T00:00:03.000000Z", false),
+            entry("picked", 5, "2026-11-29T00:00:09.000000Z", false),
+            entry("change_applied", -1, "2026-11-29T00:00:01.500000Z", true),
+            entry("change_requested", -1, "2026-11-29T00:00:00.000000Z", true),
+        ];
+        let states: Vec<String> = in_order(rows).into_iter().map(|e| e.state).collect();
+        assert_eq!(
+            states,
+            ["change_requested", "reserved", "change_applied", "picked", "rebinned", "shipped"]
+        );
+    }
 }

@@ -24,7 +24,7 @@ impl Scratch {
 
     fn settings(&self) -> Settings {
         Settings {
-            amqp_url: String::new(),
+            amqp_url: crate::settings::DEFAULT_AMQP_URL.into(),
             database_url: None,
             run_dir: self.0.clone(),
             http_addr: "127.0.0.1:0".parse().unwrap(),
@@ -36,6 +36,8 @@ impl Scratch {
             instance_id: Some("payment-test".into()),
             change_retention: Duration::from_secs(3600),
             http_header_timeout: Duration::from_secs(10),
+            user_prefix: "orderflow-".into(),
+            operator_user: "guest".into(),
         }
     }
 }
@@ -121,8 +123,14 @@ fn failed(outcome: StepOutcome) -> Settle {
     }
 }
 
+/// A request as the change consumer hands it on: with its verified
+/// requester (the stack's one user, `guest`, who may change any order).
+fn requested(order_id: Uuid, change: Change) -> ChangeRequest {
+    ChangeRequest { requester: Some("guest".into()), ..ChangeRequest::new(order_id, change, None) }
+}
+
 fn method(shipping_method: &str, order_id: Uuid) -> ChangeRequest {
-    ChangeRequest::new(order_id, Change::ShippingMethod { shipping_method: shipping_method.into() }, None)
+    requested(order_id, Change::ShippingMethod { shipping_method: shipping_method.into() })
 }
 
 #[tokio::test]
@@ -182,7 +190,7 @@ async fn a_cancel_takes_the_cancel_path_and_closes_the_order_here() {
     let ctx = payment_node(&scratch).await;
     let element = accepted_order();
     let book = ctx.book.as_ref().unwrap();
-    let cancel = ChangeRequest::new(element.order_id, Change::Cancel, None);
+    let cancel = requested(element.order_id, Change::Cancel);
     book.receive(&cancel).await.unwrap();
     let stage = FakePayment::new(Reply::Charge);
 
@@ -258,7 +266,7 @@ async fn an_element_that_may_not_arrive_here_is_refused_before_its_changes_are_d
     let scratch = Scratch::new();
     let ctx = payment_node(&scratch).await;
     let stray = OrderElement { state: OrderState::Placed, ..accepted_order() };
-    let cancel = ChangeRequest::new(stray.order_id, Change::Cancel, None);
+    let cancel = requested(stray.order_id, Change::Cancel);
     ctx.book.as_ref().unwrap().receive(&cancel).await.unwrap();
     let stage = FakePayment::new(Reply::Charge);
 

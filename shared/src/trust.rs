@@ -1,0 +1,285 @@
+//! Who sent a message, as the broker vouches for it, and whether that sender
+//! may say what the message says.
+//!
+//! Every process publishes with the `user_id` property set to its broker
+//! user, and RabbitMQ refuses a message whose `user_id` is not the
+//! connection's user (administrators included), so `user_id` is a sender no
+//! one can forge. Each role has its own user per stack
+//! ([`Role::user`]); a consumer maps the sender back to a role and checks it
+//! against the workflow definition: a node takes an element only from a node
+//! that forwards that state to it, the tracker takes an event for node N only
+//! from N's user and only for a state N produces.
+//!
+//! A process that does not run as its role's own user (every process as
+//! `guest`, `ORDERFLOW_NODE_USERS=0`) is in *shared* mode: all roles are that
+//! one user, and the checks can only say a message came from it.
+//!
+//! Two senders relay messages on someone else's behalf: the process itself
+//! (a retry goes round its retry queue) and the operator (`orderflow dlq
+//! replay`). They carry the sender they saw in [`SENDER_HEADER`], which is
+//! believed only on a message whose `user_id` is one of those two.
+
+use crate::settings::Settings;
+use lapin::{
+    types::{AMQPValue, FieldTable, ShortString},
+    BasicProperties,
+};
+use topology::permissions::Role;
+use topology::{Node, OrderState, WORKFLOW};
+
+/// The verified sender of a relayed message (retried or replayed).
+pub const SENDER_HEADER: &str = "x-orderflow-sender";
+
+/// What this process trusts: its own user, the operator's, and how the
+/// stack's users are named.
+#[derive(Clone, Debug)]
+pub struct Trust {
+    own_user: String,
+    operator: String,
+    /// `(prefix, vhost)` when every role has its own user; `None` in shared mode.
+    stack: Option<(String, String)>,
+}
+
+impl Trust {
+    /// The trust of a process running as `role` with these settings.
+    pub fn new(settings: &Settings, role: Role) -> anyhow::Result<Trust> {
+        let (own_user, _, vhost) = topology::management::amqp_url_parts(&settings.amqp_url)?;
+        let role_user = role.user(&settings.user_prefix, &vhost);
+        let per_role = own_user == role_user;
+        if !per_role {
+            tracing::info!(
+                user = own_user,
+                role_user,
+                "not running as the role's own user: every role is taken to be this one user"
+            );
+        }
+        let stack = per_role.then(|| (settings.user_prefix.clone(), vhost));
+        Ok(Trust { own_user, operator: settings.operator_user.clone(), stack })
+    }
+
+    /// The role the command line plays: customer support when it runs as the
+    /// stack's support user, else the publisher.
+    pub fn cli_role(settings: &Settings) -> Role {
+        let support = topology::management::amqp_url_parts(&settings.amqp_url)
+            .is_ok_and(|(user, _, vhost)| user == Role::Support.user(&settings.user_prefix, &vhost));
+        if support {
+            Role::Support
+        } else {
+            Role::Publisher
+        }
+    }
+
+    /// A stack whose roles each have their own user (for tests).
+    pub fn per_role(own: Role, prefix: &str, vhost: &str, operator: &str) -> Trust {
+        Trust {
+            own_user: own.user(prefix, vhost),
+            operator: operator.into(),
+            stack: Some((prefix.into(), vhost.into())),
+        }
+    }
+
+    /// Every role played by one user (for tests).
+    pub fn shared(user: &str) -> Trust {
+        Trust { own_user: user.into(), operator: user.into(), stack: None }
+    }
+
+    pub fn own_user(&self) -> &str {
+        &self.own_user
+    }
+
+    /// The administrator trusted to replay dead letters and to act for the
+    /// publisher and support roles from the command line.
+    pub fn operator(&self) -> &str {
+        &self.operator
+    }
+
+    /// True when each role has its own user, so senders are told apart.
+    pub fn is_per_role(&self) -> bool {
+        self.stack.is_some()
+    }
+
+    /// The user that plays `role` in this stack.
+    pub fn user_of(&self, role: Role) -> String {
+        match &self.stack {
+            Some((prefix, vhost)) => role.user(prefix, vhost),
+            None => self.own_user.clone(),
+        }
+    }
+
+    fn is(&self, sender: Option<&str>, role: Role) -> bool {
+        sender == Some(self.user_of(role).as_str())
+    }
+
+    /// The sender the broker vouches for: the `user_id` of the message, or,
+    /// when this process or the operator relayed it, the sender recorded in
+    /// [`SENDER_HEADER`]. `None` when the message names no sender.
+    pub fn sender(&self, properties: &BasicProperties) -> Option<String> {
+        let user = properties.user_id().as_ref()?.as_str();
+        if user == self.own_user || user == self.operator {
+            if let Some(recorded) = recorded_sender(properties.headers().as_ref()) {
+                return Some(recorded);
+            }
+        }
+        Some(user.to_string())
+    }
+
+    /// May `sender` send an element in `state` to `node`? Anyone the broker
+    /// lets publish to intake may place an order; every later node takes an
+    /// element only from a node the workflow says forwards that state to it.
+    pub fn check_element(&self, node: Node, state: OrderState, sender: Option<&str>) -> Result<(), String> {
+        if node == Node::Intake && state == OrderState::Placed {
+            return Ok(());
+        }
+        let senders = WORKFLOW.senders(node, state);
+        if senders.iter().any(|from| self.is(sender, Role::Node(*from))) {
+            return Ok(());
+        }
+        let allowed: Vec<String> = senders.iter().map(|from| self.user_of(Role::Node(*from))).collect();
+        Err(format!(
+            "{node} takes an element in state {state} only from {}; this one came from {}",
+            or_nobody(&allowed),
+            named(sender)
+        ))
+    }
+
+    /// May `sender` record that `node` (the event's `node` field) reached
+    /// `state` (an order state or a change record's kind)?
+    pub fn check_event(&self, node: &str, state: &str, sender: Option<&str>) -> Result<(), String> {
+        let Some(role) = Role::from_name(node) else {
+            return Err(format!("no orderflow process is named {node:?}"));
+        };
+        if !role_records(role, state) {
+            return Err(format!("{node} never records {state:?}"));
+        }
+        // The operator (who runs the command line as the administrator) may
+        // place and change orders like the publisher and support roles.
+        let operator =
+            matches!(role, Role::Publisher | Role::Support) && sender == Some(self.operator.as_str());
+        if !self.is(sender, role) && !operator {
+            return Err(format!(
+                "an event of {node} must come from {}; this one came from {}",
+                self.user_of(role),
+                named(sender)
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The states and change records a role may put in an order's history.
+fn role_records(role: Role, state: &str) -> bool {
+    match role {
+        Role::Node(node) => {
+            matches!(state, "change_applied" | "change_rejected")
+                || OrderState::parse(state).is_some_and(|s| WORKFLOW.produces(node).contains(&s))
+        }
+        Role::Publisher => matches!(state, "placed" | "change_requested"),
+        Role::Support => state == "change_requested",
+        Role::Tracker => false,
+    }
+}
+
+fn named(sender: Option<&str>) -> String {
+    match sender {
+        Some(user) => crate::text::escaped(user),
+        None => "an unnamed sender (no user_id)".into(),
+    }
+}
+
+fn or_nobody(users: &[String]) -> String {
+    if users.is_empty() {
+        "no one".into()
+    } else {
+        users.join(" or ")
+    }
+}
+
+fn recorded_sender(headers: Option<&FieldTable>) -> Option<String> {
+    match headers?.inner().get(&ShortString::from(SENDER_HEADER))? {
+        AMQPValue::LongString(text) => Some(text.to_string()),
+        AMQPValue::ShortString(text) => Some(text.to_string()),
+        _ => None,
+    }
+}
+
+/// Headers for a message this process relays: `headers` with the verified
+/// `sender` recorded (or any recorded sender removed when there is none).
+pub fn with_sender(headers: FieldTable, sender: Option<&str>) -> FieldTable {
+    let mut inner = headers.inner().clone();
+    inner.remove(&ShortString::from(SENDER_HEADER));
+    let mut headers = FieldTable::from(inner);
+    if let Some(sender) = sender {
+        headers.insert(SENDER_HEADER.into(), AMQPValue::LongString(sender.into()));
+    }
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stack(own: Role) -> Trust {
+        Trust::per_role(own, "of-", "shop", "admin")
+    }
+
+    fn from(user: &str) -> BasicProperties {
+        BasicProperties::default().with_user_id(user.into())
+    }
+
+    #[test]
+    fn a_node_takes_a_state_only_from_the_node_that_forwards_it() {
+        let inventory = stack(Role::Node(Node::Inventory));
+        assert!(inventory
+            .check_element(Node::Inventory, OrderState::Charged, Some("of-shop.payment"))
+            .is_ok());
+        let forged = inventory.check_element(Node::Inventory, OrderState::Charged, Some("of-shop.intake"));
+        assert!(forged.unwrap_err().contains("only from of-shop.payment"));
+        assert!(inventory.check_element(Node::Inventory, OrderState::Charged, None).is_err());
+        assert!(inventory.check_element(Node::Inventory, OrderState::Charged, Some("admin")).is_err());
+        // Any permitted client may place an order.
+        assert!(inventory.check_element(Node::Intake, OrderState::Placed, None).is_ok());
+        // Picked goes to shipping from picklist (one unit) and nothing else does.
+        let shipping = stack(Role::Node(Node::Shipping));
+        assert!(shipping.check_element(Node::Shipping, OrderState::Picked, Some("of-shop.picklist")).is_ok());
+        assert!(shipping.check_element(Node::Shipping, OrderState::Picked, Some("of-shop.rebin")).is_err());
+    }
+
+    #[test]
+    fn an_event_for_a_node_comes_only_from_that_node_and_for_its_states() {
+        let tracker = stack(Role::Tracker);
+        assert!(tracker.check_event("shipping", "shipped", Some("of-shop.shipping")).is_ok());
+        assert!(tracker.check_event("shipping", "cancelled", Some("of-shop.publisher")).is_err());
+        assert!(tracker.check_event("shipping", "cancelled", Some("of-shop.shipping")).is_err());
+        assert!(tracker.check_event("publisher", "placed", Some("of-shop.publisher")).is_ok());
+        assert!(tracker.check_event("publisher", "shipped", Some("of-shop.publisher")).is_err());
+        assert!(tracker.check_event("publisher", "placed", Some("admin")).is_ok(), "the operator's CLI");
+        assert!(tracker.check_event("shipping", "shipped", Some("admin")).is_err());
+        assert!(tracker.check_event("support", "change_requested", Some("of-shop.support")).is_ok());
+        assert!(tracker.check_event("payment", "change_applied", Some("of-shop.payment")).is_ok());
+        assert!(tracker.check_event("nobody", "placed", Some("of-shop.payment")).is_err());
+    }
+
+    #[test]
+    fn a_recorded_sender_is_believed_only_from_the_process_itself_or_the_operator() {
+        let payment = stack(Role::Node(Node::Payment));
+        let headers = with_sender(FieldTable::default(), Some("of-shop.intake"));
+        let retried = from("of-shop.payment").with_headers(headers.clone());
+        assert_eq!(payment.sender(&retried).as_deref(), Some("of-shop.intake"));
+        let replayed = from("admin").with_headers(headers.clone());
+        assert_eq!(payment.sender(&replayed).as_deref(), Some("of-shop.intake"));
+        let forged = from("of-shop.exceptions").with_headers(headers);
+        assert_eq!(payment.sender(&forged).as_deref(), Some("of-shop.exceptions"));
+        assert_eq!(payment.sender(&BasicProperties::default()), None);
+        let cleared = with_sender(with_sender(FieldTable::default(), Some("x")), None);
+        assert!(cleared.inner().is_empty());
+    }
+
+    #[test]
+    fn in_shared_mode_every_role_is_the_one_user() {
+        let shared = Trust::shared("guest");
+        assert!(!shared.is_per_role());
+        assert!(shared.check_element(Node::Shipping, OrderState::Rebinned, Some("guest")).is_ok());
+        assert!(shared.check_element(Node::Shipping, OrderState::Rebinned, Some("mallory")).is_err());
+        assert!(shared.check_event("shipping", "shipped", Some("guest")).is_ok());
+    }
+}

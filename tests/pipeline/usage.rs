@@ -1,8 +1,10 @@
 //! The binaries' command lines and logs: every binary answers `--help` and
-//! `--version` without connecting anywhere, and the logs carry a start and a
-//! stop line, in JSON when asked, without colour codes when not written to a
-//! terminal.
+//! `--version` without connecting anywhere, the `orderflow` command refuses
+//! values it cannot use with one line and a usage exit code, and the logs
+//! carry a start and a stop line, in JSON when asked, without colour codes
+//! when not written to a terminal.
 
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use tests::{bin_dir, Stack};
@@ -48,7 +50,7 @@ fn run_briefly(binary: &str, args: &[&str], limit: Duration) -> Output {
 #[test]
 fn every_binary_answers_help_and_version_without_connecting() {
     let mut binaries: Vec<&str> = topology::WORKFLOW.processes();
-    binaries.extend(["topology", "orderflow-bench"]);
+    binaries.extend(["orderflow", "topology", "orderflow-bench"]);
     for binary in binaries {
         for flag in ["--help", "-h", "--version"] {
             let output = run_briefly(binary, &[flag], Duration::from_secs(5));
@@ -65,6 +67,79 @@ fn every_binary_answers_help_and_version_without_connecting() {
         let output = run_briefly(binary, &["--no-such-option"], Duration::from_secs(5));
         assert_eq!(output.status.code(), Some(2), "{binary} accepted an unknown option");
     }
+}
+
+#[test]
+fn orderflow_help_teaches_examples_units_and_exit_codes() {
+    let help = String::from_utf8_lossy(&run_briefly("orderflow", &["--help"], Duration::from_secs(5)).stdout)
+        .to_string();
+    for expected in
+        ["Examples:", "orderflow publish --count", "ORDERFLOW_HTTP_ADDR", "Exit codes:", "3  timed out"]
+    {
+        assert!(help.contains(expected), "`orderflow --help` lacks {expected:?}:\n{help}");
+    }
+    let wait = String::from_utf8_lossy(
+        &run_briefly("orderflow", &["wait", "--help"], Duration::from_secs(5)).stdout,
+    )
+    .to_string();
+    assert!(wait.contains("in seconds"), "{wait}");
+}
+
+/// The command's exit code and the first line of its standard error.
+fn refused(args: &[&str]) -> (Option<i32>, String) {
+    let output = run_briefly("orderflow", args, Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "orderflow {args:?} panicked: {stderr}");
+    assert!(
+        output.stdout.is_empty(),
+        "orderflow {args:?} printed {:?}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    (output.status.code(), stderr.lines().next().unwrap_or_default().to_string())
+}
+
+/// Before: `--rate 0` published unpaced, `--rate 1e-300` and `wait
+/// --timeout nan` panicked, a huge `--count` aborted on allocation, and
+/// every runtime failure shared exit code 2 with usage errors.
+#[test]
+fn orderflow_refuses_values_it_cannot_use_with_one_line() {
+    let dir = std::env::temp_dir().join(format!("orderflow-values-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (empty, blank_ids) = (dir.join("empty.jsonl"), dir.join("ids.txt"));
+    std::fs::write(&empty, "").unwrap();
+    std::fs::write(&blank_ids, "\n  \n").unwrap();
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let cases: Vec<(Vec<String>, i32, &str)> = [
+        (vec!["publish"], 2, "--count N"),
+        (vec!["publish", "--count", "5", "--rate", "0"], 2, "orders per second"),
+        (vec!["publish", "--count", "5", "--rate", "nan"], 2, "orders per second"),
+        (vec!["publish", "--count", "5", "--rate", "inf"], 2, "orders per second"),
+        (vec!["publish", "--count", "5", "--rate", "-1"], 2, "orders per second"),
+        (vec!["publish", "--count", "5", "--rate", "1e-300"], 2, "orders per second"),
+        (vec!["publish", "--count", "0"], 2, "publish nothing"),
+        (vec!["publish", "--count", "100000000000"], 2, "at most 1000000"),
+        (vec!["wait", "--ids", "x", "--timeout", "nan"], 2, "seconds"),
+        (vec!["wait", "--ids", "x", "--timeout", "-1"], 2, "seconds"),
+        (vec!["wait", "--ids", "x", "--timeout", "inf"], 2, "seconds"),
+        (vec!["cancel", "0f8fad5b-d9cb-469f-a165-70867728950e", "--wait", "--timeout", "-5"], 2, "seconds"),
+        (vec!["status", "../stats"], 2, "not an order id"),
+        (vec!["change", "not-a-uuid", "--shipping-method", "express"], 2, "not an order id"),
+        (vec!["publish", "--file", &path(&empty)], 1, "holds no orders; nothing was published"),
+        (vec!["wait", "--ids", &path(&blank_ids)], 1, "holds no order ids"),
+    ]
+    .into_iter()
+    .map(|(args, code, said)| (args.into_iter().map(String::from).collect(), code, said))
+    .collect();
+    for (args, code, said) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (exit, first_line) = refused(&args);
+        assert_eq!(exit, Some(*code), "orderflow {args:?}: {first_line}");
+        assert!(
+            first_line.starts_with("error: ") && first_line.contains(said),
+            "orderflow {args:?}: {first_line}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Before: a worker's log had no start line at the default level, was

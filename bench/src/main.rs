@@ -32,9 +32,16 @@ use std::process::ExitCode;
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "orderflow-bench",
+    version,
     about = "Benchmark orderflow against the broker's limit for its message pattern; prints a markdown report",
     after_help = "Needs the local RabbitMQ with its management plugin (scripts/bench.sh makes sure of both) \
-                  and the built binaries (cargo build --release --workspace --bins)."
+                  and the built binaries (cargo build --release --workspace --bins).\n\n\
+                  Examples:\n  orderflow-bench --smoke                   # seconds: checks that everything runs\n  \
+                  orderflow-bench --report BENCHMARKS.md    # the full run (tens of minutes)\n\n\
+                  Environment: AMQP_URL (the broker; its vhost is not used), ORDERFLOW_MGMT_URL, \
+                  ORDERFLOW_MGMT_USER and ORDERFLOW_MGMT_PASSWORD (the management API, which creates the \
+                  bench's vhosts); the orderflow processes get their settings from --env.\n\n\
+                  Exit codes: 0 the report was printed, 1 error, 2 usage error."
 )]
 pub struct Args {
     /// A short run (seconds, not minutes) that checks everything runs: tiny counts, one repetition,

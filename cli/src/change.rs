@@ -3,6 +3,8 @@
 //! id at once; with `--wait`, poll the tracker for its outcome; with
 //! `--sync`, give it a deadline: a node applies it before then or never.
 
+use crate::display::safe;
+use crate::exit::Outcome;
 use anyhow::Context;
 use chrono::Utc;
 use shared::change::{Change, ChangeEvent, ChangeKind, ChangeRequest};
@@ -30,15 +32,14 @@ pub fn parse_ship_to(json: &str) -> anyhow::Result<ShipTo> {
         .context("the address is not a JSON object of name, line1, city, postal_code, country")
 }
 
-/// Publishes the request; returns whether it was applied (`Ok(false)`: rejected).
+/// Publishes the request; with `--wait` or `--sync`, says whether it was
+/// applied ([`Outcome::Done`]), rejected ([`Outcome::Declined`]) or neither in time.
 pub async fn request(
     settings: &Settings,
-    order_id: &str,
+    order_id: Uuid,
     change: Change,
     mode: Mode,
-) -> anyhow::Result<bool> {
-    let order_id =
-        Uuid::parse_str(order_id).map_err(|_| anyhow::anyhow!("{order_id:?} is not an order id (a uuid)"))?;
+) -> anyhow::Result<Outcome> {
     let deadline = match mode {
         Mode::Sync(timeout) => Some(Utc::now() + chrono::Duration::from_std(timeout)?),
         _ => None,
@@ -60,7 +61,7 @@ pub async fn request(
                 "rejected by tracker: no order {order_id} exists, so the request was not sent \
                  (an order placed a moment ago may not be known yet: try again)"
             );
-            return Ok(false);
+            return Ok(Outcome::Declined);
         }
         Err(error @ TrackerError::Unreachable { .. }) => {
             eprintln!("warning: {error}; sending the change anyway (the node holding the order decides it)");
@@ -72,6 +73,7 @@ pub async fn request(
         .with_context(|| format!("cannot connect to RabbitMQ at {}", settings.amqp_url_redacted()))?;
     let setup = connection.create_channel().await?;
     topology::ensure_for(&setup, &[]).await.context("the topology is not applied on this broker")?;
+    let _ = setup.close(200, "checked".into()).await;
     let publisher = Publisher::open(&connection, &settings.broker_user()).await?;
     let instance = format!("cli-{}", std::process::id());
     let requested = ChangeEvent::new(
@@ -86,11 +88,12 @@ pub async fn request(
         .publish_all(&[change_event_message(&requested), change_request_message(&request)])
         .await
         .context("publishing the change request")?;
+    publisher.close().await;
     let _ = connection.close(200, "requested".into()).await;
     println!("{}", request.change_id);
 
     let (timeout, sync) = match mode {
-        Mode::Queue => return Ok(true),
+        Mode::Queue => return Ok(Outcome::Done),
         Mode::Wait(timeout) => (timeout, false),
         // After the deadline no node applies it; the grace lets a just-made decision reach the tracker.
         Mode::Sync(timeout) => (timeout + Duration::from_secs(2), true),
@@ -100,30 +103,33 @@ pub async fn request(
     loop {
         if let Ok(view) = client.order(&order_id).await {
             if let Some(outcome) = view.change_outcome(&change_id) {
-                let (node, detail) = (&outcome.node, &outcome.detail);
+                let (node, detail) = (safe(&outcome.node), safe(&outcome.detail));
                 if outcome.state == "change_applied" {
                     println!("applied by {node}: {detail}");
-                    return Ok(true);
+                    return Ok(Outcome::Done);
                 }
                 println!("rejected by {node}: {detail}");
-                return Ok(false);
+                return Ok(Outcome::Declined);
             }
         }
         if Instant::now() >= until {
             let state =
                 client.order(&order_id).await.map(|view| view.state).unwrap_or_else(|_| "unknown".into());
+            let state = safe(&state);
             if sync {
-                anyhow::bail!(
+                eprintln!(
                     "no node answered within {:.0} s: the node that would handle the order (now {state}) \
                      is not answering. The change was not applied, and will not be: its deadline has passed",
                     timeout.as_secs_f64() - 2.0
                 );
+            } else {
+                eprintln!(
+                    "no outcome within {:.0} s (the order is {state}); the change stays queued: \
+                     follow it with `orderflow status {order_id}`",
+                    timeout.as_secs_f64()
+                );
             }
-            anyhow::bail!(
-                "no outcome within {:.0} s (the order is {state}); the change stays queued: \
-                 follow it with `orderflow status {order_id}`",
-                timeout.as_secs_f64()
-            );
+            return Ok(Outcome::TimedOut);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -49,6 +49,7 @@ pub fn read_orders_file(path: &Path, max_message_bytes: usize) -> anyhow::Result
         }
         orders.push(order);
     }
+    anyhow::ensure!(!orders.is_empty(), "{} holds no orders; nothing was published", path.display());
     Ok(orders)
 }
 
@@ -112,7 +113,8 @@ pub async fn publish(settings: &Settings, orders: Vec<Order>, rate: Option<f64>)
     let bar = progress(elements.len());
     // Unpaced: confirm in windows of 200 orders; paced: one order per tick.
     let window = if rate.is_some() { 1 } else { 200 };
-    let interval = rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(1.0 / r));
+    // `--rate` is checked (0.001 to 1,000,000 per second), so the interval is a sane duration.
+    let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r));
     let started = Instant::now();
     let mut stdout = std::io::stdout().lock();
     let mut published = 0usize;
@@ -164,7 +166,8 @@ pub async fn publish(settings: &Settings, orders: Vec<Order>, rate: Option<f64>)
     }
     stdout.flush()?;
     bar.finish_and_clear();
-    if let Some((connection, _)) = session {
+    if let Some((connection, publisher)) = session {
+        publisher.close().await;
         let _ = connection.close(200, "published".into()).await;
     }
     wait_until_tracked(settings, &ids).await;

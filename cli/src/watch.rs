@@ -1,6 +1,8 @@
 //! `orderflow status`, `watch` and `wait`: reading the pipeline's progress
 //! from the tracker, by polling, as the manifesto prefers.
 
+use crate::display::safe;
+use crate::exit::Outcome;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use shared::settings::Settings;
@@ -14,23 +16,24 @@ fn client(settings: &Settings) -> TrackerClient {
     TrackerClient::new(&settings.tracker_url())
 }
 
-pub async fn status(settings: &Settings, id: &str, as_json: bool) -> anyhow::Result<()> {
-    let id = Uuid::parse_str(id).map_err(|_| anyhow::anyhow!("{id:?} is not an order id (a uuid)"))?;
-    let view = client(settings).order(&id).await?;
+pub async fn status(settings: &Settings, id: &Uuid, as_json: bool) -> anyhow::Result<()> {
+    let view = client(settings).order(id).await?;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(());
     }
     let terminal = if view.terminal { " (terminal)" } else { "" };
-    println!("order {}: {}{terminal}", view.order_id, view.state);
+    println!("order {}: {}{terminal}", safe(&view.order_id), safe(&view.state));
     for entry in &view.history {
-        println!("  {:<27} {:<17} {:<11} {}", entry.at, entry.state, entry.node, entry.detail);
+        let (at, state, node) = (safe(&entry.at), safe(&entry.state), safe(&entry.node));
+        println!("  {at:<27} {state:<17} {node:<11} {}", safe(&entry.detail));
     }
     Ok(())
 }
 
 fn counts_line(stats: &Stats) -> String {
-    let mut parts: Vec<String> = stats.by_state.iter().map(|(state, n)| format!("{state}={n}")).collect();
+    let mut parts: Vec<String> =
+        stats.by_state.iter().map(|(state, n)| format!("{}={n}", safe(state))).collect();
     parts.push(format!("total={}", stats.orders));
     parts.join("  ")
 }
@@ -60,21 +63,25 @@ pub async fn watch(settings: &Settings, once: bool) -> anyhow::Result<()> {
 
 fn read_ids(path: &Path) -> anyhow::Result<Vec<Uuid>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
+    let ids = text
+        .lines()
         .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            Uuid::parse_str(l).map_err(|_| anyhow::anyhow!("line {}: {l:?} is not an order id", i + 1))
+            Uuid::parse_str(l.trim())
+                .map_err(|_| anyhow::anyhow!("line {}: {:?} is not an order id", i + 1, safe(l.trim())))
         })
-        .collect()
+        .collect::<anyhow::Result<Vec<Uuid>>>()?;
+    anyhow::ensure!(!ids.is_empty(), "{} holds no order ids: nothing to wait for", path.display());
+    Ok(ids)
 }
 
-/// Polls until every order is terminal; `Ok(false)` on timeout.
-pub async fn wait(settings: &Settings, ids_file: &Path, timeout_secs: f64) -> anyhow::Result<bool> {
+/// Polls until every order is terminal ([`Outcome::Done`]), or the timeout
+/// passes ([`Outcome::TimedOut`]; an error when the tracker did not answer).
+pub async fn wait(settings: &Settings, ids_file: &Path, timeout: Duration) -> anyhow::Result<Outcome> {
     let ids = read_ids(ids_file)?;
     let client = client(settings);
-    let deadline = Instant::now() + Duration::from_secs_f64(timeout_secs);
+    let deadline = Instant::now() + timeout;
     let bar = ProgressBar::new(ids.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{spinner} terminal [{bar:30}] {pos}/{len} orders  {msg}")
@@ -108,17 +115,17 @@ pub async fn wait(settings: &Settings, ids_file: &Path, timeout_secs: f64) -> an
         if done || Instant::now() >= deadline {
             bar.finish_and_clear();
             println!("{}", serde_json::to_string(&counts)?);
-            if !done {
-                eprintln!(
-                    "timed out after {timeout_secs} s: {} of {} orders are terminal",
-                    terminal,
-                    ids.len()
-                );
-                if let Some(error) = &last_error {
-                    eprintln!("the tracker's last answer: {error}");
-                }
+            if done {
+                return Ok(Outcome::Done);
             }
-            return Ok(done);
+            let seconds = timeout.as_secs_f64();
+            let said =
+                format!("timed out after {seconds} s: {terminal} of {} orders are terminal", ids.len());
+            if let Some(error) = last_error {
+                anyhow::bail!("{said}; the tracker's last answer: {error}");
+            }
+            eprintln!("{said}");
+            return Ok(Outcome::TimedOut);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

@@ -7,6 +7,7 @@ pub mod change;
 pub mod change_book;
 pub mod events;
 pub mod generate;
+pub mod help;
 pub mod order;
 pub mod routing;
 pub mod settings;

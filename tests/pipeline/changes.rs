@@ -249,14 +249,14 @@ async fn changes_in_a_picklist_batch_and_the_cut_off_points() {
 
     // After shipping, for a terminal order, and for an order that does not exist: rejected with the reason.
     let (code, _, out, _) = stack.change_cli(&["change", &id, "--ship-to", &address_json(9), "--wait"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 4, "declined");
     assert!(out.contains("rejected by shipping") && out.contains("already shipped"), "{out}");
     let (code, _, out, _) = stack.change_cli(&["cancel", &id, "--wait"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 4, "declined");
     assert!(out.contains("already shipped"), "{out}");
     let nobody = uuid::Uuid::new_v4().to_string();
     let (code, _, out, _) = stack.change_cli(&["cancel", &nobody, "--wait"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 4, "declined");
     assert!(out.contains("rejected by tracker") && out.contains("no order"), "{out}");
     // An invalid address is rejected with the reason.
     let ids = stack.publish(&[orders::valid(1, "express")]);
@@ -264,7 +264,7 @@ async fn changes_in_a_picklist_batch_and_the_cut_off_points() {
         json!({"name": "X", "line1": "", "city": "Y", "postal_code": "1", "country": "DE"}).to_string();
     let (code, _, out, _) =
         stack.change_cli(&["change", &ids[0].to_string(), "--ship-to", &incomplete, "--wait"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 4, "declined");
     assert!(out.contains("line1 is missing"), "{out}");
 }
 
@@ -296,7 +296,7 @@ async fn sync_mode_answers_both_ways_and_fails_clearly_without_its_node() {
         "--timeout",
         "8",
     ]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 4, "declined");
     assert!(out.contains("rejected") && out.contains("already shipped"), "{out}");
 
     // No answer: the node that would apply it is stopped. The command says so and fails,
@@ -313,7 +313,7 @@ async fn sync_mode_answers_both_ways_and_fails_clearly_without_its_node() {
         "--timeout",
         "2",
     ]);
-    assert_eq!(code, 2, "{out} {err}");
+    assert_eq!(code, 3, "timed out: {out} {err}");
     assert!(err.contains("no node answered within 2 s") && err.contains("not applied"), "{err}");
     assert!(!out.contains("applied"), "{out}");
     stack.spawn("payment", "payment-1");
@@ -348,7 +348,7 @@ async fn a_change_has_one_decider_even_when_it_comes_before_its_order() {
     // Through the CLI, a change for an order nobody placed is not sent at all.
     let never = uuid::Uuid::new_v4();
     let (code, _, out, _) = stack.change_cli(&["change", &never.to_string(), "--ship-to", &address_json(6)]);
-    assert_eq!(code, 1, "{out}");
+    assert_eq!(code, 4, "declined: {out}");
     assert!(out.contains("no order") && out.contains("not sent"), "{out}");
     // Let the tracker record the early request before the order exists.
     tokio::time::sleep(Duration::from_secs(2)).await;

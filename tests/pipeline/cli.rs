@@ -42,7 +42,7 @@ async fn cli_and_tracker_api() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("shipped (terminal)") && text.contains("rebinned"), "{text}");
 
-    // wait: success prints counts; a never-seen order times out with exit code 1.
+    // wait: success prints counts; a never-seen order times out with exit code 3.
     let ids_file = stack.run_dir.join("ids.txt");
     std::fs::write(&ids_file, format!("{}\n", ids[0])).unwrap();
     let output = stack.cli(&["wait", "--ids", ids_file.to_str().unwrap(), "--timeout", "10"]);
@@ -50,7 +50,7 @@ async fn cli_and_tracker_api() {
     assert_eq!(serde_json::from_slice::<Value>(&output.stdout).unwrap()["shipped"], 1);
     std::fs::write(&ids_file, format!("{}\n", uuid::Uuid::new_v4())).unwrap();
     let output = stack.cli(&["wait", "--ids", ids_file.to_str().unwrap(), "--timeout", "1"]);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(3), "timed out");
 
     // The API validates ids.
     assert_eq!(stack.get("/orders/not-a-uuid").await.0, 400);
@@ -73,7 +73,7 @@ async fn cli_and_tracker_api() {
 }
 
 /// `orderflow wait` with no tracker listening says so instead of counting
-/// every order as "unknown" in silence.
+/// every order as "unknown" in silence, and fails (1) rather than time out (3).
 #[test]
 fn wait_says_when_the_tracker_does_not_answer() {
     let dir = std::env::temp_dir().join(format!("orderflow-wait-{}", uuid::Uuid::new_v4().simple()));

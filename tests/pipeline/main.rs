@@ -16,6 +16,7 @@
 //! - `privilege`: per-node users with least privilege; strays are refused.
 //! - `postgres`: the stores on PostgreSQL instead of SQLite.
 //! - `transport_faults`: refused publishes, retries out of the consumer (issue 15).
+//! - `usage`: every binary's `--help` and `--version`, the CLI's argument checks, the log format.
 
 mod bad_input;
 mod bench_smoke;
@@ -32,3 +33,4 @@ mod privilege;
 mod retry;
 mod scaling;
 mod transport_faults;
+mod usage;

@@ -31,7 +31,7 @@ impl Node {
     }
 
     /// The node's name: its binary, its queue suffix, its routing-key word.
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         self.0
     }
 

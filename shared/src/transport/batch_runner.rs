@@ -45,7 +45,7 @@ pub async fn run_batch_stage<S: BatchStage>(
     let prefetch = u16::try_from(settings.picklist_batch.saturating_mul(4)).unwrap_or(2000);
     let ctx = Arc::new(NodeContext::for_node(&settings, S::NODE, prefetch).await?);
     let stage = Arc::new(stage);
-    supervise(&settings, &ctx.instance_id.clone(), &shutdown, |connection| {
+    supervise(&settings, &ctx, &shutdown, |connection| {
         serve(connection, ctx.clone(), stage.clone(), settings.clone(), shutdown.clone())
     })
     .await

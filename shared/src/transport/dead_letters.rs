@@ -329,6 +329,7 @@ pub async fn replay(
     }
     // Closing the channel returns every message we held but did not ack.
     channel.close(200, "replayed".into()).await?;
+    publisher.close().await;
     Ok(report)
 }
 

@@ -96,6 +96,15 @@ impl Publisher {
         Ok(channel.clone())
     }
 
+    /// Closes the current channel (before its connection closes: a channel
+    /// dropped meanwhile would be closed twice, and lapin would log it).
+    pub async fn close(&self) {
+        let channel = self.channel.lock().await;
+        if channel.status().connected() {
+            let _ = channel.close(200, "done".into()).await;
+        }
+    }
+
     /// Publishes every message, then waits for each one's confirm.
     pub async fn publish_all(&self, messages: &[Outgoing]) -> Result<(), PublishError> {
         let channel = self.channel().await?;

@@ -26,7 +26,7 @@ pub async fn run_stage<S: Stage>(
 ) -> anyhow::Result<()> {
     let ctx = Arc::new(NodeContext::for_node(&settings, S::NODE, settings.prefetch).await?);
     let stage = Arc::new(stage);
-    supervise(&settings, &ctx.instance_id.clone(), &shutdown, |connection| {
+    supervise(&settings, &ctx, &shutdown, |connection| {
         serve(connection, ctx.clone(), stage.clone(), shutdown.clone())
     })
     .await

@@ -20,10 +20,11 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 /// Keeps a session on the broker alive: connects (with backoff), runs
 /// `session`, and when the session ends in error (connection lost, consumer
 /// cancelled) connects again. Returns when `session` returns `Ok`, which it
-/// does only on shutdown, or when shutdown interrupts a reconnection.
+/// does only on shutdown, or when shutdown interrupts a reconnection. Logs
+/// the process's start line first.
 pub async fn supervise<F, Fut>(
     settings: &Settings,
-    name: &str,
+    ctx: &NodeContext,
     shutdown: &CancellationToken,
     mut session: F,
 ) -> anyhow::Result<()>
@@ -31,6 +32,8 @@ where
     F: FnMut(Connection) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    let name = ctx.instance_id.as_str();
+    crate::telemetry::started(ctx.node, name, &settings.amqp_url_redacted(), ctx.prefetch);
     let mut backoff = Backoff::default();
     let mut lost_at: Option<Instant> = None;
     loop {

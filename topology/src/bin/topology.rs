@@ -45,8 +45,29 @@ fn secret(dir: &std::path::Path, user: &str) -> anyhow::Result<String> {
     Ok(password)
 }
 
+const AFTER_HELP: &str = "\
+Examples:
+  topology processes                        # what a stack runs, one per line
+  topology workflow                         # the workflow definition and what derives from it
+  AMQP_URL=amqp://guest:guest@127.0.0.1:5672/shop topology apply --create-vhost
+  topology export --out run/compose --vhost / # definitions.json for the compose broker
+
+Environment:
+  AMQP_URL                     apply: the broker, credentials and vhost [default: amqp://guest:guest@127.0.0.1:5672/%2f]
+  ORDERFLOW_MGMT_URL           apply --create-vhost/--create-users: management API [default: http://127.0.0.1:15672]
+  ORDERFLOW_MGMT_USER, ORDERFLOW_MGMT_PASSWORD   its credentials [default: AMQP_URL's]
+  ORDERFLOW_SECRETS_DIR, ORDERFLOW_USER_PREFIX   apply --create-users: see the options
+  ORDERFLOW_AMQP_USER, ORDERFLOW_AMQP_PASSWORD(_FILE)   export: the application user
+
+Exit codes: 0 done, 1 error (broker or management API unreachable, refused...), 2 usage error.";
+
 #[derive(Parser)]
-#[command(about = "Apply or export orderflow's RabbitMQ topology")]
+#[command(
+    name = "topology",
+    version,
+    about = "Apply or export orderflow's RabbitMQ topology; list the processes of a stack; print the workflow",
+    after_help = AFTER_HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -30,7 +30,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let ctx =
         Arc::new(NodeContext::new(&settings, "tracker", topology::TRACKER_QUEUE.to_string(), PREFETCH)?);
-    let result = supervise(&settings, &ctx.instance_id.clone(), &shutdown, |connection| {
+    let result = supervise(&settings, &ctx, &shutdown, |connection| {
         let health = health.clone();
         let session = serve(connection, ctx.clone(), store.clone(), health.clone(), shutdown.clone());
         async move {

@@ -1,0 +1,185 @@
+//! The `orderflow` command line: its subcommands, options (each checked by
+//! `values`), and the help that teaches them: examples, units, the settings
+//! read from the environment and the exit codes.
+
+use crate::values;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+use uuid::Uuid;
+
+const EXAMPLES: &str = "\
+Examples:
+  orderflow publish --count 100 > ids.txt      # 100 generated orders; prints one id per line
+  orderflow publish --count 1000 --rate 50     # paced: 50 orders per second
+  orderflow publish --file orders.jsonl        # one order (JSON object) per line
+  orderflow wait --ids ids.txt --timeout 60    # until every order is terminal (60 s at most)
+  orderflow status 0f8fad5b-d9cb-469f-a165-70867728950e
+  orderflow change ID --shipping-method express --wait
+  orderflow cancel ID --sync --timeout 5
+  orderflow watch --once
+  orderflow dlq list; orderflow dlq replay --all";
+
+/// The whole text after the options of `orderflow --help`.
+pub fn after_help() -> String {
+    format!(
+        "{EXAMPLES}\n\n{}\n{}",
+        shared::help::environment(&[shared::help::CONNECTION, shared::help::CLI]),
+        crate::exit::EXIT_CODES
+    )
+}
+
+#[derive(Parser)]
+#[command(
+    name = "orderflow",
+    version,
+    about = "Publish orders into the orderflow pipeline and follow them",
+    long_about = "Publish orders into the orderflow pipeline and follow them: their state and history \
+                  (from the tracker), in-flight changes and cancels, the dead-letter queue."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Publish generated orders (--count) or orders from a JSON-lines file (--file); prints their ids.
+    #[command(after_help = "Examples:\n  orderflow publish --count 100 > ids.txt\n  \
+                            orderflow publish --count 200 --mixed --rate 20\n  \
+                            orderflow publish --file orders.jsonl   # a bad line: nothing is published")]
+    Publish {
+        /// Number of generated valid orders (1 to 1,000,000).
+        #[arg(long, conflicts_with = "file", value_parser = values::count, allow_negative_numbers = true)]
+        count: Option<usize>,
+        /// Orders per second, 0.001 to 1,000,000 (default: as fast as the broker confirms).
+        #[arg(long, value_name = "ORDERS_PER_S", value_parser = values::rate, allow_negative_numbers = true)]
+        rate: Option<f64>,
+        /// Mix in declined, out-of-stock and invalid orders, as the demo does.
+        #[arg(long, requires = "count")]
+        mixed: bool,
+        /// One order (JSON object) per line.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Change an order in flight: its ship-to address or its shipping method. Prints the change id.
+    #[command(group = clap::ArgGroup::new("what").required(true))]
+    #[command(after_help = "Examples:\n  orderflow change ID --shipping-method express\n  \
+                            orderflow change ID --ship-to-file address.json --wait --timeout 30\n  \
+                            orderflow change ID --ship-to '{\"name\":\"Ada\",\"line1\":\"1 New Road\",\
+                            \"city\":\"Bristol\",\"postal_code\":\"BS1 1AA\",\"country\":\"GB\"}' --sync")]
+    Change {
+        #[arg(value_parser = values::order_id, value_name = "ORDER_ID")]
+        id: Uuid,
+        /// The new address as JSON: {"name":..,"line1":..,"city":..,"postal_code":..,"country":..}.
+        #[arg(long, group = "what")]
+        ship_to: Option<String>,
+        /// The new address from a JSON file.
+        #[arg(long, group = "what")]
+        ship_to_file: Option<PathBuf>,
+        /// standard, express or overnight.
+        #[arg(long, group = "what")]
+        shipping_method: Option<String>,
+        #[command(flatten)]
+        mode: ModeArgs,
+    },
+    /// Cancel an order in flight. Prints the change id.
+    #[command(after_help = "Examples:\n  orderflow cancel ID\n  orderflow cancel ID --wait")]
+    Cancel {
+        #[arg(value_parser = values::order_id, value_name = "ORDER_ID")]
+        id: Uuid,
+        #[command(flatten)]
+        mode: ModeArgs,
+    },
+    /// Print an order's state and history.
+    #[command(after_help = "Example:\n  orderflow status 0f8fad5b-d9cb-469f-a165-70867728950e --json")]
+    Status {
+        #[arg(value_parser = values::order_id, value_name = "ORDER_ID")]
+        id: Uuid,
+        /// Print JSON: order_id, state, terminal, history.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show live counts of orders per state (Ctrl-C to stop).
+    Watch {
+        /// Print the counts once and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// The dead-letter queue: list what is there and why, replay it, or discard from it.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Wait until every order listed in a file is terminal; print counts per state as JSON.
+    #[command(after_help = "Exit codes: 0 every order is terminal, 3 some are not when the timeout \
+                            passes, 1 the tracker does not answer.\n\n\
+                            Example:\n  orderflow publish --count 50 > ids.txt && orderflow wait --ids ids.txt --timeout 60")]
+    Wait {
+        /// File with one order id per line (what `publish` prints).
+        #[arg(long)]
+        ids: PathBuf,
+        /// How long to wait, in seconds (0 to 604800).
+        #[arg(long, value_name = "SECONDS", default_value = "120", value_parser = values::seconds,
+              allow_negative_numbers = true)]
+        timeout: Duration,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct ModeArgs {
+    /// Poll for the outcome (applied or rejected) and print it.
+    #[arg(long, conflicts_with = "sync")]
+    pub wait: bool,
+    /// Immediate feedback: apply within --timeout or not at all; fails clearly when no node answers.
+    #[arg(long)]
+    pub sync: bool,
+    /// How long --wait or --sync waits for the outcome, in seconds (0 to 604800).
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = values::seconds,
+          allow_negative_numbers = true)]
+    pub timeout: Duration,
+}
+
+impl ModeArgs {
+    pub fn mode(&self) -> crate::change::Mode {
+        let timeout = self.timeout.max(Duration::from_millis(100));
+        if self.sync {
+            crate::change::Mode::Sync(timeout)
+        } else if self.wait {
+            crate::change::Mode::Wait(timeout)
+        } else {
+            crate::change::Mode::Queue
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum DlqCommand {
+    /// Show a count per reason, then every dead-lettered message with its reason, node and original routing key.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a dead-lettered message (by message id or order id) back to where it failed, once.
+    Replay {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Replay every dead-lettered message (those in the queue when the replay starts).
+        #[arg(long)]
+        all: bool,
+        /// Also send back messages that were replayed before and failed again.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove dead letters for good: by message id or order id, by reason, or all.
+    Discard {
+        #[arg(required_unless_present_any = ["reason", "all"], conflicts_with_all = ["reason", "all"])]
+        id: Option<String>,
+        /// Discard every dead letter whose reason contains this text.
+        #[arg(long, conflicts_with = "all")]
+        reason: Option<String>,
+        /// Discard every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+}

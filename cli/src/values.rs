@@ -1,0 +1,72 @@
+//! The checks of the command line's values (clap value parsers): each one
+//! refuses a value it cannot use with one sentence saying what it takes, so
+//! that no NaN, infinity, negative or absurd number reaches the commands.
+
+use std::time::Duration;
+use uuid::Uuid;
+
+/// The most orders one `publish --count` generates (they are held in memory).
+pub const MAX_COUNT: usize = 1_000_000;
+/// The slowest and fastest `--rate`, in orders per second.
+pub const MIN_RATE: f64 = 0.001;
+pub const MAX_RATE: f64 = 1_000_000.0;
+/// The longest `--timeout`, in seconds (a week).
+pub const MAX_TIMEOUT_S: f64 = 604_800.0;
+
+pub fn order_id(text: &str) -> Result<Uuid, String> {
+    Uuid::parse_str(text.trim()).map_err(|_| {
+        format!("{text:?} is not an order id (a uuid such as 0f8fad5b-d9cb-469f-a165-70867728950e)")
+    })
+}
+
+pub fn count(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_COUNT).contains(&n) => Ok(n),
+        Ok(0) => Err("0 orders would publish nothing: give a count from 1 to 1000000".into()),
+        Ok(_) => Err(format!("at most {MAX_COUNT} orders per run (publish more in several runs)")),
+        Err(_) => Err(format!("{text:?} is not a whole number of orders from 1 to {MAX_COUNT}")),
+    }
+}
+
+/// A finite number within `min..=max`, or a sentence saying what is expected.
+fn number(text: &str, min: f64, max: f64, what: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(value) if value.is_finite() && (min..=max).contains(&value) => Ok(value),
+        _ => Err(format!("{text:?} is not {what}")),
+    }
+}
+
+/// `--rate`: orders per second.
+pub fn rate(text: &str) -> Result<f64, String> {
+    number(text, MIN_RATE, MAX_RATE, "a rate in orders per second from 0.001 to 1000000")
+}
+
+/// `--timeout`: seconds.
+pub fn seconds(text: &str) -> Result<Duration, String> {
+    number(text, 0.0, MAX_TIMEOUT_S, "a number of seconds from 0 to 604800 (a week)")
+        .map(Duration::from_secs_f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_that_cannot_be_used_are_refused_with_a_sentence() {
+        for bad in ["0", "-1", "nan", "NaN", "inf", "-inf", "1e-300", "1e300", "", "fast"] {
+            let error = rate(bad).unwrap_err();
+            assert!(error.contains("orders per second") && !error.contains('\n'), "{bad}: {error}");
+        }
+        assert_eq!(rate("2.5"), Ok(2.5));
+        for bad in ["nan", "inf", "-1", "1e9", "x"] {
+            assert!(seconds(bad).unwrap_err().contains("seconds"), "{bad}");
+        }
+        assert_eq!(seconds("0"), Ok(Duration::ZERO));
+        assert_eq!(seconds("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(count("0").unwrap_err().contains("nothing"));
+        assert!(count("100000000000").unwrap_err().contains("at most 1000000"));
+        assert!(count("-3").unwrap_err().contains("whole number"));
+        assert_eq!(count("12"), Ok(12));
+        assert!(order_id("../stats").unwrap_err().contains("not an order id"));
+    }
+}

@@ -1,0 +1,119 @@
+//! The environment variables the binaries read, as data: each binary's
+//! `--help` lists those it reads (with defaults and units) from this one
+//! table, which is the README's settings table (a unit test checks both agree).
+
+/// One setting read from the environment.
+pub struct Variable {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub meaning: &'static str,
+}
+
+const fn var(name: &'static str, default: &'static str, meaning: &'static str) -> Variable {
+    Variable { name, default, meaning }
+}
+
+/// Every setting, in the README's order.
+pub const VARIABLES: &[Variable] = &[
+    var("AMQP_URL", crate::settings::DEFAULT_AMQP_URL, "broker, credentials and vhost; amqps:// for TLS"),
+    var("AMQP_USER", "unset", "replaces the user of AMQP_URL"),
+    var("AMQP_PASSWORD", "unset", "replaces the password of AMQP_URL"),
+    var("AMQP_PASSWORD_FILE", "unset", "a file holding the password (instead of AMQP_PASSWORD)"),
+    var("DATABASE_URL", "unset: SQLite files in the run dir", "postgres://... for PostgreSQL stores"),
+    var("ORDERFLOW_RUN_DIR", "./run", "pids, logs, SQLite stores"),
+    var(
+        "ORDERFLOW_HTTP_ADDR",
+        crate::settings::DEFAULT_HTTP_ADDR,
+        "the tracker's listen address, where the CLI asks",
+    ),
+    var("ORDERFLOW_PREFETCH", "64", "unacknowledged deliveries per node instance"),
+    var("ORDERFLOW_PICKLIST_BATCH", "25", "orders per picklist"),
+    var("ORDERFLOW_PICKLIST_FLUSH_MS", "500", "longest wait of a picklist's oldest order, in milliseconds"),
+    var("ORDERFLOW_MAX_MESSAGE_BYTES", "65536", "larger messages are dead-lettered unread (bytes)"),
+    var("ORDERFLOW_DELAY_MS", "0", "milliseconds each node instance is busy per element (demos, tests)"),
+    var("ORDERFLOW_DELAY_MS_<NODE>", "0", "the same for one node (ORDERFLOW_DELAY_MS_PAYMENT=10)"),
+    var("ORDERFLOW_MAX_ATTEMPTS", "5", "tries of a transiently failing message before it is dead-lettered"),
+    var("ORDERFLOW_INSTANCE_ID", "<node>-<pid>", "names this process in audit events and logs"),
+    var(
+        "ORDERFLOW_CHANGE_RETENTION_S",
+        "86400",
+        "seconds a change book keeps a change request and a closed order",
+    ),
+    var("ORDERFLOW_HTTP_HEADER_TIMEOUT_S", "10", "seconds the tracker API waits for a request's headers"),
+    var("ORDERFLOW_PUBLISH_PATIENCE_S", "120", "seconds `publish` keeps reconnecting without progress"),
+    var(
+        "RUST_LOG",
+        "warn, and each process's start and stop lines",
+        "log detail (info, debug, shared::transport=debug, ...)",
+    ),
+    var("ORDERFLOW_LOG_FORMAT", "text", "json: one JSON object per log line"),
+];
+
+/// What every process reads: the broker and the logs.
+pub const CONNECTION: &[&str] =
+    &["AMQP_URL", "AMQP_USER", "AMQP_PASSWORD", "AMQP_PASSWORD_FILE", "RUST_LOG", "ORDERFLOW_LOG_FORMAT"];
+
+/// What a workflow node reads besides [`CONNECTION`].
+pub const NODE: &[&str] = &[
+    "DATABASE_URL",
+    "ORDERFLOW_RUN_DIR",
+    "ORDERFLOW_INSTANCE_ID",
+    "ORDERFLOW_PREFETCH",
+    "ORDERFLOW_MAX_MESSAGE_BYTES",
+    "ORDERFLOW_MAX_ATTEMPTS",
+    "ORDERFLOW_CHANGE_RETENTION_S",
+    "ORDERFLOW_DELAY_MS",
+    "ORDERFLOW_DELAY_MS_<NODE>",
+];
+
+/// What the picklist reads besides [`NODE`].
+pub const PICKLIST: &[&str] = &["ORDERFLOW_PICKLIST_BATCH", "ORDERFLOW_PICKLIST_FLUSH_MS"];
+
+/// What the tracker reads besides [`CONNECTION`].
+pub const TRACKER: &[&str] = &[
+    "DATABASE_URL",
+    "ORDERFLOW_RUN_DIR",
+    "ORDERFLOW_INSTANCE_ID",
+    "ORDERFLOW_MAX_MESSAGE_BYTES",
+    "ORDERFLOW_HTTP_ADDR",
+    "ORDERFLOW_HTTP_HEADER_TIMEOUT_S",
+];
+
+/// What the `orderflow` command reads besides [`CONNECTION`].
+pub const CLI: &[&str] =
+    &["ORDERFLOW_HTTP_ADDR", "ORDERFLOW_MAX_MESSAGE_BYTES", "ORDERFLOW_PUBLISH_PATIENCE_S"];
+
+/// An "Environment:" section for `--help`: each named variable with its
+/// default and meaning.
+pub fn environment(groups: &[&[&str]]) -> String {
+    let mut text = String::from("Environment (settings; the README's settings table has them all):\n");
+    for name in groups.iter().flat_map(|g| g.iter()) {
+        let variable = VARIABLES.iter().find(|v| v.name == *name).expect("a documented variable");
+        text.push_str(&format!(
+            "  {:<32} {} [default: {}]\n",
+            variable.name, variable.meaning, variable.default
+        ));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_group_names_documented_variables_and_the_readme_lists_them_all() {
+        let all = [CONNECTION, NODE, PICKLIST, TRACKER, CLI];
+        let text = environment(&all);
+        assert!(text.contains("AMQP_URL") && text.contains("[default: 64]"), "{text}");
+        let readme = include_str!("../../README.md");
+        let table = readme.split("## Settings").nth(1).expect("the README has a settings section");
+        for variable in VARIABLES {
+            assert!(
+                table.contains(&format!("`{}`", variable.name)),
+                "the README's table lacks {}",
+                variable.name
+            );
+        }
+    }
+}

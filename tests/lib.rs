@@ -91,7 +91,12 @@ impl Stack {
     /// Like [`Stack::start`], but every node and the tracker connect as their
     /// own least-privilege user, created for this test and deleted after it.
     pub async fn start_with_node_users(test: &str) -> Stack {
-        let mut stack = Stack::empty(test, &[]).await;
+        Stack::start_with_node_users_env(test, &[]).await
+    }
+
+    /// [`Stack::start_with_node_users`] with `env` for every process.
+    pub async fn start_with_node_users_env(test: &str, env: &[(&str, &str)]) -> Stack {
+        let mut stack = Stack::empty(test, env).await;
         let prefix = format!("t{}-", &Uuid::new_v4().simple().to_string()[..8]);
         let secrets = stack.secrets_dir();
         stack.topology(&[

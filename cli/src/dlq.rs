@@ -55,7 +55,12 @@ pub async fn replay(settings: &Settings, target: Option<String>, force: bool) ->
     let report = dead_letters::replay(&connection, settings, target.as_deref(), force).await?;
     let _ = connection.close(200, "done".into()).await;
     for l in &report.replayed {
-        println!("replayed {} (order {}) to queue {}", safe(&l.message_id), safe(&l.order_id), safe(&l.queue));
+        println!(
+            "replayed {} (order {}) to queue {}",
+            safe(&l.message_id),
+            safe(&l.order_id),
+            safe(&l.queue)
+        );
     }
     for s in &report.skipped {
         let l = &s.letter;

@@ -4,7 +4,9 @@
 //! then a full stop and start of the server. Every worker and the tracker
 //! reconnect by themselves and every order still ends terminal, none lost.
 //! `orderflow publish` runs through the first restart: it reconnects, sends
-//! again what was not confirmed, and prints every id once.
+//! again what was not confirmed, and prints every id once. Two stacks run
+//! side by side on two vhosts, each with its own per-role users (issue 14):
+//! neither locks the other out, and both finish their orders.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -52,12 +54,19 @@ fn full_restart_allowed() -> bool {
 async fn workers_survive_broker_restarts() {
     let _guard = BrokerGuard;
     // Slow nodes (2 in hand, 20 ms each: about 100 orders/s) keep orders in flight across both restarts.
-    let stack = Stack::start(
-        "restart",
-        &[("ORDERFLOW_PREFETCH", "2"), ("ORDERFLOW_DELAY_MS", "20"), ("ORDERFLOW_DELAY_MS_PICKLIST", "0")],
+    let slow =
+        [("ORDERFLOW_PREFETCH", "2"), ("ORDERFLOW_DELAY_MS", "20"), ("ORDERFLOW_DELAY_MS_PICKLIST", "0")];
+    let stack = Stack::start_with_node_users_env("restart", &slow).await;
+    // The second stack, slower still, with its own users.
+    let beside = Stack::start_with_node_users_env(
+        "restart-beside",
+        &[("ORDERFLOW_DELAY_MS", "40"), ("ORDERFLOW_DELAY_MS_PICKLIST", "0")],
     )
     .await;
+    assert_ne!(stack.role_user("payment"), beside.role_user("payment"), "two stacks share a user");
     let mut rng = rand::thread_rng();
+    let beside_orders: Vec<_> = (0..300).map(|_| random_valid_order(&mut rng)).collect();
+    let beside_ids = beside.publish(&beside_orders);
     let orders: Vec<_> = (0..1500).map(|_| random_valid_order(&mut rng)).collect();
     let mut ids = stack.publish(&orders[..900]);
     // The rest is published at 250/s while the broker stops and starts (about 2.4 s of it before).
@@ -98,4 +107,6 @@ async fn workers_survive_broker_restarts() {
 
     stack.wait_terminal(&ids, Duration::from_secs(240)).await;
     assert_books_balance(&stack, &orders, &ids).await;
+    beside.wait_terminal(&beside_ids, Duration::from_secs(120)).await;
+    assert_books_balance(&beside, &beside_orders, &beside_ids).await;
 }

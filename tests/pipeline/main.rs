@@ -15,6 +15,7 @@
 //! - `bench_smoke`: the benchmark's smoke run finishes and prints every figure.
 //! - `privilege`: per-node users with least privilege; strays are refused.
 //! - `postgres`: the stores on PostgreSQL instead of SQLite.
+//! - `trust`: forgeries by the stack's own users (issue 14) are refused; the orders go on.
 //! - `transport_faults`: refused publishes, retries out of the consumer (issue 15).
 //! - `usage`: every binary's `--help` and `--version`, the CLI's argument checks, the log format.
 
@@ -33,4 +34,5 @@ mod privilege;
 mod retry;
 mod scaling;
 mod transport_faults;
+mod trust;
 mod usage;

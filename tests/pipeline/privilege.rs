@@ -1,6 +1,6 @@
 //! Least privilege: with every node and the tracker connected as its own
-//! user, the pipeline runs; and a node's user cannot read, publish or
-//! declare where it has no business (the broker refuses).
+//! user, the pipeline runs; and a node's user cannot read, publish,
+//! declare or delete where it has no business (the broker refuses).
 
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
@@ -81,6 +81,13 @@ async fn nodes_run_with_least_privilege_and_cannot_stray() {
         .queue_declare("orderflow.evil".into(), QueueDeclareOptions::default(), FieldTable::default())
         .await;
     assert!(declared.is_err(), "payment declared a queue of its own choosing");
+    // Nor may it delete its own queue (losing what it holds): no configure right at all.
+    let channel = payment.create_channel().await.unwrap();
+    let deleted = channel.queue_delete("orderflow.payment".into(), Default::default()).await;
+    let error = deleted.expect_err("payment deleted its own queue").to_string();
+    assert!(error.contains("ACCESS_REFUSED") || error.contains("403"), "{error}");
+    let queue = tests::management().queue(&stack.vhost.name, "orderflow.payment").await;
+    assert!(queue.is_ok(), "the queue is gone");
 
     let publisher = connect(&stack.role_url("publisher")).await;
     publish(&publisher, topology::WORKFLOW_EXCHANGE, "order.intake")

@@ -1,5 +1,7 @@
 //! intake: validates a placed order and accepts it, or rejects it (terminal)
-//! with the first reason found.
+//! with the first reason found. A card number typed anywhere but the card
+//! field (an address line, the customer id) is masked before anything
+//! records it: the full number travels only in the card field, to payment.
 
 use crate::catalog;
 use shared::{order::Order, Node, OrderElement, OrderState, Outcome, Stage, StageError};
@@ -70,11 +72,25 @@ pub fn validate(order: &Order) -> Result<(), String> {
     Ok(())
 }
 
+/// Masks card numbers in every free-text field of the order.
+fn mask_free_text(order: &mut Order) {
+    let to = &mut order.ship_to;
+    let fields =
+        [&mut order.customer_id, &mut order.shipping_method, &mut to.name, &mut to.line1, &mut to.city];
+    let fields = fields.into_iter().chain([&mut to.postal_code, &mut to.country]);
+    for field in fields.chain(order.items.iter_mut().map(|item| &mut item.sku)) {
+        if field.bytes().filter(u8::is_ascii_digit).count() >= 13 {
+            *field = shared::text::mask_card_numbers(field);
+        }
+    }
+}
+
 pub struct Intake;
 
 impl Intake {
     /// The pure step: accept or reject.
-    pub fn decide(element: OrderElement) -> Outcome {
+    pub fn decide(mut element: OrderElement) -> Outcome {
+        mask_free_text(&mut element.order);
         match validate(&element.order) {
             Ok(()) => {
                 let detail = format!(
@@ -108,6 +124,18 @@ impl Stage for Intake {
 pub mod tests {
     use super::*;
     use shared::order::{Item, PaymentCard, ShipTo};
+
+    #[test]
+    fn a_card_number_outside_the_card_field_is_masked_before_anything_records_it() {
+        let mut order = valid_order();
+        order.ship_to.line1 = "4111 1111 1111 1111 Main St".into();
+        order.customer_id = "c-4111111111111111".into();
+        let outcome = Intake::decide(OrderElement::placed(order));
+        let kept = serde_json::to_string(&outcome.element.order.ship_to).unwrap()
+            + &outcome.element.order.customer_id;
+        assert!(!kept.contains("4111111111111111") && !kept.contains("4111 1111 1111 1111"), "{kept}");
+        assert_eq!(outcome.element.order.ship_to.line1, "****1111 Main St");
+    }
 
     pub fn valid_order() -> Order {
         Order {

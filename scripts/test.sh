@@ -7,6 +7,11 @@ source scripts/lib.sh
 
 ensure_broker
 command -v cargo >/dev/null 2>&1 || die "cargo is not installed: install Rust from https://rustup.rs."
+# A client no one here wrote places orders in the tests: Python's pika.
+if ! python3 -c 'import pika' 2>/dev/null; then
+  python3 -m pip install --quiet --user pika 2>/dev/null || python3 -m pip install --quiet pika 2>/dev/null \
+    || say "note: could not install Python's pika; the outside-client test will say it skipped pika"
+fi
 # The integration tests start the worker binaries: build them first.
 cargo build --workspace --bins --quiet
 cargo test --workspace "$@"

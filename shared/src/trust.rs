@@ -172,6 +172,8 @@ fn role_records(role: Role, state: &str) -> bool {
         Role::Node(node) => {
             matches!(state, "change_applied" | "change_rejected")
                 || OrderState::parse(state).is_some_and(|s| WORKFLOW.produces(node).contains(&s))
+                // The node placed orders go to records a plain order's `placed` (it saw it first).
+                || (state == "placed" && WORKFLOW.accepts_state(node, OrderState::Placed))
         }
         Role::Publisher => matches!(state, "placed" | "change_requested"),
         Role::Support => state == "change_requested",
@@ -256,6 +258,8 @@ mod tests {
         assert!(tracker.check_event("shipping", "shipped", Some("admin")).is_err());
         assert!(tracker.check_event("support", "change_requested", Some("of-shop.support")).is_ok());
         assert!(tracker.check_event("payment", "change_applied", Some("of-shop.payment")).is_ok());
+        assert!(tracker.check_event("intake", "placed", Some("of-shop.intake")).is_ok(), "a plain order");
+        assert!(tracker.check_event("payment", "placed", Some("of-shop.payment")).is_err());
         assert!(tracker.check_event("nobody", "placed", Some("of-shop.payment")).is_err());
     }
 

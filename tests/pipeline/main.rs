@@ -15,6 +15,7 @@
 //! - `bench_smoke`: the benchmark's smoke run finishes and prints every figure.
 //! - `privilege`: per-node users with least privilege; strays are refused.
 //! - `postgres`: the stores on PostgreSQL instead of SQLite.
+//! - `outside`: plain orders from clients no one here wrote (pika, the management API).
 //! - `trust`: forgeries by the stack's own users (issue 14) are refused; the orders go on.
 //! - `transport_faults`: refused publishes, retries out of the consumer (issue 15).
 //! - `usage`: every binary's `--help` and `--version`, the CLI's argument checks, the log format.
@@ -26,6 +27,7 @@ mod cli;
 mod compose;
 mod dlq;
 mod faults;
+mod outside;
 mod paths;
 mod picklist;
 mod poison;

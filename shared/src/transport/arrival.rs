@@ -1,37 +1,110 @@
 //! What a node checks of a delivery before any stage sees it: the body is an
 //! element, its sender may send that state here (`crate::trust`: the sender
 //! the broker vouches for, checked against the workflow definition), and the
-//! state is one the workflow routes here. Intake, the public door, records
-//! who placed the order: the verified sender, never a field of the body.
+//! state is one the workflow routes here.
+//!
+//! Intake is the public door. It takes an element (what `orderflow publish`
+//! sends, which records `placed` itself) or a plain order, the README's JSON
+//! as any client publishes it (the management UI, pika, ...), which intake
+//! records as `placed` itself. Either way it keeps only the order and its id
+//! (never a charge, reservation or step count a body claims) and records who
+//! placed it: the verified sender, never a field of the body.
 
 use super::context::NodeContext;
-use super::message::decode_element;
-use crate::order::{OrderElement, OrderState};
+use super::message::{audit_message, check_seq, decode, decode_element, DecodeError, Outgoing};
+use crate::audit::AuditEvent;
+use crate::order::{Order, OrderElement, OrderState};
 use crate::routing::check_arrival;
 use crate::stage::StageError;
 use lapin::message::Delivery;
+use serde_json::Value;
 use topology::Node;
+use uuid::Uuid;
+
+/// An element a node may take, and (for a plain order at intake) the
+/// `placed` record to publish before anything it leads to.
+pub struct Arrival {
+    pub element: OrderElement,
+    pub placed: Option<Outgoing>,
+}
 
 /// The element a delivery carries, if `node` may take it from its sender;
 /// otherwise a permanent failure (dead-lettered with the reason).
-pub fn receive_element(
-    ctx: &NodeContext,
-    node: Node,
-    delivery: &Delivery,
-) -> Result<OrderElement, StageError> {
-    let mut element =
-        decode_element(delivery, ctx.max_message_bytes).map_err(|e| StageError::Permanent(e.to_string()))?;
+pub fn receive(ctx: &NodeContext, node: Node, delivery: &Delivery) -> Result<Arrival, StageError> {
     let sender = ctx.trust.sender(&delivery.properties);
+    let public_door = WORKFLOW_DOOR == node;
+    let (element, plain) = if public_door {
+        decode_at_intake(delivery, ctx.max_message_bytes)
+    } else {
+        decode_element(delivery, ctx.max_message_bytes).map(|element| (element, false))
+    }
+    .map_err(|e| StageError::Permanent(e.to_string()))?;
     if let Err(reason) = ctx.trust.check_element(node, element.state, sender.as_deref()) {
         let (order_id, state) = (element.order_id, element.state);
         tracing::error!(node = node.name(), %order_id, %state, reason, "refused an element from a sender that may not send it");
         return Err(StageError::Permanent(format!("refused: {reason}")));
     }
     check_arrival(node, &element)?;
-    if node == Node::Intake && element.state == OrderState::Placed {
-        element = from_outside(element, sender);
+    if !(public_door && element.state == OrderState::Placed) {
+        return Ok(Arrival { element, placed: None });
     }
-    Ok(element)
+    let element = from_outside(element, sender);
+    let placed = plain.then(|| placed_record(ctx, &element, delivery));
+    Ok(Arrival { element, placed })
+}
+
+/// [`receive`] without the `placed` record (for nodes other than intake).
+pub fn receive_element(
+    ctx: &NodeContext,
+    node: Node,
+    delivery: &Delivery,
+) -> Result<OrderElement, StageError> {
+    receive(ctx, node, delivery).map(|arrival| arrival.element)
+}
+
+/// The node the workflow sends placed orders to.
+const WORKFLOW_DOOR: Node = Node::Intake;
+
+/// An element, or a plain order (no `state` field) made into a placed
+/// element. A plain order without an `order_id` gets one derived from the
+/// message (its `message_id`, else its body), so that a redelivered copy is
+/// the same order, never a second one.
+fn decode_at_intake(delivery: &Delivery, max_bytes: usize) -> Result<(OrderElement, bool), DecodeError> {
+    let headers = delivery.properties.headers().as_ref();
+    let value: Value = decode(&delivery.data, headers, max_bytes)?;
+    if value.get("state").is_some() {
+        let element: OrderElement =
+            serde_json::from_value(value).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+        check_seq(&element)?;
+        return Ok((element, false));
+    }
+    let mut order: Order = serde_json::from_value(value).map_err(|e| {
+        DecodeError::Invalid(format!("not an order (see README, \"Placing orders from any client\"): {e}"))
+    })?;
+    if order.order_id.is_none() {
+        let key = match delivery.properties.message_id() {
+            Some(id) => format!("message:{id}"),
+            None => format!("body:{}", String::from_utf8_lossy(&delivery.data)),
+        };
+        order.order_id = Some(Uuid::new_v5(&PLAIN_ORDER_NAMESPACE, key.as_bytes()));
+    }
+    Ok((OrderElement::placed(order), true))
+}
+
+/// Namespace of the ids given to plain orders that come without one.
+const PLAIN_ORDER_NAMESPACE: Uuid = Uuid::from_u128(0x6f72_6465_7266_6c6f_772d_706c_6169_6e21);
+
+/// The `placed` record of a plain order, by intake, which saw it first.
+fn placed_record(ctx: &NodeContext, element: &OrderElement, delivery: &Delivery) -> Outgoing {
+    let by =
+        element.placed_by.as_deref().map(crate::text::escaped).unwrap_or_else(|| "an unnamed client".into());
+    let detail = format!(
+        "plain order from {} with {} units, published by {by} to {}",
+        crate::text::escaped(&element.order.customer_id.chars().take(64).collect::<String>()),
+        element.total_units(),
+        crate::text::escaped(delivery.routing_key.as_str())
+    );
+    audit_message(&AuditEvent::for_transition(element, None, ctx.node, &ctx.instance_id, detail))
 }
 
 /// A placed order as intake takes it from outside: the order itself and
@@ -49,7 +122,7 @@ fn from_outside(element: OrderElement, sender: Option<String>) -> OrderElement {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::order::{Charge, Order};
+    use crate::order::Charge;
 
     #[test]
     fn intake_keeps_the_order_and_drops_what_an_outsider_claims_was_done() {

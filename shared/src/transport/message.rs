@@ -228,7 +228,7 @@ pub fn decode_element(delivery: &Delivery, max_bytes: usize) -> Result<OrderElem
     Ok(element)
 }
 
-fn check_seq(element: &OrderElement) -> Result<(), DecodeError> {
+pub(crate) fn check_seq(element: &OrderElement) -> Result<(), DecodeError> {
     if element.seq > MAX_SEQ {
         return Err(DecodeError::Invalid(format!(
             "seq {} is beyond the {MAX_SEQ} steps an order can take",

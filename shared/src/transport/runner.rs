@@ -4,13 +4,13 @@
 //! acknowledged (or else retried or dead-lettered). Changes heard meanwhile
 //! go to the change consumer; the session reconnects and shuts down.
 
-use super::arrival::receive_element;
+use super::arrival::{receive, Arrival};
 use super::change_consumer::{dispatch_change, next_change};
 use super::context::NodeContext;
 use super::publisher::{publish_failure, Publisher};
 use super::session::{finish, open_consumer, supervise};
 use super::settle::{ack, attempt_of, settle, settle_failure, Settle};
-use super::step::{step, StepOutcome};
+use super::step::{step, Handled, StepOutcome};
 use crate::settings::Settings;
 use crate::stage::Stage;
 use futures::StreamExt;
@@ -67,24 +67,38 @@ async fn serve<S: Stage>(
 
 /// Decodes a delivery, runs the step, publishes what it returned and settles the delivery.
 async fn handle_delivery<S: Stage>(ctx: &NodeContext, stage: &S, publisher: &Publisher, delivery: Delivery) {
-    let element = match receive_element(ctx, S::NODE, &delivery) {
-        Ok(element) => element,
+    let Arrival { element, placed } = match receive(ctx, S::NODE, &delivery) {
+        Ok(arrival) => arrival,
         Err(error) => return settle_failure(publisher, ctx, &delivery, error).await,
     };
     ctx.simulate_busy().await;
     let attempts = attempt_of(&delivery);
     match step(ctx, stage, element, attempts).await {
-        StepOutcome::Handled(handled) => match publisher.publish_all(&handled.messages).await {
-            Ok(()) => {
-                ack(&delivery).await;
-                handled.emit(ctx.node);
-            }
-            Err(error) => {
-                let failure = publish_failure(error);
-                settle(publisher, ctx, &delivery, Settle::after_failure(failure, attempts, ctx.max_attempts))
-                    .await
-            }
-        },
+        StepOutcome::Handled(mut handled) => {
+            // A plain order's `placed` record goes first, before what it led to.
+            handled.messages.splice(0..0, placed);
+            settle_handled(ctx, publisher, &delivery, &handled, attempts).await
+        }
         StepOutcome::Failed(decision) => settle(publisher, ctx, &delivery, decision).await,
+    }
+}
+
+/// Publishes a handled element's messages, then acknowledges it (or settles the failure).
+async fn settle_handled(
+    ctx: &NodeContext,
+    publisher: &Publisher,
+    delivery: &Delivery,
+    handled: &Handled,
+    attempts: i64,
+) {
+    match publisher.publish_all(&handled.messages).await {
+        Ok(()) => {
+            ack(delivery).await;
+            handled.emit(ctx.node);
+        }
+        Err(error) => {
+            let failure = publish_failure(error);
+            settle(publisher, ctx, delivery, Settle::after_failure(failure, attempts, ctx.max_attempts)).await
+        }
     }
 }

@@ -82,7 +82,14 @@ impl Stack {
 
     /// A stack with its topology declared and no process started yet.
     pub async fn empty(test: &str, env: &[(&str, &str)]) -> Stack {
-        let mut config = StackConfig::new(Broker::local(), bin_dir());
+        Stack::empty_on(test, Broker::local(), None, env).await
+    }
+
+    /// [`Stack::empty`] on another broker (the nodes of a cluster), its
+    /// quorum queues of `quorum_size` members.
+    pub async fn empty_on(test: &str, broker: Broker, quorum_size: Option<u32>, env: &[(&str, &str)]) -> Stack {
+        let mut config = StackConfig::new(broker, bin_dir());
+        config.quorum_size = quorum_size;
         config.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let name = format!("orderflow-test-{test}-{}", &Uuid::new_v4().simple().to_string()[..8]);
         Stack { inner: ok(harness::Stack::create(&config, &name).await), user_prefix: None }

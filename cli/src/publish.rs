@@ -99,11 +99,12 @@ async fn open_session(pool: &deadpool_lapin::Pool, settings: &Settings) -> anyho
 /// Publishes the orders and prints their ids in order.
 pub async fn publish(settings: &Settings, orders: Vec<Order>, rate: Option<f64>) -> anyhow::Result<()> {
     let patience = patience()?;
-    let pool = deadpool_lapin::Config { url: Some(settings.amqp_url.clone()), ..Default::default() }
-        .create_pool(
-            || lapin::ConnectionProperties::default().with_connection_name("orderflow-publish".into()),
-            deadpool_lapin::Runtime::Tokio1,
-        )?;
+    // The pool reconnects to the first broker URL (the workers move between all of them).
+    let first_url = topology::management::amqp_urls(&settings.amqp_url).first().map(|u| u.to_string());
+    let pool = deadpool_lapin::Config { url: first_url, ..Default::default() }.create_pool(
+        || lapin::ConnectionProperties::default().with_connection_name("orderflow-publish".into()),
+        deadpool_lapin::Runtime::Tokio1,
+    )?;
     // The first connection must work: a wrong URL or a missing topology is reported at once.
     let mut session: Option<Session> = Some(open_session(&pool, settings).await?);
     let instance = format!("cli-{}", std::process::id());

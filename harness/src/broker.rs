@@ -8,8 +8,8 @@ use topology::management::{amqp_url_parts, encode, Management};
 /// Where the broker is: AMQP address (no vhost) and management API.
 #[derive(Clone)]
 pub struct Broker {
-    /// `amqp://user:password@host:port`, without the vhost.
-    base: String,
+    /// `amqp://user:password@host:port`, without the vhost; one per node of a cluster.
+    bases: Vec<String>,
     user: String,
     mgmt_url: String,
     mgmt_user: String,
@@ -22,16 +22,21 @@ const LOCAL_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const LOCAL_MGMT_URL: &str = "http://127.0.0.1:15672";
 
 impl Broker {
-    /// From an AMQP URL (its vhost is ignored) and the management API's URL;
-    /// management credentials are `ORDERFLOW_MGMT_USER`/`_PASSWORD`, else the URL's.
+    /// From an AMQP URL, or a comma-separated list of the nodes of a cluster
+    /// (their vhost is ignored), and the management API's URL; management
+    /// credentials are `ORDERFLOW_MGMT_USER`/`_PASSWORD`, else the URL's.
     pub fn new(amqp_url: &str, mgmt_url: &str) -> anyhow::Result<Broker> {
         let (user, password, _) = amqp_url_parts(amqp_url)?;
-        let (scheme, rest) = amqp_url.split_once("://").context("AMQP URL without a scheme")?;
-        let authority = rest.split('/').next().unwrap_or(rest);
+        let mut bases = Vec::new();
+        for url in topology::management::amqp_urls(amqp_url) {
+            let (scheme, rest) = url.split_once("://").context("AMQP URL without a scheme")?;
+            let authority = rest.split('/').next().unwrap_or(rest);
+            bases.push(format!("{scheme}://{authority}"));
+        }
         let mgmt_user = std::env::var("ORDERFLOW_MGMT_USER").unwrap_or_else(|_| user.clone());
         let mgmt_password = std::env::var("ORDERFLOW_MGMT_PASSWORD").unwrap_or(password);
         Ok(Broker {
-            base: format!("{scheme}://{authority}"),
+            bases,
             user,
             mgmt_url: mgmt_url.trim_end_matches('/').to_string(),
             management: Management::new(mgmt_url, &mgmt_user, &mgmt_password),
@@ -47,9 +52,10 @@ impl Broker {
         Broker::new(LOCAL_AMQP_URL, &mgmt_url).expect("the local broker's URL is valid")
     }
 
-    /// The AMQP URL of `vhost` on this broker.
+    /// The AMQP URL of `vhost` on this broker (a comma-separated list for a cluster).
     pub fn url(&self, vhost: &str) -> String {
-        format!("{}/{}", self.base, encode(vhost))
+        let urls: Vec<String> = self.bases.iter().map(|base| format!("{base}/{}", encode(vhost))).collect();
+        urls.join(",")
     }
 
     /// The AMQP user, who gets every right on the vhosts made here.

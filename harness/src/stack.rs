@@ -40,6 +40,8 @@ pub struct StackConfig {
     /// directory (logs, stores) for a look; otherwise it keeps it only when the
     /// thread is panicking (a failed test).
     pub keep_run_dir_on_drop: bool,
+    /// Members of each quorum queue on a cluster (`x-quorum-initial-group-size`).
+    pub quorum_size: Option<u32>,
 }
 
 impl StackConfig {
@@ -51,6 +53,7 @@ impl StackConfig {
             binary_env: Vec::new(),
             pass_rust_log: true,
             keep_run_dir_on_drop: false,
+            quorum_size: None,
         }
     }
 }
@@ -124,7 +127,7 @@ impl Stack {
         };
         let connection = stack.connect("orderflow-harness").await?;
         let setup = connection.create_channel().await?;
-        topology::declare_all(&setup).await.context("declaring the topology")?;
+        topology::declare_all_sized(&setup, config.quorum_size).await.context("declaring the topology")?;
         let _ = connection.close(200, "declared".into()).await;
         Ok(stack)
     }
@@ -351,7 +354,8 @@ impl Stack {
     /// Opens an AMQP connection (as the broker's user) to this stack's vhost.
     pub async fn connect(&self, name: &str) -> anyhow::Result<lapin::Connection> {
         let properties = lapin::ConnectionProperties::default().with_connection_name(name.into());
-        lapin::Connection::connect(&self.vhost.amqp_url, properties)
+        let first = topology::management::amqp_urls(&self.vhost.amqp_url)[0];
+        lapin::Connection::connect(first, properties)
             .await
             .with_context(|| format!("connecting to the vhost {}", self.vhost.name))
     }

@@ -8,7 +8,8 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8089";
 
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// `AMQP_URL`: broker address, credentials and vhost (`amqps://` for TLS).
+    /// `AMQP_URL`: broker address, credentials and vhost (`amqps://` for
+    /// TLS); several, separated by commas, for the nodes of a cluster.
     pub amqp_url: String,
     /// `DATABASE_URL`: `postgres://...` selects PostgreSQL; unset, SQLite files in the run dir.
     pub database_url: Option<String>,
@@ -134,7 +135,12 @@ fn amqp_url_from_env() -> anyhow::Result<String> {
     if user.is_none() && password.is_none() {
         return Ok(url);
     }
-    Ok(with_credentials(&url, user.as_deref(), password.as_deref()))
+    let urls = topology::management::amqp_urls(&url);
+    Ok(urls
+        .iter()
+        .map(|u| with_credentials(u, user.as_deref(), password.as_deref()))
+        .collect::<Vec<_>>()
+        .join(","))
 }
 
 /// Sets the user and/or password of an AMQP URL (percent-encoded).
@@ -154,8 +160,16 @@ pub fn with_credentials(url: &str, user: Option<&str>, password: Option<&str>) -
     format!("{scheme}://{user}:{password}@{host}{path}")
 }
 
-/// Replaces the password of a URL (`scheme://user:secret@host`) with `***`.
+/// Replaces the password of a URL (`scheme://user:secret@host`), or of each
+/// of a comma-separated list, with `***`.
 pub fn redact_url(url: &str) -> String {
+    if url.contains(',') {
+        return topology::management::amqp_urls(url)
+            .into_iter()
+            .map(redact_url)
+            .collect::<Vec<_>>()
+            .join(",");
+    }
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
     let Some((userinfo, host)) = rest.split_once('@') else { return url.to_string() };
     let user = userinfo.split(':').next().unwrap_or_default();
@@ -165,6 +179,15 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_of_broker_urls_is_one_stack_on_several_nodes() {
+        let list = "amqp://u:secret@n1:5672/shop, amqp://u:secret@n2:5672/shop";
+        assert_eq!(topology::management::amqp_urls(list).len(), 2);
+        let (user, _, vhost) = topology::management::amqp_url_parts(list).unwrap();
+        assert_eq!((user.as_str(), vhost.as_str()), ("u", "shop"));
+        assert_eq!(redact_url(list), "amqp://u:***@n1:5672/shop,amqp://u:***@n2:5672/shop");
+    }
 
     #[test]
     fn redaction_hides_the_password() {

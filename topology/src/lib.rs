@@ -133,6 +133,15 @@ pub fn dead_letter_queue() -> QueueSpec {
 /// Classic dead-lettering is at-most-once; the broker has the message durably
 /// (persistent, confirmed) before the node acknowledges the original.
 pub fn queue_arguments(queue: &str) -> Vec<(&'static str, serde_json::Value)> {
+    queue_arguments_sized(queue, None)
+}
+
+/// [`queue_arguments`], with quorum queues of `quorum_size` members
+/// (`x-quorum-initial-group-size`) on a cluster: three replicas survive the
+/// loss of one node. Without it a quorum queue gets RabbitMQ's default (every
+/// node, up to its limit). Queue arguments are immutable: choose it before
+/// the first `topology apply` (`--quorum-size`, `ORDERFLOW_QUORUM_SIZE`).
+pub fn queue_arguments_sized(queue: &str, quorum_size: Option<u32>) -> Vec<(&'static str, serde_json::Value)> {
     if let Some(node) = Node::all().into_iter().find(|n| n.retry_queue() == queue) {
         return vec![
             ("x-queue-type", serde_json::json!("classic")),
@@ -141,6 +150,9 @@ pub fn queue_arguments(queue: &str) -> Vec<(&'static str, serde_json::Value)> {
         ];
     }
     let mut args = vec![("x-queue-type", serde_json::json!("quorum"))];
+    if let Some(size) = quorum_size {
+        args.push(("x-quorum-initial-group-size", serde_json::json!(size)));
+    }
     if queue == DEAD_LETTER_QUEUE {
         args.push(("x-delivery-limit", serde_json::json!(DEAD_LETTER_DELIVERY_LIMIT)));
     } else {
@@ -150,9 +162,9 @@ pub fn queue_arguments(queue: &str) -> Vec<(&'static str, serde_json::Value)> {
     args
 }
 
-fn field_table(queue: &str) -> FieldTable {
+fn field_table(queue: &str, quorum_size: Option<u32>) -> FieldTable {
     let mut table = FieldTable::default();
-    for (key, value) in queue_arguments(queue) {
+    for (key, value) in queue_arguments_sized(queue, quorum_size) {
         let value = match value {
             serde_json::Value::String(s) => AMQPValue::LongString(s.into()),
             serde_json::Value::Number(n) => AMQPValue::LongLongInt(n.as_i64().unwrap_or_default()),
@@ -168,9 +180,9 @@ async fn declare_exchange(channel: &Channel, spec: &ExchangeSpec) -> lapin::Resu
     channel.exchange_declare(spec.name.into(), spec.kind.clone(), options, FieldTable::default()).await
 }
 
-async fn declare_queue(channel: &Channel, spec: &QueueSpec) -> lapin::Result<()> {
+async fn declare_queue(channel: &Channel, spec: &QueueSpec, quorum_size: Option<u32>) -> lapin::Result<()> {
     let options = QueueDeclareOptions { durable: true, ..Default::default() };
-    channel.queue_declare(spec.name.as_str().into(), options, field_table(&spec.name)).await?;
+    channel.queue_declare(spec.name.as_str().into(), options, field_table(&spec.name, quorum_size)).await?;
     for (exchange, key) in &spec.bindings {
         channel
             .queue_bind(
@@ -195,9 +207,14 @@ pub async fn declare_exchanges(channel: &Channel) -> lapin::Result<()> {
 
 /// Declares the whole topology: what `scripts/up.sh` applies.
 pub async fn declare_all(channel: &Channel) -> lapin::Result<()> {
+    declare_all_sized(channel, None).await
+}
+
+/// [`declare_all`] with quorum queues of `quorum_size` members (see [`queue_arguments_sized`]).
+pub async fn declare_all_sized(channel: &Channel, quorum_size: Option<u32>) -> lapin::Result<()> {
     declare_exchanges(channel).await?;
     for spec in queues() {
-        declare_queue(channel, &spec).await?;
+        declare_queue(channel, &spec, quorum_size).await?;
     }
     Ok(())
 }

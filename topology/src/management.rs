@@ -25,10 +25,16 @@ pub fn encode(segment: &str) -> String {
         .collect()
 }
 
-/// The user, password and vhost of an AMQP URL.
+/// The URLs of an `AMQP_URL`: one, or several separated by commas (the
+/// nodes of a cluster, tried in turn), all with the same user and vhost.
+pub fn amqp_urls(amqp_url: &str) -> Vec<&str> {
+    amqp_url.split(',').map(str::trim).filter(|url| !url.is_empty()).collect()
+}
+
+/// The user, password and vhost of an AMQP URL (of the first, for a list).
 pub fn amqp_url_parts(amqp_url: &str) -> anyhow::Result<(String, String, String)> {
-    let uri: AMQPUri =
-        amqp_url.parse().map_err(|e| anyhow::anyhow!("AMQP_URL is not a valid AMQP URL: {e}"))?;
+    let first = amqp_urls(amqp_url).first().copied().unwrap_or_default();
+    let uri: AMQPUri = first.parse().map_err(|e| anyhow::anyhow!("AMQP_URL is not a valid AMQP URL: {e}"))?;
     Ok((uri.authority.userinfo.username, uri.authority.userinfo.password, uri.vhost))
 }
 

@@ -1,14 +1,40 @@
 //! Opening a connection to the broker, retried with growing delays until it
-//! works or shutdown is requested.
+//! works or shutdown is requested. With several broker URLs (the nodes of a
+//! cluster), each attempt tries them in turn, starting one further on than
+//! the last attempt, so a process that lost its node moves to another; the
+//! first choice is spread by the connection's name, so a stack's processes
+//! do not all crowd onto one node.
 
 use lapin::{Connection, ConnectionProperties};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Connects once, naming the connection so it is recognisable in the management UI.
+/// Moves each connection attempt of this process one URL further on.
+static ROTATION: AtomicUsize = AtomicUsize::new(0);
+
+/// Connects once (to the first of the URLs that answers, for a list),
+/// naming the connection so it is recognisable in the management UI.
 pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
+    let urls = topology::management::amqp_urls(url);
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, properties).await
+    if urls.len() < 2 {
+        return Connection::connect(url, properties).await;
+    }
+    let spread = name.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+    let start = spread.wrapping_add(ROTATION.fetch_add(1, Ordering::Relaxed)) % urls.len();
+    let mut last_error = None;
+    for i in 0..urls.len() {
+        let url = urls[(start + i) % urls.len()];
+        match Connection::connect(url, properties.clone()).await {
+            Ok(connection) => {
+                tracing::info!(broker = crate::settings::redact_url(url), "connected to this broker node");
+                return Ok(connection);
+            }
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.expect("at least two URLs were tried"))
 }
 
 /// Growing delays between reconnection attempts: 100 ms doubling up to 5 s, with jitter.

@@ -97,6 +97,10 @@ enum Command {
         /// Prefix of those users' names.
         #[arg(long, env = "ORDERFLOW_USER_PREFIX", default_value = "orderflow-")]
         user_prefix: String,
+        /// Members of each quorum queue on a cluster (3 survives the loss of a
+        /// node); queue arguments are immutable, so choose before the first apply.
+        #[arg(long, env = "ORDERFLOW_QUORUM_SIZE")]
+        quorum_size: Option<u32>,
     },
     /// Print the AMQP_USER=... and AMQP_PASSWORD_FILE=... a process of ROLE
     /// (a node, tracker, publisher or support) runs with in the stack of
@@ -142,7 +146,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Workflow => print_workflow(),
-        Command::Apply { amqp_url, create_vhost, create_users, secrets_dir, user_prefix } => {
+        Command::Apply { amqp_url, create_vhost, create_users, secrets_dir, user_prefix, quorum_size } => {
             let (user, _, vhost) = topology::management::amqp_url_parts(&amqp_url)?;
             let management = topology::management::Management::from_env(&amqp_url)?;
             if create_vhost {
@@ -164,11 +168,14 @@ async fn main() -> anyhow::Result<()> {
                     management.apply_grant(&vhost, &user, &password, &grant(role)).await?;
                 }
             }
-            let connection = lapin::Connection::connect(&amqp_url, lapin::ConnectionProperties::default())
-                .await
-                .context("cannot connect to the broker at AMQP_URL")?;
+            let connection = lapin::Connection::connect(
+                topology::management::amqp_urls(&amqp_url)[0],
+                lapin::ConnectionProperties::default(),
+            )
+            .await
+            .context("cannot connect to the broker at AMQP_URL")?;
             let channel = connection.create_channel().await?;
-            topology::declare_all(&channel).await.context("declaring the topology")?;
+            topology::declare_all_sized(&channel, quorum_size).await.context("declaring the topology")?;
             connection.close(200, "topology applied".into()).await?;
             println!("topology applied");
         }

@@ -13,6 +13,7 @@
 //! - `cli`: the command line and the tracker's HTTP API (also its header-read timeout).
 //! - `compose`: the docker-compose file names every service.
 //! - `bench_smoke`: the benchmark's smoke run finishes and prints every figure.
+//! - `search`: finding orders by state, node, customer and age, a page at a time.
 //! - `privilege`: per-node users with least privilege; strays are refused.
 //! - `postgres`: the stores on PostgreSQL instead of SQLite.
 //! - `trust`: forgeries by the stack's own users (issue 14) are refused; the orders go on.
@@ -33,6 +34,7 @@ mod postgres;
 mod privilege;
 mod retry;
 mod scaling;
+mod search;
 mod transport_faults;
 mod trust;
 mod usage;

@@ -8,5 +8,5 @@ source scripts/lib.sh
 ensure_broker
 command -v cargo >/dev/null 2>&1 || die "cargo is not installed: install Rust from https://rustup.rs."
 # The integration tests start the worker binaries: build them first.
-cargo build --workspace --bins --quiet
+cargo build --workspace --bins
 cargo test --workspace "$@"

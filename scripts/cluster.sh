@@ -110,7 +110,7 @@ case ${1:-status} in
     ;;
   kill)
     [[ ${2:-} =~ ^[123]$ ]] || die "kill N: N is 1, 2 or 3"
-    pid=$(cat "$BASE/node$2/pid" 2>/dev/null || true)
+    pid=$(ctl "$2" eval "'os:getpid().'" 2>/dev/null | tr -dc '0-9')
     [[ -n $pid ]] && kill -9 "$pid" 2>/dev/null || die "node $2 is not running"
     ;;
   down)

@@ -17,8 +17,9 @@ first=$(head -n1 "$ids")
 cat >&2 <<TXT
 
 All $(wc -l <"$ids") orders are terminal. Where to look:
-  management UI   $ORDERFLOW_MGMT_URL  (guest/guest locally)
-                  Queues: orderflow.intake ... orderflow.shipping, orderflow.audit.tracker, orderflow.dead-letter
+  management UI   $ORDERFLOW_MGMT_URL  (guest/guest locally; pick the vhost of AMQP_URL at the top right)
+                  Queues: orderflow.intake ... orderflow.shipping, orderflow.audit.tracker, orderflow.dead-letter,
+                          orderflow.changes.<node> (7, one per node), orderflow.retry.<node>
                   Exchanges: orderflow.workflow (topic), orderflow.audit, orderflow.changes (fanout), orderflow.dead-letter
   live counts     $BIN/orderflow watch
   one order       $BIN/orderflow status $first

@@ -22,6 +22,12 @@ port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
 is_local_host() { [[ $1 == 127.0.0.1 || $1 == localhost || $1 == ::1 ]]; }
 
+# The compose broker has no guest account: its administrator is `orderflow`,
+# and a stack of up.sh's own goes in a vhost of its own (up.sh creates the
+# vhost and its users as that administrator).
+COMPOSE_ADVICE="start the compose broker (ORDERFLOW_AMQP_PASSWORD=secret docker compose up -d rabbitmq) \
+and run again with AMQP_URL=amqp://orderflow:secret@127.0.0.1:5672/local"
+
 # Makes sure the broker of AMQP_URL answers and, when it is local, that its
 # management plugin is on. Starts a local server that is down; installs
 # Debian's rabbitmq-server when there is none and we are root.
@@ -35,9 +41,9 @@ ensure_broker() {
         say "RabbitMQ is not installed: installing Debian's rabbitmq-server..."
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q rabbitmq-server >/dev/null \
           || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q rabbitmq-server >/dev/null; } \
-          || die "could not install rabbitmq-server; run 'docker compose up -d rabbitmq' instead."
+          || die "could not install rabbitmq-server; $COMPOSE_ADVICE"
       else
-        die "RabbitMQ is not running and not installed: run 'docker compose up -d rabbitmq' (or install rabbitmq-server)."
+        die "RabbitMQ is not running and not installed: install rabbitmq-server, or $COMPOSE_ADVICE"
       fi
     fi
     say "starting the local RabbitMQ server..."
@@ -56,14 +62,26 @@ ensure_broker() {
   fi
 }
 
-# Builds the binaries in release mode (quietly) unless told not to.
-build_release() {
-  command -v cargo >/dev/null 2>&1 || die "cargo is not installed: install Rust from https://rustup.rs."
-  say "building orderflow (release)..."
-  cargo build --release --workspace --bins --quiet
+BIN=${ORDERFLOW_BIN_DIR:-$PWD/target/release}
+
+# True when every binary is there and no source, manifest or lock file is newer.
+release_is_current() {
+  [[ -x $BIN/orderflow && -x $BIN/topology && -x $BIN/tracker ]] || return 1
+  local newer
+  newer=$(find . -path ./target -prune -o -path ./run -prune -o -path ./.git -prune -o \
+    \( -name '*.rs' -o -name Cargo.toml -o -name Cargo.lock \) -newer "$BIN/orderflow" -print -quit)
+  [[ -z $newer ]]
 }
 
-BIN=${ORDERFLOW_BIN_DIR:-$PWD/target/release}
+# Builds the binaries in release mode when they are missing or older than the
+# sources, showing cargo's progress (the first build takes minutes).
+build_release() {
+  command -v cargo >/dev/null 2>&1 || die "cargo is not installed: install Rust from https://rustup.rs."
+  release_is_current && return 0
+  say "building orderflow (release; the first build takes several minutes)..."
+  cargo build --release --workspace --bins
+  touch "$BIN/orderflow"
+}
 
 # The long-running processes of a stack, from the workflow definition
 # (`topology processes`): needs the built binaries.

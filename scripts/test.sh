@@ -13,5 +13,5 @@ if ! python3 -c 'import pika' 2>/dev/null; then
     || say "note: could not install Python's pika; the outside-client test will say it skipped pika"
 fi
 # The integration tests start the worker binaries: build them first.
-cargo build --workspace --bins --quiet
+cargo build --workspace --bins
 cargo test --workspace "$@"

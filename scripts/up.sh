@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts orderflow: makes sure RabbitMQ (with its management UI) is up,
-# builds in release mode, applies the topology (creating AMQP_URL's vhost if
+# builds in release mode when the binaries are missing or stale (with
+# cargo's progress), applies the topology (creating AMQP_URL's vhost if
 # missing), and starts every worker and the tracker in the background, with
 # pids and logs in the run directory. Safe to run twice: a second run starts
 # only what is not running.

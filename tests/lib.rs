@@ -87,7 +87,12 @@ impl Stack {
 
     /// [`Stack::empty`] on another broker (the nodes of a cluster), its
     /// quorum queues of `quorum_size` members.
-    pub async fn empty_on(test: &str, broker: Broker, quorum_size: Option<u32>, env: &[(&str, &str)]) -> Stack {
+    pub async fn empty_on(
+        test: &str,
+        broker: Broker,
+        quorum_size: Option<u32>,
+        env: &[(&str, &str)],
+    ) -> Stack {
         let mut config = StackConfig::new(broker, bin_dir());
         config.quorum_size = quorum_size;
         config.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();

@@ -18,6 +18,7 @@ Examples:
   orderflow change ID --shipping-method express --wait
   orderflow cancel ID --sync --timeout 5
   orderflow watch --once
+  orderflow orders --state accepted --older-than 5m   # what has waited at payment for 5 minutes
   orderflow dlq list; orderflow dlq replay --all";
 
 /// The whole text after the options of `orderflow --help`.
@@ -97,6 +98,37 @@ pub enum Command {
         #[arg(value_parser = values::order_id, value_name = "ORDER_ID")]
         id: Uuid,
         /// Print JSON: order_id, state, terminal, history.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Find orders: by state, the node they wait at, customer and age (from the tracker).
+    #[command(after_help = "One line per order: id, state, since when (and how long ago), customer.\n\n\
+                            Examples:\n  orderflow orders --state accepted --older-than 5m\n  \
+                            orderflow orders --at payment --limit 1000 --json\n  \
+                            orderflow orders --customer cust-00042")]
+    Orders {
+        /// Orders in this state (placed, accepted, charged, picked, ...).
+        #[arg(long, value_parser = values::state)]
+        state: Option<shared::OrderState>,
+        /// Orders waiting at this node: in a state the workflow routes to it.
+        #[arg(long, value_name = "NODE", value_parser = values::node)]
+        at: Option<shared::Node>,
+        /// Orders placed by this customer.
+        #[arg(long, value_name = "ID", value_parser = values::customer)]
+        customer: Option<String>,
+        /// Orders in their state for at least this long: 300 (seconds), 90s, 5m, 2h, 1.5d.
+        #[arg(long, value_name = "AGE", value_parser = values::age, allow_negative_numbers = true)]
+        older_than: Option<Duration>,
+        /// Orders in their state for at most this long.
+        #[arg(long, value_name = "AGE", value_parser = values::age, allow_negative_numbers = true)]
+        newer_than: Option<Duration>,
+        /// List at most this many orders (1 to 1,000,000), in order id order.
+        #[arg(long, default_value = "100", value_parser = values::list_limit, allow_negative_numbers = true)]
+        limit: usize,
+        /// Start after this order id (the `next` of a previous --json answer).
+        #[arg(long, value_name = "ORDER_ID", value_parser = values::order_id)]
+        after: Option<Uuid>,
+        /// Print JSON: {"orders": [{order_id, state, terminal, since, customer_id}], "next"}.
         #[arg(long)]
         json: bool,
     },

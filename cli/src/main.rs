@@ -6,6 +6,7 @@ mod change;
 mod display;
 mod dlq;
 mod exit;
+mod orders;
 mod publish;
 mod values;
 mod watch;
@@ -75,6 +76,18 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
             change::request(&settings, id, shared::change::Change::Cancel, mode.mode()).await
         }
         Command::Status { id, json } => watch::status(&settings, &id, json).await.map(|_| Outcome::Done),
+        Command::Orders { state, at, customer, older_than, newer_than, limit, after, json } => {
+            let search = shared::order_search::OrderSearch {
+                state,
+                at,
+                customer,
+                older_than,
+                newer_than,
+                after,
+                ..Default::default()
+            };
+            orders::list(&settings, search, limit, json).await.map(|_| Outcome::Done)
+        }
         Command::Watch { once } => watch::watch(&settings, once).await.map(|_| Outcome::Done),
         Command::Wait { ids, timeout } => watch::wait(&settings, &ids, timeout).await,
         Command::Dlq { command: DlqCommand::List { json } } => {

@@ -47,9 +47,82 @@ pub fn seconds(text: &str) -> Result<Duration, String> {
         .map(Duration::from_secs_f64)
 }
 
+/// The most orders one `orders --limit` lists.
+pub const MAX_LIST: usize = 1_000_000;
+
+/// `--older-than`, `--newer-than`: an age such as `300` (seconds), `90s`,
+/// `5m`, `2h` or `1.5d`.
+pub fn age(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    let (number, unit) = match trimmed.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&trimmed[..i], c),
+        _ => (trimmed, 's'),
+    };
+    let scale = match unit {
+        's' => 1.0,
+        'm' => 60.0,
+        'h' => 3600.0,
+        'd' => 86_400.0,
+        _ => f64::NAN,
+    };
+    let what = "an age such as 300 (seconds), 90s, 5m, 2h or 1.5d, up to ten years";
+    let seconds = number.trim().parse::<f64>().map(|n| n * scale).unwrap_or(f64::NAN);
+    if seconds.is_finite() && (0.0..=shared::order_search::MAX_AGE_S).contains(&seconds) {
+        Ok(Duration::from_secs_f64(seconds))
+    } else {
+        Err(format!("{text:?} is not {what}"))
+    }
+}
+
+/// `orders --limit`: how many orders to list.
+pub fn list_limit(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_LIST).contains(&n) => Ok(n),
+        _ => Err(format!("{text:?} is not a number of orders from 1 to {MAX_LIST}")),
+    }
+}
+
+/// `orders --state`: a state of the workflow.
+pub fn state(text: &str) -> Result<shared::OrderState, String> {
+    shared::OrderState::parse(text.trim()).ok_or_else(|| {
+        let states: Vec<&str> = shared::OrderState::all().into_iter().map(|s| s.as_str()).collect();
+        format!("{text:?} is not a state (one of: {})", states.join(", "))
+    })
+}
+
+/// `orders --at`: a node of the workflow.
+pub fn node(text: &str) -> Result<shared::Node, String> {
+    shared::Node::from_name(text.trim()).ok_or_else(|| {
+        let nodes: Vec<&str> = shared::Node::all().into_iter().map(|n| n.name()).collect();
+        format!("{text:?} is not a node (one of: {})", nodes.join(", "))
+    })
+}
+
+/// `orders --customer`: 1 to 200 characters.
+pub fn customer(text: &str) -> Result<String, String> {
+    match text.chars().count() {
+        1..=200 => Ok(text.to_string()),
+        _ => Err("a customer id is 1 to 200 characters".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ages_take_units_and_refuse_what_is_not_an_age() {
+        assert_eq!(age("300"), Ok(Duration::from_secs(300)));
+        assert_eq!(age("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(age("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(age("2d"), Ok(Duration::from_secs(172_800)));
+        for bad in ["-5m", "nan", "NaNm", "inf", "5y", "m", "", "1e20"] {
+            assert!(age(bad).unwrap_err().contains("an age"), "{bad}");
+        }
+        assert!(list_limit("0").is_err() && list_limit("1000001").is_err());
+        assert!(state("payment").unwrap_err().contains("not a state"));
+        assert!(node("payment").is_ok());
+    }
 
     #[test]
     fn numbers_that_cannot_be_used_are_refused_with_a_sentence() {

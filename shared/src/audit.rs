@@ -26,6 +26,10 @@ pub struct AuditEvent {
     pub detail: String,
     pub seq: u32,
     pub version: u32,
+    /// The customer who placed the order: set on `placed` events only (the
+    /// tracker records it on the order so that orders can be found by customer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
 }
 
 /// Identifies one state change of one order.
@@ -54,6 +58,7 @@ impl AuditEvent {
             detail,
             seq,
             version,
+            customer_id: None,
         }
     }
 
@@ -72,7 +77,11 @@ impl AuditEvent {
             from_state,
             to_state: element.state,
         };
-        AuditEvent::new(transition, node, instance_id, detail)
+        let mut event = AuditEvent::new(transition, node, instance_id, detail);
+        if element.state == OrderState::Placed && !element.order.customer_id.is_empty() {
+            event.customer_id = Some(element.order.customer_id.chars().take(200).collect());
+        }
+        event
     }
 }
 
@@ -116,6 +125,16 @@ mod tests {
         next.state = OrderState::Accepted;
         let c = AuditEvent::for_transition(&next, Some(OrderState::Placed), "intake", "a", String::new());
         assert_ne!(a.event_id, c.event_id);
+        // Only the placed event names the customer; events without one decode as before.
+        let mut placed = OrderElement::placed(Order { customer_id: "cust-7".into(), ..Order::default() });
+        let event = AuditEvent::for_transition(&placed, None, "publisher", "a", String::new());
+        assert_eq!(event.customer_id.as_deref(), Some("cust-7"));
+        placed.state = OrderState::Accepted;
+        let later = AuditEvent::for_transition(&placed, None, "intake", "a", String::new());
+        let json = serde_json::to_value(&later).unwrap();
+        assert!(json.get("customer_id").is_none());
+        let decoded = serde_json::from_value::<AuditEvent>(json).unwrap();
+        assert_eq!((decoded.event_id, decoded.customer_id), (later.event_id, None));
     }
 
     #[test]

@@ -47,11 +47,25 @@ pub const VARIABLES: &[Variable] = &[
         "log detail (info, debug, shared::transport=debug, ...)",
     ),
     var("ORDERFLOW_LOG_FORMAT", "text", "json: one JSON object per log line"),
+    var("ORDERFLOW_USER_PREFIX", "orderflow-", "what the stack's per-role broker users are named with"),
+    var(
+        "ORDERFLOW_OPERATOR_USER",
+        "AMQP_URL's user",
+        "the administrator trusted to replay dead letters and place and change orders",
+    ),
 ];
 
 /// What every process reads: the broker and the logs.
-pub const CONNECTION: &[&str] =
-    &["AMQP_URL", "AMQP_USER", "AMQP_PASSWORD", "AMQP_PASSWORD_FILE", "RUST_LOG", "ORDERFLOW_LOG_FORMAT"];
+pub const CONNECTION: &[&str] = &[
+    "AMQP_URL",
+    "AMQP_USER",
+    "AMQP_PASSWORD",
+    "AMQP_PASSWORD_FILE",
+    "ORDERFLOW_USER_PREFIX",
+    "ORDERFLOW_OPERATOR_USER",
+    "RUST_LOG",
+    "ORDERFLOW_LOG_FORMAT",
+];
 
 /// What a workflow node reads besides [`CONNECTION`].
 pub const NODE: &[&str] = &[

@@ -9,6 +9,7 @@ pub mod events;
 pub mod generate;
 pub mod help;
 pub mod order;
+pub mod order_search;
 pub mod routing;
 pub mod settings;
 pub mod shutdown;

@@ -5,6 +5,7 @@
 //! The field names and order are the wire format: the tracker serializes
 //! exactly these types, so changing one changes what every client reads.
 
+use crate::order_search::{OrderPage, OrderSearch};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -178,6 +179,12 @@ impl TrackerClient {
             all.extend(found);
         }
         Ok(all)
+    }
+
+    /// `GET /orders?...`: one page of the orders that match `search`.
+    pub async fn orders(&self, search: &OrderSearch) -> Result<OrderPage, TrackerError> {
+        let request = self.http.get(format!("{}/orders", self.base)).query(&search.to_pairs());
+        self.send(request).await?.json().await.map_err(TrackerError::Malformed)
     }
 
     /// `GET /stats`: orders per state.

@@ -50,7 +50,11 @@ fn cluster(args: &[&str]) -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/cluster.sh");
     let output = Command::new("bash").arg(script).args(args).output().expect("bash runs");
     let said = String::from_utf8_lossy(&output.stdout).to_string();
-    assert!(output.status.success(), "cluster.sh {args:?}: {said}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "cluster.sh {args:?}: {said}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     said
 }
 
@@ -62,10 +66,8 @@ fn cluster_broker() -> Broker {
 }
 
 async fn queues_led_by(stack: &Stack) -> HashMap<String, usize> {
-    let url = format!(
-        "http://127.0.0.1:15681/api/queues/{}",
-        topology::management::encode(&stack.vhost.name)
-    );
+    let url =
+        format!("http://127.0.0.1:15681/api/queues/{}", topology::management::encode(&stack.vhost.name));
     let queues: Vec<Value> = reqwest::Client::new()
         .get(url)
         .basic_auth("guest", Some("guest"))
@@ -160,7 +162,8 @@ async fn assert_nothing_lost_or_doubled(stack: &Stack, orders: &[Value], ids: &[
     for (order, id) in orders.iter().zip(ids) {
         let view = stack.order(id).await;
         let path: Vec<String> = states(&view).into_iter().filter(|s| !s.starts_with("change_")).collect();
-        let terminal: Vec<&String> = path.iter().filter(|s| topology::OrderState::parse(s).is_some_and(|s| s.is_terminal())).collect();
+        let terminal: Vec<&String> =
+            path.iter().filter(|s| topology::OrderState::parse(s).is_some_and(|s| s.is_terminal())).collect();
         assert_eq!(terminal.len(), 1, "order {id}: {path:?}");
         charged += path.contains(&"charged".to_string()) as i64;
         refunded += path.contains(&"refunded".to_string()) as i64;
@@ -170,7 +173,11 @@ async fn assert_nothing_lost_or_doubled(stack: &Stack, orders: &[Value], ids: &[
             let steps = ["placed", "accepted", "charged", "reserved", "picked"];
             assert_eq!(&path[..5], steps, "order {id}: {path:?}");
         } else {
-            assert!(["cancelled"].contains(&view.state.as_str()), "order {id} ended {}: {path:?}", view.state);
+            assert!(
+                ["cancelled"].contains(&view.state.as_str()),
+                "order {id} ended {}: {path:?}",
+                view.state
+            );
         }
     }
     let processor = stack.sqlite("processor", "processor_charges").await;
@@ -181,10 +188,19 @@ async fn assert_nothing_lost_or_doubled(stack: &Stack, orders: &[Value], ids: &[
     let inventory = stack.sqlite("inventory", "inventory_bin_items").await;
     let taken = units_per_sku(&shipped_orders);
     for sku in units_per_sku(orders).keys() {
-        let on_hand = count(&inventory, &format!("SELECT qty FROM inventory_bin_items WHERE sku = '{sku}'")).await;
-        assert_eq!(1_000_000 - on_hand, taken.get(sku).copied().unwrap_or(0), "{sku}: stock moved by more than shipped");
+        let on_hand =
+            count(&inventory, &format!("SELECT qty FROM inventory_bin_items WHERE sku = '{sku}'")).await;
+        assert_eq!(
+            1_000_000 - on_hand,
+            taken.get(sku).copied().unwrap_or(0),
+            "{sku}: stock moved by more than shipped"
+        );
     }
-    eprintln!("{} orders: {shipped} shipped, {} cancelled, {charged} charged, {refunded} refunded", ids.len(), ids.len() as i64 - shipped);
+    eprintln!(
+        "{} orders: {shipped} shipped, {} cancelled, {charged} charged, {refunded} refunded",
+        ids.len(),
+        ids.len() as i64 - shipped
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

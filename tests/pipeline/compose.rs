@@ -1,15 +1,131 @@
-//! The docker-compose file (no Docker engine runs here): it parses, runs
-//! RabbitMQ 4 with the management UI and loaded definitions, does not use the
-//! guest account, and runs exactly the processes of the workflow definition.
+//! The docker-compose file (no Docker engine runs here): it is valid by the
+//! Compose Specification's JSON schema (vendored in tests/fixtures), runs
+//! RabbitMQ 4 with the management UI and loaded definitions, does not use
+//! the guest account, runs exactly the processes of the workflow definition
+//! from one image built once, each process mounting only its own secret,
+//! with every image tag pinned.
 
 use serde_yaml::Value;
 
-#[test]
-fn compose_file_names_every_service() {
+fn compose() -> (String, Value) {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docker-compose.yml");
     let text = std::fs::read_to_string(path).expect("docker-compose.yml exists");
     let mut compose: Value = serde_yaml::from_str(&text).expect("docker-compose.yml is valid YAML");
     compose.apply_merge().expect("YAML merge keys resolve");
+    (text, compose)
+}
+
+#[test]
+fn compose_file_is_valid_by_the_compose_spec_schema() {
+    let schema_text = include_str!("../fixtures/compose-spec.json");
+    let schema: serde_json::Value = serde_json::from_str(schema_text).expect("the schema is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("the compose-spec schema compiles");
+    let (_, compose) = compose();
+    let document: serde_json::Value = serde_json::to_value(&compose).expect("YAML as JSON");
+    let errors: Vec<String> =
+        validator.iter_errors(&document).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    assert!(errors.is_empty(), "docker-compose.yml breaks the compose spec:\n{}", errors.join("\n"));
+    // The schema does catch mistakes: a misspelt key, a port of the wrong type.
+    let mut broken = document.clone();
+    broken["services"]["tracker"]["enviroment"] = serde_json::json!({});
+    assert!(!validator.is_valid(&broken), "a misspelt key passes the schema");
+    let mut broken = document;
+    broken["services"]["tracker"]["ports"] = serde_json::json!({"8089": 8089});
+    assert!(!validator.is_valid(&broken), "ports as a map pass the schema");
+}
+
+/// An image reference whose tag is an exact version: `name:1.2.3[-variant]`
+/// (or a digest), not `latest`, not a major version alone.
+fn pinned(image: &str) -> bool {
+    if image.contains("@sha256:") {
+        return true;
+    }
+    let Some((_, tag)) = image.rsplit_once(':') else { return false };
+    let version = tag.split('-').next().unwrap_or_default();
+    let parts: Vec<&str> = version.split('.').collect();
+    parts.len() >= 2 && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+}
+
+#[test]
+fn every_image_is_pinned_and_each_process_mounts_only_its_own_secret() {
+    for (image, expected) in [
+        ("rabbitmq:4-management", false),
+        ("rust:1-bookworm", false),
+        ("debian:bookworm-slim", false),
+        ("orderflow:latest", false),
+        ("rabbitmq", false),
+        ("rabbitmq:4.1.0-management", true),
+        ("debian:12.11-slim", true),
+    ] {
+        assert_eq!(pinned(image), expected, "{image}");
+    }
+    let (_, compose) = compose();
+    let services = compose["services"].as_mapping().expect("services");
+    let mut built = Vec::new();
+    for (name, service) in services {
+        let name = name.as_str().unwrap();
+        let image = service["image"].as_str().unwrap_or_else(|| panic!("{name} names no image"));
+        assert!(pinned(image), "{name}: image {image} is not pinned to a version");
+        if service.get("build").is_some() {
+            built.push(image.to_string());
+        }
+    }
+    assert_eq!(built.len(), 1, "one service builds the image, the others reuse it: {built:?}");
+    let dockerfile = include_str!("../../Dockerfile");
+    for line in dockerfile.lines().filter(|l| l.starts_with("FROM ")) {
+        let image = line.split_whitespace().nth(1).unwrap();
+        assert!(pinned(image), "Dockerfile: {image} is not pinned to a version");
+    }
+    assert!(dockerfile.contains("--mount=type=cache"), "the Dockerfile caches cargo's dependencies");
+
+    // Each process mounts its own secret volume and no other (nor the definitions with every password).
+    let secret_volumes: Vec<String> = compose["volumes"]
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .filter_map(|k| k.as_str().filter(|k| k.starts_with("secret-")).map(String::from))
+        .collect();
+    assert_eq!(secret_volumes.len(), harness::processes().len(), "{secret_volumes:?}");
+    for (name, service) in services {
+        let name = name.as_str().unwrap();
+        let mounts: Vec<&str> = service["volumes"]
+            .as_sequence()
+            .map(|v| v.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let sources: Vec<&str> = mounts.iter().map(|m| m.split(':').next().unwrap()).collect();
+        let secrets: Vec<&&str> = sources.iter().filter(|s| s.starts_with("secret-")).collect();
+        match name {
+            "definitions" => {
+                assert_eq!(secrets.len(), secret_volumes.len(), "definitions writes every secret")
+            }
+            "rabbitmq" => {
+                assert!(secrets.is_empty(), "the broker mounts no secret: {mounts:?}");
+                // The orderflow conf is one file in conf.d, not a volume over the folder.
+                let conf = mounts.iter().find(|m| m.contains("/etc/rabbitmq/conf.d")).expect("conf.d mount");
+                let (source, target) = (conf.split(':').next().unwrap(), conf.split(':').nth(1).unwrap());
+                assert!(source.starts_with("./") && target.ends_with(".conf"), "{conf}");
+                let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(source);
+                let text = std::fs::read_to_string(&file).expect("the conf file is in the repository");
+                let definitions = mounts.iter().find(|m| m.starts_with("definitions:")).expect("definitions");
+                let folder = definitions.split(':').nth(1).unwrap();
+                assert_eq!(text.trim(), format!("load_definitions = {folder}/definitions.json"));
+            }
+            process => {
+                let own = format!("secret-{process}");
+                assert_eq!(secrets, [&own.as_str()], "{process} mounts {mounts:?}");
+                assert!(!sources.contains(&"definitions"), "{process} mounts the definitions");
+                let mount = mounts.iter().find(|m| m.starts_with(&own)).unwrap();
+                let folder = mount.split(':').nth(1).unwrap();
+                let file = service["environment"]["AMQP_PASSWORD_FILE"].as_str().expect("a password file");
+                assert_eq!(file, format!("{folder}/orderflow-{process}"), "{process} reads another's secret");
+            }
+        }
+    }
+}
+
+#[test]
+fn compose_file_names_every_service() {
+    let (text, compose) = compose();
     let services = compose["services"].as_mapping().expect("services");
     let rabbit = &services[&Value::from("rabbitmq")];
     let image = rabbit["image"].as_str().expect("rabbitmq image");
@@ -33,17 +149,19 @@ fn compose_file_names_every_service() {
     let mut defined: Vec<String> = harness::processes().iter().map(|p| p.to_string()).collect();
     defined.sort();
     assert_eq!(running, defined, "compose services differ from `topology processes`");
+    let admin = services[&Value::from("definitions")]["environment"]["ORDERFLOW_AMQP_USER"].as_str();
     for node in harness::processes() {
         let service = services.get(Value::from(node)).unwrap_or_else(|| panic!("no service {node}"));
-        assert!(service.get("build").is_some(), "{node} is not built from the workspace");
+        assert_eq!(service["image"], services[&Value::from("definitions")]["image"], "{node}'s image");
         let env = &service["environment"];
         assert!(env["AMQP_URL"].as_str().is_some(), "{node} has no AMQP_URL");
-        assert_eq!(
-            env["AMQP_USER"].as_str(),
-            Some(format!("orderflow-{node}").as_str()),
-            "{node} runs as its own user"
-        );
+        let user = topology::permissions::Role::from_name(node).unwrap().user("orderflow-", "/");
+        assert_eq!(env["AMQP_USER"].as_str(), Some(user.as_str()), "{node} runs as its own user");
+        assert_eq!(env["ORDERFLOW_OPERATOR_USER"].as_str(), admin, "{node} trusts the compose administrator");
     }
+    let tracker = &services[&Value::from("tracker")];
+    let check = tracker["healthcheck"]["test"].as_sequence().expect("the tracker has a healthcheck");
+    assert!(check.iter().any(|part| part.as_str().is_some_and(|p| p.contains("/health"))), "{check:?}");
 }
 
 /// The definitions the compose broker loads at boot, imported into a real
@@ -64,6 +182,7 @@ async fn exported_definitions_load_into_a_real_broker() {
             &format!("{prefix}admin"),
         ])
         .args(["--user-prefix", &prefix])
+        .args(["--role-secrets", out.join("roles").to_str().unwrap()])
         .env("ORDERFLOW_AMQP_PASSWORD", "not-a-real-secret")
         .output()
         .unwrap();
@@ -75,7 +194,9 @@ async fn exported_definitions_load_into_a_real_broker() {
 
     let user = topology::permissions::Role::Node(topology::Node::Payment).user(&prefix, &vhost);
     let secret = topology::permissions::secret_file_name(&user);
-    let password = std::fs::read_to_string(out.join("secrets").join(secret)).unwrap();
+    // Each role's password in a folder of its own (what each container mounts), none beside the definitions.
+    assert!(!out.join("secrets").exists());
+    let password = std::fs::read_to_string(out.join("roles").join("payment").join(secret)).unwrap();
     let url = shared::settings::with_credentials(
         &format!("amqp://127.0.0.1:5672/{vhost}"),
         Some(&user),

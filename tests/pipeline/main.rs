@@ -11,8 +11,9 @@
 //! - `bad_input`: refused files, rejected orders, hostile text, audit garbage.
 //! - `changes`: in-flight changes, cut-offs, cancels, sync mode.
 //! - `cli`: the command line and the tracker's HTTP API (also its header-read timeout).
-//! - `compose`: the docker-compose file names every service.
+//! - `compose`: the docker-compose file: the compose-spec schema, its services, pinned images, one secret each.
 //! - `bench_smoke`: the benchmark's smoke run finishes and prints every figure.
+//! - `search`: finding orders by state, node, customer and age, a page at a time.
 //! - `privilege`: per-node users with least privilege; strays are refused.
 //! - `postgres`: the stores on PostgreSQL instead of SQLite.
 //! - `outside`: plain orders from clients no one here wrote (pika, the management API).
@@ -35,6 +36,7 @@ mod postgres;
 mod privilege;
 mod retry;
 mod scaling;
+mod search;
 mod transport_faults;
 mod trust;
 mod usage;

@@ -141,7 +141,10 @@ pub fn queue_arguments(queue: &str) -> Vec<(&'static str, serde_json::Value)> {
 /// loss of one node. Without it a quorum queue gets RabbitMQ's default (every
 /// node, up to its limit). Queue arguments are immutable: choose it before
 /// the first `topology apply` (`--quorum-size`, `ORDERFLOW_QUORUM_SIZE`).
-pub fn queue_arguments_sized(queue: &str, quorum_size: Option<u32>) -> Vec<(&'static str, serde_json::Value)> {
+pub fn queue_arguments_sized(
+    queue: &str,
+    quorum_size: Option<u32>,
+) -> Vec<(&'static str, serde_json::Value)> {
     if let Some(node) = Node::all().into_iter().find(|n| n.retry_queue() == queue) {
         return vec![
             ("x-queue-type", serde_json::json!("classic")),

@@ -134,6 +134,10 @@ enum Command {
         /// Prefix of the per-role users' names.
         #[arg(long, env = "ORDERFLOW_USER_PREFIX", default_value = "orderflow-")]
         user_prefix: String,
+        /// Keep each role's password in DIR/<role>/<user> instead of <out>/secrets/<user>:
+        /// one folder per role, so that each container mounts only its own.
+        #[arg(long, value_name = "DIR")]
+        role_secrets: Option<PathBuf>,
     },
 }
 
@@ -189,7 +193,16 @@ async fn main() -> anyhow::Result<()> {
             println!("AMQP_USER={user}");
             println!("AMQP_PASSWORD_FILE={}", secrets_dir.join(secret_file_name(&user)).display());
         }
-        Command::Export { out, broker_path, vhost, user, password, password_file, user_prefix } => {
+        Command::Export {
+            out,
+            broker_path,
+            vhost,
+            user,
+            password,
+            password_file,
+            user_prefix,
+            role_secrets,
+        } => {
             let password = match (password, password_file) {
                 (Some(p), _) => p,
                 (None, Some(file)) => std::fs::read_to_string(&file)
@@ -201,12 +214,18 @@ async fn main() -> anyhow::Result<()> {
                 ),
             };
             std::fs::create_dir_all(&out)?;
-            let users = [UserSpec { name: user, password, tags: "management".into() }];
-            // One least-privilege user per role, its password in <out>/secrets/<user>.
+            // The administrator: the management UI's user, the operator, and what `up.sh` needs to set up a stack of its own.
+            let users = [UserSpec { name: user, password, tags: "administrator".into() }];
+            // One least-privilege user per role, its password in <out>/secrets/<user>
+            // (or <role-secrets>/<role>/<user>).
             let mut roles = Vec::new();
             for role in Role::all() {
                 let name = role.user(&user_prefix, &vhost);
-                let password = secret(&out.join("secrets"), &name)?;
+                let folder = match &role_secrets {
+                    Some(dir) => dir.join(role.name()),
+                    None => out.join("secrets"),
+                };
+                let password = secret(&folder, &name)?;
                 roles.push((UserSpec { name, password, tags: String::new() }, grant(role)));
             }
             let document = definitions(&vhost, &users, &roles);

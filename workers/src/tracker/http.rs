@@ -1,11 +1,12 @@
 //! The tracker's HTTP API (loopback by default): `GET /orders/{id}` (state,
 //! terminal or not, ordered history), `POST /orders/status` (latest states of
-//! many orders), `GET /stats` (orders per state), `GET /health`.
+//! many orders), `GET /orders?state=&at=&customer=&older_than=&newer_than=&limit=&after=`
+//! (finding orders, a page at a time), `GET /stats` (orders per state), `GET /health`.
 
 use super::store::TrackerStore;
 use super::Health;
 use axum::{
-    extract::{Path, State},
+    extract::{rejection::QueryRejection, Path, Query, State},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -14,6 +15,7 @@ use axum::{
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use shared::order_search::OrderSearch;
 use shared::tracker_api::{ApiError, StatusRequest};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,7 @@ const STATUS_BODY_LIMIT: usize = 5 * 1024 * 1024;
 
 pub fn router(store: TrackerStore, health: Arc<Health>) -> Router {
     Router::new()
+        .route("/orders", get(search))
         .route("/orders/{id}", get(order))
         // 100,000 ids of 36 characters, quoted and separated: about 3.9 MB (axum's default is 2 MB).
         .route(
@@ -115,6 +118,24 @@ async fn statuses(State(store): State<TrackerStore>, Json(request): Json<StatusR
     }
     match store.statuses(&request.ids).await {
         Ok(found) => Json(found).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+/// `GET /orders`: a bad, unknown or repeated parameter is a 400 with the reason.
+async fn search(
+    State(store): State<TrackerStore>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Response {
+    let Ok(Query(pairs)) = query else {
+        return error(StatusCode::BAD_REQUEST, "the query string is not valid");
+    };
+    let search = match OrderSearch::parse(&pairs) {
+        Ok(search) => search,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
+    };
+    match store.search(&search, chrono::Utc::now()).await {
+        Ok(page) => Json(page).into_response(),
         Err(e) => internal(e),
     }
 }

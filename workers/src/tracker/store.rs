@@ -1,9 +1,12 @@
 //! The tracking store: `tracker_events` holds one row per state change (the
 //! event id is the key, so a duplicate is dropped), `tracker_orders` each
-//! order's latest state. SQLite by default, PostgreSQL with `DATABASE_URL`.
+//! order's latest state and its customer (from the `placed` event), which
+//! `search` lists by state, node, customer and age, a page at a time.
+//! SQLite by default, PostgreSQL with `DATABASE_URL`.
 
 use shared::audit::{rfc3339, AuditEvent};
 use shared::change::ChangeEvent;
+use shared::order_search::{OrderPage, OrderSearch, OrderSummary};
 use shared::settings::Settings;
 use shared::store::Store;
 use shared::tracker_api::{HistoryEntry, OrderStatus, OrderView, Stats, Statuses};
@@ -22,6 +25,10 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS tracker_orders_by_state ON tracker_orders (state)",
 ];
 
+/// Indexes on columns added after the first schema.
+const INDEXES: &[&str] =
+    &["CREATE INDEX IF NOT EXISTS tracker_orders_by_customer ON tracker_orders (customer_id, order_id)"];
+
 /// What the tracker receives on the audit exchange.
 pub enum Record {
     State(AuditEvent),
@@ -38,6 +45,8 @@ impl TrackerStore {
         let store = Store::open(settings, "tracker").await?;
         store.migrate(SCHEMA).await?;
         store.add_column("tracker_events", "change_id TEXT").await?;
+        store.add_column("tracker_orders", "customer_id TEXT").await?;
+        store.migrate(INDEXES).await?;
         Ok(TrackerStore { store })
     }
 
@@ -93,6 +102,7 @@ impl TrackerStore {
             query.execute(&mut *tx).await?;
         }
 
+        record_customers(&mut tx, &rows, &new_ids).await?;
         tx.commit().await?;
         Ok(new_ids.len() as u64)
     }
@@ -161,6 +171,68 @@ impl TrackerStore {
         Ok(found)
     }
 
+    /// One page of the orders matching `search`, in order id order; `now`
+    /// is what the ages count from.
+    pub async fn search(
+        &self,
+        search: &OrderSearch,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> sqlx::Result<OrderPage> {
+        let mut filter = Filter::default();
+        if let Some(state) = search.state {
+            filter.add("state = ?", &[state.as_str().to_string()]);
+        }
+        if let Some(node) = search.at {
+            let states: Vec<String> =
+                topology::WORKFLOW.accepts(node).iter().map(|s| s.as_str().to_string()).collect();
+            let marks = vec!["?"; states.len()].join(", ");
+            filter.add(&format!("state IN ({marks})"), &states);
+        }
+        if let Some(customer) = &search.customer {
+            filter.add("customer_id = ?", std::slice::from_ref(customer));
+        }
+        // Ages are checked (at most ten years), so the subtraction holds; `updated_at`
+        // is RFC 3339 with microseconds in UTC, so text order is time order.
+        let before = |age: std::time::Duration| {
+            rfc3339::format(&(now - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::zero())))
+        };
+        if let Some(age) = search.older_than {
+            filter.add("updated_at <= ?", &[before(age)]);
+        }
+        if let Some(age) = search.newer_than {
+            filter.add("updated_at >= ?", &[before(age)]);
+        }
+        if let Some(after) = search.after {
+            filter.add("order_id > ?", &[after.to_string()]);
+        }
+        let Filter { conditions, values } = filter;
+        let filter =
+            if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
+        // One more than asked for says whether there is a next page.
+        let sql = format!(
+            "SELECT order_id, state, terminal, updated_at, customer_id FROM tracker_orders {filter}              ORDER BY order_id LIMIT {}",
+            u64::from(search.limit) + 1
+        );
+        let mut query = sqlx::query(&sql).persistent(false);
+        for value in &values {
+            query = query.bind(value);
+        }
+        let mut orders = Vec::new();
+        for row in query.fetch_all(&self.store.pool).await? {
+            orders.push(OrderSummary {
+                order_id: row.try_get("order_id")?,
+                state: row.try_get("state")?,
+                terminal: row.try_get::<i64, _>("terminal")? != 0,
+                since: row.try_get("updated_at")?,
+                customer_id: row.try_get("customer_id")?,
+            });
+        }
+        let more = orders.len() > search.limit as usize;
+        orders.truncate(search.limit as usize);
+        let next = if more { orders.last().map(|o| o.order_id.clone()) } else { None };
+        Ok(OrderPage { orders, next })
+    }
+
     /// Orders per state, and in all.
     pub async fn stats(&self) -> sqlx::Result<Stats> {
         let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM tracker_orders GROUP BY state")
@@ -171,6 +243,27 @@ impl TrackerStore {
             .map(|row| Ok((row.try_get("state")?, row.try_get("n")?)))
             .collect::<sqlx::Result<_>>()?;
         Ok(Stats { orders: by_state.values().sum(), by_state })
+    }
+}
+
+/// The conditions of a search, each `?` numbered in turn (`$1`, `$2`, ...), with their values.
+#[derive(Default)]
+struct Filter {
+    conditions: Vec<String>,
+    values: Vec<String>,
+}
+
+impl Filter {
+    fn add(&mut self, sql: &str, values: &[String]) {
+        let mut numbered = String::new();
+        for (i, part) in sql.split('?').enumerate() {
+            if i > 0 {
+                self.values.push(values[i - 1].clone());
+                numbered.push_str(&format!("${}", self.values.len()));
+            }
+            numbered.push_str(part);
+        }
+        self.conditions.push(numbered);
     }
 }
 
@@ -188,6 +281,8 @@ struct Row {
     at: String,
     detail: String,
     change_id: Option<String>,
+    /// Set on `placed` events (the publisher's, which trust checked).
+    customer_id: Option<String>,
 }
 
 impl From<&Record> for Row {
@@ -206,6 +301,7 @@ impl From<&Record> for Row {
                 at: rfc3339::format(&e.at),
                 detail: e.detail.clone(),
                 change_id: None,
+                customer_id: e.customer_id.clone(),
             },
             Record::Change(e) => Row {
                 event_id: e.event_id.to_string(),
@@ -220,6 +316,7 @@ impl From<&Record> for Row {
                 at: rfc3339::format(&e.at),
                 detail: e.detail.clone(),
                 change_id: Some(e.change_id.to_string()),
+                customer_id: None,
             },
         }
     }
@@ -270,6 +367,42 @@ async fn insert_events(
         }
     }
     Ok(new_ids)
+}
+
+/// Records the customer of each order whose `placed` event is new, whatever
+/// order its events came in (the upsert above may already hold a later state).
+async fn record_customers(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    rows: &[Row],
+    new_ids: &HashSet<String>,
+) -> sqlx::Result<()> {
+    let mut customers: HashMap<&str, &str> = HashMap::new();
+    for row in rows.iter().filter(|r| r.to_state == "placed" && new_ids.contains(&r.event_id)) {
+        if let Some(customer) = &row.customer_id {
+            customers.insert(&row.order_id, customer);
+        }
+    }
+    let customers: Vec<(&str, &str)> = customers.into_iter().collect();
+    for chunk in customers.chunks(400) {
+        let sql = (0..chunk.len())
+            .map(|i| format!("WHEN ${} THEN ${}", i * 2 + 1, i * 2 + 2))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let ids: Vec<String> = (0..chunk.len()).map(|i| format!("${}", chunk.len() * 2 + i + 1)).collect();
+        let sql = format!(
+            "UPDATE tracker_orders SET customer_id = CASE order_id {sql} END WHERE order_id IN ({})",
+            ids.join(", ")
+        );
+        let mut query = sqlx::query(&sql).persistent(false);
+        for (order, customer) in chunk {
+            query = query.bind(*order).bind(*customer);
+        }
+        for (order, _) in chunk {
+            query = query.bind(*order);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 /// An order's history in the order it happened: state steps by their `seq`

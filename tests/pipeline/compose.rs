@@ -98,8 +98,20 @@ fn every_image_is_pinned_and_each_process_mounts_only_its_own_secret() {
             "definitions" => {
                 assert_eq!(secrets.len(), secret_volumes.len(), "definitions writes every secret")
             }
-            "rabbitmq" => {
+            broker if broker.starts_with("rabbitmq") => {
                 assert!(secrets.is_empty(), "the broker mounts no secret: {mounts:?}");
+                if broker != "rabbitmq" {
+                    // A node of the `cluster` profile: it knows its peers by name.
+                    assert_eq!(service["profiles"][0].as_str(), Some("cluster"), "{broker}");
+                    let cluster =
+                        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../compose/30-cluster.conf");
+                    let peers = std::fs::read_to_string(cluster).expect("the cluster conf");
+                    for n in 1..=3 {
+                        assert!(peers.contains(&format!("rabbit@rabbitmq-{n}")), "{peers}");
+                    }
+                    let node = service["environment"]["RABBITMQ_NODENAME"].as_str().unwrap();
+                    assert_eq!(node, format!("rabbit@{}", service["hostname"].as_str().unwrap()));
+                }
                 // The orderflow conf is one file in conf.d, not a volume over the folder.
                 let conf = mounts.iter().find(|m| m.contains("/etc/rabbitmq/conf.d")).expect("conf.d mount");
                 let (source, target) = (conf.split(':').next().unwrap(), conf.split(':').nth(1).unwrap());
@@ -134,7 +146,10 @@ fn compose_file_names_every_service() {
     // The long-running services are exactly the definition's processes, each running its binary.
     let mut running: Vec<String> = services
         .iter()
-        .filter(|(name, _)| !matches!(name.as_str(), Some("rabbitmq" | "definitions")))
+        .filter(|(name, _)| {
+            let name = name.as_str().unwrap_or_default();
+            name != "definitions" && !name.starts_with("rabbitmq")
+        })
         .map(|(name, service)| {
             let name = name.as_str().expect("service name").to_string();
             assert_eq!(

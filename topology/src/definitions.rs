@@ -3,7 +3,7 @@
 //! every exchange, queue, binding and the application user already there.
 
 use crate::permissions::Grant;
-use crate::{exchanges, queue_arguments, queues};
+use crate::{exchanges, queue_arguments_sized, queues};
 use base64::Engine;
 use lapin::ExchangeKind;
 use serde_json::{json, Map, Value};
@@ -38,6 +38,17 @@ fn kind_name(kind: &ExchangeKind) -> &'static str {
 /// The definitions document for `vhost`: `users` get full rights on it,
 /// `roles` (user spec, grant) exactly their grant.
 pub fn definitions(vhost: &str, users: &[UserSpec], roles: &[(UserSpec, Grant)]) -> Value {
+    definitions_sized(vhost, users, roles, None)
+}
+
+/// [`definitions`] with quorum queues of `quorum_size` members (see
+/// [`crate::queue_arguments_sized`]): what a cluster's nodes load.
+pub fn definitions_sized(
+    vhost: &str,
+    users: &[UserSpec],
+    roles: &[(UserSpec, Grant)],
+    quorum_size: Option<u32>,
+) -> Value {
     let exchanges: Vec<Value> = exchanges()
         .iter()
         .map(|e| {
@@ -48,8 +59,10 @@ pub fn definitions(vhost: &str, users: &[UserSpec], roles: &[(UserSpec, Grant)])
     let mut queue_values = Vec::new();
     let mut bindings = Vec::new();
     for q in queues() {
-        let arguments: Map<String, Value> =
-            queue_arguments(&q.name).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let arguments: Map<String, Value> = queue_arguments_sized(&q.name, quorum_size)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         queue_values.push(json!({"name": q.name, "vhost": vhost, "durable": true,
                                  "auto_delete": false, "arguments": arguments}));
         for (exchange, key) in &q.bindings {

@@ -7,7 +7,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use topology::definitions::{definitions, UserSpec};
+use topology::definitions::{definitions_sized, UserSpec};
 use topology::permissions::{grant, secret_file_name, Role};
 
 /// The password kept in `<dir>/<user>` (see [`secret_file_name`]), if any.
@@ -138,6 +138,10 @@ enum Command {
         /// one folder per role, so that each container mounts only its own.
         #[arg(long, value_name = "DIR")]
         role_secrets: Option<PathBuf>,
+        /// Members of each quorum queue (3 on a three-node cluster; a single
+        /// node makes one whatever is asked).
+        #[arg(long, env = "ORDERFLOW_QUORUM_SIZE")]
+        quorum_size: Option<u32>,
     },
 }
 
@@ -202,6 +206,7 @@ async fn main() -> anyhow::Result<()> {
             password_file,
             user_prefix,
             role_secrets,
+            quorum_size,
         } => {
             let password = match (password, password_file) {
                 (Some(p), _) => p,
@@ -228,7 +233,7 @@ async fn main() -> anyhow::Result<()> {
                 let password = secret(&folder, &name)?;
                 roles.push((UserSpec { name, password, tags: String::new() }, grant(role)));
             }
-            let document = definitions(&vhost, &users, &roles);
+            let document = definitions_sized(&vhost, &users, &roles, quorum_size);
             std::fs::write(out.join("definitions.json"), serde_json::to_vec_pretty(&document)?)?;
             let seen_by_broker = broker_path.unwrap_or_else(|| out.clone());
             std::fs::write(

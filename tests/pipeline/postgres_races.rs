@@ -4,12 +4,15 @@
 //! outcome is one of the serial ones.
 
 use futures::future::join_all;
+use shared::audit::{AuditEvent, Transition};
 use shared::change::{Change, ChangeRequest, Decision};
 use shared::change_book::ChangeBook;
 use shared::order::{Order, OrderElement, OrderState, ShipTo};
 use shared::settings::Settings;
 use shared::store::Store;
 use tests::PgDatabase;
+use uuid::Uuid;
+use workers::tracker::store::{Record, TrackerStore};
 
 /// The settings of a process whose stores are in `database`.
 fn settings(database: &PgDatabase) -> Settings {
@@ -88,4 +91,38 @@ async fn a_change_decided_while_another_instance_closes_the_order_has_one_outcom
     assert_eq!(both, 0, "{both} of 300 changes were applied and also rejected as late ({applied} applied)");
     assert_eq!(applied + late, 300, "a change was neither applied nor rejected as late");
     assert!(applied > 0 && late > 0, "one side always won ({applied} applied, {late} late): no race was run");
+}
+
+/// Two trackers record batches that touch the same orders (the audit queue's
+/// events of one order are shared out between them). Each batch upserts its
+/// orders' latest states in one transaction; in an order of its own, two
+/// such transactions locked the same rows in opposite orders and PostgreSQL
+/// aborted one as a deadlock (the tracker paused, its `/health` failing).
+/// Rows are written in order id order now, so they queue instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_trackers_recording_the_same_orders_never_deadlock() {
+    let database = PgDatabase::create("trackers").await;
+    let settings = settings(&database);
+    let (first, second) =
+        (TrackerStore::open(&settings).await.unwrap(), TrackerStore::open(&settings).await.unwrap());
+    let orders: Vec<Uuid> = (0..300).map(|_| Uuid::new_v4()).collect();
+    let step = |seq: u32, state: OrderState, from: OrderState| -> Vec<Record> {
+        let event = |order_id| {
+            let transition =
+                Transition { order_id, seq, version: 0, from_state: Some(from), to_state: state };
+            Record::State(AuditEvent::new(transition, "node", "node-1", String::new()))
+        };
+        orders.iter().map(|id| event(*id)).collect()
+    };
+    first.record(&step(1, OrderState::Accepted, OrderState::Placed)).await.unwrap();
+    for seq in (2..12).step_by(2) {
+        let (a, b) = (
+            step(seq, OrderState::Charged, OrderState::Accepted),
+            step(seq + 1, OrderState::Reserved, OrderState::Charged),
+        );
+        let (a, b) = tokio::join!(first.record(&a), second.record(&b));
+        for result in [a, b] {
+            result.unwrap_or_else(|error| panic!("a tracker's batch failed: {error}"));
+        }
+    }
 }

@@ -57,7 +57,14 @@ pub struct Stack {
     inner: harness::Stack,
     /// Set when every process runs as its own least-privilege user (`<prefix><binary>`).
     pub user_prefix: Option<String>,
+    /// A spread PostgreSQL stack's share of the server's connections.
+    _pg_share: Option<tokio::sync::SemaphorePermit<'static>>,
 }
+
+/// Spread PostgreSQL stacks running at once, whatever the test threads: two
+/// of 16 processes with [`PG_CONNECTIONS_PER_PROCESS`] each, plus the tests'
+/// own connections, stay within the local server's 100.
+static PG_STACKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 impl Deref for Stack {
     type Target = harness::Stack;
@@ -97,7 +104,9 @@ impl Stack {
             ("ORDERFLOW_DB_MAX_CONNECTIONS", PG_CONNECTIONS_PER_PROCESS),
         ];
         all.extend_from_slice(env);
+        let share = PG_STACKS.acquire().await.expect("the semaphore is never closed");
         let mut stack = Stack::empty(test, &all).await;
+        stack._pg_share = Some(share);
         stack.config.run_dir_per_process = true;
         for binary in harness::processes() {
             for i in 1..=instances {
@@ -125,7 +134,7 @@ impl Stack {
         let mut config = StackConfig::new(Broker::local(), bin_dir());
         config.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let name = format!("orderflow-test-{test}-{}", &Uuid::new_v4().simple().to_string()[..8]);
-        Stack { inner: ok(harness::Stack::create(&config, &name).await), user_prefix: None }
+        Stack { inner: ok(harness::Stack::create(&config, &name).await), user_prefix: None, _pg_share: None }
     }
 
     /// Like [`Stack::start`], but every node and the tracker connect as their
@@ -303,7 +312,7 @@ impl Stack {
             Some(url) => {
                 sqlx::any::install_default_drivers();
                 let pool = sqlx::any::AnyPoolOptions::new()
-                    .max_connections(2)
+                    .max_connections(1)
                     .connect(url)
                     .await
                     .expect("connect to the stack's database");

@@ -7,6 +7,9 @@ source scripts/lib.sh
 
 ensure_broker
 command -v cargo >/dev/null 2>&1 || die "cargo is not installed: install Rust from https://rustup.rs."
+# The PostgreSQL tests (tests/pipeline/postgres*.rs) create a database each on the local server.
+port_open 127.0.0.1 5432 \
+  || die "PostgreSQL is not answering on 127.0.0.1:5432 (the tests connect as postgres, trust auth): start it (Debian: service postgresql start)."
 # A client no one here wrote places orders in the tests: Python's pika.
 if ! python3 -c 'import pika' 2>/dev/null; then
   python3 -m pip install --quiet --user pika 2>/dev/null || python3 -m pip install --quiet pika 2>/dev/null \

@@ -57,7 +57,14 @@ pub struct Stack {
     inner: harness::Stack,
     /// Set when every process runs as its own least-privilege user (`<prefix><binary>`).
     pub user_prefix: Option<String>,
+    /// A spread PostgreSQL stack's share of the server's connections.
+    _pg_share: Option<tokio::sync::SemaphorePermit<'static>>,
 }
+
+/// Spread PostgreSQL stacks running at once, whatever the test threads: two
+/// of 16 processes with [`PG_CONNECTIONS_PER_PROCESS`] each, plus the tests'
+/// own connections, stay within the local server's 100.
+static PG_STACKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 impl Deref for Stack {
     type Target = harness::Stack;
@@ -80,6 +87,48 @@ impl Stack {
         stack
     }
 
+    /// A stack on the PostgreSQL database `database` spread as over several
+    /// hosts: `instances` instances of every node and of the tracker, each
+    /// process with a run directory of its own (so they share only the
+    /// broker and the database); the trackers past the first listen on ports
+    /// of their own. `env` applies to every process. Each process opens at
+    /// most [`PG_CONNECTIONS_PER_PROCESS`] connections.
+    pub async fn start_spread(
+        test: &str,
+        database: &PgDatabase,
+        instances: usize,
+        env: &[(&str, &str)],
+    ) -> Stack {
+        let mut all = vec![
+            ("DATABASE_URL", database.url.as_str()),
+            ("ORDERFLOW_DB_MAX_CONNECTIONS", PG_CONNECTIONS_PER_PROCESS),
+        ];
+        all.extend_from_slice(env);
+        let share = PG_STACKS.acquire().await.expect("the semaphore is never closed");
+        let mut stack = Stack::empty(test, &all).await;
+        stack._pg_share = Some(share);
+        stack.config.run_dir_per_process = true;
+        for binary in harness::processes() {
+            for i in 1..=instances {
+                stack.spawn_instance(binary, i);
+            }
+        }
+        ok(stack.inner.wait_ready(harness::stack::READY_TIMEOUT).await);
+        stack
+    }
+
+    /// Starts instance `i` of `binary` (`<binary>-<i>`); a tracker past the
+    /// first gets a port of its own.
+    pub fn spawn_instance(&mut self, binary: &str, i: usize) {
+        let label = format!("{binary}-{i}");
+        if binary == "tracker" && i > 1 {
+            let addr = format!("127.0.0.1:{}", ok(harness::stack::free_port()));
+            ok(self.inner.spawn_with(binary, &label, &[("ORDERFLOW_HTTP_ADDR", &addr)]));
+        } else {
+            self.spawn(binary, &label);
+        }
+    }
+
     /// A stack with its topology declared and no process started yet.
     pub async fn empty(test: &str, env: &[(&str, &str)]) -> Stack {
         Stack::empty_on(test, Broker::local(), None, env).await
@@ -97,7 +146,7 @@ impl Stack {
         config.quorum_size = quorum_size;
         config.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let name = format!("orderflow-test-{test}-{}", &Uuid::new_v4().simple().to_string()[..8]);
-        Stack { inner: ok(harness::Stack::create(&config, &name).await), user_prefix: None }
+        Stack { inner: ok(harness::Stack::create(&config, &name).await), user_prefix: None, _pg_share: None }
     }
 
     /// Like [`Stack::start`], but every node and the tracker connect as their
@@ -262,6 +311,30 @@ impl Stack {
         ok(self.inner.connect("orderflow-test").await)
     }
 
+    /// The stack's `DATABASE_URL`, when its stores are in a database server.
+    pub fn database_url(&self) -> Option<&str> {
+        self.config.env.iter().find(|(key, _)| key == "DATABASE_URL").map(|(_, url)| url.as_str())
+    }
+
+    /// Opens the store of `owner` (`processor`, `inventory`, `shipping`,
+    /// `tracker`): the stack's PostgreSQL database, or else its SQLite file
+    /// ([`Stack::sqlite`]); waits until the owner has created `table`.
+    pub async fn store(&self, owner: &str, table: &str) -> sqlx::AnyPool {
+        match self.database_url() {
+            Some(url) => {
+                sqlx::any::install_default_drivers();
+                let pool = sqlx::any::AnyPoolOptions::new()
+                    .max_connections(1)
+                    .connect(url)
+                    .await
+                    .expect("connect to the stack's database");
+                wait_for_table(&pool, owner, table).await;
+                pool
+            }
+            None => self.sqlite(owner, table).await,
+        }
+    }
+
     /// Opens one of the stack's SQLite stores (`processor`, `inventory`, `shipping`, `tracker`),
     /// waiting until its owner has created `table`.
     pub async fn sqlite(&self, owner: &str, table: &str) -> sqlx::AnyPool {
@@ -269,16 +342,8 @@ impl Stack {
         let url = format!("sqlite://{}?mode=rwc", self.run_dir.join(format!("{owner}.db")).display());
         let pool = sqlx::AnyPool::connect(&url).await.expect("open the SQLite store");
         sqlx::query("PRAGMA busy_timeout = 10000").execute(&pool).await.expect("pragma");
-        let probe = format!("SELECT 1 FROM {table} LIMIT 1");
-        let pool = &pool;
-        ok(until(Duration::from_secs(30), Duration::from_millis(50), || async {
-            Ok(match sqlx::query(&probe).fetch_optional(pool).await {
-                Ok(_) => Check::Done(()),
-                Err(_) => Check::Waiting(format!("{owner} never created {table}")),
-            })
-        })
-        .await);
-        pool.clone()
+        wait_for_table(&pool, owner, table).await;
+        pool
     }
 
     /// Runs the CLI and parses its standard output as JSON.
@@ -354,6 +419,11 @@ pub fn nodes(view: &OrderView) -> Vec<String> {
     view.history.iter().map(|h| h.node.clone()).collect()
 }
 
+/// `ORDERFLOW_DB_MAX_CONNECTIONS` of the tests' PostgreSQL stacks: two of
+/// them side by side (the test threads), 16 processes each, stay well within
+/// the local server's 100 connections.
+pub const PG_CONNECTIONS_PER_PROCESS: &str = "2";
+
 /// A PostgreSQL database of its own for one test, dropped on drop.
 pub struct PgDatabase {
     pub name: String,
@@ -391,6 +461,18 @@ impl Drop for PgDatabase {
         })
         .join();
     }
+}
+
+/// Waits until `owner` has created `table` in the store of `pool`.
+async fn wait_for_table(pool: &sqlx::AnyPool, owner: &str, table: &str) {
+    let probe = format!("SELECT 1 FROM {table} LIMIT 1");
+    ok(until(Duration::from_secs(30), Duration::from_millis(50), || async {
+        Ok(match sqlx::query(&probe).fetch_optional(pool).await {
+            Ok(_) => Check::Done(()),
+            Err(_) => Check::Waiting(format!("{owner} never created {table}")),
+        })
+    })
+    .await);
 }
 
 pub async fn count(pool: &sqlx::AnyPool, sql: &str) -> i64 {
@@ -433,19 +515,20 @@ pub fn units_per_sku(orders: &[Value]) -> HashMap<String, i64> {
 
 /// Checks the books after a run of valid orders that all shipped: one charge,
 /// one reservation and one shipment per order, and exactly the ordered units
-/// taken from stock (nothing reserved twice).
+/// taken from stock (nothing reserved twice). The stores are the stack's
+/// SQLite files or its PostgreSQL database ([`Stack::store`]).
 pub async fn assert_books_balance(stack: &Stack, orders: &[Value], ids: &[Uuid]) {
     let n = ids.len() as i64;
-    let processor = stack.sqlite("processor", "processor_charges").await;
+    let processor = stack.store("processor", "processor_charges").await;
     assert_eq!(count(&processor, "SELECT COUNT(*) FROM processor_charges").await, n, "charges");
-    let inventory = stack.sqlite("inventory", "inventory_reservations").await;
+    let inventory = stack.store("inventory", "inventory_reservations").await;
     assert_eq!(count(&inventory, "SELECT COUNT(*) FROM inventory_reservations").await, n, "reservations");
     for (sku, units) in units_per_sku(orders) {
         let on_hand =
             count(&inventory, &format!("SELECT qty FROM inventory_bin_items WHERE sku = '{sku}'")).await;
         assert_eq!(1_000_000 - on_hand, units, "{sku}: stock taken differs from units ordered");
     }
-    let shipping = stack.sqlite("shipping", "shipping_shipments").await;
+    let shipping = stack.store("shipping", "shipping_shipments").await;
     assert_eq!(count(&shipping, "SELECT COUNT(*) FROM shipping_shipments").await, n, "shipments");
     for id in ids {
         let view = stack.order(id).await;
@@ -467,4 +550,85 @@ pub fn change_records(view: &OrderView, change_id: &str) -> Vec<(String, String,
         .filter(|h| h.change_id.as_deref() == Some(change_id))
         .map(|h| (h.state.clone(), h.node.clone(), h.detail.clone()))
         .collect()
+}
+
+/// States that end an order.
+const TERMINAL: [&str; 5] = ["shipped", "rejected", "payment_declined", "out_of_stock", "cancelled"];
+
+/// The ids of `table`'s rows (its `order_id` column, or `sql` selecting one column).
+async fn id_set(pool: &sqlx::AnyPool, sql: &str) -> std::collections::BTreeSet<String> {
+    sqlx::query_scalar::<_, String>(sql).fetch_all(pool).await.expect(sql).into_iter().collect()
+}
+
+/// Checks the ledgers against the orders' histories after a run of any
+/// orders (`orders[i]` published as `ids[i]`, every one terminal): each
+/// history has one terminal state and no state twice; exactly the orders
+/// charged hold a charge, those refunded a refund, those reserved a
+/// reservation (released exactly for those whose stock was released), those
+/// shipped a shipment; the stock taken per SKU is what the reserved and not
+/// released orders ordered. Returns the count of orders per terminal state.
+pub async fn assert_ledgers_match_histories(
+    stack: &Stack,
+    orders: &[Value],
+    ids: &[Uuid],
+) -> std::collections::BTreeMap<String, usize> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut with: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    let mut ends: BTreeMap<String, usize> = BTreeMap::new();
+    let mut held: Vec<Value> = Vec::new();
+    for (order, id) in orders.iter().zip(ids) {
+        let view = stack.order(id).await;
+        let path: Vec<String> = states(&view).into_iter().filter(|s| !s.starts_with("change_")).collect();
+        let terminal: Vec<&String> = path.iter().filter(|s| TERMINAL.contains(&s.as_str())).collect();
+        assert_eq!(terminal.len(), 1, "order {id}: one terminal state in {path:?}");
+        assert_eq!(path.last(), terminal.first().copied(), "order {id}: {path:?}");
+        let distinct: BTreeSet<&String> = path.iter().collect();
+        assert_eq!(distinct.len(), path.len(), "order {id}: a state twice in {path:?}");
+        *ends.entry(terminal[0].clone()).or_default() += 1;
+        for state in ["charged", "refunded", "reserved", "stock_released", "stock_short", "shipped"] {
+            if path.iter().any(|s| s == state) {
+                with.entry(state).or_default().insert(id.to_string());
+            }
+        }
+        let reserved = path.iter().any(|s| s == "reserved");
+        if reserved && !path.iter().any(|s| s == "stock_released") {
+            held.push(order.clone());
+        }
+    }
+    let of = |state: &str| with.get(state).cloned().unwrap_or_default();
+    let processor = stack.store("processor", "processor_refunds").await;
+    assert_eq!(id_set(&processor, "SELECT order_id FROM processor_charges").await, of("charged"), "charges");
+    let refunds =
+        "SELECT c.order_id FROM processor_refunds r JOIN processor_charges c ON c.charge_id = r.charge_id";
+    assert_eq!(id_set(&processor, refunds).await, of("refunded"), "refunds");
+    let inventory = stack.store("inventory", "inventory_shortages").await;
+    let reservations = id_set(&inventory, "SELECT order_id FROM inventory_reservations").await;
+    assert_eq!(reservations, of("reserved"), "reservations");
+    let released = id_set(&inventory, "SELECT order_id FROM inventory_reservations WHERE released = 1").await;
+    assert_eq!(released, of("stock_released"), "released reservations");
+    assert_eq!(
+        id_set(&inventory, "SELECT order_id FROM inventory_shortages").await,
+        of("stock_short"),
+        "shortages"
+    );
+    let mut taken = units_per_sku(&held);
+    for sku in units_per_sku(orders).keys() {
+        let sql = format!("SELECT qty FROM inventory_bin_items WHERE sku = '{sku}'");
+        let Some(on_hand) = sqlx::query_scalar::<_, i64>(&sql).fetch_optional(&inventory).await.expect(&sql)
+        else {
+            continue; // not in the catalog: an invalid order's SKU
+        };
+        let seeded = if sku == "SKU-0999" { 0 } else { 1_000_000 };
+        assert_eq!(seeded - on_hand, taken.remove(sku).unwrap_or(0), "{sku}: stock taken");
+    }
+    let shipping = stack.store("shipping", "shipping_shipments").await;
+    assert_eq!(
+        id_set(&shipping, "SELECT order_id FROM shipping_shipments").await,
+        of("shipped"),
+        "shipments"
+    );
+    for pool in [processor, inventory, shipping] {
+        pool.close().await;
+    }
+    ends
 }

@@ -28,7 +28,7 @@ use lapin::{
         ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
     },
     types::{AMQPValue, FieldTable, ShortString},
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+    BasicProperties, Channel, Confirmation, Connection, ExchangeKind,
 };
 use shared::audit::AuditEvent;
 use shared::order::OrderElement;
@@ -176,9 +176,9 @@ impl Shared {
     }
 }
 
+/// Connects as orderflow's processes do (on a cluster, spread over its nodes).
 async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, properties).await.with_context(|| format!("relay {name} cannot connect"))
+    shared::transport::connect(url, name).await.with_context(|| format!("relay {name} cannot connect"))
 }
 
 /// One hop: its own connection, a consume channel with `prefetch`, a confirm-mode publish channel.

@@ -42,6 +42,12 @@ pub struct StackConfig {
     pub keep_run_dir_on_drop: bool,
     /// Members of each quorum queue on a cluster (`x-quorum-initial-group-size`).
     pub quorum_size: Option<u32>,
+    /// Whether each process runs as on a host of its own: its
+    /// `ORDERFLOW_RUN_DIR` is `<run dir>/<label>`, so instances share nothing
+    /// local (no store file, no secret). Meant for a stack whose state is in
+    /// a shared database (`DATABASE_URL`); with SQLite every process would
+    /// keep stores of its own. Logs stay in `<run dir>/<label>.log`.
+    pub run_dir_per_process: bool,
 }
 
 impl StackConfig {
@@ -54,6 +60,7 @@ impl StackConfig {
             pass_rust_log: true,
             keep_run_dir_on_drop: false,
             quorum_size: None,
+            run_dir_per_process: false,
         }
     }
 }
@@ -97,7 +104,8 @@ pub struct Stack {
     tracker: TrackerClient,
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A port nobody listens on now (for a tracker's `ORDERFLOW_HTTP_ADDR`).
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -176,12 +184,22 @@ impl Stack {
     /// Starts one process of `binary` labelled `label` (also its instance id),
     /// its standard error in `<run dir>/<label>.log`.
     pub fn spawn(&mut self, binary: &str, label: &str) -> anyhow::Result<()> {
+        self.spawn_with(binary, label, &[])
+    }
+
+    /// [`Stack::spawn`] with `env` for this process alone, after everything
+    /// else (e.g. a second tracker's own `ORDERFLOW_HTTP_ADDR`).
+    pub fn spawn_with(&mut self, binary: &str, label: &str, env: &[(&str, &str)]) -> anyhow::Result<()> {
         let log_path = self.run_dir.join(format!("{label}.log"));
         let log =
             std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-        let child = self
-            .command(binary)
+        let mut command = self.command(binary);
+        if self.config.run_dir_per_process {
+            command.env("ORDERFLOW_RUN_DIR", self.run_dir.join(label));
+        }
+        let child = command
             .env("ORDERFLOW_INSTANCE_ID", label)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -159,11 +159,13 @@ impl ChangeBook {
             Some(row) => {
                 let resolved: Vec<Uuid> =
                     serde_json::from_str(&row.try_get::<String, _>("resolved")?).unwrap_or_default();
-                if resolved.contains(&request.change_id) {
+                let reason = format!("the order is already {}", row.try_get::<String, _>("state")?);
+                if resolved.contains(&request.change_id)
+                    || !self.set_status(&mut tx, request.change_id, ("rejected", &reason), false).await?
+                {
+                    // Resolved by the element, or applied here by a copy of it.
                     Received::AlreadyResolved
                 } else {
-                    let reason = format!("the order is already {}", row.try_get::<String, _>("state")?);
-                    self.set_status(&mut tx, request.change_id, "rejected", &reason).await?;
                     Received::Reject(reason)
                 }
             }
@@ -250,20 +252,28 @@ impl ChangeBook {
         Ok(known.orders.contains_key(&order_id))
     }
 
+    /// Sets a change's status unless it was applied, or (with `undecided_only`)
+    /// decided at all, meanwhile; returns whether it did. On PostgreSQL a
+    /// `resolve` of another instance (which takes no lock) may decide the
+    /// change between a read of it and this write: the decision stands.
     async fn set_status(
         &self,
         tx: &mut Transaction<'_, Any>,
         change_id: Uuid,
-        status: &str,
-        reason: &str,
-    ) -> sqlx::Result<()> {
-        sqlx::query(&format!("UPDATE {} SET status = $1, reason = $2 WHERE change_id = $3", self.changes))
+        (status, reason): (&str, &str),
+        undecided_only: bool,
+    ) -> sqlx::Result<bool> {
+        let unless = if undecided_only { "status IN ('pending', 'late')" } else { "status <> 'applied'" };
+        let sql =
+            format!("UPDATE {} SET status = $1, reason = $2 WHERE change_id = $3 AND {unless}", self.changes);
+        let updated = sqlx::query(&sql)
             .bind(status)
             .bind(reason)
             .bind(change_id.to_string())
             .execute(&mut **tx)
-            .await?;
-        Ok(())
+            .await?
+            .rows_affected();
+        Ok(updated == 1)
     }
 
     /// Decides every change heard of for the element's order that it has not
@@ -364,8 +374,9 @@ impl ChangeBook {
         for row in rows {
             let Some(request) = unresolved(&row, element)? else { continue };
             // 'late' keeps them returned if this step is redone after a crash.
-            self.set_status(&mut tx, request.change_id, "late", &reason).await?;
-            late.push((request, reason.clone()));
+            if self.set_status(&mut tx, request.change_id, ("late", &reason), true).await? {
+                late.push((request, reason.clone()));
+            }
         }
         tx.commit().await?;
         Ok(late)

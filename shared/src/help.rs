@@ -20,6 +20,7 @@ pub const VARIABLES: &[Variable] = &[
     var("AMQP_PASSWORD", "unset", "replaces the password of AMQP_URL"),
     var("AMQP_PASSWORD_FILE", "unset", "a file holding the password (instead of AMQP_PASSWORD)"),
     var("DATABASE_URL", "unset: SQLite files in the run dir", "postgres://... for PostgreSQL stores"),
+    var("ORDERFLOW_DB_MAX_CONNECTIONS", "8", "PostgreSQL connections per process, all its stores together"),
     var("ORDERFLOW_RUN_DIR", "./run", "pids, logs, SQLite stores"),
     var(
         "ORDERFLOW_HTTP_ADDR",
@@ -70,6 +71,7 @@ pub const CONNECTION: &[&str] = &[
 /// What a workflow node reads besides [`CONNECTION`].
 pub const NODE: &[&str] = &[
     "DATABASE_URL",
+    "ORDERFLOW_DB_MAX_CONNECTIONS",
     "ORDERFLOW_RUN_DIR",
     "ORDERFLOW_INSTANCE_ID",
     "ORDERFLOW_PREFETCH",
@@ -86,6 +88,7 @@ pub const PICKLIST: &[&str] = &["ORDERFLOW_PICKLIST_BATCH", "ORDERFLOW_PICKLIST_
 /// What the tracker reads besides [`CONNECTION`].
 pub const TRACKER: &[&str] = &[
     "DATABASE_URL",
+    "ORDERFLOW_DB_MAX_CONNECTIONS",
     "ORDERFLOW_RUN_DIR",
     "ORDERFLOW_INSTANCE_ID",
     "ORDERFLOW_MAX_MESSAGE_BYTES",

@@ -85,6 +85,17 @@ impl Settings {
         })
     }
 
+    /// `ORDERFLOW_DB_MAX_CONNECTIONS`: the most connections this process opens
+    /// to the PostgreSQL server of `DATABASE_URL`, all its stores together
+    /// (read by `store::Store::open`; not a field, so that every test's
+    /// literal `Settings` need not change).
+    pub fn db_max_connections() -> anyhow::Result<u32> {
+        match parsed("ORDERFLOW_DB_MAX_CONNECTIONS", 8u32)? {
+            0 => anyhow::bail!("ORDERFLOW_DB_MAX_CONNECTIONS must be at least 1"),
+            n => Ok(n),
+        }
+    }
+
     /// `ORDERFLOW_DELAY_MS_<NODE>`, else `ORDERFLOW_DELAY_MS`: how long a node
     /// instance is busy per element (one element at a time), to slow a stage
     /// down on purpose (demos, tests, benchmarks).

@@ -1,6 +1,10 @@
 //! Opens the database a process owns: SQLite files in the run directory by
 //! default (`<run_dir>/<owner>.db`), or the PostgreSQL server of
-//! `DATABASE_URL`, where each owner's tables carry its name as prefix.
+//! `DATABASE_URL`, where each owner's tables carry its name as prefix and
+//! all the stores of a process share one pool of at most
+//! `ORDERFLOW_DB_MAX_CONNECTIONS` connections (so that instances times that
+//! stays within the server's `max_connections`). Schema changes on
+//! PostgreSQL run under one advisory lock: instances start together.
 
 use crate::settings::Settings;
 use anyhow::Context;
@@ -53,19 +57,37 @@ pub fn private_file(dir: &std::path::Path, name: &str) -> anyhow::Result<std::pa
     }
 }
 
+/// The advisory lock every schema change on PostgreSQL holds.
+const SCHEMA_LOCK: &str = "SELECT pg_advisory_xact_lock(7270420601)::text";
+
+/// This process's PostgreSQL pools, one per database URL: a node with two
+/// stores (its ledger and its change book) opens one pool, not two.
+static POSTGRES_POOLS: tokio::sync::Mutex<Vec<(String, AnyPool)>> = tokio::sync::Mutex::const_new(Vec::new());
+
+/// The pool of this process for `url`, opened on first use.
+async fn postgres_pool(url: &str) -> anyhow::Result<AnyPool> {
+    let mut pools = POSTGRES_POOLS.lock().await;
+    if let Some((_, pool)) = pools.iter().find(|(known, pool)| known == url && !pool.is_closed()) {
+        return Ok(pool.clone());
+    }
+    let pool = AnyPoolOptions::new()
+        .max_connections(Settings::db_max_connections()?)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await
+        .with_context(|| format!("cannot connect to {}", crate::settings::redact_url(url)))?;
+    pools.retain(|(known, _)| known != url);
+    pools.push((url.to_string(), pool.clone()));
+    Ok(pool)
+}
+
 impl Store {
     /// Opens (creating if needed) the store of `owner` (e.g. `tracker`, `inventory`).
     pub async fn open(settings: &Settings, owner: &str) -> anyhow::Result<Store> {
         sqlx::any::install_default_drivers();
         match settings.database_url.as_deref() {
             Some(url) if url.starts_with("postgres") => {
-                let pool = AnyPoolOptions::new()
-                    .max_connections(8)
-                    .acquire_timeout(Duration::from_secs(10))
-                    .connect(url)
-                    .await
-                    .with_context(|| format!("cannot connect to {}", crate::settings::redact_url(url)))?;
-                Ok(Store { pool, backend: Backend::Postgres })
+                Ok(Store { pool: postgres_pool(url).await?, backend: Backend::Postgres })
             }
             Some(url) if url.starts_with("sqlite") => Self::open_sqlite(url).await,
             Some(other) => anyhow::bail!(
@@ -103,32 +125,31 @@ impl Store {
 
     /// Adds a column to a table created by an earlier version: a no-op when
     /// the table does not exist yet (its `CREATE TABLE` has the column) or
-    /// already has the column; any other failure is an error.
+    /// already has the column; any other failure is an error. On PostgreSQL
+    /// it runs under the schema lock, so that instances starting together
+    /// do not both add the column (the second failed with "already exists").
     pub async fn add_column(&self, table: &str, column_definition: &str) -> anyhow::Result<()> {
-        let column = column_definition.split_whitespace().next().unwrap_or_default();
         let (table_sql, column_sql) = match self.backend {
             Backend::Sqlite => (
                 "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = $1",
                 "SELECT COUNT(*) FROM pragma_table_info($1) WHERE name = $2",
             ),
             Backend::Postgres => (
-                "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = $1",
-                "SELECT COUNT(*) FROM information_schema.columns WHERE table_name = $1 AND column_name = $2",
+                "SELECT COUNT(*) FROM information_schema.tables \
+                 WHERE table_schema = current_schema() AND table_name = $1",
+                "SELECT COUNT(*) FROM information_schema.columns \
+                 WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2",
             ),
         };
-        let tables: i64 = sqlx::query_scalar(table_sql).bind(table).fetch_one(&self.pool).await?;
-        if tables == 0 {
-            return Ok(());
+        if self.backend == Backend::Sqlite {
+            // SQLite serializes writers itself; a transaction would fail to upgrade its read lock.
+            let mut connection = self.pool.acquire().await?;
+            return add_column_on(&mut connection, table, column_definition, table_sql, column_sql).await;
         }
-        let columns: i64 =
-            sqlx::query_scalar(column_sql).bind(table).bind(column).fetch_one(&self.pool).await?;
-        if columns == 0 {
-            let sql = format!("ALTER TABLE {table} ADD COLUMN {column_definition}");
-            sqlx::query(&sql)
-                .execute(&self.pool)
-                .await
-                .with_context(|| format!("adding column {column} to {table}"))?;
-        }
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(SCHEMA_LOCK).fetch_optional(&mut *tx).await?;
+        add_column_on(&mut tx, table, column_definition, table_sql, column_sql).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -138,7 +159,7 @@ impl Store {
     pub async fn migrate(&self, statements: &[&str]) -> anyhow::Result<()> {
         let mut tx = self.pool.begin().await?;
         if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock(7270420601)::text").fetch_optional(&mut *tx).await?;
+            sqlx::query(SCHEMA_LOCK).fetch_optional(&mut *tx).await?;
         }
         for statement in statements {
             sqlx::query(statement)
@@ -149,6 +170,31 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// [`Store::add_column`] on one connection, given the engine's catalog queries.
+async fn add_column_on(
+    connection: &mut sqlx::AnyConnection,
+    table: &str,
+    column_definition: &str,
+    table_sql: &str,
+    column_sql: &str,
+) -> anyhow::Result<()> {
+    let column = column_definition.split_whitespace().next().unwrap_or_default();
+    let tables: i64 = sqlx::query_scalar(table_sql).bind(table).fetch_one(&mut *connection).await?;
+    if tables == 0 {
+        return Ok(());
+    }
+    let columns: i64 =
+        sqlx::query_scalar(column_sql).bind(table).bind(column).fetch_one(&mut *connection).await?;
+    if columns == 0 {
+        let sql = format!("ALTER TABLE {table} ADD COLUMN {column_definition}");
+        sqlx::query(&sql)
+            .execute(&mut *connection)
+            .await
+            .with_context(|| format!("adding column {column} to {table}"))?;
+    }
+    Ok(())
 }
 
 /// Reads a uuid stored as text: a corrupt one is an error, never the nil uuid.

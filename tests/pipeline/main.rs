@@ -16,6 +16,9 @@
 //! - `search`: finding orders by state, node, customer and age, a page at a time.
 //! - `privilege`: per-node users with least privilege; strays are refused.
 //! - `postgres`: the stores on PostgreSQL instead of SQLite.
+//! - `postgres_races`: races between instances on one PostgreSQL database, forced at the store level.
+//! - `postgres_scale`: two instances of every node and tracker, each its own run directory
+//!   (as on hosts of their own), sharing one PostgreSQL database: paths, change storms, SIGKILLs.
 //! - `outside`: plain orders from clients no one here wrote (pika, the management API).
 //! - `trust`: forgeries by the stack's own users (issue 14) are refused; the orders go on.
 //! - `transport_faults`: refused publishes, retries out of the consumer (issue 15).
@@ -33,6 +36,8 @@ mod paths;
 mod picklist;
 mod poison;
 mod postgres;
+mod postgres_races;
+mod postgres_scale;
 mod privilege;
 mod retry;
 mod scaling;

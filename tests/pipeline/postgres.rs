@@ -3,12 +3,16 @@
 
 use serde_json::Value;
 use std::time::Duration;
-use tests::{orders, states, PgDatabase, Stack};
+use tests::{orders, states, PgDatabase, Stack, PG_CONNECTIONS_PER_PROCESS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_runs_on_postgresql() {
     let database = PgDatabase::create("pg").await;
-    let stack = Stack::start("postgres", &[("DATABASE_URL", &database.url)]).await;
+    let env = [
+        ("DATABASE_URL", database.url.as_str()),
+        ("ORDERFLOW_DB_MAX_CONNECTIONS", PG_CONNECTIONS_PER_PROCESS),
+    ];
+    let stack = Stack::start("postgres", &env).await;
     let mut batch: Vec<Value> = (0..40).map(|i| orders::valid(1 + i % 2, "standard")).collect();
     batch.push(orders::out_of_stock());
     batch.push(orders::declined());

@@ -2,7 +2,9 @@
 //! event id is the key, so a duplicate is dropped), `tracker_orders` each
 //! order's latest state and its customer (from the `placed` event), which
 //! `search` lists by state, node, customer and age, a page at a time.
-//! SQLite by default, PostgreSQL with `DATABASE_URL`.
+//! SQLite by default, PostgreSQL with `DATABASE_URL`, where several trackers
+//! may write at once: each batch writes its rows in key order, so their
+//! transactions never deadlock.
 
 use shared::audit::{rfc3339, AuditEvent};
 use shared::change::ChangeEvent;
@@ -56,8 +58,11 @@ impl TrackerStore {
     pub async fn record(&self, records: &[Record]) -> sqlx::Result<u64> {
         let recorded_at = rfc3339::format(&chrono::Utc::now());
         let mut seen = HashSet::new();
-        let rows: Vec<Row> =
+        let mut rows: Vec<Row> =
             records.iter().map(Row::from).filter(|row| seen.insert(row.event_id.clone())).collect();
+        // Rows in key order: two trackers' transactions then wait for each
+        // other's locks in the same order instead of deadlocking (PostgreSQL).
+        rows.sort_by(|a, b| a.event_id.cmp(&b.event_id));
         let mut tx = self.store.pool.begin().await?;
         let new_ids = insert_events(&mut tx, &rows, &recorded_at).await?;
 
@@ -69,7 +74,8 @@ impl TrackerStore {
                 *entry = row;
             }
         }
-        let latest: Vec<&Row> = latest.into_values().collect();
+        let mut latest: Vec<&Row> = latest.into_values().collect();
+        latest.sort_by_key(|row| row.order_id.as_str());
         for chunk in latest.chunks(400) {
             let values: Vec<String> = (0..chunk.len())
                 .map(|i| {

@@ -38,7 +38,16 @@ ctl() {
   (cd /var/lib/rabbitmq && su rabbitmq -s /bin/sh -c "$RABBIT_BIN/rabbitmqctl -n $(node_name "$n") $*")
 }
 
-running() { ctl "$1" status >/dev/null 2>&1; }
+running() { timeout 30 bash -c "cd /var/lib/rabbitmq && su rabbitmq -s /bin/sh -c '$RABBIT_BIN/rabbitmqctl -n $(node_name "$1") status'" >/dev/null 2>&1; }
+
+# Stops node N cleanly, or kills it when it does not stop within a minute.
+stop_node() {
+  local n=$1 pid
+  running "$n" || return 0
+  pid=$(ctl "$n" eval "'os:getpid().'" 2>/dev/null | tr -dc '0-9')
+  timeout 60 bash -c "cd /var/lib/rabbitmq && su rabbitmq -s /bin/sh -c '$RABBIT_BIN/rabbitmqctl -n $(node_name "$n") stop'" >/dev/null 2>&1 \
+    || { [[ -n $pid ]] && kill -9 "$pid" 2>/dev/null; } || true
+}
 
 start_node() {
   local n=$1 dir="$BASE/node$1"
@@ -60,12 +69,17 @@ EOF
     RABBITMQ_LOG_BASE=$dir/log \
     RABBITMQ_PID_FILE=$dir/pid \
     $RABBIT_BIN/rabbitmq-server -detached" >/dev/null 2>&1)
-  # -detached returns before the node answers: wait for it, then for its boot.
-  for _ in $(seq 1 120); do
+}
+
+# Waits until node N answers and has booted (-detached returns before).
+await_node() {
+  local n=$1
+  for _ in $(seq 1 240); do
     running "$n" && break
     sleep 0.5
   done
-  ctl "$n" await_startup --timeout 120 >/dev/null || die "node $(node_name "$n") did not start: see $dir/log"
+  ctl "$n" await_startup --timeout 120 >/dev/null \
+    || die "node $(node_name "$n") did not start: see $BASE/node$n/log"
 }
 
 # Joins node N to node 1's cluster unless it is a member already.
@@ -86,9 +100,13 @@ urls() {
 
 case ${1:-status} in
   up)
+    # Every missing node at once: a node that was not the last to stop waits
+    # at boot for the one that was, so starting them one by one can deadlock.
+    started=()
     for n in "${NODES[@]}"; do
-      running "$n" || { say "starting $(node_name "$n")"; start_node "$n"; }
+      running "$n" || { say "starting $(node_name "$n")"; start_node "$n"; started+=("$n"); }
     done
+    for n in "${started[@]}"; do await_node "$n"; done
     for n in 2 3; do join "$n"; done
     for n in "${NODES[@]}"; do
       echo "$(node_name "$n")  amqp://127.0.0.1:$(amqp_port "$n")  http://127.0.0.1:$(mgmt_port "$n")"
@@ -106,7 +124,7 @@ case ${1:-status} in
   urls) urls "${2:-}" ;;
   stop)
     [[ ${2:-} =~ ^[123]$ ]] || die "stop N: N is 1, 2 or 3"
-    ctl "$2" stop >/dev/null 2>&1 || true
+    stop_node "$2"
     ;;
   kill)
     [[ ${2:-} =~ ^[123]$ ]] || die "kill N: N is 1, 2 or 3"
@@ -114,7 +132,7 @@ case ${1:-status} in
     [[ -n $pid ]] && kill -9 "$pid" 2>/dev/null || die "node $2 is not running"
     ;;
   down)
-    for n in "${NODES[@]}"; do ctl "$n" stop >/dev/null 2>&1 || true; done
+    for n in "${NODES[@]}"; do stop_node "$n"; done
     if [[ ${2:-} == --purge ]]; then rm -rf "$BASE"; fi
     ;;
   *) die "usage: scripts/cluster.sh up|status|urls [VHOST]|stop N|kill N|down [--purge]" ;;

@@ -26,16 +26,28 @@ use uuid::Uuid;
 
 const NODES: [&str; 3] = ["orderflow1@localhost", "orderflow2@localhost", "orderflow3@localhost"];
 
-/// Stops the cluster at the end if this test started it (whatever happens).
+/// A cluster this test starts is a fresh one (any data an earlier run left
+/// is purged first), stopped and purged at the end whatever happens; a
+/// cluster that was running is used as it is and left running.
 struct ClusterGuard {
     started_here: bool,
+}
+
+impl ClusterGuard {
+    fn new() -> ClusterGuard {
+        let started_here = !cluster_running();
+        if started_here {
+            cluster(&["down", "--purge"]);
+        }
+        ClusterGuard { started_here }
+    }
 }
 
 impl Drop for ClusterGuard {
     fn drop(&mut self) {
         if self.started_here {
             let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/cluster.sh");
-            let _ = Command::new("bash").arg(script).arg("down").status();
+            let _ = Command::new("bash").arg(script).args(["down", "--purge"]).status();
         }
     }
 }
@@ -210,7 +222,7 @@ async fn a_killed_node_and_a_rolling_restart_lose_and_double_nothing() {
         eprintln!("NOTE: skipped: scripts/cluster.sh needs root and Debian's rabbitmq-server to run a local cluster");
         return;
     }
-    let _guard = ClusterGuard { started_here: !cluster_running() };
+    let _guard = ClusterGuard::new();
     let stack = stack_on_cluster("cluster").await;
     let in_use = nodes_in_use(&stack).await;
     assert!(in_use.len() >= 2, "the processes all use one broker node: {in_use:?}");

@@ -105,6 +105,36 @@ impl Publisher {
         }
     }
 
+    /// [`Publisher::publish_all`], tried again with growing delays for up to
+    /// `patience` while the broker turns the messages down for a passing
+    /// reason (a nack, no confirm, a queue without a leader: a cluster node
+    /// failing over) and the connection is still up. Sending the same
+    /// messages again is safe: their ids are deterministic and receivers
+    /// drop duplicates. A refusal for this user, a lost connection (the
+    /// delivery comes back after reconnecting) or patience run out return
+    /// the error at once.
+    pub async fn publish_all_patiently(
+        &self,
+        messages: &[Outgoing],
+        patience: std::time::Duration,
+    ) -> Result<(), PublishError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut backoff = super::connect::Backoff::default();
+        loop {
+            let error = match self.publish_all(messages).await {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            let connected = self.connection.as_ref().is_some_and(|c| c.status().connected());
+            let delay = backoff.next_delay();
+            if error.is_permanent() || !connected || tokio::time::Instant::now() + delay > deadline {
+                return Err(error);
+            }
+            tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "the broker did not take the messages; sending them again");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
     /// Publishes every message, then waits for each one's confirm.
     pub async fn publish_all(&self, messages: &[Outgoing]) -> Result<(), PublishError> {
         let channel = self.channel().await?;

@@ -83,6 +83,11 @@ async fn handle_delivery<S: Stage>(ctx: &NodeContext, stage: &S, publisher: &Pub
     }
 }
 
+/// How long a node keeps sending an element's messages while the broker
+/// turns them down for a passing reason (a cluster node failing over takes
+/// seconds) before the failure counts as one of the element's attempts.
+pub const BROKER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Publishes a handled element's messages, then acknowledges it (or settles the failure).
 async fn settle_handled(
     ctx: &NodeContext,
@@ -91,7 +96,7 @@ async fn settle_handled(
     handled: &Handled,
     attempts: i64,
 ) {
-    match publisher.publish_all(&handled.messages).await {
+    match publisher.publish_all_patiently(&handled.messages, BROKER_PATIENCE).await {
         Ok(()) => {
             ack(delivery).await;
             handled.emit(ctx.node);

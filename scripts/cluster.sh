@@ -31,22 +31,22 @@ dist_port() { echo $((25680 + $1)); }
 [[ -x $RABBIT_BIN/rabbitmq-server ]] || die "RabbitMQ is not installed (Debian: apt-get install rabbitmq-server)."
 [[ $(id -u) == 0 ]] || die "run as root: the nodes run as the rabbitmq user."
 
-# rabbitmqctl against one node of the cluster (as the rabbitmq user, for its cookie).
+# rabbitmqctl against one node of the cluster (as the rabbitmq user, for its
+# cookie), given up after CTL_TIMEOUT seconds (default 150).
 ctl() {
   local n=$1
   shift
-  (cd /var/lib/rabbitmq && su rabbitmq -s /bin/sh -c "$RABBIT_BIN/rabbitmqctl -n $(node_name "$n") $*")
+  (cd /var/lib/rabbitmq && timeout "${CTL_TIMEOUT:-150}" su rabbitmq -s /bin/sh -c "$RABBIT_BIN/rabbitmqctl -n $(node_name "$n") $*")
 }
 
-running() { timeout 30 bash -c "cd /var/lib/rabbitmq && su rabbitmq -s /bin/sh -c '$RABBIT_BIN/rabbitmqctl -n $(node_name "$1") status'" >/dev/null 2>&1; }
+running() { CTL_TIMEOUT=30 ctl "$1" status >/dev/null 2>&1; }
 
 # Stops node N cleanly, or kills it when it does not stop within a minute.
 stop_node() {
   local n=$1 pid
   running "$n" || return 0
   pid=$(ctl "$n" eval "'os:getpid().'" 2>/dev/null | tr -dc '0-9')
-  timeout 60 bash -c "cd /var/lib/rabbitmq && su rabbitmq -s /bin/sh -c '$RABBIT_BIN/rabbitmqctl -n $(node_name "$n") stop'" >/dev/null 2>&1 \
-    || { [[ -n $pid ]] && kill -9 "$pid" 2>/dev/null; } || true
+  CTL_TIMEOUT=60 ctl "$n" stop >/dev/null 2>&1 || { [[ -n $pid ]] && kill -9 "$pid" 2>/dev/null; } || true
 }
 
 start_node() {

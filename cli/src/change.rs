@@ -3,7 +3,6 @@
 //! id at once; with `--wait`, poll the tracker for its outcome; with
 //! `--sync`, give it a deadline: a node applies it before then or never.
 
-use crate::display::safe;
 use crate::exit::Outcome;
 use anyhow::Context;
 use chrono::Utc;
@@ -11,6 +10,7 @@ use shared::change::{Change, ChangeEvent, ChangeKind, ChangeRequest};
 use shared::change_book::MAX_CHANGE_REQUEST_BYTES;
 use shared::order::ShipTo;
 use shared::settings::Settings;
+use shared::text::escaped as safe;
 use shared::tracker_api::{TrackerClient, TrackerError};
 use shared::transport::message::{change_event_message, change_request_message};
 use shared::transport::{connect, Publisher};

@@ -1,10 +1,10 @@
 //! `orderflow dlq list | replay | discard`: what is dead-lettered and why,
 //! sending it back to where it failed, exactly once, and removing it.
 
-use crate::display::safe;
 use crate::exit::Outcome;
 use anyhow::Context;
 use shared::settings::Settings;
+use shared::text::escaped as safe;
 use shared::transport::{connect, dead_letters};
 
 async fn open(settings: &Settings) -> anyhow::Result<lapin::Connection> {

@@ -3,7 +3,6 @@
 
 mod args;
 mod change;
-mod display;
 mod dlq;
 mod exit;
 mod orders;

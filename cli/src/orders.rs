@@ -2,9 +2,9 @@
 //! state, the node they wait at, customer and age), walking its pages up to
 //! `--limit`; prints one line per order, or the page as JSON.
 
-use crate::display::safe;
 use shared::order_search::{OrderPage, OrderSearch, MAX_LIMIT};
 use shared::settings::Settings;
+use shared::text::escaped as safe;
 use shared::tracker_api::TrackerClient;
 
 /// Lists up to `limit` orders matching `search` (its own limit is ignored:

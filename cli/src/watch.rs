@@ -1,11 +1,11 @@
 //! `orderflow status`, `watch` and `wait`: reading the pipeline's progress
 //! from the tracker, by polling, as the manifesto prefers.
 
-use crate::display::safe;
 use crate::exit::Outcome;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use shared::settings::Settings;
+use shared::text::escaped as safe;
 use shared::tracker_api::{Stats, TrackerClient};
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -60,7 +60,7 @@ fn change_authority(settings: &Settings, node: &str) -> anyhow::Result<ChangeAut
         .ok_or_else(|| anyhow::anyhow!("no role is named {node}"))?;
     let trust = crate::trust::Trust::new(settings, role)?;
     Ok(ChangeAuthority {
-        support: trust.user_of(topology::permissions::Role::Support),
+        support: trust.user_of(topology::permissions::Role::Support).to_string(),
         operator: trust.operator().to_string(),
     })
 }

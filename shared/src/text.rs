@@ -103,6 +103,9 @@ mod tests {
     fn control_characters_are_escaped_and_the_rest_kept() {
         assert_eq!(escaped("ok Zoë"), "ok Zoë");
         assert_eq!(escaped("a\nb\u{1b}[31m"), "a\\nb\\u{1b}[31m");
+        // What the command line prints of orders and messages (it calls this as `safe`).
+        assert_eq!(escaped("Zoë 東京 'quoted'"), "Zoë 東京 'quoted'");
+        assert_eq!(escaped("red\x1b[31m\r\nbell\x07\u{9b}"), "red\\u{1b}[31m\\r\\nbell\\u{7}\\u{9b}");
     }
 
     #[test]

@@ -36,8 +36,14 @@ pub const SENDER_HEADER: &str = "x-orderflow-sender";
 pub struct Trust {
     own_user: String,
     operator: String,
-    /// `(prefix, vhost)` when every role has its own user; `None` in shared mode.
-    stack: Option<(String, String)>,
+    /// Every role's user, named once (messages are checked against them one
+    /// by one); empty in shared mode, where every role is `own_user`.
+    users: Vec<(Role, String)>,
+}
+
+/// Every role's user in the stack of `prefix` and `vhost`.
+fn stack_users(prefix: &str, vhost: &str) -> Vec<(Role, String)> {
+    Role::all().into_iter().map(|role| (role, role.user(prefix, vhost))).collect()
 }
 
 impl Trust {
@@ -53,8 +59,8 @@ impl Trust {
                 "not running as the role's own user: every role is taken to be this one user"
             );
         }
-        let stack = per_role.then(|| (settings.user_prefix.clone(), vhost));
-        Ok(Trust { own_user, operator: settings.operator_user.clone(), stack })
+        let users = if per_role { stack_users(&settings.user_prefix, &vhost) } else { Vec::new() };
+        Ok(Trust { own_user, operator: settings.operator_user.clone(), users })
     }
 
     /// The role the command line plays: customer support when it runs as the
@@ -74,13 +80,13 @@ impl Trust {
         Trust {
             own_user: own.user(prefix, vhost),
             operator: operator.into(),
-            stack: Some((prefix.into(), vhost.into())),
+            users: stack_users(prefix, vhost),
         }
     }
 
     /// Every role played by one user (for tests).
     pub fn shared(user: &str) -> Trust {
-        Trust { own_user: user.into(), operator: user.into(), stack: None }
+        Trust { own_user: user.into(), operator: user.into(), users: Vec::new() }
     }
 
     pub fn own_user(&self) -> &str {
@@ -95,19 +101,16 @@ impl Trust {
 
     /// True when each role has its own user, so senders are told apart.
     pub fn is_per_role(&self) -> bool {
-        self.stack.is_some()
+        !self.users.is_empty()
     }
 
     /// The user that plays `role` in this stack.
-    pub fn user_of(&self, role: Role) -> String {
-        match &self.stack {
-            Some((prefix, vhost)) => role.user(prefix, vhost),
-            None => self.own_user.clone(),
-        }
+    pub fn user_of(&self, role: Role) -> &str {
+        self.users.iter().find(|(r, _)| *r == role).map_or(&self.own_user, |(_, user)| user)
     }
 
     fn is(&self, sender: Option<&str>, role: Role) -> bool {
-        sender == Some(self.user_of(role).as_str())
+        sender == Some(self.user_of(role))
     }
 
     /// The sender the broker vouches for: the `user_id` of the message, or,
@@ -130,11 +133,12 @@ impl Trust {
         if node == Node::Intake && state == OrderState::Placed {
             return Ok(());
         }
-        let senders = WORKFLOW.senders(node, state);
+        let senders = senders(node, state);
         if senders.iter().any(|from| self.is(sender, Role::Node(*from))) {
             return Ok(());
         }
-        let allowed: Vec<String> = senders.iter().map(|from| self.user_of(Role::Node(*from))).collect();
+        let allowed: Vec<String> =
+            senders.iter().map(|from| self.user_of(Role::Node(*from)).to_string()).collect();
         Err(format!(
             "{node} takes an element in state {state} only from {}; this one came from {}",
             or_nobody(&allowed),
@@ -164,6 +168,18 @@ impl Trust {
         }
         Ok(())
     }
+}
+
+/// `WORKFLOW.senders(node, state)`, worked out once for every node and
+/// state rather than for every message.
+fn senders(node: Node, state: OrderState) -> &'static [Node] {
+    static SENDERS: std::sync::OnceLock<std::collections::HashMap<(Node, OrderState), Vec<Node>>> =
+        std::sync::OnceLock::new();
+    let all = SENDERS.get_or_init(|| {
+        let pairs = WORKFLOW.nodes().flat_map(|n| OrderState::all().into_iter().map(move |s| (n, s)));
+        pairs.map(|(n, s)| ((n, s), WORKFLOW.senders(n, s))).collect()
+    });
+    all.get(&(node, state)).map_or(&[], Vec::as_slice)
 }
 
 /// The states and change records a role may put in an order's history.

@@ -78,17 +78,7 @@ fn cluster_broker() -> Broker {
 }
 
 async fn queues_led_by(stack: &Stack) -> HashMap<String, usize> {
-    let url =
-        format!("http://127.0.0.1:15681/api/queues/{}", topology::management::encode(&stack.vhost.name));
-    let queues: Vec<Value> = reqwest::Client::new()
-        .get(url)
-        .basic_auth("guest", Some("guest"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let queues = stack.config.broker.management().queues(&stack.vhost.name).await.unwrap();
     let mut led = HashMap::new();
     for queue in &queues {
         if let Some(leader) = queue["leader"].as_str() {
@@ -103,21 +93,10 @@ async fn queues_led_by(stack: &Stack) -> HashMap<String, usize> {
 /// The broker nodes the stack's processes are connected to (the management
 /// API lists connections a few seconds after they open).
 async fn nodes_in_use(stack: &Stack) -> HashSet<String> {
-    let url = format!(
-        "http://127.0.0.1:15681/api/vhosts/{}/connections",
-        topology::management::encode(&stack.vhost.name)
-    );
+    let management = stack.config.broker.management();
     let mut nodes = HashSet::new();
     for _ in 0..30 {
-        let connections: Vec<Value> = reqwest::Client::new()
-            .get(&url)
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let connections = management.connections(&stack.vhost.name).await.unwrap();
         nodes = connections.iter().filter_map(|c| c["node"].as_str().map(String::from)).collect();
         if connections.len() >= harness::processes().len() {
             break;

@@ -174,6 +174,12 @@ impl Management {
         Ok(self.send(self.http.get(url), "reading the queue").await?.json().await?)
     }
 
+    /// Every queue of a vhost (name, leader and members of a quorum queue, ...).
+    pub async fn queues(&self, vhost: &str) -> anyhow::Result<Vec<Value>> {
+        let url = format!("{}/api/queues/{}", self.base, encode(vhost));
+        Ok(self.send(self.http.get(url), "listing queues").await?.json().await?)
+    }
+
     /// Every connection of a vhost (name, user, client properties).
     pub async fn connections(&self, vhost: &str) -> anyhow::Result<Vec<Value>> {
         let url = format!("{}/api/vhosts/{}/connections", self.base, encode(vhost));

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The demo: starts orderflow, publishes 200 mixed orders (single and
-# multi-unit, some declined, some out of stock, some invalid), waits until
-# every one is terminal, and prints the summary and where to look.
+# multi-unit, some declined, some out of stock, some invalid) and 20 more in
+# directed mode (the coordinator calls each node's service), waits until
+# every one is terminal, calls intake's service once, and prints the summary
+# and where to look.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -10,19 +12,30 @@ scripts/up.sh
 ids="$ORDERFLOW_RUN_DIR/demo-ids.txt"
 say "publishing 200 mixed orders..."
 "$BIN/orderflow" publish --count 200 --mixed >"$ids"
+say "publishing 20 orders in directed mode (the coordinator drives them through the services)..."
+directed="$ORDERFLOW_RUN_DIR/demo-directed-ids.txt"
+"$BIN/orderflow" publish --count 20 --directed >"$directed"
+cat "$directed" >>"$ids"
 say "waiting until every order is terminal..."
 summary=$("$BIN/orderflow" wait --ids "$ids" --timeout "${ORDERFLOW_DEMO_TIMEOUT:-180}")
 echo "$summary"
+say "calling intake's service synchronously with examples/order.json:"
+"$BIN/orderflow" call intake --element-file examples/order.json --sync --timeout 10 | sed -n 1,8p
 first=$(head -n1 "$ids")
+first_directed=$(head -n1 "$directed")
 cat >&2 <<TXT
 
 All $(wc -l <"$ids") orders are terminal. Where to look:
   management UI   $ORDERFLOW_MGMT_URL  (guest/guest locally; pick the vhost of AMQP_URL at the top right)
                   Queues: orderflow.intake ... orderflow.shipping, orderflow.audit.tracker, orderflow.dead-letter,
-                          orderflow.changes.<node> (7, one per node), orderflow.retry.<node>
-                  Exchanges: orderflow.workflow (topic), orderflow.audit, orderflow.changes (fanout), orderflow.dead-letter
+                          orderflow.changes.<node> (7, one per node), orderflow.retry.<node>,
+                          orderflow.service.<node> (each node's service), orderflow.coordinator (directed orders)
+                  Exchanges: orderflow.workflow (topic), orderflow.audit, orderflow.changes (fanout), orderflow.dead-letter,
+                             orderflow.services (calls), orderflow.results (callbacks, polled results)
   live counts     $BIN/orderflow watch
   one order       $BIN/orderflow status $first
+  a directed one  $BIN/orderflow status $first_directed     (each step marked "(directed)")
+  call a service  $BIN/orderflow call intake --element-file examples/order.json --sync
   its JSON        $BIN/orderflow status $first --json
   stop it all     scripts/down.sh
 TXT

@@ -257,8 +257,19 @@ impl Stack {
 
     /// Publishes orders (JSON objects) through `orderflow publish --file`; returns their ids in order.
     pub fn publish(&self, orders: &[Value]) -> Vec<Uuid> {
+        self.publish_with(orders, &[])
+    }
+
+    /// [`Stack::publish`] in directed mode (`--directed`: to the coordinator).
+    pub fn publish_directed(&self, orders: &[Value]) -> Vec<Uuid> {
+        self.publish_with(orders, &["--directed"])
+    }
+
+    fn publish_with(&self, orders: &[Value], extra: &[&str]) -> Vec<Uuid> {
         let file = self.orders_file(orders);
-        let output = self.cli(&["publish", "--file", file.to_str().expect("utf-8 path")]);
+        let mut args = vec!["publish", "--file", file.to_str().expect("utf-8 path")];
+        args.extend(extra);
+        let output = self.cli(&args);
         assert!(output.status.success(), "publish failed: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8(output.stdout)
             .expect("utf-8")

@@ -2,7 +2,8 @@
 //! `orderflow publish --count` makes them), published the way the CLI does
 //! (a `placed` audit event and the element to intake, confirmed), either
 //! saturating (closed loop, a bounded number of orders in flight) or open loop
-//! (paced by the clock, not by completions).
+//! (paced by the clock, not by completions); at intake, or directed
+//! through the coordinator.
 
 use crate::stats::now_secs;
 use shared::audit::AuditEvent;
@@ -24,13 +25,25 @@ pub fn single_unit_share(orders: &[Order]) -> f64 {
     single as f64 / orders.len().max(1) as f64
 }
 
+/// Where orders are placed: at intake (the autonomous workflow) or with the
+/// coordinator (directed mode), as `orderflow publish [--directed]` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Autonomous,
+    Directed,
+}
+
 /// The messages that place an order, made now (so `placed.at` is the publish time).
-fn place(order: Order, messages: &mut Vec<Outgoing>) -> Uuid {
+fn place(order: Order, messages: &mut Vec<Outgoing>, route: Route) -> Uuid {
     let element = OrderElement::placed(order);
     let detail = format!("order from {} with {} units", element.order.customer_id, element.total_units());
     let placed = AuditEvent::for_transition(&element, None, "publisher", "bench", detail);
     messages.push(audit_message(&placed));
-    messages.push(element_message(&element, Node::Intake));
+    let mut message = element_message(&element, Node::Intake);
+    if route == Route::Directed {
+        message.routing_key = topology::COORDINATOR_ROUTING_KEY.to_string();
+    }
+    messages.push(message);
     element.order_id
 }
 
@@ -60,6 +73,7 @@ pub const WINDOW: usize = 100;
 /// while every queue holds a backlog.
 pub async fn saturate(
     publisher: &Publisher,
+    route: Route,
     orders: Vec<Order>,
     in_flight: usize,
     completed: impl Fn() -> usize,
@@ -74,7 +88,7 @@ pub async fn saturate(
         }
         let mut messages = Vec::with_capacity(2 * WINDOW);
         for order in orders.by_ref().take(WINDOW) {
-            ids.push(place(order, &mut messages));
+            ids.push(place(order, &mut messages, route));
         }
         publisher.publish_all(&messages).await?;
         on_progress(ids.len());
@@ -87,6 +101,7 @@ pub async fn saturate(
 /// concurrently, so a slow confirm never delays the next order.
 pub async fn open_loop(
     publisher: &Publisher,
+    route: Route,
     orders: Vec<Order>,
     rate: f64,
     mut on_progress: impl FnMut(usize),
@@ -107,7 +122,7 @@ pub async fn open_loop(
         let due_count = (((now - started).as_secs_f64() * rate).floor() as usize + 1).clamp(ids.len() + 1, n);
         let mut messages = Vec::with_capacity(2 * (due_count - ids.len()));
         for order in orders.by_ref().take(due_count - ids.len()) {
-            ids.push(place(order, &mut messages));
+            ids.push(place(order, &mut messages, route));
         }
         let publisher = publisher.clone();
         confirms.spawn(async move { publisher.publish_all(&messages).await });

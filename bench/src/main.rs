@@ -4,11 +4,14 @@
 //! as separate processes) saturated, at its maximum sustainable open-loop rate
 //! and at half of it, (3) their ratio over alternating repetitions, each
 //! process's peak RSS and CPU per 1,000 orders against the broker's, and (4)
-//! throughput with 1, 2 and 4 payment instances slowed to 10 ms per charge;
-//! then prints a markdown report (and writes it to `--report`). Every vhost it
+//! throughput with 1, 2 and 4 payment instances slowed to 10 ms per charge,
+//! (5) directed mode (the coordinator through the services) saturated and at
+//! the autonomous half rate, and a synchronous service call's round trip on
+//! an idle stack and under saturating load; then prints a markdown report (and writes it to `--report`). Every vhost it
 //! creates and every process it starts is removed when it ends, also on error,
 //! panic, Ctrl-C or SIGTERM.
 
+mod calls;
 mod load;
 mod machine;
 mod orderflow;
@@ -22,6 +25,7 @@ mod stats;
 use anyhow::Context;
 use clap::Parser;
 use harness::{Broker, StackConfig};
+use load::Route;
 use orderflow::{Load, RunResult};
 use progress::note;
 use relay::{RelayConfig, RelayResult};
@@ -94,6 +98,9 @@ pub struct Args {
     /// Payment delay per charge in the scale-out runs (ORDERFLOW_DELAY_MS_PAYMENT).
     #[arg(long, default_value_t = 10)]
     pub scale_delay_ms: u64,
+    /// Synchronous service calls per round-trip measurement [default: 300; smoke 20].
+    #[arg(long)]
+    pub calls: Option<usize>,
     /// Skip the supplementary scale-out with one charge at a time per payment instance
     /// (ORDERFLOW_PREFETCH=1 on payment); the smoke run always skips it.
     #[arg(long)]
@@ -132,6 +139,7 @@ pub struct Plan {
     pub scale: Vec<usize>,
     pub scale_delay_ms: u64,
     pub serial_scale: bool,
+    pub calls: usize,
     /// A fresh stack (vhost, processes, stores) per measurement; the smoke run shares them.
     pub fresh_stacks: bool,
     pub env: Vec<(String, String)>,
@@ -168,6 +176,7 @@ impl Plan {
             scale: args.scale.clone().unwrap_or_else(|| if args.smoke { vec![1, 2] } else { vec![1, 2, 4] }),
             scale_delay_ms: args.scale_delay_ms,
             serial_scale: !args.smoke && !args.no_serial_scale,
+            calls: pick(args.calls, 300, 20).max(5),
             fresh_stacks: !args.smoke,
             env: args.env.clone(),
             bin_dir: args.bin_dir.clone(),
@@ -199,7 +208,19 @@ pub struct ScalePoint {
     pub run: RunResult,
 }
 
+/// Directed mode beside autonomous, and synchronous calls.
+pub struct Directed {
+    pub saturated: RunResult,
+    /// Open loop at the autonomous half rate.
+    pub half: RunResult,
+    pub calls_idle: stats::Dist,
+    pub calls_loaded: stats::Dist,
+    /// The autonomous saturated run the loaded calls ran beside.
+    pub loaded_by: RunResult,
+}
+
 pub struct Results {
+    pub directed: Directed,
     pub pairs: Vec<Pair>,
     /// Open-loop attempts at the maximum rate, in order; the last one is reported.
     pub max_attempts: Vec<RunResult>,
@@ -247,9 +268,51 @@ async fn measure(
     phase: &str,
 ) -> anyhow::Result<RunResult> {
     let mut stack = acquire(slot, plan, config, tag).await?;
-    let run = orderflow::measure(&mut stack, load::orders(orders), load, phase).await?;
+    let run = orderflow::measure(&mut stack, load::orders(orders), load, Route::Autonomous, phase).await?;
     release(slot, plan, stack).await?;
     Ok(run)
+}
+
+/// Directed mode saturated and at `half_rate`, and synchronous calls idle
+/// and beside a saturated autonomous run, on one stack.
+async fn measure_directed(plan: &Plan, config: &BenchConfig, half_rate: f64) -> anyhow::Result<Directed> {
+    let mut stack = Stack::start(config, "directed").await.context("starting the directed stack")?;
+    orderflow::warm_up_on(&mut stack, plan.warmup, Route::Directed).await?;
+    let load = Load::Saturated(plan.in_flight);
+    let phase = "directed mode saturated";
+    let saturated =
+        orderflow::measure(&mut stack, load::orders(plan.burst_orders), load, Route::Directed, phase).await?;
+    let orders = ((half_rate * plan.open_secs).ceil() as usize).max(10);
+    let phase = format!("directed mode open loop at {half_rate:.0}/s (the autonomous half rate)");
+    let half = orderflow::measure(
+        &mut stack,
+        load::orders(orders),
+        Load::OpenLoop(half_rate),
+        Route::Directed,
+        &phase,
+    )
+    .await?;
+    let caller = stack.connect("orderflow-bench-calls").await?;
+    let user = stack.user();
+    let progress = progress::Progress::start("synchronous calls, idle stack");
+    let calls_idle = calls::round_trips(&caller, &user, plan.calls).await?;
+    progress.finish(&format!("round trip p50 {:.1} ms, p99 {:.1} ms", calls_idle.p50, calls_idle.p99));
+    let phase = "orderflow saturated, with synchronous calls beside it";
+    let (loaded_by, calls_loaded) = tokio::join!(
+        orderflow::measure(&mut stack, load::orders(plan.burst_orders), load, Route::Autonomous, phase),
+        async {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            calls::round_trips(&caller, &user, plan.calls).await
+        }
+    );
+    let (loaded_by, calls_loaded) = (loaded_by?, calls_loaded?);
+    note(&format!(
+        "  calls under load: round trip p50 {:.1} ms, p99 {:.1} ms",
+        calls_loaded.p50, calls_loaded.p99
+    ));
+    let _ = caller.close(200, "calls done".into()).await;
+    stack.shutdown().await?;
+    Ok(Directed { saturated, half, calls_idle, calls_loaded, loaded_by })
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -343,6 +406,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         stack.shutdown().await?;
     }
 
+    // 5: directed mode beside autonomous; a service call's round trip.
+    let directed = measure_directed(&plan, &config, half_rate).await?;
+
     // 4: scale-out of a slowed payment node.
     let mut scale = Vec::new();
     let variants: &[bool] = if plan.serial_scale { &[false, true] } else { &[false] };
@@ -373,7 +439,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 if instances == 1 { "" } else { "s" },
                 if serial { " (one charge at a time each)" } else { "" }
             );
-            let run = orderflow::measure(&mut stack, load::orders(plan.scale_orders), load, &phase).await?;
+            let orders = load::orders(plan.scale_orders);
+            let run = orderflow::measure(&mut stack, orders, load, Route::Autonomous, &phase).await?;
             release(&mut scale_stack, &plan, stack).await?;
             scale.push(ScalePoint { instances, serial, run });
         }
@@ -382,7 +449,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
-    let results = Results { pairs, max_attempts, half, scale };
+    let results = Results { directed, pairs, max_attempts, half, scale };
     let context = report::Context {
         plan: &plan,
         started,

@@ -4,7 +4,7 @@
 //! the histories for exact completion times and latencies, and read each
 //! process's CPU time and peak RSS.
 
-use crate::load::{self, Published};
+use crate::load::{self, Published, Route};
 use crate::procfs;
 use crate::progress::Progress;
 use crate::stack::Stack;
@@ -146,9 +146,14 @@ async fn shipped_now(stack: &Stack) -> anyhow::Result<u64> {
 /// Publishes `n` orders and waits for them: warms a fresh stack up (connections,
 /// stores, caches) so the measured run starts steady.
 pub async fn warm_up(stack: &mut Stack, n: usize) -> anyhow::Result<()> {
+    warm_up_on(stack, n, Route::Autonomous).await
+}
+
+/// [`warm_up`] through `route` (directed: the coordinator and the services).
+pub async fn warm_up_on(stack: &mut Stack, n: usize, route: Route) -> anyhow::Result<()> {
     let watch = Watch::start(stack);
     let target = shipped_now(stack).await? + n as u64;
-    load::saturate(&stack.publisher, load::orders(n), n, || 0, |_| {}).await?;
+    load::saturate(&stack.publisher, route, load::orders(n), n, || 0, |_| {}).await?;
     let progress = Progress::start("warm-up");
     wait_shipped(stack, &watch, target, Duration::from_secs(60), &progress).await?;
     drop(progress);
@@ -159,11 +164,12 @@ fn cpu_snapshot(stack: &Stack) -> Vec<(String, f64)> {
     stack.processes.iter().map(|p| (p.label.clone(), procfs::cpu_seconds(p.pid()).unwrap_or(0.0))).collect()
 }
 
-/// Runs one measurement of `orders` under `load`.
+/// Runs one measurement of `orders` under `load`, placed through `route`.
 pub async fn measure(
     stack: &mut Stack,
     orders: Vec<Order>,
     load: Load,
+    route: Route,
     phase: &str,
 ) -> anyhow::Result<RunResult> {
     let n = orders.len();
@@ -184,9 +190,9 @@ pub async fn measure(
     let published: Published = match load {
         Load::Saturated(in_flight) => {
             let completed = || shipped.load(Ordering::Relaxed).saturating_sub(baseline) as usize;
-            load::saturate(&stack.publisher, orders, in_flight, completed, report).await?
+            load::saturate(&stack.publisher, route, orders, in_flight, completed, report).await?
         }
-        Load::OpenLoop(rate) => load::open_loop(&stack.publisher, orders, rate, report).await?,
+        Load::OpenLoop(rate) => load::open_loop(&stack.publisher, route, orders, rate, report).await?,
     };
     wait_shipped(stack, &watch, target, Duration::from_secs(30), &progress).await?;
 

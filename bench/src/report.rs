@@ -17,6 +17,60 @@ pub struct Context<'a> {
     pub bin_dir: String,
 }
 
+/// Section 5: directed mode beside autonomous, and a service call's round trip.
+fn directed_section(o: &mut String, plan: &crate::Plan, results: &Results) {
+    let d = &results.directed;
+    let autonomous: Vec<f64> = results.pairs.iter().map(|p| p.orderflow.throughput.per_sec).collect();
+    let autonomous_rate = median(&autonomous);
+    let _ = writeln!(o, "### 5. Directed mode and service calls\n");
+    let _ = writeln!(
+        o,
+        "Directed: the same orders placed with the coordinator (`order.coordinator`), which calls each \
+         node's service in turn and records every step in its store; autonomous: the runs above. The open \
+         loop runs both at the autonomous half rate, {} orders/s.\n",
+        rate(results.half.published_rate)
+    );
+    let _ = writeln!(o, "| mode | saturated orders/s | vs autonomous | latency at the half rate | CPU s / 1,000 orders (ours; broker) |");
+    let _ = writeln!(o, "|---|---|---|---|---|");
+    let saturated_cpu =
+        median(&results.pairs.iter().map(|p| p.orderflow.cpu_ours_per_1000).collect::<Vec<_>>());
+    let saturated_broker =
+        median(&results.pairs.iter().map(|p| p.orderflow.cpu_broker_per_1000).collect::<Vec<_>>());
+    let _ = writeln!(
+        o,
+        "| autonomous | {} | 1.00 | {} | {saturated_cpu:.2}; {saturated_broker:.2} |",
+        rate(autonomous_rate),
+        dist(&results.half.total)
+    );
+    let sustained = if d.half.sustained() { "" } else { " (**not sustained**)" };
+    let _ = writeln!(
+        o,
+        "| directed | {} | {:.2} | {}{sustained} | {:.2}; {:.2} |",
+        rate(d.saturated.throughput.per_sec),
+        d.saturated.throughput.per_sec / autonomous_rate,
+        dist(&d.half.total),
+        d.saturated.cpu_ours_per_1000,
+        d.saturated.cpu_broker_per_1000
+    );
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "A synchronous call to intake's service (a plain order, direct reply-to), {} calls one after \
+         another: round trip from publish to result.\n",
+        plan.calls
+    );
+    let _ = writeln!(o, "| load | round trip |");
+    let _ = writeln!(o, "|---|---|");
+    let _ = writeln!(o, "| idle stack | {} |", dist(&d.calls_idle));
+    let _ = writeln!(
+        o,
+        "| beside a saturated autonomous run ({} orders/s) | {} |",
+        rate(d.loaded_by.throughput.per_sec),
+        dist(&d.calls_loaded)
+    );
+    let _ = writeln!(o);
+}
+
 const MIB: f64 = 1024.0;
 const RSS_TARGET_MIB: f64 = 20.0;
 
@@ -228,6 +282,22 @@ pub fn markdown(context: &Context, results: &Results) -> String {
         o,
         "| CPU s/1000 orders, saturated (median) | orderflow {cpu_ours:.2} s, broker {cpu_broker:.2} s | | |"
     );
+    let directed = &results.directed;
+    let _ = writeln!(
+        o,
+        "| directed orders/s, saturated (coordinator and services) | {} ({:.2} of autonomous); latency at the half rate {} | | |",
+        rate(directed.saturated.throughput.per_sec),
+        directed.saturated.throughput.per_sec / median(&orderflow_rates),
+        dist(&directed.half.total)
+    );
+    let _ = writeln!(
+        o,
+        "| sync service call round trip, idle / under saturating load | p50 {} p99 {} / p50 {} p99 {} | | |",
+        ms(directed.calls_idle.p50),
+        ms(directed.calls_idle.p99),
+        ms(directed.calls_loaded.p50),
+        ms(directed.calls_loaded.p99)
+    );
     match speedup(&scale_main, 4) {
         Some(x) => {
             let _ = writeln!(
@@ -421,6 +491,7 @@ pub fn markdown(context: &Context, results: &Results) -> String {
         scale_rows(&scale_serial, ", one charge at a time each (`ORDERFLOW_PREFETCH=1` on payment)");
     }
     let _ = writeln!(o);
+    directed_section(o, plan, results);
     let _ = writeln!(o, "### How to rerun\n");
     let _ = writeln!(o, "```sh");
     let _ = writeln!(

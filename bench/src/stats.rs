@@ -218,6 +218,7 @@ mod tests {
             version: 0,
             event_id: state.into(),
             change_id: None,
+            mode: None,
         };
         let mut shipped = entry("shipped", "00.600000");
         shipped.recorded_at = "2030-01-01T00:00:00.650000Z".into();

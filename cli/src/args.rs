@@ -19,7 +19,10 @@ Examples:
   orderflow cancel ID --sync --timeout 5
   orderflow watch --once
   orderflow orders --state accepted --older-than 5m   # what has waited at payment for 5 minutes
-  orderflow dlq list; orderflow dlq replay --all";
+  orderflow dlq list; orderflow dlq replay --all
+  orderflow publish --count 10 --directed       # driven by the coordinator through the services
+  orderflow call intake --element-file order.json --sync --timeout 5
+  orderflow call payment --element-file accepted.json --poll; orderflow call status REQUEST_ID";
 
 /// The whole text after the options of `orderflow --help`.
 pub fn after_help() -> String {
@@ -62,6 +65,46 @@ pub enum Command {
         /// One order (JSON object) per line.
         #[arg(long)]
         file: Option<PathBuf>,
+        /// Directed mode: the coordinator drives the orders through the nodes' services
+        /// (routing key order.coordinator) instead of the autonomous workflow.
+        #[arg(long)]
+        directed: bool,
+    },
+    /// Call one node's service with an element (or, at intake, a plain order): --sync, --poll or --callback.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    #[command(after_help = "The result is JSON: request_id, service, status (done or failed), element and \
+                            steps when done, error and retryable when failed.\n\n\
+                            Exit codes: 0 done, 4 failed, 3 no answer in time (or, with --sync, failed but \
+                            worth retrying), 1 the broker or tracker unreachable.\n\n\
+                            Examples:\n  orderflow call intake --element-file order.json --sync --timeout 5\n  \
+                            orderflow call payment --element-file accepted.json --poll\n  \
+                            orderflow call status 5b7c...  --wait 10\n  \
+                            orderflow call payment --element-file accepted.json --callback my-results")]
+    Call {
+        #[command(subcommand)]
+        status: Option<CallCommand>,
+        /// The service: intake, payment, inventory, picklist, rebin, shipping or exceptions.
+        #[arg(value_parser = values::node, value_name = "SERVICE", required = true)]
+        service: Option<shared::Node>,
+        /// The element (or plain order) to call it with: one JSON object.
+        #[arg(long, value_name = "FILE", required = true)]
+        element_file: Option<PathBuf>,
+        /// Wait for the result (on RabbitMQ's direct reply-to) up to --timeout.
+        #[arg(long, group = "how")]
+        sync: bool,
+        /// Print the request id at once; the tracker keeps the result (`orderflow call status`).
+        #[arg(long, group = "how")]
+        poll: bool,
+        /// Have the result sent to orderflow.results with routing key callback.KEY.
+        #[arg(long, group = "how", value_name = "KEY", value_parser = values::callback_key)]
+        callback: Option<String>,
+        /// How long --sync waits, in seconds (0 to 604800).
+        #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = values::seconds,
+              allow_negative_numbers = true)]
+        timeout: Duration,
+        /// The request id (default: a new uuid). A repeat gets the first result.
+        #[arg(long, value_name = "ID", value_parser = values::request_id)]
+        request_id: Option<String>,
     },
     /// Change an order in flight: its ship-to address or its shipping method. Prints the change id.
     #[command(group = clap::ArgGroup::new("what").required(true))]
@@ -155,6 +198,19 @@ pub enum Command {
         #[arg(long, value_name = "SECONDS", default_value = "120", value_parser = values::seconds,
               allow_negative_numbers = true)]
         timeout: Duration,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CallCommand {
+    /// Print a result kept for polling (GET /calls/ID on the tracker).
+    Status {
+        #[arg(value_parser = values::request_id, value_name = "REQUEST_ID")]
+        request_id: String,
+        /// Wait up to this many seconds for the result (0 to 604800).
+        #[arg(long, value_name = "SECONDS", default_value = "0", value_parser = values::seconds,
+              allow_negative_numbers = true)]
+        wait: Duration,
     },
 }
 

@@ -2,6 +2,7 @@
 //! pipeline and asks the tracker where they are; it never touches a node's data.
 
 mod args;
+mod call;
 mod change;
 mod dlq;
 mod exit;
@@ -10,7 +11,7 @@ mod publish;
 mod values;
 mod watch;
 
-use args::{Cli, Command, DlqCommand};
+use args::{CallCommand, Cli, Command, DlqCommand};
 use clap::{CommandFactory, FromArgMatches};
 use exit::Outcome;
 use shared::{settings::Settings, telemetry};
@@ -48,13 +49,13 @@ async fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<Outcome> {
     let settings = Settings::from_env()?;
     match command {
-        Command::Publish { count, rate, mixed, file } => {
+        Command::Publish { count, rate, mixed, file, directed } => {
             let orders = match (count, file) {
                 (Some(n), _) => shared::generate::orders(n, mixed),
                 (None, Some(path)) => publish::read_orders_file(&path, settings.max_message_bytes)?,
                 (None, None) => unreachable!("main refuses a publish without --count or --file"),
             };
-            publish::publish(&settings, orders, rate).await.map(|_| Outcome::Done)
+            publish::publish(&settings, orders, rate, directed).await.map(|_| Outcome::Done)
         }
         Command::Change { id, ship_to, ship_to_file, shipping_method, mode } => {
             let what = match (ship_to, ship_to_file, shipping_method) {
@@ -73,6 +74,21 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
         }
         Command::Cancel { id, mode } => {
             change::request(&settings, id, shared::change::Change::Cancel, mode.mode()).await
+        }
+        Command::Call { status: Some(CallCommand::Status { request_id, wait }), .. } => {
+            call::status(&settings, &request_id, wait).await
+        }
+        Command::Call { service, element_file, poll, callback, timeout, request_id, .. } => {
+            let (Some(service), Some(file)) = (service, element_file) else {
+                unreachable!("clap requires the service and --element-file")
+            };
+            let body = call::read_element_file(&file, settings.max_message_bytes)?;
+            let how = match (poll, callback) {
+                (true, _) => call::How::Poll,
+                (_, Some(key)) => call::How::Callback(key),
+                _ => call::How::Sync(timeout.max(std::time::Duration::from_millis(100))),
+            };
+            call::call(&settings, service, body, how, request_id).await
         }
         Command::Status { id, json } => watch::status(&settings, &id, json).await.map(|_| Outcome::Done),
         Command::Orders { state, at, customer, older_than, newer_than, limit, after, json } => {

@@ -97,7 +97,13 @@ async fn open_session(pool: &deadpool_lapin::Pool, settings: &Settings) -> anyho
 }
 
 /// Publishes the orders and prints their ids in order.
-pub async fn publish(settings: &Settings, orders: Vec<Order>, rate: Option<f64>) -> anyhow::Result<()> {
+/// `directed`: to the coordinator (routing key `order.coordinator`) instead of intake.
+pub async fn publish(
+    settings: &Settings,
+    orders: Vec<Order>,
+    rate: Option<f64>,
+    directed: bool,
+) -> anyhow::Result<()> {
     let patience = patience()?;
     // The pool reconnects to the first broker URL (the workers move between all of them).
     let first_url = topology::management::amqp_urls(&settings.amqp_url).first().map(|u| u.to_string());
@@ -129,7 +135,11 @@ pub async fn publish(settings: &Settings, orders: Vec<Order>, rate: Option<f64>)
             let placed =
                 AuditEvent::for_transition(element, None, "publisher", &instance, placed_detail(element));
             messages.push(audit_message(&placed));
-            messages.push(element_message(element, Node::Intake));
+            messages.push(if directed {
+                directed_message(element)
+            } else {
+                element_message(element, Node::Intake)
+            });
         }
         let mut failing_since: Option<Instant> = None;
         loop {
@@ -173,6 +183,13 @@ pub async fn publish(settings: &Settings, orders: Vec<Order>, rate: Option<f64>)
     }
     wait_until_tracked(settings, &ids).await;
     Ok(())
+}
+
+/// A placed element for the coordinator (directed mode).
+fn directed_message(element: &OrderElement) -> shared::transport::Outgoing {
+    let mut message = element_message(element, Node::Intake);
+    message.routing_key = topology::COORDINATOR_ROUTING_KEY.to_string();
+    message
 }
 
 fn placed_detail(element: &OrderElement) -> String {

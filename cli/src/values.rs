@@ -98,6 +98,16 @@ pub fn node(text: &str) -> Result<shared::Node, String> {
     })
 }
 
+/// `call --request-id`, `call status`: what a service takes as a request id.
+pub fn request_id(text: &str) -> Result<String, String> {
+    shared::service::check_id("the request id", text).map(|_| text.to_string())
+}
+
+/// `call --callback`: what a service takes as a callback key.
+pub fn callback_key(text: &str) -> Result<String, String> {
+    shared::service::check_id("the callback key", text).map(|_| text.to_string())
+}
+
 /// `orders --customer`: 1 to 200 characters.
 pub fn customer(text: &str) -> Result<String, String> {
     match text.chars().count() {

@@ -26,7 +26,8 @@ pub async fn status(settings: &Settings, id: &Uuid, as_json: bool) -> anyhow::Re
     println!("order {}: {}{terminal}", safe(&view.order_id), safe(&view.state));
     for entry in &view.history {
         let (at, state, node) = (safe(&entry.at), safe(&entry.state), safe(&entry.node));
-        println!("  {at:<27} {state:<17} {node:<11} {}", safe(&entry.detail));
+        let mode = entry.mode.as_deref().map(|m| format!(" ({})", safe(m))).unwrap_or_default();
+        println!("  {at:<27} {state:<17} {node:<11} {}{mode}", safe(&entry.detail));
     }
     Ok(())
 }

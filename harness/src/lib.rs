@@ -21,7 +21,13 @@ pub use stack::{Process, Stack, StackConfig};
 pub use topology::workflow::processes;
 pub use wait::{until, Check};
 
-/// The workflow's nodes: every long-running process but the tracker.
+/// The workflow's nodes.
 pub fn nodes() -> Vec<&'static str> {
+    topology::Node::all().into_iter().map(topology::Node::name).collect()
+}
+
+/// Every process that hears in-flight changes (a queue of its own on the
+/// changes fanout): the nodes and the coordinator, every process but the tracker.
+pub fn change_hearers() -> Vec<&'static str> {
     processes().into_iter().filter(|p| *p != "tracker").collect()
 }

@@ -113,6 +113,7 @@ pub fn free_port() -> anyhow::Result<u16> {
 fn queue_of(binary: &str) -> Option<String> {
     match binary {
         "tracker" => Some(topology::TRACKER_QUEUE.to_string()),
+        "coordinator" => Some(topology::COORDINATOR_QUEUE.to_string()),
         other => topology::Node::from_name(other).map(|node| node.queue()),
     }
 }

@@ -30,6 +30,11 @@ pub struct AuditEvent {
     /// tracker records it on the order so that orders can be found by customer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customer_id: Option<String>,
+    /// How the step was driven: `directed` (by the coordinator, through the
+    /// node's service) or `service` (another caller of the service); absent
+    /// for the autonomous workflow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
 }
 
 /// Identifies one state change of one order.
@@ -59,6 +64,7 @@ impl AuditEvent {
             seq,
             version,
             customer_id: None,
+            mode: None,
         }
     }
 

@@ -41,6 +41,16 @@ pub const VARIABLES: &[Variable] = &[
         "seconds a change book keeps a change request and a closed order",
     ),
     var("ORDERFLOW_HTTP_HEADER_TIMEOUT_S", "10", "seconds the tracker API waits for a request's headers"),
+    var(
+        "ORDERFLOW_RESULT_RETENTION_S",
+        "600",
+        "seconds the tracker keeps a polled service result after it was first read",
+    ),
+    var(
+        "ORDERFLOW_CALL_TIMEOUT_MS",
+        "5000",
+        "milliseconds the coordinator waits for a service's answer before calling again",
+    ),
     var("ORDERFLOW_PUBLISH_PATIENCE_S", "120", "seconds `publish` keeps reconnecting without progress"),
     var(
         "RUST_LOG",
@@ -94,6 +104,21 @@ pub const TRACKER: &[&str] = &[
     "ORDERFLOW_MAX_MESSAGE_BYTES",
     "ORDERFLOW_HTTP_ADDR",
     "ORDERFLOW_HTTP_HEADER_TIMEOUT_S",
+    "ORDERFLOW_RESULT_RETENTION_S",
+    "ORDERFLOW_CHANGE_RETENTION_S",
+];
+
+/// What the coordinator reads besides [`CONNECTION`].
+pub const COORDINATOR: &[&str] = &[
+    "DATABASE_URL",
+    "ORDERFLOW_DB_MAX_CONNECTIONS",
+    "ORDERFLOW_RUN_DIR",
+    "ORDERFLOW_INSTANCE_ID",
+    "ORDERFLOW_PREFETCH",
+    "ORDERFLOW_MAX_MESSAGE_BYTES",
+    "ORDERFLOW_MAX_ATTEMPTS",
+    "ORDERFLOW_CHANGE_RETENTION_S",
+    "ORDERFLOW_CALL_TIMEOUT_MS",
 ];
 
 /// What the `orderflow` command reads besides [`CONNECTION`].
@@ -120,7 +145,7 @@ mod tests {
 
     #[test]
     fn every_group_names_documented_variables_and_the_readme_lists_them_all() {
-        let all = [CONNECTION, NODE, PICKLIST, TRACKER, CLI];
+        let all = [CONNECTION, NODE, PICKLIST, TRACKER, COORDINATOR, CLI];
         let text = environment(&all);
         assert!(text.contains("AMQP_URL") && text.contains("[default: 64]"), "{text}");
         let readme = include_str!("../../README.md");

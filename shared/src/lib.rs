@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod batcher;
+pub mod call_book;
 pub mod change;
 pub mod change_book;
 pub mod events;
@@ -11,6 +12,7 @@ pub mod help;
 pub mod order;
 pub mod order_search;
 pub mod routing;
+pub mod service;
 pub mod settings;
 pub mod shutdown;
 pub mod stage;

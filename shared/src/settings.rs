@@ -96,6 +96,21 @@ impl Settings {
         }
     }
 
+    /// `ORDERFLOW_RESULT_RETENTION_S`: how long the tracker keeps a service
+    /// result kept for polling after it was first read.
+    pub fn result_retention() -> anyhow::Result<Duration> {
+        Ok(Duration::from_secs(parsed("ORDERFLOW_RESULT_RETENTION_S", 600u64)?))
+    }
+
+    /// `ORDERFLOW_CALL_TIMEOUT_MS`: how long the coordinator waits for a
+    /// service's answer before it calls again (same request id).
+    pub fn call_timeout() -> anyhow::Result<Duration> {
+        match parsed("ORDERFLOW_CALL_TIMEOUT_MS", 5000u64)? {
+            0 => anyhow::bail!("ORDERFLOW_CALL_TIMEOUT_MS must be at least 1 (milliseconds)"),
+            ms => Ok(Duration::from_millis(ms)),
+        }
+    }
+
     /// `ORDERFLOW_DELAY_MS_<NODE>`, else `ORDERFLOW_DELAY_MS`: how long a node
     /// instance is busy per element (one element at a time), to slow a stage
     /// down on purpose (demos, tests, benchmarks).

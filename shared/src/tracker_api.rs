@@ -32,6 +32,22 @@ pub struct HistoryEntry {
     /// Set on the records of in-flight changes (`change_requested`, `change_applied`, `change_rejected`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change_id: Option<String>,
+    /// How the step was driven: `directed` (the coordinator called the
+    /// node's service), `service` (someone else did); absent when the
+    /// element travelled the autonomous workflow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+}
+
+/// A service result kept for polling: `GET /calls/{request_id}`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct KeptResult {
+    /// Who made the call, as the broker verified it.
+    pub caller: String,
+    pub result: crate::service::CallResult,
+    pub received_at_ms: i64,
+    /// When it was first read; it is removed `ORDERFLOW_RESULT_RETENTION_S` after.
+    pub collected_at_ms: Option<i64>,
 }
 
 impl HistoryEntry {
@@ -191,6 +207,18 @@ impl TrackerClient {
     pub async fn stats(&self) -> Result<Stats, TrackerError> {
         self.get("/stats").await
     }
+
+    /// `GET /calls/{request_id}`: a service result kept for polling
+    /// (`Ok(None)` while there is none: not answered yet, never sent, or
+    /// removed after its retention).
+    pub async fn call_result(&self, request_id: &str) -> Result<Option<KeptResult>, TrackerError> {
+        let path = format!("/calls/{}", topology::management::encode(request_id));
+        match self.get(&path).await {
+            Ok(kept) => Ok(Some(kept)),
+            Err(TrackerError::Refused { status: 404, .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -211,6 +239,7 @@ mod tests {
             version: 0,
             event_id: "e".into(),
             change_id: None,
+            mode: None,
         };
         let json = serde_json::to_value(&entry).unwrap();
         assert!(json.get("change_id").is_none() && json["from_state"].is_null());

@@ -146,6 +146,31 @@ impl Trust {
         ))
     }
 
+    /// Is `sender` the user of `role` in this stack?
+    pub fn is_role(&self, sender: Option<&str>, role: Role) -> bool {
+        self.is(sender, role)
+    }
+
+    /// May `sender` call `node`'s service? Intake's is the public door:
+    /// anyone the broker lets publish there. The later services take calls
+    /// only from the coordinator and the operator: the element of such a
+    /// call carries claims (a charge, a reservation) that only the nodes'
+    /// own results, which the coordinator checks, can vouch for.
+    pub fn check_call(&self, node: Node, sender: Option<&str>) -> Result<(), String> {
+        if node == Node::Intake
+            || self.is(sender, Role::Coordinator)
+            || sender == Some(self.operator.as_str())
+        {
+            return Ok(());
+        }
+        Err(format!(
+            "the {node} service takes calls only from {} or {}; this one came from {}",
+            self.user_of(Role::Coordinator),
+            self.operator,
+            named(sender)
+        ))
+    }
+
     /// May `sender` record that `node` (the event's `node` field) reached
     /// `state` (an order state or a change record's kind)?
     pub fn check_event(&self, node: &str, state: &str, sender: Option<&str>) -> Result<(), String> {
@@ -193,6 +218,11 @@ fn role_records(role: Role, state: &str) -> bool {
         }
         Role::Publisher => matches!(state, "placed" | "change_requested"),
         Role::Support => state == "change_requested",
+        // It places directed orders, decides their changes (a cancel's
+        // first state, or the end of an order that holds nothing yet).
+        Role::Coordinator => {
+            matches!(state, "placed" | "change_applied" | "change_rejected" | "cancelling" | "cancelled")
+        }
         Role::Tracker => false,
     }
 }

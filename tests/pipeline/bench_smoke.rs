@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// What every figure line of the report contains.
-const FIGURES: [&str; 14] = [
+const FIGURES: [&str; 18] = [
     "relay chains/s",
     "orderflow orders/s, saturated",
     "ratio orderflow / relay",
@@ -22,6 +22,10 @@ const FIGURES: [&str; 14] = [
     "CPU s/1000 orders",
     "| 1 payment instance |",
     "| 2 payment instances |",
+    "directed orders/s, saturated",
+    "sync service call round trip",
+    "| directed |",
+    "| idle stack |",
 ];
 
 fn read_all(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {

@@ -5,6 +5,8 @@
 //! - `picklist`: the aggregation queue's grouping, batch size and flush.
 //! - `scaling`: competing consumers share a node's work.
 //! - `poison`: undecodable messages are dead-lettered and the rest flows.
+//! - `directed`: the coordinator drives orders through the services: the same ends as autonomous mode,
+//!   changes decided before its next call, kill -9 of it and every service (issue 9).
 //! - `dlq`: replay on a snapshot without loops, listing loses nothing, discard, counts per reason.
 //! - `retry`: transient failures retry, then dead-letter; `dlq replay` sends them back once.
 //! - `faults`: SIGKILLed nodes, a stopped tracker, cut connections: nothing lost or doubled.
@@ -22,6 +24,8 @@
 //! - `outside`: plain orders from clients no one here wrote (pika, the management API).
 //! - `trust`: forgeries by the stack's own users (issue 14) are refused; the orders go on.
 //! - `transport_faults`: refused publishes, retries out of the consumer (issue 15).
+//! - `services`: every node is a service: sync, polled and callback calls, idempotent by request id,
+//!   least privilege, bad requests, a pika caller (issue 9).
 //! - `usage`: every binary's `--help` and `--version`, the CLI's argument checks, the log format.
 
 mod bad_input;
@@ -29,6 +33,7 @@ mod bench_smoke;
 mod changes;
 mod cli;
 mod compose;
+mod directed;
 mod dlq;
 mod faults;
 mod outside;
@@ -42,6 +47,7 @@ mod privilege;
 mod retry;
 mod scaling;
 mod search;
+mod services;
 mod transport_faults;
 mod trust;
 mod usage;

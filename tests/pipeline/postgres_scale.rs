@@ -33,7 +33,10 @@ async fn spread_instances_on_postgresql_take_every_path_once() {
     batch.extend((0..20).map(|_| (orders::invalid(), "rejected")));
     batch.shuffle(&mut rng);
     let orders: Vec<Value> = batch.iter().map(|(order, _)| order.clone()).collect();
-    let ids = stack.publish(&orders);
+    // A quarter directed: the two coordinators share them on the one database.
+    let quarter = orders.len() / 4;
+    let mut ids = stack.publish_directed(&orders[..quarter]);
+    ids.extend(stack.publish(&orders[quarter..]));
     stack.wait_terminal(&ids, Duration::from_secs(120)).await;
 
     let mut instances: HashMap<String, HashSet<String>> = HashMap::new();
@@ -50,6 +53,11 @@ async fn spread_instances_on_postgresql_take_every_path_once() {
             .map(|(state, n)| (state.to_string(), n)),
     );
     assert_eq!(ends, expected);
+    let coordinator = stack.store("coordinator", "coordinator_orders").await;
+    let done =
+        tests::count(&coordinator, "SELECT COUNT(*) FROM coordinator_orders WHERE status = 'done'").await;
+    assert_eq!(done, quarter as i64, "the coordinators saw every directed order to its end");
+    coordinator.close().await;
     for node in harness::nodes() {
         let seen = instances.get(node).map_or(0, HashSet::len);
         assert_eq!(seen, INSTANCES, "{node}'s instances that took orders: {:?}", instances.get(node));

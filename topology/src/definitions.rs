@@ -52,8 +52,12 @@ pub fn definitions_sized(
     let exchanges: Vec<Value> = exchanges()
         .iter()
         .map(|e| {
+            let arguments = match e.alternate {
+                Some(alternate) => json!({"alternate-exchange": alternate}),
+                None => json!({}),
+            };
             json!({"name": e.name, "vhost": vhost, "type": kind_name(&e.kind), "durable": true,
-                   "auto_delete": false, "internal": false, "arguments": {}})
+                   "auto_delete": false, "internal": false, "arguments": arguments})
         })
         .collect();
     let mut queue_values = Vec::new();
@@ -111,7 +115,11 @@ mod tests {
             defs["queues"].as_array().unwrap().iter().map(|q| q["name"].as_str().unwrap()).collect();
         assert!(names.contains(&"orderflow.payment"));
         assert!(names.contains(&"orderflow.audit.tracker"));
-        assert_eq!(defs["bindings"].as_array().unwrap().len(), queues().len());
+        let bindings: usize = queues().iter().map(|q| q.bindings.len()).sum();
+        assert_eq!(defs["bindings"].as_array().unwrap().len(), bindings);
+        let services =
+            defs["exchanges"].as_array().unwrap().iter().find(|e| e["name"] == "orderflow.services");
+        assert_eq!(services.unwrap()["arguments"]["alternate-exchange"], "orderflow.services.unrouted");
         assert_eq!(defs["queues"][0]["arguments"]["x-queue-type"], "quorum");
         let retry =
             defs["queues"].as_array().unwrap().iter().find(|q| q["name"] == "orderflow.retry.payment");

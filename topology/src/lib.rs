@@ -30,6 +30,29 @@ pub const DEAD_LETTER_EXCHANGE: &str = "orderflow.dead-letter";
 pub const DEAD_LETTER_QUEUE: &str = "orderflow.dead-letter";
 /// The tracker's queue of audit events.
 pub const TRACKER_QUEUE: &str = "orderflow.audit.tracker";
+/// Topic exchange of service requests: `service.<node>` reaches the node's
+/// service queue. A request for a service nobody offers goes to
+/// [`UNROUTED_SERVICES_EXCHANGE`], its alternate exchange.
+pub const SERVICES_EXCHANGE: &str = "orderflow.services";
+/// The services exchange's alternate exchange (fanout): requests no service
+/// queue took, answered by the coordinator with "no such service".
+pub const UNROUTED_SERVICES_EXCHANGE: &str = "orderflow.services.unrouted";
+/// The queue of requests for unknown services.
+pub const UNKNOWN_SERVICE_QUEUE: &str = "orderflow.service.unknown";
+/// Topic exchange of service results sent to no caller's queue:
+/// `callback.<key>` for a caller who named a callback key, `poll.<service>`
+/// for results kept for polling (by the tracker).
+pub const RESULTS_EXCHANGE: &str = "orderflow.results";
+/// The tracker's queue of results kept for polling.
+pub const POLL_RESULTS_QUEUE: &str = "orderflow.results.tracker";
+/// The coordinator's queue of orders placed in directed mode (routing key
+/// [`COORDINATOR_ROUTING_KEY`] on the workflow exchange).
+pub const COORDINATOR_QUEUE: &str = "orderflow.coordinator";
+pub const COORDINATOR_ROUTING_KEY: &str = "order.coordinator";
+/// The coordinator's queue of service replies (named in its calls' `reply_to`).
+pub const COORDINATOR_REPLIES_QUEUE: &str = "orderflow.coordinator.replies";
+/// The coordinator's subscription to the changes fanout.
+pub const COORDINATOR_CHANGES_QUEUE: &str = "orderflow.changes.coordinator";
 /// After this many deliveries a message is dead-lettered by the broker itself:
 /// the last guard against a message that crashes its consumer every time.
 pub const DELIVERY_LIMIT: i64 = 10;
@@ -56,6 +79,26 @@ impl Node {
     pub fn retry_routing_key(self) -> String {
         format!("retry.{}", self.name())
     }
+
+    /// The queue on which the node answers service calls.
+    pub fn service_queue(self) -> String {
+        format!("orderflow.service.{}", self.name())
+    }
+
+    /// The routing key (on [`SERVICES_EXCHANGE`]) that calls the node's service.
+    pub fn service_routing_key(self) -> String {
+        format!("service.{}", self.name())
+    }
+}
+
+/// The routing key (on [`RESULTS_EXCHANGE`]) of a result for callback key `key`.
+pub fn callback_routing_key(key: &str) -> String {
+    format!("callback.{key}")
+}
+
+/// The routing key (on [`RESULTS_EXCHANGE`]) of a result kept for polling.
+pub fn poll_routing_key(service: &str) -> String {
+    format!("poll.{service}")
 }
 
 /// Routing key of an audit event: `audit.<node>.<state>`.
@@ -67,6 +110,8 @@ pub fn audit_routing_key(node: &str, state: &str) -> String {
 pub struct ExchangeSpec {
     pub name: &'static str,
     pub kind: ExchangeKind,
+    /// Where messages no binding takes go (`alternate-exchange`).
+    pub alternate: Option<&'static str>,
 }
 
 /// A queue of the topology with its bindings (exchange, binding key).
@@ -77,10 +122,18 @@ pub struct QueueSpec {
 
 pub fn exchanges() -> Vec<ExchangeSpec> {
     vec![
-        ExchangeSpec { name: WORKFLOW_EXCHANGE, kind: ExchangeKind::Topic },
-        ExchangeSpec { name: AUDIT_EXCHANGE, kind: ExchangeKind::Topic },
-        ExchangeSpec { name: CHANGES_EXCHANGE, kind: ExchangeKind::Fanout },
-        ExchangeSpec { name: DEAD_LETTER_EXCHANGE, kind: ExchangeKind::Topic },
+        ExchangeSpec { name: WORKFLOW_EXCHANGE, kind: ExchangeKind::Topic, alternate: None },
+        ExchangeSpec { name: AUDIT_EXCHANGE, kind: ExchangeKind::Topic, alternate: None },
+        ExchangeSpec { name: CHANGES_EXCHANGE, kind: ExchangeKind::Fanout, alternate: None },
+        ExchangeSpec { name: DEAD_LETTER_EXCHANGE, kind: ExchangeKind::Topic, alternate: None },
+        // Declared before the exchange that names it as its alternate.
+        ExchangeSpec { name: UNROUTED_SERVICES_EXCHANGE, kind: ExchangeKind::Fanout, alternate: None },
+        ExchangeSpec {
+            name: SERVICES_EXCHANGE,
+            kind: ExchangeKind::Topic,
+            alternate: Some(UNROUTED_SERVICES_EXCHANGE),
+        },
+        ExchangeSpec { name: RESULTS_EXCHANGE, kind: ExchangeKind::Topic, alternate: None },
     ]
 }
 
@@ -89,9 +142,45 @@ pub fn queues() -> Vec<QueueSpec> {
     let mut queues: Vec<QueueSpec> = Node::all().into_iter().map(node_queue).collect();
     queues.extend(Node::all().into_iter().map(changes_queue));
     queues.extend(Node::all().into_iter().map(retry_queue));
+    queues.extend(Node::all().into_iter().map(service_queue));
     queues.push(tracker_queue());
     queues.push(dead_letter_queue());
+    queues.push(poll_results_queue());
+    queues.extend(coordinator_queues());
     queues
+}
+
+/// The node's service queue (see [`Node::service_queue`]).
+pub fn service_queue(node: Node) -> QueueSpec {
+    QueueSpec { name: node.service_queue(), bindings: vec![(SERVICES_EXCHANGE, node.service_routing_key())] }
+}
+
+/// The tracker's queue of results kept for polling.
+pub fn poll_results_queue() -> QueueSpec {
+    QueueSpec {
+        name: POLL_RESULTS_QUEUE.to_string(),
+        bindings: vec![(RESULTS_EXCHANGE, "poll.#".to_string())],
+    }
+}
+
+/// The coordinator's queues: directed orders, service replies (reached
+/// through the default exchange, by name), changes, unknown-service requests.
+pub fn coordinator_queues() -> Vec<QueueSpec> {
+    vec![
+        QueueSpec {
+            name: COORDINATOR_QUEUE.to_string(),
+            bindings: vec![(WORKFLOW_EXCHANGE, COORDINATOR_ROUTING_KEY.to_string())],
+        },
+        QueueSpec { name: COORDINATOR_REPLIES_QUEUE.to_string(), bindings: vec![] },
+        QueueSpec {
+            name: COORDINATOR_CHANGES_QUEUE.to_string(),
+            bindings: vec![(CHANGES_EXCHANGE, String::new())],
+        },
+        QueueSpec {
+            name: UNKNOWN_SERVICE_QUEUE.to_string(),
+            bindings: vec![(UNROUTED_SERVICES_EXCHANGE, String::new())],
+        },
+    ]
 }
 
 pub fn node_queue(node: Node) -> QueueSpec {
@@ -180,7 +269,11 @@ fn field_table(queue: &str, quorum_size: Option<u32>) -> FieldTable {
 
 async fn declare_exchange(channel: &Channel, spec: &ExchangeSpec) -> lapin::Result<()> {
     let options = ExchangeDeclareOptions { durable: true, ..Default::default() };
-    channel.exchange_declare(spec.name.into(), spec.kind.clone(), options, FieldTable::default()).await
+    let mut arguments = FieldTable::default();
+    if let Some(alternate) = spec.alternate {
+        arguments.insert("alternate-exchange".into(), AMQPValue::LongString(alternate.into()));
+    }
+    channel.exchange_declare(spec.name.into(), spec.kind.clone(), options, arguments).await
 }
 
 async fn declare_queue(channel: &Channel, spec: &QueueSpec, quorum_size: Option<u32>) -> lapin::Result<()> {

@@ -3,13 +3,23 @@
 //! and read, down to the routing keys it may publish with (topic
 //! permissions); and the broker user of each role in each stack.
 
-use crate::{Node, AUDIT_EXCHANGE, CHANGES_EXCHANGE, DEAD_LETTER_EXCHANGE, TRACKER_QUEUE, WORKFLOW_EXCHANGE};
+use crate::{
+    Node, AUDIT_EXCHANGE, CHANGES_EXCHANGE, COORDINATOR_CHANGES_QUEUE, COORDINATOR_QUEUE,
+    COORDINATOR_REPLIES_QUEUE, COORDINATOR_ROUTING_KEY, DEAD_LETTER_EXCHANGE, POLL_RESULTS_QUEUE,
+    RESULTS_EXCHANGE, SERVICES_EXCHANGE, TRACKER_QUEUE, UNKNOWN_SERVICE_QUEUE, WORKFLOW_EXCHANGE,
+};
+
+/// The default exchange as permissions name it: replies to a caller's
+/// `reply_to` queue (or RabbitMQ's direct reply-to) are published there.
+pub const DEFAULT_EXCHANGE_RESOURCE: &str = "amq.default";
 
 /// A kind of process that connects to the broker with its own user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     Node(Node),
     Tracker,
+    /// Drives directed orders through the nodes' services.
+    Coordinator,
     /// Injects orders (`orderflow publish`): writes to intake and records
     /// `placed`; may change or cancel the orders it placed.
     Publisher,
@@ -21,6 +31,7 @@ impl Role {
     pub fn all() -> Vec<Role> {
         let mut roles: Vec<Role> = Node::all().into_iter().map(Role::Node).collect();
         roles.push(Role::Tracker);
+        roles.push(Role::Coordinator);
         roles.push(Role::Publisher);
         roles.push(Role::Support);
         roles
@@ -34,6 +45,7 @@ impl Role {
         match self {
             Role::Node(node) => node.name(),
             Role::Tracker => "tracker",
+            Role::Coordinator => "coordinator",
             Role::Publisher => "publisher",
             Role::Support => "support",
         }
@@ -117,33 +129,75 @@ pub fn grant(role: Role) -> Grant {
             let keys: Vec<String> = forwards_to(node).iter().map(|n| n.routing_key()).collect();
             let mut keys: Vec<&str> = keys.iter().map(String::as_str).collect();
             keys.push(&retry_key);
+            // As a service it replies to its callers' queues (the default
+            // exchange) and sends results for callbacks and polling.
+            let results = format!("^(callback\\..+|poll\\.{})$", node.name());
             Grant {
                 configure: exact(&[]),
-                write: exact(&[WORKFLOW_EXCHANGE, AUDIT_EXCHANGE, DEAD_LETTER_EXCHANGE]),
-                read: exact(&[&queue, &changes]),
+                write: exact(&[
+                    WORKFLOW_EXCHANGE,
+                    AUDIT_EXCHANGE,
+                    DEAD_LETTER_EXCHANGE,
+                    RESULTS_EXCHANGE,
+                    DEFAULT_EXCHANGE_RESOURCE,
+                ]),
+                read: exact(&[&queue, &changes, &node.service_queue()]),
                 topic: vec![
                     topic(WORKFLOW_EXCHANGE, exact(&keys), exact(&[&node.routing_key(), &retry_key])),
                     topic(AUDIT_EXCHANGE, format!("^audit\\.{}\\.[a-z_]+$", node.name()), exact(&[])),
                     topic(DEAD_LETTER_EXCHANGE, format!("^{}\\.", node.name()), exact(&[])),
+                    topic(RESULTS_EXCHANGE, results, exact(&[])),
                 ],
             }
         }
+        Role::Coordinator => Grant {
+            configure: exact(&[]),
+            write: exact(&[
+                SERVICES_EXCHANGE,
+                AUDIT_EXCHANGE,
+                DEAD_LETTER_EXCHANGE,
+                DEFAULT_EXCHANGE_RESOURCE,
+            ]),
+            read: exact(&[
+                COORDINATOR_QUEUE,
+                COORDINATOR_REPLIES_QUEUE,
+                COORDINATOR_CHANGES_QUEUE,
+                UNKNOWN_SERVICE_QUEUE,
+            ]),
+            topic: vec![
+                topic(WORKFLOW_EXCHANGE, exact(&[]), exact(&[COORDINATOR_ROUTING_KEY])),
+                topic(SERVICES_EXCHANGE, "^service\\.[a-z_]+$".to_string(), exact(&[])),
+                topic(AUDIT_EXCHANGE, "^audit\\.coordinator\\.[a-z_]+$".to_string(), exact(&[])),
+                topic(DEAD_LETTER_EXCHANGE, "^coordinator\\.".to_string(), exact(&[])),
+                // Errors for requests to unknown services, to callback keys.
+                topic(RESULTS_EXCHANGE, "^callback\\..+$".to_string(), exact(&[])),
+            ],
+        },
         Role::Tracker => Grant {
             configure: exact(&[]),
             write: exact(&[DEAD_LETTER_EXCHANGE]),
-            read: exact(&[TRACKER_QUEUE]),
+            read: exact(&[TRACKER_QUEUE, POLL_RESULTS_QUEUE]),
             topic: vec![
                 topic(WORKFLOW_EXCHANGE, exact(&[]), exact(&[])),
                 topic(AUDIT_EXCHANGE, exact(&[]), "^#$".to_string()),
                 topic(DEAD_LETTER_EXCHANGE, "^tracker\\.".to_string(), exact(&[])),
+                topic(RESULTS_EXCHANGE, exact(&[]), exact(&[])),
             ],
         },
+        // Places orders (at intake, or directed through the coordinator) and
+        // calls intake's service, the public door; the later services take
+        // calls only from the coordinator and the operator.
         Role::Publisher => Grant {
             configure: exact(&[]),
-            write: exact(&[WORKFLOW_EXCHANGE, AUDIT_EXCHANGE, CHANGES_EXCHANGE]),
+            write: exact(&[WORKFLOW_EXCHANGE, AUDIT_EXCHANGE, CHANGES_EXCHANGE, SERVICES_EXCHANGE]),
             read: exact(&[]),
             topic: vec![
-                topic(WORKFLOW_EXCHANGE, exact(&[&Node::Intake.routing_key()]), exact(&[])),
+                topic(
+                    WORKFLOW_EXCHANGE,
+                    exact(&[&Node::Intake.routing_key(), COORDINATOR_ROUTING_KEY]),
+                    exact(&[]),
+                ),
+                topic(SERVICES_EXCHANGE, exact(&[&Node::Intake.service_routing_key()]), exact(&[])),
                 topic(
                     AUDIT_EXCHANGE,
                     "^audit\\.publisher\\.(placed|change_requested)$".to_string(),
@@ -173,7 +227,10 @@ mod tests {
     fn node_grants_name_only_their_own_queue() {
         let g = grant(Role::Node(Node::Payment));
         assert_eq!(g.configure, "^$", "a node may not declare, and so not delete, any queue");
-        assert_eq!(g.read, "^(orderflow\\.payment|orderflow\\.changes\\.payment)$");
+        assert_eq!(
+            g.read,
+            "^(orderflow\\.payment|orderflow\\.changes\\.payment|orderflow\\.service\\.payment)$"
+        );
         assert_eq!(g.topic[0].write, "^(order\\.inventory|retry\\.payment)$");
         assert_eq!(g.topic[0].read, "^(order\\.payment|retry\\.payment)$");
         assert_eq!(grant(Role::Node(Node::Exceptions)).topic[0].write, "^(retry\\.exceptions)$");

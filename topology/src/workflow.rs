@@ -389,7 +389,7 @@ pub const WORKFLOW: Workflow = Workflow {
         route(OrderState::StockReleased, Always, Node::Exceptions),
     ],
     cut_offs: &[CutOff { change: ChangeType::ShippingMethod, from: OrderState::Picked }],
-    services: &["tracker"],
+    services: &["tracker", "coordinator"],
 };
 
 /// Every long-running process of orderflow's stack (`WORKFLOW.processes()`).
@@ -624,7 +624,8 @@ mod tests {
     fn processes_are_the_services_then_the_nodes() {
         let processes = WORKFLOW.processes();
         assert_eq!(processes[0], "tracker");
-        assert_eq!(processes.len(), 8);
+        assert_eq!(processes[1], "coordinator");
+        assert_eq!(processes.len(), 9);
         assert!(processes.contains(&"exceptions"));
     }
 

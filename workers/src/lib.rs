@@ -3,6 +3,7 @@
 //! The binaries in `src/bin/` only wire a stage to the transport.
 
 pub mod catalog;
+pub mod coordinator;
 pub mod process;
 pub mod processor;
 pub mod stages;

@@ -29,8 +29,18 @@ impl Process {
     /// The command line: `--help`, `--version` and no arguments.
     pub fn command(&self) -> clap::Command {
         let consumes = match Node::from_name(self.name) {
-            Some(node) => format!("It consumes {} and {}.", node.queue(), node.changes_queue()),
-            None => format!("It consumes {}.", topology::TRACKER_QUEUE),
+            Some(node) => format!(
+                "It consumes {}, {} and its service queue {}.",
+                node.queue(),
+                node.changes_queue(),
+                node.service_queue()
+            ),
+            None if self.name == "coordinator" => {
+                let queues: Vec<String> =
+                    topology::coordinator_queues().into_iter().map(|q| q.name).collect();
+                format!("It consumes {}.", queues.join(", "))
+            }
+            None => format!("It consumes {} and {}.", topology::TRACKER_QUEUE, topology::POLL_RESULTS_QUEUE),
         };
         let mut groups = vec![help::CONNECTION];
         groups.extend_from_slice(self.reads);

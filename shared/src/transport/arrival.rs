@@ -53,6 +53,25 @@ pub fn receive(ctx: &NodeContext, node: Node, delivery: &Delivery) -> Result<Arr
     Ok(Arrival { element, placed })
 }
 
+/// An order placed in directed mode, as the coordinator takes it: like
+/// intake, a placed element or a plain order (recorded `placed` by the
+/// coordinator), of which only the order, its id and its verified placer
+/// are kept.
+pub fn receive_directed(ctx: &NodeContext, delivery: &Delivery) -> Result<Arrival, StageError> {
+    let sender = ctx.trust.sender(&delivery.properties);
+    let (element, plain) = decode_at_intake(delivery, ctx.max_message_bytes)
+        .map_err(|e| StageError::Permanent(e.to_string()))?;
+    if element.state != OrderState::Placed {
+        return Err(StageError::Permanent(format!(
+            "the coordinator takes placed orders only; this one is {}",
+            element.state
+        )));
+    }
+    let element = from_outside(element, sender);
+    let placed = plain.then(|| placed_record(ctx, &element, delivery));
+    Ok(Arrival { element, placed })
+}
+
 /// [`receive`] without the `placed` record (for nodes other than intake).
 pub fn receive_element(
     ctx: &NodeContext,
@@ -69,7 +88,10 @@ const WORKFLOW_DOOR: Node = Node::Intake;
 /// element. A plain order without an `order_id` gets one derived from the
 /// message (its `message_id`, else its body), so that a redelivered copy is
 /// the same order, never a second one.
-fn decode_at_intake(delivery: &Delivery, max_bytes: usize) -> Result<(OrderElement, bool), DecodeError> {
+pub(super) fn decode_at_intake(
+    delivery: &Delivery,
+    max_bytes: usize,
+) -> Result<(OrderElement, bool), DecodeError> {
     let headers = delivery.properties.headers().as_ref();
     let value: Value = decode(&delivery.data, headers, max_bytes)?;
     if value.get("state").is_some() {
@@ -95,7 +117,7 @@ fn decode_at_intake(delivery: &Delivery, max_bytes: usize) -> Result<(OrderEleme
 const PLAIN_ORDER_NAMESPACE: Uuid = Uuid::from_u128(0x6f72_6465_7266_6c6f_772d_706c_6169_6e21);
 
 /// The `placed` record of a plain order, by intake, which saw it first.
-fn placed_record(ctx: &NodeContext, element: &OrderElement, delivery: &Delivery) -> Outgoing {
+pub(super) fn placed_record(ctx: &NodeContext, element: &OrderElement, delivery: &Delivery) -> Outgoing {
     let by =
         element.placed_by.as_deref().map(crate::text::escaped).unwrap_or_else(|| "an unnamed client".into());
     let detail = format!(
@@ -111,7 +133,7 @@ fn placed_record(ctx: &NodeContext, element: &OrderElement, delivery: &Delivery)
 /// its id, nothing of what later nodes record (a charge, a reservation, a
 /// failure, applied changes, steps taken), whatever the body claims; and
 /// its placer, the verified sender.
-fn from_outside(element: OrderElement, sender: Option<String>) -> OrderElement {
+pub(super) fn from_outside(element: OrderElement, sender: Option<String>) -> OrderElement {
     let mut fresh = OrderElement::placed(element.order);
     fresh.order_id = element.order_id;
     fresh.placed_at = element.placed_at;

@@ -10,10 +10,11 @@
 //! crash loses nothing: unacknowledged deliveries return to the queue.
 
 use super::arrival::receive_element;
-use super::change_consumer::{dispatch_change, next_change};
+use super::change_consumer::dispatch_change;
 use super::context::NodeContext;
 use super::publisher::{publish_failure, Publisher};
-use super::session::{finish, open_consumer, supervise};
+use super::service::{dispatch_call, BatchService};
+use super::session::{finish, next_of, open_consumer, supervise, Consumers};
 use super::settle::{ack, attempt_of, requeue, settle, settle_failure, Settle};
 use super::step::{record_outcome, resolve_changes, ChangeRecords, Handled};
 use crate::batcher::Batcher;
@@ -60,7 +61,9 @@ async fn serve<S: BatchStage>(
 ) -> anyhow::Result<()> {
     let connection = Arc::new(connection);
     let publisher = Publisher::reopening(connection.clone(), ctx.trust.own_user()).await?;
-    let (channel, mut consumer, mut changes) = open_consumer(&connection, &ctx, &publisher).await?;
+    let Consumers { channel, elements: mut consumer, mut changes, mut calls } =
+        open_consumer(&connection, &ctx, &publisher).await?;
+    let service = Arc::new(BatchService(stage.clone()));
     let mut batcher: Batcher<Held> = Batcher::new(settings.picklist_batch, settings.picklist_flush);
     let tasks = TaskTracker::new();
     let result = loop {
@@ -72,8 +75,13 @@ async fn serve<S: BatchStage>(
                 let due = batcher.take_due(Instant::now());
                 release(&ctx, &stage, &publisher, &tasks, &mut batcher, due).await;
             }
-            next = next_change(&mut changes) => {
+            next = next_of(&mut changes) => {
                 if let Err(error) = dispatch_change(next, &ctx, &publisher, &tasks) {
+                    break Err(error);
+                }
+            }
+            next = next_of(&mut calls) => {
+                if let Err(error) = dispatch_call(next, &ctx, &service, &publisher, &tasks) {
                     break Err(error);
                 }
             }

@@ -11,8 +11,7 @@ use crate::change::{ChangeKind, ChangeRequest};
 use crate::change_book::Received;
 use crate::events::ChangeRejected;
 use crate::stage::StageError;
-use futures::StreamExt;
-use lapin::{message::Delivery, Connection, Consumer};
+use lapin::{message::Delivery, Connection};
 use std::sync::Arc;
 use tokio_util::task::TaskTracker;
 
@@ -48,9 +47,8 @@ pub async fn drain_changes(
     ctx: &NodeContext,
     publisher: &Publisher,
 ) -> anyhow::Result<()> {
-    let Some(node) = ctx.workflow_node() else { return Ok(()) };
+    let Some(queue) = &ctx.changes_queue else { return Ok(()) };
     let channel = connection.create_channel().await?;
-    let queue = node.changes_queue();
     let options = lapin::options::BasicGetOptions { no_ack: false };
     while let Some(message) = channel.basic_get(queue.as_str().into(), options).await? {
         handle_change(ctx, publisher, message.delivery).await;
@@ -75,13 +73,5 @@ pub fn dispatch_change(
         }
         Some(Err(error)) => Err(anyhow::Error::from(error).context("change consumer failed")),
         None => Err(anyhow::anyhow!("the broker cancelled the change consumer")),
-    }
-}
-
-/// The next delivery of an optional consumer (pending for ever without one).
-pub async fn next_change(changes: &mut Option<Consumer>) -> Option<lapin::Result<Delivery>> {
-    match changes {
-        Some(consumer) => consumer.next().await,
-        None => std::future::pending().await,
     }
 }

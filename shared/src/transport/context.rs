@@ -4,6 +4,7 @@
 //! Built once per process and shared by the session, the step and settling.
 
 use super::message::{change_event_message, Outgoing};
+use crate::call_book::CallBook;
 use crate::change::{ChangeEvent, ChangeKind, ChangeRequest};
 use crate::change_book::ChangeBook;
 use crate::settings::Settings;
@@ -23,6 +24,11 @@ pub struct NodeContext {
     pub trust: Trust,
     /// The node's book of in-flight changes (workflow nodes only).
     pub book: Option<ChangeBook>,
+    /// The queue on which it hears changes (with a book).
+    pub changes_queue: Option<String>,
+    /// The service queue it answers calls on, and its book of answered
+    /// calls (workflow nodes only).
+    pub calls: Option<(String, CallBook)>,
     /// Held during the configured per-element delay: a slowed instance handles
     /// one element at a time, like a worker that is busy for that long.
     busy: tokio::sync::Mutex<()>,
@@ -46,6 +52,8 @@ impl NodeContext {
             max_message_bytes: settings.max_message_bytes,
             max_attempts: settings.max_attempts.max(1),
             book: None,
+            changes_queue: None,
+            calls: None,
             busy: tokio::sync::Mutex::new(()),
         })
     }
@@ -54,6 +62,8 @@ impl NodeContext {
     pub async fn for_node(settings: &Settings, node: Node, prefetch: u16) -> anyhow::Result<NodeContext> {
         let mut ctx = NodeContext::new(settings, node.name(), node.queue(), prefetch)?;
         ctx.book = Some(ChangeBook::open(settings, node.name()).await?);
+        ctx.changes_queue = Some(node.changes_queue());
+        ctx.calls = Some((node.service_queue(), CallBook::open(settings, node.name()).await?));
         Ok(ctx)
     }
 
@@ -62,16 +72,24 @@ impl NodeContext {
         self.book.as_ref().and_then(|_| Node::from_name(self.node))
     }
 
-    /// The consumer tag of the node's workflow queue and of its changes queue.
-    pub fn consumer_tags(&self) -> [String; 2] {
-        [self.instance_id.clone(), format!("{}-changes", self.instance_id)]
+    /// The consumer tags of the node's workflow queue, its changes queue
+    /// and its service queue.
+    pub fn consumer_tags(&self) -> [String; 3] {
+        let id = &self.instance_id;
+        [id.clone(), format!("{id}-changes"), format!("{id}-calls")]
     }
 
     /// The queue a delivery came from: the node's changes queue for a
-    /// change request heard on the fanout, else its own queue.
+    /// change request heard on the fanout, its service queue for a call,
+    /// else its own queue.
     pub fn queue_of(&self, delivery: &lapin::message::Delivery) -> String {
-        match self.workflow_node() {
-            Some(node) if delivery.exchange.as_str() == topology::CHANGES_EXCHANGE => node.changes_queue(),
+        match (&self.changes_queue, &self.calls) {
+            (Some(queue), _) if delivery.exchange.as_str() == topology::CHANGES_EXCHANGE => queue.clone(),
+            (_, Some((queue, _))) if delivery.exchange.as_str() == topology::SERVICES_EXCHANGE => {
+                queue.clone()
+            }
+            // Sent to the queue by name (a reply to the coordinator's call).
+            _ if delivery.exchange.as_str().is_empty() => delivery.routing_key.to_string(),
             _ => self.queue.clone(),
         }
     }

@@ -150,8 +150,11 @@ impl Signers {
         }
         let queue = get(QUEUE_HEADER).unwrap_or_default();
         let own_queues = match role {
-            Role::Node(n) => vec![n.queue(), n.changes_queue()],
-            Role::Tracker => vec![topology::TRACKER_QUEUE.to_string()],
+            Role::Node(n) => vec![n.queue(), n.changes_queue(), n.service_queue()],
+            Role::Tracker => {
+                vec![topology::TRACKER_QUEUE.to_string(), topology::POLL_RESULTS_QUEUE.to_string()]
+            }
+            Role::Coordinator => topology::coordinator_queues().into_iter().map(|q| q.name).collect(),
             Role::Publisher | Role::Support => Vec::new(),
         };
         if !own_queues.contains(&queue) {

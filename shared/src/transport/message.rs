@@ -137,6 +137,23 @@ pub fn dead_letter_message(delivery: &Delivery, origin: &Origin, reason: &str) -
     }
 }
 
+/// The properties of a dead letter a process writes itself (not a received
+/// message's): the same headers [`dead_letter_message`] adds, signed as its own.
+pub fn dead_letter_headers(node: &str, queue: &str, routing_key: &str, reason: &str) -> BasicProperties {
+    let text = |s: &str| AMQPValue::LongString(s.into());
+    let mut headers = FieldTable::default();
+    headers.insert(SCHEMA_HEADER.into(), AMQPValue::LongUInt(SCHEMA_VERSION));
+    headers.insert(REASON_HEADER.into(), text(&crate::text::mask_card_numbers(reason)));
+    headers.insert(NODE_HEADER.into(), text(node));
+    headers.insert(QUEUE_HEADER.into(), text(queue));
+    headers.insert(ROUTING_KEY_HEADER.into(), text(routing_key));
+    headers.insert(DEAD_LETTERED_AT_HEADER.into(), text(&crate::audit::rfc3339::format(&chrono::Utc::now())));
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_headers(headers)
+}
+
 /// A delivery sent round `node`'s retry queue: unchanged but for the
 /// attempts made so far (`attempts`), its verified `sender` (the node signs
 /// the copy as its own) and a per-message TTL of `delay`, after which the

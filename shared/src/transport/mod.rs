@@ -14,6 +14,7 @@ pub mod dead_letters;
 pub mod message;
 pub mod publisher;
 pub mod runner;
+pub mod service;
 pub mod session;
 pub mod settle;
 pub mod step;

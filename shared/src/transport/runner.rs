@@ -5,10 +5,11 @@
 //! go to the change consumer; the session reconnects and shuts down.
 
 use super::arrival::{receive, Arrival};
-use super::change_consumer::{dispatch_change, next_change};
+use super::change_consumer::dispatch_change;
 use super::context::NodeContext;
 use super::publisher::{publish_failure, Publisher};
-use super::session::{finish, open_consumer, supervise};
+use super::service::{dispatch_call, StageService};
+use super::session::{finish, next_of, open_consumer, supervise, Consumers};
 use super::settle::{ack, attempt_of, settle, settle_failure, Settle};
 use super::step::{step, Handled, StepOutcome};
 use crate::settings::Settings;
@@ -40,15 +41,22 @@ async fn serve<S: Stage>(
 ) -> anyhow::Result<()> {
     let connection = Arc::new(connection);
     let publisher = Publisher::reopening(connection.clone(), ctx.trust.own_user()).await?;
-    let (channel, mut consumer, mut changes) = open_consumer(&connection, &ctx, &publisher).await?;
+    let Consumers { channel, elements: mut consumer, mut changes, mut calls } =
+        open_consumer(&connection, &ctx, &publisher).await?;
+    let service = Arc::new(StageService(stage.clone()));
     tracing::info!(node = ctx.node, queue = ctx.queue, prefetch = ctx.prefetch, "consuming");
     let tasks = TaskTracker::new();
     let result = loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break Ok(()),
-            next = next_change(&mut changes) => {
+            next = next_of(&mut changes) => {
                 if let Err(error) = dispatch_change(next, &ctx, &publisher, &tasks) {
+                    break Err(error);
+                }
+            }
+            next = next_of(&mut calls) => {
+                if let Err(error) = dispatch_call(next, &ctx, &service, &publisher, &tasks) {
                     break Err(error);
                 }
             }

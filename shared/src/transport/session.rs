@@ -10,6 +10,7 @@ use super::publisher::Publisher;
 use crate::events::Reconnected;
 use crate::settings::Settings;
 use lapin::{
+    message::Delivery,
     options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
     Channel, Connection, Consumer,
@@ -68,20 +69,32 @@ where
     }
 }
 
-/// Checks the topology, (re)declares the node's own queues, hears the
-/// changes already waiting, and opens a consumer on its workflow queue (and
-/// one on its changes queue).
+/// A session's consumers, on one channel.
+pub struct Consumers {
+    pub channel: Channel,
+    /// The node's own queue (workflow elements).
+    pub elements: Consumer,
+    /// Its changes queue, when it hears changes.
+    pub changes: Option<Consumer>,
+    /// Its service queue, when it answers calls.
+    pub calls: Option<Consumer>,
+}
+
+/// Checks the topology and the node's own queues, hears the changes
+/// already waiting, and opens a consumer on its workflow queue (and on its
+/// changes and service queues).
 pub async fn open_consumer(
     connection: &Connection,
     ctx: &NodeContext,
     publisher: &Publisher,
-) -> anyhow::Result<(Channel, Consumer, Option<Consumer>)> {
+) -> anyhow::Result<Consumers> {
     let setup = connection.create_channel().await?;
     let mut own: Vec<topology::QueueSpec> =
         topology::queues().into_iter().filter(|q| q.name == ctx.queue).collect();
     if let Some(node) = ctx.workflow_node() {
         own.push(topology::changes_queue(node));
         own.push(topology::retry_queue(node));
+        own.push(topology::service_queue(node));
     }
     topology::ensure_for(&setup, &own).await.map_err(|e| {
         let hint = if e.to_string().contains("NOT_FOUND") {
@@ -108,13 +121,25 @@ pub async fn open_consumer(
                 .await
         }
     };
-    let [element_tag, changes_tag] = ctx.consumer_tags();
-    let consumer = consume(ctx.queue.clone(), element_tag).await?;
-    let changes = match ctx.workflow_node() {
-        Some(node) => Some(consume(node.changes_queue(), changes_tag).await?),
+    let [element_tag, changes_tag, calls_tag] = ctx.consumer_tags();
+    let elements = consume(ctx.queue.clone(), element_tag).await?;
+    let changes = match &ctx.changes_queue {
+        Some(queue) => Some(consume(queue.clone(), changes_tag).await?),
         None => None,
     };
-    Ok((channel, consumer, changes))
+    let calls = match &ctx.calls {
+        Some((queue, _)) => Some(consume(queue.clone(), calls_tag).await?),
+        None => None,
+    };
+    Ok(Consumers { channel, elements, changes, calls })
+}
+
+/// The next delivery of an optional consumer (pending for ever without one).
+pub async fn next_of(consumer: &mut Option<Consumer>) -> Option<lapin::Result<Delivery>> {
+    match consumer {
+        Some(consumer) => futures::StreamExt::next(consumer).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Ends a session: on shutdown, cancels the consumers, lets every task in

@@ -157,9 +157,24 @@ pub fn outcome_messages(
     outcome: &Outcome,
     ctx: &NodeContext,
 ) -> (OrderElement, Vec<Outgoing>) {
+    let (element, events) = outcome_events(before, outcome, ctx);
+    let mut messages: Vec<Outgoing> = events.iter().map(audit_message).collect();
+    if let Some(next) = next_node(&element) {
+        messages.push(element_message(&element, next));
+    }
+    (element, messages)
+}
+
+/// The audit events of an outcome, one per step, and the element as it
+/// leaves (its step count and state those of its last event).
+pub fn outcome_events(
+    before: (u32, Option<OrderState>),
+    outcome: &Outcome,
+    ctx: &NodeContext,
+) -> (OrderElement, Vec<AuditEvent>) {
     let (mut seq, mut from_state) = before;
     let mut element = outcome.element.clone();
-    let mut messages = Vec::with_capacity(outcome.steps.len() + 1);
+    let mut events = Vec::with_capacity(outcome.steps.len());
     for step in &outcome.steps {
         seq += 1;
         let transition = Transition {
@@ -169,22 +184,14 @@ pub fn outcome_messages(
             from_state,
             to_state: step.state,
         };
-        messages.push(audit_message(&AuditEvent::new(
-            transition,
-            ctx.node,
-            &ctx.instance_id,
-            step.detail.clone(),
-        )));
+        events.push(AuditEvent::new(transition, ctx.node, &ctx.instance_id, step.detail.clone()));
         from_state = Some(step.state);
     }
     element.seq = seq;
     if let Some(state) = from_state {
         element.state = state;
     }
-    if let Some(next) = next_node(&element) {
-        messages.push(element_message(&element, next));
-    }
-    (element, messages)
+    (element, events)
 }
 
 /// When the element ends its travel here, closes the order in the change

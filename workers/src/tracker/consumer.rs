@@ -13,7 +13,7 @@ use futures::StreamExt;
 use lapin::options::BasicAckOptions;
 use shared::settings::Settings;
 use shared::transport::message::{decode, decode_audit, CHANGE_EVENT_TYPE, MAX_SEQ};
-use shared::transport::session::{finish, open_consumer, supervise};
+use shared::transport::session::{finish, open_consumer, supervise, Consumers};
 use shared::transport::settle::{ack_with, dead_letter, retry_delay};
 use shared::transport::{NodeContext, Publisher};
 use std::sync::Arc;
@@ -30,9 +30,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let ctx =
         Arc::new(NodeContext::new(&settings, "tracker", topology::TRACKER_QUEUE.to_string(), PREFETCH)?);
+    let retention = super::results::Retention::from_settings(&settings)?;
     let result = supervise(&settings, &ctx, &shutdown, |connection| {
         let health = health.clone();
-        let session = serve(connection, ctx.clone(), store.clone(), health.clone(), shutdown.clone());
+        let session =
+            serve(connection, ctx.clone(), store.clone(), health.clone(), retention, shutdown.clone());
         async move {
             let result = session.await;
             health.set_consuming(false);
@@ -42,6 +44,18 @@ pub async fn run(
     .await;
     health.set_consuming(false);
     result
+}
+
+/// A consumer of the results kept for polling (on a channel of its own).
+async fn consume_results(connection: &lapin::Connection) -> anyhow::Result<lapin::Consumer> {
+    let channel = connection.create_channel().await?;
+    channel.basic_qos(100, lapin::options::BasicQosOptions { global: false }).await?;
+    let queue = topology::POLL_RESULTS_QUEUE;
+    let consumer = channel
+        .basic_consume(queue.into(), "tracker-results".into(), Default::default(), Default::default())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot consume {queue}: {e} (is the topology applied?)"))?;
+    Ok(consumer)
 }
 
 /// Checks that the event's sender may say it: the node it names is the
@@ -74,16 +88,26 @@ async fn serve(
     ctx: Arc<NodeContext>,
     store: TrackerStore,
     health: Arc<Health>,
+    mut retention: super::results::Retention,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let publisher = Publisher::open(&connection, ctx.trust.own_user()).await?;
-    let (channel, consumer, _) = open_consumer(&connection, &ctx, &publisher).await?;
+    let Consumers { channel, elements: consumer, .. } = open_consumer(&connection, &ctx, &publisher).await?;
+    let mut results = consume_results(&connection).await?;
     health.set_consuming(true);
     let mut batches = consumer.ready_chunks(BATCH);
     let result = loop {
         let chunk = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break Ok(()),
+            next = results.next() => match next {
+                Some(Ok(delivery)) => {
+                    super::results::keep(&ctx, &store, &publisher, &mut retention, delivery).await;
+                    continue;
+                }
+                Some(Err(error)) => break Err(anyhow::Error::from(error).context("results consumer failed")),
+                None => break Err(anyhow::anyhow!("the broker cancelled the results consumer")),
+            },
             chunk = batches.next() => match chunk {
                 Some(chunk) => chunk,
                 None => break Err(anyhow::anyhow!("the broker cancelled the consumer")),

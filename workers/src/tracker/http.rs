@@ -1,7 +1,8 @@
 //! The tracker's HTTP API (loopback by default): `GET /orders/{id}` (state,
 //! terminal or not, ordered history), `POST /orders/status` (latest states of
 //! many orders), `GET /orders?state=&at=&customer=&older_than=&newer_than=&limit=&after=`
-//! (finding orders, a page at a time), `GET /stats` (orders per state), `GET /health`.
+//! (finding orders, a page at a time), `GET /calls/{request_id}` (a service
+//! result kept for polling), `GET /stats` (orders per state), `GET /health`.
 
 use super::store::TrackerStore;
 use super::Health;
@@ -35,6 +36,7 @@ pub fn router(store: TrackerStore, health: Arc<Health>) -> Router {
             post(statuses).layer(axum::extract::DefaultBodyLimit::max(STATUS_BODY_LIMIT)),
         )
         .route("/stats", get(stats))
+        .route("/calls/{request_id}", get(call_result))
         .with_state(store)
         .route("/health", get(move || async move { health_answer(&health) }))
 }
@@ -136,6 +138,23 @@ async fn search(
     };
     match store.search(&search, chrono::Utc::now()).await {
         Ok(page) => Json(page).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+/// `GET /calls/{request_id}`: a service result kept for polling.
+async fn call_result(State(store): State<TrackerStore>, Path(request_id): Path<String>) -> Response {
+    if let Err(reason) = shared::service::check_id("the request id", &request_id) {
+        return error(StatusCode::BAD_REQUEST, reason);
+    }
+    match store.call_result(&request_id).await {
+        Ok(Some(kept)) => Json(kept).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no result for request {request_id}: not answered yet, never sent, or removed after its retention"
+            ),
+        ),
         Err(e) => internal(e),
     }
 }

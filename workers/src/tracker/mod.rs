@@ -4,6 +4,7 @@
 
 pub mod consumer;
 pub mod http;
+pub mod results;
 pub mod store;
 
 use shared::settings::Settings;

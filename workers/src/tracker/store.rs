@@ -9,8 +9,10 @@
 use shared::audit::{rfc3339, AuditEvent};
 use shared::change::ChangeEvent;
 use shared::order_search::{OrderPage, OrderSearch, OrderSummary};
+use shared::service::CallResult;
 use shared::settings::Settings;
 use shared::store::Store;
+use shared::tracker_api::KeptResult;
 use shared::tracker_api::{HistoryEntry, OrderStatus, OrderView, Stats, Statuses};
 use sqlx::Row as _;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -31,6 +33,16 @@ const SCHEMA: &[&str] = &[
 const INDEXES: &[&str] =
     &["CREATE INDEX IF NOT EXISTS tracker_orders_by_customer ON tracker_orders (customer_id, order_id)"];
 
+/// Service results kept for polling (`GET /calls/{request_id}`): the first
+/// result of a request id stands, unless it was a failure worth retrying
+/// and a later result came; `collected_at` is set when it is first read.
+const CALL_RESULTS: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS tracker_call_results (request_id TEXT PRIMARY KEY, service TEXT NOT NULL, \
+     caller TEXT NOT NULL, result TEXT NOT NULL, retryable BIGINT NOT NULL, received_at BIGINT NOT NULL, \
+     collected_at BIGINT)",
+    "CREATE INDEX IF NOT EXISTS tracker_call_results_by_age ON tracker_call_results (received_at)",
+];
+
 /// What the tracker receives on the audit exchange.
 pub enum Record {
     State(AuditEvent),
@@ -48,7 +60,9 @@ impl TrackerStore {
         store.migrate(SCHEMA).await?;
         store.add_column("tracker_events", "change_id TEXT").await?;
         store.add_column("tracker_orders", "customer_id TEXT").await?;
+        store.add_column("tracker_events", "mode TEXT").await?;
         store.migrate(INDEXES).await?;
+        store.migrate(CALL_RESULTS).await?;
         Ok(TrackerStore { store })
     }
 
@@ -117,7 +131,7 @@ impl TrackerStore {
     pub async fn order(&self, order_id: Uuid) -> sqlx::Result<Option<OrderView>> {
         let rows = sqlx::query(
             "SELECT to_state, from_state, node, instance_id, at, recorded_at, detail, seq, version, event_id, terminal, \
-             change_id FROM tracker_events WHERE order_id = $1 ORDER BY seq, at",
+             change_id, mode FROM tracker_events WHERE order_id = $1 ORDER BY seq, at",
         )
         .bind(order_id.to_string())
         .fetch_all(&self.store.pool)
@@ -147,10 +161,75 @@ impl TrackerStore {
                 version: row.try_get("version")?,
                 event_id: row.try_get("event_id")?,
                 change_id,
+                mode: row.try_get("mode")?,
             });
         }
         let history = in_order(history);
         Ok(Some(OrderView { order_id: order_id.to_string(), state, terminal, history }))
+    }
+
+    /// Keeps a service's result for polling: the first result of a request
+    /// id stands, unless it is a failure worth retrying and a new result came.
+    pub async fn keep_call_result(&self, result: &CallResult, caller: &str) -> sqlx::Result<()> {
+        let body = serde_json::to_string(result).map_err(|e| sqlx::Error::Encode(e.into()))?;
+        sqlx::query(
+            "INSERT INTO tracker_call_results (request_id, service, caller, result, retryable, received_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (request_id) DO UPDATE SET result = excluded.result, \
+             retryable = excluded.retryable, received_at = excluded.received_at, service = excluded.service, \
+             caller = excluded.caller WHERE tracker_call_results.retryable = 1",
+        )
+        .bind(&result.request_id)
+        .bind(&result.service)
+        .bind(caller)
+        .bind(body)
+        .bind(i64::from(result.retryable))
+        .bind(chrono::Utc::now().timestamp_millis())
+        .execute(&self.store.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A kept result (marked collected the first time it is read).
+    pub async fn call_result(&self, request_id: &str) -> sqlx::Result<Option<KeptResult>> {
+        let now = chrono::Utc::now().timestamp_millis();
+        sqlx::query("UPDATE tracker_call_results SET collected_at = $1 WHERE request_id = $2 AND collected_at IS NULL")
+            .bind(now)
+            .bind(request_id)
+            .execute(&self.store.pool)
+            .await?;
+        let row = sqlx::query(
+            "SELECT service, caller, result, received_at, collected_at FROM tracker_call_results WHERE request_id = $1",
+        )
+        .bind(request_id)
+        .fetch_optional(&self.store.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let result: String = row.try_get("result")?;
+        Ok(Some(KeptResult {
+            caller: row.try_get("caller")?,
+            result: serde_json::from_str(&result).map_err(|e| sqlx::Error::Decode(e.into()))?,
+            received_at_ms: row.try_get("received_at")?,
+            collected_at_ms: row.try_get("collected_at")?,
+        }))
+    }
+
+    /// Deletes results collected more than `collected` ago and results
+    /// never collected, received more than `uncollected` ago.
+    pub async fn purge_call_results(
+        &self,
+        collected: std::time::Duration,
+        uncollected: std::time::Duration,
+    ) -> sqlx::Result<u64> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let removed = sqlx::query(
+            "DELETE FROM tracker_call_results WHERE (collected_at IS NOT NULL AND collected_at < $1) \
+             OR (collected_at IS NULL AND received_at < $2)",
+        )
+        .bind(now - collected.as_millis() as i64)
+        .bind(now - uncollected.as_millis() as i64)
+        .execute(&self.store.pool)
+        .await?;
+        Ok(removed.rows_affected())
     }
 
     /// Latest state of each of `ids` the tracker knows.
@@ -289,6 +368,8 @@ struct Row {
     change_id: Option<String>,
     /// Set on `placed` events (the publisher's, which trust checked).
     customer_id: Option<String>,
+    /// `directed` or `service` for steps done through a node's service.
+    mode: Option<String>,
 }
 
 impl From<&Record> for Row {
@@ -308,6 +389,7 @@ impl From<&Record> for Row {
                 detail: e.detail.clone(),
                 change_id: None,
                 customer_id: e.customer_id.clone(),
+                mode: e.mode.clone(),
             },
             Record::Change(e) => Row {
                 event_id: e.event_id.to_string(),
@@ -323,6 +405,7 @@ impl From<&Record> for Row {
                 detail: e.detail.clone(),
                 change_id: Some(e.change_id.to_string()),
                 customer_id: None,
+                mode: None,
             },
         }
     }
@@ -335,7 +418,7 @@ async fn insert_events(
     rows: &[Row],
     recorded_at: &str,
 ) -> sqlx::Result<HashSet<String>> {
-    const COLUMNS: usize = 13;
+    const COLUMNS: usize = 14;
     let mut new_ids = HashSet::new();
     for chunk in rows.chunks(300) {
         let values: Vec<String> = (0..chunk.len())
@@ -346,7 +429,7 @@ async fn insert_events(
             .collect();
         let sql = format!(
             "INSERT INTO tracker_events (event_id, order_id, seq, version, node, instance_id, from_state, \
-             to_state, terminal, at, detail, recorded_at, change_id) VALUES {} \
+             to_state, terminal, at, detail, recorded_at, change_id, mode) VALUES {} \
              ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
             values.join(", ")
         );
@@ -366,7 +449,8 @@ async fn insert_events(
                 .bind(&row.at)
                 .bind(&row.detail)
                 .bind(recorded_at)
-                .bind(row.change_id.clone());
+                .bind(row.change_id.clone())
+                .bind(row.mode.clone());
         }
         for returned in query.fetch_all(&mut **tx).await? {
             new_ids.insert(returned.try_get::<String, _>("event_id")?);
@@ -453,6 +537,7 @@ mod tests {
             version: 0,
             event_id: format!("{state}-{seq}"),
             change_id: change.then(|| "c".to_string()),
+            mode: None,
         }
     }
 

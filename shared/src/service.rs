@@ -1,0 +1,312 @@
+//! Service calls, as data: what a request to a node's service says about
+//! where its result goes (`Call`), and the result itself (`CallResult`).
+//! No AMQP here beyond reading a message's properties; the transport
+//! (`transport::service`) answers calls, the coordinator and the CLI make them.
+//!
+//! A call is a message to `orderflow.services` with routing key
+//! `service.<node>`, the element (or, at intake, a plain order) as its body,
+//! and its request id as `message_id`. Where the result goes:
+//!
+//! | reply mode | the caller sets | the result goes to |
+//! |---|---|---|
+//! | `sync` | `reply_to` (a queue, or `amq.rabbitmq.reply-to`), `correlation_id` | `reply_to`, through the default exchange |
+//! | `callback` | header `x-orderflow-callback: KEY` | `orderflow.results` with routing key `callback.KEY` |
+//! | `poll` | nothing | kept by the tracker: `GET /calls/{request_id}`, `orderflow call status` |
+//!
+//! The mode is `x-orderflow-reply` when set, else `sync` with a `reply_to`,
+//! `callback` with a callback key, `poll` otherwise. A call may carry a
+//! deadline (`x-orderflow-deadline`, Unix milliseconds): a call still queued
+//! after it is answered with an error and never run.
+
+use crate::order::OrderElement;
+use lapin::{
+    types::{AMQPValue, FieldTable, ShortString},
+    BasicProperties,
+};
+use serde::{Deserialize, Serialize};
+
+/// Header naming how the caller wants its result (`sync`, `callback`, `poll`).
+pub const REPLY_HEADER: &str = "x-orderflow-reply";
+/// Header with the caller's callback key (results to `callback.<key>`).
+pub const CALLBACK_HEADER: &str = "x-orderflow-callback";
+/// Header with the call's deadline, Unix milliseconds.
+pub const DEADLINE_HEADER: &str = "x-orderflow-deadline";
+/// Header the coordinator sets on its calls (`directed`): the steps are
+/// recorded as done in directed mode. Believed only from the coordinator.
+pub const MODE_HEADER: &str = "x-orderflow-mode";
+/// Header on a result: the caller, as the broker verified it.
+pub const CALLER_HEADER: &str = "x-orderflow-caller";
+/// The `type` property of a result message.
+pub const RESULT_TYPE: &str = "service_result";
+
+/// The longest request id and callback key a call may have.
+pub const MAX_ID_LEN: usize = 200;
+
+/// Where a call's result goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplyTo {
+    /// To the caller's queue (or RabbitMQ's direct reply-to), by name.
+    Queue(String),
+    /// To `orderflow.results` with routing key `callback.<key>`.
+    Callback(String),
+    /// Kept for polling (by the tracker).
+    Poll,
+}
+
+impl ReplyTo {
+    pub fn mode(&self) -> &'static str {
+        match self {
+            ReplyTo::Queue(_) => "sync",
+            ReplyTo::Callback(_) => "callback",
+            ReplyTo::Poll => "poll",
+        }
+    }
+}
+
+/// What a request says about itself, read from its properties.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Call {
+    pub request_id: String,
+    pub reply_to: ReplyTo,
+    /// Echoed on the result (`correlation_id`), else the request id.
+    pub correlation_id: String,
+    /// Unix milliseconds after which the call is not run.
+    pub deadline_ms: Option<i64>,
+    /// Made by the coordinator for a directed order (if the sender is the coordinator).
+    pub directed: bool,
+}
+
+/// Why a request cannot be read as a call. Where it has a reply address
+/// (`reply_to`), the caller gets the reason; otherwise it is dead-lettered.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct CallError {
+    pub reason: String,
+    /// The request's `reply_to`, if it had one.
+    pub reply_to: Option<String>,
+    pub correlation_id: Option<String>,
+}
+
+fn header<'a>(headers: Option<&'a FieldTable>, name: &str) -> Option<&'a AMQPValue> {
+    headers?.inner().get(&ShortString::from(name))
+}
+
+fn text(value: &AMQPValue) -> Option<String> {
+    match value {
+        AMQPValue::LongString(text) => Some(text.to_string()),
+        AMQPValue::ShortString(text) => Some(text.to_string()),
+        _ => None,
+    }
+}
+
+fn integer(value: &AMQPValue) -> Option<i64> {
+    match value {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::Timestamp(n) => i64::try_from(*n).ok(),
+        other => text(other)?.trim().parse().ok(),
+    }
+}
+
+/// A request id or callback key: 1 to 200 of letters, digits, `-`, `_`, `.`, `:`.
+pub fn check_id(what: &str, id: &str) -> Result<(), String> {
+    let fine = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':');
+    if id.is_empty() || id.len() > MAX_ID_LEN || !id.chars().all(fine) {
+        return Err(format!(
+            "{what} {:?} must be 1 to {MAX_ID_LEN} letters, digits, '-', '_', '.' or ':'",
+            crate::text::escaped(&id.chars().take(MAX_ID_LEN + 1).collect::<String>())
+        ));
+    }
+    Ok(())
+}
+
+impl Call {
+    /// Reads a call from a request's properties.
+    pub fn from_properties(properties: &BasicProperties) -> Result<Call, CallError> {
+        let headers = properties.headers().as_ref();
+        let reply_queue = properties.reply_to().as_ref().map(|q| q.to_string()).filter(|q| !q.is_empty());
+        let correlation = properties.correlation_id().as_ref().map(|c| c.to_string());
+        let fail = |reason: String| CallError {
+            reason,
+            reply_to: reply_queue.clone(),
+            correlation_id: correlation.clone(),
+        };
+        let callback = header(headers, CALLBACK_HEADER).map(|v| text(v).unwrap_or_default());
+        let declared = header(headers, REPLY_HEADER).map(|v| text(v).unwrap_or_default());
+        let reply_to = match (declared.as_deref(), &reply_queue, &callback) {
+            (Some("sync") | None, Some(queue), _) => ReplyTo::Queue(queue.clone()),
+            (Some("sync"), None, _) => {
+                return Err(fail("a sync call needs reply_to (a queue, or amq.rabbitmq.reply-to)".into()))
+            }
+            (Some("callback") | None, _, Some(key)) => {
+                check_id("the callback key", key).map_err(fail)?;
+                ReplyTo::Callback(key.clone())
+            }
+            (Some("callback"), _, None) => {
+                return Err(fail(format!("a callback call needs the {CALLBACK_HEADER} header")))
+            }
+            (Some("poll") | None, _, _) => ReplyTo::Poll,
+            (Some(other), _, _) => {
+                return Err(fail(format!(
+                    "{REPLY_HEADER} is {:?}; it may be sync, callback or poll",
+                    crate::text::escaped(other)
+                )))
+            }
+        };
+        let request_id = match (properties.message_id().as_ref(), &reply_to, &correlation) {
+            (Some(id), _, _) => id.to_string(),
+            // A sync caller waits for its correlation id: that may serve as the request id.
+            (None, ReplyTo::Queue(_), Some(correlation)) => correlation.clone(),
+            (None, _, _) => return Err(fail("a call needs its request id as message_id".into())),
+        };
+        check_id("the request id", &request_id).map_err(fail)?;
+        let deadline_ms = match header(headers, DEADLINE_HEADER) {
+            None => None,
+            Some(value) => Some(
+                integer(value)
+                    .ok_or_else(|| fail(format!("{DEADLINE_HEADER} must be a time in Unix milliseconds")))?,
+            ),
+        };
+        let directed = header(headers, MODE_HEADER).and_then(text).as_deref() == Some("directed");
+        Ok(Call {
+            correlation_id: correlation.unwrap_or_else(|| request_id.clone()),
+            request_id,
+            reply_to,
+            deadline_ms,
+            directed,
+        })
+    }
+
+    /// Whether the call's deadline has passed at `now_ms`.
+    pub fn expired(&self, now_ms: i64) -> bool {
+        self.deadline_ms.is_some_and(|deadline| now_ms > deadline)
+    }
+}
+
+/// One state change a service made, as a result reports it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepDone {
+    pub state: crate::order::OrderState,
+    pub detail: String,
+}
+
+/// A service's answer to one call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallResult {
+    pub request_id: String,
+    pub service: String,
+    /// `done` or `failed`.
+    pub status: CallStatus,
+    /// The element after the service (when done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub element: Option<OrderElement>,
+    /// The state changes the service made, in order (when done).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepDone>,
+    /// Why it failed (when failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Whether the same call may succeed later (when failed).
+    #[serde(default)]
+    pub retryable: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallStatus {
+    Done,
+    Failed,
+}
+
+impl CallResult {
+    pub fn done(request_id: &str, service: &str, element: OrderElement, steps: Vec<StepDone>) -> CallResult {
+        CallResult {
+            request_id: request_id.into(),
+            service: service.into(),
+            status: CallStatus::Done,
+            element: Some(element),
+            steps,
+            error: None,
+            retryable: false,
+        }
+    }
+
+    pub fn failed(request_id: &str, service: &str, error: impl Into<String>, retryable: bool) -> CallResult {
+        CallResult {
+            request_id: request_id.into(),
+            service: service.into(),
+            status: CallStatus::Failed,
+            element: None,
+            steps: Vec::new(),
+            error: Some(crate::text::mask_card_numbers(&error.into())),
+            retryable,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props() -> BasicProperties {
+        BasicProperties::default().with_message_id("r-1".into())
+    }
+
+    fn with_header(properties: BasicProperties, name: &str, value: AMQPValue) -> BasicProperties {
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        headers.insert(name.into(), value);
+        properties.with_headers(headers)
+    }
+
+    #[test]
+    fn the_reply_mode_follows_what_the_caller_set() {
+        let sync = Call::from_properties(&props().with_reply_to("amq.rabbitmq.reply-to".into())).unwrap();
+        assert_eq!(sync.reply_to, ReplyTo::Queue("amq.rabbitmq.reply-to".into()));
+        assert_eq!(sync.correlation_id, "r-1");
+        let key = AMQPValue::LongString("mine.results".into());
+        let callback = Call::from_properties(&with_header(props(), CALLBACK_HEADER, key)).unwrap();
+        assert_eq!(callback.reply_to, ReplyTo::Callback("mine.results".into()));
+        assert_eq!(Call::from_properties(&props()).unwrap().reply_to, ReplyTo::Poll);
+    }
+
+    #[test]
+    fn a_call_that_cannot_be_answered_says_why() {
+        let sync = with_header(props(), REPLY_HEADER, AMQPValue::LongString("sync".into()));
+        let error = Call::from_properties(&sync).unwrap_err();
+        assert!(error.reason.contains("needs reply_to"), "{error}");
+        assert_eq!(error.reply_to, None);
+        let no_id = Call::from_properties(&BasicProperties::default()).unwrap_err();
+        assert!(no_id.reason.contains("message_id"));
+        // A sync caller's correlation id serves as the request id.
+        let by_correlation =
+            BasicProperties::default().with_reply_to("q".into()).with_correlation_id("c-9".into());
+        assert_eq!(Call::from_properties(&by_correlation).unwrap().request_id, "c-9");
+        let bad_key = with_header(props(), CALLBACK_HEADER, AMQPValue::LongString("a b\u{7}".into()));
+        assert!(Call::from_properties(&bad_key).unwrap_err().reason.contains("callback key"));
+        let long_id = BasicProperties::default().with_message_id("x".repeat(201).into());
+        assert!(Call::from_properties(&long_id).is_err());
+        let bad_mode = with_header(props(), REPLY_HEADER, AMQPValue::LongString("carrier-pigeon".into()));
+        assert!(Call::from_properties(&bad_mode).unwrap_err().reason.contains("sync, callback or poll"));
+    }
+
+    #[test]
+    fn a_deadline_is_read_as_unix_milliseconds() {
+        let call =
+            Call::from_properties(&with_header(props(), DEADLINE_HEADER, AMQPValue::LongLongInt(1_000)))
+                .unwrap();
+        assert!(call.expired(1_001));
+        assert!(!call.expired(1_000));
+        let text = with_header(props(), DEADLINE_HEADER, AMQPValue::LongString("2000".into()));
+        assert_eq!(Call::from_properties(&text).unwrap().deadline_ms, Some(2000));
+        let nonsense = with_header(props(), DEADLINE_HEADER, AMQPValue::LongString("NaN".into()));
+        assert!(Call::from_properties(&nonsense).is_err());
+    }
+
+    #[test]
+    fn a_failed_result_never_carries_a_card_number() {
+        let result = CallResult::failed("r", "payment", "card 4111111111111111 declined", false);
+        assert!(!result.error.unwrap().contains("4111111111111111"));
+    }
+}

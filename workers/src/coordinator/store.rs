@@ -1,0 +1,275 @@
+//! The coordinator's durable record of every directed order, in its own
+//! store (`coordinator.db`, or PostgreSQL with `DATABASE_URL`): its copy of
+//! the element, the call it waits on (service and request id), how often
+//! that call was sent, and when to send it again. Each step it took is
+//! logged in `coordinator_steps`. Every change of a record is a conditional
+//! update on the request id it expects, so two instances (or a redelivered
+//! reply) never both move an order on: the second finds the record moved
+//! and does nothing.
+
+use shared::order::OrderElement;
+use shared::settings::Settings;
+use shared::store::Store;
+use sqlx::Row;
+use uuid::Uuid;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS coordinator_orders (order_id TEXT PRIMARY KEY, element TEXT NOT NULL, \
+     status TEXT NOT NULL, service TEXT, request_id TEXT, sent BIGINT NOT NULL, attempts BIGINT NOT NULL, \
+     due_at BIGINT NOT NULL, updated_at BIGINT NOT NULL, reason TEXT)",
+    "CREATE INDEX IF NOT EXISTS coordinator_orders_by_request ON coordinator_orders (request_id)",
+    "CREATE INDEX IF NOT EXISTS coordinator_orders_by_due ON coordinator_orders (status, due_at)",
+    "CREATE TABLE IF NOT EXISTS coordinator_steps (request_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, \
+     service TEXT NOT NULL, status TEXT NOT NULL, detail TEXT NOT NULL, at BIGINT NOT NULL)",
+];
+
+/// Where a directed order stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Waiting on a call to `service`.
+    Calling,
+    /// Ended in a terminal state.
+    Done,
+    /// Given up (a permanent failure, or too many transient ones): dead-lettered.
+    Failed,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Calling => "calling",
+            Status::Done => "done",
+            Status::Failed => "failed",
+        }
+    }
+
+    fn parse(text: &str) -> Status {
+        match text {
+            "calling" => Status::Calling,
+            "done" => Status::Done,
+            _ => Status::Failed,
+        }
+    }
+}
+
+/// The call an order waits on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pending {
+    pub service: String,
+    pub request_id: String,
+}
+
+/// A directed order as the coordinator keeps it.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub element: OrderElement,
+    pub status: Status,
+    pub pending: Option<Pending>,
+    /// How many times the pending call was sent.
+    pub sent: i64,
+    /// Transient failures of the pending call so far.
+    pub attempts: i64,
+}
+
+/// What a record becomes after a step: its element and its next call (or its end).
+pub struct Next<'a> {
+    pub element: &'a OrderElement,
+    pub status: Status,
+    pub pending: Option<Pending>,
+    pub due_at: i64,
+    pub reason: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct CoordinatorStore {
+    store: Store,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn encode(element: &OrderElement) -> sqlx::Result<String> {
+    serde_json::to_string(element).map_err(|e| sqlx::Error::Encode(e.into()))
+}
+
+fn record(row: &sqlx::any::AnyRow) -> sqlx::Result<Record> {
+    let element: String = row.try_get("element")?;
+    let service: Option<String> = row.try_get("service")?;
+    let request_id: Option<String> = row.try_get("request_id")?;
+    let status = Status::parse(&row.try_get::<String, _>("status")?);
+    Ok(Record {
+        element: serde_json::from_str(&element).map_err(|e| sqlx::Error::Decode(e.into()))?,
+        status,
+        pending: match (status, service, request_id) {
+            (Status::Calling, Some(service), Some(request_id)) => Some(Pending { service, request_id }),
+            _ => None,
+        },
+        sent: row.try_get("sent")?,
+        attempts: row.try_get("attempts")?,
+    })
+}
+
+const COLUMNS: &str = "element, status, service, request_id, sent, attempts";
+
+impl CoordinatorStore {
+    pub async fn open(settings: &Settings) -> anyhow::Result<CoordinatorStore> {
+        let store = Store::open(settings, "coordinator").await?;
+        store.migrate(SCHEMA).await?;
+        Ok(CoordinatorStore { store })
+    }
+
+    /// Records a newly placed order, unless it is known already; returns
+    /// its record as it stands.
+    pub async fn place(&self, next: Next<'_>) -> sqlx::Result<Record> {
+        let order_id = next.element.order_id.to_string();
+        let (service, request_id) = split(&next.pending);
+        sqlx::query(
+            "INSERT INTO coordinator_orders (order_id, element, status, service, request_id, sent, attempts, \
+             due_at, updated_at, reason) VALUES ($1, $2, $3, $4, $5, 1, 0, $6, $7, $8) \
+             ON CONFLICT (order_id) DO NOTHING",
+        )
+        .bind(&order_id)
+        .bind(encode(next.element)?)
+        .bind(next.status.as_str())
+        .bind(service)
+        .bind(request_id)
+        .bind(next.due_at)
+        .bind(now_ms())
+        .bind(next.reason.clone())
+        .execute(&self.store.pool)
+        .await?;
+        self.order(next.element.order_id).await?.ok_or(sqlx::Error::RowNotFound)
+    }
+
+    pub async fn order(&self, order_id: Uuid) -> sqlx::Result<Option<Record>> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM coordinator_orders WHERE order_id = $1"))
+            .bind(order_id.to_string())
+            .fetch_optional(&self.store.pool)
+            .await?;
+        row.as_ref().map(record).transpose()
+    }
+
+    /// The order waiting on the call `request_id`, if one is.
+    pub async fn waiting_on(&self, request_id: &str) -> sqlx::Result<Option<Record>> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM coordinator_orders WHERE request_id = $1 AND status = 'calling'"
+        ))
+        .bind(request_id)
+        .fetch_optional(&self.store.pool)
+        .await?;
+        row.as_ref().map(record).transpose()
+    }
+
+    /// Moves the order waiting on `answered` on to `next`, and logs the
+    /// step, in one transaction; false (and nothing changed) when the order
+    /// no longer waits on that call.
+    pub async fn advance(
+        &self,
+        answered: &str,
+        step: (&str, &str, &str),
+        next: Next<'_>,
+    ) -> sqlx::Result<bool> {
+        let (service_answered, step_status, detail) = step;
+        let (service, request_id) = split(&next.pending);
+        let mut tx = self.store.pool.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE coordinator_orders SET element = $1, status = $2, service = $3, request_id = $4, sent = 1, \
+             attempts = 0, due_at = $5, updated_at = $6, reason = $7 \
+             WHERE order_id = $8 AND request_id = $9 AND status = 'calling'",
+        )
+        .bind(encode(next.element)?)
+        .bind(next.status.as_str())
+        .bind(service)
+        .bind(request_id)
+        .bind(next.due_at)
+        .bind(now_ms())
+        .bind(next.reason.clone())
+        .bind(next.element.order_id.to_string())
+        .bind(answered)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if moved != 1 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO coordinator_steps (request_id, order_id, service, status, detail, at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (request_id) DO NOTHING",
+        )
+        .bind(answered)
+        .bind(next.element.order_id.to_string())
+        .bind(service_answered)
+        .bind(step_status)
+        .bind(detail)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Counts a transient failure of the call and sets when to send it again.
+    pub async fn retry_later(&self, request_id: &str, attempts: i64, due_at: i64) -> sqlx::Result<bool> {
+        let updated = sqlx::query(
+            "UPDATE coordinator_orders SET attempts = $1, due_at = $2, updated_at = $3 \
+             WHERE request_id = $4 AND status = 'calling'",
+        )
+        .bind(attempts)
+        .bind(due_at)
+        .bind(now_ms())
+        .bind(request_id)
+        .execute(&self.store.pool)
+        .await?
+        .rows_affected();
+        Ok(updated == 1)
+    }
+
+    /// The orders whose call is due to be sent (again) at `now`, oldest first.
+    pub async fn due(&self, now: i64, limit: i64) -> sqlx::Result<Vec<Record>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM coordinator_orders WHERE status = 'calling' AND due_at <= $1 \
+             ORDER BY due_at LIMIT $2"
+        ))
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.store.pool)
+        .await?;
+        rows.iter().map(record).collect()
+    }
+
+    /// Claims a due call for sending again (counted in `sent`), until
+    /// `due_at`; false when another instance claimed it or it was answered.
+    pub async fn claim_resend(&self, request_id: &str, sent: i64, due_at: i64) -> sqlx::Result<bool> {
+        let updated = sqlx::query(
+            "UPDATE coordinator_orders SET sent = $1, due_at = $2, updated_at = $3 \
+             WHERE request_id = $4 AND status = 'calling' AND sent = $5",
+        )
+        .bind(sent + 1)
+        .bind(due_at)
+        .bind(now_ms())
+        .bind(request_id)
+        .bind(sent)
+        .execute(&self.store.pool)
+        .await?
+        .rows_affected();
+        Ok(updated == 1)
+    }
+
+    /// Orders per status (for tests and `orderflow`'s checks).
+    pub async fn counts(&self) -> sqlx::Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*) AS n FROM coordinator_orders GROUP BY status ORDER BY status",
+        )
+        .fetch_all(&self.store.pool)
+        .await?;
+        rows.iter().map(|row| Ok((row.try_get("status")?, row.try_get("n")?))).collect()
+    }
+}
+
+fn split(pending: &Option<Pending>) -> (Option<String>, Option<String>) {
+    match pending {
+        Some(p) => (Some(p.service.clone()), Some(p.request_id.clone())),
+        None => (None, None),
+    }
+}

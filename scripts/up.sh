@@ -36,11 +36,23 @@ running() { # pid file -> true if its process is alive and is that binary
 }
 
 started=0
+# Each process serves Prometheus metrics on a port of its own, counted up
+# from ORDERFLOW_METRICS_PORT_BASE in the order processes start (the same
+# port for the same process on every run); ORDERFLOW_METRICS_PORT_BASE=0: none.
+metrics_base=${ORDERFLOW_METRICS_PORT_BASE:-9100}
+metrics_ports=()
+port=$metrics_base
 mapfile -t PROCESSES < <(processes)
 for node in "${PROCESSES[@]}"; do
   var="ORDERFLOW_INSTANCES_${node^^}"
   instances=${!var:-1}
   for i in $(seq 1 "$instances"); do
+    port=$((port + 1))
+    metrics=()
+    if [[ $metrics_base != 0 ]]; then
+      metrics=(ORDERFLOW_METRICS_ADDR="127.0.0.1:$port")
+      metrics_ports+=("$node-$i http://127.0.0.1:$port/metrics")
+    fi
     pidfile="$ORDERFLOW_RUN_DIR/pids/$node-$i.pid"
     if running "$pidfile" "$node"; then continue; fi
     credentials=()
@@ -48,7 +60,7 @@ for node in "${PROCESSES[@]}"; do
       # This stack's own user of the role (named after the vhost) and its password file.
       mapfile -t credentials < <("$BIN/topology" credentials "$node" --secrets-dir "$secrets" --user-prefix "$ORDERFLOW_USER_PREFIX")
     fi
-    env "${credentials[@]}" ORDERFLOW_INSTANCE_ID="$node-$i" nohup "$BIN/$node" >>"$ORDERFLOW_RUN_DIR/logs/$node-$i.log" 2>&1 &
+    env "${credentials[@]}" "${metrics[@]}" ORDERFLOW_INSTANCE_ID="$node-$i" nohup "$BIN/$node" >>"$ORDERFLOW_RUN_DIR/logs/$node-$i.log" 2>&1 &
     echo $! >"$pidfile"
     started=$((started + 1))
   done
@@ -64,3 +76,7 @@ done
 say "orderflow is up ($started processes started; logs in $ORDERFLOW_RUN_DIR/logs)."
 say "  management UI: $ORDERFLOW_MGMT_URL  (queues: #/queues, exchanges: #/exchanges)"
 say "  tracker API:   http://$ORDERFLOW_HTTP_ADDR/stats"
+if [[ ${#metrics_ports[@]} -gt 0 ]]; then
+  say "  metrics (Prometheus):"
+  for line in "${metrics_ports[@]}"; do say "    $line"; done
+fi

@@ -357,6 +357,27 @@ impl Stack {
         pool
     }
 
+    /// Publishes `body` through the management API (as guest), as the UI's
+    /// "Publish message" does; returns the API's answer (`{"routed": true}`).
+    pub async fn publish_with_management_api(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        properties: Value,
+        body: &str,
+    ) -> Value {
+        let url = format!(
+            "http://127.0.0.1:15672/api/exchanges/{}/{exchange}/publish",
+            topology::management::encode(&self.vhost.name)
+        );
+        let request = json!({
+            "properties": properties, "routing_key": routing_key, "payload": body, "payload_encoding": "string"
+        });
+        let client = reqwest::Client::new();
+        let answer = client.post(url).basic_auth("guest", Some("guest")).json(&request).send().await;
+        answer.expect("the management API answers").json().await.expect("a JSON answer")
+    }
+
     /// Runs the CLI and parses its standard output as JSON.
     pub fn cli_json(&self, args: &[&str]) -> Value {
         let output = self.cli(args);

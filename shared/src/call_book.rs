@@ -134,22 +134,7 @@ mod tests {
     use super::*;
 
     async fn book(dir: &std::path::Path) -> CallBook {
-        let settings = Settings {
-            amqp_url: crate::settings::DEFAULT_AMQP_URL.into(),
-            database_url: None,
-            run_dir: dir.to_path_buf(),
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            prefetch: 1,
-            picklist_batch: 1,
-            picklist_flush: Duration::from_millis(1),
-            max_message_bytes: 1 << 16,
-            max_attempts: 3,
-            instance_id: None,
-            change_retention: Duration::from_secs(3600),
-            http_header_timeout: Duration::from_secs(10),
-            user_prefix: "orderflow-".into(),
-            operator_user: "guest".into(),
-        };
+        let settings = Settings::scratch(dir.to_path_buf());
         CallBook::open(&settings, "payment").await.unwrap()
     }
 

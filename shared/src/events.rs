@@ -19,7 +19,11 @@ impl Counter {
     }
 
     fn increment(&self) {
-        self.value.fetch_add(1, Ordering::Relaxed);
+        self.add(1);
+    }
+
+    fn add(&self, n: u64) {
+        self.value.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn name(&self) -> &'static str {
@@ -38,8 +42,11 @@ pub static GAVE_UP: Counter = Counter::new("gave_up");
 pub static RECONNECTED: Counter = Counter::new("reconnected");
 pub static CHANGES_APPLIED: Counter = Counter::new("changes_applied");
 pub static CHANGES_REJECTED: Counter = Counter::new("changes_rejected");
+pub static ELEMENTS_FAILED: Counter = Counter::new("elements_failed");
+pub static CALLS_ANSWERED: Counter = Counter::new("calls_answered");
+pub static EVENTS_RECORDED: Counter = Counter::new("events_recorded");
 
-static ALL: [&Counter; 7] = [
+static ALL: [&Counter; 10] = [
     &ELEMENTS_HANDLED,
     &DEAD_LETTERED,
     &RETRIED,
@@ -47,6 +54,9 @@ static ALL: [&Counter; 7] = [
     &RECONNECTED,
     &CHANGES_APPLIED,
     &CHANGES_REJECTED,
+    &ELEMENTS_FAILED,
+    &CALLS_ANSWERED,
+    &EVENTS_RECORDED,
 ];
 
 /// Every counter of this process, name → value.
@@ -197,6 +207,50 @@ impl ChangeRejected {
     }
 }
 
+/// A delivery's handling failed: it goes round the retry queue, back to its
+/// queue, or to the dead-letter queue (each of those is counted too).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ElementFailed<'a> {
+    pub node: &'a str,
+    pub routing_key: &'a str,
+}
+
+impl ElementFailed<'_> {
+    pub fn emit(&self) {
+        tracing::debug!(node = self.node, routing_key = self.routing_key, "handling failed");
+        ELEMENTS_FAILED.increment();
+    }
+}
+
+/// A service call was answered (its result sent where it asked, or kept).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallAnswered<'a> {
+    pub node: &'a str,
+    pub request_id: &'a str,
+    pub mode: &'a str,
+}
+
+impl CallAnswered<'_> {
+    pub fn emit(&self) {
+        tracing::debug!(node = self.node, request_id = self.request_id, mode = self.mode, "call answered");
+        CALLS_ANSWERED.increment();
+    }
+}
+
+/// The tracker recorded a batch of audit events: `new` of them for the first time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventsRecorded {
+    pub received: usize,
+    pub new: u64,
+}
+
+impl EventsRecorded {
+    pub fn emit(&self) {
+        tracing::debug!(received = self.received, new = self.new, "audit events recorded");
+        EVENTS_RECORDED.add(self.new);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +286,13 @@ mod tests {
         grows_by_at_least_one(&CHANGES_REJECTED, || {
             ChangeRejected { node: "payment", order_id: id, change_id: id, reason: "late".into() }.emit()
         });
+        grows_by_at_least_one(&ELEMENTS_FAILED, || {
+            ElementFailed { node: "payment", routing_key: "order.payment" }.emit()
+        });
+        grows_by_at_least_one(&CALLS_ANSWERED, || {
+            CallAnswered { node: "payment", request_id: "r", mode: "sync" }.emit()
+        });
+        grows_by_at_least_one(&EVENTS_RECORDED, || EventsRecorded { received: 2, new: 1 }.emit());
     }
 
     #[test]
@@ -246,7 +307,10 @@ mod tests {
                 "gave_up",
                 "reconnected",
                 "changes_applied",
-                "changes_rejected"
+                "changes_rejected",
+                "elements_failed",
+                "calls_answered",
+                "events_recorded"
             ]
         );
         let before = snapshot()[1].1;

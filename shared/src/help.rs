@@ -58,6 +58,11 @@ pub const VARIABLES: &[Variable] = &[
         "log detail (info, debug, shared::transport=debug, ...)",
     ),
     var("ORDERFLOW_LOG_FORMAT", "text", "json: one JSON object per log line"),
+    var(
+        "ORDERFLOW_METRICS_ADDR",
+        "unset: no metrics endpoint",
+        "where a worker or the tracker serves Prometheus metrics (GET /metrics), e.g. 127.0.0.1:9101",
+    ),
     var("ORDERFLOW_USER_PREFIX", "orderflow-", "what the stack's per-role broker users are named with"),
     var(
         "ORDERFLOW_OPERATOR_USER",
@@ -90,6 +95,7 @@ pub const NODE: &[&str] = &[
     "ORDERFLOW_CHANGE_RETENTION_S",
     "ORDERFLOW_DELAY_MS",
     "ORDERFLOW_DELAY_MS_<NODE>",
+    "ORDERFLOW_METRICS_ADDR",
 ];
 
 /// What the picklist reads besides [`NODE`].
@@ -106,6 +112,7 @@ pub const TRACKER: &[&str] = &[
     "ORDERFLOW_HTTP_HEADER_TIMEOUT_S",
     "ORDERFLOW_RESULT_RETENTION_S",
     "ORDERFLOW_CHANGE_RETENTION_S",
+    "ORDERFLOW_METRICS_ADDR",
 ];
 
 /// What the coordinator reads besides [`CONNECTION`].
@@ -119,6 +126,7 @@ pub const COORDINATOR: &[&str] = &[
     "ORDERFLOW_MAX_ATTEMPTS",
     "ORDERFLOW_CHANGE_RETENTION_S",
     "ORDERFLOW_CALL_TIMEOUT_MS",
+    "ORDERFLOW_METRICS_ADDR",
 ];
 
 /// What the `orderflow` command reads besides [`CONNECTION`].

@@ -9,6 +9,7 @@ pub mod change_book;
 pub mod events;
 pub mod generate;
 pub mod help;
+pub mod metrics;
 pub mod order;
 pub mod order_search;
 pub mod routing;

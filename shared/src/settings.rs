@@ -45,6 +45,29 @@ pub struct Settings {
     pub operator_user: String,
 }
 
+#[cfg(test)]
+impl Settings {
+    /// Settings for a unit test: SQLite stores in `run_dir`, nothing read from the environment.
+    pub(crate) fn scratch(run_dir: PathBuf) -> Settings {
+        Settings {
+            amqp_url: DEFAULT_AMQP_URL.into(),
+            database_url: None,
+            run_dir,
+            http_addr: "127.0.0.1:0".parse().expect("an address"),
+            prefetch: 1,
+            picklist_batch: 1,
+            picklist_flush: Duration::from_millis(1),
+            max_message_bytes: 1 << 16,
+            max_attempts: 3,
+            instance_id: Some("payment-test".into()),
+            change_retention: Duration::from_secs(3600),
+            http_header_timeout: Duration::from_secs(10),
+            user_prefix: "orderflow-".into(),
+            operator_user: "guest".into(),
+        }
+    }
+}
+
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
@@ -93,6 +116,17 @@ impl Settings {
         match parsed("ORDERFLOW_DB_MAX_CONNECTIONS", 8u32)? {
             0 => anyhow::bail!("ORDERFLOW_DB_MAX_CONNECTIONS must be at least 1"),
             n => Ok(n),
+        }
+    }
+
+    /// `ORDERFLOW_METRICS_ADDR`: where the process serves its Prometheus
+    /// metrics (`GET /metrics`); unset, it serves none.
+    pub fn metrics_addr() -> anyhow::Result<Option<SocketAddr>> {
+        match var("ORDERFLOW_METRICS_ADDR") {
+            None => Ok(None),
+            Some(text) => text.trim().parse().map(Some).map_err(|_| {
+                anyhow::anyhow!("ORDERFLOW_METRICS_ADDR={text:?} is not an address such as 127.0.0.1:9101")
+            }),
         }
     }
 

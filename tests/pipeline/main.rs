@@ -21,6 +21,7 @@
 //! - `postgres_races`: races between instances on one PostgreSQL database, forced at the store level.
 //! - `postgres_scale`: two instances of every node and tracker, each its own run directory
 //!   (as on hosts of their own), sharing one PostgreSQL database: paths, change storms, SIGKILLs.
+//! - `metrics`: Prometheus metrics of every process, consistent with the tracker (issue 11).
 //! - `outside`: plain orders from clients no one here wrote (pika, the management API).
 //! - `trust`: forgeries by the stack's own users (issue 14) are refused; the orders go on.
 //! - `transport_faults`: refused publishes, retries out of the consumer (issue 15).
@@ -36,6 +37,7 @@ mod compose;
 mod directed;
 mod dlq;
 mod faults;
+mod metrics;
 mod outside;
 mod paths;
 mod picklist;

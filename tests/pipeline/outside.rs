@@ -42,26 +42,11 @@ connection.close()
     Some(())
 }
 
-/// Publishes `body` through the management API, as the UI's "Publish message" does.
+/// Publishes `body` to intake through the management API, as the UI's "Publish message" does.
 async fn publish_with_management_api(stack: &Stack, body: &str) {
-    let url = format!(
-        "http://127.0.0.1:15672/api/exchanges/{}/orderflow.workflow/publish",
-        topology::management::encode(&stack.vhost.name)
-    );
-    let request = json!({
-        "properties": {"content_type": "application/json", "delivery_mode": 2},
-        "routing_key": "order.intake", "payload": body, "payload_encoding": "string"
-    });
-    let answer: Value = reqwest::Client::new()
-        .post(url)
-        .basic_auth("guest", Some("guest"))
-        .json(&request)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let properties = json!({"content_type": "application/json", "delivery_mode": 2});
+    let answer =
+        stack.publish_with_management_api("orderflow.workflow", "order.intake", properties, body).await;
     assert_eq!(answer["routed"], true, "{answer}");
 }
 

@@ -340,6 +340,21 @@ for _ in range(100):
         assert_eq!(result["element"]["state"], "accepted", "{result}");
         assert!(!result.to_string().contains("4111111111111111"), "the card is masked: {result}");
     }
+
+    // The management API's "publish message" (what the UI does): a polled call, read over HTTP.
+    let properties = json!({"content_type": "application/json", "message_id": "from-the-ui"});
+    let answer =
+        stack.publish_with_management_api("orderflow.services", "service.intake", properties, &order).await;
+    assert_eq!(answer["routed"], true, "{answer}");
+    let kept = harness::until(Duration::from_secs(20), Duration::from_millis(200), || async {
+        Ok(match stack.get("/calls/from-the-ui").await {
+            (200, body) => harness::Check::Done(serde_json::from_str::<Value>(&body)?),
+            (status, body) => harness::Check::Waiting(format!("{status} {body}")),
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(kept["result"]["element"]["state"], "accepted", "{kept}");
 }
 
 /// The README's command-line examples of calling a service, run as written
@@ -373,4 +388,86 @@ async fn the_readme_call_examples_run_as_written() {
     let charges: Vec<&str> = stdout.lines().filter(|l| l.contains("\"charge_id\"")).collect();
     assert_eq!(charges.len(), 2, "{stdout}");
     assert_eq!(charges[0], charges[1], "one charge, whatever the request id");
+}
+
+/// Publishes `body` as `url`'s user (its `user_id` set, confirmed);
+/// `Err` with the broker's reason when it refuses.
+async fn publish_as(url: &str, exchange: &str, routing_key: &str, body: &[u8]) -> Result<(), String> {
+    let user = topology::management::amqp_url_parts(url).unwrap().0;
+    let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel.confirm_select(Default::default()).await.unwrap();
+    // As a careful forger would: every header a real message carries.
+    let mut headers = FieldTable::default();
+    headers.insert("schema_version".into(), AMQPValue::LongUInt(1));
+    let properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_message_id(Uuid::new_v4().to_string().into())
+        .with_user_id(user.into())
+        .with_headers(headers);
+    let outcome = async {
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        confirm.await.map(|_| ()).map_err(|e| e.to_string())
+    }
+    .await;
+    let _ = connection.close(200, "done".into()).await;
+    outcome
+}
+
+/// The stack's own users, used as an attacker would: a node forging a
+/// service's answer to the coordinator or a result kept for polling, the
+/// publisher writing results at all. Each is refused, by the broker or by
+/// the receiver, with the reason; the directed orders go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_answers_and_results_are_refused() {
+    let stack = Stack::start_with_node_users("services-forged").await;
+    let ids = stack.publish_directed(&[tests::orders::valid(2, "standard")]);
+    stack.wait_state(&ids[0], "shipped", Duration::from_secs(60)).await;
+    let view = stack.order(&ids[0]).await;
+    let (payment, publisher) = (stack.role_url("payment"), stack.role_url("publisher"));
+
+    // Payment answers the coordinator as if it were shipping: refused by the coordinator.
+    let mut element: Value = serde_json::from_str(include_str!("../../examples/accepted.json")).unwrap();
+    element["order_id"] = json!(view.order_id);
+    element["state"] = json!("shipped");
+    let forged = json!({"request_id": "whatever", "service": "shipping", "status": "done", "steps": [],
+                        "element": element});
+    let body = forged.to_string();
+    publish_as(&payment, "", "orderflow.coordinator.replies", body.as_bytes()).await.unwrap();
+    // Payment keeps a result for polling in shipping's name: refused by the tracker.
+    let result = json!({"request_id": "forged-poll", "service": "shipping", "status": "done", "steps": []});
+    publish_as(&payment, "orderflow.results", "poll.payment", result.to_string().as_bytes()).await.unwrap();
+    // ... or under shipping's routing key: refused by the broker.
+    let refused = publish_as(&payment, "orderflow.results", "poll.shipping", b"{}").await.unwrap_err();
+    assert!(refused.contains("ACCESS_REFUSED"), "{refused}");
+    // The publisher may not write results at all.
+    let refused = publish_as(&publisher, "orderflow.results", "callback.x", b"{}").await.unwrap_err();
+    assert!(refused.contains("ACCESS_REFUSED"), "{refused}");
+
+    let letters = stack.wait_dead_letters(2, Duration::from_secs(30)).await;
+    let reasons: Vec<String> =
+        letters.iter().map(|l| l["reason"].as_str().unwrap_or_default().to_string()).collect();
+    let shipping = stack.role_user("shipping");
+    assert!(
+        reasons.iter().any(|r| r.contains("an answer of shipping must come from") && r.contains(&shipping)),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r.contains("a result of shipping must come from")), "{reasons:?}");
+    let (status, _) = stack.get("/calls/forged-poll").await;
+    assert_eq!(status, 404, "the forged result was not kept");
+    assert_eq!(stack.order(&ids[0]).await.history, view.history, "the order's history is untouched");
+
+    // And directed orders go on.
+    let more = stack.publish_directed(&[tests::orders::valid(1, "express")]);
+    stack.wait_terminal(&more, Duration::from_secs(60)).await;
+    assert_eq!(stack.order(&more[0]).await.state, "shipped");
 }

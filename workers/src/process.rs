@@ -72,7 +72,17 @@ where
         Err(error) => return telemetry::report_exit(Err(error)),
     };
     let instance = settings.instance_id(process.name);
-    let result = run(settings, shared::shutdown::on_signal()).await;
+    let shutdown = shared::shutdown::on_signal();
+    match Settings::metrics_addr() {
+        Ok(Some(addr)) => {
+            if let Err(error) = crate::metrics::serve(addr, process.name, &instance, shutdown.clone()).await {
+                return telemetry::report_exit(Err(error));
+            }
+        }
+        Ok(None) => {}
+        Err(error) => return telemetry::report_exit(Err(error)),
+    }
+    let result = run(settings, shutdown).await;
     telemetry::stopped(process.name, &instance, &result);
     telemetry::report_exit(result)
 }

@@ -34,6 +34,8 @@ struct Held {
     before: (u32, Option<OrderState>),
     /// Change decisions to publish (and report) with its outcome.
     changes: ChangeRecords,
+    /// Counted in hand, and timed, until settled (dropped).
+    _in_hand: crate::metrics::InHand,
 }
 
 /// Runs `stage` until shutdown. The prefetch covers a full batch of every
@@ -93,7 +95,8 @@ async fn serve<S: BatchStage>(
                         }
                         let key = stage.group_key(&element);
                         let before = (element.seq, Some(element.state));
-                        let held = Held { element, delivery, before, changes: ChangeRecords::default() };
+                        let _in_hand = crate::metrics::InHand::start();
+                        let held = Held { element, delivery, before, changes: ChangeRecords::default(), _in_hand };
                         if let Some(batch) = batcher.push(&key, held, Instant::now()) {
                             release(&ctx, &stage, &publisher, &tasks, &mut batcher, vec![(key, batch)]).await;
                         }

@@ -75,6 +75,7 @@ async fn serve<S: Stage>(
 
 /// Decodes a delivery, runs the step, publishes what it returned and settles the delivery.
 async fn handle_delivery<S: Stage>(ctx: &NodeContext, stage: &S, publisher: &Publisher, delivery: Delivery) {
+    let _in_hand = crate::metrics::InHand::start();
     let Arrival { element, placed } = match receive(ctx, S::NODE, &delivery) {
         Ok(arrival) => arrival,
         Err(error) => return settle_failure(publisher, ctx, &delivery, error).await,

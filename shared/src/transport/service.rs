@@ -87,6 +87,7 @@ pub async fn handle_call<S: Service>(
     delivery: Delivery,
 ) {
     let node = service.node();
+    let _in_hand = crate::metrics::InHand::start();
     let call = match Call::from_properties(&delivery.properties) {
         Ok(call) => call,
         Err(error) => return refuse(ctx, publisher, &delivery, node, error).await,
@@ -138,6 +139,8 @@ pub async fn handle_call<S: Service>(
         }
     }
     ack(&delivery).await;
+    let mode = call.reply_to.mode();
+    crate::events::CallAnswered { node: node.name(), request_id: &call.request_id, mode }.emit();
 }
 
 /// A call's answer: the result and events (kept, or failed and not kept),

@@ -57,6 +57,7 @@ pub fn attempt_of(delivery: &Delivery) -> i64 {
 
 /// Carries out a failure decision for one delivery.
 pub async fn settle(publisher: &Publisher, ctx: &NodeContext, delivery: &Delivery, decision: Settle) {
+    crate::events::ElementFailed { node: ctx.node, routing_key: delivery.routing_key.as_str() }.emit();
     match decision {
         Settle::DeadLetter { reason } => dead_letter(publisher, ctx, delivery, &reason).await,
         Settle::GiveUp { attempts, error } => {

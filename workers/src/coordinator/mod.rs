@@ -218,6 +218,7 @@ impl Coordinator {
 
     /// A service's answer to one of the coordinator's calls.
     async fn handle_reply(&self, publisher: &Publisher, delivery: Delivery) {
+        let _in_hand = shared::metrics::InHand::start();
         let ctx = &self.ctx;
         let result = match self.read_reply(&delivery) {
             Ok(result) => result,
@@ -272,6 +273,10 @@ impl Coordinator {
                     .await?;
                 if let (true, Some(call)) = (moved, call) {
                     self.call(publisher, &element, &call).await?;
+                }
+                if moved {
+                    let (order_id, state) = (element.order_id, element.state);
+                    shared::events::ElementHandled { node: NAME, order_id, state }.emit();
                 }
                 Ok(())
             }

@@ -46,6 +46,16 @@ pub async fn run(
     result
 }
 
+/// Reads how many audit events wait in the tracker's queue (a passive
+/// declare), for the `orderflow_tracker_lag_events` gauge.
+async fn measure_lag(channel: &lapin::Channel) {
+    let options = lapin::options::QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
+    let queue = topology::TRACKER_QUEUE;
+    if let Ok(queue) = channel.queue_declare(queue.into(), options, Default::default()).await {
+        shared::metrics::measured().tracker_lag.set(u64::from(queue.message_count()));
+    }
+}
+
 /// A consumer of the results kept for polling (on a channel of its own).
 async fn consume_results(connection: &lapin::Connection) -> anyhow::Result<lapin::Consumer> {
     let channel = connection.create_channel().await?;
@@ -96,10 +106,15 @@ async fn serve(
     let mut results = consume_results(&connection).await?;
     health.set_consuming(true);
     let mut batches = consumer.ready_chunks(BATCH);
+    let mut lag_tick = tokio::time::interval(shared::metrics::LAG_EVERY);
     let result = loop {
         let chunk = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break Ok(()),
+            _ = lag_tick.tick() => {
+                measure_lag(&channel).await;
+                continue;
+            }
             next = results.next() => match next {
                 Some(Ok(delivery)) => {
                     super::results::keep(&ctx, &store, &publisher, &mut retention, delivery).await;
@@ -156,7 +171,7 @@ async fn serve(
             match store.record(&events).await {
                 Ok(new) => {
                     health.set_store_failing(false);
-                    tracing::debug!(received = events.len(), new, "audit events recorded");
+                    shared::events::EventsRecorded { received: events.len(), new }.emit();
                     break true;
                 }
                 Err(error) => {

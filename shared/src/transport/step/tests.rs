@@ -23,22 +23,7 @@ impl Scratch {
     }
 
     fn settings(&self) -> Settings {
-        Settings {
-            amqp_url: crate::settings::DEFAULT_AMQP_URL.into(),
-            database_url: None,
-            run_dir: self.0.clone(),
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            prefetch: 1,
-            picklist_batch: 1,
-            picklist_flush: Duration::from_millis(1),
-            max_message_bytes: 1 << 16,
-            max_attempts: 3,
-            instance_id: Some("payment-test".into()),
-            change_retention: Duration::from_secs(3600),
-            http_header_timeout: Duration::from_secs(10),
-            user_prefix: "orderflow-".into(),
-            operator_user: "guest".into(),
-        }
+        Settings::scratch(self.0.clone())
     }
 }
 

@@ -38,12 +38,13 @@ fn place(order: Order, messages: &mut Vec<Outgoing>, route: Route) -> Uuid {
     let element = OrderElement::placed(order);
     let detail = format!("order from {} with {} units", element.order.customer_id, element.total_units());
     let placed = AuditEvent::for_transition(&element, None, "publisher", "bench", detail);
-    messages.push(audit_message(&placed));
     let mut message = element_message(&element, Node::Intake);
     if route == Route::Directed {
         message.routing_key = topology::COORDINATOR_ROUTING_KEY.to_string();
     }
-    messages.push(message);
+    let mut placing = [audit_message(&placed), message];
+    shared::trace::stamp(&mut placing, &shared::trace::TraceContext::of_order(element.order_id));
+    messages.extend(placing);
     element.order_id
 }
 

@@ -55,6 +55,20 @@ fn directed_section(o: &mut String, plan: &crate::Plan, results: &Results) {
     let _ = writeln!(o);
     let _ = writeln!(
         o,
+        "CPU per 1,000 orders by process, saturated: directed beside the first autonomous run.\n"
+    );
+    let _ = writeln!(o, "| process | autonomous | directed |");
+    let _ = writeln!(o, "|---|---|---|");
+    let autonomous_run = &results.pairs[0].orderflow;
+    let cpu = |run: &RunResult, name: &str| -> f64 {
+        run.cpu_per_process.iter().filter(|(l, _)| process_name(l) == name).map(|(_, c)| c).sum()
+    };
+    for name in topology::workflow::processes() {
+        let _ = writeln!(o, "| {name} | {:.2} | {:.2} |", cpu(autonomous_run, name), cpu(&d.saturated, name));
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
         "A synchronous call to intake's service (a plain order, direct reply-to), {} calls one after \
          another: round trip from publish to result.\n",
         plan.calls

@@ -219,6 +219,7 @@ mod tests {
             event_id: state.into(),
             change_id: None,
             mode: None,
+            trace_id: None,
         };
         let mut shipped = entry("shipped", "00.600000");
         shipped.recorded_at = "2030-01-01T00:00:00.650000Z".into();

@@ -85,7 +85,10 @@ pub async fn request(
         0,
     );
     publisher
-        .publish_all(&[change_event_message(&requested), change_request_message(&request)])
+        .publish_all(&in_the_orders_trace(
+            [change_event_message(&requested), change_request_message(&request)],
+            order_id,
+        ))
         .await
         .context("publishing the change request")?;
     publisher.close().await;
@@ -133,4 +136,13 @@ pub async fn request(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A change is part of its order's trace (the trace id is the order's).
+fn in_the_orders_trace<const N: usize>(
+    mut messages: [shared::transport::Outgoing; N],
+    order_id: Uuid,
+) -> [shared::transport::Outgoing; N] {
+    shared::trace::stamp(&mut messages, &shared::trace::TraceContext::of_order(order_id));
+    messages
 }

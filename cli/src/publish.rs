@@ -134,12 +134,13 @@ pub async fn publish(
         for element in chunk {
             let placed =
                 AuditEvent::for_transition(element, None, "publisher", &instance, placed_detail(element));
-            messages.push(audit_message(&placed));
-            messages.push(if directed {
-                directed_message(element)
-            } else {
-                element_message(element, Node::Intake)
-            });
+            let mut placing = [
+                audit_message(&placed),
+                if directed { directed_message(element) } else { element_message(element, Node::Intake) },
+            ];
+            // The order's trace starts here (its id is the order's).
+            shared::trace::stamp(&mut placing, &shared::trace::TraceContext::of_order(element.order_id));
+            messages.extend(placing);
         }
         let mut failing_since: Option<Instant> = None;
         loop {

@@ -23,7 +23,9 @@ pub async fn status(settings: &Settings, id: &Uuid, as_json: bool) -> anyhow::Re
         return Ok(());
     }
     let terminal = if view.terminal { " (terminal)" } else { "" };
-    println!("order {}: {}{terminal}", safe(&view.order_id), safe(&view.state));
+    let trace = view.history.iter().find_map(|h| h.trace_id.as_deref());
+    let trace = trace.map(|t| format!(" (trace {})", safe(t))).unwrap_or_default();
+    println!("order {}: {}{terminal}{trace}", safe(&view.order_id), safe(&view.state));
     for entry in &view.history {
         let (at, state, node) = (safe(&entry.at), safe(&entry.state), safe(&entry.node));
         let mode = entry.mode.as_deref().map(|m| format!(" ({})", safe(m))).unwrap_or_default();

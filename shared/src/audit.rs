@@ -35,6 +35,10 @@ pub struct AuditEvent {
     /// for the autonomous workflow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// The trace the event's message carried (its `traceparent` header, not
+    /// the body): filled in by the tracker.
+    #[serde(skip)]
+    pub trace_id: Option<String>,
 }
 
 /// Identifies one state change of one order.
@@ -65,6 +69,7 @@ impl AuditEvent {
             version,
             customer_id: None,
             mode: None,
+            trace_id: None,
         }
     }
 

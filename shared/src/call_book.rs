@@ -40,7 +40,12 @@ fn now_ms() -> i64 {
 impl CallBook {
     /// The call book of `owner` (a node), in its store.
     pub async fn open(settings: &Settings, owner: &str) -> anyhow::Result<CallBook> {
-        let store = Store::open(settings, owner).await?;
+        CallBook::in_store(Store::open(settings, owner).await?, settings, owner).await
+    }
+
+    /// The call book of `owner` in a store already open (the node's, shared
+    /// with its change book: one pool of connections per process).
+    pub async fn in_store(store: Store, settings: &Settings, owner: &str) -> anyhow::Result<CallBook> {
         let table = format!("{owner}_calls");
         store
             .migrate(&[

@@ -112,6 +112,10 @@ pub struct ChangeEvent {
     /// The element's version after the change (applied), or when it was decided.
     pub version: u32,
     pub change: Change,
+    /// The trace the record's message carried (its `traceparent` header):
+    /// filled in by the tracker.
+    #[serde(skip)]
+    pub trace_id: Option<String>,
 }
 
 impl ChangeEvent {
@@ -144,6 +148,7 @@ impl ChangeEvent {
             detail,
             version,
             change: request.change.clone(),
+            trace_id: None,
         }
     }
 }

@@ -125,6 +125,11 @@ impl ChangeBook {
         Ok(())
     }
 
+    /// The store the book is kept in (the node's own).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Records a change request heard on the fanout.
     pub async fn receive(&self, request: &ChangeRequest) -> sqlx::Result<Received> {
         let encoded = serde_json::to_string(request).map_err(|e| sqlx::Error::Encode(e.into()))?;

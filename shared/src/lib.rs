@@ -20,6 +20,7 @@ pub mod stage;
 pub mod store;
 pub mod telemetry;
 pub mod text;
+pub mod trace;
 pub mod tracker_api;
 pub mod transport;
 pub mod trust;

@@ -24,7 +24,8 @@ pub fn init_with(default_filter: &str) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format.trim() {
         "json" => {
-            let _ = builder.json().flatten_event(true).with_current_span(false).try_init();
+            let _ =
+                builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init();
         }
         other => {
             let _ = builder.with_ansi(std::io::stderr().is_terminal()).try_init();

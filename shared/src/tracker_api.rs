@@ -37,6 +37,10 @@ pub struct HistoryEntry {
     /// element travelled the autonomous workflow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// The W3C trace id its message carried (`traceparent`), 32 hex digits:
+    /// an order's entries share one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// A service result kept for polling: `GET /calls/{request_id}`.
@@ -240,6 +244,7 @@ mod tests {
             event_id: "e".into(),
             change_id: None,
             mode: None,
+            trace_id: None,
         };
         let json = serde_json::to_value(&entry).unwrap();
         assert!(json.get("change_id").is_none() && json["from_state"].is_null());

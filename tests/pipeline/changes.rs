@@ -38,7 +38,7 @@ fn address_text(to: &ShipTo) -> String {
 async fn a_storm_of_address_changes_has_one_outcome_each_and_ships_the_last() {
     // Two instances of every node, each slowed, so orders are in flight while changes arrive.
     let env =
-        [("ORDERFLOW_DELAY_MS", "25"), ("ORDERFLOW_PREFETCH", "8"), ("ORDERFLOW_DELAY_MS_PICKLIST", "0")];
+        [("ORDERFLOW_DELAY_MS", "60"), ("ORDERFLOW_PREFETCH", "8"), ("ORDERFLOW_DELAY_MS_PICKLIST", "0")];
     let mut stack = Stack::empty("storm", &env).await;
     stack.spawn("tracker", "tracker-1");
     for node in harness::nodes() {

@@ -23,6 +23,7 @@
 //!   (as on hosts of their own), sharing one PostgreSQL database: paths, change storms, SIGKILLs.
 //! - `metrics`: Prometheus metrics of every process, consistent with the tracker (issue 11).
 //! - `outside`: plain orders from clients no one here wrote (pika, the management API).
+//! - `traces`: W3C traceparent on every hop, change and call; trace and order ids on log lines (issue 11).
 //! - `trust`: forgeries by the stack's own users (issue 14) are refused; the orders go on.
 //! - `transport_faults`: refused publishes, retries out of the consumer (issue 15).
 //! - `services`: every node is a service: sync, polled and callback calls, idempotent by request id,
@@ -50,6 +51,7 @@ mod retry;
 mod scaling;
 mod search;
 mod services;
+mod traces;
 mod transport_faults;
 mod trust;
 mod usage;

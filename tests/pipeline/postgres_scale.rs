@@ -85,9 +85,12 @@ fn change_messages(id: Uuid, change: Change) -> (Uuid, Vec<shared::transport::Ou
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_of_changes_and_cancels_over_spread_instances_has_one_outcome_each() {
     let database = PgDatabase::create("storm").await;
-    // Slowed, so orders are in flight while the changes arrive at both instances of each node.
+    // Slowed, so orders are in flight while the changes arrive at both
+    // instances of each node: 100 orders take about 4 s through each node,
+    // even when a busy machine delays the tracker (and so `publish`, which
+    // waits until the tracker has every order) by seconds.
     let env =
-        [("ORDERFLOW_DELAY_MS", "25"), ("ORDERFLOW_PREFETCH", "8"), ("ORDERFLOW_DELAY_MS_PICKLIST", "0")];
+        [("ORDERFLOW_DELAY_MS", "75"), ("ORDERFLOW_PREFETCH", "8"), ("ORDERFLOW_DELAY_MS_PICKLIST", "0")];
     let stack = Stack::start_spread("pg-storm", &database, INSTANCES, &env).await;
     let mut rng = rand::thread_rng();
     let orders: Vec<Value> = (0..100).map(|_| random_valid_order(&mut rng)).collect();

@@ -36,6 +36,8 @@ struct Held {
     changes: ChangeRecords,
     /// Counted in hand, and timed, until settled (dropped).
     _in_hand: crate::metrics::InHand,
+    /// The element's trace, continued on what is sent for it.
+    trace: crate::trace::TraceContext,
 }
 
 /// Runs `stage` until shutdown. The prefetch covers a full batch of every
@@ -96,7 +98,9 @@ async fn serve<S: BatchStage>(
                         let key = stage.group_key(&element);
                         let before = (element.seq, Some(element.state));
                         let _in_hand = crate::metrics::InHand::start();
-                        let held = Held { element, delivery, before, changes: ChangeRecords::default(), _in_hand };
+                        let trace = crate::trace::of_message(&delivery.properties);
+                        let changes = ChangeRecords::default();
+                        let held = Held { element, delivery, before, changes, _in_hand, trace };
                         if let Some(batch) = batcher.push(&key, held, Instant::now()) {
                             release(&ctx, &stage, &publisher, &tasks, &mut batcher, vec![(key, batch)]).await;
                         }
@@ -238,7 +242,8 @@ async fn settle_released(ctx: &NodeContext, publisher: &Publisher, released: Vec
     let mut settled: Vec<(Delivery, Handled)> = Vec::with_capacity(released.len());
     for (held, outcome) in released {
         match record_outcome(ctx, held.before, held.changes, &outcome).await {
-            Ok(handled) => {
+            Ok(mut handled) => {
+                crate::trace::stamp(&mut handled.messages, &held.trace);
                 messages.extend(handled.messages.iter().cloned());
                 settled.push((held.delivery, handled));
             }

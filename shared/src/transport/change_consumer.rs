@@ -14,10 +14,13 @@ use crate::stage::StageError;
 use lapin::{message::Delivery, Connection};
 use std::sync::Arc;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// Handles one change request heard on the fanout: the book keeps it for
 /// the order, or rejects it when the order already ended at this node.
 pub async fn handle_change(ctx: &NodeContext, publisher: &Publisher, delivery: Delivery) {
+    let trace = crate::trace::of_message(&delivery.properties);
+    let span = crate::trace::span(ctx.node, &delivery.properties, Some(&trace));
     let result = async {
         let mut request: ChangeRequest =
             message::decode(&delivery.data, delivery.properties.headers().as_ref(), ctx.max_message_bytes)
@@ -25,13 +28,15 @@ pub async fn handle_change(ctx: &NodeContext, publisher: &Publisher, delivery: D
         request.requester = ctx.trust.sender(&delivery.properties);
         let Some(book) = &ctx.book else { return Ok(()) };
         if let Received::Reject(reason) = book.receive(&request).await? {
-            let event = ctx.change_event(&request, ChangeKind::ChangeRejected, reason.clone(), 0);
-            publisher.publish_all(&[event]).await.map_err(|e| StageError::Transient(e.into()))?;
+            let mut event = [ctx.change_event(&request, ChangeKind::ChangeRejected, reason.clone(), 0)];
+            crate::trace::stamp(&mut event, &trace);
+            publisher.publish_all(&event).await.map_err(|e| StageError::Transient(e.into()))?;
             let (order_id, change_id) = (request.order_id, request.change_id);
             ChangeRejected { node: ctx.node, order_id, change_id, reason }.emit();
         }
         Ok(())
     }
+    .instrument(span)
     .await;
     match result {
         Ok(()) => ack(&delivery).await,

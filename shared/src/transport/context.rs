@@ -61,9 +61,11 @@ impl NodeContext {
     /// The context of a workflow node, with its change book opened.
     pub async fn for_node(settings: &Settings, node: Node, prefetch: u16) -> anyhow::Result<NodeContext> {
         let mut ctx = NodeContext::new(settings, node.name(), node.queue(), prefetch)?;
-        ctx.book = Some(ChangeBook::open(settings, node.name()).await?);
+        let book = ChangeBook::open(settings, node.name()).await?;
+        let calls = CallBook::in_store(book.store().clone(), settings, node.name()).await?;
+        ctx.book = Some(book);
         ctx.changes_queue = Some(node.changes_queue());
-        ctx.calls = Some((node.service_queue(), CallBook::open(settings, node.name()).await?));
+        ctx.calls = Some((node.service_queue(), calls));
         Ok(ctx)
     }
 

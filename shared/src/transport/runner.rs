@@ -18,6 +18,7 @@ use futures::StreamExt;
 use lapin::{message::Delivery, Connection};
 use std::sync::Arc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
 
 /// Runs `stage` until shutdown: the main loop of every per-element node.
 pub async fn run_stage<S: Stage>(
@@ -73,19 +74,34 @@ async fn serve<S: Stage>(
     finish(&connection, &channel, &ctx, tasks, result).await
 }
 
-/// Decodes a delivery, runs the step, publishes what it returned and settles the delivery.
+/// Decodes a delivery, runs the step, publishes what it returned and settles
+/// the delivery, inside the span of the element's trace.
 async fn handle_delivery<S: Stage>(ctx: &NodeContext, stage: &S, publisher: &Publisher, delivery: Delivery) {
+    let trace = crate::trace::known(&delivery.properties);
+    let span = crate::trace::span(ctx.node, &delivery.properties, trace.as_ref());
+    handle_traced(ctx, stage, publisher, delivery, trace).instrument(span).await
+}
+
+async fn handle_traced<S: Stage>(
+    ctx: &NodeContext,
+    stage: &S,
+    publisher: &Publisher,
+    delivery: Delivery,
+    trace: Option<crate::trace::TraceContext>,
+) {
     let _in_hand = crate::metrics::InHand::start();
     let Arrival { element, placed } = match receive(ctx, S::NODE, &delivery) {
         Ok(arrival) => arrival,
         Err(error) => return settle_failure(publisher, ctx, &delivery, error).await,
     };
+    let trace = crate::trace::decoded(&delivery.properties, element.order_id, trace);
     ctx.simulate_busy().await;
     let attempts = attempt_of(&delivery);
     match step(ctx, stage, element, attempts).await {
         StepOutcome::Handled(mut handled) => {
             // A plain order's `placed` record goes first, before what it led to.
             handled.messages.splice(0..0, placed);
+            crate::trace::stamp(&mut handled.messages, &trace);
             settle_handled(ctx, publisher, &delivery, &handled, attempts).await
         }
         StepOutcome::Failed(decision) => settle(publisher, ctx, &delivery, decision).await,

@@ -40,6 +40,7 @@ use lapin::{
 use std::{future::Future, sync::Arc};
 use topology::permissions::Role;
 use topology::Node;
+use tracing::Instrument;
 
 /// A stage as a service: one element in, one outcome out.
 pub trait Service: Send + Sync + 'static {
@@ -78,13 +79,27 @@ impl<S: BatchStage> Service for BatchService<S> {
     }
 }
 
-/// Answers one call delivered on the node's service queue, then acknowledges it.
+/// Answers one call delivered on the node's service queue, then
+/// acknowledges it, inside the span of the call's trace.
 pub async fn handle_call<S: Service>(
     ctx: &NodeContext,
     calls: &CallBook,
     service: &S,
     publisher: &Publisher,
     delivery: Delivery,
+) {
+    let trace = crate::trace::of_message(&delivery.properties);
+    let span = crate::trace::span(service.node().name(), &delivery.properties, Some(&trace));
+    answer_call(ctx, calls, service, publisher, delivery, trace).instrument(span).await
+}
+
+async fn answer_call<S: Service>(
+    ctx: &NodeContext,
+    calls: &CallBook,
+    service: &S,
+    publisher: &Publisher,
+    delivery: Delivery,
+    trace: crate::trace::TraceContext,
 ) {
     let node = service.node();
     let _in_hand = crate::metrics::InHand::start();
@@ -107,14 +122,16 @@ pub async fn handle_call<S: Service>(
     };
     let mut messages: Vec<Outgoing> = answered.placed.into_iter().collect();
     messages.extend(answered.kept.events.iter().map(audit_message));
+    crate::trace::stamp(&mut messages, &trace);
     if let Err(error) = publisher.publish_all_patiently(&messages, super::runner::BROKER_PATIENCE).await {
         tracing::warn!(node = node.name(), request_id = call.request_id, %error, "the call's events were not confirmed; it will be tried again");
         return requeue(&delivery).await;
     }
     let send_result = !(matches!(call.reply_to, ReplyTo::Callback(_)) && answered.kept.delivered);
     if send_result {
-        let result = result_message(&call, &answered.kept.result, &caller_key);
-        match publisher.publish_all(&[result]).await {
+        let mut result = [result_message(&call, &answered.kept.result, &caller_key)];
+        crate::trace::stamp(&mut result, &trace);
+        match publisher.publish_all(&result).await {
             Ok(()) => {
                 if matches!(call.reply_to, ReplyTo::Callback(_)) && answered.stored {
                     if let Err(error) = calls.delivered(&caller_key, &call.request_id).await {

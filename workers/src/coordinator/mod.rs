@@ -41,6 +41,7 @@ use shared::order::OrderElement;
 use shared::service::{CallResult, CallStatus};
 use shared::settings::Settings;
 use shared::stage::{Outcome, StageError};
+use shared::trace::TraceContext;
 use shared::transport::change_consumer::{dispatch_change, drain_changes};
 use shared::transport::message::{dead_letter_headers, decode, Outgoing};
 use shared::transport::session::{finish, supervise};
@@ -53,6 +54,7 @@ use store::{CoordinatorStore, Next, Pending, Status};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use topology::permissions::Role;
 use topology::Node;
+use tracing::Instrument;
 
 /// The coordinator's process name, role and store owner.
 pub const NAME: &str = "coordinator";
@@ -187,21 +189,30 @@ impl Coordinator {
     /// A directed order: records it (unless known already), decides the
     /// changes already heard for it, and sends its first call.
     async fn handle_order(&self, publisher: &Publisher, delivery: Delivery) {
+        let trace = shared::trace::known(&delivery.properties);
+        let span = shared::trace::span(NAME, &delivery.properties, trace.as_ref());
+        self.take_order(publisher, delivery, trace).instrument(span).await
+    }
+
+    async fn take_order(&self, publisher: &Publisher, delivery: Delivery, trace: Option<TraceContext>) {
         let ctx = &self.ctx;
         let arrival = match shared::transport::arrival::receive_directed(ctx, &delivery) {
             Ok(arrival) => arrival,
             Err(error) => return settle_failure(publisher, ctx, &delivery, error).await,
         };
+        let trace = shared::trace::decoded(&delivery.properties, arrival.element.order_id, trace);
         let mut messages: Vec<Outgoing> = arrival.placed.into_iter().collect();
         let result: Result<(), Passing> = async {
             let (element, decided) = self.decide_changes(arrival.element).await?;
             messages.extend(decided);
+            shared::trace::stamp(&mut messages, &trace);
             publisher.publish_all_patiently(&messages, shared::transport::runner::BROKER_PATIENCE).await?;
-            let next = self.next_for(&element);
+            let mut next = self.next_for(&element);
+            next.trace = Some(trace.header());
             let record = self.store.place(next).await?;
             // Sent again on a redelivery too: a call is idempotent by its request id.
             if let Some(pending) = &record.pending {
-                self.call(publisher, &record.element, pending).await?;
+                self.call(publisher, &record.element, pending, &trace).await?;
             }
             Ok(())
         }
@@ -219,12 +230,18 @@ impl Coordinator {
     /// A service's answer to one of the coordinator's calls.
     async fn handle_reply(&self, publisher: &Publisher, delivery: Delivery) {
         let _in_hand = shared::metrics::InHand::start();
+        let trace = shared::trace::of_message(&delivery.properties);
+        let span = shared::trace::span(NAME, &delivery.properties, Some(&trace));
+        self.reply_traced(publisher, delivery, trace).instrument(span).await
+    }
+
+    async fn reply_traced(&self, publisher: &Publisher, delivery: Delivery, trace: TraceContext) {
         let ctx = &self.ctx;
         let result = match self.read_reply(&delivery) {
             Ok(result) => result,
             Err(reason) => return dead_letter(publisher, ctx, &delivery, &reason).await,
         };
-        match self.take_reply(publisher, result).await {
+        match self.take_reply(publisher, result, &trace).await {
             Ok(()) => ack(&delivery).await,
             Err(Passing(error)) => {
                 tracing::warn!(error, "could not take a service's answer; it will be tried again");
@@ -252,7 +269,12 @@ impl Coordinator {
         Ok(result)
     }
 
-    async fn take_reply(&self, publisher: &Publisher, result: CallResult) -> Result<(), Passing> {
+    async fn take_reply(
+        &self,
+        publisher: &Publisher,
+        result: CallResult,
+        trace: &TraceContext,
+    ) -> Result<(), Passing> {
         let Some(record) = self.store.waiting_on(&result.request_id).await? else {
             // A second copy of an answer already taken, or of a call sent again.
             tracing::debug!(request_id = result.request_id, "an answer nobody waits for");
@@ -263,7 +285,8 @@ impl Coordinator {
             (CallStatus::Done, Some(mut element)) if element.order_id == record.element.order_id => {
                 keep_card(&record.element, &mut element);
                 let detail = format!("{} step(s)", result.steps.len());
-                let (element, decided) = self.decide_changes(element).await?;
+                let (element, mut decided) = self.decide_changes(element).await?;
+                shared::trace::stamp(&mut decided, trace);
                 publisher.publish_all_patiently(&decided, shared::transport::runner::BROKER_PATIENCE).await?;
                 let next = self.next_for(&element);
                 let call = next.pending.clone();
@@ -272,7 +295,7 @@ impl Coordinator {
                     .advance(&pending.request_id, (&pending.service, "done", &detail), next)
                     .await?;
                 if let (true, Some(call)) = (moved, call) {
-                    self.call(publisher, &element, &call).await?;
+                    self.call(publisher, &element, &call, trace).await?;
                 }
                 if moved {
                     let (order_id, state) = (element.order_id, element.state);
@@ -282,7 +305,7 @@ impl Coordinator {
             }
             (CallStatus::Done, _) => {
                 let reason = format!("{} answered without the order's element", pending.service);
-                self.give_up(publisher, &record.element, &pending, reason).await
+                self.give_up(publisher, &record.element, &pending, reason, trace).await
             }
             (CallStatus::Failed, _) => {
                 let failed = CallResult { element: None, ..result };
@@ -296,7 +319,7 @@ impl Coordinator {
                         Ok(())
                     }
                     AfterFailure::GiveUp(reason) => {
-                        self.give_up(publisher, &record.element, &pending, reason).await
+                        self.give_up(publisher, &record.element, &pending, reason, trace).await
                     }
                 }
             }
@@ -329,6 +352,7 @@ impl Coordinator {
         match flow::next_service(element) {
             Some(service) => Next {
                 element,
+                trace: None,
                 status: Status::Calling,
                 pending: Some(Pending {
                     service: service.name().to_string(),
@@ -337,7 +361,9 @@ impl Coordinator {
                 due_at: now_ms() + self.call_timeout.as_millis() as i64,
                 reason: None,
             },
-            None => Next { element, status: Status::Done, pending: None, due_at: 0, reason: None },
+            None => {
+                Next { element, trace: None, status: Status::Done, pending: None, due_at: 0, reason: None }
+            }
         }
     }
 
@@ -347,11 +373,13 @@ impl Coordinator {
         publisher: &Publisher,
         element: &OrderElement,
         pending: &Pending,
+        trace: &TraceContext,
     ) -> Result<(), Passing> {
         let service = Node::from_name(&pending.service)
             .ok_or_else(|| Passing(format!("no service is named {}", pending.service)))?;
-        let message = flow::call_message(element, service, &pending.request_id);
-        publisher.publish_all_patiently(&[message], shared::transport::runner::BROKER_PATIENCE).await?;
+        let mut message = [flow::call_message(element, service, &pending.request_id)];
+        shared::trace::stamp(&mut message, trace);
+        publisher.publish_all_patiently(&message, shared::transport::runner::BROKER_PATIENCE).await?;
         Ok(())
     }
 
@@ -362,17 +390,20 @@ impl Coordinator {
         element: &OrderElement,
         pending: &Pending,
         reason: String,
+        trace: &TraceContext,
     ) -> Result<(), Passing> {
         tracing::error!(order_id = %element.order_id, service = pending.service, reason, "gave up a directed order");
-        let letter = Outgoing {
+        let mut letter = [Outgoing {
             exchange: topology::DEAD_LETTER_EXCHANGE,
             routing_key: format!("{NAME}.{}", pending.service),
             body: masked_body(element),
             properties: dead_letter_headers(NAME, topology::COORDINATOR_QUEUE, &pending.service, &reason),
-        };
-        publisher.publish_all_patiently(&[letter], shared::transport::runner::BROKER_PATIENCE).await?;
+        }];
+        shared::trace::stamp(&mut letter, trace);
+        publisher.publish_all_patiently(&letter, shared::transport::runner::BROKER_PATIENCE).await?;
+        let failed = Some(reason.clone());
         let next =
-            Next { element, status: Status::Failed, pending: None, due_at: 0, reason: Some(reason.clone()) };
+            Next { element, trace: None, status: Status::Failed, pending: None, due_at: 0, reason: failed };
         self.store.advance(&pending.request_id, (&pending.service, "failed", &reason), next).await?;
         Ok(())
     }
@@ -396,7 +427,9 @@ impl Coordinator {
             if record.attempts == 0 {
                 tracing::warn!(order_id = %record.element.order_id, service = pending.service, sent = record.sent, "no answer in time; calling again");
             }
-            if let Err(Passing(error)) = self.call(publisher, &record.element, pending).await {
+            let trace = record.trace.as_deref().and_then(TraceContext::parse);
+            let trace = trace.unwrap_or_else(|| TraceContext::of_order(record.element.order_id));
+            if let Err(Passing(error)) = self.call(publisher, &record.element, pending, &trace).await {
                 tracing::warn!(error, "could not send a call again; it stays due");
             }
         }

@@ -16,7 +16,7 @@ use uuid::Uuid;
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS coordinator_orders (order_id TEXT PRIMARY KEY, element TEXT NOT NULL, \
      status TEXT NOT NULL, service TEXT, request_id TEXT, sent BIGINT NOT NULL, attempts BIGINT NOT NULL, \
-     due_at BIGINT NOT NULL, updated_at BIGINT NOT NULL, reason TEXT)",
+     due_at BIGINT NOT NULL, updated_at BIGINT NOT NULL, reason TEXT, trace TEXT)",
     "CREATE INDEX IF NOT EXISTS coordinator_orders_by_request ON coordinator_orders (request_id)",
     "CREATE INDEX IF NOT EXISTS coordinator_orders_by_due ON coordinator_orders (status, due_at)",
     "CREATE TABLE IF NOT EXISTS coordinator_steps (request_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, \
@@ -69,11 +69,15 @@ pub struct Record {
     pub sent: i64,
     /// Transient failures of the pending call so far.
     pub attempts: i64,
+    /// The order's `traceparent` as it was placed (its calls continue it).
+    pub trace: Option<String>,
 }
 
 /// What a record becomes after a step: its element and its next call (or its end).
 pub struct Next<'a> {
     pub element: &'a OrderElement,
+    /// The order's trace (kept when placed; later steps keep the first).
+    pub trace: Option<String>,
     pub status: Status,
     pub pending: Option<Pending>,
     pub due_at: i64,
@@ -107,14 +111,16 @@ fn record(row: &sqlx::any::AnyRow) -> sqlx::Result<Record> {
         },
         sent: row.try_get("sent")?,
         attempts: row.try_get("attempts")?,
+        trace: row.try_get("trace")?,
     })
 }
 
-const COLUMNS: &str = "element, status, service, request_id, sent, attempts";
+const COLUMNS: &str = "element, status, service, request_id, sent, attempts, trace";
 
 impl CoordinatorStore {
     pub async fn open(settings: &Settings) -> anyhow::Result<CoordinatorStore> {
         let store = Store::open(settings, "coordinator").await?;
+        store.add_column("coordinator_orders", "trace TEXT").await?;
         store.migrate(SCHEMA).await?;
         Ok(CoordinatorStore { store })
     }
@@ -126,7 +132,7 @@ impl CoordinatorStore {
         let (service, request_id) = split(&next.pending);
         sqlx::query(
             "INSERT INTO coordinator_orders (order_id, element, status, service, request_id, sent, attempts, \
-             due_at, updated_at, reason) VALUES ($1, $2, $3, $4, $5, 1, 0, $6, $7, $8) \
+             due_at, updated_at, reason, trace) VALUES ($1, $2, $3, $4, $5, 1, 0, $6, $7, $8, $9) \
              ON CONFLICT (order_id) DO NOTHING",
         )
         .bind(&order_id)
@@ -137,6 +143,7 @@ impl CoordinatorStore {
         .bind(next.due_at)
         .bind(now_ms())
         .bind(next.reason.clone())
+        .bind(next.trace.clone())
         .execute(&self.store.pool)
         .await?;
         self.order(next.element.order_id).await?.ok_or(sqlx::Error::RowNotFound)

@@ -56,6 +56,21 @@ async fn measure_lag(channel: &lapin::Channel) {
     }
 }
 
+/// The record with the trace id its message carried (`traceparent`).
+fn with_trace(record: Record, delivery: &lapin::message::Delivery) -> Record {
+    let trace_id = shared::trace::from_headers(delivery.properties.headers().as_ref()).map(|t| t.trace_id());
+    match record {
+        Record::State(mut event) => {
+            event.trace_id = trace_id;
+            Record::State(event)
+        }
+        Record::Change(mut event) => {
+            event.trace_id = trace_id;
+            Record::Change(event)
+        }
+    }
+}
+
 /// A consumer of the results kept for polling (on a channel of its own).
 async fn consume_results(connection: &lapin::Connection) -> anyhow::Result<lapin::Consumer> {
     let channel = connection.create_channel().await?;
@@ -150,6 +165,7 @@ async fn serve(
                 };
             let verified =
                 decoded.map_err(|e| e.to_string()).and_then(|record| verify(&ctx, delivery, record));
+            let verified = verified.map(|record| with_trace(record, delivery));
             match verified {
                 Ok(record) => {
                     events.push(record);

@@ -61,6 +61,7 @@ impl TrackerStore {
         store.add_column("tracker_events", "change_id TEXT").await?;
         store.add_column("tracker_orders", "customer_id TEXT").await?;
         store.add_column("tracker_events", "mode TEXT").await?;
+        store.add_column("tracker_events", "trace_id TEXT").await?;
         store.migrate(INDEXES).await?;
         store.migrate(CALL_RESULTS).await?;
         Ok(TrackerStore { store })
@@ -131,7 +132,7 @@ impl TrackerStore {
     pub async fn order(&self, order_id: Uuid) -> sqlx::Result<Option<OrderView>> {
         let rows = sqlx::query(
             "SELECT to_state, from_state, node, instance_id, at, recorded_at, detail, seq, version, event_id, terminal, \
-             change_id, mode FROM tracker_events WHERE order_id = $1 ORDER BY seq, at",
+             change_id, mode, trace_id FROM tracker_events WHERE order_id = $1 ORDER BY seq, at",
         )
         .bind(order_id.to_string())
         .fetch_all(&self.store.pool)
@@ -162,6 +163,7 @@ impl TrackerStore {
                 event_id: row.try_get("event_id")?,
                 change_id,
                 mode: row.try_get("mode")?,
+                trace_id: row.try_get("trace_id")?,
             });
         }
         let history = in_order(history);
@@ -370,6 +372,8 @@ struct Row {
     customer_id: Option<String>,
     /// `directed` or `service` for steps done through a node's service.
     mode: Option<String>,
+    /// The trace its message carried.
+    trace_id: Option<String>,
 }
 
 impl From<&Record> for Row {
@@ -390,6 +394,7 @@ impl From<&Record> for Row {
                 change_id: None,
                 customer_id: e.customer_id.clone(),
                 mode: e.mode.clone(),
+                trace_id: e.trace_id.clone(),
             },
             Record::Change(e) => Row {
                 event_id: e.event_id.to_string(),
@@ -406,6 +411,7 @@ impl From<&Record> for Row {
                 change_id: Some(e.change_id.to_string()),
                 customer_id: None,
                 mode: None,
+                trace_id: e.trace_id.clone(),
             },
         }
     }
@@ -418,7 +424,7 @@ async fn insert_events(
     rows: &[Row],
     recorded_at: &str,
 ) -> sqlx::Result<HashSet<String>> {
-    const COLUMNS: usize = 14;
+    const COLUMNS: usize = 15;
     let mut new_ids = HashSet::new();
     for chunk in rows.chunks(300) {
         let values: Vec<String> = (0..chunk.len())
@@ -429,7 +435,7 @@ async fn insert_events(
             .collect();
         let sql = format!(
             "INSERT INTO tracker_events (event_id, order_id, seq, version, node, instance_id, from_state, \
-             to_state, terminal, at, detail, recorded_at, change_id, mode) VALUES {} \
+             to_state, terminal, at, detail, recorded_at, change_id, mode, trace_id) VALUES {} \
              ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
             values.join(", ")
         );
@@ -450,7 +456,8 @@ async fn insert_events(
                 .bind(&row.detail)
                 .bind(recorded_at)
                 .bind(row.change_id.clone())
-                .bind(row.mode.clone());
+                .bind(row.mode.clone())
+                .bind(row.trace_id.clone());
         }
         for returned in query.fetch_all(&mut **tx).await? {
             new_ids.insert(returned.try_get::<String, _>("event_id")?);
@@ -538,6 +545,7 @@ mod tests {
             event_id: format!("{state}-{seq}"),
             change_id: change.then(|| "c".to_string()),
             mode: None,
+            trace_id: None,
         }
     }
 

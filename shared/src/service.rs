@@ -19,6 +19,7 @@
 //! after it is answered with an error and never run.
 
 use crate::order::OrderElement;
+use crate::transport::message::value_text as text;
 use lapin::{
     types::{AMQPValue, FieldTable, ShortString},
     BasicProperties,
@@ -89,14 +90,6 @@ pub struct CallError {
 
 fn header<'a>(headers: Option<&'a FieldTable>, name: &str) -> Option<&'a AMQPValue> {
     headers?.inner().get(&ShortString::from(name))
-}
-
-fn text(value: &AMQPValue) -> Option<String> {
-    match value {
-        AMQPValue::LongString(text) => Some(text.to_string()),
-        AMQPValue::ShortString(text) => Some(text.to_string()),
-        _ => None,
-    }
 }
 
 fn integer(value: &AMQPValue) -> Option<i64> {

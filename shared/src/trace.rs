@@ -13,7 +13,7 @@
 
 use crate::transport::message::Outgoing;
 use lapin::{
-    types::{AMQPValue, FieldTable, ShortString},
+    types::{AMQPValue, FieldTable},
     BasicProperties,
 };
 use uuid::Uuid;
@@ -83,17 +83,9 @@ impl TraceContext {
     }
 }
 
-fn text(value: &AMQPValue) -> Option<String> {
-    match value {
-        AMQPValue::LongString(text) => Some(text.to_string()),
-        AMQPValue::ShortString(text) => Some(text.to_string()),
-        _ => None,
-    }
-}
-
 /// The `traceparent` of a message's headers, if it has a well-formed one.
 pub fn from_headers(headers: Option<&FieldTable>) -> Option<TraceContext> {
-    TraceContext::parse(&text(headers?.inner().get(&ShortString::from(HEADER))?)?)
+    TraceContext::parse(&crate::transport::message::header_text(headers, HEADER)?)
 }
 
 /// The order a message is about: its `correlation_id`, which every

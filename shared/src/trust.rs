@@ -171,6 +171,19 @@ impl Trust {
         ))
     }
 
+    /// May `sender` send a result of `service` (`what`: how the receiver
+    /// names it)? Only that node's user answers for it.
+    pub fn check_result(&self, what: &str, service: Node, sender: Option<&str>) -> Result<(), String> {
+        if self.is(sender, Role::Node(service)) {
+            return Ok(());
+        }
+        Err(format!(
+            "{what} of {service} must come from {}; this one came from {}",
+            self.user_of(Role::Node(service)),
+            named(sender)
+        ))
+    }
+
     /// May `sender` record that `node` (the event's `node` field) reached
     /// `state` (an order state or a change record's kind)?
     pub fn check_event(&self, node: &str, state: &str, sender: Option<&str>) -> Result<(), String> {
@@ -243,11 +256,7 @@ fn or_nobody(users: &[String]) -> String {
 }
 
 fn recorded_sender(headers: Option<&FieldTable>) -> Option<String> {
-    match headers?.inner().get(&ShortString::from(SENDER_HEADER))? {
-        AMQPValue::LongString(text) => Some(text.to_string()),
-        AMQPValue::ShortString(text) => Some(text.to_string()),
-        _ => None,
-    }
+    crate::transport::message::header_text(headers, SENDER_HEADER)
 }
 
 /// Headers for a message this process relays: `headers` with the verified

@@ -187,44 +187,46 @@ async fn raw_call(
     body: &[u8],
     properties: BasicProperties,
 ) -> Option<Value> {
-    let connection = stack.connect().await;
-    let channel = connection.create_channel().await.unwrap();
-    let options = BasicConsumeOptions { no_ack: true, ..Default::default() };
-    let mut replies = channel
-        .basic_consume("amq.rabbitmq.reply-to".into(), "".into(), options, FieldTable::default())
-        .await
-        .unwrap();
-    let properties = properties.with_reply_to("amq.rabbitmq.reply-to".into());
-    channel
-        .basic_publish(
-            "orderflow.services".into(),
-            routing_key.into(),
-            BasicPublishOptions::default(),
-            body,
-            properties,
-        )
-        .await
-        .unwrap();
-    let answer = tokio::time::timeout(Duration::from_secs(20), replies.next()).await.ok().flatten();
-    let _ = connection.close(200, "done".into()).await;
-    answer.map(|delivery| serde_json::from_slice(&delivery.unwrap().data).unwrap())
+    publish_call(stack, routing_key, body, properties, true).await
 }
 
 /// Publishes a call with no reply address at all (as guest).
 async fn call_into_the_void(stack: &Stack, routing_key: &str, body: &[u8], properties: BasicProperties) {
+    publish_call(stack, routing_key, body, properties, false).await;
+}
+
+/// Publishes a call to `orderflow.services` (as guest); with `wait`, on
+/// direct reply-to, and returns its answer (if one comes in 20 s).
+async fn publish_call(
+    stack: &Stack,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+    wait: bool,
+) -> Option<Value> {
     let connection = stack.connect().await;
     let channel = connection.create_channel().await.unwrap();
+    let mut properties = properties;
+    let mut replies = None;
+    if wait {
+        let options = BasicConsumeOptions { no_ack: true, ..Default::default() };
+        let reply_to = "amq.rabbitmq.reply-to";
+        replies = Some(
+            channel.basic_consume(reply_to.into(), "".into(), options, FieldTable::default()).await.unwrap(),
+        );
+        properties = properties.with_reply_to(reply_to.into());
+    }
+    let options = BasicPublishOptions::default();
     channel
-        .basic_publish(
-            "orderflow.services".into(),
-            routing_key.into(),
-            BasicPublishOptions::default(),
-            body,
-            properties,
-        )
+        .basic_publish("orderflow.services".into(), routing_key.into(), options, body, properties)
         .await
         .unwrap();
+    let answer = match replies.as_mut() {
+        Some(replies) => tokio::time::timeout(Duration::from_secs(20), replies.next()).await.ok().flatten(),
+        None => None,
+    };
     let _ = connection.close(200, "done".into()).await;
+    answer.map(|delivery| serde_json::from_slice(&delivery.unwrap().data).unwrap())
 }
 
 fn with_header(properties: BasicProperties, name: &str, value: AMQPValue) -> BasicProperties {

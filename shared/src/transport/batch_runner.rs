@@ -16,7 +16,7 @@ use super::publisher::{publish_failure, Publisher};
 use super::service::{dispatch_call, BatchService};
 use super::session::{finish, next_of, open_consumer, supervise, Consumers};
 use super::settle::{ack, attempt_of, requeue, settle, settle_failure, Settle};
-use super::step::{record_outcome, resolve_changes, ChangeRecords, Handled};
+use super::step::{record_outcome, resolve_changes, ChangeRecords, Handled, Onward};
 use crate::batcher::Batcher;
 use crate::change::cancel_outcome;
 use crate::order::{OrderElement, OrderState};
@@ -241,7 +241,7 @@ async fn settle_released(ctx: &NodeContext, publisher: &Publisher, released: Vec
     let mut messages = Vec::new();
     let mut settled: Vec<(Delivery, Handled)> = Vec::with_capacity(released.len());
     for (held, outcome) in released {
-        match record_outcome(ctx, held.before, held.changes, &outcome).await {
+        match record_outcome(ctx, held.before, held.changes, &outcome, Onward::NextNode).await {
             Ok(mut handled) => {
                 crate::trace::stamp(&mut handled.messages, &held.trace);
                 messages.extend(handled.messages.iter().cloned());

@@ -246,6 +246,22 @@ fn masked(mut element: OrderElement) -> OrderElement {
     element
 }
 
+/// A service's result as its receiver takes it (`what`: how it names it):
+/// decoded, and sent by the user of the service it names; otherwise the
+/// reason (to dead-letter it with).
+pub fn receive_result(ctx: &NodeContext, delivery: &Delivery, what: &str) -> Result<CallResult, String> {
+    let headers = delivery.properties.headers().as_ref();
+    let result: CallResult =
+        super::message::decode(&delivery.data, headers, ctx.max_message_bytes).map_err(|e| e.to_string())?;
+    let service = Node::from_name(&result.service)
+        .ok_or_else(|| format!("no service is named {:?}", crate::text::escaped(&result.service)))?;
+    let sender = ctx.trust.sender(&delivery.properties);
+    ctx.trust
+        .check_result(what, service, sender.as_deref())
+        .map_err(|reason| format!("refused: {reason}"))?;
+    Ok(result)
+}
+
 /// The message carrying a call's result to where the call asked.
 pub fn result_message(call: &Call, result: &CallResult, caller: &str) -> Outgoing {
     let (exchange, routing_key) = match &call.reply_to {

@@ -90,7 +90,7 @@ async fn try_step<S: Stage>(
     } else {
         stage.handle(resolved.element).await?
     };
-    record_outcome(ctx, before, resolved.changes, &outcome).await
+    record_outcome(ctx, before, resolved.changes, &outcome, Onward::NextNode).await
 }
 
 /// An element with its pending changes decided.
@@ -131,17 +131,34 @@ pub async fn resolve_changes(ctx: &NodeContext, element: OrderElement) -> Result
     Ok(Resolved { element, changes, cancelled })
 }
 
+/// Where the element goes after an outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Onward {
+    /// To its next node (the autonomous workflow).
+    NextNode,
+    /// Nowhere: the caller holds it (the coordinator calls the next service).
+    Kept,
+}
+
 /// Everything a stage's outcome leads to: the change records decided before
-/// it, its audit events and forward, and the order closed if it ended here.
-/// `before` is the element's sequence number and state on arrival.
+/// it, its audit events, the element forwarded (when `onward` says so), and
+/// the order closed if it ended here. `before` is the element's sequence
+/// number and state on arrival.
 pub async fn record_outcome(
     ctx: &NodeContext,
     before: (u32, Option<OrderState>),
     mut changes: ChangeRecords,
     outcome: &Outcome,
+    onward: Onward,
 ) -> Result<Handled, StageError> {
     let mut messages = std::mem::take(&mut changes.messages);
-    let (element, outgoing) = outcome_messages(before, outcome, ctx);
+    let (element, outgoing) = match onward {
+        Onward::NextNode => outcome_messages(before, outcome, ctx),
+        Onward::Kept => {
+            let (element, events) = outcome_events(before, outcome, ctx);
+            (element, events.iter().map(audit_message).collect())
+        }
+    };
     messages.extend(outgoing);
     let late = close_if_terminal(ctx, &element).await?;
     messages.extend(late.messages);

@@ -43,16 +43,16 @@ use shared::settings::Settings;
 use shared::stage::{Outcome, StageError};
 use shared::trace::TraceContext;
 use shared::transport::change_consumer::{dispatch_change, drain_changes};
-use shared::transport::message::{dead_letter_headers, decode, Outgoing};
+use shared::transport::message::{dead_letter_headers, Outgoing};
+use shared::transport::service::receive_result;
 use shared::transport::session::{finish, supervise};
 use shared::transport::settle::{ack, dead_letter, requeue, settle_failure};
-use shared::transport::step::{record_outcome, resolve_changes};
+use shared::transport::step::{record_outcome, resolve_changes, Onward};
 use shared::transport::{NodeContext, Publisher};
 use std::sync::Arc;
 use std::time::Duration;
 use store::{CoordinatorStore, Next, Pending, Status};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use topology::permissions::Role;
 use topology::Node;
 use tracing::Instrument;
 
@@ -237,7 +237,7 @@ impl Coordinator {
 
     async fn reply_traced(&self, publisher: &Publisher, delivery: Delivery, trace: TraceContext) {
         let ctx = &self.ctx;
-        let result = match self.read_reply(&delivery) {
+        let result = match receive_result(ctx, &delivery, "an answer") {
             Ok(result) => result,
             Err(reason) => return dead_letter(publisher, ctx, &delivery, &reason).await,
         };
@@ -249,24 +249,6 @@ impl Coordinator {
                 requeue(&delivery).await
             }
         }
-    }
-
-    /// The result a reply carries, if its sender is the service it names.
-    fn read_reply(&self, delivery: &Delivery) -> Result<CallResult, String> {
-        let headers = delivery.properties.headers().as_ref();
-        let result: CallResult =
-            decode(&delivery.data, headers, self.ctx.max_message_bytes).map_err(|e| e.to_string())?;
-        let service = Node::from_name(&result.service)
-            .ok_or_else(|| format!("no service is named {:?}", shared::text::escaped(&result.service)))?;
-        let sender = self.ctx.trust.sender(&delivery.properties);
-        if !self.ctx.trust.is_role(sender.as_deref(), Role::Node(service)) {
-            return Err(format!(
-                "refused: an answer of {service} must come from {}; this one came from {}",
-                self.ctx.trust.user_of(Role::Node(service)),
-                sender.as_deref().map(shared::text::escaped).unwrap_or_else(|| "no one".into())
-            ));
-        }
-        Ok(result)
     }
 
     async fn take_reply(
@@ -339,12 +321,12 @@ impl Coordinator {
         } else {
             Outcome::new(resolved.element)
         };
-        let handled = record_outcome(ctx, before, resolved.changes, &outcome).await.map_err(stage_error)?;
+        // The coordinator forwards nothing: it calls the next service.
+        let handled = record_outcome(ctx, before, resolved.changes, &outcome, Onward::Kept)
+            .await
+            .map_err(stage_error)?;
         handled.changes.emit();
-        // The coordinator forwards nothing: it calls.
-        let messages =
-            handled.messages.into_iter().filter(|m| m.exchange != topology::WORKFLOW_EXCHANGE).collect();
-        Ok((handled.element, messages))
+        Ok((handled.element, handled.messages))
     }
 
     /// What the record of `element` becomes: its next call, or its end.

@@ -262,16 +262,6 @@ impl CoordinatorStore {
         .rows_affected();
         Ok(updated == 1)
     }
-
-    /// Orders per status (for tests and `orderflow`'s checks).
-    pub async fn counts(&self) -> sqlx::Result<Vec<(String, i64)>> {
-        let rows = sqlx::query(
-            "SELECT status, COUNT(*) AS n FROM coordinator_orders GROUP BY status ORDER BY status",
-        )
-        .fetch_all(&self.store.pool)
-        .await?;
-        rows.iter().map(|row| Ok((row.try_get("status")?, row.try_get("n")?))).collect()
-    }
 }
 
 fn split(pending: &Option<Pending>) -> (Option<String>, Option<String>) {

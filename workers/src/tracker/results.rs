@@ -8,13 +8,13 @@
 
 use super::store::TrackerStore;
 use lapin::message::Delivery;
-use shared::service::{CallResult, CALLER_HEADER};
+use shared::service::CALLER_HEADER;
 use shared::settings::Settings;
-use shared::transport::message::decode;
+use shared::transport::message::header_text;
+use shared::transport::service::receive_result;
 use shared::transport::settle::{ack, dead_letter, requeue};
 use shared::transport::{NodeContext, Publisher};
 use std::time::{Duration, Instant};
-use topology::permissions::Role;
 
 /// How long a collected result is kept, and one never collected.
 #[derive(Clone, Copy, Debug)]
@@ -45,26 +45,10 @@ pub async fn keep(
     retention: &mut Retention,
     delivery: Delivery,
 ) {
-    let checked =
-        decode::<CallResult>(&delivery.data, delivery.properties.headers().as_ref(), ctx.max_message_bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|result| {
-                let sender = ctx.trust.sender(&delivery.properties);
-                let service = topology::Node::from_name(&result.service).ok_or_else(|| {
-                    format!("no service is named {:?}", shared::text::escaped(&result.service))
-                })?;
-                if !ctx.trust.is_role(sender.as_deref(), Role::Node(service)) {
-                    return Err(format!(
-                        "a result of {service} must come from {}; this one came from {}",
-                        ctx.trust.user_of(Role::Node(service)),
-                        sender.as_deref().map(shared::text::escaped).unwrap_or_else(|| "no one".into())
-                    ));
-                }
-                Ok(result)
-            });
+    let checked = receive_result(ctx, &delivery, "a result");
     let result = match checked {
         Ok(result) => result,
-        Err(reason) => return dead_letter(publisher, ctx, &delivery, &format!("refused: {reason}")).await,
+        Err(reason) => return dead_letter(publisher, ctx, &delivery, &reason).await,
     };
     let caller = caller_of(&delivery);
     if let Err(error) = store.keep_call_result(&result, &caller).await {
@@ -82,9 +66,5 @@ pub async fn keep(
 }
 
 fn caller_of(delivery: &Delivery) -> String {
-    let headers = delivery.properties.headers().as_ref();
-    match headers.and_then(|h| h.inner().get(&lapin::types::ShortString::from(CALLER_HEADER))) {
-        Some(lapin::types::AMQPValue::LongString(text)) => text.to_string(),
-        _ => String::new(),
-    }
+    header_text(delivery.properties.headers().as_ref(), CALLER_HEADER).unwrap_or_default()
 }

@@ -15,6 +15,16 @@ if ! python3 -c 'import pika' 2>/dev/null; then
   python3 -m pip install --quiet --user pika 2>/dev/null || python3 -m pip install --quiet pika 2>/dev/null \
     || say "note: could not install Python's pika; the outside-client test will say it skipped pika"
 fi
+# The dashboard test drives headless Chromium through ChromeDriver (Debian's packages).
+if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing chromium and chromium-driver for the dashboard test (apt-get)..."
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
+      || say "note: could not install chromium; the dashboard test will say it skipped the browser"
+  else
+    say "note: no chromium/chromedriver (install Debian's chromium and chromium-driver); the dashboard test will skip the browser"
+  fi
+fi
 # The integration tests start the worker binaries: build them first.
 cargo build --workspace --bins
 cargo test --workspace "$@"

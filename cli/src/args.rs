@@ -175,6 +175,30 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Per node: orders handled, throughput, dwell time percentiles, errors, retries and dead
+    /// letters; end-to-end latency; changes; the slowest node and the stuck orders.
+    #[command(after_help = "Examples:\n  orderflow report --last 10m\n  \
+                            orderflow report --from 2026-11-01T00:00:00Z --to 2026-12-01T00:00:00Z --json\n  \
+                            orderflow report --last 1h --stuck-after 30s")]
+    Report {
+        /// The range: the last this long, up to now (default 10m): 600 (seconds), 90s, 5m, 2h, 1.5d.
+        #[arg(long, value_name = "AGE", value_parser = values::age, allow_negative_numbers = true,
+              conflicts_with_all = ["from", "to"])]
+        last: Option<Duration>,
+        /// The range's start, an RFC 3339 time (histories moved to the warehouse count too).
+        #[arg(long, value_name = "TIME", value_parser = values::time)]
+        from: Option<String>,
+        /// The range's end (default: now).
+        #[arg(long, value_name = "TIME", value_parser = values::time, requires = "from")]
+        to: Option<String>,
+        /// An order waiting this long at its node is stuck (default: 5 x the node's p99, at least 2 s;
+        /// 60 s for a node that handled nothing in the range).
+        #[arg(long, value_name = "AGE", value_parser = values::age, allow_negative_numbers = true)]
+        stuck_after: Option<Duration>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show live counts of orders per state (Ctrl-C to stop).
     Watch {
         /// Print the counts once and exit.

@@ -8,6 +8,7 @@ mod dlq;
 mod exit;
 mod orders;
 mod publish;
+mod report;
 mod values;
 mod watch;
 
@@ -102,6 +103,13 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
                 ..Default::default()
             };
             orders::list(&settings, search, limit, json).await.map(|_| Outcome::Done)
+        }
+        Command::Report { last, from, to, stuck_after, json } => {
+            let range = match (last, from) {
+                (_, Some(from)) => report::Range::Between { from, to },
+                (last, None) => report::Range::Last(last.unwrap_or(shared::report::DEFAULT_LAST)),
+            };
+            report::report(&settings, range, stuck_after, json).await.map(|_| Outcome::Done)
         }
         Command::Watch { once } => watch::watch(&settings, once).await.map(|_| Outcome::Done),
         Command::Wait { ids, timeout } => watch::wait(&settings, &ids, timeout).await,

@@ -116,6 +116,13 @@ pub fn customer(text: &str) -> Result<String, String> {
     }
 }
 
+/// An RFC 3339 time such as `2026-11-29T10:00:00Z`.
+pub fn time(text: &str) -> Result<String, String> {
+    chrono::DateTime::parse_from_rfc3339(text.trim()).map(|_| text.trim().to_string()).map_err(|_| {
+        format!("{:?} is not an RFC 3339 time such as 2026-11-29T10:00:00Z", shared::text::escaped(text))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

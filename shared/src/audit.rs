@@ -30,6 +30,10 @@ pub struct AuditEvent {
     /// tracker records it on the order so that orders can be found by customer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customer_id: Option<String>,
+    /// How many units the order is for: set on `placed` events only (the
+    /// tracker keeps it to tell where an order waits, as routing does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub units: Option<i64>,
     /// How the step was driven: `directed` (by the coordinator, through the
     /// node's service) or `service` (another caller of the service); absent
     /// for the autonomous workflow.
@@ -68,6 +72,7 @@ impl AuditEvent {
             seq,
             version,
             customer_id: None,
+            units: None,
             mode: None,
             trace_id: None,
         }
@@ -91,6 +96,9 @@ impl AuditEvent {
         let mut event = AuditEvent::new(transition, node, instance_id, detail);
         if element.state == OrderState::Placed && !element.order.customer_id.is_empty() {
             event.customer_id = Some(element.order.customer_id.chars().take(200).collect());
+        }
+        if element.state == OrderState::Placed {
+            event.units = Some(element.total_units());
         }
         event
     }

@@ -45,8 +45,9 @@ pub static CHANGES_REJECTED: Counter = Counter::new("changes_rejected");
 pub static ELEMENTS_FAILED: Counter = Counter::new("elements_failed");
 pub static CALLS_ANSWERED: Counter = Counter::new("calls_answered");
 pub static EVENTS_RECORDED: Counter = Counter::new("events_recorded");
+pub static ORDERS_MOVED: Counter = Counter::new("orders_moved");
 
-static ALL: [&Counter; 10] = [
+static ALL: [&Counter; 11] = [
     &ELEMENTS_HANDLED,
     &DEAD_LETTERED,
     &RETRIED,
@@ -57,6 +58,7 @@ static ALL: [&Counter; 10] = [
     &ELEMENTS_FAILED,
     &CALLS_ANSWERED,
     &EVENTS_RECORDED,
+    &ORDERS_MOVED,
 ];
 
 /// Every counter of this process, name → value.
@@ -251,6 +253,26 @@ impl EventsRecorded {
     }
 }
 
+/// The tracker moved ended orders' histories to the warehouse.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OrdersMoved {
+    pub orders: u64,
+    pub events: u64,
+    pub late_events: u64,
+}
+
+impl OrdersMoved {
+    pub fn emit(&self) {
+        tracing::debug!(
+            orders = self.orders,
+            events = self.events,
+            late_events = self.late_events,
+            "moved to the warehouse"
+        );
+        ORDERS_MOVED.add(self.orders);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,6 +315,7 @@ mod tests {
             CallAnswered { node: "payment", request_id: "r", mode: "sync" }.emit()
         });
         grows_by_at_least_one(&EVENTS_RECORDED, || EventsRecorded { received: 2, new: 1 }.emit());
+        grows_by_at_least_one(&ORDERS_MOVED, || OrdersMoved { orders: 1, events: 6, late_events: 0 }.emit());
     }
 
     #[test]
@@ -310,7 +333,8 @@ mod tests {
                 "changes_rejected",
                 "elements_failed",
                 "calls_answered",
-                "events_recorded"
+                "events_recorded",
+                "orders_moved"
             ]
         );
         let before = snapshot()[1].1;

@@ -47,10 +47,18 @@ pub const VARIABLES: &[Variable] = &[
         "seconds the tracker keeps a polled service result after it was first read",
     ),
     var(
+        "ORDERFLOW_WAREHOUSE_AFTER_S",
+        "300",
+        "seconds after an order ended before the tracker moves its history to the warehouse",
+    ),
+    var(
         "ORDERFLOW_CALL_TIMEOUT_MS",
         "5000",
         "milliseconds the coordinator waits for a service's answer before calling again",
     ),
+    var("ORDERFLOW_MGMT_URL", "http://127.0.0.1:15672", "the management API (the dashboard's queue depths)"),
+    var("ORDERFLOW_MGMT_USER", "AMQP_URL's user", "management API user (the `monitoring` tag is enough)"),
+    var("ORDERFLOW_MGMT_PASSWORD", "AMQP_URL's password", "management API password"),
     var("ORDERFLOW_PUBLISH_PATIENCE_S", "120", "seconds `publish` keeps reconnecting without progress"),
     var(
         "RUST_LOG",
@@ -112,6 +120,10 @@ pub const TRACKER: &[&str] = &[
     "ORDERFLOW_HTTP_HEADER_TIMEOUT_S",
     "ORDERFLOW_RESULT_RETENTION_S",
     "ORDERFLOW_CHANGE_RETENTION_S",
+    "ORDERFLOW_WAREHOUSE_AFTER_S",
+    "ORDERFLOW_MGMT_URL",
+    "ORDERFLOW_MGMT_USER",
+    "ORDERFLOW_MGMT_PASSWORD",
     "ORDERFLOW_METRICS_ADDR",
 ];
 

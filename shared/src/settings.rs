@@ -136,6 +136,13 @@ impl Settings {
         Ok(Duration::from_secs(parsed("ORDERFLOW_RESULT_RETENTION_S", 600u64)?))
     }
 
+    /// `ORDERFLOW_WAREHOUSE_AFTER_S`: the quiet period after an order ended
+    /// before the tracker moves its history from the active store to the
+    /// warehouse (late duplicates and change records mostly arrive within it).
+    pub fn warehouse_after() -> anyhow::Result<Duration> {
+        Ok(Duration::from_secs(parsed("ORDERFLOW_WAREHOUSE_AFTER_S", 300u64)?))
+    }
+
     /// `ORDERFLOW_CALL_TIMEOUT_MS`: how long the coordinator waits for a
     /// service's answer before it calls again (same request id).
     pub fn call_timeout() -> anyhow::Result<Duration> {

@@ -43,6 +43,15 @@ pub struct HistoryEntry {
     pub trace_id: Option<String>,
 }
 
+/// How many rows the tracker's active store and its warehouse hold (`GET /store`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoreRows {
+    pub active_orders: i64,
+    pub active_events: i64,
+    pub warehouse_orders: i64,
+    pub warehouse_events: i64,
+}
+
 /// A service result kept for polling: `GET /calls/{request_id}`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct KeptResult {
@@ -205,6 +214,18 @@ impl TrackerClient {
     pub async fn orders(&self, search: &OrderSearch) -> Result<OrderPage, TrackerError> {
         let request = self.http.get(format!("{}/orders", self.base)).query(&search.to_pairs());
         self.send(request).await?.json().await.map_err(TrackerError::Malformed)
+    }
+
+    /// `GET /report`: the pipeline's figures for a range (`pairs` as the
+    /// endpoint takes them: `last`, `from`, `to`, `stuck_after`).
+    pub async fn report(&self, pairs: &[(&str, String)]) -> Result<crate::report::Report, TrackerError> {
+        let request = self.http.get(format!("{}/report", self.base)).query(pairs);
+        self.send(request).await?.json().await.map_err(TrackerError::Malformed)
+    }
+
+    /// `GET /store`: rows in the active store and the warehouse.
+    pub async fn store_rows(&self) -> Result<StoreRows, TrackerError> {
+        self.get("/store").await
     }
 
     /// `GET /stats`: orders per state.

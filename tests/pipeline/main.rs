@@ -7,6 +7,8 @@
 //! - `poison`: undecodable messages are dead-lettered and the rest flows.
 //! - `directed`: the coordinator drives orders through the services: the same ends as autonomous mode,
 //!   changes decided before its next call, kill -9 of it and every service (issue 9).
+//! - `dashboard`: the tracker's live dashboard in headless Chromium: counts move, the slowest node is
+//!   marked, a search opens an order's timeline (issue 11).
 //! - `dlq`: replay on a snapshot without loops, listing loses nothing, discard, counts per reason.
 //! - `retry`: transient failures retry, then dead-letter; `dlq replay` sends them back once.
 //! - `faults`: SIGKILLed nodes, a stopped tracker, cut connections: nothing lost or doubled.
@@ -21,6 +23,7 @@
 //! - `postgres_races`: races between instances on one PostgreSQL database, forced at the store level.
 //! - `postgres_scale`: two instances of every node and tracker, each its own run directory
 //!   (as on hosts of their own), sharing one PostgreSQL database: paths, change storms, SIGKILLs.
+//! - `insight`: the report (slowest node, stuck orders, incidents) and the warehouse move (issue 11).
 //! - `metrics`: Prometheus metrics of every process, consistent with the tracker (issue 11).
 //! - `outside`: plain orders from clients no one here wrote (pika, the management API).
 //! - `traces`: W3C traceparent on every hop, change and call; trace and order ids on log lines (issue 11).
@@ -35,9 +38,11 @@ mod bench_smoke;
 mod changes;
 mod cli;
 mod compose;
+mod dashboard;
 mod directed;
 mod dlq;
 mod faults;
+mod insight;
 mod metrics;
 mod outside;
 mod paths;

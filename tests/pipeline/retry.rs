@@ -36,6 +36,19 @@ async fn transient_failures_retry_then_dead_letter_and_replay_once() {
             "{reason}"
         );
     }
+    // The report counts each retry and dead letter at payment (its incidents), nothing elsewhere.
+    let counted = harness::until(Duration::from_secs(15), Duration::from_millis(300), || async {
+        let (_, body) = stack.get("/report?last=600").await;
+        let report: shared::report::Report = serde_json::from_str(&body).unwrap();
+        let payment = report.nodes.iter().find(|n| n.node == "payment").cloned().unwrap_or_default();
+        match (payment.retries, payment.dead_letters) {
+            (15, 5) => Ok(harness::Check::Done(report)),
+            seen => Ok(harness::Check::Waiting(format!("payment's (retries, dead letters): {seen:?}"))),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(counted.nodes.iter().filter(|n| n.node != "payment").all(|n| n.errors == 0), "{counted:?}");
 
     sqlx::query("ALTER TABLE processor_charges_away RENAME TO processor_charges")
         .execute(&ledger)

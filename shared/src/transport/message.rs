@@ -97,6 +97,20 @@ pub fn change_request_message(request: &ChangeRequest) -> Outgoing {
     }
 }
 
+/// An incident at `incident.node`, for the tracker, on the audit exchange.
+pub fn incident_message(incident: &crate::incident::Incident) -> Outgoing {
+    Outgoing {
+        exchange: AUDIT_EXCHANGE,
+        routing_key: topology::audit_routing_key(&incident.node, crate::incident::INCIDENT_TYPE),
+        body: serde_json::to_vec(incident).expect("an incident always serializes"),
+        properties: properties(
+            incident.incident_id,
+            incident.order_id.unwrap_or_default(),
+            crate::incident::INCIDENT_TYPE,
+        ),
+    }
+}
+
 /// The `type` property of change records on the audit exchange.
 pub const CHANGE_EVENT_TYPE: &str = "change_event";
 

@@ -10,6 +10,7 @@ use super::context::NodeContext;
 use super::message::{self, dead_letter_message, Origin};
 use super::publisher::Publisher;
 use crate::events::{DeadLettered, GaveUp, Retried};
+use crate::incident::{Incident, IncidentKind};
 use crate::stage::StageError;
 use lapin::{
     message::Delivery,
@@ -67,7 +68,7 @@ pub async fn settle(publisher: &Publisher, ctx: &NodeContext, delivery: &Deliver
         }
         Settle::Retry { attempts, delay, error } => {
             Retried { node: ctx.node, attempts, delay, error: &error }.emit();
-            retry_later(publisher, ctx, delivery, attempts, delay).await;
+            retry_later(publisher, ctx, delivery, attempts, delay, &format!("{error:#}")).await;
         }
     }
 }
@@ -83,12 +84,15 @@ async fn retry_later(
     delivery: &Delivery,
     attempts: i64,
     delay: Duration,
+    reason: &str,
 ) {
     let node = ctx.workflow_node().filter(|n| delivery.routing_key.as_str() == n.routing_key());
     if let Some(node) = node {
         let sender = ctx.trust.sender(&delivery.properties);
         let retry = message::retry_message(delivery, node, sender.as_deref(), attempts, delay);
-        match publisher.publish_all(&[retry]).await {
+        let incident = incident(ctx, delivery, IncidentKind::Retried, reason, attempts);
+        match publisher.publish_all(&[Some(retry), incident].into_iter().flatten().collect::<Vec<_>>()).await
+        {
             Ok(()) => return ack(delivery).await,
             Err(error) => {
                 tracing::warn!(node = ctx.node, %error, "could not send to the retry queue; waiting here")
@@ -143,7 +147,9 @@ pub async fn dead_letter(publisher: &Publisher, ctx: &NodeContext, delivery: &De
     let routing_key = delivery.routing_key.as_str();
     let sender = ctx.trust.sender(&delivery.properties);
     let origin = Origin { node: ctx.node, queue: &ctx.queue_of(delivery), sender: sender.as_deref() };
-    match publisher.publish_all(&[dead_letter_message(delivery, &origin, reason)]).await {
+    let dead = dead_letter_message(delivery, &origin, reason);
+    let incident = incident(ctx, delivery, IncidentKind::DeadLettered, reason, attempt_of(delivery));
+    match publisher.publish_all(&[Some(dead), incident].into_iter().flatten().collect::<Vec<_>>()).await {
         Ok(()) => {
             DeadLettered { node: ctx.node, routing_key, reason }.emit();
             ack(delivery).await
@@ -153,6 +159,23 @@ pub async fn dead_letter(publisher: &Publisher, ctx: &NodeContext, delivery: &De
             requeue(delivery).await;
         }
     }
+}
+
+/// The incident to record beside a retry or a dead letter, when the node
+/// records history (workflow nodes do; the tracker and the coordinator,
+/// which have no audit rights, do not).
+fn incident(
+    ctx: &NodeContext,
+    delivery: &Delivery,
+    kind: IncidentKind,
+    reason: &str,
+    attempts: i64,
+) -> Option<message::Outgoing> {
+    ctx.workflow_node()?;
+    let order_id =
+        delivery.properties.correlation_id().as_ref().and_then(|id| uuid::Uuid::parse_str(id.as_str()).ok());
+    let incident = Incident::new(ctx.node, order_id, kind, reason, attempts);
+    Some(message::incident_message(&incident))
 }
 
 /// Waits before a retry: 200 ms doubling with each earlier delivery, up to 10 s.

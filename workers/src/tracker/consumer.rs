@@ -11,6 +11,7 @@ use super::store::{Record, TrackerStore};
 use super::Health;
 use futures::StreamExt;
 use lapin::options::BasicAckOptions;
+use shared::incident::INCIDENT_TYPE;
 use shared::settings::Settings;
 use shared::transport::message::{decode, decode_audit, CHANGE_EVENT_TYPE, MAX_SEQ};
 use shared::transport::session::{finish, open_consumer, supervise, Consumers};
@@ -21,6 +22,10 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 const PREFETCH: u16 = 1000;
 const BATCH: usize = 500;
+/// How often ended orders are moved to the warehouse.
+const MOVE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// At most this many move batches per tick (1,000 orders a second at most).
+const MOVES_PER_TICK: usize = 4;
 
 pub async fn run(
     store: TrackerStore,
@@ -56,6 +61,34 @@ async fn measure_lag(channel: &lapin::Channel) {
     }
 }
 
+/// Moves what has ended (and stayed quiet) to the warehouse, a batch at a
+/// time, for at most [`MOVES_PER_TICK`] batches; a store error leaves it
+/// for the next tick. It runs between batches of audit events, so the
+/// tracker's own writes never wait for each other.
+async fn move_to_warehouse(store: &TrackerStore, quiet: std::time::Duration) {
+    for _ in 0..MOVES_PER_TICK {
+        match store.move_ended(quiet).await {
+            Ok(moved) => {
+                if moved.orders + moved.late_events > 0 {
+                    shared::events::OrdersMoved {
+                        orders: moved.orders,
+                        events: moved.events,
+                        late_events: moved.late_events,
+                    }
+                    .emit();
+                }
+                if moved.orders < super::warehouse::MOVE_BATCH as u64 {
+                    return;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not move ended orders to the warehouse; trying again later");
+                return;
+            }
+        }
+    }
+}
+
 /// The record with the trace id its message carried (`traceparent`).
 fn with_trace(record: Record, delivery: &lapin::message::Delivery) -> Record {
     let trace_id = shared::trace::from_headers(delivery.properties.headers().as_ref()).map(|t| t.trace_id());
@@ -68,6 +101,7 @@ fn with_trace(record: Record, delivery: &lapin::message::Delivery) -> Record {
             event.trace_id = trace_id;
             Record::Change(event)
         }
+        Record::Incident(incident) => Record::Incident(incident),
     }
 }
 
@@ -92,6 +126,16 @@ fn verify(ctx: &NodeContext, delivery: &lapin::message::Delivery, record: Record
     let (node, state, order_id) = match &record {
         Record::State(e) => (e.node.clone(), e.to_state.as_str(), e.order_id),
         Record::Change(e) => (e.node.clone(), e.kind.as_str(), e.order_id),
+        Record::Incident(incident) => {
+            // Any orderflow process may report its own incidents, only its own.
+            let role = topology::permissions::Role::from_name(&incident.node);
+            if role.is_some_and(|role| ctx.trust.is_role(sender.as_deref(), role)) {
+                return Ok(record);
+            }
+            let node = shared::text::escaped(&incident.node);
+            tracing::error!(node, "refused an incident from a sender that is not that node");
+            return Err(format!("refused: an incident of {node} must come from its own user"));
+        }
     };
     let refused = |reason: String| {
         let node = shared::text::escaped(&node);
@@ -122,12 +166,18 @@ async fn serve(
     health.set_consuming(true);
     let mut batches = consumer.ready_chunks(BATCH);
     let mut lag_tick = tokio::time::interval(shared::metrics::LAG_EVERY);
+    let quiet = shared::settings::Settings::warehouse_after()?;
+    let mut move_tick = tokio::time::interval(MOVE_EVERY);
     let result = loop {
         let chunk = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break Ok(()),
             _ = lag_tick.tick() => {
                 measure_lag(&channel).await;
+                continue;
+            }
+            _ = move_tick.tick() => {
+                move_to_warehouse(&store, quiet).await;
                 continue;
             }
             next = results.next() => match next {
@@ -156,13 +206,16 @@ async fn serve(
         // one; the undecodable ones are settled one by one when dead-lettered.
         let mut last = None;
         for delivery in &deliveries {
-            let decoded =
-                if delivery.properties.kind().as_ref().map(|k| k.as_str()) == Some(CHANGE_EVENT_TYPE) {
-                    decode(&delivery.data, delivery.properties.headers().as_ref(), ctx.max_message_bytes)
-                        .map(Record::Change)
-                } else {
-                    decode_audit(delivery, ctx.max_message_bytes).map(Record::State)
-                };
+            let headers = delivery.properties.headers().as_ref();
+            let decoded = match delivery.properties.kind().as_ref().map(|k| k.as_str()) {
+                Some(CHANGE_EVENT_TYPE) => {
+                    decode(&delivery.data, headers, ctx.max_message_bytes).map(Record::Change)
+                }
+                Some(INCIDENT_TYPE) => {
+                    decode(&delivery.data, headers, ctx.max_message_bytes).map(Record::Incident)
+                }
+                _ => decode_audit(delivery, ctx.max_message_bytes).map(Record::State),
+            };
             let verified =
                 decoded.map_err(|e| e.to_string()).and_then(|record| verify(&ctx, delivery, record));
             let verified = verified.map(|record| with_trace(record, delivery));

@@ -1,9 +1,13 @@
-//! The tracker's HTTP API (loopback by default): `GET /orders/{id}` (state,
+//! The tracker's HTTP API (loopback by default): `GET /` (the live dashboard,
+//! with `GET /workflow` and the event stream `GET /live`), `GET /orders/{id}` (state,
 //! terminal or not, ordered history), `POST /orders/status` (latest states of
 //! many orders), `GET /orders?state=&at=&customer=&older_than=&newer_than=&limit=&after=`
 //! (finding orders, a page at a time), `GET /calls/{request_id}` (a service
-//! result kept for polling), `GET /stats` (orders per state), `GET /health`.
+//! result kept for polling), `GET /report` (per node figures and stuck
+//! orders for a range), `GET /stats` (orders per state), `GET /store`
+//! (rows in the active store and the warehouse), `GET /health`.
 
+use super::dashboard::{self, Depths};
 use super::store::TrackerStore;
 use super::Health;
 use axum::{
@@ -26,8 +30,12 @@ use uuid::Uuid;
 /// The largest `POST /orders/status` body: room for the promised 100,000 ids.
 const STATUS_BODY_LIMIT: usize = 5 * 1024 * 1024;
 
-pub fn router(store: TrackerStore, health: Arc<Health>) -> Router {
+pub fn router(store: TrackerStore, health: Arc<Health>, depths: Arc<Depths>) -> Router {
+    let live_store = store.clone();
     Router::new()
+        .route("/", get(dashboard::page))
+        .route("/workflow", get(dashboard::workflow))
+        .route("/live", get(move || dashboard::live(live_store.clone(), depths.clone())))
         .route("/orders", get(search))
         .route("/orders/{id}", get(order))
         // 100,000 ids of 36 characters, quoted and separated: about 3.9 MB (axum's default is 2 MB).
@@ -36,6 +44,8 @@ pub fn router(store: TrackerStore, health: Arc<Health>) -> Router {
             post(statuses).layer(axum::extract::DefaultBodyLimit::max(STATUS_BODY_LIMIT)),
         )
         .route("/stats", get(stats))
+        .route("/store", get(store_rows))
+        .route("/report", get(report))
         .route("/calls/{request_id}", get(call_result))
         .with_state(store)
         .route("/health", get(move || async move { health_answer(&health) }))
@@ -60,10 +70,11 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     store: TrackerStore,
     health: Arc<Health>,
+    depths: Arc<Depths>,
     header_timeout: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = router(store, health);
+    let app = router(store, health, depths);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
     let graceful = GracefulShutdown::new();
@@ -155,6 +166,33 @@ async fn call_result(State(store): State<TrackerStore>, Path(request_id): Path<S
                 "no result for request {request_id}: not answered yet, never sent, or removed after its retention"
             ),
         ),
+        Err(e) => internal(e),
+    }
+}
+
+/// `GET /report?last=|from=&to=&stuck_after=`: the pipeline's figures for a range.
+async fn report(
+    State(store): State<TrackerStore>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Response {
+    let Ok(Query(pairs)) = query else {
+        return error(StatusCode::BAD_REQUEST, "the query string is not valid");
+    };
+    let now = chrono::Utc::now();
+    let asked = match shared::report::ReportQuery::parse(&pairs, now) {
+        Ok(asked) => asked,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
+    };
+    match store.report(asked.from, asked.to, now, asked.stuck_after).await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+/// `GET /store`: rows in the active store and in the warehouse.
+async fn store_rows(State(store): State<TrackerStore>) -> Response {
+    match store.row_counts().await {
+        Ok(rows) => Json(rows).into_response(),
         Err(e) => internal(e),
     }
 }

@@ -1,11 +1,16 @@
 //! The tracker: consumes the audit exchange into the tracking store (one row
 //! per state change, duplicates dropped by event id) and serves each order's
-//! state and history over HTTP for anyone to poll.
+//! state and history over HTTP for anyone to poll; ended orders move to its
+//! warehouse after a quiet period; it reports on the pipeline and serves a
+//! live dashboard.
 
 pub mod consumer;
+pub mod dashboard;
 pub mod http;
+pub mod report;
 pub mod results;
 pub mod store;
+pub mod warehouse;
 
 use shared::settings::Settings;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,8 +57,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     tracing::info!(addr = %settings.http_addr, "tracker API listening");
     let health = Arc::new(Health::default());
     let stop = shutdown.child_token();
-    let api =
-        http::serve(listener, store.clone(), health.clone(), settings.http_header_timeout, stop.clone());
+    let depths = Arc::new(dashboard::Depths::from_settings(&settings));
+    let api = http::serve(
+        listener,
+        store.clone(),
+        health.clone(),
+        depths,
+        settings.http_header_timeout,
+        stop.clone(),
+    );
     let consume = consumer::run(store, settings, health, stop.clone());
     tokio::pin!(api, consume);
     tokio::select! {

@@ -8,6 +8,7 @@
 
 use shared::audit::{rfc3339, AuditEvent};
 use shared::change::ChangeEvent;
+use shared::incident::Incident;
 use shared::order_search::{OrderPage, OrderSearch, OrderSummary};
 use shared::service::CallResult;
 use shared::settings::Settings;
@@ -36,6 +37,14 @@ const INDEXES: &[&str] =
 /// Service results kept for polling (`GET /calls/{request_id}`): the first
 /// result of a request id stands, unless it was a failure worth retrying
 /// and a later result came; `collected_at` is set when it is first read.
+/// Incidents at the nodes (retries, dead letters), for the report. They
+/// stay here, not in the warehouse: there is one per failure, not per order.
+const INCIDENTS: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS tracker_incidents (incident_id TEXT PRIMARY KEY, node TEXT NOT NULL, \
+     order_id TEXT, kind TEXT NOT NULL, reason TEXT NOT NULL, attempts BIGINT NOT NULL, at TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS tracker_incidents_by_time ON tracker_incidents (at)",
+];
+
 const CALL_RESULTS: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS tracker_call_results (request_id TEXT PRIMARY KEY, service TEXT NOT NULL, \
      caller TEXT NOT NULL, result TEXT NOT NULL, retryable BIGINT NOT NULL, received_at BIGINT NOT NULL, \
@@ -43,15 +52,21 @@ const CALL_RESULTS: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS tracker_call_results_by_age ON tracker_call_results (received_at)",
 ];
 
+/// Every order the tracker knows, active or moved to the warehouse.
+const ALL_ORDERS: &str =
+    "SELECT order_id, state, terminal, updated_at, customer_id FROM tracker_orders UNION ALL \
+     SELECT order_id, state, 1 AS terminal, updated_at, customer_id FROM warehouse_orders";
+
 /// What the tracker receives on the audit exchange.
 pub enum Record {
     State(AuditEvent),
     Change(ChangeEvent),
+    Incident(Incident),
 }
 
 #[derive(Clone)]
 pub struct TrackerStore {
-    store: Store,
+    pub(super) store: Store,
 }
 
 impl TrackerStore {
@@ -62,8 +77,11 @@ impl TrackerStore {
         store.add_column("tracker_orders", "customer_id TEXT").await?;
         store.add_column("tracker_events", "mode TEXT").await?;
         store.add_column("tracker_events", "trace_id TEXT").await?;
+        store.add_column("tracker_orders", "units BIGINT").await?;
         store.migrate(INDEXES).await?;
         store.migrate(CALL_RESULTS).await?;
+        store.migrate(super::warehouse::SCHEMA).await?;
+        store.migrate(INCIDENTS).await?;
         Ok(TrackerStore { store })
     }
 
@@ -74,16 +92,21 @@ impl TrackerStore {
         let recorded_at = rfc3339::format(&chrono::Utc::now());
         let mut seen = HashSet::new();
         let mut rows: Vec<Row> =
-            records.iter().map(Row::from).filter(|row| seen.insert(row.event_id.clone())).collect();
+            records.iter().filter_map(Row::of).filter(|row| seen.insert(row.event_id.clone())).collect();
+        let incidents: Vec<&Incident> =
+            records.iter().filter_map(|r| if let Record::Incident(i) = r { Some(i) } else { None }).collect();
         // Rows in key order: two trackers' transactions then wait for each
         // other's locks in the same order instead of deadlocking (PostgreSQL).
         rows.sort_by(|a, b| a.event_id.cmp(&b.event_id));
         let mut tx = self.store.pool.begin().await?;
         let new_ids = insert_events(&mut tx, &rows, &recorded_at).await?;
+        insert_incidents(&mut tx, &incidents).await?;
+        let moved = already_moved(&mut tx, &rows).await?;
 
         // Each order's newest new state, then one upsert that never moves an order backwards.
         let mut latest: HashMap<&str, &Row> = HashMap::new();
-        for row in rows.iter().filter(|r| r.change_id.is_none() && new_ids.contains(&r.event_id)) {
+        let active = |r: &&Row| new_ids.contains(&r.event_id) && !moved.contains(&r.order_id);
+        for row in rows.iter().filter(|r| r.change_id.is_none()).filter(active) {
             let entry = latest.entry(row.order_id.as_str()).or_insert(row);
             if row.seq > entry.seq {
                 *entry = row;
@@ -123,20 +146,23 @@ impl TrackerStore {
             query.execute(&mut *tx).await?;
         }
 
-        record_customers(&mut tx, &rows, &new_ids).await?;
+        let active: Vec<&Row> = rows.iter().filter(active).collect();
+        record_placed(&mut tx, &active).await?;
         tx.commit().await?;
         Ok(new_ids.len() as u64)
     }
 
     /// An order's state and ordered history, if the tracker knows it.
     pub async fn order(&self, order_id: Uuid) -> sqlx::Result<Option<OrderView>> {
-        let rows = sqlx::query(
-            "SELECT to_state, from_state, node, instance_id, at, recorded_at, detail, seq, version, event_id, terminal, \
-             change_id, mode, trace_id FROM tracker_events WHERE order_id = $1 ORDER BY seq, at",
-        )
-        .bind(order_id.to_string())
-        .fetch_all(&self.store.pool)
-        .await?;
+        // Both stores: a moved order's late records wait in the active one until the next move.
+        let columns = super::warehouse::EVENT_COLUMNS;
+        let sql = format!(
+            "SELECT {columns} FROM tracker_events WHERE order_id = $1 UNION ALL \
+             SELECT {columns} FROM warehouse_events WHERE order_id = $1 ORDER BY seq, at"
+        );
+        let mut rows = sqlx::query(&sql).bind(order_id.to_string()).fetch_all(&self.store.pool).await?;
+        let mut seen = HashSet::new();
+        rows.retain(|row| seen.insert(row.try_get::<String, _>("event_id").unwrap_or_default()));
         if rows.is_empty() {
             return Ok(None);
         }
@@ -238,10 +264,10 @@ impl TrackerStore {
     pub async fn statuses(&self, ids: &[Uuid]) -> sqlx::Result<Statuses> {
         let mut found = Statuses::new();
         for chunk in ids.chunks(500) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let marks = numbered(1, chunk.len());
             let sql = format!(
-                "SELECT order_id, state, terminal FROM tracker_orders WHERE order_id IN ({})",
-                placeholders.join(", ")
+                "SELECT order_id, state, terminal FROM tracker_orders WHERE order_id IN ({marks}) UNION ALL \
+                 SELECT order_id, state, 1 AS terminal FROM warehouse_orders WHERE order_id IN ({marks})"
             );
             let mut query = sqlx::query(&sql).persistent(false);
             for id in chunk {
@@ -297,7 +323,8 @@ impl TrackerStore {
             if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
         // One more than asked for says whether there is a next page.
         let sql = format!(
-            "SELECT order_id, state, terminal, updated_at, customer_id FROM tracker_orders {filter}              ORDER BY order_id LIMIT {}",
+            "SELECT order_id, state, terminal, updated_at, customer_id FROM ({ALL_ORDERS}) AS o {filter} \
+             ORDER BY order_id LIMIT {}",
             u64::from(search.limit) + 1
         );
         let mut query = sqlx::query(&sql).persistent(false);
@@ -322,9 +349,8 @@ impl TrackerStore {
 
     /// Orders per state, and in all.
     pub async fn stats(&self) -> sqlx::Result<Stats> {
-        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM tracker_orders GROUP BY state")
-            .fetch_all(&self.store.pool)
-            .await?;
+        let sql = format!("SELECT state, COUNT(*) AS n FROM ({ALL_ORDERS}) AS o GROUP BY state");
+        let rows = sqlx::query(&sql).fetch_all(&self.store.pool).await?;
         let by_state: BTreeMap<String, i64> = rows
             .into_iter()
             .map(|row| Ok((row.try_get("state")?, row.try_get("n")?)))
@@ -370,15 +396,19 @@ struct Row {
     change_id: Option<String>,
     /// Set on `placed` events (the publisher's, which trust checked).
     customer_id: Option<String>,
+    /// Set on `placed` events: how many units the order is for.
+    units: Option<i64>,
     /// `directed` or `service` for steps done through a node's service.
     mode: Option<String>,
     /// The trace its message carried.
     trace_id: Option<String>,
 }
 
-impl From<&Record> for Row {
-    fn from(record: &Record) -> Row {
-        match record {
+impl Row {
+    /// The row of a state step or a change record (incidents have their own table).
+    fn of(record: &Record) -> Option<Row> {
+        Some(match record {
+            Record::Incident(_) => return None,
             Record::State(e) => Row {
                 event_id: e.event_id.to_string(),
                 order_id: e.order_id.to_string(),
@@ -393,6 +423,7 @@ impl From<&Record> for Row {
                 detail: e.detail.clone(),
                 change_id: None,
                 customer_id: e.customer_id.clone(),
+                units: e.units,
                 mode: e.mode.clone(),
                 trace_id: e.trace_id.clone(),
             },
@@ -410,11 +441,35 @@ impl From<&Record> for Row {
                 detail: e.detail.clone(),
                 change_id: Some(e.change_id.to_string()),
                 customer_id: None,
+                units: None,
                 mode: None,
                 trace_id: e.trace_id.clone(),
             },
-        }
+        })
     }
+}
+
+/// Inserts incidents not known yet (a redelivered one has the same id).
+async fn insert_incidents(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    incidents: &[&Incident],
+) -> sqlx::Result<()> {
+    for incident in incidents {
+        sqlx::query(
+            "INSERT INTO tracker_incidents (incident_id, node, order_id, kind, reason, attempts, at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (incident_id) DO NOTHING",
+        )
+        .bind(incident.incident_id.to_string())
+        .bind(&incident.node)
+        .bind(incident.order_id.map(|id| id.to_string()))
+        .bind(incident.kind.as_str())
+        .bind(&incident.reason)
+        .bind(incident.attempts)
+        .bind(rfc3339::format(&incident.at))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Inserts the rows whose event ids are not known yet (multi-row
@@ -466,33 +521,75 @@ async fn insert_events(
     Ok(new_ids)
 }
 
-/// Records the customer of each order whose `placed` event is new, whatever
-/// order its events came in (the upsert above may already hold a later state).
-async fn record_customers(
+/// Which of the orders of `rows` the warehouse already holds; the rows of
+/// theirs that the warehouse holds already (duplicates redelivered) are
+/// dropped here, the new ones wait for the next move.
+async fn already_moved(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     rows: &[Row],
-    new_ids: &HashSet<String>,
-) -> sqlx::Result<()> {
-    let mut customers: HashMap<&str, &str> = HashMap::new();
-    for row in rows.iter().filter(|r| r.to_state == "placed" && new_ids.contains(&r.event_id)) {
-        if let Some(customer) = &row.customer_id {
-            customers.insert(&row.order_id, customer);
+) -> sqlx::Result<HashSet<String>> {
+    let ids: Vec<&str> =
+        rows.iter().map(|r| r.order_id.as_str()).collect::<HashSet<_>>().into_iter().collect();
+    let mut moved = HashSet::new();
+    for chunk in ids.chunks(400) {
+        let marks = numbered(1, chunk.len());
+        let sql = format!("SELECT order_id FROM warehouse_orders WHERE order_id IN ({marks})");
+        let mut query = sqlx::query(&sql).persistent(false);
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            moved.insert(row.try_get::<String, _>("order_id")?);
         }
     }
-    let customers: Vec<(&str, &str)> = customers.into_iter().collect();
-    for chunk in customers.chunks(400) {
-        let sql = (0..chunk.len())
-            .map(|i| format!("WHEN ${} THEN ${}", i * 2 + 1, i * 2 + 2))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let ids: Vec<String> = (0..chunk.len()).map(|i| format!("${}", chunk.len() * 2 + i + 1)).collect();
+    let moved_list: Vec<&String> = moved.iter().collect();
+    for chunk in moved_list.chunks(400) {
+        let marks = numbered(1, chunk.len());
         let sql = format!(
-            "UPDATE tracker_orders SET customer_id = CASE order_id {sql} END WHERE order_id IN ({})",
-            ids.join(", ")
+            "DELETE FROM tracker_events WHERE order_id IN ({marks}) AND event_id IN \
+             (SELECT event_id FROM warehouse_events WHERE order_id IN ({marks}))"
         );
         let mut query = sqlx::query(&sql).persistent(false);
-        for (order, customer) in chunk {
-            query = query.bind(*order).bind(*customer);
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(moved)
+}
+
+/// `$first, $first+1, ...` for `n` values.
+pub(super) fn numbered(first: usize, n: usize) -> String {
+    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Records the customer and the units of each order whose `placed` event
+/// is new, whatever order its events came in (the upsert above may already
+/// hold a later state).
+async fn record_placed(tx: &mut sqlx::Transaction<'_, sqlx::Any>, rows: &[&Row]) -> sqlx::Result<()> {
+    type Placed<'a> = (Option<&'a str>, Option<i64>);
+    let mut placed: HashMap<&str, Placed> = HashMap::new();
+    for row in rows.iter().filter(|r| r.to_state == "placed") {
+        placed.insert(&row.order_id, (row.customer_id.as_deref(), row.units));
+    }
+    let placed: Vec<(&str, Placed)> = placed.into_iter().collect();
+    for chunk in placed.chunks(300) {
+        let cases = |value: usize| {
+            (0..chunk.len())
+                .map(|i| format!("WHEN ${} THEN ${}", i * 3 + 1, i * 3 + value))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let sql = format!(
+            "UPDATE tracker_orders SET customer_id = CASE order_id {} END, units = CASE order_id {} END \
+             WHERE order_id IN ({})",
+            cases(2),
+            cases(3),
+            numbered(chunk.len() * 3 + 1, chunk.len())
+        );
+        let mut query = sqlx::query(&sql).persistent(false);
+        for (order, (customer, units)) in chunk {
+            query = query.bind(*order).bind(customer.map(str::to_string)).bind(*units);
         }
         for (order, _) in chunk {
             query = query.bind(*order);

@@ -1,0 +1,190 @@
+//! `dashboard` (issue 11): the tracker's live dashboard in a real browser.
+//! Headless Chromium, driven through ChromeDriver's WebDriver protocol,
+//! loads `/` while orders flow and checks that the counts move without a
+//! reload, that the slowest node (inventory, slowed on purpose) is marked in
+//! the diagram, and that searching an order opens its timeline; it saves a
+//! screenshot to `target/dashboard.png`. Without `chromium` and
+//! `chromedriver` (`scripts/test.sh` installs them as root) it says so and
+//! checks only what it can without a browser.
+
+use serde_json::{json, Value};
+use std::os::unix::process::CommandExt as _;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tests::{orders, Stack};
+
+/// A ChromeDriver process and one headless session in it.
+struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    http: reqwest::Client,
+}
+
+impl Browser {
+    async fn start() -> Option<Browser> {
+        let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())?;
+        let port = harness::stack::free_port().ok()?;
+        // A process group of its own: dropping the browser kills ChromeDriver and every Chromium process.
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let capabilities = json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+            "binary": chromium,
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,900"]
+        }}}});
+        let mut browser = Browser { driver, base, session: String::new(), http };
+        let answer = harness::until(Duration::from_secs(20), Duration::from_millis(200), || async {
+            match browser.http.post(format!("{}/session", browser.base)).json(&capabilities).send().await {
+                Ok(response) => Ok(harness::Check::Done(response.json::<Value>().await?)),
+                Err(e) => Ok(harness::Check::Waiting(format!("chromedriver: {e}"))),
+            }
+        })
+        .await
+        .expect("chromedriver answers");
+        browser.session = answer["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {answer}"))
+            .to_string();
+        Some(browser)
+    }
+
+    async fn command(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}/{path}", self.base, self.session);
+        let request = self.http.request(method, url);
+        let request = if body.is_null() { request } else { request.json(&body) };
+        let response = request.send().await.expect("chromedriver answers");
+        let answer: Value = response.json().await.expect("a JSON answer");
+        assert!(answer["value"].get("error").is_none(), "{path}: {answer}");
+        answer["value"].clone()
+    }
+
+    async fn go(&self, url: &str) {
+        self.command(reqwest::Method::POST, "url", json!({"url": url})).await;
+    }
+
+    /// Runs `script` in the page and returns what it returns.
+    async fn run(&self, script: &str) -> Value {
+        self.command(reqwest::Method::POST, "execute/sync", json!({"script": script, "args": []})).await
+    }
+
+    async fn text_of(&self, id: &str) -> String {
+        let script = format!("const e = document.getElementById({id:?}); return e ? e.textContent : null;");
+        self.run(&script).await.as_str().unwrap_or_default().to_string()
+    }
+
+    async fn screenshot(&self, path: &std::path::Path) {
+        let png = self.command(reqwest::Method::GET, "screenshot", Value::Null).await;
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(png.as_str().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+impl Browser {
+    /// Ends the session (ChromeDriver closes Chromium), then ChromeDriver.
+    async fn quit(self) {
+        let url = format!("{}/session/{}", self.base, self.session);
+        let _ = self.http.delete(url).timeout(Duration::from_secs(10)).send().await;
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill").args(["-9", "--", &group]).status();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_moves_live_and_opens_an_orders_timeline() {
+    let stack = Stack::start("dashboard", &[("ORDERFLOW_DELAY_MS_INVENTORY", "100")]).await;
+    // Without a browser: the page and its data are served, with no outside address in the page.
+    let (status, page) = stack.get("/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("EventSource(\"/live\")"), "the page updates itself");
+    let fetched_from_elsewhere = ["<script src", "<link", "@import", "url(http", "https://", "fetch(\"http"];
+    assert!(fetched_from_elsewhere.iter().all(|s| !page.contains(s)), "nothing is loaded from elsewhere");
+    let (status, workflow) = stack.get("/workflow").await;
+    assert_eq!(status, 200);
+    let workflow: Value = serde_json::from_str(&workflow).unwrap();
+    assert_eq!(workflow["nodes"].as_array().unwrap().len(), harness::nodes().len());
+
+    let Some(browser) = Browser::start().await else {
+        eprintln!("SKIPPED the browser part of dashboard: no chromium and chromedriver (scripts/test.sh installs them as root)");
+        return;
+    };
+    browser.go(&stack.url("/")).await;
+    harness::until(Duration::from_secs(20), Duration::from_millis(300), || async {
+        match browser.text_of("connection").await.as_str() {
+            "live" => Ok(harness::Check::Done(())),
+            other => Ok(harness::Check::Waiting(format!("the page says {other:?}"))),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let before: u64 = browser.text_of("total").await.parse().unwrap();
+    assert_eq!(before, 0);
+
+    let ids = stack.publish(&(0..30).map(|i| orders::valid(1 + i % 2, "standard")).collect::<Vec<_>>());
+    // The counts move in the page, with no reload.
+    harness::until(Duration::from_secs(30), Duration::from_millis(300), || async {
+        let total: u64 = browser.text_of("total").await.parse().unwrap_or(0);
+        match total {
+            30 => Ok(harness::Check::Done(())),
+            n => Ok(harness::Check::Waiting(format!("the page shows {n} orders"))),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    stack.wait_terminal(&ids, Duration::from_secs(60)).await;
+    let marked = harness::until(Duration::from_secs(20), Duration::from_millis(300), || async {
+        let script = "const g = document.querySelector('#diagram .node.slowest'); return g ? g.id : null;";
+        let handled = browser.text_of("row-shipping").await;
+        match browser.run(script).await.as_str() {
+            Some(id) if handled.starts_with("shipping") => {
+                Ok(harness::Check::Done((id.to_string(), handled)))
+            }
+            other => Ok(harness::Check::Waiting(format!("slowest marked: {other:?}"))),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(marked.0, "node-inventory", "the slowest node is marked in the diagram");
+
+    // Search opens the order's timeline.
+    let id = ids[3].to_string();
+    browser
+        .run(&format!(
+            "document.getElementById('search').value = {id:?}; document.getElementById('search-form').requestSubmit(); return true;"
+        ))
+        .await;
+    let timeline = harness::until(Duration::from_secs(10), Duration::from_millis(200), || async {
+        let timeline = browser.text_of("timeline").await;
+        if timeline.contains("shipped") {
+            Ok(harness::Check::Done(timeline))
+        } else {
+            Ok(harness::Check::Waiting(format!("timeline: {timeline:?}")))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    for state in ["placed", "accepted", "charged", "reserved", "picked", "shipped"] {
+        assert!(timeline.contains(state), "{state} missing from {timeline}");
+    }
+    assert!(timeline.contains("by inventory") && timeline.contains(" ms"), "{timeline}");
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/dashboard.png");
+    browser.screenshot(&target).await;
+    browser.quit().await;
+    assert!(std::fs::metadata(&target).unwrap().len() > 10_000, "a screenshot with something in it");
+}

@@ -1,0 +1,153 @@
+//! Reads the figures of `shared::report` out of the tracking store: every
+//! history with an entry in the range (from the active store and the
+//! warehouse alike, streamed one order at a time so memory holds only the
+//! samples), the nodes' incidents in the range, and the orders waiting now.
+
+use super::store::TrackerStore;
+use futures::TryStreamExt;
+use shared::audit::rfc3339;
+use shared::report::{stuck_thresholds, Entry, Report, StuckOrder, Tally};
+use sqlx::Row as _;
+use std::collections::HashMap;
+use std::time::Duration;
+use topology::{OrderState, WORKFLOW};
+
+/// At most this many stuck orders are listed (longest waiting first).
+pub const MAX_STUCK_LISTED: usize = 200;
+
+type Time = chrono::DateTime<chrono::Utc>;
+
+fn parse_time(text: &str) -> sqlx::Result<Time> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| sqlx::Error::Decode(e.into()))
+}
+
+impl TrackerStore {
+    /// The report for `[from, to)`; stuck orders as of `now`, each node's
+    /// threshold `stuck_after` when given, else derived from its p99.
+    pub async fn report(
+        &self,
+        from: Time,
+        to: Time,
+        now: Time,
+        stuck_after: Option<Duration>,
+    ) -> sqlx::Result<Report> {
+        let columns = "order_id, seq, node, to_state, terminal, change_id, at";
+        let sql = format!(
+            "SELECT {columns} FROM tracker_events WHERE order_id IN \
+             (SELECT order_id FROM tracker_events WHERE at >= $1 AND at < $2) UNION ALL \
+             SELECT {columns} FROM warehouse_events WHERE order_id IN \
+             (SELECT order_id FROM warehouse_events WHERE at >= $1 AND at < $2) ORDER BY order_id, seq"
+        );
+        let (from_text, to_text) = (rfc3339::format(&from), rfc3339::format(&to));
+        let mut rows = sqlx::query(&sql).bind(&from_text).bind(&to_text).fetch(&self.store.pool);
+        let mut tally = Tally::new(from, to);
+        let mut order: Vec<Entry> = Vec::new();
+        while let Some(row) = rows.try_next().await? {
+            let change_id: Option<String> = row.try_get("change_id")?;
+            let entry = Entry {
+                order_id: row.try_get("order_id")?,
+                seq: row.try_get("seq")?,
+                node: row.try_get("node")?,
+                state: row.try_get("to_state")?,
+                terminal: row.try_get::<i64, _>("terminal")? != 0,
+                change: change_id.is_some(),
+                at: parse_time(&row.try_get::<String, _>("at")?)?,
+            };
+            if order.first().is_some_and(|first| first.order_id != entry.order_id) {
+                tally.add_order(std::mem::take(&mut order));
+            }
+            order.push(entry);
+        }
+        drop(rows);
+        if !order.is_empty() {
+            tally.add_order(order);
+        }
+
+        let mut incidents: HashMap<String, (u64, u64)> = HashMap::new();
+        let counted = sqlx::query(
+            "SELECT node, kind, COUNT(*) AS n FROM tracker_incidents WHERE at >= $1 AND at < $2 GROUP BY node, kind",
+        )
+        .bind(&from_text)
+        .bind(&to_text)
+        .fetch_all(&self.store.pool)
+        .await?;
+        for row in counted {
+            let n = row.try_get::<i64, _>("n")? as u64;
+            let entry = incidents.entry(row.try_get("node")?).or_default();
+            match row.try_get::<String, _>("kind")?.as_str() {
+                "retried" => entry.0 += n,
+                _ => entry.1 += n,
+            }
+        }
+
+        let nodes: Vec<&str> = WORKFLOW.nodes().map(|n| n.name()).collect();
+        let thresholds = stuck_thresholds(&nodes, &tally.p99s(), stuck_after);
+        let stuck = self.stuck(now, &thresholds).await?;
+        Ok(tally.finish(&incidents, &nodes, stuck, thresholds))
+    }
+
+    /// The node an order in `state` goes to next, as routing decides it
+    /// from the order's units and whether it holds a reservation (asked of
+    /// its history only for the states whose route depends on it).
+    async fn waits_at(
+        &self,
+        order_id: &str,
+        state: &str,
+        units: Option<i64>,
+    ) -> sqlx::Result<Option<topology::Node>> {
+        let Some(state) = OrderState::parse(state) else { return Ok(None) };
+        let mut facts = topology::workflow::Facts { units: units.unwrap_or(1), holds_reservation: false };
+        let with_reservation = topology::workflow::Facts { holds_reservation: true, ..facts };
+        if WORKFLOW.next_node(state, &facts) != WORKFLOW.next_node(state, &with_reservation) {
+            let reserved: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM tracker_events WHERE order_id = $1 AND to_state = 'reserved'",
+            )
+            .bind(order_id)
+            .fetch_one(&self.store.pool)
+            .await?;
+            facts.holds_reservation = reserved > 0;
+        }
+        Ok(WORKFLOW.next_node(state, &facts))
+    }
+
+    /// The active orders waiting at a node for longer than its threshold.
+    async fn stuck(
+        &self,
+        now: Time,
+        thresholds: &std::collections::BTreeMap<String, u64>,
+    ) -> sqlx::Result<Vec<StuckOrder>> {
+        let shortest = thresholds.values().min().copied().unwrap_or(0);
+        let before = rfc3339::format(&(now - chrono::Duration::milliseconds(shortest as i64)));
+        let rows = sqlx::query(
+            "SELECT order_id, state, updated_at, units FROM tracker_orders WHERE terminal = 0 AND updated_at <= $1 \
+             ORDER BY updated_at LIMIT 5000",
+        )
+        .bind(before)
+        .fetch_all(&self.store.pool)
+        .await?;
+        let mut stuck = Vec::new();
+        for row in rows {
+            let state: String = row.try_get("state")?;
+            let order_id: String = row.try_get("order_id")?;
+            let units: Option<i64> = row.try_get("units")?;
+            let Some(node) = self.waits_at(&order_id, &state, units).await? else { continue };
+            let since: String = row.try_get("updated_at")?;
+            let waiting_ms = (now - parse_time(&since)?).num_milliseconds().max(0) as u64;
+            let threshold_ms = thresholds.get(node.name()).copied().unwrap_or(u64::MAX);
+            if waiting_ms >= threshold_ms {
+                stuck.push(StuckOrder {
+                    order_id,
+                    state,
+                    at_node: node.name().to_string(),
+                    since,
+                    waiting_ms,
+                    threshold_ms,
+                });
+            }
+        }
+        stuck.truncate(MAX_STUCK_LISTED);
+        Ok(stuck)
+    }
+}

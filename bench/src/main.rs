@@ -19,6 +19,7 @@ mod procfs;
 mod progress;
 mod relay;
 mod report;
+mod soak;
 mod stack;
 mod stats;
 
@@ -41,7 +42,8 @@ use std::process::ExitCode;
     after_help = "Needs the local RabbitMQ with its management plugin (scripts/bench.sh makes sure of both) \
                   and the built binaries (cargo build --release --workspace --bins).\n\n\
                   Examples:\n  orderflow-bench --smoke                   # seconds: checks that everything runs\n  \
-                  orderflow-bench --report BENCHMARKS.md    # the full run (tens of minutes)\n\n\
+                  orderflow-bench --report BENCHMARKS.md    # the full run (tens of minutes)\n  \
+                  orderflow-bench --soak --report SOAK.md   # 100,000 orders at 70 % of the maximum\n\n\
                   Environment: AMQP_URL (the broker; its vhost is not used), ORDERFLOW_MGMT_URL, \
                   ORDERFLOW_MGMT_USER and ORDERFLOW_MGMT_PASSWORD (the management API, which creates the \
                   bench's vhosts); the orderflow processes get their settings from --env.\n\n\
@@ -111,6 +113,19 @@ pub struct Args {
     /// Warm-up orders on every fresh stack before measuring [default: 50; smoke 10].
     #[arg(long)]
     pub warmup: Option<usize>,
+    /// Run only the soak: --soak-orders orders open loop at --soak-rate, a row of figures every
+    /// --soak-every seconds (throughput, latency, every process's memory, the tracker's store).
+    #[arg(long)]
+    pub soak: bool,
+    /// Orders of the soak.
+    #[arg(long, default_value_t = 100_000)]
+    pub soak_orders: usize,
+    /// Orders per second of the soak [default: 70 % of a saturated run measured first].
+    #[arg(long)]
+    pub soak_rate: Option<f64>,
+    /// Seconds between the soak's rows.
+    #[arg(long, default_value_t = 60)]
+    pub soak_every: u64,
     /// Extra environment for every orderflow process, KEY=VALUE (repeatable), e.g.
     /// ORDERFLOW_PICKLIST_FLUSH_MS=200.
     #[arg(long = "env", value_parser = parse_key_value)]
@@ -334,6 +349,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     stack_config.pass_rust_log = false;
     stack_config.keep_run_dir_on_drop = true;
     let config = BenchConfig { stack: stack_config, run_id: run_id.clone() };
+    if args.soak {
+        let every = std::time::Duration::from_secs(args.soak_every.max(1));
+        let result = soak::run(&config, args.soak_orders.max(10), args.soak_rate, every, plan.warmup).await?;
+        let markdown = format!(
+            "# orderflow soak, {}\n\n{} on {}; rerun: `scripts/bench.sh SOAK.md --soak`\n\n{}",
+            started.format("%Y-%m-%d"),
+            versions,
+            machine::describe(),
+            soak::markdown(&result)
+        );
+        println!("{markdown}");
+        if let Some(path) = &args.report {
+            std::fs::write(path, &markdown)
+                .with_context(|| format!("writing the report to {}", path.display()))?;
+        }
+        return Ok(());
+    }
     let mut main_stack: Option<Stack> = None;
 
     // 1 and 2: the relay and orderflow saturated, alternating (ABBA) so that drift cancels.

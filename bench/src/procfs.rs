@@ -45,6 +45,11 @@ fn status_kib(pid: u32, key: &str) -> Option<u64> {
     line[key.len()..].trim().trim_end_matches("kB").trim().parse().ok()
 }
 
+/// Resident set size now (`VmRSS`) in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
 /// Peak resident set size (`VmHWM`) in KiB.
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmHWM:")

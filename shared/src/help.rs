@@ -67,6 +67,11 @@ pub const VARIABLES: &[Variable] = &[
     ),
     var("ORDERFLOW_LOG_FORMAT", "text", "json: one JSON object per log line"),
     var(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "unset: no export",
+        "an OpenTelemetry collector (OTLP/HTTP) to export each message's span to",
+    ),
+    var(
         "ORDERFLOW_METRICS_ADDR",
         "unset: no metrics endpoint",
         "where a worker or the tracker serves Prometheus metrics (GET /metrics), e.g. 127.0.0.1:9101",
@@ -104,6 +109,7 @@ pub const NODE: &[&str] = &[
     "ORDERFLOW_DELAY_MS",
     "ORDERFLOW_DELAY_MS_<NODE>",
     "ORDERFLOW_METRICS_ADDR",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
 ];
 
 /// What the picklist reads besides [`NODE`].
@@ -125,6 +131,7 @@ pub const TRACKER: &[&str] = &[
     "ORDERFLOW_MGMT_USER",
     "ORDERFLOW_MGMT_PASSWORD",
     "ORDERFLOW_METRICS_ADDR",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
 ];
 
 /// What the coordinator reads besides [`CONNECTION`].
@@ -139,6 +146,7 @@ pub const COORDINATOR: &[&str] = &[
     "ORDERFLOW_CHANGE_RETENTION_S",
     "ORDERFLOW_CALL_TIMEOUT_MS",
     "ORDERFLOW_METRICS_ADDR",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
 ];
 
 /// What the `orderflow` command reads besides [`CONNECTION`].

@@ -13,6 +13,7 @@ pub mod incident;
 pub mod metrics;
 pub mod order;
 pub mod order_search;
+pub mod otlp;
 pub mod report;
 pub mod routing;
 pub mod service;

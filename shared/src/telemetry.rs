@@ -1,9 +1,12 @@
 //! Structured logging: quiet by default (warnings, errors and each process's
 //! start and stop lines), detailed with `RUST_LOG`; colour only on a
-//! terminal; JSON lines with `ORDERFLOW_LOG_FORMAT=json`.
+//! terminal; JSON lines with `ORDERFLOW_LOG_FORMAT=json`; spans exported
+//! with OpenTelemetry when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (`otlp`).
 
 use std::io::IsTerminal;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 /// The target of the start and stop lines, shown at the default level.
 pub const LIFECYCLE: &str = "orderflow::lifecycle";
@@ -11,31 +14,44 @@ pub const LIFECYCLE: &str = "orderflow::lifecycle";
 /// What a long-running process logs without `RUST_LOG`.
 pub const DEFAULT_FILTER: &str = "warn,orderflow::lifecycle=info";
 
-/// Logging for a long-running process.
-pub fn init() {
-    init_with(DEFAULT_FILTER);
+type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
+
+/// Logging for the long-running process `service`, and span export when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set (`otlp`).
+pub fn init(service: &str) {
+    init_layers(DEFAULT_FILTER, Some(service));
 }
 
 /// Logging with another default filter (the CLI's, which leaves lapin's own
-/// reports of a closing connection out).
+/// reports of a closing connection out), without span export.
 pub fn init_with(default_filter: &str) {
+    init_layers(default_filter, None);
+}
+
+fn init_layers(default_filter: &str, exporting_as: Option<&str>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let format = std::env::var("ORDERFLOW_LOG_FORMAT").unwrap_or_default();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format.trim() {
-        "json" => {
-            let _ =
-                builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init();
+    let format = format.trim();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let mut layers: Vec<BoxedLayer> = vec![match format {
+        "json" => fmt.json().flatten_event(true).with_current_span(true).with_span_list(false).boxed(),
+        _ => fmt.with_ansi(std::io::stderr().is_terminal()).boxed(),
+    }];
+    let exporting = exporting_as.map(crate::otlp::layer::<Registry>).transpose();
+    let export_error = match exporting {
+        Ok(Some(Some(otel))) => {
+            layers.push(otel.boxed());
+            None
         }
-        other => {
-            let _ = builder.with_ansi(std::io::stderr().is_terminal()).try_init();
-            if !matches!(other, "" | "text") {
-                tracing::warn!(
-                    ORDERFLOW_LOG_FORMAT = other,
-                    "unknown log format (text or json); logging text"
-                );
-            }
-        }
+        Ok(_) => None,
+        Err(error) => Some(error),
+    };
+    let _ = tracing_subscriber::registry().with(layers.with_filter(filter)).try_init();
+    if !matches!(format, "" | "text" | "json") {
+        tracing::warn!(ORDERFLOW_LOG_FORMAT = format, "unknown log format (text or json); logging text");
+    }
+    if let Some(error) = export_error {
+        tracing::warn!(error = format!("{error:#}"), "spans are not exported");
     }
 }
 
@@ -52,8 +68,14 @@ pub fn started(node: &str, instance: &str, broker: &str, prefetch: u16) {
     );
 }
 
-/// The line a process logs when it stops, cleanly or on error.
+/// The line a process logs when it stops, cleanly or on error (after which
+/// the spans still buffered are exported).
 pub fn stopped(node: &str, instance: &str, result: &anyhow::Result<()>) {
+    stopped_line(node, instance, result);
+    crate::otlp::shutdown();
+}
+
+fn stopped_line(node: &str, instance: &str, result: &anyhow::Result<()>) {
     match result {
         Ok(()) => tracing::info!(target: LIFECYCLE, node, instance, outcome = "shutdown", "stopped"),
         Err(error) => tracing::info!(

@@ -112,9 +112,14 @@ pub fn with_context(properties: BasicProperties, context: &TraceContext) -> Basi
     properties.with_headers(headers)
 }
 
-/// Stamps what a process sends on behalf of `parent` with one span of its own.
+/// Stamps what a process sends on behalf of `parent` with one span of its
+/// own: the exported span it handles the message in, when spans are
+/// exported (`otlp`), else a new span id.
 pub fn stamp(messages: &mut [Outgoing], parent: &TraceContext) {
-    let span = parent.child();
+    let span = match crate::otlp::current_span_id() {
+        Some(span_id) => TraceContext { span_id, ..*parent },
+        None => parent.child(),
+    };
     for message in messages {
         message.properties = with_context(std::mem::take(&mut message.properties), &span);
     }
@@ -136,6 +141,7 @@ pub fn span(node: &str, properties: &BasicProperties, context: Option<&TraceCont
     }
     if let Some(context) = context {
         span.record("trace_id", tracing::field::display(context.trace_id()));
+        crate::otlp::adopt(&span, context);
     }
     span
 }

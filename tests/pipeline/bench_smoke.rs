@@ -1,6 +1,7 @@
 //! `bench_smoke`: the benchmark's smoke run (`orderflow-bench --smoke`) finishes
 //! in seconds, prints every figure of the report, writes it to `--report`, and
-//! leaves no vhost behind. It checks that the bench runs, never a speed.
+//! leaves no vhost behind; a short soak prints its rows. It checks that the
+//! bench runs, never a speed.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -36,17 +37,13 @@ fn read_all(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Str
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_benchmark_smoke_run_prints_every_figure() {
+/// Runs `orderflow-bench` with `args` (at most 240 s); its exit status, standard output and error.
+async fn run_bench(args: &[&str]) -> (std::process::ExitStatus, String, String) {
     let bin_dir = tests::bin_dir();
-    let report =
-        std::env::temp_dir().join(format!("orderflow-bench-smoke-{}.md", uuid::Uuid::new_v4().simple()));
     let mut child = Command::new(bin_dir.join("orderflow-bench"))
-        .arg("--smoke")
+        .args(args)
         .arg("--bin-dir")
         .arg(&bin_dir)
-        .arg("--report")
-        .arg(&report)
         .args(["--amqp-url", "amqp://guest:guest@127.0.0.1:5672/%2f"])
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
@@ -66,14 +63,21 @@ async fn the_benchmark_smoke_run_prints_every_figure() {
                 let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
                 std::thread::sleep(Duration::from_secs(20));
                 let _ = child.kill();
-                panic!("orderflow-bench --smoke did not finish within 240 s");
+                panic!("orderflow-bench did not finish within 240 s");
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     })
     .await
     .expect("waiting for the bench");
-    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    (status, stdout.join().unwrap(), stderr.join().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_benchmark_smoke_run_prints_every_figure() {
+    let report =
+        std::env::temp_dir().join(format!("orderflow-bench-smoke-{}.md", uuid::Uuid::new_v4().simple()));
+    let (status, stdout, stderr) = run_bench(&["--smoke", "--report", report.to_str().unwrap()]).await;
     let written = std::fs::read_to_string(&report);
     let _ = std::fs::remove_file(&report);
     assert!(status.success(), "orderflow-bench --smoke failed ({status}):\n{stderr}\n{stdout}");
@@ -127,4 +131,37 @@ async fn the_benchmark_smoke_run_prints_every_figure() {
         .filter(|name| name.contains(&format!("orderflow-bench-{run_id}")))
         .collect();
     assert!(left.is_empty(), "the bench left vhosts behind: {left:?}");
+}
+
+/// A short soak: one row per interval, with the tracker's store moving
+/// ended orders to the warehouse as they go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_soak_prints_a_row_per_interval() {
+    let args = [
+        "--soak",
+        "--soak-orders",
+        "300",
+        "--soak-rate",
+        "60",
+        "--soak-every",
+        "3",
+        "--warmup",
+        "10",
+        "--env",
+        "ORDERFLOW_WAREHOUSE_AFTER_S=1",
+    ];
+    let (status, stdout, stderr) = run_bench(&args).await;
+    assert!(status.success(), "orderflow-bench --soak failed ({status}):\n{stderr}\n{stdout}");
+    assert!(stdout.contains("## Soak: 300 orders at 60 orders/s"), "{stdout}");
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.chars().nth(2).is_some_and(|c| c.is_ascii_digit()))
+        .map(|l| l.split('|').map(str::trim).filter(|c| !c.is_empty()).collect())
+        .collect();
+    assert!(rows.len() >= 2, "a row per interval:\n{stdout}");
+    let last = rows.last().unwrap();
+    assert_eq!(last[2], "300", "every order ended: {last:?}");
+    let warehouse: i64 = last[8].parse().unwrap();
+    assert!(warehouse > 0, "ended orders moved to the warehouse during the soak: {last:?}");
+    assert!(stdout.contains("tracker-1 MiB") && stdout.contains("Peak RSS"), "{stdout}");
 }

@@ -92,3 +92,104 @@ async fn every_hop_change_and_call_carries_the_orders_trace() {
         }
     }
 }
+
+/// A stand-in OpenTelemetry collector: keeps every OTLP/HTTP export it is sent.
+async fn collector() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = bodies.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let kept = kept.clone();
+            async move {
+                kept.lock().unwrap().push(body.to_vec());
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (address, bodies)
+}
+
+/// One exported span: (service, trace id, span id, parent span id).
+type Exported = (String, Vec<u8>, Vec<u8>, Vec<u8>);
+
+fn decode_exports(bodies: &[Vec<u8>]) -> Vec<Exported> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message as _;
+    let mut spans = Vec::new();
+    for body in bodies {
+        let request = ExportTraceServiceRequest::decode(body.as_slice()).expect("an OTLP protobuf export");
+        for resource in request.resource_spans {
+            let service = resource
+                .resource
+                .iter()
+                .flat_map(|r| r.attributes.iter())
+                .find(|a| a.key == "service.name")
+                .and_then(|a| a.value.as_ref())
+                .map(|v| format!("{:?}", v.value))
+                .unwrap_or_default();
+            for scope in resource.scope_spans {
+                for span in scope.spans {
+                    spans.push((service.clone(), span.trace_id, span.span_id, span.parent_span_id));
+                }
+            }
+        }
+    }
+    spans
+}
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, every node exports the span it
+/// handled each element in, in the order's trace, each a child of the span
+/// that sent it the element (all but intake's, whose parent is the
+/// publisher's, which exports nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_are_exported_with_opentelemetry_in_each_orders_trace() {
+    let (endpoint, bodies) = collector().await;
+    let stack = Stack::start(
+        "otlp",
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_BSP_SCHEDULE_DELAY", "200")],
+    )
+    .await;
+    let ids = stack.publish(&[orders::valid(2, "standard"), orders::valid(1, "express")]);
+    stack.wait_terminal(&ids, Duration::from_secs(60)).await;
+    let nodes_of = |order: &Uuid, spans: &[Exported]| -> Vec<String> {
+        let mut nodes: Vec<String> = spans
+            .iter()
+            .filter(|(_, trace, _, _)| trace.as_slice() == order.as_bytes())
+            .map(|(service, ..)| service.clone())
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        nodes
+    };
+    let spans = harness::until(Duration::from_secs(20), Duration::from_millis(300), || async {
+        let spans = decode_exports(&bodies.lock().unwrap());
+        // intake, payment, inventory, picklist, shipping (and rebin for the two-unit order).
+        if nodes_of(&ids[0], &spans).len() >= 6 && nodes_of(&ids[1], &spans).len() >= 5 {
+            Ok(harness::Check::Done(spans))
+        } else {
+            Ok(harness::Check::Waiting(format!(
+                "exported: {:?} / {:?}",
+                nodes_of(&ids[0], &spans),
+                nodes_of(&ids[1], &spans)
+            )))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    for id in &ids {
+        let trace: Vec<&Exported> = spans.iter().filter(|(_, t, ..)| t.as_slice() == id.as_bytes()).collect();
+        for (service, _, _, parent) in &trace {
+            if service.contains("intake") || service.contains("tracker") {
+                continue;
+            }
+            assert!(
+                trace.iter().any(|(_, _, span, _)| span == parent),
+                "{service}'s span in {id} has a parent that was not exported: {trace:?}"
+            );
+        }
+    }
+}

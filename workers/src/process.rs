@@ -66,7 +66,7 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     process.command().get_matches();
-    telemetry::init();
+    telemetry::init(process.name);
     let settings = match Settings::from_env() {
         Ok(settings) => settings,
         Err(error) => return telemetry::report_exit(Err(error)),

@@ -241,9 +241,16 @@ async fn settle_released(ctx: &NodeContext, publisher: &Publisher, released: Vec
     let mut messages = Vec::new();
     let mut settled: Vec<(Delivery, Handled)> = Vec::with_capacity(released.len());
     for (held, outcome) in released {
-        match record_outcome(ctx, held.before, held.changes, &outcome, Onward::NextNode).await {
+        // Each element's step in a span of its own, in its order's trace.
+        let span = crate::trace::span(ctx.node, &held.delivery.properties, Some(&held.trace));
+        let recorded = tracing::Instrument::instrument(
+            record_outcome(ctx, held.before, held.changes, &outcome, Onward::NextNode),
+            span.clone(),
+        )
+        .await;
+        match recorded {
             Ok(mut handled) => {
-                crate::trace::stamp(&mut handled.messages, &held.trace);
+                span.in_scope(|| crate::trace::stamp(&mut handled.messages, &held.trace));
                 messages.extend(handled.messages.iter().cloned());
                 settled.push((held.delivery, handled));
             }

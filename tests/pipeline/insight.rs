@@ -37,6 +37,71 @@ fn encode(time: &str) -> String {
     time.replace(':', "%3A").replace('+', "%2B")
 }
 
+/// Waits until the tracker has moved every order to the warehouse, then
+/// checks that each reads as before, the report over `range` gives the same
+/// figures as `live` did, searches and counts still find them, and each
+/// step's dwell time is the time since the previous step. Returns the rows.
+async fn the_move_keeps_everything(
+    stack: &Stack,
+    ids: &[uuid::Uuid],
+    views: &[harness::OrderView],
+    range: &str,
+    live: &Report,
+) -> StoreRows {
+    // The move: nothing active is left, and everything reads as before.
+    let rows = harness::until(Duration::from_secs(40), Duration::from_millis(500), || async {
+        let rows = store_rows(stack).await;
+        if rows.active_orders == 0 && rows.active_events == 0 {
+            Ok(harness::Check::Done(rows))
+        } else {
+            Ok(harness::Check::Waiting(format!("{rows:?}")))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(rows.warehouse_orders, ids.len() as i64);
+    let entries: usize = views.iter().map(|v| v.history.len()).sum();
+    assert_eq!(rows.warehouse_events, entries as i64);
+    for (id, before) in ids.iter().zip(views) {
+        assert_eq!(&stack.order(id).await, before, "{id} reads differently from the warehouse");
+    }
+    let mut historical = report(stack, range).await;
+    let mut before = live.clone();
+    historical.stuck_after_ms.clear();
+    before.stuck_after_ms.clear();
+    assert_eq!(historical, before, "the warehouse gives other figures than the live store did");
+    let stats = stack.tracker().stats().await.unwrap();
+    assert_eq!(stats.orders, ids.len() as i64);
+    let (status, body) = stack.get("/orders?state=payment_declined").await;
+    assert_eq!(status, 200);
+    assert!(body.contains(&ids[ids.len() - 3].to_string()), "{body}");
+
+    // The warehouse as analysis tools see it: one row per step, dwell filled in.
+    let tracker_db = stack.store("tracker", "warehouse_events").await;
+    let missing =
+        "SELECT COUNT(*) FROM warehouse_events WHERE change_id IS NULL AND seq > 0 AND dwell_ms IS NULL";
+    assert_eq!(count(&tracker_db, missing).await, 0);
+    let view = &views[0];
+    for (step, previous) in view
+        .history
+        .iter()
+        .skip(1)
+        .zip(&view.history)
+        .filter(|(s, p)| s.change_id.is_none() && p.change_id.is_none())
+    {
+        let sql = format!("SELECT dwell_ms FROM warehouse_events WHERE event_id = '{}'", step.event_id);
+        let kept = count(&tracker_db, &sql).await;
+        let at = |text: &str| chrono::DateTime::parse_from_rfc3339(text).unwrap();
+        let expected = (at(&step.at) - at(&previous.at)).num_microseconds().unwrap() as f64 / 1000.0;
+        assert!(
+            (kept as f64 - expected).abs() <= 1.0,
+            "{}: dwell {kept} ms, the history says {expected} ms",
+            step.state
+        );
+    }
+    rows
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_report_finds_the_slow_node_and_the_warehouse_keeps_every_figure() {
     let stack = Stack::start(
@@ -100,39 +165,7 @@ async fn the_report_finds_the_slow_node_and_the_warehouse_keeps_every_figure() {
     let out = stack.cli(&["report", "--from", "yesterday"]);
     assert_eq!(out.status.code(), Some(2), "a bad time is a usage error");
 
-    // The move: nothing active is left, and everything reads as before.
-    let rows = harness::until(Duration::from_secs(40), Duration::from_millis(500), || async {
-        let rows = store_rows(&stack).await;
-        if rows.active_orders == 0 && rows.active_events == 0 {
-            Ok(harness::Check::Done(rows))
-        } else {
-            Ok(harness::Check::Waiting(format!("{rows:?}")))
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(rows.warehouse_orders, ids.len() as i64);
-    let entries: usize = views.iter().map(|v| v.history.len()).sum();
-    assert_eq!(rows.warehouse_events, entries as i64);
-    for (id, before) in ids.iter().zip(&views) {
-        assert_eq!(&stack.order(id).await, before, "{id} reads differently from the warehouse");
-    }
-    let mut historical = report(&stack, &range).await;
-    let mut before = live.clone();
-    historical.stuck_after_ms.clear();
-    before.stuck_after_ms.clear();
-    assert_eq!(historical, before, "the warehouse gives other figures than the live store did");
-    let stats = stack.tracker().stats().await.unwrap();
-    assert_eq!(stats.orders, ids.len() as i64);
-    let (status, body) = stack.get("/orders?state=payment_declined").await;
-    assert_eq!(status, 200);
-    assert!(body.contains(&ids[16].to_string()), "{body}");
-
-    // The warehouse as analysis tools see it: one row per step, dwell filled in.
-    let tracker_db = stack.store("tracker", "warehouse_events").await;
-    let missing =
-        "SELECT COUNT(*) FROM warehouse_events WHERE change_id IS NULL AND seq > 0 AND dwell_ms IS NULL";
-    assert_eq!(count(&tracker_db, missing).await, 0);
+    let rows = the_move_keeps_everything(&stack, &ids, &views, &range, &live).await;
     let python = std::process::Command::new("python3")
         .arg("-c")
         .arg(
@@ -210,4 +243,30 @@ async fn orders_waiting_at_a_stopped_node_are_reported_stuck_there() {
     let after = report(&stack, "last=300&stuck_after=2").await;
     assert!(after.stuck.is_empty(), "{:?}", after.stuck);
     assert_eq!(node(&after, "shipping").handled, ids.len() as u64);
+}
+
+/// The move on PostgreSQL: its own SQL (times and the window function) gives the same result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_the_warehouse_keeps_every_figure_too() {
+    let database = tests::PgDatabase::create("warehouse").await;
+    let env = [
+        ("DATABASE_URL", database.url.as_str()),
+        ("ORDERFLOW_DB_MAX_CONNECTIONS", tests::PG_CONNECTIONS_PER_PROCESS),
+        ("ORDERFLOW_WAREHOUSE_AFTER_S", "4"),
+    ];
+    let stack = Stack::start("insight-pg", &env).await;
+    let from = shared::audit::rfc3339::format(&(chrono::Utc::now() - chrono::Duration::seconds(1)));
+    let mut batch: Vec<Value> = (0..8).map(|i| orders::valid(1 + i % 2, "standard")).collect();
+    batch.extend([orders::declined(), orders::out_of_stock(), orders::invalid()]);
+    let ids = stack.publish(&batch);
+    stack.wait_terminal(&ids, Duration::from_secs(60)).await;
+    let mut views = Vec::new();
+    for id in &ids {
+        views.push(stack.order(id).await);
+    }
+    let to = shared::audit::rfc3339::format(&(chrono::Utc::now() + chrono::Duration::seconds(1)));
+    let range = format!("from={}&to={}", encode(&from), encode(&to));
+    let live = report(&stack, &range).await;
+    assert_eq!(live.orders_ended, ids.len() as u64);
+    the_move_keeps_everything(&stack, &ids, &views, &range, &live).await;
 }

@@ -24,6 +24,8 @@ const PREFETCH: u16 = 1000;
 const BATCH: usize = 500;
 /// How often ended orders are moved to the warehouse.
 const MOVE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often the moves also look for late records of moved orders.
+const LATE_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
 /// At most this many move batches per tick (1,000 orders a second at most).
 const MOVES_PER_TICK: usize = 4;
 
@@ -65,9 +67,9 @@ async fn measure_lag(channel: &lapin::Channel) {
 /// time, for at most [`MOVES_PER_TICK`] batches; a store error leaves it
 /// for the next tick. It runs between batches of audit events, so the
 /// tracker's own writes never wait for each other.
-async fn move_to_warehouse(store: &TrackerStore, quiet: std::time::Duration) {
-    for _ in 0..MOVES_PER_TICK {
-        match store.move_ended(quiet).await {
+async fn move_to_warehouse(store: &TrackerStore, quiet: std::time::Duration, late_too: bool) {
+    for pass in 0..MOVES_PER_TICK {
+        match store.move_ended(quiet, late_too && pass == 0).await {
             Ok(moved) => {
                 if moved.orders + moved.late_events > 0 {
                     shared::events::OrdersMoved {
@@ -168,6 +170,7 @@ async fn serve(
     let mut lag_tick = tokio::time::interval(shared::metrics::LAG_EVERY);
     let quiet = shared::settings::Settings::warehouse_after()?;
     let mut move_tick = tokio::time::interval(MOVE_EVERY);
+    let mut late_swept = std::time::Instant::now();
     let result = loop {
         let chunk = tokio::select! {
             biased;
@@ -177,7 +180,12 @@ async fn serve(
                 continue;
             }
             _ = move_tick.tick() => {
-                move_to_warehouse(&store, quiet).await;
+                // Late records are looked for less often: it reads the whole active store.
+                let late_too = late_swept.elapsed() >= LATE_EVERY;
+                if late_too {
+                    late_swept = std::time::Instant::now();
+                }
+                move_to_warehouse(&store, quiet, late_too).await;
                 continue;
             }
             next = results.next() => match next {

@@ -11,7 +11,8 @@
 //! makes each move one transaction: an order is never in both stores, never
 //! in neither, whatever moment a crash comes. DuckDB (`ATTACH 'tracker.db'
 //! (TYPE sqlite)`), pandas (`read_sql`) or any PostgreSQL client read them
-//! as they are.
+//! as they are. A move is SQL only (`INSERT ... SELECT`, the dwell times
+//! by a window function): no row passes through the tracker.
 //!
 //! A late record of a moved order (a duplicate redelivered, a change record
 //! after the quiet period) is not made active again: its row waits in
@@ -20,10 +21,9 @@
 
 use super::store::{numbered, TrackerStore};
 use shared::audit::rfc3339;
+use shared::store::Backend;
 use shared::tracker_api::StoreRows;
-use sqlx::any::AnyRow;
 use sqlx::Row as _;
-use std::collections::HashMap;
 use std::time::Duration;
 
 pub const SCHEMA: &[&str] = &[
@@ -58,258 +58,107 @@ pub struct Moved {
     pub late_events: u64,
 }
 
-/// A value of a row being copied from one table to another.
-#[derive(Clone, Debug)]
-enum Value {
-    Text(Option<String>),
-    Int(Option<i64>),
-}
-
-/// One `tracker_events` row as read for its move.
-struct EventRow {
-    values: Vec<Value>,
-    order_id: String,
-    seq: i64,
-    at: String,
-    is_change: bool,
-}
-
-const TEXT_COLUMNS: &[&str] =
-    &["event_id", "order_id", "node", "instance_id", "to_state", "at", "detail", "recorded_at"];
-
-fn read_event(row: &AnyRow) -> sqlx::Result<EventRow> {
-    let mut values = Vec::new();
-    for column in EVENT_COLUMNS.split(',').map(str::trim) {
-        let value = match column {
-            "seq" | "version" | "terminal" => Value::Int(row.try_get(column)?),
-            c if TEXT_COLUMNS.contains(&c) => Value::Text(Some(row.try_get(column)?)),
-            _ => Value::Text(row.try_get(column)?),
-        };
-        values.push(value);
+/// SQL for the whole milliseconds from `from` to `to` (RFC 3339 texts).
+fn millis_sql(backend: Backend, from: &str, to: &str) -> String {
+    match backend {
+        Backend::Sqlite => format!("CAST(ROUND((julianday({to}) - julianday({from})) * 86400000.0) AS INTEGER)"),
+        Backend::Postgres => format!(
+            "CAST(ROUND(EXTRACT(EPOCH FROM (CAST({to} AS timestamptz) - CAST({from} AS timestamptz))) * 1000) AS BIGINT)"
+        ),
     }
-    let change_id: Option<String> = row.try_get("change_id")?;
-    Ok(EventRow {
-        values,
-        order_id: row.try_get("order_id")?,
-        seq: row.try_get("seq")?,
-        at: row.try_get("at")?,
-        is_change: change_id.is_some(),
-    })
-}
-
-/// Milliseconds from `from` to `to` (RFC 3339 texts), when both parse.
-fn millis_between(from: &str, to: &str) -> Option<i64> {
-    let from = chrono::DateTime::parse_from_rfc3339(from).ok()?;
-    let to = chrono::DateTime::parse_from_rfc3339(to).ok()?;
-    Some((to - from).num_milliseconds())
-}
-
-/// Each state step's dwell time: the time since the order's previous state
-/// step (by seq, the order the steps happened in); `None` for `placed` and
-/// for change records.
-fn dwell_times(events: &[EventRow]) -> HashMap<usize, i64> {
-    let mut by_order: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, event) in events.iter().enumerate().filter(|(_, e)| !e.is_change) {
-        by_order.entry(&event.order_id).or_default().push(i);
-    }
-    let mut dwell = HashMap::new();
-    for steps in by_order.values_mut() {
-        steps.sort_by_key(|&i| events[i].seq);
-        for pair in steps.windows(2) {
-            if let Some(ms) = millis_between(&events[pair[0]].at, &events[pair[1]].at) {
-                dwell.insert(pair[1], ms);
-            }
-        }
-    }
-    dwell
-}
-
-/// `($1, $2, ...), (...)` for `rows` rows of `columns` values each.
-fn placeholders(rows: usize, columns: usize) -> String {
-    (0..rows)
-        .map(|r| {
-            let params: Vec<String> = (1..=columns).map(|c| format!("${}", r * columns + c)).collect();
-            format!("({})", params.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn bind_all<'q>(
-    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
-    values: &'q [Value],
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-    for value in values {
-        query = match value {
-            Value::Text(text) => query.bind(text.clone()),
-            Value::Int(n) => query.bind(*n),
-        };
-    }
-    query
 }
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 
-/// The `tracker_events` rows of `order_ids`.
-async fn events_of(tx: &mut Tx<'_>, order_ids: &[String]) -> sqlx::Result<Vec<EventRow>> {
-    let mut events = Vec::new();
-    for chunk in order_ids.chunks(400) {
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM tracker_events WHERE order_id IN ({})",
-            numbered(1, chunk.len())
-        );
-        let mut query = sqlx::query(&sql).persistent(false);
-        for id in chunk {
-            query = query.bind(id);
-        }
-        for row in query.fetch_all(&mut **tx).await? {
-            events.push(read_event(&row)?);
-        }
-    }
-    Ok(events)
-}
-
-/// Copies `events` into `warehouse_events` (an event already there stays as
-/// it is), then deletes every `tracker_events` row of `order_ids`.
+/// Copies the `tracker_events` rows of `order_ids` into `warehouse_events`
+/// (an event already there stays as it is), each state step with its dwell
+/// time (since the order's previous step by seq) unless `late`, then
+/// deletes them from the active store; returns how many were copied. All
+/// of it in SQL: no row passes through the tracker.
 async fn move_events(
     tx: &mut Tx<'_>,
-    events: &[EventRow],
+    backend: Backend,
     order_ids: &[String],
     moved_at: &str,
-) -> sqlx::Result<()> {
-    let dwell = dwell_times(events);
-    let rows: Vec<Vec<Value>> = events
-        .iter()
-        .enumerate()
-        .map(|(i, event)| {
-            let mut values = event.values.clone();
-            values.push(Value::Text(Some(event.at.chars().take(10).collect())));
-            values.push(Value::Int(dwell.get(&i).copied()));
-            values.push(Value::Text(Some(moved_at.to_string())));
-            values
-        })
-        .collect();
-    const COLUMNS: usize = 18;
-    for chunk in rows.chunks(200) {
-        let sql = format!(
-            "INSERT INTO warehouse_events ({EVENT_COLUMNS}, day, dwell_ms, moved_at) VALUES {} \
-             ON CONFLICT (event_id) DO NOTHING",
-            placeholders(chunk.len(), COLUMNS)
-        );
-        let flat: Vec<Value> = chunk.iter().flatten().cloned().collect();
-        bind_all(sqlx::query(&sql).persistent(false), &flat).execute(&mut **tx).await?;
-    }
+    late: bool,
+) -> sqlx::Result<u64> {
+    let previous = "LAG(at) OVER (PARTITION BY order_id, (change_id IS NULL) ORDER BY seq)";
+    let dwell = if late {
+        "NULL".to_string()
+    } else {
+        format!("CASE WHEN change_id IS NULL AND seq > 0 THEN {} END", millis_sql(backend, previous, "at"))
+    };
+    let mut copied = 0;
     for chunk in order_ids.chunks(400) {
-        let sql = format!("DELETE FROM tracker_events WHERE order_id IN ({})", numbered(1, chunk.len()));
-        let mut query = sqlx::query(&sql).persistent(false);
+        let marks = numbered(2, chunk.len());
+        let sql = format!(
+            "INSERT INTO warehouse_events ({EVENT_COLUMNS}, day, dwell_ms, moved_at) \
+             SELECT {EVENT_COLUMNS}, substr(at, 1, 10), {dwell}, $1 FROM tracker_events \
+             WHERE order_id IN ({marks}) ON CONFLICT (event_id) DO NOTHING"
+        );
+        let mut query = sqlx::query(&sql).persistent(false).bind(moved_at);
         for id in chunk {
             query = query.bind(id);
         }
-        query.execute(&mut **tx).await?;
-    }
-    Ok(())
-}
-
-/// An ended order claimed for its move.
-struct Ended {
-    order_id: String,
-    state: String,
-    customer_id: Option<String>,
-    updated_at: String,
-}
-
-impl TrackerStore {
-    /// Moves the orders that ended more than `quiet` ago, up to
-    /// [`MOVE_BATCH`] of them, in one transaction; also moves late records
-    /// of orders moved before.
-    pub async fn move_ended(&self, quiet: Duration) -> sqlx::Result<Moved> {
-        let now = chrono::Utc::now();
-        let cutoff = rfc3339::format(&(now - chrono::Duration::from_std(quiet).unwrap_or_default()));
-        let moved_at = rfc3339::format(&now);
-        let mut tx = self.store.pool.begin().await?;
-        // Claim by deleting: of two trackers (PostgreSQL) only one gets each order.
-        let sql = format!(
-            "DELETE FROM tracker_orders WHERE order_id IN (SELECT order_id FROM tracker_orders \
-             WHERE terminal = 1 AND updated_at <= $1 ORDER BY order_id LIMIT {MOVE_BATCH}) AND terminal = 1 \
-             RETURNING order_id, state, customer_id, updated_at"
-        );
-        let claimed: Vec<Ended> = sqlx::query(&sql)
-            .bind(&cutoff)
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|row| {
-                Ok(Ended {
-                    order_id: row.try_get("order_id")?,
-                    state: row.try_get("state")?,
-                    customer_id: row.try_get("customer_id")?,
-                    updated_at: row.try_get("updated_at")?,
-                })
-            })
-            .collect::<sqlx::Result<_>>()?;
-        let ids: Vec<String> = claimed.iter().map(|o| o.order_id.clone()).collect();
-        let events = events_of(&mut tx, &ids).await?;
-        let mut placed_at: HashMap<&str, &str> = HashMap::new();
-        let mut steps: HashMap<&str, i64> = HashMap::new();
-        for event in events.iter().filter(|e| !e.is_change) {
-            *steps.entry(&event.order_id).or_default() += 1;
-            if event.seq == 0 {
-                placed_at.insert(&event.order_id, &event.at);
-            }
-        }
-        let orders: Vec<Value> = claimed
-            .iter()
-            .flat_map(|order| {
-                let placed = placed_at.get(order.order_id.as_str()).map(|at| at.to_string());
-                let latency = placed.as_deref().and_then(|placed| millis_between(placed, &order.updated_at));
-                vec![
-                    Value::Text(Some(order.order_id.clone())),
-                    Value::Text(Some(order.state.clone())),
-                    Value::Text(order.customer_id.clone()),
-                    Value::Text(placed),
-                    Value::Text(Some(order.updated_at.clone())),
-                    Value::Int(latency),
-                    Value::Int(Some(steps.get(order.order_id.as_str()).copied().unwrap_or(0))),
-                    Value::Text(Some(order.updated_at.chars().take(10).collect())),
-                    Value::Text(Some(moved_at.clone())),
-                ]
-            })
-            .collect();
-        const ORDER_COLUMNS: usize = 9;
-        for chunk in orders.chunks(ORDER_COLUMNS * 200) {
-            let sql = format!(
-                "INSERT INTO warehouse_orders (order_id, state, customer_id, placed_at, updated_at, latency_ms, \
-                 steps, day, moved_at) VALUES {} ON CONFLICT (order_id) DO NOTHING",
-                placeholders(chunk.len() / ORDER_COLUMNS, ORDER_COLUMNS)
-            );
-            bind_all(sqlx::query(&sql).persistent(false), chunk).execute(&mut *tx).await?;
-        }
-        move_events(&mut tx, &events, &ids, &moved_at).await?;
-
-        // Late records of orders moved earlier.
-        let late_ids: Vec<String> = sqlx::query(&format!(
-            "SELECT DISTINCT order_id FROM tracker_events WHERE order_id IN \
-             (SELECT order_id FROM warehouse_orders) LIMIT {MOVE_BATCH}"
-        ))
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|row| row.try_get("order_id"))
-        .collect::<sqlx::Result<_>>()?;
-        let late = events_of(&mut tx, &late_ids).await?;
-        // No dwell for these: their neighbours are already moved.
-        let late: Vec<EventRow> = late.into_iter().map(|e| EventRow { is_change: true, ..e }).collect();
-        move_events(&mut tx, &late, &late_ids, &moved_at).await?;
-        for chunk in late_ids.chunks(400) {
-            let sql = format!("DELETE FROM tracker_orders WHERE order_id IN ({})", numbered(1, chunk.len()));
+        copied += query.execute(&mut **tx).await?.rows_affected();
+        for table in ["tracker_events", "tracker_orders"] {
+            let sql = format!("DELETE FROM {table} WHERE order_id IN ({})", numbered(1, chunk.len()));
             let mut query = sqlx::query(&sql).persistent(false);
             for id in chunk {
                 query = query.bind(id);
             }
-            query.execute(&mut *tx).await?;
+            query.execute(&mut **tx).await?;
+        }
+    }
+    Ok(copied)
+}
+
+impl TrackerStore {
+    /// Moves the orders that ended more than `quiet` ago, up to
+    /// [`MOVE_BATCH`] of them, in one transaction; with `late_too`, also the
+    /// late records of orders moved before.
+    pub async fn move_ended(&self, quiet: Duration, late_too: bool) -> sqlx::Result<Moved> {
+        let now = chrono::Utc::now();
+        let cutoff = rfc3339::format(&(now - chrono::Duration::from_std(quiet).unwrap_or_default()));
+        let moved_at = rfc3339::format(&now);
+        let backend = self.store.backend;
+        let mut tx = self.store.pool.begin().await?;
+        // The summary first: a write, so SQLite takes its lock at once. Of two
+        // trackers (PostgreSQL) only one inserts each order, and moves it.
+        let sql = format!(
+            "INSERT INTO warehouse_orders (order_id, state, customer_id, placed_at, updated_at, latency_ms, steps, \
+             day, moved_at) SELECT o.order_id, o.state, o.customer_id, p.at, o.updated_at, {latency}, \
+             (SELECT COUNT(*) FROM tracker_events s WHERE s.order_id = o.order_id AND s.change_id IS NULL), \
+             substr(o.updated_at, 1, 10), $2 FROM tracker_orders o \
+             LEFT JOIN tracker_events p ON p.order_id = o.order_id AND p.seq = 0 AND p.change_id IS NULL \
+             WHERE o.order_id IN (SELECT order_id FROM tracker_orders WHERE terminal = 1 AND updated_at <= $1 \
+             ORDER BY order_id LIMIT {MOVE_BATCH}) ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
+            latency = millis_sql(backend, "p.at", "o.updated_at")
+        );
+        let ids: Vec<String> = sqlx::query(&sql)
+            .bind(&cutoff)
+            .bind(&moved_at)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| row.try_get("order_id"))
+            .collect::<sqlx::Result<_>>()?;
+        let events = move_events(&mut tx, backend, &ids, &moved_at, false).await?;
+        let mut late_events = 0;
+        if late_too {
+            let late_ids: Vec<String> = sqlx::query(&format!(
+                "SELECT DISTINCT order_id FROM tracker_events WHERE order_id IN \
+                 (SELECT order_id FROM warehouse_orders) LIMIT {MOVE_BATCH}"
+            ))
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| row.try_get("order_id"))
+            .collect::<sqlx::Result<_>>()?;
+            late_events = move_events(&mut tx, backend, &late_ids, &moved_at, true).await?;
         }
         tx.commit().await?;
-        Ok(Moved { orders: ids.len() as u64, events: events.len() as u64, late_events: late.len() as u64 })
+        Ok(Moved { orders: ids.len() as u64, events, late_events })
     }
 
     /// How many rows the active store and the warehouse hold.
@@ -327,36 +176,5 @@ impl TrackerStore {
             warehouse_orders: counts[2],
             warehouse_events: counts[3],
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn step(order: &str, seq: i64, at: &str) -> EventRow {
-        EventRow { values: vec![], order_id: order.into(), seq, at: at.into(), is_change: false }
-    }
-
-    #[test]
-    fn dwell_is_the_time_since_the_previous_step_by_seq() {
-        let events = vec![
-            step("a", 2, "2026-11-29T00:00:03.500000Z"),
-            step("a", 0, "2026-11-29T00:00:01.000000Z"),
-            step("b", 0, "2026-11-29T00:00:00.000000Z"),
-            EventRow { is_change: true, ..step("a", -1, "2026-11-29T00:00:02.000000Z") },
-            step("a", 1, "2026-11-29T00:00:01.250000Z"),
-        ];
-        let dwell = dwell_times(&events);
-        assert_eq!(dwell.get(&4), Some(&250));
-        assert_eq!(dwell.get(&0), Some(&2250));
-        assert_eq!(dwell.get(&1), None, "placed has no dwell");
-        assert_eq!(dwell.get(&3), None, "a change record has no dwell");
-        assert_eq!(dwell.get(&2), None);
-    }
-
-    #[test]
-    fn placeholders_number_every_value() {
-        assert_eq!(placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
     }
 }

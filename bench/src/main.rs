@@ -12,6 +12,7 @@
 //! panic, Ctrl-C or SIGTERM.
 
 mod calls;
+mod compare;
 mod load;
 mod machine;
 mod orderflow;
@@ -113,6 +114,10 @@ pub struct Args {
     /// Warm-up orders on every fresh stack before measuring [default: 50; smoke 10].
     #[arg(long)]
     pub warmup: Option<usize>,
+    /// Compare two builds instead of the full run: saturated runs alternating between the
+    /// binaries of --bin-dir (A) and of this folder (B), --reps of each.
+    #[arg(long, value_name = "DIR")]
+    pub compare_bin_dir: Option<PathBuf>,
     /// Run only the soak: --soak-orders orders open loop at --soak-rate, a row of figures every
     /// --soak-every seconds (throughput, latency, every process's memory, the tracker's store).
     #[arg(long)]
@@ -349,6 +354,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
     stack_config.pass_rust_log = false;
     stack_config.keep_run_dir_on_drop = true;
     let config = BenchConfig { stack: stack_config, run_id: run_id.clone() };
+    if let Some(other) = &args.compare_bin_dir {
+        stack::check_binaries(other)?;
+        let comparison =
+            compare::run(&config, other.clone(), plan.reps, plan.burst_orders, plan.in_flight, plan.warmup)
+                .await?;
+        let markdown = format!(
+            "# orderflow A/B, {}\n\n{} on {}\n\n{}",
+            started.format("%Y-%m-%d"),
+            versions,
+            machine::describe(),
+            compare::markdown(&comparison)
+        );
+        println!("{markdown}");
+        if let Some(path) = &args.report {
+            std::fs::write(path, &markdown)
+                .with_context(|| format!("writing the report to {}", path.display()))?;
+        }
+        return Ok(());
+    }
     if args.soak {
         let every = std::time::Duration::from_secs(args.soak_every.max(1));
         let result = soak::run(&config, args.soak_orders.max(10), args.soak_rate, every, plan.warmup).await?;

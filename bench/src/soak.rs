@@ -126,18 +126,18 @@ pub async fn run(
     let started = Instant::now();
     let progress = Progress::start("soak");
     let mut rows: Vec<SoakRow> = Vec::new();
-    let mut last_ended = ended_before;
+    let mut last_ended = 0;
     let mut row_due = Instant::now() + every;
     loop {
         // A live count every 2 s; a row of figures every `every`.
         tokio::time::sleep(Duration::from_secs(2)).await;
         if Instant::now() < row_due {
-            let ended_now = ended(&stack).await - ended_before;
+            let ended_now = ended(&stack).await.saturating_sub(ended_before);
             progress.set(format!("{} published, {ended_now} ended", published.load(Ordering::Relaxed)));
             continue;
         }
         row_due += every;
-        let now_ended = ended(&stack).await - ended_before;
+        let now_ended = ended(&stack).await.saturating_sub(ended_before);
         let report = stack.tracker().report(&[("last", every.as_secs_f64().to_string())]).await.ok();
         let store = stack.tracker().store_rows().await.unwrap_or_default();
         let rss_kib = stack
@@ -149,7 +149,7 @@ pub async fn run(
             elapsed_s: started.elapsed().as_secs_f64(),
             published: published.load(Ordering::Relaxed),
             ended: now_ended,
-            per_sec: (now_ended - last_ended) as f64 / every.as_secs_f64(),
+            per_sec: now_ended.saturating_sub(last_ended) as f64 / every.as_secs_f64(),
             p50_ms: report.as_ref().map_or(0, |r| r.end_to_end.p50_ms),
             p99_ms: report.as_ref().map_or(0, |r| r.end_to_end.p99_ms),
             rss_kib,

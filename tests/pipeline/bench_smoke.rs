@@ -165,3 +165,34 @@ async fn a_short_soak_prints_a_row_per_interval() {
     assert!(warehouse > 0, "ended orders moved to the warehouse during the soak: {last:?}");
     assert!(stdout.contains("tracker-1 MiB") && stdout.contains("Peak RSS"), "{stdout}");
 }
+
+/// The A/B mode with the same build on both sides: both columns and the ratios printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ab_comparison_prints_both_builds_and_the_ratios() {
+    let bin_dir = tests::bin_dir();
+    let other = bin_dir.to_str().unwrap().to_string();
+    let args = [
+        "--compare-bin-dir",
+        &other,
+        "--reps",
+        "1",
+        "--orders",
+        "100",
+        "--in-flight",
+        "100",
+        "--warmup",
+        "5",
+    ];
+    let (status, stdout, stderr) = run_bench(&args).await;
+    assert!(status.success(), "orderflow-bench --compare-bin-dir failed ({status}):\n{stderr}\n{stdout}");
+    for line in ["## A/B", "| orders/s (median;", "| CPU s per 1,000 orders, orderflow's processes |"] {
+        assert!(stdout.contains(line), "{line:?} missing:\n{stdout}");
+    }
+    let ratio = stdout
+        .lines()
+        .find(|l| l.starts_with("| orders/s"))
+        .and_then(|l| l.trim_end_matches(" |").rsplit("| ").next().map(str::to_string));
+    let ratio: f64 =
+        ratio.and_then(|r| r.trim().parse().ok()).unwrap_or_else(|| panic!("no ratio:\n{stdout}"));
+    assert!(ratio > 0.0, "{stdout}");
+}

@@ -3,7 +3,7 @@
 //! loads `/` while orders flow and checks that the counts move without a
 //! reload, that the slowest node (inventory, slowed on purpose) is marked in
 //! the diagram, and that searching an order opens its timeline; it saves a
-//! screenshot to `target/dashboard.png`. Without `chromium` and
+//! screenshot to `dashboard.png` in the build folder (`target/`). Without `chromium` and
 //! `chromedriver` (`scripts/test.sh` installs them as root) it says so and
 //! checks only what it can without a browser.
 
@@ -183,7 +183,12 @@ async fn the_dashboard_moves_live_and_opens_an_orders_timeline() {
         assert!(timeline.contains(state), "{state} missing from {timeline}");
     }
     assert!(timeline.contains("by inventory") && timeline.contains(" ms"), "{timeline}");
-    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/dashboard.png");
+    // Beside the build (CARGO_TARGET_DIR, else the workspace's target/), which may not exist yet.
+    let folder = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    std::fs::create_dir_all(&folder).unwrap();
+    let target = folder.join("dashboard.png");
     browser.screenshot(&target).await;
     browser.quit().await;
     assert!(std::fs::metadata(&target).unwrap().len() > 10_000, "a screenshot with something in it");

@@ -366,12 +366,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             machine::describe(),
             compare::markdown(&comparison)
         );
-        println!("{markdown}");
-        if let Some(path) = &args.report {
-            std::fs::write(path, &markdown)
-                .with_context(|| format!("writing the report to {}", path.display()))?;
-        }
-        return Ok(());
+        return publish(&markdown, args.report.as_deref());
     }
     if args.soak {
         let every = std::time::Duration::from_secs(args.soak_every.max(1));
@@ -383,12 +378,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             machine::describe(),
             soak::markdown(&result)
         );
-        println!("{markdown}");
-        if let Some(path) = &args.report {
-            std::fs::write(path, &markdown)
-                .with_context(|| format!("writing the report to {}", path.display()))?;
-        }
-        return Ok(());
+        return publish(&markdown, args.report.as_deref());
     }
     let mut main_stack: Option<Stack> = None;
 
@@ -515,9 +505,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         bin_dir: plan.bin_dir.display().to_string(),
     };
     let markdown = report::markdown(&context, &results);
+    publish(&markdown, args.report.as_deref())
+}
+
+/// Prints a report and writes it to `path` when one is given.
+fn publish(markdown: &str, path: Option<&std::path::Path>) -> anyhow::Result<()> {
     println!("{markdown}");
-    if let Some(path) = &args.report {
-        std::fs::write(path, &markdown)
+    if let Some(path) = path {
+        std::fs::write(path, markdown)
             .with_context(|| format!("writing the report to {}", path.display()))?;
         note(&format!("report written to {}", path.display()));
     }

@@ -12,7 +12,7 @@ use shared::incident::Incident;
 use shared::order_search::{OrderPage, OrderSearch, OrderSummary};
 use shared::service::CallResult;
 use shared::settings::Settings;
-use shared::store::Store;
+use shared::store::{Backend, Store};
 use shared::tracker_api::KeptResult;
 use shared::tracker_api::{HistoryEntry, OrderStatus, OrderView, Stats, Statuses};
 use sqlx::Row as _;
@@ -98,56 +98,29 @@ impl TrackerStore {
         // Rows in key order: two trackers' transactions then wait for each
         // other's locks in the same order instead of deadlocking (PostgreSQL).
         rows.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+        let backend = self.store.backend;
         let mut tx = self.store.pool.begin().await?;
-        let new_ids = insert_events(&mut tx, &rows, &recorded_at).await?;
+        let new_ids = insert_events(&mut tx, backend, &rows, &recorded_at).await?;
         insert_incidents(&mut tx, &incidents).await?;
-        let moved = already_moved(&mut tx, &rows).await?;
+        let moved = already_moved(&mut tx, backend, &rows).await?;
 
-        // Each order's newest new state, then one upsert that never moves an order backwards.
-        let mut latest: HashMap<&str, &Row> = HashMap::new();
+        // Each order's newest new state, and what its `placed` event says
+        // (the customer and the units) when that is new, whatever order the
+        // events came in.
+        let mut latest: HashMap<&str, Latest> = HashMap::new();
         let active = |r: &&Row| new_ids.contains(&r.event_id) && !moved.contains(&r.order_id);
         for row in rows.iter().filter(|r| r.change_id.is_none()).filter(active) {
-            let entry = latest.entry(row.order_id.as_str()).or_insert(row);
-            if row.seq > entry.seq {
-                *entry = row;
+            let entry = latest.entry(row.order_id.as_str()).or_insert(Latest { row, placed: None });
+            if row.seq > entry.row.seq {
+                entry.row = row;
+            }
+            if row.to_state == "placed" {
+                entry.placed = Some(row);
             }
         }
-        let mut latest: Vec<&Row> = latest.into_values().collect();
-        latest.sort_by_key(|row| row.order_id.as_str());
-        for chunk in latest.chunks(400) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    format!(
-                        "(${}, ${}, ${}, ${}, ${})",
-                        i * 5 + 1,
-                        i * 5 + 2,
-                        i * 5 + 3,
-                        i * 5 + 4,
-                        i * 5 + 5
-                    )
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO tracker_orders (order_id, state, seq, terminal, updated_at) VALUES {} \
-                 ON CONFLICT (order_id) DO UPDATE SET state = excluded.state, seq = excluded.seq, \
-                 terminal = excluded.terminal, updated_at = excluded.updated_at \
-                 WHERE excluded.seq > tracker_orders.seq",
-                values.join(", ")
-            );
-            let mut query = sqlx::query(&sql).persistent(false);
-            for row in chunk {
-                query = query
-                    .bind(&row.order_id)
-                    .bind(&row.to_state)
-                    .bind(row.seq)
-                    .bind(row.terminal)
-                    .bind(&row.at);
-            }
-            query.execute(&mut *tx).await?;
-        }
-
-        let active: Vec<&Row> = rows.iter().filter(active).collect();
-        record_placed(&mut tx, &active).await?;
+        let mut latest: Vec<Latest> = latest.into_values().collect();
+        latest.sort_by_key(|order| order.row.order_id.as_str());
+        upsert_orders(&mut tx, backend, &latest).await?;
         tx.commit().await?;
         Ok(new_ids.len() as u64)
     }
@@ -264,10 +237,9 @@ impl TrackerStore {
     pub async fn statuses(&self, ids: &[Uuid]) -> sqlx::Result<Statuses> {
         let mut found = Statuses::new();
         for chunk in ids.chunks(500) {
-            let marks = numbered(1, chunk.len());
+            let marks = self.store.backend.marks(1, chunk.len());
             let sql = format!(
-                "SELECT order_id, state, terminal FROM tracker_orders WHERE order_id IN ({marks}) UNION ALL \
-                 SELECT order_id, state, 1 AS terminal FROM warehouse_orders WHERE order_id IN ({marks})"
+                "SELECT order_id, state, terminal FROM ({ALL_ORDERS}) AS known WHERE order_id IN ({marks})"
             );
             let mut query = sqlx::query(&sql).persistent(false);
             for id in chunk {
@@ -476,23 +448,18 @@ async fn insert_incidents(
 /// statements); returns the ids that were new.
 async fn insert_events(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: Backend,
     rows: &[Row],
     recorded_at: &str,
 ) -> sqlx::Result<HashSet<String>> {
     const COLUMNS: usize = 15;
     let mut new_ids = HashSet::new();
     for chunk in rows.chunks(300) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let params: Vec<String> = (1..=COLUMNS).map(|c| format!("${}", i * COLUMNS + c)).collect();
-                format!("({})", params.join(", "))
-            })
-            .collect();
         let sql = format!(
             "INSERT INTO tracker_events (event_id, order_id, seq, version, node, instance_id, from_state, \
              to_state, terminal, at, detail, recorded_at, change_id, mode, trace_id) VALUES {} \
              ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-            values.join(", ")
+            backend.rows(1, chunk.len(), COLUMNS)
         );
         // Multi-row statements vary in length: keep them out of the statement cache.
         let mut query = sqlx::query(&sql).persistent(false);
@@ -526,13 +493,14 @@ async fn insert_events(
 /// dropped here, the new ones wait for the next move.
 async fn already_moved(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: Backend,
     rows: &[Row],
 ) -> sqlx::Result<HashSet<String>> {
     let ids: Vec<&str> =
         rows.iter().map(|r| r.order_id.as_str()).collect::<HashSet<_>>().into_iter().collect();
     let mut moved = HashSet::new();
     for chunk in ids.chunks(400) {
-        let marks = numbered(1, chunk.len());
+        let marks = backend.marks(1, chunk.len());
         let sql = format!("SELECT order_id FROM warehouse_orders WHERE order_id IN ({marks})");
         let mut query = sqlx::query(&sql).persistent(false);
         for id in chunk {
@@ -544,10 +512,10 @@ async fn already_moved(
     }
     let moved_list: Vec<&String> = moved.iter().collect();
     for chunk in moved_list.chunks(400) {
-        let marks = numbered(1, chunk.len());
+        let marks = backend.marks(1, chunk.len());
         let sql = format!(
             "DELETE FROM tracker_events WHERE order_id IN ({marks}) AND event_id IN \
-             (SELECT event_id FROM warehouse_events WHERE order_id IN ({marks}))"
+             (SELECT event_id FROM warehouse_events WHERE warehouse_events.order_id = tracker_events.order_id)"
         );
         let mut query = sqlx::query(&sql).persistent(false);
         for id in chunk {
@@ -558,41 +526,48 @@ async fn already_moved(
     Ok(moved)
 }
 
-/// `$first, $first+1, ...` for `n` values.
-pub(super) fn numbered(first: usize, n: usize) -> String {
-    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+/// An order's newest new state step in a batch, and its new `placed` step if any.
+struct Latest<'a> {
+    row: &'a Row,
+    placed: Option<&'a Row>,
 }
 
-/// Records the customer and the units of each order whose `placed` event
-/// is new, whatever order its events came in (the upsert above may already
-/// hold a later state).
-async fn record_placed(tx: &mut sqlx::Transaction<'_, sqlx::Any>, rows: &[&Row]) -> sqlx::Result<()> {
-    type Placed<'a> = (Option<&'a str>, Option<i64>);
-    let mut placed: HashMap<&str, Placed> = HashMap::new();
-    for row in rows.iter().filter(|r| r.to_state == "placed") {
-        placed.insert(&row.order_id, (row.customer_id.as_deref(), row.units));
-    }
-    let placed: Vec<(&str, Placed)> = placed.into_iter().collect();
-    for chunk in placed.chunks(300) {
-        let cases = |value: usize| {
-            (0..chunk.len())
-                .map(|i| format!("WHEN ${} THEN ${}", i * 3 + 1, i * 3 + value))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
+/// Writes each order's current state, one multi-row upsert per 300 orders
+/// that never moves an order backwards (a step older than the one stored
+/// leaves the state as it is), and fills in the customer and the units
+/// from a new `placed` step, whenever it comes.
+async fn upsert_orders(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: Backend,
+    orders: &[Latest<'_>],
+) -> sqlx::Result<()> {
+    const COLUMNS: usize = 7;
+    let newer = "excluded.seq > tracker_orders.seq";
+    let newer_or_kept = |column: &str| {
+        format!("{column} = CASE WHEN {newer} THEN excluded.{column} ELSE tracker_orders.{column} END")
+    };
+    let updates: Vec<String> =
+        ["state", "terminal", "updated_at", "seq"].into_iter().map(newer_or_kept).collect();
+    for chunk in orders.chunks(300) {
         let sql = format!(
-            "UPDATE tracker_orders SET customer_id = CASE order_id {} END, units = CASE order_id {} END \
-             WHERE order_id IN ({})",
-            cases(2),
-            cases(3),
-            numbered(chunk.len() * 3 + 1, chunk.len())
+            "INSERT INTO tracker_orders (order_id, state, seq, terminal, updated_at, customer_id, units) \
+             VALUES {} ON CONFLICT (order_id) DO UPDATE SET {}, \
+             customer_id = COALESCE(excluded.customer_id, tracker_orders.customer_id), \
+             units = COALESCE(excluded.units, tracker_orders.units) \
+             WHERE {newer} OR excluded.customer_id IS NOT NULL OR excluded.units IS NOT NULL",
+            backend.rows(1, chunk.len(), COLUMNS),
+            updates.join(", ")
         );
         let mut query = sqlx::query(&sql).persistent(false);
-        for (order, (customer, units)) in chunk {
-            query = query.bind(*order).bind(customer.map(str::to_string)).bind(*units);
-        }
-        for (order, _) in chunk {
-            query = query.bind(*order);
+        for Latest { row, placed } in chunk {
+            query = query
+                .bind(&row.order_id)
+                .bind(&row.to_state)
+                .bind(row.seq)
+                .bind(row.terminal)
+                .bind(&row.at)
+                .bind(placed.and_then(|p| p.customer_id.clone()))
+                .bind(placed.and_then(|p| p.units));
         }
         query.execute(&mut **tx).await?;
     }
@@ -627,6 +602,84 @@ fn in_order(entries: Vec<HistoryEntry>) -> Vec<HistoryEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::OrderState;
+
+    fn step(order_id: Uuid, seq: u32, state: OrderState, customer: Option<&str>) -> Record {
+        Record::State(AuditEvent {
+            schema_version: 1,
+            event_id: Uuid::new_v5(&order_id, format!("{seq}-{}", state.as_str()).as_bytes()),
+            order_id,
+            node: "intake".into(),
+            instance_id: "intake-1".into(),
+            from_state: None,
+            to_state: state,
+            terminal: state.is_terminal(),
+            at: chrono::Utc::now(),
+            detail: String::new(),
+            seq,
+            version: 0,
+            customer_id: customer.map(str::to_string),
+            units: customer.map(|_| 3),
+            mode: None,
+            trace_id: None,
+        })
+    }
+
+    async fn scratch_store() -> (TrackerStore, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("orderflow-tracker-{}", Uuid::new_v4().simple()));
+        let mut settings = Settings::from_env().unwrap();
+        settings.database_url = None;
+        settings.run_dir = dir.clone();
+        (TrackerStore::open(&settings).await.unwrap(), dir)
+    }
+
+    /// The batch writer's bookkeeping: duplicates dropped, the newest step
+    /// wins whatever order steps come in, and the customer and units of a
+    /// `placed` step are kept even when it comes after later steps; batches
+    /// larger than one multi-row statement (300 orders) included.
+    #[tokio::test]
+    async fn a_batch_keeps_the_newest_state_and_the_placed_customer_in_any_order() {
+        let (store, dir) = scratch_store().await;
+        let late_placed = Uuid::new_v4();
+        let first = [
+            step(late_placed, 2, OrderState::Reserved, None),
+            step(late_placed, 3, OrderState::Picked, None),
+        ];
+        assert_eq!(store.record(&first).await.unwrap(), 2);
+        let second = [
+            step(late_placed, 0, OrderState::Placed, Some("c-late")),
+            step(late_placed, 3, OrderState::Picked, None),
+        ];
+        assert_eq!(store.record(&second).await.unwrap(), 1, "the duplicate step is dropped");
+        let many: Vec<Uuid> = (0..450).map(|_| Uuid::new_v4()).collect();
+        let mut batch = Vec::new();
+        for order in &many {
+            batch.push(step(*order, 7, OrderState::Shipped, None));
+            batch.push(step(*order, 0, OrderState::Placed, Some("c-many")));
+        }
+        assert_eq!(store.record(&batch).await.unwrap(), 900);
+
+        let statuses = store.statuses(&[late_placed, many[0], many[449]]).await.unwrap();
+        assert_eq!(statuses[&late_placed.to_string()].state, "picked");
+        assert!(statuses[&many[449].to_string()].terminal);
+        let search = |customer: &str| OrderSearch {
+            customer: Some(customer.into()),
+            limit: 500,
+            ..Default::default()
+        };
+        let late = store.search(&search("c-late"), chrono::Utc::now()).await.unwrap();
+        assert_eq!(late.orders.len(), 1);
+        assert_eq!(late.orders[0].state, "picked");
+        let shipped = store.search(&search("c-many"), chrono::Utc::now()).await.unwrap();
+        assert_eq!(shipped.orders.len(), 450);
+        assert!(shipped.orders.iter().all(|o| o.state == "shipped"));
+        let units: i64 = sqlx::query_scalar("SELECT SUM(units) FROM tracker_orders")
+            .fetch_one(&store.store.pool)
+            .await
+            .unwrap();
+        assert_eq!(units, 3 * 451);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     fn entry(state: &str, seq: i64, at: &str, change: bool) -> HistoryEntry {
         HistoryEntry {

@@ -19,7 +19,7 @@
 //! `tracker_events` until the next pass moves it beside the rest, and
 //! status queries read both stores meanwhile.
 
-use super::store::{numbered, TrackerStore};
+use super::store::TrackerStore;
 use shared::audit::rfc3339;
 use shared::store::Backend;
 use shared::tracker_api::StoreRows;
@@ -90,10 +90,10 @@ async fn move_events(
     };
     let mut copied = 0;
     for chunk in order_ids.chunks(400) {
-        let marks = numbered(2, chunk.len());
+        let (moved_at_mark, marks) = (backend.marks(1, 1), backend.marks(2, chunk.len()));
         let sql = format!(
             "INSERT INTO warehouse_events ({EVENT_COLUMNS}, day, dwell_ms, moved_at) \
-             SELECT {EVENT_COLUMNS}, substr(at, 1, 10), {dwell}, $1 FROM tracker_events \
+             SELECT {EVENT_COLUMNS}, substr(at, 1, 10), {dwell}, {moved_at_mark} FROM tracker_events \
              WHERE order_id IN ({marks}) ON CONFLICT (event_id) DO NOTHING"
         );
         let mut query = sqlx::query(&sql).persistent(false).bind(moved_at);
@@ -102,7 +102,7 @@ async fn move_events(
         }
         copied += query.execute(&mut **tx).await?.rows_affected();
         for table in ["tracker_events", "tracker_orders"] {
-            let sql = format!("DELETE FROM {table} WHERE order_id IN ({})", numbered(1, chunk.len()));
+            let sql = format!("DELETE FROM {table} WHERE order_id IN ({})", backend.marks(1, chunk.len()));
             let mut query = sqlx::query(&sql).persistent(false);
             for id in chunk {
                 query = query.bind(id);

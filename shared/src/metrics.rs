@@ -91,7 +91,7 @@ pub fn render(node: &str, instance: &str) -> String {
     if node == "tracker" {
         registry.register(
             "tracker_lag_events",
-            "Audit events waiting in the tracker's queue",
+            "Audit messages (single events or batches) waiting in the tracker's queue",
             measured.tracker_lag.clone(),
         );
     }

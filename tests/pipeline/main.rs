@@ -31,8 +31,10 @@
 //! - `transport_faults`: refused publishes, retries out of the consumer (issue 15).
 //! - `services`: every node is a service: sync, polled and callback calls, idempotent by request id,
 //!   least privilege, bad requests, a pika caller (issue 9).
+//! - `audit_batches`: nodes batch their audit events; a batch is checked event by event (issue 12).
 //! - `usage`: every binary's `--help` and `--version`, the CLI's argument checks, the log format.
 
+mod audit_batches;
 mod bad_input;
 mod bench_smoke;
 mod changes;

@@ -6,6 +6,7 @@
 //! Stage logic never sees any of it.
 
 pub mod arrival;
+pub mod audit_batch;
 pub mod batch_runner;
 pub mod change_consumer;
 pub mod connect;

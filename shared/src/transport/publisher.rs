@@ -5,14 +5,17 @@
 //! fresh one before the next publish, so one bad message never stops a node.
 //! Every message carries the connection's user as `user_id`, which the
 //! broker checks: receivers know who sent it (see `crate::trust`).
+//! A node's publisher sends its audit messages through the audit batcher
+//! (`super::audit_batch`): one confirmed message per batch of events.
 
+use super::audit_batch::{is_audit, AuditBatcher};
 use super::message::Outgoing;
 use lapin::{
     options::BasicPublishOptions, options::ConfirmSelectOptions, Channel, Confirmation, Connection, ErrorKind,
 };
 use std::sync::Arc;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("broker error: {0}")]
     Broker(#[from] lapin::Error),
@@ -57,6 +60,8 @@ pub struct Publisher {
     connection: Option<Arc<Connection>>,
     /// The connection's user, set as every message's `user_id`.
     user: lapin::types::ShortString,
+    /// Where audit messages go to be sent in batches; `None`: one by one.
+    audit: Option<AuditBatcher>,
 }
 
 async fn confirm_channel(connection: &Connection) -> lapin::Result<Channel> {
@@ -72,15 +77,18 @@ impl Publisher {
     pub async fn open(connection: &Connection, user: &str) -> lapin::Result<Publisher> {
         let channel = confirm_channel(connection).await?;
         let channel = Arc::new(tokio::sync::Mutex::new(channel));
-        Ok(Publisher { channel, connection: None, user: user.into() })
+        Ok(Publisher { channel, connection: None, user: user.into(), audit: None })
     }
 
     /// A publisher that opens a fresh channel on `connection` whenever the
-    /// broker has closed the current one (what a node's session uses).
+    /// broker has closed the current one, and batches audit messages (what
+    /// a node's session uses).
     pub async fn reopening(connection: Arc<Connection>, user: &str) -> lapin::Result<Publisher> {
         let channel = confirm_channel(&connection).await?;
         let channel = Arc::new(tokio::sync::Mutex::new(channel));
-        Ok(Publisher { channel, connection: Some(connection), user: user.into() })
+        let unbatched = Publisher { channel, connection: Some(connection), user: user.into(), audit: None };
+        let audit = Some(AuditBatcher::start(unbatched.clone()));
+        Ok(Publisher { audit, ..unbatched })
     }
 
     /// The channel to publish on: the current one, or a fresh one when the
@@ -135,8 +143,25 @@ impl Publisher {
         }
     }
 
-    /// Publishes every message, then waits for each one's confirm.
+    /// Publishes every message, then waits for each one's confirm (audit
+    /// messages through the batcher, when this publisher has one).
     pub async fn publish_all(&self, messages: &[Outgoing]) -> Result<(), PublishError> {
+        if let Some(batcher) = &self.audit {
+            if messages.iter().any(is_audit) {
+                let (audits, direct): (Vec<Outgoing>, Vec<Outgoing>) =
+                    messages.iter().cloned().partition(is_audit);
+                let (sent, batched) = tokio::join!(self.publish_now(&direct), batcher.publish(audits));
+                return sent.and(batched);
+            }
+        }
+        self.publish_now(messages).await
+    }
+
+    /// Publishes every message on the channel, then waits for each one's confirm.
+    async fn publish_now(&self, messages: &[Outgoing]) -> Result<(), PublishError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
         let channel = self.channel().await?;
         let mut confirms = Vec::with_capacity(messages.len());
         for message in messages {

@@ -1,8 +1,10 @@
-//! Consumes audit events in batches: whatever has arrived (up to 500) is
-//! written in one transaction, and only after the commit is the batch
-//! acknowledged (one `multiple` ack). Undecodable events, and events whose
-//! sender may not say them (`shared::trust`: an event for node N only from
-//! N's user, for a state N produces), are dead-lettered.
+//! Consumes audit events in batches: whatever has arrived (up to 500
+//! events, single or in the nodes' `audit_batch` messages) is written in
+//! one transaction, and only after the commit is it acknowledged (one
+//! `multiple` ack). Undecodable events, and events whose sender may not say
+//! them (`shared::trust`: an event for node N only from N's user, for a
+//! state N produces), are dead-lettered; one such event in a batch
+//! dead-letters the whole batch (an honest node never sends one).
 //! When the store refuses a write, consumption pauses: the batch stays in
 //! hand (unacknowledged, spending no delivery attempts) and is written again
 //! with growing delays until the store recovers, while `/health` says so.
@@ -13,15 +15,18 @@ use futures::StreamExt;
 use lapin::options::BasicAckOptions;
 use shared::incident::INCIDENT_TYPE;
 use shared::settings::Settings;
-use shared::transport::message::{decode, decode_audit, CHANGE_EVENT_TYPE, MAX_SEQ};
+use shared::transport::audit_batch::{unpack, AUDIT_BATCH_TYPE};
+use shared::transport::message::{decode, CHANGE_EVENT_TYPE, MAX_SEQ};
 use shared::transport::session::{finish, open_consumer, supervise, Consumers};
 use shared::transport::settle::{ack_with, dead_letter, retry_delay};
 use shared::transport::{NodeContext, Publisher};
 use std::sync::Arc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-const PREFETCH: u16 = 1000;
-const BATCH: usize = 500;
+/// Messages in hand at most (a batch message holds up to 64 events).
+const PREFETCH: u16 = 250;
+/// Events written in one transaction at most.
+const BATCH_EVENTS: usize = 500;
 /// How often ended orders are moved to the warehouse.
 const MOVE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// How often the moves also look for late records of moved orders.
@@ -92,8 +97,7 @@ async fn move_to_warehouse(store: &TrackerStore, quiet: std::time::Duration, lat
 }
 
 /// The record with the trace id its message carried (`traceparent`).
-fn with_trace(record: Record, delivery: &lapin::message::Delivery) -> Record {
-    let trace_id = shared::trace::from_headers(delivery.properties.headers().as_ref()).map(|t| t.trace_id());
+fn with_trace(record: Record, trace_id: Option<String>) -> Record {
     match record {
         Record::State(mut event) => {
             event.trace_id = trace_id;
@@ -105,6 +109,53 @@ fn with_trace(record: Record, delivery: &lapin::message::Delivery) -> Record {
         }
         Record::Incident(incident) => Record::Incident(incident),
     }
+}
+
+/// The records a delivery carries (one, or each of a batch's), decoded and
+/// checked against the delivery's verified sender; any bad one refuses the
+/// delivery as a whole, with the reason.
+fn records_of(ctx: &NodeContext, delivery: &lapin::message::Delivery) -> Result<Vec<Record>, String> {
+    let sender = ctx.trust.sender(&delivery.properties);
+    let headers = delivery.properties.headers().as_ref();
+    let kind = delivery.properties.kind().as_ref().map(|k| k.as_str());
+    if kind == Some(AUDIT_BATCH_TYPE) {
+        let messages = unpack(&delivery.data)?;
+        return messages
+            .iter()
+            .enumerate()
+            .map(|(i, message)| {
+                let trace_id = message
+                    .traceparent
+                    .as_deref()
+                    .and_then(shared::trace::TraceContext::parse)
+                    .map(|t| t.trace_id());
+                let body = message.body.get().as_bytes();
+                record_of(ctx, message.kind.as_deref(), body, None, sender.as_deref(), trace_id).map_err(
+                    |reason| format!("message {} of {} in the batch: {reason}", i + 1, messages.len()),
+                )
+            })
+            .collect();
+    }
+    let trace_id = shared::trace::from_headers(headers).map(|t| t.trace_id());
+    Ok(vec![record_of(ctx, kind, &delivery.data, headers, sender.as_deref(), trace_id)?])
+}
+
+/// One record: its body decoded by its `type`, its sender checked.
+fn record_of(
+    ctx: &NodeContext,
+    kind: Option<&str>,
+    body: &[u8],
+    headers: Option<&lapin::types::FieldTable>,
+    sender: Option<&str>,
+    trace_id: Option<String>,
+) -> Result<Record, String> {
+    let decoded = match kind {
+        Some(CHANGE_EVENT_TYPE) => decode(body, headers, ctx.max_message_bytes).map(Record::Change),
+        Some(INCIDENT_TYPE) => decode(body, headers, ctx.max_message_bytes).map(Record::Incident),
+        _ => decode(body, headers, ctx.max_message_bytes).map(Record::State),
+    };
+    let record = verify(ctx, sender, decoded.map_err(|e| e.to_string())?)?;
+    Ok(with_trace(record, trace_id))
 }
 
 /// A consumer of the results kept for polling (on a channel of its own).
@@ -123,15 +174,14 @@ async fn consume_results(connection: &lapin::Connection) -> anyhow::Result<lapin
 /// sender's role, the state one that role records, the step within an
 /// order's possible length (`placed` is always step 0). Whether an event is
 /// terminal comes from its state, not from what the body claims.
-fn verify(ctx: &NodeContext, delivery: &lapin::message::Delivery, record: Record) -> Result<Record, String> {
-    let sender = ctx.trust.sender(&delivery.properties);
+fn verify(ctx: &NodeContext, sender: Option<&str>, record: Record) -> Result<Record, String> {
     let (node, state, order_id) = match &record {
         Record::State(e) => (e.node.clone(), e.to_state.as_str(), e.order_id),
         Record::Change(e) => (e.node.clone(), e.kind.as_str(), e.order_id),
         Record::Incident(incident) => {
             // Any orderflow process may report its own incidents, only its own.
             let role = topology::permissions::Role::from_name(&incident.node);
-            if role.is_some_and(|role| ctx.trust.is_role(sender.as_deref(), role)) {
+            if role.is_some_and(|role| ctx.trust.is_role(sender, role)) {
                 return Ok(record);
             }
             let node = shared::text::escaped(&incident.node);
@@ -144,7 +194,7 @@ fn verify(ctx: &NodeContext, delivery: &lapin::message::Delivery, record: Record
         tracing::error!(%order_id, node, state, reason, "refused an audit event from a sender that may not send it");
         format!("refused: {reason}")
     };
-    ctx.trust.check_event(&node, state, sender.as_deref()).map_err(refused)?;
+    ctx.trust.check_event(&node, state, sender).map_err(refused)?;
     let Record::State(mut event) = record else { return Ok(record) };
     let placed = event.to_state == shared::OrderState::Placed;
     if event.seq > MAX_SEQ || placed != (event.seq == 0) {
@@ -166,7 +216,7 @@ async fn serve(
     let Consumers { channel, elements: consumer, .. } = open_consumer(&connection, &ctx, &publisher).await?;
     let mut results = consume_results(&connection).await?;
     health.set_consuming(true);
-    let mut batches = consumer.ready_chunks(BATCH);
+    let mut batches = consumer.ready_chunks(usize::from(PREFETCH));
     let mut lag_tick = tokio::time::interval(shared::metrics::LAG_EVERY);
     let quiet = shared::settings::Settings::warehouse_after()?;
     let mut move_tick = tokio::time::interval(MOVE_EVERY);
@@ -209,72 +259,76 @@ async fn serve(
                 Err(error) => broken = Some(error),
             }
         }
-        let mut events = Vec::with_capacity(deliveries.len());
+        let mut events = Vec::new();
         // The last decoded delivery: a `multiple` ack on it settles every good
         // one; the undecodable ones are settled one by one when dead-lettered.
         let mut last = None;
+        let mut stopped = false;
         for delivery in &deliveries {
-            let headers = delivery.properties.headers().as_ref();
-            let decoded = match delivery.properties.kind().as_ref().map(|k| k.as_str()) {
-                Some(CHANGE_EVENT_TYPE) => {
-                    decode(&delivery.data, headers, ctx.max_message_bytes).map(Record::Change)
-                }
-                Some(INCIDENT_TYPE) => {
-                    decode(&delivery.data, headers, ctx.max_message_bytes).map(Record::Incident)
-                }
-                _ => decode_audit(delivery, ctx.max_message_bytes).map(Record::State),
-            };
-            let verified =
-                decoded.map_err(|e| e.to_string()).and_then(|record| verify(&ctx, delivery, record));
-            let verified = verified.map(|record| with_trace(record, delivery));
-            match verified {
-                Ok(record) => {
-                    events.push(record);
+            match records_of(&ctx, delivery) {
+                Ok(records) => {
+                    events.extend(records);
                     last = Some(delivery);
                 }
                 Err(reason) => dead_letter(&publisher, &ctx, delivery, &reason).await,
             }
+            if events.len() >= BATCH_EVENTS {
+                let written = last.take().expect("events come with their delivery");
+                if !write_then_ack(&store, &health, &shutdown, &std::mem::take(&mut events), written).await {
+                    stopped = true;
+                    break;
+                }
+            }
         }
-        let Some(last) = last else {
-            if let Some(error) = broken {
-                break Err(anyhow::Error::from(error).context("consumer failed"));
-            }
-            continue;
-        };
-        // Pause on a store outage: keep the batch, write it again until it
-        // is recorded (or shutdown, which leaves it to redelivery).
-        let mut failures = 0i64;
-        let recorded = loop {
-            match store.record(&events).await {
-                Ok(new) => {
-                    health.set_store_failing(false);
-                    shared::events::EventsRecorded { received: events.len(), new }.emit();
-                    break true;
-                }
-                Err(error) => {
-                    failures += 1;
-                    health.set_store_failing(true);
-                    let delay = retry_delay(failures.min(4));
-                    tracing::warn!(
-                        %error,
-                        failures,
-                        retry_in_ms = delay.as_millis() as u64,
-                        "tracking store write failed; consumption paused, retrying the batch"
-                    );
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break false,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        };
-        if !recorded {
+        if let (false, Some(last)) = (stopped, last) {
+            stopped = !write_then_ack(&store, &health, &shutdown, &events, last).await;
+        }
+        if stopped {
             break Ok(());
         }
-        ack_with(last, BasicAckOptions { multiple: true }).await;
         if let Some(error) = broken {
             break Err(anyhow::Error::from(error).context("consumer failed"));
         }
     };
     finish(&connection, &channel, &ctx, TaskTracker::new(), result).await
+}
+
+/// Writes `events` in one transaction, then acknowledges every delivery up
+/// to `last` (one `multiple` ack). A store outage pauses consumption: the
+/// events stay in hand and are written again with growing delays until the
+/// store recovers; false on shutdown meanwhile (the deliveries then come
+/// back to the next tracker).
+async fn write_then_ack(
+    store: &TrackerStore,
+    health: &Health,
+    shutdown: &CancellationToken,
+    events: &[Record],
+    last: &lapin::message::Delivery,
+) -> bool {
+    let mut failures = 0i64;
+    loop {
+        match store.record(events).await {
+            Ok(new) => {
+                health.set_store_failing(false);
+                shared::events::EventsRecorded { received: events.len(), new }.emit();
+                ack_with(last, BasicAckOptions { multiple: true }).await;
+                return true;
+            }
+            Err(error) => {
+                failures += 1;
+                health.set_store_failing(true);
+                let delay = retry_delay(failures.min(4));
+                tracing::warn!(
+                    %error,
+                    failures,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "tracking store write failed; consumption paused, retrying the batch"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => return false,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
 }

@@ -7,7 +7,9 @@
 //! throughput with 1, 2 and 4 payment instances slowed to 10 ms per charge,
 //! (5) directed mode (the coordinator through the services) saturated and at
 //! the autonomous half rate, and a synchronous service call's round trip on
-//! an idle stack and under saturating load; then prints a markdown report (and writes it to `--report`). Every vhost it
+//! an idle stack and under saturating load, (6) the saturated run with every
+//! store on PostgreSQL beside each repetition's SQLite run; then prints a
+//! markdown report (and writes it to `--report`). Every vhost it
 //! creates and every process it starts is removed when it ends, also on error,
 //! panic, Ctrl-C or SIGTERM.
 
@@ -16,6 +18,7 @@ mod compare;
 mod load;
 mod machine;
 mod orderflow;
+mod postgres;
 mod procfs;
 mod progress;
 mod relay;
@@ -131,6 +134,13 @@ pub struct Args {
     /// Seconds between the soak's rows.
     #[arg(long, default_value_t = 60)]
     pub soak_every: u64,
+    /// Skip the saturated runs on PostgreSQL (section 6).
+    #[arg(long)]
+    pub no_postgres: bool,
+    /// The PostgreSQL server of section 6, as a URL of a database to connect to while creating
+    /// each stack's own database (dropped after it).
+    #[arg(long, env = "ORDERFLOW_BENCH_POSTGRES_URL", default_value = postgres::DEFAULT_ADMIN_URL)]
+    pub postgres_admin_url: String,
     /// Extra environment for every orderflow process, KEY=VALUE (repeatable), e.g.
     /// ORDERFLOW_PICKLIST_FLUSH_MS=200.
     #[arg(long = "env", value_parser = parse_key_value)]
@@ -214,11 +224,13 @@ impl Plan {
     }
 }
 
-/// One saturating pair: the relay and orderflow, measured back to back.
+/// One saturating pair: the relay and orderflow, measured back to back,
+/// then orderflow with its stores on PostgreSQL (unless skipped).
 pub struct Pair {
     pub relay_first: bool,
     pub relay: RelayResult,
     pub orderflow: RunResult,
+    pub postgres: Option<RunResult>,
 }
 
 /// A scale-out measurement.
@@ -291,6 +303,40 @@ async fn measure(
     let run = orderflow::measure(&mut stack, load::orders(orders), load, Route::Autonomous, phase).await?;
     release(slot, plan, stack).await?;
     Ok(run)
+}
+
+/// A saturated run on a fresh stack whose stores are all in a fresh
+/// PostgreSQL database; `None` (with a note) when the server cannot be reached.
+async fn measure_on_postgres(
+    plan: &Plan,
+    config: &BenchConfig,
+    admin_url: &str,
+    rep: usize,
+) -> anyhow::Result<Option<RunResult>> {
+    let tag = format!("pg-{rep}");
+    let database = match postgres::Database::create(admin_url, &config.run_id, &tag).await {
+        Ok(database) => database,
+        Err(error) => {
+            note(&format!("  PostgreSQL skipped: {error:#}"));
+            return Ok(None);
+        }
+    };
+    let mut stack_config = config.stack.clone();
+    stack_config.env.push(("DATABASE_URL".into(), database.url.clone()));
+    let config = BenchConfig { stack: stack_config, ..config.clone() };
+    let phase = format!("orderflow saturated on PostgreSQL {rep}/{}", plan.reps);
+    let load = Load::Saturated(plan.in_flight);
+    let started = acquire(&mut None, plan, &config, &tag).await;
+    let run = match started {
+        Ok(mut stack) => {
+            let orders = load::orders(plan.burst_orders);
+            let run = orderflow::measure(&mut stack, orders, load, Route::Autonomous, &phase).await;
+            stack.shutdown().await.and(run)
+        }
+        Err(error) => Err(error),
+    };
+    database.drop_now().await?;
+    Ok(Some(run?))
 }
 
 /// Directed mode saturated and at `half_rate`, and synchronous calls idle
@@ -415,7 +461,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             orderflow.throughput.per_sec,
             orderflow.throughput.per_sec / relay.throughput.per_sec
         ));
-        pairs.push(Pair { relay_first, relay, orderflow });
+        let postgres = if args.no_postgres {
+            None
+        } else {
+            measure_on_postgres(&plan, &config, &args.postgres_admin_url, rep).await?
+        };
+        pairs.push(Pair { relay_first, relay, orderflow, postgres });
     }
 
     // 2a: the maximum sustainable rate, open loop, starting at the saturated throughput.

@@ -47,6 +47,8 @@ pub struct RunResult {
     pub cpu_per_process: Vec<(String, f64)>,
     pub cpu_ours_per_1000: f64,
     pub cpu_broker_per_1000: f64,
+    /// The PostgreSQL server's processes (about 0 when the stores are SQLite).
+    pub cpu_database_per_1000: f64,
     /// The bench process (the publisher, mostly), for comparison.
     pub cpu_bench_per_1000: f64,
     /// Peak RSS (VmHWM) of each process at the end of the run, KiB.
@@ -179,7 +181,9 @@ pub async fn measure(
     let target = baseline + n as u64;
     let progress = Progress::start(phase);
     let broker_pids = procfs::broker_pids();
-    let (cpu_before, broker_before) = (cpu_snapshot(stack), procfs::broker_cpu_seconds(&broker_pids));
+    let (cpu_before, broker_before) = (cpu_snapshot(stack), procfs::total_cpu_seconds(&broker_pids));
+    let database_pids = procfs::database_pids();
+    let database_before = procfs::total_cpu_seconds(&database_pids);
     let bench_before = procfs::own_cpu_seconds();
 
     let shipped = watch.shipped.clone();
@@ -197,7 +201,8 @@ pub async fn measure(
     wait_shipped(stack, &watch, target, Duration::from_secs(30), &progress).await?;
 
     let cpu_after = cpu_snapshot(stack);
-    let broker_cpu = procfs::broker_cpu_seconds(&broker_pids) - broker_before;
+    let broker_cpu = procfs::total_cpu_seconds(&broker_pids) - broker_before;
+    let database_cpu = procfs::total_cpu_seconds(&database_pids) - database_before;
     let bench_cpu = procfs::own_cpu_seconds() - bench_before;
     let rss_kib: Vec<(String, u64)> = stack
         .processes
@@ -227,6 +232,7 @@ pub async fn measure(
         cpu_per_process,
         cpu_ours_per_1000,
         cpu_broker_per_1000: broker_cpu * per_1000,
+        cpu_database_per_1000: database_cpu * per_1000,
         cpu_bench_per_1000: bench_cpu * per_1000,
         rss_kib,
     });
@@ -253,6 +259,7 @@ struct SummaryInput<'a> {
     cpu_per_process: Vec<(String, f64)>,
     cpu_ours_per_1000: f64,
     cpu_broker_per_1000: f64,
+    cpu_database_per_1000: f64,
     cpu_bench_per_1000: f64,
     rss_kib: Vec<(String, u64)>,
 }
@@ -304,6 +311,7 @@ fn summarize(input: SummaryInput) -> RunResult {
         cpu_per_process: input.cpu_per_process,
         cpu_ours_per_1000: input.cpu_ours_per_1000,
         cpu_broker_per_1000: input.cpu_broker_per_1000,
+        cpu_database_per_1000: input.cpu_database_per_1000,
         cpu_bench_per_1000: input.cpu_bench_per_1000,
         rss_kib: input.rss_kib,
         missing_histories: input.missing_histories,

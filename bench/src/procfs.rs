@@ -57,19 +57,27 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
 
 /// Every running `beam.smp` (the RabbitMQ server's Erlang VM).
 pub fn broker_pids() -> Vec<u32> {
+    pids_named("beam.smp")
+}
+
+/// Every running process of the PostgreSQL server (the postmaster and its
+/// backends: a stack's pooled connections live as long as the stack).
+pub fn database_pids() -> Vec<u32> {
+    pids_named("postgres")
+}
+
+fn pids_named(name: &str) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .map(|c| c.trim() == "beam.smp")
-                .unwrap_or(false)
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim() == name).unwrap_or(false)
         })
         .collect()
 }
 
 /// CPU seconds used so far by the broker processes in `pids` (those still running).
-pub fn broker_cpu_seconds(pids: &[u32]) -> f64 {
+pub fn total_cpu_seconds(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|pid| cpu_seconds(*pid)).sum()
 }
 

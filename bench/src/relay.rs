@@ -347,7 +347,7 @@ async fn run_in(url: &str, config: &RelayConfig, tag: &str) -> anyhow::Result<Re
 
     let progress = Progress::start(&format!("relay {tag}"));
     let broker_pids = procfs::broker_pids();
-    let (cpu_own_0, cpu_broker_0) = (procfs::own_cpu_seconds(), procfs::broker_cpu_seconds(&broker_pids));
+    let (cpu_own_0, cpu_broker_0) = (procfs::own_cpu_seconds(), procfs::total_cpu_seconds(&broker_pids));
     let publish = setup.create_channel().await?;
     publish.confirm_select(ConfirmSelectOptions::default()).await?;
     let element_bodies: Vec<Vec<u8>> = load::orders(config.chains)
@@ -405,7 +405,7 @@ async fn run_in(url: &str, config: &RelayConfig, tag: &str) -> anyhow::Result<Re
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let cpu_own = procfs::own_cpu_seconds() - cpu_own_0;
-    let cpu_broker = procfs::broker_cpu_seconds(&broker_pids) - cpu_broker_0;
+    let cpu_broker = procfs::total_cpu_seconds(&broker_pids) - cpu_broker_0;
     shared.cancel.cancel();
     while tasks.join_next().await.is_some() {}
     let _ = setup.close(200, "relay done".into()).await;

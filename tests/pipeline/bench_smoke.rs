@@ -1,6 +1,6 @@
 //! `bench_smoke`: the benchmark's smoke run (`orderflow-bench --smoke`) finishes
 //! in seconds, prints every figure of the report, writes it to `--report`, and
-//! leaves no vhost behind; a short soak prints its rows. It checks that the
+//! leaves no vhost or PostgreSQL database behind; a short soak prints its rows. It checks that the
 //! bench runs, never a speed.
 
 use std::io::Read;
@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// What every figure line of the report contains.
-const FIGURES: [&str; 18] = [
+const FIGURES: [&str; 20] = [
     "relay chains/s",
     "orderflow orders/s, saturated",
     "ratio orderflow / relay",
@@ -27,6 +27,8 @@ const FIGURES: [&str; 18] = [
     "sync service call round trip",
     "| directed |",
     "| idle stack |",
+    "stores on PostgreSQL (section 6)",
+    "### 6. The stores on PostgreSQL",
 ];
 
 fn read_all(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
@@ -131,6 +133,16 @@ async fn the_benchmark_smoke_run_prints_every_figure() {
         .filter(|name| name.contains(&format!("orderflow-bench-{run_id}")))
         .collect();
     assert!(left.is_empty(), "the bench left vhosts behind: {left:?}");
+    let databases = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-At", "-c", "SELECT datname FROM pg_database"])
+        .output()
+        .expect("psql");
+    let databases = String::from_utf8_lossy(&databases.stdout);
+    let prefix = format!("orderflow_bench_{run_id}");
+    assert!(
+        !databases.lines().any(|d| d.starts_with(&prefix)),
+        "the bench left databases behind: {databases}"
+    );
 }
 
 /// A short soak: one row per interval, with the tracker's store moving

@@ -2,7 +2,8 @@
 //! with two builds of orderflow's binaries (`--bin-dir` and OTHER),
 //! alternating A B B A ... on fresh stacks, so that the machine's drift
 //! cancels; prints each build's median throughput and CPU per 1,000
-//! orders (its own processes and the broker's) and their ratios. It shows
+//! orders (its own processes and the broker's), each process's peak RSS
+//! (the largest over the build's runs) and their ratios. It shows
 //! what a change costs, such as a feature compiled in but switched off.
 
 use crate::load::{self, Route};
@@ -68,6 +69,20 @@ pub fn markdown(c: &Comparison) -> String {
         )
     };
     let (a, b) = (figures(&c.runs_a), figures(&c.runs_b));
+    let peak = |runs: &[RunResult], name: &str| {
+        runs.iter()
+            .flat_map(|r| &r.rss_kib)
+            .filter(|(label, _)| crate::report::process_name(label) == name)
+            .map(|(_, kib)| *kib as f64 / 1024.0)
+            .fold(0.0, f64::max)
+    };
+    let memory: String = harness::processes()
+        .into_iter()
+        .map(|name| {
+            let (a, b) = (peak(&c.runs_a, name), peak(&c.runs_b, name));
+            format!("| peak RSS, {name} (MiB) | {a:.1} | {b:.1} | {:.3} |\n", b / a)
+        })
+        .collect();
     let each = |runs: &[RunResult]| {
         runs.iter().map(|r| format!("{:.0}", r.throughput.per_sec)).collect::<Vec<_>>().join(", ")
     };
@@ -77,7 +92,7 @@ pub fn markdown(c: &Comparison) -> String {
          | figure | A | B | B / A |\n|---|---:|---:|---:|\n\
          | orders/s (median; each run: A {}, B {}) | {:.0} | {:.0} | {:.3} |\n\
          | CPU s per 1,000 orders, orderflow's processes | {:.2} | {:.2} | {:.3} |\n\
-         | CPU s per 1,000 orders, broker | {:.2} | {:.2} | {:.3} |\n",
+         | CPU s per 1,000 orders, broker | {:.2} | {:.2} | {:.3} |\n{memory}",
         c.a.display(),
         c.b.display(),
         each(&c.runs_a),

@@ -189,7 +189,7 @@ fn git_commit() -> String {
     }
 }
 
-fn process_name(label: &str) -> &str {
+pub fn process_name(label: &str) -> &str {
     label.rsplit_once('-').map(|(name, _)| name).unwrap_or(label)
 }
 

@@ -197,7 +197,14 @@ async fn an_ab_comparison_prints_both_builds_and_the_ratios() {
     ];
     let (status, stdout, stderr) = run_bench(&args).await;
     assert!(status.success(), "orderflow-bench --compare-bin-dir failed ({status}):\n{stderr}\n{stdout}");
-    for line in ["## A/B", "| orders/s (median;", "| CPU s per 1,000 orders, orderflow's processes |"] {
+    let lines = [
+        "## A/B",
+        "| orders/s (median;",
+        "| CPU s per 1,000 orders, orderflow's processes |",
+        "| peak RSS, tracker (MiB) |",
+        "| peak RSS, payment (MiB) |",
+    ];
+    for line in lines {
         assert!(stdout.contains(line), "{line:?} missing:\n{stdout}");
     }
     let ratio = stdout

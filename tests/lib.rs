@@ -399,6 +399,26 @@ impl Stack {
         .await)
     }
 
+    /// The dead letters whose reason contains `text`, once there are `n` of
+    /// them or 30 s have passed (the caller checks how many came).
+    pub async fn letters_with(&self, text: &str, n: usize) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let all = self.cli_json(&["dlq", "list", "--json"]);
+            let found: Vec<Value> = all
+                .as_array()
+                .expect("a list")
+                .iter()
+                .filter(|l| l["reason"].as_str().unwrap_or_default().contains(text))
+                .cloned()
+                .collect();
+            if found.len() >= n || std::time::Instant::now() > deadline {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
     /// Runs `orderflow change|cancel ...`; returns (exit code, change id, rest of stdout, stderr).
     pub fn change_cli(&self, args: &[&str]) -> (i32, String, String, String) {
         let output = self.cli(args);

@@ -49,24 +49,6 @@ fn batch(events: &[Value]) -> String {
     json!({ "messages": messages }).to_string()
 }
 
-async fn letters_with(stack: &Stack, text: &str) -> Vec<Value> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let all = stack.cli_json(&["dlq", "list", "--json"]);
-        let found: Vec<Value> = all
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|l| l["reason"].as_str().unwrap_or_default().contains(text))
-            .cloned()
-            .collect();
-        if !found.is_empty() || std::time::Instant::now() > deadline {
-            return found;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_is_checked_event_by_event_and_a_forged_one_refuses_it_whole() {
     let stack = Stack::start_with_node_users("batchtrust").await;
@@ -77,7 +59,7 @@ async fn a_batch_is_checked_event_by_event_and_a_forged_one_refuses_it_whole() {
         eprintln!("NOTE: skipped: pika is not installed (pip install pika)");
         return;
     }
-    let refused = letters_with(&stack, "message 2 of 2 in the batch").await;
+    let refused = stack.letters_with("message 2 of 2 in the batch", 1).await;
     assert_eq!(refused.len(), 1, "the forged batch is dead-lettered once");
     let reason = refused[0]["reason"].as_str().unwrap();
     assert!(reason.contains("an event of shipping must come from"), "{reason}");
@@ -101,7 +83,7 @@ async fn a_batch_is_checked_event_by_event_and_a_forged_one_refuses_it_whole() {
     ];
     for (body, reason) in &careless {
         publish_batch_with_pika(&url, &user, "audit.payment.batch", body).unwrap();
-        assert_eq!(letters_with(&stack, reason).await.len(), 1, "no dead letter saying {reason:?}");
+        assert_eq!(stack.letters_with(reason, 1).await.len(), 1, "no dead letter saying {reason:?}");
     }
 }
 

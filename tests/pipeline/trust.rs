@@ -74,25 +74,6 @@ fn as_json(element: &OrderElement) -> Value {
     serde_json::to_value(element).unwrap()
 }
 
-/// The dead letters whose reason contains `text`, waiting up to 30 s for `n`.
-async fn letters_with(stack: &Stack, text: &str, n: usize) -> Vec<Value> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let all = stack.cli_json(&["dlq", "list", "--json"]);
-        let found: Vec<Value> = all
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|l| l["reason"].as_str().unwrap_or_default().contains(text))
-            .cloned()
-            .collect();
-        if found.len() >= n || std::time::Instant::now() > deadline {
-            return found;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forgeries_by_the_stacks_own_users_are_refused_and_the_orders_go_on() {
     let mut stack = Stack::start_with_node_users("trust").await;
@@ -107,7 +88,7 @@ async fn forgeries_by_the_stacks_own_users_are_refused_and_the_orders_go_on() {
     let inventory_user = stack.role_user("inventory");
     send(&inventory, "orderflow.workflow", "order.exceptions", &as_json(&short), Some(&inventory_user), &[])
         .await;
-    let refused = letters_with(&stack, "no charge is recorded", 1).await;
+    let refused = stack.letters_with("no charge is recorded", 1).await;
     assert_eq!(refused.len(), 1, "the forged refund was not refused");
     assert_eq!(refused[0]["node"], "exceptions");
     let processor = stack.sqlite("processor", "processor_refunds").await;
@@ -127,7 +108,7 @@ async fn forgeries_by_the_stacks_own_users_are_refused_and_the_orders_go_on() {
         skipped_ids.push(forged.order_id);
         send(&admin, "orderflow.workflow", key, &as_json(&forged), user, &[]).await;
     }
-    let refused = letters_with(&stack, "takes an element in state", 3).await;
+    let refused = stack.letters_with("takes an element in state", 3).await;
     assert_eq!(refused.len(), 3, "{refused:?}");
     let reservations = stack.sqlite("inventory", "inventory_reservations").await;
     let shipments = stack.sqlite("shipping", "shipping_shipments").await;
@@ -150,7 +131,7 @@ async fn forgeries_by_the_stacks_own_users_are_refused_and_the_orders_go_on() {
     });
     send(&publisher, "orderflow.audit", "audit.publisher.placed", &forged_event, Some(&publisher_user), &[])
         .await;
-    let refused = letters_with(&stack, "shipping never records \"cancelled\"", 1).await;
+    let refused = stack.letters_with("shipping never records \"cancelled\"", 1).await;
     assert_eq!(refused.len(), 1);
     // And a state shipping does record, for another order: not from the publisher.
     let mut shipped_claim = forged_event.clone();
@@ -158,7 +139,7 @@ async fn forgeries_by_the_stacks_own_users_are_refused_and_the_orders_go_on() {
     shipped_claim["order_id"] = json!(before[0]);
     send(&publisher, "orderflow.audit", "audit.publisher.placed", &shipped_claim, Some(&publisher_user), &[])
         .await;
-    let refused = letters_with(&stack, "an event of shipping must come from", 1).await;
+    let refused = stack.letters_with("an event of shipping must come from", 1).await;
     assert_eq!(refused.len(), 1);
     assert_eq!(refused[0]["node"], "tracker");
     let first = stack.order(&before[0]).await;
@@ -198,7 +179,7 @@ async fn forgeries_by_the_stacks_own_users_are_refused_and_the_orders_go_on() {
         )
         .await;
     }
-    letters_with(&stack, "steered", 2).await;
+    stack.letters_with("steered", 2).await;
     let output = stack.cli(&["dlq", "replay", &steer.order_id.to_string()]);
     let said = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{said}");

@@ -527,6 +527,28 @@ async fn wait_for_table(pool: &sqlx::AnyPool, owner: &str, table: &str) {
     .await);
 }
 
+/// Reads `read` every 300 ms until it gives the same non-zero value for
+/// `quiet` (a count that has stopped growing: the broker's statistics, rows
+/// still arriving), or `timeout` passes; returns the last value read.
+pub async fn steady<F, Fut>(quiet: Duration, timeout: Duration, mut read: F) -> i64
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = i64>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    let (mut value, mut since) = (0, std::time::Instant::now());
+    while std::time::Instant::now() < deadline {
+        let now = read().await;
+        if now != value {
+            (value, since) = (now, std::time::Instant::now());
+        } else if value != 0 && since.elapsed() >= quiet {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    value
+}
+
 pub async fn count(pool: &sqlx::AnyPool, sql: &str) -> i64 {
     sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await.expect(sql)
 }

@@ -8,6 +8,7 @@
 
 use crate::load::{self, Route};
 use crate::orderflow::{self, Load, RunResult};
+use crate::report::peak_rss_mib;
 use crate::stack::{BenchConfig, Stack};
 use crate::stats::median;
 use std::path::PathBuf;
@@ -69,17 +70,10 @@ pub fn markdown(c: &Comparison) -> String {
         )
     };
     let (a, b) = (figures(&c.runs_a), figures(&c.runs_b));
-    let peak = |runs: &[RunResult], name: &str| {
-        runs.iter()
-            .flat_map(|r| &r.rss_kib)
-            .filter(|(label, _)| crate::report::process_name(label) == name)
-            .map(|(_, kib)| *kib as f64 / 1024.0)
-            .fold(0.0, f64::max)
-    };
     let memory: String = harness::processes()
         .into_iter()
         .map(|name| {
-            let (a, b) = (peak(&c.runs_a, name), peak(&c.runs_b, name));
+            let (a, b) = (peak_rss_mib(&c.runs_a, name), peak_rss_mib(&c.runs_b, name));
             format!("| peak RSS, {name} (MiB) | {a:.1} | {b:.1} | {:.3} |\n", b / a)
         })
         .collect();

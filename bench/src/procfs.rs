@@ -76,7 +76,7 @@ fn pids_named(name: &str) -> Vec<u32> {
         .collect()
 }
 
-/// CPU seconds used so far by the broker processes in `pids` (those still running).
+/// CPU seconds used so far by the processes in `pids` (those still running).
 pub fn total_cpu_seconds(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|pid| cpu_seconds(*pid)).sum()
 }

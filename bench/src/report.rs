@@ -127,14 +127,10 @@ fn postgres_section(o: &mut String, results: &Results) {
             pg.cpu_database_per_1000
         );
     }
-    let peak = |name: &str| {
-        runs.iter()
-            .flat_map(|(_, pg)| &pg.rss_kib)
-            .filter(|(label, _)| process_name(label) == name)
-            .map(|(_, kib)| *kib as f64 / MIB)
-            .fold(0.0, f64::max)
-    };
-    let rss: Vec<String> = harness::processes().into_iter().map(|n| format!("{n} {:.1}", peak(n))).collect();
+    let rss: Vec<String> = harness::processes()
+        .into_iter()
+        .map(|n| format!("{n} {:.1}", peak_rss_mib(runs.iter().map(|(_, pg)| *pg), n)))
+        .collect();
     let _ = writeln!(o, "\nPeak RSS on PostgreSQL, MiB: {}.\n", rss.join(", "));
 }
 
@@ -189,6 +185,15 @@ fn git_commit() -> String {
     }
 }
 
+/// The largest peak RSS (VmHWM) of process `name` over `runs`, MiB.
+pub fn peak_rss_mib<'a>(runs: impl IntoIterator<Item = &'a RunResult>, name: &str) -> f64 {
+    runs.into_iter()
+        .flat_map(|r| &r.rss_kib)
+        .filter(|(label, _)| process_name(label) == name)
+        .map(|(_, kib)| *kib as f64 / MIB)
+        .fold(0.0, f64::max)
+}
+
 pub fn process_name(label: &str) -> &str {
     label.rsplit_once('-').map(|(name, _)| name).unwrap_or(label)
 }
@@ -213,14 +218,7 @@ pub fn markdown(context: &Context, results: &Results) -> String {
         .chain(std::iter::once(half))
         .collect();
     // Peak RSS of each process over the main runs (not the slowed scale-out ones).
-    let peak_rss = |name: &str| {
-        main_runs
-            .iter()
-            .flat_map(|r| &r.rss_kib)
-            .filter(|(label, _)| process_name(label) == name)
-            .map(|(_, kib)| *kib as f64 / MIB)
-            .fold(0.0, f64::max)
-    };
+    let peak_rss = |name: &str| peak_rss_mib(main_runs.iter().copied(), name);
     let saturated: Vec<&RunResult> = results.pairs.iter().map(|p| &p.orderflow).collect();
     let cpu_of = |name: &str| {
         median(

@@ -9,7 +9,7 @@
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::Duration;
-use tests::{count, Stack};
+use tests::{count, steady, Stack};
 use uuid::Uuid;
 
 /// Publishes `body` to the audit exchange as `type` `audit_batch` with pika,
@@ -96,15 +96,10 @@ async fn under_load_the_broker_carries_fewer_audit_messages_than_events_and_none
     stack.wait_terminal(&ids, Duration::from_secs(120)).await;
     let tracker = stack.sqlite("tracker", "tracker_events").await;
     // Every step of every order (the last events may still be on their way): until the count settles.
-    let mut events = 0;
-    let mut settled_since = std::time::Instant::now();
-    while settled_since.elapsed() < Duration::from_secs(3) {
-        let now = count(&tracker, "SELECT COUNT(*) FROM tracker_events").await;
-        if now != events {
-            (events, settled_since) = (now, std::time::Instant::now());
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let events = steady(Duration::from_secs(3), Duration::from_secs(60), || {
+        count(&tracker, "SELECT COUNT(*) FROM tracker_events")
+    })
+    .await;
     let steps = count(&tracker, "SELECT COUNT(DISTINCT order_id || '/' || seq) FROM tracker_events").await;
     assert_eq!(events, steps, "a step recorded twice");
     assert!(events >= 4 * ids.len() as i64, "{events} events for {} orders", ids.len());
@@ -112,19 +107,11 @@ async fn under_load_the_broker_carries_fewer_audit_messages_than_events_and_none
     // The broker's count of messages the tracker's queue took: its
     // statistics are sampled every few seconds, so wait until they settle.
     let management = tests::management();
-    let mut published = 0;
-    let mut settled_since = std::time::Instant::now();
-    let deadline = std::time::Instant::now() + Duration::from_secs(40);
-    while std::time::Instant::now() < deadline {
+    let published = steady(Duration::from_secs(7), Duration::from_secs(40), || async {
         let queue = management.queue(&stack.vhost.name, topology::TRACKER_QUEUE).await.unwrap();
-        let now = queue["message_stats"]["publish"].as_i64().unwrap_or(0);
-        if now != published {
-            (published, settled_since) = (now, std::time::Instant::now());
-        } else if published > 0 && settled_since.elapsed() > Duration::from_secs(7) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        queue["message_stats"]["publish"].as_i64().unwrap_or(0)
+    })
+    .await;
     assert!(published > 0, "the broker's statistics never counted the tracker's messages");
     eprintln!("{events} audit events recorded from {published} messages");
     assert!(

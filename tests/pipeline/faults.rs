@@ -5,7 +5,7 @@
 
 use rand::{seq::SliceRandom, Rng};
 use std::time::Duration;
-use tests::{assert_books_balance, finish_publish, management, random_valid_order, Stack};
+use tests::{assert_books_balance, finish_publish, management, random_valid_order, steady, Stack};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_every_node_loses_and_doubles_nothing() {
@@ -45,19 +45,11 @@ async fn audit_events_wait_while_the_tracker_is_down() {
     // fewer messages than events: the nodes batch them), until the nodes
     // are done and it stops growing.
     let management = management();
-    let mut waiting = 0;
-    let mut settled_since = std::time::Instant::now();
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while std::time::Instant::now() < deadline {
+    let waiting = steady(Duration::from_secs(6), Duration::from_secs(90), || async {
         let queue = management.queue(&stack.vhost.name, topology::TRACKER_QUEUE).await.unwrap();
-        let now = queue["messages"].as_i64().unwrap_or(0);
-        if now != waiting {
-            (waiting, settled_since) = (now, std::time::Instant::now());
-        } else if waiting > 0 && settled_since.elapsed() > Duration::from_secs(6) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        queue["messages"].as_i64().unwrap_or(0)
+    })
+    .await;
     // At least 1,200 events, at most 64 in a message; every one is checked
     // below, in each order's full history.
     assert!(waiting >= 1200 / 64, "only {waiting} audit messages are waiting for 200 orders");

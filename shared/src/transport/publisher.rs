@@ -146,19 +146,19 @@ impl Publisher {
     /// Publishes every message, then waits for each one's confirm (audit
     /// messages through the batcher, when this publisher has one).
     pub async fn publish_all(&self, messages: &[Outgoing]) -> Result<(), PublishError> {
-        if let Some(batcher) = &self.audit {
-            if messages.iter().any(is_audit) {
-                let (audits, direct): (Vec<Outgoing>, Vec<Outgoing>) =
-                    messages.iter().cloned().partition(is_audit);
-                let (sent, batched) = tokio::join!(self.publish_now(&direct), batcher.publish(audits));
-                return sent.and(batched);
-            }
-        }
-        self.publish_now(messages).await
+        let batcher = self.audit.as_ref().filter(|_| messages.iter().any(is_audit));
+        let Some(batcher) = batcher else {
+            return self.publish_now(&messages.iter().collect::<Vec<_>>()).await;
+        };
+        let (audits, direct): (Vec<&Outgoing>, Vec<&Outgoing>) = messages.iter().partition(|m| is_audit(m));
+        // The batcher's task owns what it sends: only the audit messages are copied.
+        let audits = audits.into_iter().cloned().collect();
+        let (sent, batched) = tokio::join!(self.publish_now(&direct), batcher.publish(audits));
+        sent.and(batched)
     }
 
     /// Publishes every message on the channel, then waits for each one's confirm.
-    async fn publish_now(&self, messages: &[Outgoing]) -> Result<(), PublishError> {
+    async fn publish_now(&self, messages: &[&Outgoing]) -> Result<(), PublishError> {
         if messages.is_empty() {
             return Ok(());
         }
@@ -198,7 +198,7 @@ impl Publisher {
 /// including those of other tasks' messages; the refusal is this group's own
 /// (permanent) only when the broker's reply names one of its messages'
 /// exchange and routing key. Any other channel error is transient.
-fn refused_among(error: lapin::Error, messages: &[Outgoing]) -> PublishError {
+fn refused_among(error: lapin::Error, messages: &[&Outgoing]) -> PublishError {
     if let ErrorKind::ProtocolError(amqp) = error.kind() {
         let reply = amqp.to_string();
         if let Some(message) = messages.iter().find(|m| names_refused(&reply, m)) {

@@ -10,7 +10,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --workspace --bins \
  && mkdir /out \
- && for b in $(target/release/topology processes) topology orderflow; do \
+ && for b in $(target/release/topology processes --binaries) topology orderflow; do \
       cp target/release/$b /out/; done
 
 FROM debian:12.11-slim

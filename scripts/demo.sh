@@ -2,13 +2,16 @@
 # The demo: starts orderflow, publishes 200 mixed orders (single and
 # multi-unit, some declined, some out of stock, some invalid) and 20 more in
 # directed mode (the coordinator calls each node's service), waits until
-# every one is terminal, calls intake's service once, and prints the summary
-# and where to look.
+# every one is terminal, calls intake's service once, loads the data
+# domains' seed files and reads a customer at the UK replica, and prints the
+# summary and where to look.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 scripts/up.sh
+say "loading the data domains' seed files (2,000 customers, 501 catalog items, 5 distributors) through their services..."
+"$BIN/orderflow" domains seed --dir data/domains
 ids="$ORDERFLOW_RUN_DIR/demo-ids.txt"
 say "publishing 200 mixed orders..."
 "$BIN/orderflow" publish --count 200 --mixed >"$ids"
@@ -21,6 +24,10 @@ summary=$("$BIN/orderflow" wait --ids "$ids" --timeout "${ORDERFLOW_DEMO_TIMEOUT
 echo "$summary"
 say "calling intake's service synchronously with examples/order.json:"
 "$BIN/orderflow" call intake --element-file examples/order.json --sync --timeout 10 | sed -n 1,8p
+say "a customer, read at the UK replica (fed by the primary's change stream):"
+"$BIN/orderflow" customer get C-000002 --region uk
+say "the domains and each replica's lag:"
+"$BIN/orderflow" domains status || true
 first=$(head -n1 "$ids")
 first_directed=$(head -n1 "$directed")
 cat >&2 <<TXT
@@ -37,5 +44,7 @@ All $(wc -l <"$ids") orders are terminal. Where to look:
   a directed one  $BIN/orderflow status $first_directed     (each step marked "(directed)")
   call a service  $BIN/orderflow call intake --element-file examples/order.json --sync
   its JSON        $BIN/orderflow status $first --json
+  a customer      $BIN/orderflow customer get C-000002 --region de    (customer list, add, set-address; catalog get SKU-0007)
+  the domains     $BIN/orderflow domains status    (each replica's lag in changes and ms)
   stop it all     scripts/down.sh
 TXT

@@ -44,7 +44,12 @@ metrics_ports=()
 port=$metrics_base
 mapfile -t PROCESSES < <(processes)
 for node in "${PROCESSES[@]}"; do
+  # A domain's replica (customer-uk) runs the domain's binary, told its region.
+  binary=${node%%-*}
+  region=()
+  [[ $binary != "$node" ]] && region=(ORDERFLOW_REGION="${node#*-}")
   var="ORDERFLOW_INSTANCES_${node^^}"
+  var=${var//-/_}
   instances=${!var:-1}
   for i in $(seq 1 "$instances"); do
     port=$((port + 1))
@@ -54,13 +59,13 @@ for node in "${PROCESSES[@]}"; do
       metrics_ports+=("$node-$i http://127.0.0.1:$port/metrics")
     fi
     pidfile="$ORDERFLOW_RUN_DIR/pids/$node-$i.pid"
-    if running "$pidfile" "$node"; then continue; fi
+    if running "$pidfile" "$binary"; then continue; fi
     credentials=()
     if [[ ${ORDERFLOW_NODE_USERS:-1} == 1 ]]; then
       # This stack's own user of the role (named after the vhost) and its password file.
       mapfile -t credentials < <("$BIN/topology" credentials "$node" --secrets-dir "$secrets" --user-prefix "$ORDERFLOW_USER_PREFIX")
     fi
-    env "${credentials[@]}" "${metrics[@]}" ORDERFLOW_INSTANCE_ID="$node-$i" nohup "$BIN/$node" >>"$ORDERFLOW_RUN_DIR/logs/$node-$i.log" 2>&1 &
+    env "${credentials[@]}" "${metrics[@]}" "${region[@]}" ORDERFLOW_INSTANCE_ID="$node-$i" nohup "$BIN/$binary" >>"$ORDERFLOW_RUN_DIR/logs/$node-$i.log" 2>&1 &
     echo $! >"$pidfile"
     started=$((started + 1))
   done

@@ -168,7 +168,8 @@ impl Stack {
             "--user-prefix",
             &prefix,
         ]);
-        for binary in harness::processes() {
+        for binary in topology::all_processes() {
+            let binary = binary.as_str();
             let user = stack.user_of(&prefix, binary);
             let password_file = secrets.join(secret_file_name(&user)).display().to_string();
             let binary_env = &mut stack.config.binary_env;

@@ -3,7 +3,7 @@
 //! read from the environment and the exit codes.
 
 use crate::values;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 use uuid::Uuid;
@@ -48,6 +48,34 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// The customer domain: list, get, add, set-address (--region uk|de asks a replica).
+    #[command(after_help = "Examples:\n  orderflow customer get C-000001\n  \
+                            orderflow customer get C-000001 --region uk --json\n  \
+                            orderflow customer add --name Ada --email ada@example.com --line1 '1 Main St' \\\n    \
+                            --city Leeds --postal-code LS1 --country GB\n  \
+                            orderflow customer set-address C-000001 --line1 '2 High St' --city York \\\n    \
+                            --postal-code YO1 --country GB --default\n\n\
+                            Exit codes: 0 done, 4 refused (unknown id, bad value, a write to a replica), \
+                            3 no answer in time (the domain is down or slow), 1 the broker unreachable.")]
+    Customer {
+        #[command(subcommand)]
+        command: CustomerCommand,
+    },
+    /// The catalog domain: catalog get SKU.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+    /// The distributor domain: distributor list.
+    Distributor {
+        #[command(subcommand)]
+        command: DistributorCommand,
+    },
+    /// The data domains as a whole: status (replication lag), seed.
+    Domains {
+        #[command(subcommand)]
+        command: DomainsCommand,
+    },
     /// Publish generated orders (--count) or orders from a JSON-lines file (--file); prints their ids.
     #[command(after_help = "Examples:\n  orderflow publish --count 100 > ids.txt\n  \
                             orderflow publish --count 200 --mixed --rate 20\n  \
@@ -263,6 +291,127 @@ impl ModeArgs {
             crate::change::Mode::Queue
         }
     }
+}
+
+/// Which copy of the customer domain to ask: the primary (default) or a replica.
+#[derive(Args, Clone, Debug)]
+pub struct RegionArg {
+    /// The copy to ask: primary, uk or de (a replica answers reads and refuses writes).
+    #[arg(long, value_name = "REGION", value_parser = values::region)]
+    pub region: Option<String>,
+}
+
+/// An address as the command line gives it.
+#[derive(Args, Clone, Debug)]
+pub struct AddressArgs {
+    #[arg(long)]
+    pub line1: String,
+    #[arg(long)]
+    pub city: String,
+    #[arg(long)]
+    pub postal_code: String,
+    /// Two-letter country code (GB, DE, US, ...).
+    #[arg(long)]
+    pub country: String,
+}
+
+#[derive(Subcommand)]
+pub enum CustomerCommand {
+    /// List customers in id order, a page at a time.
+    List {
+        /// At most this many (1 to 200).
+        #[arg(long, default_value = "20", value_parser = clap::value_parser!(u16).range(1..=200))]
+        limit: u16,
+        /// Start after this customer id (the last one of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+        #[command(flatten)]
+        region: RegionArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One customer with its addresses and card on file (masked).
+    Get {
+        id: String,
+        #[command(flatten)]
+        region: RegionArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A new customer; prints its id.
+    Add {
+        /// Its id (default: one made from the request id).
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        email: String,
+        #[command(flatten)]
+        address: AddressArgs,
+        /// A card to keep on file (only its masked number is kept).
+        #[arg(long, requires = "card_expiry")]
+        card_number: Option<String>,
+        /// The card's expiry, MM/YY.
+        #[arg(long, requires = "card_number")]
+        card_expiry: Option<String>,
+        /// The request id (a repeat adds the customer once).
+        #[arg(long, value_parser = values::request_id)]
+        request_id: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add an address to a customer, or replace one (--address-id); --default makes it the default.
+    SetAddress {
+        id: String,
+        #[command(flatten)]
+        address: AddressArgs,
+        #[arg(long)]
+        address_id: Option<String>,
+        #[arg(long)]
+        default: bool,
+        #[arg(long, value_parser = values::request_id)]
+        request_id: Option<String>,
+        #[command(flatten)]
+        region: RegionArg,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CatalogCommand {
+    /// One catalog item: title, price, weight, active or withdrawn.
+    Get {
+        sku: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DistributorCommand {
+    /// Every distributor with the SKUs it supplies and their lead times.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DomainsCommand {
+    /// Every domain copy: its records, its position in the change stream,
+    /// and for a replica how far it is behind its primary.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load the seed data (customers, catalog, distributors) through the domains' own requests.
+    Seed {
+        /// The folder of customers.jsonl, catalog.jsonl and distributors.jsonl.
+        #[arg(long, default_value = "data/domains")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]

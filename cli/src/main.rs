@@ -5,6 +5,7 @@ mod args;
 mod call;
 mod change;
 mod dlq;
+mod domains;
 mod exit;
 mod orders;
 mod publish;
@@ -50,6 +51,10 @@ async fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<Outcome> {
     let settings = Settings::from_env()?;
     match command {
+        Command::Customer { command } => domains::customer(&settings, command).await,
+        Command::Catalog { command } => domains::catalog(&settings, command).await,
+        Command::Distributor { command } => domains::distributor(&settings, command).await,
+        Command::Domains { command } => domains::domains(&settings, command).await,
         Command::Publish { count, rate, mixed, file, directed } => {
             let orders = match (count, file) {
                 (Some(n), _) => shared::generate::orders(n, mixed),

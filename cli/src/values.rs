@@ -103,6 +103,17 @@ pub fn request_id(text: &str) -> Result<String, String> {
     shared::service::check_id("the request id", text).map(|_| text.to_string())
 }
 
+/// `--region`: a copy of the customer domain (primary or a replica's region).
+pub fn region(text: &str) -> Result<String, String> {
+    match topology::DomainCopy::find("customer", Some(text)) {
+        Some(_) => Ok(text.to_string()),
+        None => {
+            let regions = topology::DomainCopy::primary("customer").def().replicas.join(", ");
+            Err(format!("{text:?} is not a region; the customer domain runs in: primary, {regions}"))
+        }
+    }
+}
+
 /// `call --callback`: what a service takes as a callback key.
 pub fn callback_key(text: &str) -> Result<String, String> {
     shared::service::check_id("the callback key", text).map(|_| text.to_string())

@@ -31,7 +31,8 @@ pub struct StackConfig {
     pub bin_dir: PathBuf,
     /// Environment for every process, after the stack's own settings.
     pub env: Vec<(String, String)>,
-    /// Environment for the processes of one binary only: (binary, key, value).
+    /// Environment for the processes of one process name only (a binary, or
+    /// a domain replica such as `customer-uk`): (process, key, value).
     pub binary_env: Vec<(String, String, String)>,
     /// Whether the processes see the caller's `RUST_LOG` (a test's logs for a
     /// look), or log at their default level (the bench measures that).
@@ -114,7 +115,9 @@ fn queue_of(binary: &str) -> Option<String> {
     match binary {
         "tracker" => Some(topology::TRACKER_QUEUE.to_string()),
         "coordinator" => Some(topology::COORDINATOR_QUEUE.to_string()),
-        other => topology::Node::from_name(other).map(|node| node.queue()),
+        other => topology::Node::from_name(other)
+            .map(|node| node.queue())
+            .or_else(|| topology::DomainCopy::from_process(other).map(|copy| copy.queue())),
     }
 }
 
@@ -157,12 +160,26 @@ impl Stack {
         self.wait_ready(READY_TIMEOUT).await
     }
 
+    /// Starts one instance of every domain process (`<process>-1`) and
+    /// waits until each consumes its requests.
+    pub async fn start_domains(&mut self) -> anyhow::Result<()> {
+        for process in topology::domains::processes() {
+            self.spawn(&process, &format!("{process}-1"))?;
+        }
+        self.wait_ready(READY_TIMEOUT).await
+    }
+
     /// A command for one of the binaries, pointed at this stack: its vhost,
     /// run directory, tracker port and management API, plus the configured
     /// environment. Nothing else of the caller's `ORDERFLOW_*` or
     /// `DATABASE_URL` settings leaks in.
-    pub fn command(&self, binary: &str) -> Command {
+    pub fn command(&self, process: &str) -> Command {
+        // A domain's replica runs the domain's binary, told its region.
+        let (binary, region) = topology::domains::binary_of(process);
         let mut command = Command::new(self.config.bin_dir.join(binary));
+        if let Some(region) = region {
+            command.env("ORDERFLOW_REGION", region);
+        }
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy().to_string();
             if key.starts_with("ORDERFLOW_")
@@ -178,7 +195,7 @@ impl Stack {
             .env("ORDERFLOW_HTTP_ADDR", &self.http_addr)
             .envs(self.config.broker.management_env())
             .envs(self.config.env.iter().map(|(k, v)| (k, v)))
-            .envs(self.config.binary_env.iter().filter(|(b, _, _)| b == binary).map(|(_, k, v)| (k, v)));
+            .envs(self.config.binary_env.iter().filter(|(b, _, _)| b == process).map(|(_, k, v)| (k, v)));
         command
     }
 

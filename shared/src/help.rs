@@ -76,6 +76,12 @@ pub const VARIABLES: &[Variable] = &[
         "unset: no metrics endpoint",
         "where a worker or the tracker serves Prometheus metrics (GET /metrics), e.g. 127.0.0.1:9101",
     ),
+    var(
+        "ORDERFLOW_REGION",
+        "primary",
+        "the customer binary: which copy it runs (primary, or the replica uk or de)",
+    ),
+    var("ORDERFLOW_DOMAIN_TIMEOUT_MS", "3000", "milliseconds intake and the CLI wait for a domain's answer"),
     var("ORDERFLOW_USER_PREFIX", "orderflow-", "what the stack's per-role broker users are named with"),
     var(
         "ORDERFLOW_OPERATOR_USER",
@@ -149,9 +155,26 @@ pub const COORDINATOR: &[&str] = &[
     "OTEL_EXPORTER_OTLP_ENDPOINT",
 ];
 
+/// What a domain process reads besides [`CONNECTION`].
+pub const DOMAIN: &[&str] = &[
+    "DATABASE_URL",
+    "ORDERFLOW_DB_MAX_CONNECTIONS",
+    "ORDERFLOW_RUN_DIR",
+    "ORDERFLOW_INSTANCE_ID",
+    "ORDERFLOW_PREFETCH",
+    "ORDERFLOW_MAX_MESSAGE_BYTES",
+    "ORDERFLOW_REGION",
+    "ORDERFLOW_METRICS_ADDR",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+];
+
 /// What the `orderflow` command reads besides [`CONNECTION`].
-pub const CLI: &[&str] =
-    &["ORDERFLOW_HTTP_ADDR", "ORDERFLOW_MAX_MESSAGE_BYTES", "ORDERFLOW_PUBLISH_PATIENCE_S"];
+pub const CLI: &[&str] = &[
+    "ORDERFLOW_HTTP_ADDR",
+    "ORDERFLOW_MAX_MESSAGE_BYTES",
+    "ORDERFLOW_PUBLISH_PATIENCE_S",
+    "ORDERFLOW_DOMAIN_TIMEOUT_MS",
+];
 
 /// An "Environment:" section for `--help`: each named variable with its
 /// default and meaning.
@@ -173,7 +196,7 @@ mod tests {
 
     #[test]
     fn every_group_names_documented_variables_and_the_readme_lists_them_all() {
-        let all = [CONNECTION, NODE, PICKLIST, TRACKER, COORDINATOR, CLI];
+        let all = [CONNECTION, NODE, PICKLIST, TRACKER, COORDINATOR, DOMAIN, CLI];
         let text = environment(&all);
         assert!(text.contains("AMQP_URL") && text.contains("[default: 64]"), "{text}");
         let readme = include_str!("../../README.md");

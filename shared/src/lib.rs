@@ -6,6 +6,8 @@ pub mod batcher;
 pub mod call_book;
 pub mod change;
 pub mod change_book;
+pub mod domain_client;
+pub mod domains;
 pub mod events;
 pub mod generate;
 pub mod help;

@@ -24,6 +24,40 @@ pub struct Measured {
     pub tracker_lag: Gauge<u64, AtomicU64>,
 }
 
+/// A replica's distance from its primary (replicas only): changes not
+/// applied, how long the oldest of them has waited, the last applied.
+pub struct ReplicaGauges {
+    pub lag_changes: Gauge,
+    pub lag_ms: Gauge,
+    pub applied_seq: Gauge,
+}
+
+static REPLICA: std::sync::OnceLock<ReplicaGauges> = std::sync::OnceLock::new();
+/// What the process says about itself on `GET /status` (a domain copy's status).
+static STATUS: std::sync::Mutex<Option<serde_json::Value>> = std::sync::Mutex::new(None);
+
+/// Sets a replica's lag gauges.
+pub fn set_replica_lag(changes: i64, ms: i64, applied_seq: i64) {
+    let gauges = REPLICA.get_or_init(|| ReplicaGauges {
+        lag_changes: Gauge::default(),
+        lag_ms: Gauge::default(),
+        applied_seq: Gauge::default(),
+    });
+    gauges.lag_changes.set(changes);
+    gauges.lag_ms.set(ms);
+    gauges.applied_seq.set(applied_seq);
+}
+
+/// Sets what `GET /status` answers.
+pub fn set_status(status: serde_json::Value) {
+    *STATUS.lock().expect("not poisoned") = Some(status);
+}
+
+/// What `GET /status` answers, if the process says anything.
+pub fn status() -> Option<serde_json::Value> {
+    STATUS.lock().expect("not poisoned").clone()
+}
+
 static MEASURED: LazyLock<Measured> = LazyLock::new(|| Measured {
     // 1 ms to about 16 s.
     handle_seconds: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -93,6 +127,23 @@ pub fn render(node: &str, instance: &str) -> String {
             "tracker_lag_events",
             "Audit messages (single events or batches) waiting in the tracker's queue",
             measured.tracker_lag.clone(),
+        );
+    }
+    if let Some(replica) = REPLICA.get() {
+        registry.register(
+            "replica_lag_changes",
+            "Changes made at the primary not yet applied here",
+            replica.lag_changes.clone(),
+        );
+        registry.register(
+            "replica_lag_ms",
+            "Milliseconds the oldest change not applied here has waited",
+            replica.lag_ms.clone(),
+        );
+        registry.register(
+            "replica_applied_seq",
+            "The last change of the primary applied here",
+            replica.applied_seq.clone(),
         );
     }
     let mut text = String::new();

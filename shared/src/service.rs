@@ -198,6 +198,9 @@ pub struct CallResult {
     /// The state changes the service made, in order (when done).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepDone>,
+    /// A domain's answer (when done): what was read, or what a write made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
     /// Why it failed (when failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -221,6 +224,21 @@ impl CallResult {
             status: CallStatus::Done,
             element: Some(element),
             steps,
+            data: None,
+            error: None,
+            retryable: false,
+        }
+    }
+
+    /// A domain's answer.
+    pub fn answered(request_id: &str, service: &str, data: serde_json::Value) -> CallResult {
+        CallResult {
+            request_id: request_id.into(),
+            service: service.into(),
+            status: CallStatus::Done,
+            element: None,
+            steps: Vec::new(),
+            data: Some(data),
             error: None,
             retryable: false,
         }
@@ -233,6 +251,7 @@ impl CallResult {
             status: CallStatus::Failed,
             element: None,
             steps: Vec::new(),
+            data: None,
             error: Some(crate::text::mask_card_numbers(&error.into())),
             retryable,
         }

@@ -172,14 +172,46 @@ impl Trust {
     }
 
     /// May `sender` send a result of `service` (`what`: how the receiver
-    /// names it)? Only that node's user answers for it.
-    pub fn check_result(&self, what: &str, service: Node, sender: Option<&str>) -> Result<(), String> {
-        if self.is(sender, Role::Node(service)) {
+    /// names it)? Only the user of the process answering for it: a node's,
+    /// or a domain copy's (`customer@uk`; inventory's stock is the
+    /// inventory node's).
+    pub fn check_result(&self, what: &str, service: &str, sender: Option<&str>) -> Result<(), String> {
+        let Some(role) = answering_role(service) else {
+            return Err(format!("no service is named {:?}", crate::text::escaped(service)));
+        };
+        if self.is(sender, role) {
             return Ok(());
         }
         Err(format!(
             "{what} of {service} must come from {}; this one came from {}",
-            self.user_of(Role::Node(service)),
+            self.user_of(role),
+            named(sender)
+        ))
+    }
+
+    /// The role of a verified sender in this stack (`None`: a stranger, or
+    /// the operator, who plays no role).
+    pub fn role_of(&self, sender: Option<&str>) -> Option<Role> {
+        Role::all().into_iter().find(|role| self.is(sender, *role))
+    }
+
+    /// May `sender` change a domain's data? The publisher (the command
+    /// line), customer support and the operator, named by the message's
+    /// broker-checked `user_id`; no workflow node, no unnamed sender. (Reads
+    /// are open to whoever the broker lets publish to the domains exchange,
+    /// as intake's door is.)
+    pub fn check_domain_write(&self, domain: &str, sender: Option<&str>) -> Result<(), String> {
+        if self.is(sender, Role::Publisher)
+            || self.is(sender, Role::Support)
+            || sender == Some(self.operator.as_str())
+        {
+            return Ok(());
+        }
+        Err(format!(
+            "only {}, {} or {} may change the {domain} domain; this request came from {}",
+            self.user_of(Role::Publisher),
+            self.user_of(Role::Support),
+            self.operator,
             named(sender)
         ))
     }
@@ -205,6 +237,19 @@ impl Trust {
             ));
         }
         Ok(())
+    }
+}
+
+/// The role whose user answers for `service`: a node, or a domain copy by
+/// its label.
+pub fn answering_role(service: &str) -> Option<Role> {
+    if let Some(node) = Node::from_name(service) {
+        return Some(Role::Node(node));
+    }
+    let copy = topology::DomainCopy::all().into_iter().find(|copy| copy.label() == service)?;
+    match copy.def().served_by {
+        Some(node) => Some(Role::Node(node)),
+        None => Some(Role::Domain(copy)),
     }
 }
 
@@ -236,7 +281,7 @@ fn role_records(role: Role, state: &str) -> bool {
         Role::Coordinator => {
             matches!(state, "placed" | "change_applied" | "change_rejected" | "cancelling" | "cancelled")
         }
-        Role::Tracker => false,
+        Role::Tracker | Role::Domain(_) => false,
     }
 }
 

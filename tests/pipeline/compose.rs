@@ -85,7 +85,7 @@ fn every_image_is_pinned_and_each_process_mounts_only_its_own_secret() {
         .keys()
         .filter_map(|k| k.as_str().filter(|k| k.starts_with("secret-")).map(String::from))
         .collect();
-    assert_eq!(secret_volumes.len(), harness::processes().len(), "{secret_volumes:?}");
+    assert_eq!(secret_volumes.len(), topology::all_processes().len(), "{secret_volumes:?}");
     for (name, service) in services {
         let name = name.as_str().unwrap();
         let mounts: Vec<&str> = service["volumes"]
@@ -152,20 +152,20 @@ fn compose_file_names_every_service() {
         })
         .map(|(name, service)| {
             let name = name.as_str().expect("service name").to_string();
-            assert_eq!(
-                service["command"][0].as_str(),
-                Some(name.as_str()),
-                "service {name} runs another binary"
-            );
+            // A domain's replica runs the domain's binary, told its region.
+            let (binary, region) = topology::domains::binary_of(&name);
+            assert_eq!(service["command"][0].as_str(), Some(binary), "service {name} runs another binary");
+            assert_eq!(service["environment"]["ORDERFLOW_REGION"].as_str(), region, "{name}'s region");
             name
         })
         .collect();
     running.sort();
-    let mut defined: Vec<String> = harness::processes().iter().map(|p| p.to_string()).collect();
+    let mut defined: Vec<String> = topology::all_processes();
     defined.sort();
     assert_eq!(running, defined, "compose services differ from `topology processes`");
     let admin = services[&Value::from("definitions")]["environment"]["ORDERFLOW_AMQP_USER"].as_str();
-    for node in harness::processes() {
+    for node in topology::all_processes() {
+        let node = node.as_str();
         let service = services.get(Value::from(node)).unwrap_or_else(|| panic!("no service {node}"));
         assert_eq!(service["image"], services[&Value::from("definitions")]["image"], "{node}'s image");
         let env = &service["environment"];

@@ -9,6 +9,8 @@
 //!   changes decided before its next call, kill -9 of it and every service (issue 9).
 //! - `dashboard`: the tracker's live dashboard in headless Chromium: counts move, the slowest node is
 //!   marked, a search opens an order's timeline (issue 11).
+//! - `domains`: the data domains (issue 10): customer replicas fed by the change stream, killed and
+//!   caught up; the CLI with the seed files; pika at a replica; refused writes and forged changes.
 //! - `dlq`: replay on a snapshot without loops, listing loses nothing, discard, counts per reason.
 //! - `retry`: transient failures retry, then dead-letter; `dlq replay` sends them back once.
 //! - `faults`: SIGKILLed nodes, a stopped tracker, cut connections: nothing lost or doubled.
@@ -43,6 +45,7 @@ mod compose;
 mod dashboard;
 mod directed;
 mod dlq;
+mod domains;
 mod faults;
 mod insight;
 mod metrics;

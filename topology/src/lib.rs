@@ -6,10 +6,12 @@
 //! The workflow's shape (nodes, states, routes) is [`workflow::WORKFLOW`].
 
 pub mod definitions;
+pub mod domains;
 pub mod management;
 pub mod permissions;
 pub mod workflow;
 
+pub use domains::{DomainCopy, DOMAINS_EXCHANGE, DOMAIN_CHANGES_EXCHANGE};
 pub use workflow::{Node, OrderState, WORKFLOW};
 
 use lapin::{
@@ -134,6 +136,8 @@ pub fn exchanges() -> Vec<ExchangeSpec> {
             alternate: Some(UNROUTED_SERVICES_EXCHANGE),
         },
         ExchangeSpec { name: RESULTS_EXCHANGE, kind: ExchangeKind::Topic, alternate: None },
+        ExchangeSpec { name: DOMAINS_EXCHANGE, kind: ExchangeKind::Topic, alternate: None },
+        ExchangeSpec { name: DOMAIN_CHANGES_EXCHANGE, kind: ExchangeKind::Topic, alternate: None },
     ]
 }
 
@@ -147,7 +151,40 @@ pub fn queues() -> Vec<QueueSpec> {
     queues.push(dead_letter_queue());
     queues.push(poll_results_queue());
     queues.extend(coordinator_queues());
+    queues.extend(DomainCopy::all().into_iter().flat_map(domain_queues));
     queues
+}
+
+/// Every long-running process of a stack: the workflow's (tracker,
+/// coordinator, nodes), then the domains' (`topology processes`).
+pub fn all_processes() -> Vec<String> {
+    let workflow = WORKFLOW.processes().into_iter().map(String::from);
+    workflow.chain(domains::processes()).collect()
+}
+
+/// A domain copy's queues: its requests, and a replica's change feed (bound
+/// to its primary's stream).
+pub fn domain_queues(copy: DomainCopy) -> Vec<QueueSpec> {
+    let mut queues =
+        vec![QueueSpec { name: copy.queue(), bindings: vec![(DOMAINS_EXCHANGE, copy.routing_key())] }];
+    if let Some(feed) = copy.feed_queue() {
+        queues.push(QueueSpec {
+            name: feed,
+            bindings: vec![(DOMAIN_CHANGES_EXCHANGE, copy.domain.to_string())],
+        });
+    }
+    queues
+}
+
+/// Whether one consumer at a time takes the queue (RabbitMQ's single active
+/// consumer; the others wait as standbys): a domain primary's requests (its
+/// writes are numbered in the order they are made) and a replica's feed (its
+/// changes are applied in order).
+fn single_active(queue: &str) -> bool {
+    DomainCopy::all().into_iter().any(|copy| {
+        (copy.region.is_none() && copy.own_process() && copy.queue() == queue)
+            || copy.feed_queue().as_deref() == Some(queue)
+    })
 }
 
 /// The node's service queue (see [`Node::service_queue`]).
@@ -245,6 +282,9 @@ pub fn queue_arguments_sized(
     if let Some(size) = quorum_size {
         args.push(("x-quorum-initial-group-size", serde_json::json!(size)));
     }
+    if single_active(queue) {
+        args.push(("x-single-active-consumer", serde_json::json!(true)));
+    }
     if queue == DEAD_LETTER_QUEUE {
         args.push(("x-delivery-limit", serde_json::json!(DEAD_LETTER_DELIVERY_LIMIT)));
     } else {
@@ -260,6 +300,7 @@ fn field_table(queue: &str, quorum_size: Option<u32>) -> FieldTable {
         let value = match value {
             serde_json::Value::String(s) => AMQPValue::LongString(s.into()),
             serde_json::Value::Number(n) => AMQPValue::LongLongInt(n.as_i64().unwrap_or_default()),
+            serde_json::Value::Bool(b) => AMQPValue::Boolean(b),
             other => AMQPValue::LongString(other.to_string().into()),
         };
         table.insert(ShortString::from(key), value);

@@ -4,9 +4,10 @@
 //! permissions); and the broker user of each role in each stack.
 
 use crate::{
-    Node, AUDIT_EXCHANGE, CHANGES_EXCHANGE, COORDINATOR_CHANGES_QUEUE, COORDINATOR_QUEUE,
-    COORDINATOR_REPLIES_QUEUE, COORDINATOR_ROUTING_KEY, DEAD_LETTER_EXCHANGE, POLL_RESULTS_QUEUE,
-    RESULTS_EXCHANGE, SERVICES_EXCHANGE, TRACKER_QUEUE, UNKNOWN_SERVICE_QUEUE, WORKFLOW_EXCHANGE,
+    DomainCopy, Node, AUDIT_EXCHANGE, CHANGES_EXCHANGE, COORDINATOR_CHANGES_QUEUE, COORDINATOR_QUEUE,
+    COORDINATOR_REPLIES_QUEUE, COORDINATOR_ROUTING_KEY, DEAD_LETTER_EXCHANGE, DOMAINS_EXCHANGE,
+    DOMAIN_CHANGES_EXCHANGE, POLL_RESULTS_QUEUE, RESULTS_EXCHANGE, SERVICES_EXCHANGE, TRACKER_QUEUE,
+    UNKNOWN_SERVICE_QUEUE, WORKFLOW_EXCHANGE,
 };
 
 /// The default exchange as permissions name it: replies to a caller's
@@ -23,8 +24,11 @@ pub enum Role {
     /// Injects orders (`orderflow publish`): writes to intake and records
     /// `placed`; may change or cancel the orders it placed.
     Publisher,
-    /// Customer support: may change or cancel any order, and nothing else.
+    /// Customer support: may change or cancel any order, look customers up
+    /// and change their addresses, and nothing else.
     Support,
+    /// A data domain's own process: its primary or one of its replicas.
+    Domain(DomainCopy),
 }
 
 impl Role {
@@ -34,6 +38,7 @@ impl Role {
         roles.push(Role::Coordinator);
         roles.push(Role::Publisher);
         roles.push(Role::Support);
+        roles.extend(DomainCopy::all().into_iter().filter(|copy| copy.own_process()).map(Role::Domain));
         roles
     }
 
@@ -48,6 +53,7 @@ impl Role {
             Role::Coordinator => "coordinator",
             Role::Publisher => "publisher",
             Role::Support => "support",
+            Role::Domain(copy) => copy.process_name(),
         }
     }
 
@@ -132,6 +138,11 @@ pub fn grant(role: Role) -> Grant {
             // As a service it replies to its callers' queues (the default
             // exchange) and sends results for callbacks and polling.
             let results = format!("^(callback\\..+|poll\\.{})$", node.name());
+            // It may ask the domains, and answers for a domain whose data it
+            // owns (`DomainDef::served_by`).
+            let mut read = vec![queue.clone(), changes.clone(), node.service_queue()];
+            read.extend(served_domains(node).map(DomainCopy::queue));
+            let read: Vec<&str> = read.iter().map(String::as_str).collect();
             Grant {
                 configure: exact(&[]),
                 write: exact(&[
@@ -140,9 +151,11 @@ pub fn grant(role: Role) -> Grant {
                     DEAD_LETTER_EXCHANGE,
                     RESULTS_EXCHANGE,
                     DEFAULT_EXCHANGE_RESOURCE,
+                    DOMAINS_EXCHANGE,
                 ]),
-                read: exact(&[&queue, &changes, &node.service_queue()]),
+                read: exact(&read),
                 topic: vec![
+                    topic(DOMAINS_EXCHANGE, DOMAIN_CALLS.to_string(), exact(&[])),
                     topic(WORKFLOW_EXCHANGE, exact(&keys), exact(&[&node.routing_key(), &retry_key])),
                     topic(AUDIT_EXCHANGE, format!("^audit\\.{}\\.[a-z_]+$", node.name()), exact(&[])),
                     topic(DEAD_LETTER_EXCHANGE, format!("^{}\\.", node.name()), exact(&[])),
@@ -189,9 +202,16 @@ pub fn grant(role: Role) -> Grant {
         // calls only from the coordinator and the operator.
         Role::Publisher => Grant {
             configure: exact(&[]),
-            write: exact(&[WORKFLOW_EXCHANGE, AUDIT_EXCHANGE, CHANGES_EXCHANGE, SERVICES_EXCHANGE]),
+            write: exact(&[
+                WORKFLOW_EXCHANGE,
+                AUDIT_EXCHANGE,
+                CHANGES_EXCHANGE,
+                SERVICES_EXCHANGE,
+                DOMAINS_EXCHANGE,
+            ]),
             read: exact(&[]),
             topic: vec![
+                topic(DOMAINS_EXCHANGE, DOMAIN_CALLS.to_string(), exact(&[])),
                 topic(
                     WORKFLOW_EXCHANGE,
                     exact(&[&Node::Intake.routing_key(), COORDINATOR_ROUTING_KEY]),
@@ -208,15 +228,56 @@ pub fn grant(role: Role) -> Grant {
         },
         Role::Support => Grant {
             configure: exact(&[]),
-            write: exact(&[AUDIT_EXCHANGE, CHANGES_EXCHANGE]),
+            write: exact(&[AUDIT_EXCHANGE, CHANGES_EXCHANGE, DOMAINS_EXCHANGE]),
             read: exact(&[]),
             topic: vec![
+                topic(DOMAINS_EXCHANGE, DOMAIN_CALLS.to_string(), exact(&[])),
                 topic(WORKFLOW_EXCHANGE, exact(&[]), exact(&[])),
                 topic(AUDIT_EXCHANGE, "^audit\\.support\\.change_requested$".to_string(), exact(&[])),
                 topic(DEAD_LETTER_EXCHANGE, exact(&[]), exact(&[])),
             ],
         },
+        Role::Domain(copy) => domain_grant(copy),
     }
+}
+
+/// The routing keys on the domains exchange a caller may use: any copy of
+/// any domain. Which requests it may make (reads, writes) the domain
+/// service decides from the caller's verified user.
+const DOMAIN_CALLS: &str = "^domain\\.[a-z]+(\\.[a-z]+)?$";
+
+/// The domain copies whose requests `node` answers (it owns their data).
+pub fn served_domains(node: Node) -> impl Iterator<Item = DomainCopy> {
+    DomainCopy::all().into_iter().filter(move |copy| copy.def().served_by == Some(node))
+}
+
+/// A domain process: it reads its request queue (and a replica its feed),
+/// replies to its callers, publishes its changes (a primary with replicas)
+/// or asks its primary for a snapshot (a replica).
+fn domain_grant(copy: DomainCopy) -> Grant {
+    let mut write = vec![DEFAULT_EXCHANGE_RESOURCE, RESULTS_EXCHANGE, DEAD_LETTER_EXCHANGE];
+    let mut read = vec![copy.queue()];
+    let mut topics = vec![
+        topic(RESULTS_EXCHANGE, format!("^(callback\\..+|poll\\.{})$", copy.label()), exact(&[])),
+        topic(DEAD_LETTER_EXCHANGE, format!("^{}\\.", copy.process()), exact(&[])),
+        topic(WORKFLOW_EXCHANGE, exact(&[]), exact(&[])),
+    ];
+    match copy.feed_queue() {
+        Some(feed) => {
+            read.push(feed);
+            write.push(DOMAINS_EXCHANGE);
+            let primary = DomainCopy::primary(copy.domain).routing_key();
+            topics.push(topic(DOMAINS_EXCHANGE, exact(&[&primary]), exact(&[])));
+        }
+        None if !copy.def().replicas.is_empty() => {
+            write.push(DOMAIN_CHANGES_EXCHANGE);
+            topics.push(topic(DOMAIN_CHANGES_EXCHANGE, exact(&[copy.domain]), exact(&[])));
+            topics.push(topic(DOMAINS_EXCHANGE, exact(&[]), exact(&[])));
+        }
+        None => topics.push(topic(DOMAINS_EXCHANGE, exact(&[]), exact(&[]))),
+    }
+    let read: Vec<&str> = read.iter().map(String::as_str).collect();
+    Grant { configure: exact(&[]), write: exact(&write), read: exact(&read), topic: topics }
 }
 
 #[cfg(test)]
@@ -231,9 +292,27 @@ mod tests {
             g.read,
             "^(orderflow\\.payment|orderflow\\.changes\\.payment|orderflow\\.service\\.payment)$"
         );
-        assert_eq!(g.topic[0].write, "^(order\\.inventory|retry\\.payment)$");
-        assert_eq!(g.topic[0].read, "^(order\\.payment|retry\\.payment)$");
-        assert_eq!(grant(Role::Node(Node::Exceptions)).topic[0].write, "^(retry\\.exceptions)$");
+        let on =
+            |g: &Grant, exchange: &str| g.topic.iter().find(|t| t.exchange == exchange).cloned().unwrap();
+        assert_eq!(on(&g, WORKFLOW_EXCHANGE).write, "^(order\\.inventory|retry\\.payment)$");
+        assert_eq!(on(&g, WORKFLOW_EXCHANGE).read, "^(order\\.payment|retry\\.payment)$");
+        let exceptions = grant(Role::Node(Node::Exceptions));
+        assert_eq!(on(&exceptions, WORKFLOW_EXCHANGE).write, "^(retry\\.exceptions)$");
+    }
+
+    #[test]
+    fn domain_copies_get_only_what_their_part_needs() {
+        let primary = grant(Role::Domain(DomainCopy::primary("customer")));
+        assert_eq!(primary.read, "^(orderflow\\.domain\\.customer)$");
+        assert!(primary.write.contains("orderflow\\.domain-changes"), "the primary sends the stream");
+        let uk = grant(Role::Domain(DomainCopy::find("customer", Some("uk")).unwrap()));
+        assert_eq!(uk.read, "^(orderflow\\.domain\\.customer\\.uk|orderflow\\.replica\\.customer\\.uk)$");
+        assert!(!uk.write.contains("domain-changes"), "a replica never writes the stream: {}", uk.write);
+        let catalog = grant(Role::Domain(DomainCopy::primary("catalog")));
+        assert!(!catalog.write.contains("domain-changes"), "no replicas, no stream: {}", catalog.write);
+        for role in [Role::Tracker, Role::Coordinator] {
+            assert!(!grant(role).write.contains("orderflow\\.domains"), "{role:?} calls no domain");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod coordinator;
+pub mod domains;
 pub mod metrics;
 pub mod process;
 pub mod processor;

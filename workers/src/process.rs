@@ -21,6 +21,11 @@ impl Process {
         Process { name: node.name(), about, reads: &[help::NODE] }
     }
 
+    /// A domain's process.
+    pub const fn domain(name: &'static str, about: &'static str) -> Process {
+        Process { name, about, reads: &[help::DOMAIN] }
+    }
+
     /// The same process reading more settings than a node's.
     pub const fn reading(self, reads: &'static [&'static [&'static str]]) -> Process {
         Process { reads, ..self }
@@ -40,7 +45,18 @@ impl Process {
                     topology::coordinator_queues().into_iter().map(|q| q.name).collect();
                 format!("It consumes {}.", queues.join(", "))
             }
-            None => format!("It consumes {} and {}.", topology::TRACKER_QUEUE, topology::POLL_RESULTS_QUEUE),
+            None if self.name == "tracker" => {
+                format!("It consumes {} and {}.", topology::TRACKER_QUEUE, topology::POLL_RESULTS_QUEUE)
+            }
+            None => {
+                let copies: Vec<String> = topology::DomainCopy::all()
+                    .into_iter()
+                    .filter(|copy| copy.domain == self.name)
+                    .flat_map(topology::domain_queues)
+                    .map(|q| q.name)
+                    .collect();
+                format!("It consumes {} (a replica its own request queue and feed).", copies.join(", "))
+            }
         };
         let mut groups = vec![help::CONNECTION];
         groups.extend_from_slice(self.reads);

@@ -90,6 +90,12 @@ impl NodeContext {
             (_, Some((queue, _))) if delivery.exchange.as_str() == topology::SERVICES_EXCHANGE => {
                 queue.clone()
             }
+            // A replica's feed of its primary's changes.
+            _ if delivery.exchange.as_str() == topology::DOMAIN_CHANGES_EXCHANGE => {
+                topology::DomainCopy::from_process(self.node)
+                    .and_then(|copy| copy.feed_queue())
+                    .unwrap_or_default()
+            }
             // Sent to the queue by name (a reply to the coordinator's call).
             _ if delivery.exchange.as_str().is_empty() => delivery.routing_key.to_string(),
             _ => self.queue.clone(),

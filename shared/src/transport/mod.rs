@@ -12,6 +12,7 @@ pub mod change_consumer;
 pub mod connect;
 pub mod context;
 pub mod dead_letters;
+pub mod domain;
 pub mod message;
 pub mod publisher;
 pub mod runner;

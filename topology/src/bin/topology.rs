@@ -48,6 +48,7 @@ fn secret(dir: &std::path::Path, user: &str) -> anyhow::Result<String> {
 const AFTER_HELP: &str = "\
 Examples:
   topology processes                        # what a stack runs, one per line
+  topology processes --binaries             # the binaries those run (customer-uk runs customer)
   topology workflow                         # the workflow definition and what derives from it
   AMQP_URL=amqp://guest:guest@127.0.0.1:5672/shop topology apply --create-vhost
   topology export --out run/compose --vhost / # definitions.json for the compose broker
@@ -75,9 +76,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print every long-running process of a stack, one per line (services first).
+    /// Print every long-running process of a stack, one per line (services
+    /// first, the domains last).
     #[command(alias = "nodes")]
-    Processes,
+    Processes {
+        /// Print the binaries they run instead (a domain's replicas run its binary).
+        #[arg(long)]
+        binaries: bool,
+    },
     /// Print the workflow definition: per node, the states it accepts and
     /// produces and where it may forward elements; the change cut-offs.
     Workflow,
@@ -148,9 +154,15 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Processes => {
-            for process in topology::WORKFLOW.processes() {
-                println!("{process}");
+        Command::Processes { binaries } => {
+            let mut printed: Vec<String> = Vec::new();
+            for process in topology::all_processes() {
+                let name =
+                    if binaries { topology::domains::binary_of(&process).0.to_string() } else { process };
+                if !printed.contains(&name) {
+                    println!("{name}");
+                    printed.push(name);
+                }
             }
         }
         Command::Workflow => print_workflow(),

@@ -1,0 +1,380 @@
+//! The data domains from the command line: `customer`, `catalog`,
+//! `distributor` (lookups and writes, each one request to the domain over
+//! RabbitMQ, answered on direct reply-to) and `domains status | seed`.
+//! Every command prints JSON with `--json`, plain lines otherwise; a
+//! refusal (unknown id, bad value, a write to a replica) exits 4, no answer
+//! in time 3.
+
+use crate::args::{AddressArgs, CatalogCommand, CustomerCommand, DistributorCommand, DomainsCommand};
+use crate::exit::Outcome;
+use anyhow::Context;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use shared::domain_client::{ClientError, DomainClient};
+use shared::domains::{CopyStatus, Customer};
+use shared::settings::Settings;
+use shared::text::escaped;
+use std::path::Path;
+use std::time::Duration;
+use topology::DomainCopy;
+
+/// How long a command waits for a domain's answer.
+fn timeout() -> anyhow::Result<Duration> {
+    let ms = match std::env::var("ORDERFLOW_DOMAIN_TIMEOUT_MS") {
+        Ok(text) => text.trim().parse::<u64>().context("ORDERFLOW_DOMAIN_TIMEOUT_MS must be milliseconds")?,
+        Err(_) => 3000,
+    };
+    Ok(Duration::from_millis(ms.clamp(1, 600_000)))
+}
+
+/// A client on a connection of its own.
+struct Session {
+    connection: lapin::Connection,
+    client: DomainClient,
+    timeout: Duration,
+}
+
+impl Session {
+    async fn open(settings: &Settings) -> anyhow::Result<Session> {
+        let connection = shared::transport::connect(&settings.amqp_url, "orderflow-domains")
+            .await
+            .with_context(|| format!("cannot connect to RabbitMQ at {}", settings.amqp_url_redacted()))?;
+        let client = DomainClient::open(&connection, &settings.broker_user()).await?;
+        Ok(Session { connection, client, timeout: timeout()? })
+    }
+
+    async fn ask(
+        &self,
+        copy: DomainCopy,
+        request: Value,
+        request_id: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        self.client.call(copy, &request, request_id, self.timeout).await
+    }
+
+    async fn close(self) {
+        self.client.close().await;
+        let _ = self.connection.close(200, "done".into()).await;
+    }
+}
+
+/// What a refused or unanswered request means for the exit code.
+fn failed(error: ClientError) -> Outcome {
+    eprintln!("{}", escaped(&error.to_string()));
+    match error {
+        ClientError::Refused(_) => Outcome::Declined,
+        ClientError::Unavailable(_) => Outcome::TimedOut,
+    }
+}
+
+fn customer_copy(region: Option<&str>) -> DomainCopy {
+    DomainCopy::find("customer", region).expect("the region was checked by clap")
+}
+
+fn address(args: &AddressArgs) -> Value {
+    json!({"line1": args.line1, "city": args.city, "postal_code": args.postal_code, "country": args.country})
+}
+
+fn print_customer(data: &Value, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(data)?);
+        return Ok(());
+    }
+    let customer: Customer =
+        serde_json::from_value(data.clone()).context("the domain's answer is not a customer")?;
+    println!(
+        "{}  {} <{}>",
+        escaped(&customer.customer_id),
+        escaped(&customer.name),
+        escaped(&customer.email)
+    );
+    for a in &customer.addresses {
+        let default = if a.default { " (default)" } else { "" };
+        println!(
+            "  {}{default}: {}, {} {}, {}",
+            escaped(&a.address_id),
+            escaped(&a.line1),
+            escaped(&a.postal_code),
+            escaped(&a.city),
+            escaped(&a.country)
+        );
+    }
+    if let Some(card) = &customer.card {
+        println!("  card on file: {} expires {}", escaped(&card.masked), escaped(&card.expiry));
+    }
+    Ok(())
+}
+
+pub async fn customer(settings: &Settings, command: CustomerCommand) -> anyhow::Result<Outcome> {
+    let session = Session::open(settings).await?;
+    let outcome = match command {
+        CustomerCommand::Get { id, region, json } => {
+            match session
+                .ask(customer_copy(region.region.as_deref()), json!({"op": "get", "customer_id": id}), None)
+                .await
+            {
+                Ok(data) => print_customer(&data, json).map(|_| Outcome::Done)?,
+                Err(error) => failed(error),
+            }
+        }
+        CustomerCommand::List { limit, after, region, json } => {
+            let request = json!({"op": "list", "after": after, "limit": limit});
+            match session.ask(customer_copy(region.region.as_deref()), request, None).await {
+                Ok(data) if json => {
+                    println!("{}", serde_json::to_string_pretty(&data["customers"])?);
+                    Outcome::Done
+                }
+                Ok(data) => {
+                    for customer in data["customers"].as_array().into_iter().flatten() {
+                        let default = customer["addresses"]
+                            .as_array()
+                            .and_then(|all| all.iter().find(|a| a["default"] == true))
+                            .map(|a| {
+                                format!(
+                                    "{}, {}",
+                                    a["city"].as_str().unwrap_or_default(),
+                                    a["country"].as_str().unwrap_or_default()
+                                )
+                            })
+                            .unwrap_or_default();
+                        println!(
+                            "{}  {}  {}",
+                            escaped(customer["customer_id"].as_str().unwrap_or_default()),
+                            escaped(customer["name"].as_str().unwrap_or_default()),
+                            escaped(&default)
+                        );
+                    }
+                    Outcome::Done
+                }
+                Err(error) => failed(error),
+            }
+        }
+        CustomerCommand::Add { id, name, email, address: at, card_number, card_expiry, request_id, json } => {
+            let card = card_number.map(|number| json!({"number": number, "expiry": card_expiry}));
+            let mut first = address(&at);
+            first["default"] = json!(true);
+            let request = json!({"op": "add", "customer_id": id, "name": name, "email": email, "addresses": [first], "card": card});
+            let request_id = request_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            match session.ask(DomainCopy::primary("customer"), request, Some(&request_id)).await {
+                Ok(data) if json => {
+                    println!("{}", serde_json::to_string_pretty(&data)?);
+                    Outcome::Done
+                }
+                Ok(data) => {
+                    println!("{}", escaped(data["customer_id"].as_str().unwrap_or_default()));
+                    Outcome::Done
+                }
+                Err(error) => failed(error),
+            }
+        }
+        CustomerCommand::SetAddress { id, address: at, address_id, default, request_id, region, json } => {
+            let mut request = address(&at);
+            request["op"] = json!("set_address");
+            request["customer_id"] = json!(id);
+            request["address_id"] = json!(address_id);
+            request["default"] = json!(default);
+            let request_id = request_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            match session.ask(customer_copy(region.region.as_deref()), request, Some(&request_id)).await {
+                Ok(data) => print_customer(&data, json).map(|_| Outcome::Done)?,
+                Err(error) => failed(error),
+            }
+        }
+    };
+    session.close().await;
+    Ok(outcome)
+}
+
+pub async fn catalog(settings: &Settings, command: CatalogCommand) -> anyhow::Result<Outcome> {
+    let session = Session::open(settings).await?;
+    let CatalogCommand::Get { sku, json } = command;
+    let outcome =
+        match session.ask(DomainCopy::primary("catalog"), json!({"op": "get", "id": sku}), None).await {
+            Ok(item) if json => {
+                println!("{}", serde_json::to_string_pretty(&item)?);
+                Outcome::Done
+            }
+            Ok(item) => {
+                let price = item["price_cents"].as_i64().unwrap_or_default();
+                println!(
+                    "{}  {}  {}.{:02}  {} g  {}",
+                    escaped(item["sku"].as_str().unwrap_or_default()),
+                    escaped(item["title"].as_str().unwrap_or_default()),
+                    price / 100,
+                    price % 100,
+                    item["weight_grams"].as_i64().unwrap_or_default(),
+                    escaped(item["status"].as_str().unwrap_or_default())
+                );
+                Outcome::Done
+            }
+            Err(error) => failed(error),
+        };
+    session.close().await;
+    Ok(outcome)
+}
+
+pub async fn distributor(settings: &Settings, command: DistributorCommand) -> anyhow::Result<Outcome> {
+    let session = Session::open(settings).await?;
+    let DistributorCommand::List { json } = command;
+    let mut all: Vec<Value> = Vec::new();
+    let mut after: Option<String> = None;
+    let outcome = loop {
+        let request = json!({"op": "list", "after": after, "limit": shared::domains::MAX_PAGE});
+        match session.ask(DomainCopy::primary("distributor"), request, None).await {
+            Ok(page) => {
+                let records = page["records"].as_array().cloned().unwrap_or_default();
+                let full = records.len() == shared::domains::MAX_PAGE;
+                after = records.last().and_then(|r| r["distributor_id"].as_str()).map(String::from);
+                all.extend(records);
+                if !full {
+                    break Outcome::Done;
+                }
+            }
+            Err(error) => break failed(error),
+        }
+    };
+    if outcome == Outcome::Done {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&all)?);
+        } else {
+            for d in &all {
+                let supplies = d["supplies"].as_array().map_or(0, Vec::len);
+                println!(
+                    "{}  {}  supplies {supplies} SKUs",
+                    escaped(d["distributor_id"].as_str().unwrap_or_default()),
+                    escaped(d["name"].as_str().unwrap_or_default())
+                );
+            }
+        }
+    }
+    session.close().await;
+    Ok(outcome)
+}
+
+pub async fn domains(settings: &Settings, command: DomainsCommand) -> anyhow::Result<Outcome> {
+    match command {
+        DomainsCommand::Status { json } => status(settings, json).await,
+        DomainsCommand::Seed { dir } => seed(settings, &dir).await,
+    }
+}
+
+/// Every copy that is a process of its own, asked for its status; a copy
+/// that does not answer is shown as such (and the command exits 3).
+async fn status(settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
+    let session = Session::open(settings).await?;
+    let copies: Vec<DomainCopy> = DomainCopy::all().into_iter().filter(|c| c.own_process()).collect();
+    let mut rows: Vec<Value> = Vec::new();
+    let mut all_answered = true;
+    for copy in copies {
+        match session.ask(copy, json!({"op": "status"}), None).await {
+            Ok(status) => rows.push(status),
+            Err(error) => {
+                all_answered = false;
+                rows.push(json!({"copy": copy.label(), "error": error.to_string()}));
+            }
+        }
+    }
+    session.close().await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!("{:<14} {:<8} {:>8} {:>8}  lag", "copy", "role", "records", "seq");
+        for row in &rows {
+            let copy = row["copy"].as_str().unwrap_or_default();
+            if let Some(error) = row["error"].as_str() {
+                println!("{copy:<14} no answer: {}", escaped(error));
+                continue;
+            }
+            let status: CopyStatus = serde_json::from_value(row.clone())?;
+            let lag = match &status.lag {
+                Some(lag) if lag.primary_reachable => {
+                    format!("{} changes, {} ms behind the primary", lag.changes, lag.ms)
+                }
+                Some(lag) => format!(
+                    "{} changes behind at the last answer; the primary does not answer now",
+                    lag.changes
+                ),
+                None if status.role == "replica" => "not measured yet".to_string(),
+                None => "-".to_string(),
+            };
+            println!("{:<14} {:<8} {:>8} {:>8}  {lag}", status.copy, status.role, status.records, status.seq);
+        }
+    }
+    Ok(if all_answered { Outcome::Done } else { Outcome::TimedOut })
+}
+
+/// One seed file: its domain copy, the request each line becomes, and the key of a line.
+struct SeedFile {
+    file: &'static str,
+    domain: &'static str,
+    request: fn(Value) -> Value,
+    key: &'static str,
+}
+
+const SEED_FILES: &[SeedFile] = &[
+    SeedFile {
+        file: "catalog.jsonl",
+        domain: "catalog",
+        request: |record| json!({"op": "put", "record": record}),
+        key: "sku",
+    },
+    SeedFile {
+        file: "distributors.jsonl",
+        domain: "distributor",
+        request: |record| json!({"op": "put", "record": record}),
+        key: "distributor_id",
+    },
+    SeedFile {
+        file: "customers.jsonl",
+        domain: "customer",
+        request: |mut record| {
+            record["op"] = json!("add");
+            record
+        },
+        key: "customer_id",
+    },
+];
+
+/// Loads the seed files through the domains' own requests, 64 in flight;
+/// each line's request id is made from its file and key, so seeding twice
+/// changes nothing.
+async fn seed(settings: &Settings, dir: &Path) -> anyhow::Result<Outcome> {
+    let session = Session::open(settings).await?;
+    let session = &session;
+    let mut refused = 0usize;
+    for seed in SEED_FILES {
+        let path = dir.join(seed.file);
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut requests = Vec::new();
+        for (number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let record: Value = serde_json::from_str(line)
+                .with_context(|| format!("{} line {}: not JSON", path.display(), number + 1))?;
+            let key = record[seed.key].as_str().unwrap_or_default().to_string();
+            requests.push((format!("seed-{}-{key}", seed.domain), (seed.request)(record)));
+        }
+        let total = requests.len();
+        let copy = DomainCopy::primary(seed.domain);
+        let mut answers = futures::stream::iter(requests)
+            .map(|(id, request)| async move { (id.clone(), session.ask(copy, request, Some(&id)).await) })
+            .buffer_unordered(64);
+        let mut done = 0usize;
+        while let Some((id, answer)) = answers.next().await {
+            done += 1;
+            match answer {
+                Ok(_) => {}
+                Err(ClientError::Refused(reason)) => {
+                    refused += 1;
+                    eprintln!("{id}: refused: {}", escaped(&reason));
+                }
+                Err(error) => anyhow::bail!("{id}: {error} (seeding again is safe)"),
+            }
+            if done.is_multiple_of(500) || done == total {
+                eprint!("\r{}: {done}/{total}", seed.file);
+            }
+        }
+        eprintln!();
+    }
+    session.client.close().await;
+    let _ = session.connection.close(200, "seeded".into()).await;
+    Ok(if refused == 0 { Outcome::Done } else { Outcome::Declined })
+}

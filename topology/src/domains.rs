@@ -1,0 +1,166 @@
+//! The data domains: persistent data with relationships (customers,
+//! the catalog, distributors, stock), each owned by one service with its own
+//! store and reachable only through that service's requests over RabbitMQ.
+//! A domain may run replicas near their users (regions): separate
+//! processes with stores of their own, fed in order by the primary's change
+//! stream, answering reads with the same interface and refusing writes.
+//!
+//! This table is the one place that says which domains and copies exist;
+//! their queues, the processes a stack runs and the broker users follow
+//! from it.
+
+use crate::Node;
+
+/// A data domain and where it runs.
+#[derive(Clone, Copy, Debug)]
+pub struct DomainDef {
+    pub name: &'static str,
+    /// The regions of its read replicas, each its own process.
+    pub replicas: &'static [&'static str],
+    /// The workflow node that owns the data and answers for it, when the
+    /// domain is not a process of its own (none yet: inventory's stock will be).
+    pub served_by: Option<Node>,
+}
+
+/// orderflow's domains.
+pub const DOMAINS: &[DomainDef] = &[
+    DomainDef { name: "customer", replicas: &["uk", "de"], served_by: None },
+    DomainDef { name: "catalog", replicas: &[], served_by: None },
+    DomainDef { name: "distributor", replicas: &[], served_by: None },
+];
+
+/// One copy of a domain: its primary (`region: None`) or a replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DomainCopy {
+    pub domain: &'static str,
+    pub region: Option<&'static str>,
+}
+
+impl DomainCopy {
+    pub const fn primary(domain: &'static str) -> DomainCopy {
+        DomainCopy { domain, region: None }
+    }
+
+    /// Every copy of every domain, primaries first within a domain.
+    pub fn all() -> Vec<DomainCopy> {
+        DOMAINS
+            .iter()
+            .flat_map(|def| {
+                std::iter::once(DomainCopy::primary(def.name)).chain(
+                    def.replicas.iter().map(|region| DomainCopy { domain: def.name, region: Some(region) }),
+                )
+            })
+            .collect()
+    }
+
+    /// The copy of `domain` in `region` (`None` or `primary`: the primary).
+    pub fn find(domain: &str, region: Option<&str>) -> Option<DomainCopy> {
+        let region = region.filter(|r| *r != "primary");
+        DomainCopy::all().into_iter().find(|copy| copy.domain == domain && copy.region == region)
+    }
+
+    /// The copy run by the process (or answered for by the node) named `name`.
+    pub fn from_process(name: &str) -> Option<DomainCopy> {
+        DomainCopy::all().into_iter().find(|copy| copy.process() == name)
+    }
+
+    pub fn def(self) -> &'static DomainDef {
+        DOMAINS.iter().find(|def| def.name == self.domain).expect("a copy names a domain of DOMAINS")
+    }
+
+    /// The process answering for this copy: `customer`, `customer-uk`; a
+    /// domain served by a node is answered by that node's process.
+    pub fn process(self) -> String {
+        match (self.def().served_by, self.region) {
+            (Some(node), _) => node.name().to_string(),
+            (None, None) => self.domain.to_string(),
+            (None, Some(region)) => format!("{}-{region}", self.domain),
+        }
+    }
+
+    /// [`DomainCopy::process`] as a `'static` name (a role's name).
+    pub fn process_name(self) -> &'static str {
+        static NAMES: std::sync::OnceLock<Vec<(DomainCopy, &'static str)>> = std::sync::OnceLock::new();
+        let names = NAMES.get_or_init(|| {
+            DomainCopy::all().into_iter().map(|copy| (copy, &*copy.process().leak())).collect()
+        });
+        names.iter().find(|(copy, _)| *copy == self).map_or(self.domain, |(_, name)| name)
+    }
+
+    /// Whether this copy is a process of its own (not answered by a node).
+    pub fn own_process(self) -> bool {
+        self.def().served_by.is_none()
+    }
+
+    /// The queue on which the copy answers requests.
+    pub fn queue(self) -> String {
+        match self.region {
+            None => format!("orderflow.domain.{}", self.domain),
+            Some(region) => format!("orderflow.domain.{}.{region}", self.domain),
+        }
+    }
+
+    /// The routing key (on [`DOMAINS_EXCHANGE`]) that reaches the copy.
+    pub fn routing_key(self) -> String {
+        match self.region {
+            None => format!("domain.{}", self.domain),
+            Some(region) => format!("domain.{}.{region}", self.domain),
+        }
+    }
+
+    /// A replica's queue on its primary's change stream.
+    pub fn feed_queue(self) -> Option<String> {
+        self.region.map(|region| format!("orderflow.replica.{}.{region}", self.domain))
+    }
+
+    /// How the copy names itself in results and status: `customer`,
+    /// `customer@uk`.
+    pub fn label(self) -> String {
+        match self.region {
+            None => self.domain.to_string(),
+            Some(region) => format!("{}@{region}", self.domain),
+        }
+    }
+}
+
+/// Topic exchange of domain requests: `domain.<domain>` reaches a domain's
+/// primary, `domain.<domain>.<region>` one of its replicas.
+pub const DOMAINS_EXCHANGE: &str = "orderflow.domains";
+/// Topic exchange of the primaries' change streams (routing key: the
+/// domain); each replica has a durable queue of its own on it.
+pub const DOMAIN_CHANGES_EXCHANGE: &str = "orderflow.domain-changes";
+
+/// The domain processes a stack runs (one per copy that is not a node):
+/// `customer`, `customer-uk`, `customer-de`, `catalog`, `distributor`.
+pub fn processes() -> Vec<String> {
+    DomainCopy::all().into_iter().filter(|copy| copy.own_process()).map(DomainCopy::process).collect()
+}
+
+/// The binary a process runs and the region it is told (`ORDERFLOW_REGION`):
+/// `customer-uk` is the `customer` binary in region `uk`; anything else is
+/// its own binary.
+pub fn binary_of(process: &str) -> (&str, Option<&'static str>) {
+    match DomainCopy::from_process(process) {
+        Some(DomainCopy { domain, region: Some(region) }) => (domain, Some(region)),
+        _ => (process, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_name_their_queues_processes_and_binaries() {
+        let uk = DomainCopy::find("customer", Some("uk")).unwrap();
+        assert_eq!(uk.queue(), "orderflow.domain.customer.uk");
+        assert_eq!(uk.routing_key(), "domain.customer.uk");
+        assert_eq!(uk.feed_queue().as_deref(), Some("orderflow.replica.customer.uk"));
+        assert_eq!(uk.process(), "customer-uk");
+        assert_eq!(binary_of("customer-uk"), ("customer", Some("uk")));
+        assert_eq!(binary_of("payment"), ("payment", None));
+        assert_eq!(DomainCopy::find("customer", Some("primary")), Some(DomainCopy::primary("customer")));
+        assert_eq!(DomainCopy::find("catalog", Some("uk")), None);
+        assert_eq!(processes(), ["customer", "customer-uk", "customer-de", "catalog", "distributor"]);
+    }
+}

@@ -1,0 +1,406 @@
+//! The customer domain: customers, their addresses (several, one the
+//! default) and the card on file (masked). Its primary takes every write and
+//! sends each change on its stream; its replicas (`uk`, `de`) answer the
+//! same reads from stores of their own and refuse writes, naming the
+//! primary (writes are not forwarded: a caller that writes should know it
+//! talks to the one copy that decides).
+
+use super::documents::Documents;
+use super::replication::{snapshot_page, Replica, Stream};
+use lapin::message::Delivery;
+use shared::domains::{
+    card_on_file, check_address, check_id, check_text, page_size, Address, AddressInput, CopyStatus,
+    Customer, CustomerRequest,
+};
+use shared::settings::Settings;
+use shared::transport::domain::{parse, Access, DomainError, DomainService, Request};
+use shared::transport::{NodeContext, Publisher};
+use std::sync::Arc;
+use topology::DomainCopy;
+
+pub const DOMAIN: &str = "customer";
+
+pub struct CustomerDomain {
+    copy: DomainCopy,
+    docs: Arc<Documents>,
+    /// The primary's change stream.
+    stream: Option<Stream>,
+    /// A replica's following of its primary.
+    replica: Option<Arc<Replica>>,
+}
+
+impl CustomerDomain {
+    /// The copy of the customer domain in `region` (`None`: the primary).
+    pub async fn open(settings: &Settings, region: Option<&str>) -> anyhow::Result<CustomerDomain> {
+        let copy = DomainCopy::find(DOMAIN, region).ok_or_else(|| {
+            let regions = DomainCopy::primary(DOMAIN).def().replicas.join(", ");
+            anyhow::anyhow!(
+                "the customer domain has no copy in region {region:?} (ORDERFLOW_REGION: primary, {regions})"
+            )
+        })?;
+        let owner = copy.process().replace('-', "_");
+        let docs = Arc::new(Documents::open(settings, &owner).await?);
+        let (stream, replica) = match copy.region {
+            None => (Some(Stream::new(DOMAIN)), None),
+            Some(_) => (None, Some(Arc::new(Replica::new(copy, settings)?))),
+        };
+        Ok(CustomerDomain { copy, docs, stream, replica })
+    }
+
+    fn refuse_write(&self) -> DomainError {
+        DomainError::Refused(format!(
+            "{} is a read-only replica: send writes to the primary ({}, routing key {})",
+            self.copy.label(),
+            DomainCopy::primary(DOMAIN).queue(),
+            DomainCopy::primary(DOMAIN).routing_key()
+        ))
+    }
+
+    async fn status(&self, after_seq: Option<i64>) -> anyhow::Result<CopyStatus> {
+        let records = self.docs.count().await?;
+        let (role, (seq, seq_at_ms)) = match &self.replica {
+            None => ("primary", self.docs.head().await?),
+            Some(_) => ("replica", self.docs.position().await?.unwrap_or((0, 0))),
+        };
+        let next_at_ms = match (after_seq, &self.replica) {
+            (Some(after), None) => self.docs.made_at(after + 1).await?,
+            _ => None,
+        };
+        let lag = self.replica.as_ref().and_then(|replica| replica.lag());
+        Ok(CopyStatus {
+            copy: self.copy.label(),
+            role: role.into(),
+            records,
+            seq,
+            seq_at_ms,
+            next_at_ms,
+            lag,
+        })
+    }
+
+    /// A write at the primary: once per request, then sent on the stream.
+    async fn write(
+        &self,
+        publisher: Option<&Publisher>,
+        request: &Request<'_>,
+        customer_id: &str,
+        change: impl FnOnce(Option<Customer>) -> Result<Customer, String>,
+    ) -> Result<serde_json::Value, DomainError> {
+        let written = self
+            .docs
+            .write(&request.request_key, customer_id, |current| {
+                let current = current.and_then(|c| serde_json::from_value(c).ok());
+                change(current).map(|customer| serde_json::to_value(customer).expect("a customer serializes"))
+            })
+            .await
+            .map_err(DomainError::Unavailable)?
+            .map_err(DomainError::Refused)?;
+        if let (Some(stream), Some(publisher)) = (&self.stream, publisher) {
+            // Confirmed on the stream before the caller hears of it; if the
+            // broker fails here the next write or tick sends it.
+            if let Err(error) = stream.send(&self.docs, publisher).await {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "a change is not on the stream yet; it will be sent"
+                );
+            }
+        }
+        Ok(written.record)
+    }
+}
+
+/// A new customer's id, made from the request that adds it: the same
+/// request adds the same customer once.
+fn new_customer_id(request_key: &str) -> String {
+    let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, request_key.as_bytes());
+    format!("C-{}", &id.simple().to_string()[..12].to_uppercase())
+}
+
+fn new_address(input: &AddressInput, taken: &[Address]) -> Address {
+    let address_id = input.address_id.clone().unwrap_or_else(|| {
+        (1..)
+            .map(|n| format!("A{n}"))
+            .find(|id| !taken.iter().any(|a| &a.address_id == id))
+            .expect("some id is free")
+    });
+    Address {
+        address_id,
+        line1: input.line1.clone(),
+        city: input.city.clone(),
+        postal_code: input.postal_code.clone(),
+        country: input.country.clone(),
+        default: input.default,
+    }
+}
+
+/// Builds a new customer from an `add` request, or says what is wrong.
+pub fn new_customer(
+    customer_id: String,
+    name: &str,
+    email: &str,
+    addresses: &[AddressInput],
+    card: Option<&shared::domains::CardInput>,
+) -> Result<Customer, String> {
+    check_id("customer_id", &customer_id)?;
+    check_text("name", name)?;
+    check_text("email", email)?;
+    if !email.contains('@') {
+        return Err(format!("email {:?} has no @", shared::text::escaped(email)));
+    }
+    if addresses.is_empty() {
+        return Err("a customer needs at least one address".into());
+    }
+    if addresses.len() > 20 {
+        return Err("a customer may have at most 20 addresses".into());
+    }
+    let mut kept: Vec<Address> = Vec::new();
+    for input in addresses {
+        check_address(input)?;
+        if input.address_id.as_ref().is_some_and(|id| kept.iter().any(|a| &a.address_id == id)) {
+            return Err(format!(
+                "address_id {:?} is given twice",
+                input.address_id.as_deref().unwrap_or_default()
+            ));
+        }
+        let address = new_address(input, &kept);
+        kept.push(address);
+    }
+    make_one_default(&mut kept, None);
+    let card = card.map(card_on_file).transpose()?;
+    Ok(Customer { customer_id, name: name.into(), email: email.into(), addresses: kept, card })
+}
+
+/// Exactly one default: `chosen` if given, else the first marked default, else the first.
+fn make_one_default(addresses: &mut [Address], chosen: Option<&str>) {
+    let default = chosen
+        .map(String::from)
+        .or_else(|| addresses.iter().find(|a| a.default).map(|a| a.address_id.clone()))
+        .or_else(|| addresses.first().map(|a| a.address_id.clone()));
+    for address in addresses {
+        address.default = Some(&address.address_id) == default.as_ref();
+    }
+}
+
+/// Adds an address or replaces the one with its id.
+pub fn set_address(mut customer: Customer, input: &AddressInput) -> Result<Customer, String> {
+    check_address(input)?;
+    let address = new_address(input, &customer.addresses);
+    let id = address.address_id.clone();
+    let count = customer.addresses.len();
+    match customer.addresses.iter_mut().find(|a| a.address_id == id) {
+        Some(existing) => *existing = address,
+        None if count >= 20 => return Err("a customer may have at most 20 addresses".into()),
+        None => customer.addresses.push(address),
+    }
+    let chosen = input.default.then_some(id.as_str());
+    make_one_default(&mut customer.addresses, chosen);
+    Ok(customer)
+}
+
+fn customer_key(record: &serde_json::Value) -> String {
+    record["customer_id"].as_str().unwrap_or_default().to_string()
+}
+
+impl CustomerDomain {
+    async fn answer_with(
+        &self,
+        request: Request<'_>,
+        publisher: Option<&Publisher>,
+    ) -> Result<serde_json::Value, DomainError> {
+        let unavailable = |e: sqlx::Error| DomainError::Unavailable(e.into());
+        let writes = |access: Access| {
+            if self.replica.is_some() {
+                return Err(self.refuse_write());
+            }
+            match access {
+                Access::Write => Ok(()),
+                Access::Read => Err(DomainError::Refused(format!(
+                    "refused: {} may not change customers (only the publisher, support or the operator may)",
+                    shared::text::escaped(request.caller)
+                ))),
+            }
+        };
+        match parse::<CustomerRequest>(request.body)? {
+            CustomerRequest::Get { customer_id } => {
+                check_id("customer_id", &customer_id).map_err(DomainError::Refused)?;
+                match self.docs.get(&customer_id).await.map_err(unavailable)? {
+                    Some(customer) => Ok(customer),
+                    None => Err(DomainError::Refused(format!(
+                        "no customer {customer_id} at {}",
+                        self.copy.label()
+                    ))),
+                }
+            }
+            CustomerRequest::List { after, limit } => {
+                let page = self.docs.list(after.as_deref(), page_size(limit)).await.map_err(unavailable)?;
+                Ok(serde_json::json!({ "customers": page }))
+            }
+            CustomerRequest::Add { customer_id, name, email, addresses, card } => {
+                writes(request.access)?;
+                let customer_id = customer_id.unwrap_or_else(|| new_customer_id(&request.request_key));
+                check_id("customer_id", &customer_id).map_err(DomainError::Refused)?;
+                let id = customer_id.clone();
+                self.write(publisher, &request, &id, |existing| {
+                    if existing.is_some() {
+                        return Err(format!("customer {customer_id} already exists"));
+                    }
+                    new_customer(customer_id.clone(), &name, &email, &addresses, card.as_ref())
+                })
+                .await
+            }
+            CustomerRequest::SetAddress { customer_id, address } => {
+                writes(request.access)?;
+                check_id("customer_id", &customer_id).map_err(DomainError::Refused)?;
+                let id = customer_id.clone();
+                self.write(publisher, &request, &id, |existing| match existing {
+                    Some(customer) => set_address(customer, &address),
+                    None => Err(format!("no customer {customer_id}")),
+                })
+                .await
+            }
+            CustomerRequest::Status { after_seq } => {
+                let status = self.status(after_seq).await.map_err(DomainError::Unavailable)?;
+                Ok(serde_json::to_value(status).expect("a status serializes"))
+            }
+            CustomerRequest::Snapshot { after, limit } => {
+                if self.replica.is_some() {
+                    return Err(DomainError::Refused(format!(
+                        "{} takes snapshots from the primary; it gives none",
+                        self.copy.label()
+                    )));
+                }
+                let page =
+                    snapshot_page(&self.docs, customer_key, after.as_deref(), page_size(limit)).await?;
+                Ok(serde_json::to_value(page).expect("a page serializes"))
+            }
+        }
+    }
+}
+
+/// The customer domain as a service, with the publisher its primary sends
+/// its stream with (set when a session starts).
+pub struct CustomerService {
+    pub domain: CustomerDomain,
+    publisher: std::sync::Mutex<Option<Publisher>>,
+}
+
+impl CustomerService {
+    pub fn new(domain: CustomerDomain) -> CustomerService {
+        CustomerService { domain, publisher: std::sync::Mutex::new(None) }
+    }
+
+    fn publisher(&self) -> Option<Publisher> {
+        self.publisher.lock().expect("not poisoned").clone()
+    }
+
+    async fn report_status(&self) {
+        if let Ok(status) = self.domain.status(None).await {
+            shared::metrics::set_status(serde_json::to_value(status).expect("a status serializes"));
+        }
+    }
+}
+
+impl DomainService for CustomerService {
+    fn copy(&self) -> DomainCopy {
+        self.domain.copy
+    }
+
+    async fn answer(&self, request: Request<'_>) -> Result<serde_json::Value, DomainError> {
+        let publisher = self.publisher();
+        self.domain.answer_with(request, publisher.as_ref()).await
+    }
+
+    async fn prepare(&self, publisher: &Publisher) -> anyhow::Result<()> {
+        *self.publisher.lock().expect("not poisoned") = Some(publisher.clone());
+        match (&self.domain.replica, &self.domain.stream) {
+            (Some(replica), _) => replica.prepare(&self.domain.docs).await,
+            (None, Some(stream)) => stream.send(&self.domain.docs, publisher).await,
+            (None, None) => Ok(()),
+        }
+    }
+
+    async fn apply(&self, ctx: &NodeContext, publisher: &Publisher, delivery: Delivery) {
+        match &self.domain.replica {
+            Some(replica) => replica.apply(&self.domain.docs, ctx, publisher, delivery).await,
+            None => {
+                shared::transport::settle::dead_letter(publisher, ctx, &delivery, "a primary has no feed")
+                    .await
+            }
+        }
+    }
+
+    async fn tick(&self, publisher: &Publisher) {
+        match (&self.domain.replica, &self.domain.stream) {
+            (Some(replica), _) => replica.check_lag(&self.domain.docs),
+            (None, Some(stream)) => {
+                if let Err(error) = stream.send(&self.domain.docs, publisher).await {
+                    tracing::warn!(error = format!("{error:#}"), "could not send changes on the stream yet");
+                }
+            }
+            (None, None) => {}
+        }
+        self.report_status().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn address(line1: &str) -> AddressInput {
+        AddressInput {
+            line1: line1.into(),
+            city: "Leeds".into(),
+            postal_code: "LS1".into(),
+            country: "GB".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_customer_has_exactly_one_default_address() {
+        let customer = new_customer(
+            "C-1".into(),
+            "Ada",
+            "ada@example.com",
+            &[address("1 A St"), address("2 B St")],
+            None,
+        )
+        .unwrap();
+        assert_eq!(customer.addresses.iter().filter(|a| a.default).count(), 1);
+        assert_eq!(customer.address(None).unwrap().line1, "1 A St");
+        let mut moved = address("3 C St");
+        moved.default = true;
+        let customer = set_address(customer, &moved).unwrap();
+        assert_eq!(customer.address(None).unwrap().line1, "3 C St");
+        assert_eq!(customer.addresses.iter().filter(|a| a.default).count(), 1);
+        assert_eq!(customer.address(Some("A1")).unwrap().line1, "1 A St");
+        let mut replaced = address("1b A St");
+        replaced.address_id = Some("A1".into());
+        let customer = set_address(customer, &replaced).unwrap();
+        assert_eq!(customer.addresses.len(), 3);
+        assert_eq!(customer.address(Some("A1")).unwrap().line1, "1b A St");
+    }
+
+    #[test]
+    fn careless_customers_are_refused_with_the_reason() {
+        let card = shared::domains::CardInput { number: "4111111111111111".into(), expiry: "12/30".into() };
+        let kept =
+            new_customer("C-2".into(), "Bo", "bo@example.com", &[address("1 A St")], Some(&card)).unwrap();
+        assert_eq!(kept.card.unwrap().masked, "************1111");
+        assert!(new_customer("C-3".into(), "Bo", "bo-example.com", &[address("x")], None)
+            .unwrap_err()
+            .contains("@"));
+        assert!(new_customer("C-3".into(), "Bo", "b@e", &[], None).unwrap_err().contains("at least one"));
+        assert!(new_customer("C 3".into(), "Bo", "b@e", &[address("x")], None).is_err());
+        assert!(new_customer("C-3".into(), "\u{1b}[31m", "b@e", &[address("x")], None)
+            .unwrap_err()
+            .contains("control"));
+    }
+
+    #[test]
+    fn the_same_request_makes_the_same_customer_id() {
+        assert_eq!(new_customer_id("publisher\u{1f}r-1"), new_customer_id("publisher\u{1f}r-1"));
+        assert_ne!(new_customer_id("publisher\u{1f}r-1"), new_customer_id("publisher\u{1f}r-2"));
+    }
+}

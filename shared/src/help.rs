@@ -81,7 +81,11 @@ pub const VARIABLES: &[Variable] = &[
         "primary",
         "the customer binary: which copy it runs (primary, or the replica uk or de)",
     ),
-    var("ORDERFLOW_DOMAIN_TIMEOUT_MS", "3000", "milliseconds intake and the CLI wait for a domain's answer"),
+    var(
+        "ORDERFLOW_DOMAIN_TIMEOUT_MS",
+        "3000",
+        "milliseconds the CLI's domain commands wait for a domain's answer",
+    ),
     var("ORDERFLOW_USER_PREFIX", "orderflow-", "what the stack's per-role broker users are named with"),
     var(
         "ORDERFLOW_OPERATOR_USER",

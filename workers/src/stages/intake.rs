@@ -4,30 +4,19 @@
 //! records it: the full number travels only in the card field, to payment.
 
 use crate::catalog;
+use shared::domains::check_text;
 use shared::{order::Order, Node, OrderElement, OrderState, Outcome, Stage, StageError};
 
+/// Longest accepted text field (the domains' limit too), and largest
+/// accepted quantity of one item.
+pub use shared::domains::MAX_TEXT_LEN;
 pub use shared::order::SHIPPING_METHODS;
-/// Longest accepted text field, and largest accepted quantity of one item.
-pub const MAX_TEXT_LEN: usize = 200;
 pub const MAX_QTY: i64 = 10_000;
 pub const MAX_ITEMS: usize = 100;
 
 /// A user-given text fit for a reason: at most 40 characters, no control characters.
 fn printable(text: &str) -> String {
     text.chars().filter(|c| !c.is_control()).take(40).collect()
-}
-
-fn check_text(field: &str, value: &str) -> Result<(), String> {
-    if value.trim().is_empty() {
-        return Err(format!("{field} is missing"));
-    }
-    if value.chars().count() > MAX_TEXT_LEN {
-        return Err(format!("{field} is longer than {MAX_TEXT_LEN} characters"));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(format!("{field} contains control characters"));
-    }
-    Ok(())
 }
 
 /// The intake rules; `Err` carries the first reason to reject the order.

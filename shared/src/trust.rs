@@ -189,12 +189,6 @@ impl Trust {
         ))
     }
 
-    /// The role of a verified sender in this stack (`None`: a stranger, or
-    /// the operator, who plays no role).
-    pub fn role_of(&self, sender: Option<&str>) -> Option<Role> {
-        Role::all().into_iter().find(|role| self.is(sender, *role))
-    }
-
     /// May `sender` change a domain's data? The publisher (the command
     /// line), customer support and the operator, named by the message's
     /// broker-checked `user_id`; no workflow node, no unnamed sender. (Reads

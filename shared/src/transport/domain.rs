@@ -18,9 +18,9 @@ use super::connect::Backoff;
 use super::context::NodeContext;
 use super::message::Outgoing;
 use super::publisher::{PublishError, Publisher};
-use super::service::result_message;
-use super::session::supervise;
-use super::settle::{ack, dead_letter, requeue};
+use super::service::{refuse, result_message};
+use super::session::{finish, supervise};
+use super::settle::{ack, requeue};
 use crate::service::{Call, CallResult};
 use crate::settings::Settings;
 use futures::StreamExt;
@@ -195,14 +195,7 @@ async fn session<S: DomainService>(
             _ = ticks.tick() => service.tick(&publisher).await,
         }
     };
-    tasks.close();
-    let patience = if result.is_ok() { Duration::from_secs(30) } else { Duration::from_secs(3) };
-    let _ = tokio::time::timeout(patience, tasks.wait()).await;
-    if result.is_ok() {
-        let _ = connection.close(200, "shutdown".into()).await;
-        tracing::info!(domain = copy.label(), "stopped cleanly");
-    }
-    result
+    finish(&connection, &requests_channel, &ctx, tasks, result).await
 }
 
 /// Answers one request where its call asks, then acknowledges it.
@@ -227,23 +220,7 @@ async fn answer_request<S: DomainService>(
     let label = service.copy().label();
     let call = match Call::from_properties(&delivery.properties) {
         Ok(call) => call,
-        Err(error) => {
-            // Nowhere to answer: the request is kept in the dead-letter queue with why.
-            let reason = format!("not a request {label} can answer: {}", error.reason);
-            let Some(queue) = error.reply_to else {
-                return dead_letter(publisher, ctx, &delivery, &reason).await;
-            };
-            let id = delivery.properties.message_id().as_ref().map(|id| id.to_string()).unwrap_or_default();
-            let failed = CallResult::failed(&id, &label, error.reason, false);
-            let call = Call {
-                correlation_id: error.correlation_id.unwrap_or_else(|| id.clone()),
-                request_id: id,
-                reply_to: crate::service::ReplyTo::Queue(queue),
-                deadline_ms: None,
-                directed: false,
-            };
-            return reply(ctx, publisher, &delivery, &call, &failed).await;
-        }
+        Err(error) => return refuse(ctx, publisher, &delivery, &label, error).await,
     };
     let caller = ctx.trust.sender(&delivery.properties).unwrap_or_default();
     let result = match decide(ctx, service, &call, &caller, &delivery).await {

@@ -105,7 +105,7 @@ async fn answer_call<S: Service>(
     let _in_hand = crate::metrics::InHand::start();
     let call = match Call::from_properties(&delivery.properties) {
         Ok(call) => call,
-        Err(error) => return refuse(ctx, publisher, &delivery, node, error).await,
+        Err(error) => return refuse(ctx, publisher, &delivery, node.name(), error).await,
     };
     let caller = ctx.trust.sender(&delivery.properties);
     let caller_key = caller.clone().unwrap_or_default();
@@ -289,14 +289,21 @@ fn result_properties(request_id: &str, correlation_id: &str, caller: &str) -> Ba
         .with_headers(headers)
 }
 
-/// A request that is not a call this service can answer: the reason goes to
-/// its `reply_to` when it has one, else it is dead-lettered.
-async fn refuse(ctx: &NodeContext, publisher: &Publisher, delivery: &Delivery, node: Node, error: CallError) {
-    tracing::warn!(node = node.name(), reason = error.reason, "refused a malformed call");
+/// A request that is not a call the service `service` (a node, a domain
+/// copy) can answer: the reason goes to its `reply_to` when it has one,
+/// else it is dead-lettered.
+pub async fn refuse(
+    ctx: &NodeContext,
+    publisher: &Publisher,
+    delivery: &Delivery,
+    service: &str,
+    error: CallError,
+) {
+    tracing::warn!(service, reason = error.reason, "refused a malformed call");
     if let Some(queue) = &error.reply_to {
         let request_id =
             delivery.properties.message_id().as_ref().map(|id| id.to_string()).unwrap_or_default();
-        let result = CallResult::failed(&request_id, node.name(), error.reason.clone(), false);
+        let result = CallResult::failed(&request_id, service, error.reason.clone(), false);
         let correlation = error.correlation_id.clone().unwrap_or_else(|| request_id.clone());
         let caller = ctx.trust.sender(&delivery.properties).unwrap_or_default();
         let reply = Outgoing {
@@ -310,7 +317,7 @@ async fn refuse(ctx: &NodeContext, publisher: &Publisher, delivery: &Delivery, n
             Err(_) => {}
         }
     }
-    dead_letter(publisher, ctx, delivery, &format!("not a call {node} can answer: {}", error.reason)).await
+    dead_letter(publisher, ctx, delivery, &format!("not a call {service} can answer: {}", error.reason)).await
 }
 
 /// Hands a call heard on the service queue to a task; an error when the

@@ -36,13 +36,17 @@ pub struct Address {
     pub default: bool,
 }
 
-/// A card on file: its masked number and expiry only.
+/// A card on file: its masked number, its expiry, and the processor's
+/// token for it (what intake puts in an order that brings no card); never
+/// the number.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CardOnFile {
     /// `************1111`.
     pub masked: String,
     /// `MM/YY`.
     pub expiry: String,
+    /// `tok_<32 hex digits>`.
+    pub token: String,
 }
 
 impl Customer {
@@ -263,7 +267,8 @@ pub fn card_on_file(card: &CardInput) -> Result<CardOnFile, String> {
     if !expiry_fine {
         return Err(format!("the card expiry {:?} is not MM/YY", crate::text::escaped(&card.expiry)));
     }
-    Ok(CardOnFile { masked: crate::order::mask_card(number), expiry: card.expiry.clone() })
+    let token = format!("{}{}", crate::order::CARD_TOKEN_PREFIX, uuid::Uuid::new_v4().simple());
+    Ok(CardOnFile { masked: crate::order::mask_card(number), expiry: card.expiry.clone(), token })
 }
 
 /// Checks a catalog item.
@@ -312,6 +317,7 @@ mod tests {
         let card =
             card_on_file(&CardInput { number: "4111111111111111".into(), expiry: "12/30".into() }).unwrap();
         assert_eq!(card.masked, "************1111");
+        assert!(card.token.starts_with("tok_") && card.token.len() == 36, "{}", card.token);
         assert!(card_on_file(&CardInput { number: "4111".into(), expiry: "12/30".into() }).is_err());
         assert!(card_on_file(&CardInput { number: "4111111111111111".into(), expiry: "13/30".into() })
             .unwrap_err()

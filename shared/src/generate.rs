@@ -24,6 +24,7 @@ pub fn valid_order(rng: &mut impl Rng) -> Order {
     let (city, postal, country) = CITIES[rng.gen_range(0..CITIES.len())];
     Order {
         order_id: None,
+        address_id: None,
         customer_id: format!("cust-{:05}", rng.gen_range(0..100_000)),
         items,
         shipping_method: METHODS[rng.gen_range(0..METHODS.len())].to_string(),

@@ -21,6 +21,11 @@ pub struct Order {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub order_id: Option<Uuid>,
     pub customer_id: String,
+    /// Which of the customer's addresses to ship to (an order by reference:
+    /// intake copies it from the customer domain; without it and without a
+    /// ship-to address, the customer's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address_id: Option<String>,
     pub items: Vec<Item>,
     pub shipping_method: String,
     pub ship_to: ShipTo,
@@ -77,6 +82,31 @@ pub struct Failure {
     pub reason: String,
 }
 
+/// The prefix of a card-on-file token: intake puts the customer's token in
+/// the card field of an order that brings no card; the processor charges the
+/// card it stands for.
+pub const CARD_TOKEN_PREFIX: &str = "tok_";
+
+/// What intake copied from the domains into an element.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FromDomains {
+    /// The address the order ships to (its id at the customer).
+    pub address_id: String,
+    /// Each item's catalog entry, in the order's item order.
+    pub items: Vec<CatalogLine>,
+    /// The masked number of the card on file, when the order is charged to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card_on_file: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CatalogLine {
+    pub sku: String,
+    pub title: String,
+    pub price_cents: i64,
+    pub weight_grams: i64,
+}
+
 /// The self-contained workflow element that travels between nodes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OrderElement {
@@ -102,6 +132,11 @@ pub struct OrderElement {
     /// In-flight changes already applied or rejected for this element.
     #[serde(default)]
     pub resolved_changes: Vec<Uuid>,
+    /// What intake read from the data domains for an order placed by
+    /// reference (the customer's name and address, each item's catalog
+    /// entry, the card on file), so that no later node asks a domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_domains: Option<FromDomains>,
     /// The broker user that placed the order, as intake verified it (set by
     /// intake from the message's `user_id`, whatever the body says; `None`
     /// when the order came without one). Decides who may change the order.
@@ -127,6 +162,7 @@ impl OrderElement {
             failure: None,
             tracking_number: None,
             resolved_changes: Vec::new(),
+            from_domains: None,
             placed_by: None,
         }
     }

@@ -21,6 +21,7 @@ fn any_order() -> impl Strategy<Value = Order> {
         .prop_map(
             |(customer_id, items, method, (name, line1, city, postal_code, country), (card, expiry))| Order {
                 order_id: None,
+                address_id: None,
                 customer_id,
                 items: items.into_iter().map(|(sku, qty)| Item { sku, qty }).collect(),
                 shipping_method: method,

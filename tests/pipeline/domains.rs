@@ -438,3 +438,90 @@ async fn the_cli_seeds_and_asks_every_domain() {
     let ok = stack.stop_all().await;
     assert!(ok.iter().all(|(_, status)| status.success()), "{ok:?}");
 }
+
+/// Orders placed by reference (a customer id, perhaps an address id, SKUs
+/// with quantities) are built by intake from the customer and catalog
+/// domains and go through the whole workflow; unknown customers, addresses
+/// and SKUs, withdrawn items and a missing card reject with the reason; an
+/// order with its full address and card needs no domain; a catalog that is
+/// down delays an order (retried), it never rejects it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_by_reference_are_built_from_the_domains() {
+    let mut stack = Stack::start_with_node_users("domains-intake").await;
+    ok_start_domains(&mut stack).await;
+    let (_c, publisher) = client_as(&stack, "publisher").await;
+    publisher.call(primary(), &new_customer(1), Some("add-1"), TIMEOUT).await.unwrap();
+    let second = json!({"op": "set_address", "customer_id": "T-00001", "address_id": "HOME2", "line1": "2 Second St",
+                        "city": "York", "postal_code": "YO1", "country": "GB"});
+    publisher.call(primary(), &second, Some("addr-2"), TIMEOUT).await.unwrap();
+    let mut no_card = new_customer(2);
+    no_card.as_object_mut().unwrap().remove("card");
+    publisher.call(primary(), &no_card, Some("add-2"), TIMEOUT).await.unwrap();
+    for (sku, price, status) in
+        [("SKU-0001", 1234, "active"), ("SKU-0002", 999, "withdrawn"), ("SKU-0003", 500, "active")]
+    {
+        let item = json!({"sku": sku, "title": format!("Thing {sku}"), "price_cents": price, "weight_grams": 300, "status": status});
+        publisher
+            .call(DomainCopy::primary("catalog"), &json!({"op": "put", "record": item}), Some(sku), TIMEOUT)
+            .await
+            .unwrap();
+    }
+    let by_ref = |customer: &str, sku: &str, extra: Value| {
+        let mut order = json!({"customer_id": customer, "items": [{"sku": sku, "qty": 2}], "shipping_method": "standard"});
+        for (key, value) in extra.as_object().unwrap() {
+            order[key] = value.clone();
+        }
+        order
+    };
+    let orders = [
+        by_ref("T-00001", "SKU-0001", json!({})),
+        by_ref("T-00001", "SKU-0001", json!({"address_id": "HOME2"})),
+        by_ref("T-99999", "SKU-0001", json!({})),
+        by_ref("T-00001", "SKU-0002", json!({})),
+        by_ref("T-00001", "SKU-7777", json!({})),
+        by_ref("T-00001", "SKU-0001", json!({"address_id": "NOPE"})),
+        by_ref("T-00002", "SKU-0001", json!({})),
+        tests::orders::valid(1, "standard"),
+    ];
+    let ids = stack.publish(&orders);
+    stack.wait_terminal(&ids, Duration::from_secs(60)).await;
+    let mut views = Vec::new();
+    for id in &ids {
+        views.push(stack.order(id).await);
+    }
+    let detail = |i: usize, state: &str| -> String {
+        let view = &views[i];
+        let entry = view.history.iter().find(|e| e.state == state);
+        entry.unwrap_or_else(|| panic!("order {i} has no {state}: {:?}", tests::states(view))).detail.clone()
+    };
+    // The default address, the card on file (masked), the catalog's price.
+    assert!(detail(0, "shipped").contains("Customer 1, 1 Main St"), "{}", detail(0, "shipped"));
+    assert!(
+        detail(0, "charged").contains("charged 2468 cents to card ending 1111"),
+        "{}",
+        detail(0, "charged")
+    );
+    assert!(detail(1, "shipped").contains("2 Second St"), "{}", detail(1, "shipped"));
+    assert!(detail(2, "rejected").contains("unknown customer"), "{}", detail(2, "rejected"));
+    assert!(detail(3, "rejected").contains("withdrawn"), "{}", detail(3, "rejected"));
+    assert!(detail(4, "rejected").contains("not in the catalog"), "{}", detail(4, "rejected"));
+    assert!(detail(5, "rejected").contains("no address \"NOPE\""), "{}", detail(5, "rejected"));
+    assert!(detail(6, "rejected").contains("none on file"), "{}", detail(6, "rejected"));
+    assert_eq!(views[7].state, "shipped", "an order with its own address and card needs no domain");
+    for view in &views {
+        let text =
+            serde_json::to_string(&view.history.iter().map(|e| &e.detail).collect::<Vec<_>>()).unwrap();
+        assert!(!text.contains("tok_"), "a card token never reaches the history: {text}");
+    }
+
+    // The catalog is down: the order waits (retried), and goes on when it is back.
+    stack.stop("catalog-1").await;
+    let late = stack.publish(&[by_ref("T-00001", "SKU-0003", json!({}))]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack.spawn("catalog", "catalog-1");
+    stack.wait_terminal(&late, Duration::from_secs(60)).await;
+    let view = stack.order(&late[0]).await;
+    assert_eq!(view.state, "shipped", "{:?}", tests::states(&view));
+    let ok = stack.stop_all().await;
+    assert!(ok.iter().all(|(_, status)| status.success()), "{ok:?}");
+}

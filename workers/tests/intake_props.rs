@@ -30,6 +30,7 @@ fn order() -> impl Strategy<Value = Order> {
         .prop_map(
             |(customer_id, items, shipping_method, (name, line1, city, postal_code, country), card)| Order {
                 order_id: None,
+                address_id: None,
                 customer_id,
                 items: items.into_iter().map(|(sku, qty)| Item { sku, qty }).collect(),
                 shipping_method,

@@ -55,7 +55,10 @@ pub fn validate(order: &Order) -> Result<(), String> {
         return Err(format!("shipping method {method:?} is not one of standard, express, overnight"));
     }
     let card = &order.payment.card_number;
-    if !(13..=19).contains(&card.len()) || !card.bytes().all(|b| b.is_ascii_digit()) {
+    let on_file = card
+        .strip_prefix(shared::order::CARD_TOKEN_PREFIX)
+        .is_some_and(|token| token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !on_file && (!(13..=19).contains(&card.len()) || !card.bytes().all(|b| b.is_ascii_digit())) {
         return Err("card number is not 13 to 19 digits".into());
     }
     Ok(())
@@ -74,9 +77,25 @@ fn mask_free_text(order: &mut Order) {
     }
 }
 
-pub struct Intake;
+/// The intake node; with a reader of the domains it also takes orders
+/// placed by reference (`super::enrich`).
+#[derive(Default)]
+pub struct Intake {
+    domains: Option<super::enrich::DomainReader>,
+}
 
 impl Intake {
+    /// Intake reading the domains of the stack of `settings`.
+    pub fn with_domains(settings: &shared::settings::Settings) -> anyhow::Result<Intake> {
+        Ok(Intake { domains: Some(super::enrich::DomainReader::new(settings)?) })
+    }
+
+    /// A rejection, with the card number masked before anything records it.
+    fn reject(mut element: OrderElement, reason: String) -> Outcome {
+        element.order.payment.card_number = shared::order::mask_card(&element.order.payment.card_number);
+        Outcome::new(element).step(OrderState::Rejected, reason)
+    }
+
     /// The pure step: accept or reject.
     pub fn decide(mut element: OrderElement) -> Outcome {
         mask_free_text(&mut element.order);
@@ -90,13 +109,8 @@ impl Intake {
                 );
                 Outcome::new(element).step(OrderState::Accepted, detail)
             }
-            Err(reason) => {
-                let mut element = element;
-                // The card number never leaves intake in a rejected order's record.
-                element.order.payment.card_number =
-                    shared::order::mask_card(&element.order.payment.card_number);
-                Outcome::new(element).step(OrderState::Rejected, reason)
-            }
+            // The card number never leaves intake in a rejected order's record.
+            Err(reason) => Intake::reject(element, reason),
         }
     }
 }
@@ -104,7 +118,17 @@ impl Intake {
 impl Stage for Intake {
     const NODE: Node = Node::Intake;
 
-    async fn handle(&self, element: OrderElement) -> Result<Outcome, StageError> {
+    async fn handle(&self, mut element: OrderElement) -> Result<Outcome, StageError> {
+        if let Some(domains) = self.domains.as_ref().filter(|_| super::enrich::by_reference(&element.order)) {
+            let lookups = domains.lookup(&element.order).await?;
+            match super::enrich::enrich(element.order.clone(), &lookups) {
+                Ok((order, from)) => {
+                    element.order = order;
+                    element.from_domains = Some(from);
+                }
+                Err(reason) => return Ok(Intake::reject(element, reason)),
+            }
+        }
         Ok(Intake::decide(element))
     }
 }
@@ -129,6 +153,7 @@ pub mod tests {
     pub fn valid_order() -> Order {
         Order {
             order_id: None,
+            address_id: None,
             customer_id: "c-1".into(),
             items: vec![Item { sku: "SKU-0001".into(), qty: 1 }],
             shipping_method: "standard".into(),

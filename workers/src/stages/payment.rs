@@ -4,7 +4,7 @@
 
 use crate::{catalog, processor::Processor};
 use chrono::{Datelike, NaiveDate, Utc};
-use shared::order::{card_last4, mask_card, Order, PaymentCard};
+use shared::order::{card_last4, mask_card, Order, PaymentCard, CARD_TOKEN_PREFIX};
 use shared::{Node, OrderElement, OrderState, Outcome, Stage, StageError};
 
 /// The card the simulated processor always declines.
@@ -47,6 +47,17 @@ pub fn expired(expiry: &str, today: NaiveDate) -> bool {
 
 /// The processor's answer before any money moves: `Err` is the decline reason.
 pub fn authorize(card: &PaymentCard, today: NaiveDate) -> Result<(), String> {
+    // A card on file: the processor holds the card its token stands for.
+    let on_file = card.card_number.starts_with(CARD_TOKEN_PREFIX);
+    if on_file && expired(&card.expiry, today) {
+        return Err(format!(
+            "the card on file expired ({})",
+            card.expiry.chars().take(8).collect::<String>()
+        ));
+    }
+    if on_file {
+        return Ok(());
+    }
     if card.card_number == DECLINED_CARD {
         return Err("card declined by the processor".into());
     }
@@ -66,6 +77,21 @@ pub fn amount_cents(order: &Order) -> i64 {
     order.items.iter().map(|i| catalog::price_cents(&i.sku) * i.qty.max(0)).sum()
 }
 
+/// What the element costs: at the catalog prices intake copied into it
+/// (an order placed by reference), else at the seeded prices.
+pub fn element_amount_cents(element: &OrderElement) -> i64 {
+    match &element.from_domains {
+        Some(from) if from.items.len() == element.order.items.len() => element
+            .order
+            .items
+            .iter()
+            .zip(&from.items)
+            .map(|(item, line)| line.price_cents * item.qty.max(0))
+            .sum(),
+        _ => amount_cents(&element.order),
+    }
+}
+
 pub struct Payment {
     processor: Processor,
 }
@@ -81,12 +107,18 @@ impl Stage for Payment {
 
     async fn handle(&self, mut element: OrderElement) -> Result<Outcome, StageError> {
         let card = element.order.payment.clone();
-        element.order.payment.card_number = mask_card(&card.card_number);
-        let last4 = card_last4(&card.card_number);
+        // A card on file is charged by its token and shown by its masked number.
+        let on_file = element.from_domains.as_ref().and_then(|from| from.card_on_file.clone());
+        let shown = match on_file.filter(|_| card.card_number.starts_with(CARD_TOKEN_PREFIX)) {
+            Some(masked) => masked,
+            None => card.card_number.clone(),
+        };
+        element.order.payment.card_number = mask_card(&shown);
+        let last4 = card_last4(&shown);
         if let Err(reason) = authorize(&card, Utc::now().date_naive()) {
             return Ok(Outcome::new(element).step(OrderState::PaymentDeclined, reason));
         }
-        let amount = amount_cents(&element.order);
+        let amount = element_amount_cents(&element);
         let charge = self.processor.charge(element.order_id, amount, &last4).await?;
         let detail = format!(
             "charged {} cents to card ending {last4} (charge {})",
@@ -122,5 +154,9 @@ mod tests {
         assert!(authorize(&card("4111111111111111", "10/26"), today).unwrap_err().contains("expired"));
         assert!(authorize(&card("4111111111111111", "13/30"), today).unwrap_err().contains("expired"));
         assert!(authorize(&card("4111111111111111", "garbage"), today).is_err());
+        assert!(authorize(&card("tok_0123456789abcdef0123456789abcdef", "12/30"), today).is_ok());
+        assert!(authorize(&card("tok_0123456789abcdef0123456789abcdef", "10/26"), today)
+            .unwrap_err()
+            .contains("on file"));
     }
 }

@@ -482,6 +482,7 @@ async fn orders_by_reference_are_built_from_the_domains() {
         by_ref("T-00001", "SKU-0001", json!({"address_id": "NOPE"})),
         by_ref("T-00002", "SKU-0001", json!({})),
         tests::orders::valid(1, "standard"),
+        by_ref("T-00001", "SKU-0001", json!({"shipping_method": "teleport"})),
     ];
     let ids = stack.publish(&orders);
     stack.wait_terminal(&ids, Duration::from_secs(60)).await;
@@ -508,6 +509,7 @@ async fn orders_by_reference_are_built_from_the_domains() {
     assert!(detail(5, "rejected").contains("no address \"NOPE\""), "{}", detail(5, "rejected"));
     assert!(detail(6, "rejected").contains("none on file"), "{}", detail(6, "rejected"));
     assert_eq!(views[7].state, "shipped", "an order with its own address and card needs no domain");
+    assert!(detail(8, "rejected").contains("shipping method"), "{}", detail(8, "rejected"));
     for view in &views {
         let text =
             serde_json::to_string(&view.history.iter().map(|e| &e.detail).collect::<Vec<_>>()).unwrap();

@@ -21,6 +21,28 @@ fn printable(text: &str) -> String {
 
 /// The intake rules; `Err` carries the first reason to reject the order.
 pub fn validate(order: &Order) -> Result<(), String> {
+    check_lines(order)?;
+    check_address_and_card(order)
+}
+
+/// The rules an order placed by reference must pass before intake reads
+/// the domains for it: everything but the address and the card (which the
+/// domains supply).
+pub fn validate_before_lookup(order: &Order) -> Result<(), String> {
+    check_lines(order)?;
+    check_method(order)
+}
+
+fn check_method(order: &Order) -> Result<(), String> {
+    if !SHIPPING_METHODS.contains(&order.shipping_method.as_str()) {
+        let method = printable(&order.shipping_method);
+        return Err(format!("shipping method {method:?} is not one of standard, express, overnight"));
+    }
+    Ok(())
+}
+
+/// The customer and the items.
+fn check_lines(order: &Order) -> Result<(), String> {
     check_text("customer_id", &order.customer_id)?;
     if order.items.is_empty() {
         return Err("the order has no items".into());
@@ -40,6 +62,11 @@ pub fn validate(order: &Order) -> Result<(), String> {
             return Err(format!("SKU {sku:?} is not in the catalog"));
         }
     }
+    Ok(())
+}
+
+/// The ship-to address, the shipping method and the card, in that order.
+fn check_address_and_card(order: &Order) -> Result<(), String> {
     let to = &order.ship_to;
     for (field, value) in [
         ("ship_to.name", &to.name),
@@ -50,10 +77,7 @@ pub fn validate(order: &Order) -> Result<(), String> {
     ] {
         check_text(field, value).map_err(|reason| format!("incomplete ship-to address: {reason}"))?;
     }
-    if !SHIPPING_METHODS.contains(&order.shipping_method.as_str()) {
-        let method = printable(&order.shipping_method);
-        return Err(format!("shipping method {method:?} is not one of standard, express, overnight"));
-    }
+    check_method(order)?;
     let card = &order.payment.card_number;
     let on_file = card
         .strip_prefix(shared::order::CARD_TOKEN_PREFIX)
@@ -120,6 +144,11 @@ impl Stage for Intake {
 
     async fn handle(&self, mut element: OrderElement) -> Result<Outcome, StageError> {
         if let Some(domains) = self.domains.as_ref().filter(|_| super::enrich::by_reference(&element.order)) {
+            // What intake can decide alone is decided before any domain is asked.
+            mask_free_text(&mut element.order);
+            if let Err(reason) = validate_before_lookup(&element.order) {
+                return Ok(Intake::reject(element, reason));
+            }
             let lookups = domains.lookup(&element.order).await?;
             match super::enrich::enrich(element.order.clone(), &lookups) {
                 Ok((order, from)) => {

@@ -22,12 +22,14 @@ use std::time::Duration;
 use topology::DomainCopy;
 
 /// Whether intake must read the domains for this order: it names an
-/// address of the customer's, or brings no ship-to address or no card.
+/// address of the customer's, or brings no ship-to address at all (a
+/// partial address is the customer's mistake, rejected as ever). Only such
+/// an order may also leave out its card (the card on file is charged).
 pub fn by_reference(order: &Order) -> bool {
     let to = &order.ship_to;
     let no_address =
         [&to.name, &to.line1, &to.city, &to.postal_code, &to.country].iter().all(|f| f.is_empty());
-    order.address_id.is_some() || no_address || order.payment.card_number.is_empty()
+    order.address_id.is_some() || no_address
 }
 
 /// What the domains answered for one order: the customer (or why not), and

@@ -26,6 +26,10 @@ say "calling intake's service synchronously with examples/order.json:"
 "$BIN/orderflow" call intake --element-file examples/order.json --sync --timeout 10 | sed -n 1,8p
 say "a customer, read at the UK replica (fed by the primary's change stream):"
 "$BIN/orderflow" customer get C-000002 --region uk
+say "50 units of SKU-0001 arrive from distributor D-01 (the received-items queue), and its stock:"
+"$BIN/orderflow" receive --distributor D-01 --sku SKU-0001 --qty 50 >/dev/null
+sleep 1
+"$BIN/orderflow" stock SKU-0001
 say "the domains and each replica's lag:"
 "$BIN/orderflow" domains status || true
 first=$(head -n1 "$ids")
@@ -46,5 +50,6 @@ All $(wc -l <"$ids") orders are terminal. Where to look:
   its JSON        $BIN/orderflow status $first --json
   a customer      $BIN/orderflow customer get C-000002 --region de    (customer list, add, set-address; catalog get SKU-0007)
   the domains     $BIN/orderflow domains status    (each replica's lag in changes and ms)
+  stock           $BIN/orderflow stock SKU-0001    (orderflow receive --distributor D-01 --sku SKU-0001 --qty 5)
   stop it all     scripts/down.sh
 TXT

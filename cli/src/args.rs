@@ -71,6 +71,34 @@ pub enum Command {
         #[command(subcommand)]
         command: DistributorCommand,
     },
+    /// Record items arrived from a distributor: published to the received-items queue, taken in order of arrival.
+    #[command(group = clap::ArgGroup::new("what").required(true))]
+    #[command(
+        after_help = "Prints each receipt id. A receipt sent twice (same --receipt-id) is counted once.\n\n\
+                            Examples:\n  orderflow receive --distributor D-01 --sku SKU-0042 --qty 120\n  \
+                            orderflow receive --file arrivals.jsonl   # {\"distributor_id\", \"sku\", \"qty\"[, \"receipt_id\"]} per line"
+    )]
+    Receive {
+        #[arg(long, group = "what", requires_all = ["sku", "qty"])]
+        distributor: Option<String>,
+        #[arg(long)]
+        sku: Option<String>,
+        /// Units arrived (1 to 1,000,000).
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..=1_000_000), allow_negative_numbers = true)]
+        qty: Option<i64>,
+        /// The receipt id (default: a new uuid).
+        #[arg(long, value_parser = values::request_id)]
+        receipt_id: Option<String>,
+        /// One receipt (JSON object) per line.
+        #[arg(long, group = "what")]
+        file: Option<PathBuf>,
+    },
+    /// The stock of a SKU: on hand, reserved, received (from the stock domain, answered by inventory).
+    Stock {
+        sku: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// The data domains as a whole: status (replication lag), seed.
     Domains {
         #[command(subcommand)]

@@ -378,3 +378,102 @@ async fn seed(settings: &Settings, dir: &Path) -> anyhow::Result<Outcome> {
     let _ = session.connection.close(200, "seeded".into()).await;
     Ok(if refused == 0 { Outcome::Done } else { Outcome::Declined })
 }
+
+/// One receipt as `receive` publishes it: its id and body.
+pub struct ReceiptLine {
+    pub receipt_id: String,
+    pub body: Value,
+}
+
+pub fn receipt_line(
+    distributor_id: String,
+    sku: Option<String>,
+    qty: Option<i64>,
+    receipt_id: Option<String>,
+) -> ReceiptLine {
+    ReceiptLine {
+        receipt_id: receipt_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        body: json!({"distributor_id": distributor_id, "sku": sku, "qty": qty}),
+    }
+}
+
+/// Reads receipts, one JSON object per line; a bad line publishes nothing.
+pub fn read_receipts(path: &Path) -> anyhow::Result<Vec<ReceiptLine>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut lines = Vec::new();
+    for (number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let mut body: Value = serde_json::from_str(line).map_err(|e| {
+            anyhow::anyhow!("line {}: not valid JSON ({e}); nothing was published", number + 1)
+        })?;
+        anyhow::ensure!(body.is_object(), "line {}: not a JSON object; nothing was published", number + 1);
+        let receipt_id = match body.as_object_mut().and_then(|o| o.remove("receipt_id")) {
+            Some(Value::String(id)) => {
+                shared::service::check_id("the receipt id", &id)
+                    .map_err(|e| anyhow::anyhow!("line {}: {e}", number + 1))?;
+                id
+            }
+            Some(other) => {
+                anyhow::bail!("line {}: receipt_id {other} is not text; nothing was published", number + 1)
+            }
+            None => uuid::Uuid::new_v4().to_string(),
+        };
+        lines.push(ReceiptLine { receipt_id, body });
+    }
+    anyhow::ensure!(!lines.is_empty(), "{} holds no receipts; nothing was published", path.display());
+    Ok(lines)
+}
+
+/// Publishes receipts to the received-items queue, confirmed, in order;
+/// prints each receipt id. The stock domain checks and counts them.
+pub async fn receive(settings: &Settings, receipts: Vec<ReceiptLine>) -> anyhow::Result<Outcome> {
+    let connection = shared::transport::connect(&settings.amqp_url, "orderflow-receive")
+        .await
+        .with_context(|| format!("cannot connect to RabbitMQ at {}", settings.amqp_url_redacted()))?;
+    let publisher = shared::transport::Publisher::open(&connection, &settings.broker_user()).await?;
+    for chunk in receipts.chunks(100) {
+        let messages: Vec<shared::transport::Outgoing> = chunk
+            .iter()
+            .map(|receipt| shared::transport::Outgoing {
+                exchange: topology::RECEIVING_EXCHANGE,
+                routing_key: topology::domains::RECEIVED_ROUTING_KEY.to_string(),
+                body: serde_json::to_vec(&receipt.body).expect("JSON always serializes"),
+                properties: lapin::BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2)
+                    .with_message_id(receipt.receipt_id.as_str().into()),
+            })
+            .collect();
+        publisher.publish_all(&messages).await.context("publishing received items")?;
+        for receipt in chunk {
+            println!("{}", receipt.receipt_id);
+        }
+    }
+    publisher.close().await;
+    let _ = connection.close(200, "received".into()).await;
+    Ok(Outcome::Done)
+}
+
+/// `orderflow stock SKU`.
+pub async fn stock(settings: &Settings, sku: &str, json: bool) -> anyhow::Result<Outcome> {
+    let session = Session::open(settings).await?;
+    let outcome =
+        match session.ask(DomainCopy::primary("stock"), json!({"op": "stock", "sku": sku}), None).await {
+            Ok(data) if json => {
+                println!("{}", serde_json::to_string_pretty(&data)?);
+                Outcome::Done
+            }
+            Ok(data) => {
+                println!(
+                    "{}  on hand {}  reserved {}  received {}",
+                    escaped(data["sku"].as_str().unwrap_or_default()),
+                    data["on_hand"],
+                    data["reserved"],
+                    data["received"]
+                );
+                Outcome::Done
+            }
+            Err(error) => failed(error),
+        };
+    session.close().await;
+    Ok(outcome)
+}

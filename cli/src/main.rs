@@ -55,6 +55,17 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Catalog { command } => domains::catalog(&settings, command).await,
         Command::Distributor { command } => domains::distributor(&settings, command).await,
         Command::Domains { command } => domains::domains(&settings, command).await,
+        Command::Receive { distributor, sku, qty, receipt_id, file } => {
+            let receipts = match (distributor, file) {
+                (Some(distributor_id), _) => {
+                    vec![domains::receipt_line(distributor_id, sku, qty, receipt_id)]
+                }
+                (None, Some(file)) => domains::read_receipts(&file)?,
+                (None, None) => unreachable!("clap requires --distributor or --file"),
+            };
+            domains::receive(&settings, receipts).await
+        }
+        Command::Stock { sku, json } => domains::stock(&settings, &sku, json).await,
         Command::Publish { count, rate, mixed, file, directed } => {
             let orders = match (count, file) {
                 (Some(n), _) => shared::generate::orders(n, mixed),

@@ -527,3 +527,114 @@ async fn orders_by_reference_are_built_from_the_domains() {
     let ok = stack.stop_all().await;
     assert!(ok.iter().all(|(_, status)| status.success()), "{ok:?}");
 }
+
+/// Every receipt of the stock domain, in order of arrival.
+async fn all_receipts(client: &DomainClient) -> Vec<Value> {
+    let mut all: Vec<Value> = Vec::new();
+    loop {
+        let after = all.last().map_or(0, |r| r["arrival"].as_i64().unwrap());
+        let request = json!({"op": "receipts", "sku": "SKU-0500", "after": after, "limit": 200});
+        let page = client.call(DomainCopy::primary("stock"), &request, None, TIMEOUT).await.unwrap();
+        let receipts = page["receipts"].as_array().unwrap().clone();
+        if receipts.is_empty() {
+            return all;
+        }
+        all.extend(receipts);
+    }
+}
+
+/// The received-items queue: 2,000 receipts published in order are taken
+/// one at a time in that order by the stock domain (two inventory
+/// instances, one active), while the active one is killed with SIGKILL;
+/// each is counted once (a receipt sent again too), the units on hand grow
+/// by exactly what was received, careless receipts are dead-lettered with
+/// the reason, and a node's user cannot publish one at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn received_items_are_taken_in_order_once_through_a_kill() {
+    let mut stack = Stack::start_with_node_users("domains-receiving").await;
+    stack.scale("inventory", 2).await.unwrap();
+    let (_c, client) = client_as(&stack, "publisher").await;
+    let before = client
+        .call(DomainCopy::primary("stock"), &json!({"op": "stock", "sku": "SKU-0500"}), None, TIMEOUT)
+        .await
+        .unwrap();
+    let lines: Vec<String> = (1..=2000)
+        .map(|n| json!({"receipt_id": format!("r-{n:05}"), "distributor_id": "D-05", "sku": "SKU-0500", "qty": n % 7 + 1}).to_string())
+        .collect();
+    let file = stack.run_dir.join("arrivals.jsonl");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let sent = stack.cli(&["receive", "--file", file.to_str().unwrap()]);
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    // Kill the active instance while it works through the queue.
+    loop {
+        let status =
+            client.call(DomainCopy::primary("stock"), &json!({"op": "status"}), None, TIMEOUT).await.unwrap();
+        if status["seq"].as_i64().unwrap() >= 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stack.kill("inventory-1");
+    stack.spawn("inventory", "inventory-1");
+    // The same receipt again, and careless ones.
+    let again = stack.cli(&[
+        "receive",
+        "--distributor",
+        "D-05",
+        "--sku",
+        "SKU-0500",
+        "--qty",
+        "3",
+        "--receipt-id",
+        "r-00001",
+    ]);
+    assert!(again.status.success());
+    let careless = [
+        json!({"receipt_id": "bad-1", "distributor_id": "D-05", "sku": "SKU-0500", "qty": "NaN"}),
+        json!({"receipt_id": "bad-2", "distributor_id": "D-05", "sku": "SKU-0500", "qty": -4}),
+        json!({"receipt_id": "bad-3", "distributor_id": "D-05", "sku": "SKU-9999", "qty": 1}),
+    ];
+    std::fs::write(&file, careless.iter().map(Value::to_string).collect::<Vec<_>>().join("\n")).unwrap();
+    assert!(stack.cli(&["receive", "--file", file.to_str().unwrap()]).status.success());
+    let letters = stack.letters_with("not a received item", 3).await;
+    assert_eq!(letters.len(), 3, "{letters:?}");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let receipts = loop {
+        let receipts = all_receipts(&client).await;
+        if receipts.len() >= 2000 || std::time::Instant::now() > deadline {
+            break receipts;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let ids: Vec<&str> = receipts.iter().map(|r| r["receipt_id"].as_str().unwrap()).collect();
+    let expected: Vec<String> = (1..=2000).map(|n| format!("r-{n:05}")).collect();
+    assert_eq!(ids, expected, "every receipt once, in order of arrival");
+    let units: i64 = (1..=2000).map(|n| n % 7 + 1).sum();
+    let after = client
+        .call(DomainCopy::primary("stock"), &json!({"op": "stock", "sku": "SKU-0500"}), None, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(
+        after["on_hand"].as_i64().unwrap() - before["on_hand"].as_i64().unwrap(),
+        units,
+        "{before} -> {after}"
+    );
+    assert_eq!(after["received"].as_i64().unwrap(), units);
+    let shown = stack.cli(&["stock", "SKU-0500"]);
+    assert!(String::from_utf8_lossy(&shown.stdout).contains(&format!("received {units}")));
+
+    // A node's own user may not publish received items: the broker refuses it.
+    let connection = shared::transport::connect(&stack.role_url("payment"), "forger").await.unwrap();
+    let forger = shared::transport::Publisher::open(&connection, &stack.role_user("payment")).await.unwrap();
+    let forged = shared::transport::Outgoing {
+        exchange: topology::RECEIVING_EXCHANGE,
+        routing_key: "received".into(),
+        body: json!({"distributor_id": "D-05", "sku": "SKU-0500", "qty": 1000}).to_string().into_bytes(),
+        properties: lapin::BasicProperties::default().with_message_id("forged-1".into()),
+    };
+    let refused = forger.publish_all(&[forged]).await;
+    assert!(matches!(&refused, Err(e) if e.is_permanent()), "{refused:?}");
+    let ok = stack.stop_all().await;
+    assert!(ok.iter().all(|(_, status)| status.success()), "{ok:?}");
+}

@@ -18,16 +18,34 @@ pub struct DomainDef {
     /// The regions of its read replicas, each its own process.
     pub replicas: &'static [&'static str],
     /// The workflow node that owns the data and answers for it, when the
-    /// domain is not a process of its own (none yet: inventory's stock will be).
+    /// domain is not a process of its own (inventory's stock).
     pub served_by: Option<Node>,
+    /// A true queue the domain takes work from, one message at a time in
+    /// order of arrival (the stock domain's received items), published to
+    /// [`RECEIVING_EXCHANGE`].
+    pub receives: Option<&'static str>,
 }
 
 /// orderflow's domains.
 pub const DOMAINS: &[DomainDef] = &[
-    DomainDef { name: "customer", replicas: &["uk", "de"], served_by: None },
-    DomainDef { name: "catalog", replicas: &[], served_by: None },
-    DomainDef { name: "distributor", replicas: &[], served_by: None },
+    DomainDef { name: "customer", replicas: &["uk", "de"], served_by: None, receives: None },
+    DomainDef { name: "catalog", replicas: &[], served_by: None, receives: None },
+    DomainDef { name: "distributor", replicas: &[], served_by: None, receives: None },
+    DomainDef {
+        name: "stock",
+        replicas: &[],
+        served_by: Some(Node::Inventory),
+        receives: Some(RECEIVED_ITEMS_QUEUE),
+    },
 ];
+
+/// The manifesto's true queue filled by receiving: items arriving from
+/// distributors, taken one at a time in order of arrival by the stock
+/// domain (the inventory node; single active consumer).
+pub const RECEIVED_ITEMS_QUEUE: &str = "orderflow.received-items";
+/// The exchange receiving stations publish arrived items to (routing key `received`).
+pub const RECEIVING_EXCHANGE: &str = "orderflow.receiving";
+pub const RECEIVED_ROUTING_KEY: &str = "received";
 
 /// One copy of a domain: its primary (`region: None`) or a replica.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -108,9 +126,14 @@ impl DomainCopy {
         }
     }
 
-    /// A replica's queue on its primary's change stream.
+    /// The queue the copy takes changes or work from, one at a time in
+    /// order: a replica's queue on its primary's change stream, or the
+    /// domain's true queue (`DomainDef::receives`).
     pub fn feed_queue(self) -> Option<String> {
-        self.region.map(|region| format!("orderflow.replica.{}.{region}", self.domain))
+        match self.region {
+            Some(region) => Some(format!("orderflow.replica.{}.{region}", self.domain)),
+            None => self.def().receives.map(String::from),
+        }
     }
 
     /// How the copy names itself in results and status: `customer`,
@@ -162,5 +185,9 @@ mod tests {
         assert_eq!(DomainCopy::find("customer", Some("primary")), Some(DomainCopy::primary("customer")));
         assert_eq!(DomainCopy::find("catalog", Some("uk")), None);
         assert_eq!(processes(), ["customer", "customer-uk", "customer-de", "catalog", "distributor"]);
+        // The stock domain is answered by the inventory node, which takes the received items.
+        let stock = DomainCopy::primary("stock");
+        assert_eq!(stock.process(), "inventory");
+        assert_eq!(stock.feed_queue().as_deref(), Some(RECEIVED_ITEMS_QUEUE));
     }
 }

@@ -11,7 +11,9 @@ pub mod management;
 pub mod permissions;
 pub mod workflow;
 
-pub use domains::{DomainCopy, DOMAINS_EXCHANGE, DOMAIN_CHANGES_EXCHANGE};
+pub use domains::{
+    DomainCopy, DOMAINS_EXCHANGE, DOMAIN_CHANGES_EXCHANGE, RECEIVED_ITEMS_QUEUE, RECEIVING_EXCHANGE,
+};
 pub use workflow::{Node, OrderState, WORKFLOW};
 
 use lapin::{
@@ -138,6 +140,7 @@ pub fn exchanges() -> Vec<ExchangeSpec> {
         ExchangeSpec { name: RESULTS_EXCHANGE, kind: ExchangeKind::Topic, alternate: None },
         ExchangeSpec { name: DOMAINS_EXCHANGE, kind: ExchangeKind::Topic, alternate: None },
         ExchangeSpec { name: DOMAIN_CHANGES_EXCHANGE, kind: ExchangeKind::Topic, alternate: None },
+        ExchangeSpec { name: RECEIVING_EXCHANGE, kind: ExchangeKind::Topic, alternate: None },
     ]
 }
 
@@ -168,10 +171,11 @@ pub fn domain_queues(copy: DomainCopy) -> Vec<QueueSpec> {
     let mut queues =
         vec![QueueSpec { name: copy.queue(), bindings: vec![(DOMAINS_EXCHANGE, copy.routing_key())] }];
     if let Some(feed) = copy.feed_queue() {
-        queues.push(QueueSpec {
-            name: feed,
-            bindings: vec![(DOMAIN_CHANGES_EXCHANGE, copy.domain.to_string())],
-        });
+        let binding = match copy.region {
+            Some(_) => (DOMAIN_CHANGES_EXCHANGE, copy.domain.to_string()),
+            None => (RECEIVING_EXCHANGE, domains::RECEIVED_ROUTING_KEY.to_string()),
+        };
+        queues.push(QueueSpec { name: feed, bindings: vec![binding] });
     }
     queues
 }

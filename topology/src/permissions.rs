@@ -6,8 +6,8 @@
 use crate::{
     DomainCopy, Node, AUDIT_EXCHANGE, CHANGES_EXCHANGE, COORDINATOR_CHANGES_QUEUE, COORDINATOR_QUEUE,
     COORDINATOR_REPLIES_QUEUE, COORDINATOR_ROUTING_KEY, DEAD_LETTER_EXCHANGE, DOMAINS_EXCHANGE,
-    DOMAIN_CHANGES_EXCHANGE, POLL_RESULTS_QUEUE, RESULTS_EXCHANGE, SERVICES_EXCHANGE, TRACKER_QUEUE,
-    UNKNOWN_SERVICE_QUEUE, WORKFLOW_EXCHANGE,
+    DOMAIN_CHANGES_EXCHANGE, POLL_RESULTS_QUEUE, RECEIVING_EXCHANGE, RESULTS_EXCHANGE, SERVICES_EXCHANGE,
+    TRACKER_QUEUE, UNKNOWN_SERVICE_QUEUE, WORKFLOW_EXCHANGE,
 };
 
 /// The default exchange as permissions name it: replies to a caller's
@@ -141,7 +141,9 @@ pub fn grant(role: Role) -> Grant {
             // It may ask the domains, and answers for a domain whose data it
             // owns (`DomainDef::served_by`).
             let mut read = vec![queue.clone(), changes.clone(), node.service_queue()];
-            read.extend(served_domains(node).map(DomainCopy::queue));
+            read.extend(
+                served_domains(node).flat_map(|copy| crate::domain_queues(copy).into_iter().map(|q| q.name)),
+            );
             let read: Vec<&str> = read.iter().map(String::as_str).collect();
             Grant {
                 configure: exact(&[]),
@@ -208,10 +210,13 @@ pub fn grant(role: Role) -> Grant {
                 CHANGES_EXCHANGE,
                 SERVICES_EXCHANGE,
                 DOMAINS_EXCHANGE,
+                RECEIVING_EXCHANGE,
             ]),
             read: exact(&[]),
             topic: vec![
                 topic(DOMAINS_EXCHANGE, DOMAIN_CALLS.to_string(), exact(&[])),
+                // The receiving station: items arrived from distributors.
+                topic(RECEIVING_EXCHANGE, exact(&[crate::domains::RECEIVED_ROUTING_KEY]), exact(&[])),
                 topic(
                     WORKFLOW_EXCHANGE,
                     exact(&[&Node::Intake.routing_key(), COORDINATOR_ROUTING_KEY]),
@@ -310,6 +315,12 @@ mod tests {
         assert!(!uk.write.contains("domain-changes"), "a replica never writes the stream: {}", uk.write);
         let catalog = grant(Role::Domain(DomainCopy::primary("catalog")));
         assert!(!catalog.write.contains("domain-changes"), "no replicas, no stream: {}", catalog.write);
+        let inventory = grant(Role::Node(Node::Inventory));
+        assert!(
+            inventory.read.contains("orderflow\\.domain\\.stock")
+                && inventory.read.contains("received-items")
+        );
+        assert!(!grant(Role::Node(Node::Payment)).read.contains("received-items"));
         for role in [Role::Tracker, Role::Coordinator] {
             assert!(!grant(role).write.contains("orderflow\\.domains"), "{role:?} calls no domain");
         }

@@ -150,7 +150,13 @@ impl Signers {
         }
         let queue = get(QUEUE_HEADER).unwrap_or_default();
         let own_queues = match role {
-            Role::Node(n) => vec![n.queue(), n.changes_queue(), n.service_queue()],
+            Role::Node(n) => {
+                let served = topology::permissions::served_domains(n).flat_map(topology::domain_queues);
+                [n.queue(), n.changes_queue(), n.service_queue()]
+                    .into_iter()
+                    .chain(served.map(|q| q.name))
+                    .collect()
+            }
             Role::Tracker => {
                 vec![topology::TRACKER_QUEUE.to_string(), topology::POLL_RESULTS_QUEUE.to_string()]
             }

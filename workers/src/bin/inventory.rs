@@ -1,20 +1,25 @@
 //! The inventory node: reserves stock it alone owns.
 
+use shared::transport::domain::run_domain;
 use shared::transport::runner::run_stage;
 use shared::Node;
+use workers::domains::stock::StockDomain;
 use workers::stages::inventory::Inventory;
 use workers::Process;
 
 const PROCESS: Process = Process::node(
     Node::Inventory,
-    "The inventory node of orderflow: reserves each charged order's items from the stock it alone owns.",
+    "The inventory node of orderflow: reserves each charged order's items from the stock it alone owns, answers the stock domain's requests and takes the received items, one at a time in order of arrival.",
 );
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     workers::node_main(PROCESS, |settings, shutdown| async move {
         let stage = Inventory::open(&settings).await?;
-        run_stage(stage, settings, shutdown).await
+        // It also answers for the stock domain and takes the received items.
+        let stock = std::sync::Arc::new(StockDomain::open(&settings).await?);
+        let domain = run_domain(settings.clone(), stock, shutdown.clone());
+        tokio::try_join!(run_stage(stage, settings, shutdown), domain).map(|_| ())
     })
     .await
 }

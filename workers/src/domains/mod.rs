@@ -2,9 +2,12 @@
 //! where they run): `documents` (a copy's store and change log),
 //! `replication` (a primary's change stream, a replica following it),
 //! `customer` (customers, addresses, cards on file; a primary and
-//! replicas), `records` (the catalog and the distributors).
+//! replicas), `records` (the catalog and the distributors), `stock`
+//! (inventory's stock and its received-items queue, answered by the
+//! inventory node).
 
 pub mod customer;
 pub mod documents;
 pub mod records;
 pub mod replication;
+pub mod stock;

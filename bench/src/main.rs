@@ -15,6 +15,7 @@
 
 mod calls;
 mod compare;
+mod domains;
 mod load;
 mod machine;
 mod orderflow;
@@ -125,6 +126,14 @@ pub struct Args {
     /// --soak-every seconds (throughput, latency, every process's memory, the tracker's store).
     #[arg(long)]
     pub soak: bool,
+    /// Run only the data domains' figures: orders/s of orders placed by reference (intake reads
+    /// the domains) beside self-contained orders, alternating (--reps pairs of --orders each), and
+    /// the latency of a customer lookup at a replica and at the primary.
+    #[arg(long)]
+    pub domains: bool,
+    /// The domains' seed files (--domains).
+    #[arg(long, default_value = "data/domains")]
+    pub seed_dir: PathBuf,
     /// Orders of the soak.
     #[arg(long, default_value_t = 100_000)]
     pub soak_orders: usize,
@@ -423,6 +432,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
             versions,
             machine::describe(),
             soak::markdown(&result)
+        );
+        return publish(&markdown, args.report.as_deref());
+    }
+    if args.domains {
+        let lookups = if plan.smoke { 50 } else { 2000 };
+        let result = domains::run(
+            &config,
+            &args.seed_dir,
+            plan.reps,
+            plan.burst_orders,
+            plan.in_flight,
+            plan.warmup,
+            lookups,
+        )
+        .await?;
+        let markdown = format!(
+            "# orderflow and its data domains, {}\n\n{} on {}; rerun: `scripts/bench.sh DOMAINS.md --domains`\n\n{}",
+            started.format("%Y-%m-%d"),
+            versions,
+            machine::describe(),
+            domains::markdown(&result)
         );
         return publish(&markdown, args.report.as_deref());
     }

@@ -1,6 +1,7 @@
 //! `bench_smoke`: the benchmark's smoke run (`orderflow-bench --smoke`) finishes
 //! in seconds, prints every figure of the report, writes it to `--report`, and
-//! leaves no vhost or PostgreSQL database behind; a short soak prints its rows. It checks that the
+//! leaves no vhost or PostgreSQL database behind; a short soak prints its rows; the domains run
+//! prints orders by reference beside self-contained ones and the lookup latencies. It checks that the
 //! bench runs, never a speed.
 
 use std::io::Read;
@@ -214,4 +215,29 @@ async fn an_ab_comparison_prints_both_builds_and_the_ratios() {
     let ratio: f64 =
         ratio.and_then(|r| r.trim().parse().ok()).unwrap_or_else(|| panic!("no ratio:\n{stdout}"));
     assert!(ratio > 0.0, "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_domains_run_prints_both_kinds_of_order_and_the_lookups() {
+    let seed_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/domains");
+    let args = [
+        "--smoke",
+        "--domains",
+        "--seed-dir",
+        seed_dir.to_str().unwrap(),
+        "--orders",
+        "100",
+        "--warmup",
+        "5",
+    ];
+    let (status, stdout, stderr) = run_bench(&args).await;
+    assert!(status.success(), "orderflow-bench --domains failed ({status}):\n{stderr}\n{stdout}");
+    for line in [
+        "| pair | self-contained orders/s | by reference orders/s |",
+        "| customer@uk (replica) | 50 |",
+        "| customer (primary) | 50 |",
+        "Median ratio",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing:\n{stdout}");
+    }
 }

@@ -3,14 +3,15 @@
 # multi-unit, some declined, some out of stock, some invalid) and 20 more in
 # directed mode (the coordinator calls each node's service), waits until
 # every one is terminal, calls intake's service once, loads the data
-# domains' seed files and reads a customer at the UK replica, and prints the
-# summary and where to look.
+# domains' seed files and reads a customer at the UK replica, shows a
+# backorder released by the distributor's shipment, and prints the summary
+# and where to look.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 scripts/up.sh
-say "loading the data domains' seed files (2,000 customers, 501 catalog items, 5 distributors) through their services..."
+say "loading the data domains' seed files (2,000 customers, 506 catalog items, 5 distributors) through their services..."
 "$BIN/orderflow" domains seed --dir data/domains
 ids="$ORDERFLOW_RUN_DIR/demo-ids.txt"
 say "publishing 200 mixed orders..."
@@ -30,6 +31,19 @@ say "50 units of SKU-0001 arrive from distributor D-01 (the received-items queue
 "$BIN/orderflow" receive --distributor D-01 --sku SKU-0001 --qty 50 >/dev/null
 sleep 1
 "$BIN/orderflow" stock SKU-0001
+say "a backorder: two orders of 8 x SKU-0901 (10 in stock). The second waits; its purchase order goes to D-01,"
+say "whose shipment (distributor-sim, after ${ORDERFLOW_DISTRIBUTOR_DELAY_MS:-2000} ms) arrives as received items and releases it:"
+backorders="$ORDERFLOW_RUN_DIR/demo-backorders.jsonl"
+order='{"customer_id": "C-000001", "items": [{"sku": "SKU-0901", "qty": 8}], "shipping_method": "standard",
+ "ship_to": {"name": "Ada Lovelace", "line1": "12 St James Square", "city": "London", "postal_code": "SW1Y 4JH", "country": "GB"},
+ "payment": {"card_number": "4111111111111111", "expiry": "12/30"}}'
+order=$(echo "$order" | tr -d '\n')
+printf '%s\n%s\n' "$order" "$order" >"$backorders"
+"$BIN/orderflow" publish --file "$backorders" >"$backorders.ids"
+sleep 1
+"$BIN/orderflow" stock SKU-0901
+"$BIN/orderflow" wait --ids "$backorders.ids" --timeout 60 >/dev/null || true
+"$BIN/orderflow" status "$(tail -n1 "$backorders.ids")" | grep -E "backordered|reserved|shipped" || true
 say "the domains and each replica's lag:"
 "$BIN/orderflow" domains status || true
 first=$(head -n1 "$ids")
@@ -40,7 +54,8 @@ All $(wc -l <"$ids") orders are terminal. Where to look:
   management UI   $ORDERFLOW_MGMT_URL  (guest/guest locally; pick the vhost of AMQP_URL at the top right)
                   Queues: orderflow.intake ... orderflow.shipping, orderflow.audit.tracker, orderflow.dead-letter,
                           orderflow.changes.<node> (7, one per node), orderflow.retry.<node>,
-                          orderflow.service.<node> (each node's service), orderflow.coordinator (directed orders)
+                          orderflow.service.<node> (each node's service), orderflow.coordinator (directed orders),
+                          orderflow.received-items (receiving), orderflow.distributor-shipments (purchase orders)
                   Exchanges: orderflow.workflow (topic), orderflow.audit, orderflow.changes (fanout), orderflow.dead-letter,
                              orderflow.services (calls), orderflow.results (callbacks, polled results)
   live counts     $BIN/orderflow watch
@@ -50,6 +65,6 @@ All $(wc -l <"$ids") orders are terminal. Where to look:
   its JSON        $BIN/orderflow status $first --json
   a customer      $BIN/orderflow customer get C-000002 --region de    (customer list, add, set-address; catalog get SKU-0007)
   the domains     $BIN/orderflow domains status    (each replica's lag in changes and ms)
-  stock           $BIN/orderflow stock SKU-0001    (orderflow receive --distributor D-01 --sku SKU-0001 --qty 5)
+  stock           $BIN/orderflow stock SKU-0901    (on hand, reserved, received, backordered; orderflow receive --distributor D-01 --sku SKU-0901 --qty 5)
   stop it all     scripts/down.sh
 TXT

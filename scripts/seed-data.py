@@ -50,10 +50,17 @@ with open(out / "catalog.jsonl", "w") as f:
         item = {"sku": sku, "title": f"{rng.choice(nouns)} {n}", "price_cents": 499 + (n % 50) * 100,
                 "weight_grams": rng.randint(50, 5000), "status": "active"}
         f.write(json.dumps(item) + "\n")
+    # Few in stock (10 units each), each supplied by one distributor: backorders.
+    for n in range(901, 906):
+        item = {"sku": f"SKU-{n:04d}", "title": f"Backorder Widget {n}", "price_cents": 499 + (n % 50) * 100,
+                "weight_grams": 400, "status": "active"}
+        f.write(json.dumps(item) + "\n")
 
 with open(out / "distributors.jsonl", "w") as f:
     for d, name in enumerate(["Acme Supply", "Northwind", "Globex", "Initech", "Umbrella Parts"], start=1):
-        # Each supplies a fifth of the stocked SKUs; nobody supplies SKU-0999.
+        # Each supplies a fifth of the stocked SKUs and one of the few in stock
+        # (SKU-0901..0905); nobody supplies SKU-0999.
         supplies = [{"sku": f"SKU-{n:04d}", "lead_time_days": rng.randint(1, 14)}
                     for n in range(d, 501, 5)]
+        supplies.append({"sku": f"SKU-{900 + d:04d}", "lead_time_days": 1})
         f.write(json.dumps({"distributor_id": f"D-{d:02d}", "name": name, "supplies": supplies}) + "\n")

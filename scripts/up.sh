@@ -44,10 +44,14 @@ metrics_ports=()
 port=$metrics_base
 mapfile -t PROCESSES < <(processes)
 for node in "${PROCESSES[@]}"; do
-  # A domain's replica (customer-uk) runs the domain's binary, told its region.
-  binary=${node%%-*}
+  # A process runs the binary of its name (distributor-sim); a domain's
+  # replica (customer-uk) runs the domain's binary, told its region.
+  binary=$node
   region=()
-  [[ $binary != "$node" ]] && region=(ORDERFLOW_REGION="${node#*-}")
+  if [[ ! -x "$BIN/$node" ]]; then
+    binary=${node%%-*}
+    region=(ORDERFLOW_REGION="${node#*-}")
+  fi
   var="ORDERFLOW_INSTANCES_${node^^}"
   var=${var//-/_}
   instances=${!var:-1}

@@ -75,7 +75,7 @@ pub async fn run(
     stack.start_domains().await?;
     let seeded = stack.command("orderflow").args(["domains", "seed", "--dir"]).arg(seed_dir).output()?;
     anyhow::ensure!(seeded.status.success(), "seeding failed: {}", String::from_utf8_lossy(&seeded.stderr));
-    crate::progress::note("  domains seeded (2,000 customers, 501 catalog items, 5 distributors)");
+    crate::progress::note("  domains seeded (2,000 customers, 506 catalog items, 5 distributors)");
     warm_up(&mut stack, warmup).await?;
     let mut pairs = Vec::new();
     for rep in 1..=reps {

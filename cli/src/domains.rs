@@ -456,24 +456,29 @@ pub async fn receive(settings: &Settings, receipts: Vec<ReceiptLine>) -> anyhow:
 /// `orderflow stock SKU`.
 pub async fn stock(settings: &Settings, sku: &str, json: bool) -> anyhow::Result<Outcome> {
     let session = Session::open(settings).await?;
-    let outcome =
-        match session.ask(DomainCopy::primary("stock"), json!({"op": "stock", "sku": sku}), None).await {
-            Ok(data) if json => {
-                println!("{}", serde_json::to_string_pretty(&data)?);
-                Outcome::Done
-            }
-            Ok(data) => {
-                println!(
-                    "{}  on hand {}  reserved {}  received {}",
+    let outcome = match session
+        .ask(DomainCopy::primary("stock"), json!({"op": "stock", "sku": sku}), None)
+        .await
+    {
+        Ok(data) if json => {
+            println!("{}", serde_json::to_string_pretty(&data)?);
+            Outcome::Done
+        }
+        Ok(data) => {
+            println!(
+                    "{}  on hand {}  reserved {}  received {}  backordered {} (orders waiting {}, units held for them {})",
                     escaped(data["sku"].as_str().unwrap_or_default()),
                     data["on_hand"],
                     data["reserved"],
-                    data["received"]
+                    data["received"],
+                    data["backordered"],
+                    data["backorders"],
+                    data["held_for_backorders"]
                 );
-                Outcome::Done
-            }
-            Err(error) => failed(error),
-        };
+            Outcome::Done
+        }
+        Err(error) => failed(error),
+    };
     session.close().await;
     Ok(outcome)
 }

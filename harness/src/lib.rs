@@ -21,6 +21,10 @@ pub use stack::{Process, Stack, StackConfig};
 pub use topology::workflow::processes;
 pub use wait::{until, Check};
 
+/// What a stack runs besides [`processes`] for backorders: the distributor
+/// domain and the simulated distributors.
+pub const SUPPLY_PROCESSES: [&str; 2] = ["distributor", topology::DISTRIBUTOR_SIM];
+
 /// The workflow's nodes.
 pub fn nodes() -> Vec<&'static str> {
     topology::Node::all().into_iter().map(topology::Node::name).collect()

@@ -10,6 +10,7 @@ use crate::wait::{until, Check};
 use anyhow::Context;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
+use serde_json::json;
 use shared::tracker_api::{OrderView, TrackerClient};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -115,6 +116,7 @@ fn queue_of(binary: &str) -> Option<String> {
     match binary {
         "tracker" => Some(topology::TRACKER_QUEUE.to_string()),
         "coordinator" => Some(topology::COORDINATOR_QUEUE.to_string()),
+        topology::DISTRIBUTOR_SIM => Some(topology::DISTRIBUTOR_SHIPMENTS_QUEUE.to_string()),
         other => topology::Node::from_name(other)
             .map(|node| node.queue())
             .or_else(|| topology::DomainCopy::from_process(other).map(|copy| copy.queue())),
@@ -151,20 +153,25 @@ impl Stack {
         Ok(stack)
     }
 
-    /// Starts the tracker and one instance of every node (`<binary>-1`), and
-    /// waits until the tracker answers and each consumes its queue.
+    /// Starts the tracker, one instance of every node (`<binary>-1`), the
+    /// distributor domain (inventory asks it who supplies a short item) and
+    /// the simulated distributors, and waits until the tracker answers and
+    /// each consumes its queue.
     pub async fn start_all(&mut self) -> anyhow::Result<()> {
-        for binary in crate::processes() {
+        for binary in crate::processes().into_iter().chain(crate::SUPPLY_PROCESSES) {
             self.spawn(binary, &format!("{binary}-1"))?;
         }
         self.wait_ready(READY_TIMEOUT).await
     }
 
-    /// Starts one instance of every domain process (`<process>-1`) and
-    /// waits until each consumes its requests.
+    /// Starts one instance of every domain process not running yet
+    /// (`<process>-1`) and waits until each consumes its requests.
     pub async fn start_domains(&mut self) -> anyhow::Result<()> {
         for process in topology::domains::processes() {
-            self.spawn(&process, &format!("{process}-1"))?;
+            let label = format!("{process}-1");
+            if !self.processes.iter().any(|p| p.label == label) {
+                self.spawn(&process, &label)?;
+            }
         }
         self.wait_ready(READY_TIMEOUT).await
     }
@@ -274,7 +281,11 @@ impl Stack {
             }
             for (queue, n) in expected {
                 let consumers = consumers(connection, queue).await?;
-                if consumers < *n {
+                // A queue with a single active consumer counts only the active one.
+                let single =
+                    topology::queue_arguments(queue).contains(&("x-single-active-consumer", json!(true)));
+                let n = if single { (*n).min(1) } else { *n };
+                if consumers < n {
                     return Ok(Check::Waiting(format!("{queue} has {consumers} of {n} consumers")));
                 }
             }

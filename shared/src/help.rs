@@ -84,7 +84,17 @@ pub const VARIABLES: &[Variable] = &[
     var(
         "ORDERFLOW_DOMAIN_TIMEOUT_MS",
         "3000",
-        "milliseconds the CLI's domain commands wait for a domain's answer",
+        "milliseconds the CLI's domain commands, intake and inventory wait for a domain's answer",
+    ),
+    var(
+        "ORDERFLOW_BACKORDER_WAIT_S",
+        "600",
+        "seconds a backordered order waits for received items before it ends out_of_stock (refunded)",
+    ),
+    var(
+        "ORDERFLOW_DISTRIBUTOR_DELAY_MS",
+        "2000",
+        "distributor-sim: milliseconds between taking a purchase order and shipping it (a lead time, shortened)",
     ),
     var("ORDERFLOW_USER_PREFIX", "orderflow-", "what the stack's per-role broker users are named with"),
     var(
@@ -172,6 +182,13 @@ pub const DOMAIN: &[&str] = &[
     "OTEL_EXPORTER_OTLP_ENDPOINT",
 ];
 
+/// What inventory reads besides a node's settings: its backorders.
+pub const INVENTORY: &[&str] = &["ORDERFLOW_BACKORDER_WAIT_S", "ORDERFLOW_DOMAIN_TIMEOUT_MS"];
+
+/// What the simulated distributors read besides [`CONNECTION`].
+pub const DISTRIBUTOR_SIM: &[&str] =
+    &["ORDERFLOW_DISTRIBUTOR_DELAY_MS", "ORDERFLOW_PREFETCH", "ORDERFLOW_INSTANCE_ID"];
+
 /// What the `orderflow` command reads besides [`CONNECTION`].
 pub const CLI: &[&str] = &[
     "ORDERFLOW_HTTP_ADDR",
@@ -200,7 +217,7 @@ mod tests {
 
     #[test]
     fn every_group_names_documented_variables_and_the_readme_lists_them_all() {
-        let all = [CONNECTION, NODE, PICKLIST, TRACKER, COORDINATOR, DOMAIN, CLI];
+        let all = [CONNECTION, NODE, PICKLIST, TRACKER, COORDINATOR, DOMAIN, CLI, INVENTORY, DISTRIBUTOR_SIM];
         let text = environment(&all);
         assert!(text.contains("AMQP_URL") && text.contains("[default: 64]"), "{text}");
         let readme = include_str!("../../README.md");

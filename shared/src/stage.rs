@@ -55,6 +55,14 @@ impl From<sqlx::Error> for StageError {
 pub trait Stage: Send + Sync + 'static {
     const NODE: Node;
     fn handle(&self, element: OrderElement) -> impl Future<Output = Result<Outcome, StageError>> + Send;
+
+    /// Handles an element called for by the coordinator (directed mode),
+    /// which takes the outcome and calls the next service itself: the same
+    /// as [`Stage::handle`] unless the node would otherwise keep the element
+    /// waiting (inventory's backorders).
+    fn handle_call(&self, element: OrderElement) -> impl Future<Output = Result<Outcome, StageError>> + Send {
+        self.handle(element)
+    }
 }
 
 /// A node that aggregates elements and releases them in batches (the picklist).

@@ -210,6 +210,18 @@ impl Trust {
         ))
     }
 
+    /// May `sender` publish received items (add stock)? The receiving
+    /// station: the publisher (the command line), support, the operator,
+    /// and the simulated distributors' own user (what they ship arrives).
+    pub fn check_receipt_sender(&self, sender: Option<&str>) -> Result<(), String> {
+        if self.is(sender, Role::DistributorSim) {
+            return Ok(());
+        }
+        self.check_domain_write("stock", sender).map_err(|reason| {
+            format!("{reason} (nor the simulated distributors, {})", self.user_of(Role::DistributorSim))
+        })
+    }
+
     /// May `sender` record that `node` (the event's `node` field) reached
     /// `state` (an order state or a change record's kind)?
     pub fn check_event(&self, node: &str, state: &str, sender: Option<&str>) -> Result<(), String> {
@@ -275,7 +287,7 @@ fn role_records(role: Role, state: &str) -> bool {
         Role::Coordinator => {
             matches!(state, "placed" | "change_applied" | "change_rejected" | "cancelling" | "cancelled")
         }
-        Role::Tracker | Role::Domain(_) => false,
+        Role::Tracker | Role::Domain(_) | Role::DistributorSim => false,
     }
 }
 

@@ -425,7 +425,7 @@ async fn the_cli_seeds_and_asks_every_domain() {
             .filter(|r| r["role"] == "replica")
             .all(|r| r["records"] == 2001 && r["lag"]["changes"] == 0);
         if replicas_done {
-            assert!(rows.iter().any(|r| r["copy"] == "catalog" && r["records"] == 501), "{rows:?}");
+            assert!(rows.iter().any(|r| r["copy"] == "catalog" && r["records"] == 506), "{rows:?}");
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{rows:?}");

@@ -11,6 +11,8 @@
 //!   marked, a search opens an order's timeline (issue 11).
 //! - `domains`: the data domains (issue 10): customer replicas fed by the change stream, killed and
 //!   caught up; the CLI with the seed files; pika at a replica; refused writes and forged changes.
+//! - `backorders`: short stock waits for the distributors (issue 10): a receipt releases exactly the
+//!   orders it covers, oldest first; changes and cancels of waiting orders; the wait limit; SIGKILLs.
 //! - `dlq`: replay on a snapshot without loops, listing loses nothing, discard, counts per reason.
 //! - `retry`: transient failures retry, then dead-letter; `dlq replay` sends them back once.
 //! - `faults`: SIGKILLed nodes, a stopped tracker, cut connections: nothing lost or doubled.
@@ -37,6 +39,7 @@
 //! - `usage`: every binary's `--help` and `--version`, the CLI's argument checks, the log format.
 
 mod audit_batches;
+mod backorders;
 mod bad_input;
 mod bench_smoke;
 mod changes;

@@ -49,7 +49,10 @@ fn run_briefly(binary: &str, args: &[&str], limit: Duration) -> Output {
 /// `tracker --help` bound its port, `topology --version` was an error.
 #[test]
 fn every_binary_answers_help_and_version_without_connecting() {
-    let mut binaries: Vec<&str> = topology::WORKFLOW.processes();
+    let processes = topology::all_processes();
+    let mut binaries: Vec<&str> = processes.iter().map(|p| topology::domains::binary_of(p).0).collect();
+    binaries.dedup();
+    assert!(binaries.contains(&"distributor-sim") && binaries.contains(&"customer"), "{binaries:?}");
     binaries.extend(["orderflow", "topology", "orderflow-bench"]);
     for binary in binaries {
         for flag in ["--help", "-h", "--version"] {

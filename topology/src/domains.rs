@@ -47,6 +47,23 @@ pub const RECEIVED_ITEMS_QUEUE: &str = "orderflow.received-items";
 pub const RECEIVING_EXCHANGE: &str = "orderflow.receiving";
 pub const RECEIVED_ROUTING_KEY: &str = "received";
 
+/// The manifesto's distributor shipments: a true queue of purchase orders.
+/// Inventory sends one per backordered line, on [`PURCHASE_ORDERS_EXCHANGE`]
+/// with routing key `po.<distributor_id>` (one queue, routed by key, so a
+/// distributor added to the domain needs no new queue); the distributors
+/// (in a demo or test stack, the [`DISTRIBUTOR_SIM`] process) take them and
+/// ship, and what they ship comes back through receiving.
+pub const DISTRIBUTOR_SHIPMENTS_QUEUE: &str = "orderflow.distributor-shipments";
+pub const PURCHASE_ORDERS_EXCHANGE: &str = "orderflow.purchase-orders";
+/// The process that plays the distributors: ships each purchase order after
+/// a delay, as received items.
+pub const DISTRIBUTOR_SIM: &str = "distributor-sim";
+
+/// The routing key of a purchase order to `distributor_id`.
+pub fn purchase_order_routing_key(distributor_id: &str) -> String {
+    format!("po.{distributor_id}")
+}
+
 /// One copy of a domain: its primary (`region: None`) or a replica.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DomainCopy {

@@ -12,7 +12,8 @@ pub mod permissions;
 pub mod workflow;
 
 pub use domains::{
-    DomainCopy, DOMAINS_EXCHANGE, DOMAIN_CHANGES_EXCHANGE, RECEIVED_ITEMS_QUEUE, RECEIVING_EXCHANGE,
+    DomainCopy, DISTRIBUTOR_SHIPMENTS_QUEUE, DISTRIBUTOR_SIM, DOMAINS_EXCHANGE, DOMAIN_CHANGES_EXCHANGE,
+    PURCHASE_ORDERS_EXCHANGE, RECEIVED_ITEMS_QUEUE, RECEIVING_EXCHANGE,
 };
 pub use workflow::{Node, OrderState, WORKFLOW};
 
@@ -141,6 +142,7 @@ pub fn exchanges() -> Vec<ExchangeSpec> {
         ExchangeSpec { name: DOMAINS_EXCHANGE, kind: ExchangeKind::Topic, alternate: None },
         ExchangeSpec { name: DOMAIN_CHANGES_EXCHANGE, kind: ExchangeKind::Topic, alternate: None },
         ExchangeSpec { name: RECEIVING_EXCHANGE, kind: ExchangeKind::Topic, alternate: None },
+        ExchangeSpec { name: PURCHASE_ORDERS_EXCHANGE, kind: ExchangeKind::Topic, alternate: None },
     ]
 }
 
@@ -155,14 +157,24 @@ pub fn queues() -> Vec<QueueSpec> {
     queues.push(poll_results_queue());
     queues.extend(coordinator_queues());
     queues.extend(DomainCopy::all().into_iter().flat_map(domain_queues));
+    queues.push(distributor_shipments_queue());
     queues
 }
 
+/// The distributors' queue of purchase orders, every distributor's key.
+pub fn distributor_shipments_queue() -> QueueSpec {
+    QueueSpec {
+        name: DISTRIBUTOR_SHIPMENTS_QUEUE.to_string(),
+        bindings: vec![(PURCHASE_ORDERS_EXCHANGE, "po.*".to_string())],
+    }
+}
+
 /// Every long-running process of a stack: the workflow's (tracker,
-/// coordinator, nodes), then the domains' (`topology processes`).
+/// coordinator, nodes), then the domains', then the simulated distributors
+/// (`topology processes`).
 pub fn all_processes() -> Vec<String> {
     let workflow = WORKFLOW.processes().into_iter().map(String::from);
-    workflow.chain(domains::processes()).collect()
+    workflow.chain(domains::processes()).chain([DISTRIBUTOR_SIM.to_string()]).collect()
 }
 
 /// A domain copy's queues: its requests, and a replica's change feed (bound

@@ -6,8 +6,8 @@
 use crate::{
     DomainCopy, Node, AUDIT_EXCHANGE, CHANGES_EXCHANGE, COORDINATOR_CHANGES_QUEUE, COORDINATOR_QUEUE,
     COORDINATOR_REPLIES_QUEUE, COORDINATOR_ROUTING_KEY, DEAD_LETTER_EXCHANGE, DOMAINS_EXCHANGE,
-    DOMAIN_CHANGES_EXCHANGE, POLL_RESULTS_QUEUE, RECEIVING_EXCHANGE, RESULTS_EXCHANGE, SERVICES_EXCHANGE,
-    TRACKER_QUEUE, UNKNOWN_SERVICE_QUEUE, WORKFLOW_EXCHANGE,
+    DOMAIN_CHANGES_EXCHANGE, POLL_RESULTS_QUEUE, PURCHASE_ORDERS_EXCHANGE, RECEIVING_EXCHANGE,
+    RESULTS_EXCHANGE, SERVICES_EXCHANGE, TRACKER_QUEUE, UNKNOWN_SERVICE_QUEUE, WORKFLOW_EXCHANGE,
 };
 
 /// The default exchange as permissions name it: replies to a caller's
@@ -29,6 +29,9 @@ pub enum Role {
     Support,
     /// A data domain's own process: its primary or one of its replicas.
     Domain(DomainCopy),
+    /// The simulated distributors: take purchase orders from the
+    /// distributor shipments queue and ship them as received items.
+    DistributorSim,
 }
 
 impl Role {
@@ -39,6 +42,7 @@ impl Role {
         roles.push(Role::Publisher);
         roles.push(Role::Support);
         roles.extend(DomainCopy::all().into_iter().filter(|copy| copy.own_process()).map(Role::Domain));
+        roles.push(Role::DistributorSim);
         roles
     }
 
@@ -54,6 +58,7 @@ impl Role {
             Role::Publisher => "publisher",
             Role::Support => "support",
             Role::Domain(copy) => copy.process_name(),
+            Role::DistributorSim => crate::DISTRIBUTOR_SIM,
         }
     }
 
@@ -145,18 +150,27 @@ pub fn grant(role: Role) -> Grant {
                 served_domains(node).flat_map(|copy| crate::domain_queues(copy).into_iter().map(|q| q.name)),
             );
             let read: Vec<&str> = read.iter().map(String::as_str).collect();
+            let mut write = vec![
+                WORKFLOW_EXCHANGE,
+                AUDIT_EXCHANGE,
+                DEAD_LETTER_EXCHANGE,
+                RESULTS_EXCHANGE,
+                DEFAULT_EXCHANGE_RESOURCE,
+                DOMAINS_EXCHANGE,
+            ];
+            // Inventory sends the purchase orders of its backorders.
+            let purchase_orders = if node == Node::Inventory {
+                write.push(PURCHASE_ORDERS_EXCHANGE);
+                PURCHASE_ORDER_KEYS.to_string()
+            } else {
+                exact(&[])
+            };
             Grant {
                 configure: exact(&[]),
-                write: exact(&[
-                    WORKFLOW_EXCHANGE,
-                    AUDIT_EXCHANGE,
-                    DEAD_LETTER_EXCHANGE,
-                    RESULTS_EXCHANGE,
-                    DEFAULT_EXCHANGE_RESOURCE,
-                    DOMAINS_EXCHANGE,
-                ]),
+                write: exact(&write),
                 read: exact(&read),
                 topic: vec![
+                    topic(PURCHASE_ORDERS_EXCHANGE, purchase_orders, exact(&[])),
                     topic(DOMAINS_EXCHANGE, DOMAIN_CALLS.to_string(), exact(&[])),
                     topic(WORKFLOW_EXCHANGE, exact(&keys), exact(&[&node.routing_key(), &retry_key])),
                     topic(AUDIT_EXCHANGE, format!("^audit\\.{}\\.[a-z_]+$", node.name()), exact(&[])),
@@ -243,8 +257,22 @@ pub fn grant(role: Role) -> Grant {
             ],
         },
         Role::Domain(copy) => domain_grant(copy),
+        Role::DistributorSim => Grant {
+            configure: exact(&[]),
+            write: exact(&[RECEIVING_EXCHANGE, DEAD_LETTER_EXCHANGE]),
+            read: exact(&[crate::DISTRIBUTOR_SHIPMENTS_QUEUE]),
+            topic: vec![
+                topic(RECEIVING_EXCHANGE, exact(&[crate::domains::RECEIVED_ROUTING_KEY]), exact(&[])),
+                topic(DEAD_LETTER_EXCHANGE, format!("^{}\\.", crate::DISTRIBUTOR_SIM), exact(&[])),
+                topic(WORKFLOW_EXCHANGE, exact(&[]), exact(&[])),
+                topic(PURCHASE_ORDERS_EXCHANGE, exact(&[]), exact(&[])),
+            ],
+        },
     }
 }
+
+/// The routing keys of purchase orders: `po.<distributor_id>`.
+const PURCHASE_ORDER_KEYS: &str = "^po\\.[A-Za-z0-9_-]+$";
 
 /// The routing keys on the domains exchange a caller may use: any copy of
 /// any domain. Which requests it may make (reads, writes) the domain
@@ -321,6 +349,11 @@ mod tests {
                 && inventory.read.contains("received-items")
         );
         assert!(!grant(Role::Node(Node::Payment)).read.contains("received-items"));
+        assert!(inventory.write.contains("purchase-orders"), "inventory sends the purchase orders");
+        assert!(!grant(Role::Node(Node::Payment)).write.contains("purchase-orders"));
+        let sim = grant(Role::DistributorSim);
+        assert_eq!(sim.read, "^(orderflow\\.distributor-shipments)$");
+        assert_eq!(sim.write, "^(orderflow\\.receiving|orderflow\\.dead-letter)$");
         for role in [Role::Tracker, Role::Coordinator] {
             assert!(!grant(role).write.contains("orderflow\\.domains"), "{role:?} calls no domain");
         }

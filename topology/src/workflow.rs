@@ -87,6 +87,9 @@ impl OrderState {
     pub const Reserved: OrderState = OrderState("reserved");
     /// Inventory could not reserve every item; the order is on its way to exceptions.
     pub const StockShort: OrderState = OrderState("stock_short");
+    /// Stock was short but a distributor supplies it: the order waits at
+    /// inventory for the received items (or its wait limit).
+    pub const Backordered: OrderState = OrderState("backordered");
     pub const Refunded: OrderState = OrderState("refunded");
     pub const OutOfStock: OrderState = OrderState("out_of_stock");
     pub const Picked: OrderState = OrderState("picked");
@@ -166,6 +169,9 @@ pub enum StateKind {
     Compensation,
     /// Recorded inside one node's outcome; an element never leaves a node in it.
     Record,
+    /// The element waits inside the node that produced it (no route), which
+    /// sends it on later in another of its states.
+    Waiting,
     /// Ends the workflow: no route.
     Terminal,
 }
@@ -297,7 +303,7 @@ const fn route(state: OrderState, when: Guard, to: Node) -> Route {
 }
 
 use Guard::{Always, HoldsReservation, MultiUnit};
-use StateKind::{Compensation, Forward, Record, Terminal};
+use StateKind::{Compensation, Forward, Record, Terminal, Waiting};
 
 /// orderflow's workflow. Adding a node: one row in `nodes`, its states in
 /// `states`, the routes that lead to it (see ARCHITECTURE.md, "Adding a node").
@@ -307,6 +313,7 @@ pub const WORKFLOW: Workflow = Workflow {
         state(OrderState::Accepted, Forward),
         state(OrderState::Charged, Forward),
         state(OrderState::Reserved, Forward),
+        state(OrderState::Backordered, Waiting),
         state(OrderState::Picked, Forward),
         state(OrderState::Rebinned, Forward),
         state(OrderState::StockShort, Compensation),
@@ -341,6 +348,9 @@ pub const WORKFLOW: Workflow = Workflow {
             produces: &[
                 Emit::of(OrderState::Reserved),
                 Emit::of(OrderState::StockShort),
+                // Waits here; released later as reserved, stock_short (its
+                // wait ran out) or cancelling (cancelled while it waited).
+                Emit::of(OrderState::Backordered),
                 Emit::of(OrderState::StockReleased),
                 // A cancel applied here comes before any reservation.
                 Emit::of(OrderState::Cancelling).without_reservation(),
@@ -544,8 +554,11 @@ impl Workflow {
             }
             match self.kind(route.state) {
                 None => return Err(format!("route for unknown state {}", route.state)),
-                Some(Record | Terminal) => {
-                    return Err(format!("{} is a record or terminal state but has a route", route.state))
+                Some(Record | Terminal | Waiting) => {
+                    return Err(format!(
+                        "{} is a record, waiting or terminal state but has a route",
+                        route.state
+                    ))
                 }
                 _ => {}
             }
@@ -609,6 +622,27 @@ mod tests {
             WORKFLOW.senders(N::Inventory, OrderState::Cancelling),
             [N::Picklist, N::Rebin, N::Shipping]
         );
+    }
+
+    /// A backordered order waits in inventory: no route takes it, it is not
+    /// the end, no cut-off closes a change for it, and a definition that
+    /// routes a waiting state is refused.
+    #[test]
+    fn a_waiting_state_stays_in_its_node() {
+        let waiting = OrderState::Backordered;
+        assert_eq!(WORKFLOW.kind(waiting), Some(StateKind::Waiting));
+        assert!(!waiting.is_terminal());
+        assert_eq!(WORKFLOW.next_node(waiting, &Facts { units: 1, holds_reservation: false }), None);
+        assert_eq!(WORKFLOW.producers(waiting), [Node::Inventory]);
+        assert_eq!(WORKFLOW.closed_by(ChangeType::ShippingMethod, waiting), None);
+        let mut routes = WORKFLOW.routes.to_vec();
+        routes.push(route(waiting, Always, Node::Picklist));
+        let routes: &'static [Route] = Box::leak(routes.into_boxed_slice());
+        let routed = Workflow { routes, ..WORKFLOW };
+        assert!(routed
+            .validate()
+            .unwrap_err()
+            .contains("backordered is a record, waiting or terminal state"));
     }
 
     #[test]

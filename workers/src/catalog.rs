@@ -1,10 +1,15 @@
 //! The seeded product catalog: which SKUs exist, their price, and the stock
-//! inventory starts with (SKU-0001..SKU-0500 with 1,000,000 units each, and
-//! SKU-0999 with none).
+//! inventory starts with (SKU-0001..SKU-0500 with 1,000,000 units each;
+//! SKU-0901..SKU-0905 with 10 each, for backorders: the seeded distributors
+//! supply them; SKU-0999 with none, and nobody supplies it).
 
 pub const STOCKED_SKUS: std::ops::RangeInclusive<u32> = 1..=500;
+/// Items with little stock, which a distributor supplies: the demo's and
+/// the tests' backorders.
+pub const LOW_STOCK_SKUS: std::ops::RangeInclusive<u32> = 901..=905;
 pub const UNSTOCKED_SKU: &str = "SKU-0999";
 pub const INITIAL_UNITS: i64 = 1_000_000;
+pub const LOW_STOCK_UNITS: i64 = 10;
 
 pub fn sku_name(number: u32) -> String {
     format!("SKU-{number:04}")
@@ -19,7 +24,8 @@ fn sku_number(sku: &str) -> Option<u32> {
 }
 
 pub fn in_catalog(sku: &str) -> bool {
-    sku == UNSTOCKED_SKU || sku_number(sku).is_some_and(|n| STOCKED_SKUS.contains(&n))
+    sku == UNSTOCKED_SKU
+        || sku_number(sku).is_some_and(|n| STOCKED_SKUS.contains(&n) || LOW_STOCK_SKUS.contains(&n))
 }
 
 /// Unit price in cents: a fixed, made-up price per SKU.
@@ -30,6 +36,7 @@ pub fn price_cents(sku: &str) -> i64 {
 /// The stock inventory seeds its `bin_items` with.
 pub fn seeded_stock() -> Vec<(String, i64)> {
     let mut stock: Vec<(String, i64)> = STOCKED_SKUS.map(|n| (sku_name(n), INITIAL_UNITS)).collect();
+    stock.extend(LOW_STOCK_SKUS.map(|n| (sku_name(n), LOW_STOCK_UNITS)));
     stock.push((UNSTOCKED_SKU.to_string(), 0));
     stock
 }
@@ -42,7 +49,8 @@ mod tests {
     fn catalog_bounds() {
         assert!(in_catalog("SKU-0001") && in_catalog("SKU-0500") && in_catalog("SKU-0999"));
         assert!(!in_catalog("SKU-0501") && !in_catalog("SKU-0000") && !in_catalog("sku-0001"));
-        assert!(!in_catalog("SKU-00001"));
-        assert_eq!(seeded_stock().len(), 501);
+        assert!(!in_catalog("SKU-00001") && !in_catalog("SKU-0900") && !in_catalog("SKU-0906"));
+        assert!(in_catalog("SKU-0901") && in_catalog("SKU-0905"));
+        assert_eq!(seeded_stock().len(), 506);
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod coordinator;
+pub mod distributor_sim;
 pub mod domains;
 pub mod metrics;
 pub mod process;

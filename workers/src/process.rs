@@ -45,6 +45,9 @@ impl Process {
                     topology::coordinator_queues().into_iter().map(|q| q.name).collect();
                 format!("It consumes {}.", queues.join(", "))
             }
+            None if self.name == topology::DISTRIBUTOR_SIM => {
+                format!("It consumes {}.", topology::DISTRIBUTOR_SHIPMENTS_QUEUE)
+            }
             None if self.name == "tracker" => {
                 format!("It consumes {} and {}.", topology::TRACKER_QUEUE, topology::POLL_RESULTS_QUEUE)
             }

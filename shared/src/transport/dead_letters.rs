@@ -163,6 +163,7 @@ impl Signers {
             Role::Coordinator => topology::coordinator_queues().into_iter().map(|q| q.name).collect(),
             Role::Publisher | Role::Support => Vec::new(),
             Role::Domain(copy) => topology::domain_queues(copy).into_iter().map(|q| q.name).collect(),
+            Role::DistributorSim => vec![topology::DISTRIBUTOR_SHIPMENTS_QUEUE.to_string()],
         };
         if !own_queues.contains(&queue) {
             return Err(format!("{node} does not consume {queue:?}: it cannot be sent back there"));

@@ -56,7 +56,7 @@ impl<S: Stage> Service for StageService<S> {
         S::NODE
     }
     fn serve(&self, element: OrderElement) -> impl Future<Output = Result<Outcome, StageError>> + Send {
-        self.0.handle(element)
+        self.0.handle_call(element)
     }
 }
 

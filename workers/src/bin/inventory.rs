@@ -9,8 +9,9 @@ use workers::Process;
 
 const PROCESS: Process = Process::node(
     Node::Inventory,
-    "The inventory node of orderflow: reserves each charged order's items from the stock it alone owns, answers the stock domain's requests and takes the received items, one at a time in order of arrival.",
-);
+    "The inventory node of orderflow: reserves each charged order's items from the stock it alone owns, or backorders them (purchase orders to the distributors) when a distributor supplies what is short; answers the stock domain's requests and takes the received items, one at a time in order of arrival, releasing the backorders they cover, oldest first.",
+)
+.reading(&[shared::help::NODE, shared::help::INVENTORY]);
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {

@@ -4,8 +4,10 @@
 //! `customer` (customers, addresses, cards on file; a primary and
 //! replicas), `records` (the catalog and the distributors), `stock`
 //! (inventory's stock and its received-items queue, answered by the
-//! inventory node).
+//! inventory node), `backorder_desk` (inventory's orders waiting for the
+//! received items).
 
+pub mod backorder_desk;
 pub mod customer;
 pub mod documents;
 pub mod records;

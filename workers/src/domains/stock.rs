@@ -3,10 +3,14 @@
 //! (`stock`) and the receipts (`receipts`); and the manifesto's true queue
 //! of received items (`orderflow.received-items`), taken one at a time in
 //! order of arrival (single active consumer: with several inventory
-//! instances, one takes it and the others stand by), each receipt adding
-//! its units to stock and recorded once, in one transaction.
+//! instances, one takes it and the others stand by), each receipt recorded
+//! once and its units handed, in the same transaction, to the backordered
+//! orders waiting for them (oldest first) and the rest put on hand. Its
+//! tick runs the [`BackorderDesk`].
 
+use super::backorder_desk::BackorderDesk;
 use crate::catalog;
+use crate::stages::backorders::{self, Backorders};
 use lapin::message::Delivery;
 use serde::{Deserialize, Serialize};
 use shared::domains::{check_id, page_size};
@@ -65,6 +69,7 @@ enum StockRequest {
 
 pub struct StockDomain {
     store: Store,
+    desk: BackorderDesk,
     /// Receipts are applied one at a time (SQLite sees one writer).
     applying: tokio::sync::Mutex<()>,
 }
@@ -73,10 +78,13 @@ impl StockDomain {
     pub async fn open(settings: &Settings) -> anyhow::Result<StockDomain> {
         let store = Store::open(settings, topology::Node::Inventory.name()).await?;
         store.migrate(SCHEMA).await?;
-        Ok(StockDomain { store, applying: tokio::sync::Mutex::new(()) })
+        store.migrate(backorders::SCHEMA).await?;
+        let desk = BackorderDesk::open(settings, store.clone()).await?;
+        Ok(StockDomain { store, desk, applying: tokio::sync::Mutex::new(()) })
     }
 
-    /// Adds a receipt's units once: `false` when it was counted before.
+    /// Adds a receipt's units once, first to the backorders waiting for them
+    /// (oldest first): `false` when it was counted before.
     pub async fn receive(&self, receipt_id: &str, receipt: &Receipt) -> sqlx::Result<bool> {
         let _one = self.applying.lock().await;
         let mut tx = self.store.pool.begin().await?;
@@ -94,11 +102,7 @@ impl StockDomain {
         .await?
         .rows_affected();
         if inserted == 1 {
-            sqlx::query("UPDATE inventory_bin_items SET qty = qty + $1 WHERE sku = $2")
-                .bind(receipt.qty)
-                .bind(&receipt.sku)
-                .execute(&mut *tx)
-                .await?;
+            backorders::distribute(&mut tx, &receipt.sku, receipt.qty).await?;
         }
         tx.commit().await?;
         Ok(inserted == 1)
@@ -122,14 +126,17 @@ impl StockDomain {
             .filter(|(line_sku, _)| line_sku == sku)
             .map(|(_, qty)| qty)
             .sum();
-        let received: i64 =
-            sqlx::query_scalar("SELECT COALESCE(SUM(qty), 0) FROM inventory_receipts WHERE sku = $1")
-                .bind(sku)
-                .fetch_one(&self.store.pool)
-                .await?;
-        Ok(Some(
-            serde_json::json!({"sku": sku, "on_hand": on_hand, "reserved": reserved, "received": received}),
-        ))
+        let received: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(qty), 0) AS BIGINT) FROM inventory_receipts WHERE sku = $1",
+        )
+        .bind(sku)
+        .fetch_one(&self.store.pool)
+        .await?;
+        let (backorders, backordered, held) = Backorders { store: self.store.clone() }.of_sku(sku).await?;
+        Ok(Some(serde_json::json!({
+            "sku": sku, "on_hand": on_hand, "reserved": reserved, "received": received,
+            "backordered": backordered, "backorders": backorders, "held_for_backorders": held,
+        })))
     }
 
     async fn receipts(
@@ -207,7 +214,7 @@ impl DomainService for StockDomain {
     /// (the publisher, support or the operator) only, checked, counted once.
     async fn apply(&self, ctx: &NodeContext, publisher: &Publisher, delivery: Delivery) {
         let sender = ctx.trust.sender(&delivery.properties);
-        if let Err(reason) = ctx.trust.check_domain_write("stock", sender.as_deref()) {
+        if let Err(reason) = ctx.trust.check_receipt_sender(sender.as_deref()) {
             return dead_letter(publisher, ctx, &delivery, &format!("refused: {reason}")).await;
         }
         let Some(receipt_id) = delivery.properties.message_id().as_ref().map(|id| id.to_string()) else {
@@ -230,13 +237,21 @@ impl DomainService for StockDomain {
             return dead_letter(publisher, ctx, &delivery, &format!("not a received item: {reason}")).await;
         }
         match self.receive(&receipt_id, &receipt).await {
-            Ok(_) => ack(&delivery).await,
+            Ok(_) => {
+                ack(&delivery).await;
+                // The orders it covered go on at once.
+                self.desk.round(publisher).await;
+            }
             Err(error) => {
                 tracing::warn!(%error, "could not record a receipt; it will be tried again");
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 requeue(&delivery).await
             }
         }
+    }
+
+    async fn tick(&self, publisher: &Publisher) {
+        self.desk.round(publisher).await;
     }
 }
 

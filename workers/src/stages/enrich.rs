@@ -103,16 +103,19 @@ pub fn enrich(mut order: Order, lookups: &Lookups) -> Result<(Order, FromDomains
     Ok((order, FromDomains { address_id, items, card_on_file }))
 }
 
-/// Intake's reader of the domains: a client on a connection of its own,
-/// opened when first needed and again after it was lost.
+/// A node's reader of the domains (intake's lookups, inventory's
+/// suppliers): a client on a connection of its own, opened when first
+/// needed and again after it was lost.
 pub struct DomainReader {
     settings: Settings,
+    /// The connection's name in the management UI.
+    connection_name: &'static str,
     timeout: Duration,
     client: tokio::sync::Mutex<Option<(lapin::Connection, std::sync::Arc<DomainClient>)>>,
 }
 
 impl DomainReader {
-    pub fn new(settings: &Settings) -> anyhow::Result<DomainReader> {
+    pub fn new(settings: &Settings, connection_name: &'static str) -> anyhow::Result<DomainReader> {
         let ms: u64 = match std::env::var("ORDERFLOW_DOMAIN_TIMEOUT_MS") {
             Ok(text) => text
                 .trim()
@@ -122,6 +125,7 @@ impl DomainReader {
         };
         Ok(DomainReader {
             settings: settings.clone(),
+            connection_name,
             timeout: Duration::from_millis(ms.clamp(1, 600_000)),
             client: tokio::sync::Mutex::new(None),
         })
@@ -133,7 +137,7 @@ impl DomainReader {
             let transient = |e: lapin::Error| {
                 StageError::Transient(anyhow::Error::from(e).context("reaching the domains"))
             };
-            let connection = shared::transport::connect(&self.settings.amqp_url, "intake-domains")
+            let connection = shared::transport::connect(&self.settings.amqp_url, self.connection_name)
                 .await
                 .map_err(transient)?;
             let opened =
@@ -143,22 +147,26 @@ impl DomainReader {
         Ok(client.as_ref().expect("opened above").1.clone())
     }
 
+    /// Asks `copy`: its answer, or its refusal's reason; a copy that does
+    /// not answer in time is a transient failure.
+    pub async fn ask(
+        &self,
+        copy: DomainCopy,
+        request: serde_json::Value,
+    ) -> Result<Result<serde_json::Value, String>, StageError> {
+        let client = self.client().await?;
+        match client.call(copy, &request, None, self.timeout).await {
+            Ok(data) => Ok(Ok(data)),
+            Err(ClientError::Refused(reason)) => Ok(Err(reason)),
+            Err(ClientError::Unavailable(reason)) => {
+                Err(StageError::Transient(anyhow::anyhow!("{} did not answer: {reason}", copy.label())))
+            }
+        }
+    }
+
     /// Reads the customer and every distinct SKU of `order`, concurrently.
     pub async fn lookup(&self, order: &Order) -> Result<Lookups, StageError> {
-        let client = self.client().await?;
-        let ask = |copy: DomainCopy, request: serde_json::Value| {
-            let client = client.clone();
-            async move {
-                match client.call(copy, &request, None, self.timeout).await {
-                    Ok(data) => Ok(Ok(data)),
-                    Err(ClientError::Refused(reason)) => Ok(Err(reason)),
-                    Err(ClientError::Unavailable(reason)) => Err(StageError::Transient(anyhow::anyhow!(
-                        "{} did not answer: {reason}",
-                        copy.label()
-                    ))),
-                }
-            }
-        };
+        let ask = |copy: DomainCopy, request: serde_json::Value| self.ask(copy, request);
         let customer = ask(
             DomainCopy::primary("customer"),
             serde_json::json!({"op": "get", "customer_id": order.customer_id}),

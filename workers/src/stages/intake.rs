@@ -111,7 +111,7 @@ pub struct Intake {
 impl Intake {
     /// Intake reading the domains of the stack of `settings`.
     pub fn with_domains(settings: &shared::settings::Settings) -> anyhow::Result<Intake> {
-        Ok(Intake { domains: Some(super::enrich::DomainReader::new(settings)?) })
+        Ok(Intake { domains: Some(super::enrich::DomainReader::new(settings, "intake-domains")?) })
     }
 
     /// A rejection, with the card number masked before anything records it.

@@ -1,13 +1,20 @@
 //! inventory: owns the stock (`bin_items`; no other process reads it) and
-//! reserves an order's items once (`reserved`), or sends the order to
-//! exceptions (`stock_short`) when any item is short.
+//! reserves an order's items once (`reserved`). When an item is short and a
+//! distributor supplies every short item, the order waits here
+//! (`backordered`, see [`super::backorders`]); otherwise it goes to
+//! exceptions (`stock_short`) and ends `out_of_stock`.
 
+use super::backorders::{self, PurchaseOrder};
+use super::enrich::DomainReader;
 use crate::catalog;
 use chrono::Utc;
+use shared::domains::Distributor;
 use shared::order::{Failure, Order, Reservation};
 use shared::store::{stored_uuid, Store};
 use shared::{settings::Settings, Node, OrderElement, OrderState, Outcome, Stage, StageError};
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use topology::DomainCopy;
 use uuid::Uuid;
 
 const SCHEMA: &[&str] = &[
@@ -29,14 +36,94 @@ pub fn reservation_lines(order: &Order) -> Vec<(String, i64)> {
     lines.into_iter().collect()
 }
 
+/// What is known of who supplies the short items when deciding.
+#[derive(Clone, Copy)]
+pub enum Supply<'a> {
+    /// Not asked yet: a fresh shortage comes back as [`ReserveResult::AskSuppliers`].
+    NotAsked,
+    /// The distributor of each SKU some distributor supplies.
+    Known(&'a BTreeMap<String, String>),
+    /// No backorders (a directed call): a shortage is final.
+    NoBackorders,
+}
+
 pub enum ReserveResult {
     Reserved(Reservation),
     Short(Vec<String>),
+    /// Waiting at inventory, with the purchase orders sent for it.
+    Backordered(Vec<PurchaseOrder>),
+    /// Short of these SKUs: ask who supplies them, then decide again.
+    AskSuppliers(Vec<String>),
+}
+
+/// The element as it waits: one step more, in `backordered` (what the
+/// runner's audit events make of the backordered step).
+pub fn waiting_element(element: &OrderElement) -> OrderElement {
+    OrderElement { seq: element.seq + 1, state: OrderState::Backordered, ..element.clone() }
+}
+
+/// Who supplies what, from the distributor domain (its `list`), kept for a
+/// few seconds: a burst of shortages asks once.
+pub struct Suppliers {
+    reader: DomainReader,
+    known: tokio::sync::Mutex<Option<(Instant, BTreeMap<String, String>)>>,
+}
+
+/// How long inventory keeps the distributor domain's answer.
+const SUPPLIERS_KEPT: Duration = Duration::from_secs(5);
+
+impl Suppliers {
+    pub fn new(settings: &Settings) -> anyhow::Result<Suppliers> {
+        Ok(Suppliers {
+            reader: DomainReader::new(settings, "inventory-suppliers")?,
+            known: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The supplier of each SKU some distributor supplies: the shortest lead
+    /// time, then the lowest distributor id. A domain that does not answer
+    /// is a transient failure (the order is tried again, never given up).
+    pub async fn all(&self) -> Result<BTreeMap<String, String>, StageError> {
+        let mut known = self.known.lock().await;
+        if let Some((at, map)) = known.as_ref() {
+            if at.elapsed() < SUPPLIERS_KEPT {
+                return Ok(map.clone());
+            }
+        }
+        let mut best: BTreeMap<String, (i64, String)> = BTreeMap::new();
+        let mut after: Option<String> = None;
+        loop {
+            let request = serde_json::json!({"op": "list", "after": after, "limit": 100});
+            let page =
+                self.reader.ask(DomainCopy::primary("distributor"), request).await?.map_err(|reason| {
+                    StageError::Transient(anyhow::anyhow!(
+                        "the distributor domain refused its list: {reason}"
+                    ))
+                })?;
+            let records: Vec<Distributor> = serde_json::from_value(page["records"].clone())
+                .map_err(|e| StageError::Transient(anyhow::anyhow!("not a distributor list: {e}")))?;
+            let Some(last) = records.last() else { break };
+            after = Some(last.distributor_id.clone());
+            for distributor in &records {
+                for supply in &distributor.supplies {
+                    let offer = (supply.lead_time_days, distributor.distributor_id.clone());
+                    let entry = best.entry(supply.sku.clone()).or_insert_with(|| offer.clone());
+                    if offer < *entry {
+                        *entry = offer;
+                    }
+                }
+            }
+        }
+        let map: BTreeMap<String, String> = best.into_iter().map(|(sku, (_, id))| (sku, id)).collect();
+        *known = Some((Instant::now(), map.clone()));
+        Ok(map)
+    }
 }
 
 #[derive(Clone)]
 pub struct Inventory {
     store: Store,
+    suppliers: std::sync::Arc<Suppliers>,
 }
 
 impl Inventory {
@@ -45,6 +132,7 @@ impl Inventory {
         let store = Store::open(settings, <Self as Stage>::NODE.name()).await?;
         store.migrate(SCHEMA).await?;
         store.add_column("inventory_reservations", "released BIGINT NOT NULL DEFAULT 0").await?;
+        store.migrate(backorders::SCHEMA).await?;
         let mut tx = store.pool.begin().await?;
         for (sku, qty) in catalog::seeded_stock() {
             sqlx::query(
@@ -56,13 +144,20 @@ impl Inventory {
             .await?;
         }
         tx.commit().await?;
-        Ok(Inventory { store })
+        Ok(Inventory { store, suppliers: std::sync::Arc::new(Suppliers::new(settings)?) })
     }
 
     /// Reserves every line of an order in one transaction, once per order.
-    /// The decision is recorded either way: a shortage too, so a redelivered
-    /// element is short again even if stock arrived meanwhile.
-    pub async fn reserve(&self, order_id: Uuid, lines: &[(String, i64)]) -> sqlx::Result<ReserveResult> {
+    /// The decision is recorded either way: a shortage or a backorder too,
+    /// so a redelivered element gets the same decision even if stock
+    /// arrived meanwhile. `element` is the element as it arrived.
+    pub async fn reserve(
+        &self,
+        element: &OrderElement,
+        lines: &[(String, i64)],
+        supply: Supply<'_>,
+    ) -> sqlx::Result<ReserveResult> {
+        let order_id = element.order_id;
         // The first statement writes, so the transaction takes SQLite's write
         // lock at once (waiting on the busy timeout) instead of upgrading a
         // read later, which fails at once with "database is locked".
@@ -79,17 +174,24 @@ impl Inventory {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        // A decision made before is given again: a shortage, or a backorder
+        // (a covered one has its reservation, but was answered `backordered`).
+        let recorded: Option<(String, String)> = sqlx::query_as(
+            "SELECT 'short', skus FROM inventory_shortages WHERE order_id = $1 \
+             UNION ALL SELECT 'backordered', purchase_orders FROM inventory_backorders WHERE order_id = $1",
+        )
+        .bind(order_id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((decision, detail)) = recorded {
+            tx.rollback().await?;
+            return Ok(if decision == "short" {
+                ReserveResult::Short(detail.split(',').map(str::to_string).collect())
+            } else {
+                ReserveResult::Backordered(serde_json::from_str(&detail).unwrap_or_default())
+            });
+        }
         if inserted == 1 {
-            let recorded: Option<String> =
-                sqlx::query_scalar("SELECT skus FROM inventory_shortages WHERE order_id = $1")
-                    .bind(order_id.to_string())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if let Some(skus) = recorded {
-                // Decided short before: undo the insert, give the same answer.
-                tx.rollback().await?;
-                return Ok(ReserveResult::Short(skus.split(',').map(str::to_string).collect()));
-            }
             let mut short = Vec::new();
             let mut taken = Vec::new();
             for (sku, qty) in lines {
@@ -107,7 +209,15 @@ impl Inventory {
                 }
             }
             if !short.is_empty() {
-                // Undo in the same transaction, and record the shortage instead.
+                let supplied = match supply {
+                    Supply::NotAsked => {
+                        tx.rollback().await?;
+                        return Ok(ReserveResult::AskSuppliers(short));
+                    }
+                    Supply::Known(suppliers) => short.iter().all(|sku| suppliers.contains_key(sku)),
+                    Supply::NoBackorders => false,
+                };
+                // Undo in the same transaction, and record the shortage or the backorder instead.
                 for (sku, qty) in taken {
                     sqlx::query("UPDATE inventory_bin_items SET qty = qty + $1 WHERE sku = $2")
                         .bind(qty)
@@ -119,6 +229,13 @@ impl Inventory {
                     .bind(order_id.to_string())
                     .execute(&mut *tx)
                     .await?;
+                if let (true, Supply::Known(suppliers)) = (supplied, supply) {
+                    let supplier = |sku: &str| suppliers.get(sku).cloned().unwrap_or_default();
+                    let purchase_orders =
+                        backorders::record(&mut tx, &waiting_element(element), lines, supplier).await?;
+                    tx.commit().await?;
+                    return Ok(ReserveResult::Backordered(purchase_orders));
+                }
                 sqlx::query(
                     "INSERT INTO inventory_shortages (order_id, skus, decided_at) VALUES ($1, $2, $3)",
                 )
@@ -173,12 +290,10 @@ impl Inventory {
         tx.commit().await?;
         Ok(units)
     }
-}
 
-impl Stage for Inventory {
-    const NODE: Node = Node::Inventory;
-
-    async fn handle(&self, mut element: OrderElement) -> Result<Outcome, StageError> {
+    /// Reserves the element's items, or (`backorders`) backorders it when a
+    /// distributor supplies what is short, or sends it to exceptions.
+    async fn decide(&self, mut element: OrderElement, backorders: bool) -> Result<Outcome, StageError> {
         if element.state == OrderState::Cancelling {
             // A cancelled order comes back to give its reserved units back.
             let units = self.release(element.order_id).await?;
@@ -186,7 +301,13 @@ impl Stage for Inventory {
             return Ok(Outcome::new(element).step(OrderState::StockReleased, detail));
         }
         let lines = reservation_lines(&element.order);
-        match self.reserve(element.order_id, &lines).await? {
+        let first = if backorders { Supply::NotAsked } else { Supply::NoBackorders };
+        let mut decided = self.reserve(&element, &lines, first).await?;
+        if let ReserveResult::AskSuppliers(_) = decided {
+            let suppliers = self.suppliers.all().await?;
+            decided = self.reserve(&element, &lines, Supply::Known(&suppliers)).await?;
+        }
+        match decided {
             ReserveResult::Reserved(reservation) => {
                 let units: i64 = lines.iter().map(|(_, q)| q).sum();
                 let detail = format!("reserved {units} units (reservation {})", reservation.reservation_id);
@@ -198,7 +319,37 @@ impl Stage for Inventory {
                 element.failure = Some(Failure { ends_as: OrderState::OutOfStock, reason: reason.clone() });
                 Ok(Outcome::new(element).step(OrderState::StockShort, reason))
             }
+            ReserveResult::Backordered(purchase_orders) => {
+                let asked: Vec<String> = purchase_orders
+                    .iter()
+                    .map(|po| format!("{} x{} from {}", po.sku, po.qty, po.distributor_id))
+                    .collect();
+                let detail = if asked.is_empty() {
+                    "backordered: waiting for the received items".to_string()
+                } else {
+                    format!("backordered: waiting for {}", asked.join(", "))
+                };
+                Ok(Outcome::new(element).step(OrderState::Backordered, detail))
+            }
+            ReserveResult::AskSuppliers(skus) => Err(StageError::Transient(anyhow::anyhow!(
+                "still short of {} after asking the suppliers",
+                skus.join(", ")
+            ))),
         }
+    }
+}
+
+impl Stage for Inventory {
+    const NODE: Node = Node::Inventory;
+
+    async fn handle(&self, element: OrderElement) -> Result<Outcome, StageError> {
+        self.decide(element, true).await
+    }
+
+    /// The coordinator takes a service's outcome at once: a directed order
+    /// is never kept waiting, so its shortage ends it `out_of_stock`.
+    async fn handle_call(&self, element: OrderElement) -> Result<Outcome, StageError> {
+        self.decide(element, false).await
     }
 }
 
@@ -217,17 +368,18 @@ mod tests {
         settings.run_dir = dir.clone();
         let inventory = Inventory::open(&settings).await.unwrap();
         let (sku, _) = catalog::seeded_stock().into_iter().next().unwrap();
-        let order_id = Uuid::new_v4();
+        let element = OrderElement::placed(Order::default());
         let lines = vec![(sku.to_string(), 1_000_000_000)];
+        let none = Supply::NoBackorders;
         assert!(
-            matches!(inventory.reserve(order_id, &lines).await.unwrap(), ReserveResult::Short(s) if s == [sku.to_string()])
+            matches!(inventory.reserve(&element, &lines, none).await.unwrap(), ReserveResult::Short(s) if s == [sku.to_string()])
         );
         sqlx::query("UPDATE inventory_bin_items SET qty = 2000000000 WHERE sku = $1")
             .bind(&sku)
             .execute(&inventory.store.pool)
             .await
             .unwrap();
-        assert!(matches!(inventory.reserve(order_id, &lines).await.unwrap(), ReserveResult::Short(_)));
+        assert!(matches!(inventory.reserve(&element, &lines, none).await.unwrap(), ReserveResult::Short(_)));
         let qty: i64 = sqlx::query_scalar("SELECT qty FROM inventory_bin_items WHERE sku = $1")
             .bind(&sku)
             .fetch_one(&inventory.store.pool)

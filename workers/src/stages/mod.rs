@@ -3,6 +3,7 @@
 //! Which states a node accepts is the workflow definition's business
 //! (`topology::WORKFLOW`): the transport checks it before a stage runs.
 
+pub mod backorders;
 pub mod enrich;
 pub mod exceptions;
 pub mod intake;

@@ -1,0 +1,162 @@
+//! The simulated distributors (`distributor-sim`): they take the purchase
+//! orders inventory sends for its backorders from the distributor shipments
+//! queue, and after a delay (`ORDERFLOW_DISTRIBUTOR_DELAY_MS`, a lead time
+//! of days shortened for a demo) ship them: the units arrive as received
+//! items, the receipt id derived from the purchase order's, so a purchase
+//! order delivered twice (a crash before its ack) is counted once. Only
+//! inventory's user may order; anything else is dead-lettered with the reason.
+
+use crate::domains::stock::{check_receipt, Receipt};
+use crate::stages::backorders::PurchaseOrder;
+use futures::StreamExt;
+use lapin::{message::Delivery, options::BasicQosOptions, BasicProperties, Connection};
+use shared::settings::Settings;
+use shared::transport::session::{finish, supervise};
+use shared::transport::settle::{ack, dead_letter, requeue};
+use shared::transport::{NodeContext, Outgoing, Publisher};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use topology::permissions::Role;
+
+/// How long after taking a purchase order the simulated distributor ships it.
+pub fn delay_from_env() -> anyhow::Result<Duration> {
+    match std::env::var("ORDERFLOW_DISTRIBUTOR_DELAY_MS") {
+        Ok(text) => {
+            let ms: u64 = text.trim().parse().ok().filter(|ms| *ms <= 86_400_000).ok_or_else(|| {
+                anyhow::anyhow!("ORDERFLOW_DISTRIBUTOR_DELAY_MS must be milliseconds, at most a day")
+            })?;
+            Ok(Duration::from_millis(ms))
+        }
+        Err(_) => Ok(Duration::from_millis(2000)),
+    }
+}
+
+/// The receipt a purchase order turns into when shipped, and its id.
+pub fn shipped(po: &PurchaseOrder) -> (String, Receipt) {
+    let receipt = Receipt { distributor_id: po.distributor_id.clone(), sku: po.sku.clone(), qty: po.qty };
+    (format!("po-{}", po.po_id), receipt)
+}
+
+/// Runs the simulated distributors until shutdown.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let delay = delay_from_env()?;
+    let queue = topology::DISTRIBUTOR_SHIPMENTS_QUEUE.to_string();
+    let ctx = Arc::new(NodeContext::new(&settings, topology::DISTRIBUTOR_SIM, queue, settings.prefetch)?);
+    supervise(&settings, &ctx, &shutdown, |connection| {
+        session(connection, ctx.clone(), delay, shutdown.clone())
+    })
+    .await
+}
+
+async fn session(
+    connection: Connection,
+    ctx: Arc<NodeContext>,
+    delay: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let connection = Arc::new(connection);
+    let publisher = Publisher::reopening(connection.clone(), ctx.trust.own_user()).await?;
+    let channel = connection.create_channel().await?;
+    topology::ensure_for(&channel, &[topology::distributor_shipments_queue()]).await.map_err(|e| {
+        anyhow::anyhow!("{e}: the topology is not applied (scripts/up.sh or `topology apply` create it)")
+    })?;
+    channel.basic_qos(ctx.prefetch, BasicQosOptions { global: false }).await?;
+    let tag = ctx.instance_id.clone();
+    let mut orders = channel
+        .basic_consume(ctx.queue.as_str().into(), tag.as_str().into(), Default::default(), Default::default())
+        .await?;
+    tracing::info!(queue = ctx.queue, delay_ms = delay.as_millis() as u64, "taking purchase orders");
+    let tasks = TaskTracker::new();
+    let result = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            next = orders.next() => match next {
+                Some(Ok(delivery)) => {
+                    let (ctx, publisher, shutdown) = (ctx.clone(), publisher.clone(), shutdown.clone());
+                    tasks.spawn(async move { ship(&ctx, &publisher, delivery, delay, &shutdown).await });
+                }
+                Some(Err(error)) => break Err(anyhow::Error::from(error).context("the consumer failed")),
+                None => break Err(anyhow::anyhow!("the broker cancelled the consumer")),
+            },
+        }
+    };
+    finish(&connection, &channel, &ctx, tasks, result).await
+}
+
+/// Ships one purchase order after the delay, then acknowledges it. A
+/// shutdown during the delay leaves it unacknowledged: the broker gives it
+/// to the next distributor process.
+async fn ship(
+    ctx: &NodeContext,
+    publisher: &Publisher,
+    delivery: Delivery,
+    delay: Duration,
+    shutdown: &CancellationToken,
+) {
+    let sender = ctx.trust.sender(&delivery.properties);
+    if !ctx.trust.is_role(sender.as_deref(), Role::Node(topology::Node::Inventory)) {
+        let reason = format!(
+            "refused: only inventory orders from the distributors; this came from {}",
+            shared::text::escaped(sender.as_deref().unwrap_or("an unnamed sender (no user_id)"))
+        );
+        return dead_letter(publisher, ctx, &delivery, &reason).await;
+    }
+    let po: PurchaseOrder = match serde_json::from_slice(&delivery.data) {
+        Ok(po) => po,
+        Err(error) => {
+            let reason = format!("not a purchase order: {}", shared::text::escaped(&error.to_string()));
+            return dead_letter(publisher, ctx, &delivery, &reason).await;
+        }
+    };
+    let (receipt_id, receipt) = shipped(&po);
+    if let Err(reason) = check_receipt(&receipt) {
+        return dead_letter(publisher, ctx, &delivery, &format!("not a purchase order: {reason}")).await;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = shutdown.cancelled() => return,
+    }
+    let message = Outgoing {
+        exchange: topology::RECEIVING_EXCHANGE,
+        routing_key: topology::domains::RECEIVED_ROUTING_KEY.to_string(),
+        body: serde_json::to_vec(&receipt).expect("a receipt serializes"),
+        properties: BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_message_id(receipt_id.as_str().into())
+            .with_type("received_item".into())
+            .with_timestamp(chrono::Utc::now().timestamp() as u64),
+    };
+    match publisher.publish_all(&[message]).await {
+        Ok(()) => {
+            tracing::info!(po_id = %po.po_id, distributor = po.distributor_id, sku = po.sku, qty = po.qty, "shipped");
+            ack(&delivery).await
+        }
+        Err(error) => {
+            tracing::warn!(%error, "could not ship a purchase order; it will be tried again");
+            requeue(&delivery).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_purchase_order_ships_as_one_receipt_with_an_id_of_its_own() {
+        let po = PurchaseOrder {
+            po_id: uuid::Uuid::new_v4(),
+            order_id: uuid::Uuid::new_v4(),
+            distributor_id: "D-02".into(),
+            sku: "SKU-0902".into(),
+            qty: 7,
+        };
+        let (id, receipt) = shipped(&po);
+        assert_eq!(id, format!("po-{}", po.po_id));
+        assert_eq!(shipped(&po).0, id, "the same purchase order ships as the same receipt");
+        assert_eq!((receipt.sku.as_str(), receipt.qty), ("SKU-0902", 7));
+        assert!(check_receipt(&receipt).is_ok());
+    }
+}

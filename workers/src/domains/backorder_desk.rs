@@ -1,0 +1,163 @@
+//! The backorder desk: the part of inventory that looks after the orders
+//! waiting for received items ([`crate::stages::backorders`]). Every round
+//! (the stock domain's tick, and after each receipt) it
+//!
+//! 1. sends the purchase orders decided but not sent yet, to the
+//!    distributor shipments queue (`po.<distributor_id>`);
+//! 2. moves units on hand to waiting orders that still need them;
+//! 3. ends the orders that waited past the limit (`ORDERFLOW_BACKORDER_WAIT_S`);
+//! 4. decides the changes asked for a waiting order in inventory's change
+//!    book (a new address is applied to the waiting element; a cancel ends it);
+//! 5. sends each decided way out on, through the workflow: a covered order
+//!    as `reserved` to picking, an expired one as `stock_short` (to
+//!    exceptions: refunded, `out_of_stock`), a cancelled one as
+//!    `cancelling` (refunded, `cancelled`).
+//!
+//! Everything it sends is sent after the decision is committed and marked
+//! sent once confirmed: a crash in between sends it again, with the same
+//! ids (purchase orders, audit sequence numbers), which the receivers take once.
+
+use crate::stages::backorders::{Backorders, Exit, PurchaseOrder, Status};
+use crate::stages::inventory::reservation_lines;
+use lapin::BasicProperties;
+use shared::change::cancel_outcome;
+use shared::order::{Failure, Reservation};
+use shared::settings::Settings;
+use shared::store::Store;
+use shared::transport::step::{record_outcome, resolve_changes, ChangeRecords, Onward};
+use shared::transport::{NodeContext, Outgoing, Publisher};
+use shared::{Node, OrderState, Outcome};
+use std::time::Duration;
+
+/// How long an order may wait for its received items by default.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(600);
+
+pub struct BackorderDesk {
+    backorders: Backorders,
+    /// Inventory's context: its change book, its name on audit events.
+    ctx: NodeContext,
+    wait_limit: Duration,
+}
+
+/// The backorder wait limit: `ORDERFLOW_BACKORDER_WAIT_S` seconds.
+pub fn wait_limit_from_env() -> anyhow::Result<Duration> {
+    match std::env::var("ORDERFLOW_BACKORDER_WAIT_S") {
+        Ok(text) => {
+            let seconds: f64 = text
+                .trim()
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s <= 31_536_000.0)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("ORDERFLOW_BACKORDER_WAIT_S must be seconds, above 0 and at most a year")
+                })?;
+            Ok(Duration::from_secs_f64(seconds))
+        }
+        Err(_) => Ok(DEFAULT_WAIT),
+    }
+}
+
+impl BackorderDesk {
+    pub async fn open(settings: &Settings, store: Store) -> anyhow::Result<BackorderDesk> {
+        Ok(BackorderDesk {
+            backorders: Backorders { store },
+            ctx: NodeContext::for_node(settings, Node::Inventory, 1).await?,
+            wait_limit: wait_limit_from_env()?,
+        })
+    }
+
+    /// One round; what fails is logged and tried again next round.
+    pub async fn round(&self, publisher: &Publisher) {
+        if let Err(error) = self.try_round(publisher).await {
+            tracing::warn!(error = format!("{error:#}"), "the backorder desk will try again");
+        }
+    }
+
+    async fn try_round(&self, publisher: &Publisher) -> anyhow::Result<()> {
+        for (order_id, purchase_orders) in self.backorders.unordered().await? {
+            let messages: Vec<Outgoing> = purchase_orders.iter().map(purchase_order_message).collect();
+            publisher.publish_all(&messages).await?;
+            self.backorders.mark_ordered(order_id).await?;
+            tracing::info!(%order_id, purchase_orders = messages.len(), "purchase orders sent");
+        }
+        self.backorders.rebalance().await?;
+        let now = chrono::Utc::now().timestamp_millis();
+        for (element, since_ms) in self.backorders.waiting().await? {
+            if now - since_ms > self.wait_limit.as_millis() as i64 {
+                self.backorders.end(element.order_id, Status::Expired).await?;
+                continue;
+            }
+            let order_id = element.order_id;
+            let resolved = resolve_changes(&self.ctx, element).await?;
+            if resolved.changes.messages.is_empty() {
+                continue;
+            }
+            if resolved.cancelled {
+                // Its way out decides the changes again (the book gives the
+                // same decisions) and sends their records with it.
+                self.backorders.end(order_id, Status::Cancelled).await?;
+            } else {
+                publisher.publish_all(&resolved.changes.messages).await?;
+                resolved.changes.emit();
+                self.backorders.update_waiting(&resolved.element).await?;
+            }
+        }
+        for exit in self.backorders.exits().await? {
+            let order_id = exit.element.order_id;
+            let before = (exit.element.seq, Some(exit.element.state));
+            let (changes, outcome) = self.way_out(exit).await?;
+            let handled = record_outcome(&self.ctx, before, changes, &outcome, Onward::NextNode).await?;
+            publisher.publish_all(&handled.messages).await?;
+            handled.emit(self.ctx.node);
+            self.backorders.mark_sent(order_id).await?;
+        }
+        Ok(())
+    }
+
+    /// What a decided backorder leaves inventory as.
+    async fn way_out(&self, exit: Exit) -> anyhow::Result<(ChangeRecords, Outcome)> {
+        let Exit { mut element, status, waited_ms } = exit;
+        let waited = format!("{:.1} s", waited_ms as f64 / 1000.0);
+        Ok(match status {
+            Status::Covered => {
+                let reservation_id = self.backorders.reservation_id(element.order_id).await?;
+                let units: i64 = reservation_lines(&element.order).iter().map(|(_, qty)| qty).sum();
+                element.reservation = Some(Reservation { reservation_id });
+                let detail = format!(
+                    "reserved {units} units from the received items after {waited} backordered (reservation {reservation_id})"
+                );
+                (ChangeRecords::default(), Outcome::new(element).step(OrderState::Reserved, detail))
+            }
+            Status::Expired => {
+                let skus: Vec<String> =
+                    reservation_lines(&element.order).into_iter().map(|(sku, _)| sku).collect();
+                let reason = format!(
+                    "out of stock: {} not received within the {} s backorder limit",
+                    skus.join(", "),
+                    self.wait_limit.as_secs_f64()
+                );
+                element.failure = Some(Failure { ends_as: OrderState::OutOfStock, reason: reason.clone() });
+                (ChangeRecords::default(), Outcome::new(element).step(OrderState::StockShort, reason))
+            }
+            Status::Cancelled | Status::Waiting => {
+                let resolved = resolve_changes(&self.ctx, element).await?;
+                (resolved.changes, cancel_outcome(resolved.element))
+            }
+        })
+    }
+}
+
+/// A purchase order as the distributors take it: its id is the message id.
+pub fn purchase_order_message(po: &PurchaseOrder) -> Outgoing {
+    Outgoing {
+        exchange: topology::PURCHASE_ORDERS_EXCHANGE,
+        routing_key: topology::domains::purchase_order_routing_key(&po.distributor_id),
+        body: serde_json::to_vec(po).expect("a purchase order serializes"),
+        properties: BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_message_id(po.po_id.to_string().into())
+            .with_type("purchase_order".into())
+            .with_timestamp(chrono::Utc::now().timestamp() as u64),
+    }
+}

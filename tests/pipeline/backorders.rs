@@ -5,12 +5,13 @@
 //! waiting order; one that waits past the limit ends `out_of_stock` with
 //! its refund; SKU-0999 (nobody supplies it) ends as before; and SIGKILLs
 //! of inventory and the simulated distributors mid-run lose and double
-//! nothing (units in = units out + on hand).
+//! nothing (units in = units out + on hand), on SQLite and, with two
+//! instances of every process, on PostgreSQL.
 
 use serde_json::{json, Value};
 use shared::domain_client::DomainClient;
 use std::time::Duration;
-use tests::Stack;
+use tests::{PgDatabase, Stack};
 use topology::DomainCopy;
 use uuid::Uuid;
 
@@ -19,11 +20,15 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 const NEVER: (&str, &str) = ("ORDERFLOW_DISTRIBUTOR_DELAY_MS", "3600000");
 
 /// Registers distributor D-01 as the supplier of `skus` (the distributor
-/// domain's `put`, as the publisher).
+/// domain's `put`, as the publisher; as the operator in a stack without
+/// per-role users).
 async fn supplied_by_d01(stack: &Stack, skus: &[&str]) {
-    let connection =
-        shared::transport::connect(&stack.role_url("publisher"), "test-backorders").await.unwrap();
-    let client = DomainClient::open(&connection, &stack.role_user("publisher")).await.unwrap();
+    let (url, user) = match stack.user_prefix {
+        Some(_) => (stack.role_url("publisher"), stack.role_user("publisher")),
+        None => (stack.vhost.amqp_url.clone(), "guest".to_string()),
+    };
+    let connection = shared::transport::connect(&url, "test-backorders").await.unwrap();
+    let client = DomainClient::open(&connection, &user).await.unwrap();
     let supplies: Vec<Value> = skus.iter().map(|sku| json!({"sku": sku, "lead_time_days": 1})).collect();
     let record = json!({"distributor_id": "D-01", "name": "Acme Supply", "supplies": supplies});
     client
@@ -302,4 +307,45 @@ async fn kills_of_inventory_and_the_distributors_lose_and_double_nothing() {
     shipments.close().await;
     let ok = stack.stop_all().await;
     assert!(ok.iter().all(|(_, status)| status.success()), "{ok:?}");
+}
+
+/// On PostgreSQL, two instances of every process (each its own run
+/// directory, as on hosts of their own): two inventory desks look after the
+/// same backorders and two distributor processes share the purchase orders.
+/// Every order ships once, every purchase order is received once, and the
+/// units add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_two_inventories_release_every_backorder_once() {
+    let database = PgDatabase::create("backorders").await;
+    let env = [("ORDERFLOW_DISTRIBUTOR_DELAY_MS", "300")];
+    let stack = Stack::start_spread("pg-backorders", &database, 2, &env).await;
+    supplied_by_d01(&stack, &["SKU-0904"]).await;
+    let orders: Vec<Value> = (0..40).map(|n| order_of("SKU-0904", n % 3 + 1)).collect();
+    let ordered: i64 = (0..40).map(|n| n % 3 + 1).sum();
+    let ids = stack.publish(&orders);
+    stack.wait_terminal(&ids, Duration::from_secs(120)).await;
+    let mut waited = 0;
+    for id in &ids {
+        let view = stack.order(id).await;
+        let path = path(&view);
+        assert_eq!(view.state, "shipped", "{path:?}");
+        assert_eq!(path.iter().filter(|s| *s == "reserved").count(), 1, "{path:?}");
+        waited += usize::from(path.contains(&"backordered".to_string()));
+    }
+    assert!(waited >= 25, "most orders waited: {waited}");
+    let inventory = stack.store("inventory", "inventory_backorders").await;
+    let purchase_orders: Vec<String> = sqlx::query_scalar("SELECT purchase_orders FROM inventory_backorders")
+        .fetch_all(&inventory)
+        .await
+        .unwrap();
+    inventory.close().await;
+    let asked: i64 = purchase_orders
+        .iter()
+        .flat_map(|p| serde_json::from_str::<Vec<Value>>(p).unwrap())
+        .map(|po| po["qty"].as_i64().unwrap())
+        .sum();
+    let end = stock(&stack, "SKU-0904");
+    assert_eq!(end["received"].as_i64().unwrap(), asked, "{end}");
+    assert_eq!(reserved_units(&stack).await, ordered);
+    assert_eq!(10 + asked, ordered + end["on_hand"].as_i64().unwrap(), "{end}");
 }

@@ -222,7 +222,7 @@ impl ChangeBook {
     }
 
     /// Whether this book may hold changes for the order (see [`Known`]).
-    async fn may_have_changes(&self, order_id: Uuid) -> sqlx::Result<bool> {
+    pub async fn may_have_changes(&self, order_id: Uuid) -> sqlx::Result<bool> {
         let since = {
             let known = self.known.lock().expect("known orders");
             if known.polled_at.is_some_and(|t| t.elapsed() < POLL) {

@@ -63,6 +63,18 @@ pub trait Stage: Send + Sync + 'static {
     fn handle_call(&self, element: OrderElement) -> impl Future<Output = Result<Outcome, StageError>> + Send {
         self.handle(element)
     }
+
+    /// The outcome this node already decided for the element, when it keeps
+    /// an element waiting (inventory's backorders): a redelivered element
+    /// gets it again, before the changes pending for its order are decided
+    /// (which the waiting element meets where it waits). Asked only for an
+    /// order with changes in the node's book.
+    fn prior_outcome(
+        &self,
+        _element: &OrderElement,
+    ) -> impl Future<Output = Result<Option<Outcome>, StageError>> + Send {
+        async { Ok(None) }
+    }
 }
 
 /// A node that aggregates elements and releases them in batches (the picklist).

@@ -135,6 +135,8 @@ async fn ship(
         }
         Err(error) => {
             tracing::warn!(%error, "could not ship a purchase order; it will be tried again");
+            // Not at once: a broker that refuses now would be asked in a loop.
+            tokio::time::sleep(Duration::from_secs(1)).await;
             requeue(&delivery).await
         }
     }

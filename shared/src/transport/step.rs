@@ -84,6 +84,14 @@ async fn try_step<S: Stage>(
 ) -> Result<Handled, StageError> {
     check_arrival(S::NODE, &element)?;
     let before = (element.seq, Some(element.state));
+    if let Some(book) = &ctx.book {
+        if book.may_have_changes(element.order_id).await? {
+            if let Some(outcome) = stage.prior_outcome(&element).await? {
+                return record_outcome(ctx, before, ChangeRecords::default(), &outcome, Onward::NextNode)
+                    .await;
+            }
+        }
+    }
     let resolved = resolve_changes(ctx, element).await?;
     let outcome = if resolved.cancelled {
         cancel_outcome(resolved.element)

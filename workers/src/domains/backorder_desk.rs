@@ -66,58 +66,124 @@ impl BackorderDesk {
         })
     }
 
-    /// One round; what fails is logged and tried again next round.
+    /// One round; what fails is logged and tried again next round, each
+    /// order on its own (one that fails does not hold the others up).
     pub async fn round(&self, publisher: &Publisher) {
-        if let Err(error) = self.try_round(publisher).await {
-            tracing::warn!(error = format!("{error:#}"), "the backorder desk will try again");
+        let warn = |what: &str, error: anyhow::Error| {
+            tracing::warn!(error = format!("{error:#}"), "the backorder desk will try again: {what}");
+        };
+        match self.backorders.unordered().await {
+            Ok(unordered) => {
+                for (order_id, purchase_orders) in unordered {
+                    if let Err(error) =
+                        self.order_from_distributors(publisher, order_id, &purchase_orders).await
+                    {
+                        warn("sending purchase orders", error);
+                    }
+                }
+            }
+            Err(error) => warn("reading purchase orders", error.into()),
+        }
+        if let Err(error) = self.backorders.rebalance().await {
+            warn("moving units on hand to waiting orders", error.into());
+        }
+        match self.backorders.waiting().await {
+            Ok(waiting) => {
+                for (element, since_ms) in waiting {
+                    if let Err(error) = self.look_after(publisher, element, since_ms).await {
+                        warn("a waiting order", error);
+                    }
+                }
+            }
+            Err(error) => warn("reading the waiting orders", error.into()),
+        }
+        match self.backorders.exits().await {
+            Ok(exits) => {
+                for exit in exits {
+                    if let Err(error) = self.send_on(publisher, exit).await {
+                        warn("sending an order on", error);
+                    }
+                }
+            }
+            Err(error) => warn("reading the orders to send on", error.into()),
         }
     }
 
-    async fn try_round(&self, publisher: &Publisher) -> anyhow::Result<()> {
-        for (order_id, purchase_orders) in self.backorders.unordered().await? {
-            let messages: Vec<Outgoing> = purchase_orders.iter().map(purchase_order_message).collect();
-            publisher.publish_all(&messages).await?;
-            self.backorders.mark_ordered(order_id).await?;
-            tracing::info!(%order_id, purchase_orders = messages.len(), "purchase orders sent");
-        }
-        self.backorders.rebalance().await?;
+    async fn order_from_distributors(
+        &self,
+        publisher: &Publisher,
+        order_id: uuid::Uuid,
+        purchase_orders: &[PurchaseOrder],
+    ) -> anyhow::Result<()> {
+        let messages: Vec<Outgoing> = purchase_orders.iter().map(purchase_order_message).collect();
+        publisher.publish_all(&messages).await?;
+        self.backorders.mark_ordered(order_id).await?;
+        tracing::info!(%order_id, purchase_orders = messages.len(), "purchase orders sent");
+        Ok(())
+    }
+
+    /// A waiting order: past its limit it ends; a change asked for it is
+    /// decided here (a new address kept in the waiting element, a cancel
+    /// ends it).
+    async fn look_after(
+        &self,
+        publisher: &Publisher,
+        element: shared::OrderElement,
+        since_ms: i64,
+    ) -> anyhow::Result<()> {
         let now = chrono::Utc::now().timestamp_millis();
-        for (element, since_ms) in self.backorders.waiting().await? {
-            if now - since_ms > self.wait_limit.as_millis() as i64 {
-                self.backorders.end(element.order_id, Status::Expired).await?;
-                continue;
-            }
-            let order_id = element.order_id;
-            let resolved = resolve_changes(&self.ctx, element).await?;
-            if resolved.changes.messages.is_empty() {
-                continue;
-            }
-            if resolved.cancelled {
-                // Its way out decides the changes again (the book gives the
-                // same decisions) and sends their records with it.
-                self.backorders.end(order_id, Status::Cancelled).await?;
-            } else {
-                publisher.publish_all(&resolved.changes.messages).await?;
-                resolved.changes.emit();
-                self.backorders.update_waiting(&resolved.element).await?;
-            }
+        if now - since_ms > self.wait_limit.as_millis() as i64 {
+            self.backorders.end(element.order_id, Status::Expired).await?;
+            return Ok(());
         }
-        for exit in self.backorders.exits().await? {
-            let order_id = exit.element.order_id;
-            let before = (exit.element.seq, Some(exit.element.state));
-            let (changes, outcome) = self.way_out(exit).await?;
-            let handled = record_outcome(&self.ctx, before, changes, &outcome, Onward::NextNode).await?;
-            publisher.publish_all(&handled.messages).await?;
-            handled.emit(self.ctx.node);
-            self.backorders.mark_sent(order_id).await?;
+        let order_id = element.order_id;
+        let resolved = resolve_changes(&self.ctx, element).await?;
+        if resolved.changes.messages.is_empty() {
+            return Ok(());
+        }
+        if resolved.cancelled {
+            // Its way out decides the changes again (the book gives the
+            // same decisions) and sends their records with it.
+            self.backorders.end(order_id, Status::Cancelled).await?;
+        } else {
+            // Records first: a crash before the element is stored decides
+            // the same again (the book keeps its decisions) and resends them.
+            publisher.publish_all(&resolved.changes.messages).await?;
+            resolved.changes.emit();
+            self.backorders.update_waiting(&resolved.element).await?;
         }
         Ok(())
     }
 
-    /// What a decided backorder leaves inventory as.
+    /// Sends a decided backorder on through the workflow, then marks it sent.
+    async fn send_on(&self, publisher: &Publisher, exit: Exit) -> anyhow::Result<()> {
+        let order_id = exit.element.order_id;
+        let before = (exit.element.seq, Some(exit.element.state));
+        let (changes, outcome) = self.way_out(exit).await?;
+        let handled = record_outcome(&self.ctx, before, changes, &outcome, Onward::NextNode).await?;
+        publisher.publish_all(&handled.messages).await?;
+        handled.emit(self.ctx.node);
+        self.backorders.mark_sent(order_id).await?;
+        Ok(())
+    }
+
+    /// What a decided backorder leaves inventory as. The changes asked for
+    /// it meanwhile are decided first (the book gives a decision made
+    /// before again): a cancel wins, whatever else was decided.
     async fn way_out(&self, exit: Exit) -> anyhow::Result<(ChangeRecords, Outcome)> {
-        let Exit { mut element, status, waited_ms } = exit;
+        let Exit { element, status, waited_ms } = exit;
+        let resolved = resolve_changes(&self.ctx, element).await?;
+        let (changes, mut element) = (resolved.changes, resolved.element);
         let waited = format!("{:.1} s", waited_ms as f64 / 1000.0);
+        if resolved.cancelled || status == Status::Cancelled {
+            if status == Status::Covered {
+                // Cancelled once covered: its units go to the next in line here.
+                let units = self.backorders.release_covered(element.order_id).await?;
+                tracing::info!(order_id = %element.order_id, units, "a covered backorder was cancelled");
+            }
+            element.reservation = None;
+            return Ok((changes, cancel_outcome(element)));
+        }
         Ok(match status {
             Status::Covered => {
                 let reservation_id = self.backorders.reservation_id(element.order_id).await?;
@@ -126,9 +192,9 @@ impl BackorderDesk {
                 let detail = format!(
                     "reserved {units} units from the received items after {waited} backordered (reservation {reservation_id})"
                 );
-                (ChangeRecords::default(), Outcome::new(element).step(OrderState::Reserved, detail))
+                (changes, Outcome::new(element).step(OrderState::Reserved, detail))
             }
-            Status::Expired => {
+            Status::Expired | Status::Waiting | Status::Cancelled => {
                 let skus: Vec<String> =
                     reservation_lines(&element.order).into_iter().map(|(sku, _)| sku).collect();
                 let reason = format!(
@@ -137,11 +203,7 @@ impl BackorderDesk {
                     self.wait_limit.as_secs_f64()
                 );
                 element.failure = Some(Failure { ends_as: OrderState::OutOfStock, reason: reason.clone() });
-                (ChangeRecords::default(), Outcome::new(element).step(OrderState::StockShort, reason))
-            }
-            Status::Cancelled | Status::Waiting => {
-                let resolved = resolve_changes(&self.ctx, element).await?;
-                (resolved.changes, cancel_outcome(resolved.element))
+                (changes, Outcome::new(element).step(OrderState::StockShort, reason))
             }
         })
     }

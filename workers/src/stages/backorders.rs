@@ -81,8 +81,21 @@ pub struct Exit {
     pub waited_ms: i64,
 }
 
-/// The units of `sku` on hand, read inside the caller's transaction.
+/// Takes the row lock of `sku`'s stock for the caller's transaction (a
+/// no-op update: SQLite has one writer anyway; on PostgreSQL two instances
+/// moving the same SKU's units wait for each other instead of both reading
+/// the same units).
+async fn lock_sku(conn: &mut AnyConnection, sku: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE inventory_bin_items SET qty = qty WHERE sku = $1")
+        .bind(sku)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// The units of `sku` on hand, read under its row lock inside the caller's transaction.
 pub async fn on_hand(conn: &mut AnyConnection, sku: &str) -> sqlx::Result<i64> {
+    lock_sku(conn, sku).await?;
     let qty: Option<i64> = sqlx::query_scalar("SELECT qty FROM inventory_bin_items WHERE sku = $1")
         .bind(sku)
         .fetch_optional(&mut *conn)
@@ -139,6 +152,8 @@ pub async fn record(
     .bind(Utc::now().timestamp_millis())
     .execute(&mut *conn)
     .await?;
+    // Stock that came back meanwhile may cover it whole: reserved at once.
+    cover_if_whole(conn, &order_id).await?;
     Ok(purchase_orders)
 }
 
@@ -146,6 +161,7 @@ pub async fn record(
 /// oldest first; what none needs goes on hand. Covers (reserves) every
 /// backorder whose last line this completes. Returns the orders covered.
 pub async fn distribute(conn: &mut AnyConnection, sku: &str, units: i64) -> sqlx::Result<Vec<Uuid>> {
+    lock_sku(conn, sku).await?;
     let rows = sqlx::query(
         "SELECT l.order_id, l.qty - l.allocated FROM inventory_backorder_lines l \
          JOIN inventory_backorders b ON b.order_id = l.order_id \
@@ -242,6 +258,14 @@ impl Backorders {
     /// waiting any more (covered meanwhile, or ended by another instance).
     pub async fn end(&self, order_id: Uuid, status: Status) -> sqlx::Result<bool> {
         let mut tx = self.store.pool.begin().await?;
+        // Its SKUs' row locks first, as every move of their units takes them.
+        sqlx::query(
+            "UPDATE inventory_bin_items SET qty = qty WHERE sku IN \
+             (SELECT sku FROM inventory_backorder_lines WHERE order_id = $1)",
+        )
+        .bind(order_id.to_string())
+        .execute(&mut *tx)
+        .await?;
         let ended = sqlx::query(
             "UPDATE inventory_backorders SET status = $1, ended_at = $2 WHERE order_id = $3 AND status = 'waiting'",
         )
@@ -317,15 +341,14 @@ impl Backorders {
         Ok(waiting)
     }
 
-    /// Stores a waiting backorder's element as changed (a new ship-to address).
+    /// Stores a backorder's element as changed (a new ship-to address),
+    /// unless it was sent on already.
     pub async fn update_waiting(&self, element: &OrderElement) -> sqlx::Result<()> {
-        sqlx::query(
-            "UPDATE inventory_backorders SET element = $1 WHERE order_id = $2 AND status = 'waiting'",
-        )
-        .bind(serde_json::to_string(element).expect("an element serializes"))
-        .bind(element.order_id.to_string())
-        .execute(&self.store.pool)
-        .await?;
+        sqlx::query("UPDATE inventory_backorders SET element = $1 WHERE order_id = $2 AND sent = 0")
+            .bind(serde_json::to_string(element).expect("an element serializes"))
+            .bind(element.order_id.to_string())
+            .execute(&self.store.pool)
+            .await?;
         Ok(())
     }
 
@@ -380,6 +403,33 @@ impl Backorders {
             });
         }
         Ok(exits)
+    }
+
+    /// Gives a covered backorder's reservation back (it was cancelled before
+    /// it left): its units go to the next in line. Returns the units.
+    pub async fn release_covered(&self, order_id: Uuid) -> sqlx::Result<i64> {
+        let mut tx = self.store.pool.begin().await?;
+        let released = sqlx::query(
+            "UPDATE inventory_reservations SET released = 1 WHERE order_id = $1 AND released = 0",
+        )
+        .bind(order_id.to_string())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let mut units = 0;
+        if released == 1 {
+            let lines: String =
+                sqlx::query_scalar("SELECT lines FROM inventory_reservations WHERE order_id = $1")
+                    .bind(order_id.to_string())
+                    .fetch_one(&mut *tx)
+                    .await?;
+            for (sku, qty) in serde_json::from_str::<Vec<(String, i64)>>(&lines).unwrap_or_default() {
+                distribute(&mut tx, &sku, qty).await?;
+                units += qty;
+            }
+        }
+        tx.commit().await?;
+        Ok(units)
     }
 
     /// The reservation id of a covered backorder.
@@ -515,6 +565,20 @@ mod tests {
         assert_eq!(out, 18);
         assert_eq!(10 + 9, out + on_hand);
         assert_eq!(backorders.of_sku(SKU).await.unwrap(), (0, 0, 0));
+
+        // h takes the unit on hand and waits for one more, i waits for two;
+        // one unit covers h, which is cancelled before it leaves: its two
+        // units go to i, which is covered in turn. Released once.
+        let (h, _) = decide(2).await;
+        let (i, _) = decide(2).await;
+        let mut tx = store.pool.begin().await.unwrap();
+        assert_eq!(distribute(&mut tx, SKU, 1).await.unwrap(), vec![h.order_id]);
+        tx.commit().await.unwrap();
+        assert_eq!(backorders.release_covered(h.order_id).await.unwrap(), 2);
+        assert_eq!(backorders.release_covered(h.order_id).await.unwrap(), 0, "released once");
+        let last = backorders.exits().await.unwrap().pop().unwrap();
+        assert_eq!((last.element.order_id, last.status), (i.order_id, Status::Covered));
+        assert_eq!(units(&store, "SELECT qty FROM inventory_bin_items WHERE sku = 'SKU-0901'").await, 0);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

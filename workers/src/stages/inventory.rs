@@ -82,7 +82,8 @@ impl Suppliers {
 
     /// The supplier of each SKU some distributor supplies: the shortest lead
     /// time, then the lowest distributor id. A domain that does not answer
-    /// is a transient failure (the order is tried again, never given up).
+    /// is a transient failure: the order is tried again later, like any
+    /// transient failure (and dead-lettered for replay after the last try).
     pub async fn all(&self) -> Result<BTreeMap<String, String>, StageError> {
         let mut known = self.known.lock().await;
         if let Some((at, map)) = known.as_ref() {
@@ -319,18 +320,7 @@ impl Inventory {
                 element.failure = Some(Failure { ends_as: OrderState::OutOfStock, reason: reason.clone() });
                 Ok(Outcome::new(element).step(OrderState::StockShort, reason))
             }
-            ReserveResult::Backordered(purchase_orders) => {
-                let asked: Vec<String> = purchase_orders
-                    .iter()
-                    .map(|po| format!("{} x{} from {}", po.sku, po.qty, po.distributor_id))
-                    .collect();
-                let detail = if asked.is_empty() {
-                    "backordered: waiting for the received items".to_string()
-                } else {
-                    format!("backordered: waiting for {}", asked.join(", "))
-                };
-                Ok(Outcome::new(element).step(OrderState::Backordered, detail))
-            }
+            ReserveResult::Backordered(purchase_orders) => Ok(backordered(element, &purchase_orders)),
             ReserveResult::AskSuppliers(skus) => Err(StageError::Transient(anyhow::anyhow!(
                 "still short of {} after asking the suppliers",
                 skus.join(", ")
@@ -339,8 +329,40 @@ impl Inventory {
     }
 }
 
+/// The outcome of a backordered element: it waits, for what.
+fn backordered(element: OrderElement, purchase_orders: &[PurchaseOrder]) -> Outcome {
+    let asked: Vec<String> = purchase_orders
+        .iter()
+        .map(|po| format!("{} x{} from {}", po.sku, po.qty, po.distributor_id))
+        .collect();
+    let detail = if asked.is_empty() {
+        "backordered: waiting for the received items".to_string()
+    } else {
+        format!("backordered: waiting for {}", asked.join(", "))
+    };
+    Outcome::new(element).step(OrderState::Backordered, detail)
+}
+
 impl Stage for Inventory {
     const NODE: Node = Node::Inventory;
+
+    /// A charged element of an order backordered before (its first delivery
+    /// decided, then the node stopped before acknowledging it) is
+    /// backordered again: a cancel pending for it is decided where it waits.
+    async fn prior_outcome(&self, element: &OrderElement) -> Result<Option<Outcome>, StageError> {
+        if element.state != OrderState::Charged {
+            return Ok(None);
+        }
+        let recorded: Option<String> =
+            sqlx::query_scalar("SELECT purchase_orders FROM inventory_backorders WHERE order_id = $1")
+                .bind(element.order_id.to_string())
+                .fetch_optional(&self.store.pool)
+                .await?;
+        Ok(recorded.map(|orders| {
+            let purchase_orders: Vec<PurchaseOrder> = serde_json::from_str(&orders).unwrap_or_default();
+            backordered(element.clone(), &purchase_orders)
+        }))
+    }
 
     async fn handle(&self, element: OrderElement) -> Result<Outcome, StageError> {
         self.decide(element, true).await

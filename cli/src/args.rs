@@ -93,7 +93,7 @@ pub enum Command {
         #[arg(long, group = "what")]
         file: Option<PathBuf>,
     },
-    /// The stock of a SKU: on hand, reserved, received, backordered (units waiting orders still need; from the stock domain, answered by inventory).
+    /// The stock of a SKU: its bin, on hand, reserved, received, backordered (units waiting orders still need; from the stock domain, answered by inventory).
     Stock {
         sku: String,
         #[arg(long)]

@@ -466,8 +466,9 @@ pub async fn stock(settings: &Settings, sku: &str, json: bool) -> anyhow::Result
         }
         Ok(data) => {
             println!(
-                    "{}  on hand {}  reserved {}  received {}  backordered {} (orders waiting {}, units held for them {})",
+                    "{}  in bin {}  on hand {}  reserved {}  received {}  backordered {} (orders waiting {}, units held for them {})",
                     escaped(data["sku"].as_str().unwrap_or_default()),
+                    escaped(data["bin"].as_str().unwrap_or("?")),
                     data["on_hand"],
                     data["reserved"],
                     data["received"],

@@ -96,6 +96,7 @@ async fn a_receipt_releases_exactly_the_backorders_it_covers_oldest_first() {
     assert!(backordered.detail.contains("SKU-0901 x2 from D-01"), "{}", backordered.detail);
     let text = String::from_utf8_lossy(&stack.cli(&["stock", "SKU-0901"]).stdout).to_string();
     assert!(text.contains("backordered 11 (orders waiting 4"), "{text}");
+    assert!(text.contains("in bin J-00-1"), "where it is: {text}");
 
     // A new address for the second waiting order; the fourth is cancelled.
     let address = json!({"name": "Waiting Customer", "line1": "9 Patience Row", "city": "Leeds",

@@ -33,6 +33,14 @@ pub fn price_cents(sku: &str) -> i64 {
     499 + i64::from(sku_number(sku).unwrap_or(0) % 50) * 100
 }
 
+/// Where a SKU's stock is kept in the distribution center: one bin per SKU,
+/// `<aisle>-<rack>-<shelf>` (SKU-0042 is in `A-04-2`).
+pub fn bin_of(sku: &str) -> String {
+    let n = sku_number(sku).unwrap_or(0);
+    let aisle = char::from(b'A' + u8::try_from((n / 100).min(25)).unwrap_or(25));
+    format!("{aisle}-{:02}-{}", (n / 10) % 10, n % 10)
+}
+
 /// The stock inventory seeds its `bin_items` with.
 pub fn seeded_stock() -> Vec<(String, i64)> {
     let mut stock: Vec<(String, i64)> = STOCKED_SKUS.map(|n| (sku_name(n), INITIAL_UNITS)).collect();
@@ -52,5 +60,7 @@ mod tests {
         assert!(!in_catalog("SKU-00001") && !in_catalog("SKU-0900") && !in_catalog("SKU-0906"));
         assert!(in_catalog("SKU-0901") && in_catalog("SKU-0905"));
         assert_eq!(seeded_stock().len(), 506);
+        assert_eq!((bin_of("SKU-0042").as_str(), bin_of("SKU-0500").as_str()), ("A-04-2", "F-00-0"));
+        assert_eq!(bin_of("SKU-0901"), "J-00-1");
     }
 }

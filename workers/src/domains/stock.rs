@@ -109,11 +109,12 @@ impl StockDomain {
     }
 
     async fn stock(&self, sku: &str) -> sqlx::Result<Option<serde_json::Value>> {
-        let on_hand: Option<i64> = sqlx::query_scalar("SELECT qty FROM inventory_bin_items WHERE sku = $1")
-            .bind(sku)
-            .fetch_optional(&self.store.pool)
-            .await?;
-        let Some(on_hand) = on_hand else { return Ok(None) };
+        let row: Option<(i64, Option<String>)> =
+            sqlx::query_as("SELECT qty, bin FROM inventory_bin_items WHERE sku = $1")
+                .bind(sku)
+                .fetch_optional(&self.store.pool)
+                .await?;
+        let Some((on_hand, bin)) = row else { return Ok(None) };
         // Units held by reservations not released (picked and shipped orders keep theirs).
         let lines: Vec<String> =
             sqlx::query_scalar("SELECT lines FROM inventory_reservations WHERE released = 0")
@@ -134,7 +135,7 @@ impl StockDomain {
         .await?;
         let (backorders, backordered, held) = Backorders { store: self.store.clone() }.of_sku(sku).await?;
         Ok(Some(serde_json::json!({
-            "sku": sku, "on_hand": on_hand, "reserved": reserved, "received": received,
+            "sku": sku, "bin": bin, "on_hand": on_hand, "reserved": reserved, "received": received,
             "backordered": backordered, "backorders": backorders, "held_for_backorders": held,
         })))
     }

@@ -134,13 +134,17 @@ impl Inventory {
         store.migrate(SCHEMA).await?;
         store.add_column("inventory_reservations", "released BIGINT NOT NULL DEFAULT 0").await?;
         store.migrate(backorders::SCHEMA).await?;
+        store.add_column("inventory_bin_items", "bin TEXT").await?;
         let mut tx = store.pool.begin().await?;
         for (sku, qty) in catalog::seeded_stock() {
+            // A store from before bins were kept gets its bins; stock is never reseeded.
             sqlx::query(
-                "INSERT INTO inventory_bin_items (sku, qty) VALUES ($1, $2) ON CONFLICT (sku) DO NOTHING",
+                "INSERT INTO inventory_bin_items (sku, qty, bin) VALUES ($1, $2, $3) ON CONFLICT (sku) \
+                 DO UPDATE SET bin = excluded.bin WHERE inventory_bin_items.bin IS NULL",
             )
-            .bind(sku)
+            .bind(&sku)
             .bind(qty)
+            .bind(catalog::bin_of(&sku))
             .execute(&mut *tx)
             .await?;
         }

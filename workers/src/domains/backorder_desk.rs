@@ -178,7 +178,7 @@ impl BackorderDesk {
         if resolved.cancelled || status == Status::Cancelled {
             if status == Status::Covered {
                 // Cancelled once covered: its units go to the next in line here.
-                let units = self.backorders.release_covered(element.order_id).await?;
+                let units = self.backorders.release_reservation(element.order_id).await?;
                 tracing::info!(order_id = %element.order_id, units, "a covered backorder was cancelled");
             }
             element.reservation = None;

@@ -405,9 +405,11 @@ impl Backorders {
         Ok(exits)
     }
 
-    /// Gives a covered backorder's reservation back (it was cancelled before
-    /// it left): its units go to the next in line. Returns the units.
-    pub async fn release_covered(&self, order_id: Uuid) -> sqlx::Result<i64> {
+    /// Gives a reservation's units back, once (a cancelled order's, or a
+    /// covered backorder's cancelled before it left): to the backorders
+    /// waiting for them first, oldest first, the rest on hand. Returns the
+    /// units released by this call (0 when released before).
+    pub async fn release_reservation(&self, order_id: Uuid) -> sqlx::Result<i64> {
         let mut tx = self.store.pool.begin().await?;
         let released = sqlx::query(
             "UPDATE inventory_reservations SET released = 1 WHERE order_id = $1 AND released = 0",
@@ -574,8 +576,8 @@ mod tests {
         let mut tx = store.pool.begin().await.unwrap();
         assert_eq!(distribute(&mut tx, SKU, 1).await.unwrap(), vec![h.order_id]);
         tx.commit().await.unwrap();
-        assert_eq!(backorders.release_covered(h.order_id).await.unwrap(), 2);
-        assert_eq!(backorders.release_covered(h.order_id).await.unwrap(), 0, "released once");
+        assert_eq!(backorders.release_reservation(h.order_id).await.unwrap(), 2);
+        assert_eq!(backorders.release_reservation(h.order_id).await.unwrap(), 0, "released once");
         let last = backorders.exits().await.unwrap().pop().unwrap();
         assert_eq!((last.element.order_id, last.status), (i.order_id, Status::Covered));
         assert_eq!(units(&store, "SELECT qty FROM inventory_bin_items WHERE sku = 'SKU-0901'").await, 0);

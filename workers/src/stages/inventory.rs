@@ -264,36 +264,11 @@ impl Inventory {
         }))
     }
 
-    /// Puts a reservation's units back, once: a second call finds it released.
-    /// Returns the units released by this call (0 when already released).
+    /// Puts a reservation's units back, once: a second call finds it
+    /// released. They go to the backorders waiting for them first, oldest
+    /// first. Returns the units released by this call (0 when already released).
     pub async fn release(&self, order_id: Uuid) -> sqlx::Result<i64> {
-        let mut tx = self.store.pool.begin().await?;
-        let released = sqlx::query(
-            "UPDATE inventory_reservations SET released = 1 WHERE order_id = $1 AND released = 0",
-        )
-        .bind(order_id.to_string())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let mut units = 0;
-        if released == 1 {
-            let lines: String =
-                sqlx::query_scalar("SELECT lines FROM inventory_reservations WHERE order_id = $1")
-                    .bind(order_id.to_string())
-                    .fetch_one(&mut *tx)
-                    .await?;
-            let lines: Vec<(String, i64)> = serde_json::from_str(&lines).unwrap_or_default();
-            for (sku, qty) in lines {
-                sqlx::query("UPDATE inventory_bin_items SET qty = qty + $1 WHERE sku = $2")
-                    .bind(qty)
-                    .bind(&sku)
-                    .execute(&mut *tx)
-                    .await?;
-                units += qty;
-            }
-        }
-        tx.commit().await?;
-        Ok(units)
+        backorders::Backorders { store: self.store.clone() }.release_reservation(order_id).await
     }
 
     /// Reserves the element's items, or (`backorders`) backorders it when a

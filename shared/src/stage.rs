@@ -54,6 +54,10 @@ impl From<sqlx::Error> for StageError {
 /// A node that handles one element at a time.
 pub trait Stage: Send + Sync + 'static {
     const NODE: Node;
+    /// Whether the node keeps elements waiting and so may have decided an
+    /// element before ([`Stage::prior_outcome`]): only such a node pays for
+    /// asking, per element.
+    const KEEPS_ELEMENTS_WAITING: bool = false;
     fn handle(&self, element: OrderElement) -> impl Future<Output = Result<Outcome, StageError>> + Send;
 
     /// Handles an element called for by the coordinator (directed mode),
@@ -67,8 +71,9 @@ pub trait Stage: Send + Sync + 'static {
     /// The outcome this node already decided for the element, when it keeps
     /// an element waiting (inventory's backorders): a redelivered element
     /// gets it again, before the changes pending for its order are decided
-    /// (which the waiting element meets where it waits). Asked only for an
-    /// order with changes in the node's book.
+    /// (which the waiting element meets where it waits). Asked only when
+    /// [`Stage::KEEPS_ELEMENTS_WAITING`], for an order with changes in the
+    /// node's book.
     fn prior_outcome(
         &self,
         _element: &OrderElement,

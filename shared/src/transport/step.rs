@@ -84,7 +84,7 @@ async fn try_step<S: Stage>(
 ) -> Result<Handled, StageError> {
     check_arrival(S::NODE, &element)?;
     let before = (element.seq, Some(element.state));
-    if let Some(book) = &ctx.book {
+    if let (true, Some(book)) = (S::KEEPS_ELEMENTS_WAITING, &ctx.book) {
         if book.may_have_changes(element.order_id).await? {
             if let Some(outcome) = stage.prior_outcome(&element).await? {
                 return record_outcome(ctx, before, ChangeRecords::default(), &outcome, Onward::NextNode)

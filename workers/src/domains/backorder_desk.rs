@@ -58,6 +58,11 @@ pub fn wait_limit_from_env() -> anyhow::Result<Duration> {
 }
 
 impl BackorderDesk {
+    /// The backorders it looks after.
+    pub fn backorders(&self) -> &Backorders {
+        &self.backorders
+    }
+
     pub async fn open(settings: &Settings, store: Store) -> anyhow::Result<BackorderDesk> {
         Ok(BackorderDesk {
             backorders: Backorders { store },

@@ -10,7 +10,7 @@
 
 use super::backorder_desk::BackorderDesk;
 use crate::catalog;
-use crate::stages::backorders::{self, Backorders};
+use crate::stages::backorders;
 use lapin::message::Delivery;
 use serde::{Deserialize, Serialize};
 use shared::domains::{check_id, page_size};
@@ -84,8 +84,9 @@ impl StockDomain {
     }
 
     /// Adds a receipt's units once, first to the backorders waiting for them
-    /// (oldest first): `false` when it was counted before.
-    pub async fn receive(&self, receipt_id: &str, receipt: &Receipt) -> sqlx::Result<bool> {
+    /// (oldest first); returns the backorders it covered (none when it was
+    /// counted before).
+    pub async fn receive(&self, receipt_id: &str, receipt: &Receipt) -> sqlx::Result<Vec<uuid::Uuid>> {
         let _one = self.applying.lock().await;
         let mut tx = self.store.pool.begin().await?;
         let inserted = sqlx::query(
@@ -101,11 +102,12 @@ impl StockDomain {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if inserted == 1 {
-            backorders::distribute(&mut tx, &receipt.sku, receipt.qty).await?;
-        }
+        let covered = match inserted {
+            1 => backorders::distribute(&mut tx, &receipt.sku, receipt.qty).await?,
+            _ => Vec::new(),
+        };
         tx.commit().await?;
-        Ok(inserted == 1)
+        Ok(covered)
     }
 
     async fn stock(&self, sku: &str) -> sqlx::Result<Option<serde_json::Value>> {
@@ -133,7 +135,7 @@ impl StockDomain {
         .bind(sku)
         .fetch_one(&self.store.pool)
         .await?;
-        let (backorders, backordered, held) = Backorders { store: self.store.clone() }.of_sku(sku).await?;
+        let (backorders, backordered, held) = self.desk.backorders().of_sku(sku).await?;
         Ok(Some(serde_json::json!({
             "sku": sku, "bin": bin, "on_hand": on_hand, "reserved": reserved, "received": received,
             "backordered": backordered, "backorders": backorders, "held_for_backorders": held,
@@ -238,10 +240,12 @@ impl DomainService for StockDomain {
             return dead_letter(publisher, ctx, &delivery, &format!("not a received item: {reason}")).await;
         }
         match self.receive(&receipt_id, &receipt).await {
-            Ok(_) => {
+            Ok(covered) => {
                 ack(&delivery).await;
-                // The orders it covered go on at once.
-                self.desk.round(publisher).await;
+                if !covered.is_empty() {
+                    // The orders it covered go on at once (else at the next tick).
+                    self.desk.round(publisher).await;
+                }
             }
             Err(error) => {
                 tracing::warn!(%error, "could not record a receipt; it will be tried again");

@@ -124,6 +124,7 @@ impl Suppliers {
 #[derive(Clone)]
 pub struct Inventory {
     store: Store,
+    backorders: backorders::Backorders,
     suppliers: std::sync::Arc<Suppliers>,
 }
 
@@ -149,7 +150,8 @@ impl Inventory {
             .await?;
         }
         tx.commit().await?;
-        Ok(Inventory { store, suppliers: std::sync::Arc::new(Suppliers::new(settings)?) })
+        let backorders = backorders::Backorders { store: store.clone() };
+        Ok(Inventory { store, backorders, suppliers: std::sync::Arc::new(Suppliers::new(settings)?) })
     }
 
     /// Reserves every line of an order in one transaction, once per order.
@@ -268,7 +270,7 @@ impl Inventory {
     /// released. They go to the backorders waiting for them first, oldest
     /// first. Returns the units released by this call (0 when already released).
     pub async fn release(&self, order_id: Uuid) -> sqlx::Result<i64> {
-        backorders::Backorders { store: self.store.clone() }.release_reservation(order_id).await
+        self.backorders.release_reservation(order_id).await
     }
 
     /// Reserves the element's items, or (`backorders`) backorders it when a
@@ -324,6 +326,7 @@ fn backordered(element: OrderElement, purchase_orders: &[PurchaseOrder]) -> Outc
 
 impl Stage for Inventory {
     const NODE: Node = Node::Inventory;
+    const KEEPS_ELEMENTS_WAITING: bool = true;
 
     /// A charged element of an order backordered before (its first delivery
     /// decided, then the node stopped before acknowledging it) is

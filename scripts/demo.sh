@@ -27,9 +27,11 @@ say "calling intake's service synchronously with examples/order.json:"
 "$BIN/orderflow" call intake --element-file examples/order.json --sync --timeout 10 | sed -n 1,8p
 say "a customer, read at the UK replica (fed by the primary's change stream):"
 "$BIN/orderflow" customer get C-000002 --region uk
-say "50 units of SKU-0001 arrive from distributor D-01 (the received-items queue), and its stock:"
-"$BIN/orderflow" receive --distributor D-01 --sku SKU-0001 --qty 50 >/dev/null
+say "an unsolicited receipt: 50 x SKU-0001 \"from\" D-01 against no purchase order (the received-items queue)"
+say "is refused, dead-lettered with the reason, and SKU-0001's stock is unchanged:"
+"$BIN/orderflow" receive --distributor D-01 --sku SKU-0001 --qty 50 --shipment DEMO-UNSOLICITED-1 >/dev/null
 sleep 1
+"$BIN/orderflow" dlq list | grep -m1 "unsolicited receipt" || true
 "$BIN/orderflow" stock SKU-0001
 say "a backorder: two orders of 8 x SKU-0901 (10 in stock). The second waits; its purchase order goes to D-01,"
 say "whose shipment (distributor-sim, after ${ORDERFLOW_DISTRIBUTOR_DELAY_MS:-2000} ms) arrives as received items and releases it:"
@@ -65,6 +67,6 @@ All $(wc -l <"$ids") orders are terminal. Where to look:
   its JSON        $BIN/orderflow status $first --json
   a customer      $BIN/orderflow customer get C-000002 --region de    (customer list, add, set-address; catalog get SKU-0007)
   the domains     $BIN/orderflow domains status    (each replica's lag in changes and ms)
-  stock           $BIN/orderflow stock SKU-0901    (on hand, reserved, received, backordered; orderflow receive --distributor D-01 --sku SKU-0901 --qty 5)
+  stock           $BIN/orderflow stock SKU-0901    (on hand, reserved, received, backordered; a shipment: orderflow receive --distributor D-01 --sku SKU-0901 --qty 5 --shipment S-1 --po <po_id>)
   stop it all     scripts/down.sh
 TXT

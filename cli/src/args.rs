@@ -22,7 +22,7 @@ Examples:
   orderflow dlq list; orderflow dlq replay --all
   orderflow publish --count 10 --directed       # driven by the coordinator through the services
   orderflow call intake --element-file order.json --sync --timeout 5
-  orderflow call payment --element-file accepted.json --poll; orderflow call status REQUEST_ID";
+  orderflow call payment --element-file accepted.json --poll; orderflow call status REQUEST_ID TOKEN";
 
 /// The whole text after the options of `orderflow --help`.
 pub fn after_help() -> String {
@@ -74,21 +74,27 @@ pub enum Command {
     /// Record items arrived from a distributor: published to the received-items queue, taken in order of arrival.
     #[command(group = clap::ArgGroup::new("what").required(true))]
     #[command(
-        after_help = "Prints each receipt id. A receipt sent twice (same --receipt-id) is counted once.\n\n\
-                            Examples:\n  orderflow receive --distributor D-01 --sku SKU-0042 --qty 120\n  \
-                            orderflow receive --file arrivals.jsonl   # {\"distributor_id\", \"sku\", \"qty\"[, \"receipt_id\"]} per line"
+        after_help = "Prints each shipment id. A receipt is the distributor's shipment against one of \
+                            inventory's open purchase orders (--po): a shipment scanned twice (same --shipment) is \
+                            counted once. A receipt with no purchase order, or from a distributor that does not \
+                            supply the SKU, is dead-lettered with the reason (orderflow dlq list).\n\n\
+                            Examples:\n  orderflow receive --distributor D-01 --sku SKU-0042 --qty 120 --shipment SHP-88121 --po <po_id>\n  \
+                            orderflow receive --file arrivals.jsonl   # {\"shipment_id\", \"distributor_id\", \"sku\", \"qty\", \"po_id\"} per line"
     )]
     Receive {
-        #[arg(long, group = "what", requires_all = ["sku", "qty"])]
+        #[arg(long, group = "what", requires_all = ["sku", "qty", "shipment"])]
         distributor: Option<String>,
         #[arg(long)]
         sku: Option<String>,
         /// Units arrived (1 to 1,000,000).
         #[arg(long, value_parser = clap::value_parser!(i64).range(1..=1_000_000), allow_negative_numbers = true)]
         qty: Option<i64>,
-        /// The receipt id (default: a new uuid).
+        /// The distributor's shipment id (on its delivery note): the receipt's identity.
         #[arg(long, value_parser = values::request_id)]
-        receipt_id: Option<String>,
+        shipment: Option<String>,
+        /// The purchase order the shipment fulfils (none: an unsolicited receipt, refused).
+        #[arg(long, value_parser = values::po_id)]
+        po: Option<uuid::Uuid>,
         /// One receipt (JSON object) per line.
         #[arg(long, group = "what")]
         file: Option<PathBuf>,
@@ -134,7 +140,7 @@ pub enum Command {
                             worth retrying), 1 the broker or tracker unreachable.\n\n\
                             Examples:\n  orderflow call intake --element-file order.json --sync --timeout 5\n  \
                             orderflow call payment --element-file accepted.json --poll\n  \
-                            orderflow call status 5b7c...  --wait 10\n  \
+                            orderflow call status 5b7c... 9f2e... --wait 10\n  \
                             orderflow call payment --element-file accepted.json --callback my-results")]
     Call {
         #[command(subcommand)]
@@ -148,7 +154,7 @@ pub enum Command {
         /// Wait for the result (on RabbitMQ's direct reply-to) up to --timeout.
         #[arg(long, group = "how")]
         sync: bool,
-        /// Print the request id at once; the tracker keeps the result (`orderflow call status`).
+        /// Print the request id and a poll token at once; the tracker keeps the result for that token (`orderflow call status`).
         #[arg(long, group = "how")]
         poll: bool,
         /// Have the result sent to orderflow.results with routing key callback.KEY.
@@ -283,10 +289,13 @@ pub enum Command {
 
 #[derive(Subcommand)]
 pub enum CallCommand {
-    /// Print a result kept for polling (GET /calls/ID on the tracker).
+    /// Print a result kept for polling (GET /calls/ID on the tracker, with the call's poll token).
     Status {
         #[arg(value_parser = values::request_id, value_name = "REQUEST_ID")]
         request_id: String,
+        /// The poll token `call --poll` printed after the request id: the result is shown only to it.
+        #[arg(value_parser = values::poll_token, value_name = "TOKEN")]
+        token: String,
         /// Wait up to this many seconds for the result (0 to 604800).
         #[arg(long, value_name = "SECONDS", default_value = "0", value_parser = values::seconds,
               allow_negative_numbers = true)]

@@ -1,10 +1,12 @@
 //! `orderflow call`: calls one node's service with an element (or, at
 //! intake, a plain order) from a file, and gets the result the way asked:
 //! `--sync` waits for it on RabbitMQ's direct reply-to (up to `--timeout`),
-//! `--poll` prints the request id at once (the result is kept by the
-//! tracker: `orderflow call status ID`), `--callback KEY` has it sent to
-//! `orderflow.results` with routing key `callback.KEY`. `call status`
-//! reads a kept result, waiting for it with `--wait`.
+//! `--poll` prints the request id and a new poll token at once (the result
+//! is kept by the tracker, shown only to that token: `orderflow call status
+//! ID TOKEN`; the call carries only the token's hash, `shared::poll`),
+//! `--callback KEY` has it sent to `orderflow.results` with routing key
+//! `callback.KEY`. `call status` reads a kept result, waiting for it with
+//! `--wait`.
 
 use crate::exit::Outcome;
 use anyhow::Context;
@@ -30,8 +32,7 @@ pub enum How {
     Callback(String),
 }
 
-/// RabbitMQ's direct reply-to pseudo-queue.
-const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+use shared::service::DIRECT_REPLY_TO;
 
 /// Reads the body of a call: one JSON object, at most `max_bytes`.
 pub fn read_element_file(path: &Path, max_bytes: usize) -> anyhow::Result<Vec<u8>> {
@@ -73,6 +74,7 @@ pub async fn call(
         .with_message_id(request_id.as_str().into())
         .with_correlation_id(request_id.as_str().into());
     let mut replies = None;
+    let mut poll_token = None;
     match &how {
         How::Sync(timeout) => {
             // Direct reply-to: consume the pseudo-queue on the channel that publishes.
@@ -89,6 +91,10 @@ pub async fn call(
         }
         How::Poll => {
             headers.insert(REPLY_HEADER.into(), AMQPValue::LongString("poll".into()));
+            let token = shared::poll::new_token();
+            let key = shared::poll::key_of(&token);
+            headers.insert(shared::poll::POLL_KEY_HEADER.into(), AMQPValue::LongString(key.into()));
+            poll_token = Some(token);
         }
         How::Callback(key) => {
             headers.insert(REPLY_HEADER.into(), AMQPValue::LongString("callback".into()));
@@ -131,7 +137,11 @@ pub async fn call(
             }
         }
         _ => {
-            println!("{request_id}");
+            // Polled: the token too (it alone reads the result); a callback: the request id.
+            match poll_token {
+                Some(token) => println!("{request_id} {token}"),
+                None => println!("{request_id}"),
+            }
             Outcome::Done
         }
     };
@@ -150,18 +160,24 @@ fn print_result(result: &CallResult) -> anyhow::Result<Outcome> {
     })
 }
 
-/// `orderflow call status ID`: the kept result, waiting up to `wait` for it.
-pub async fn status(settings: &Settings, request_id: &str, wait: Duration) -> anyhow::Result<Outcome> {
+/// `orderflow call status ID TOKEN`: the kept result, waiting up to `wait` for it.
+pub async fn status(
+    settings: &Settings,
+    request_id: &str,
+    token: &str,
+    wait: Duration,
+) -> anyhow::Result<Outcome> {
     let client = TrackerClient::new(&settings.tracker_url());
     let deadline = Instant::now() + wait;
     loop {
-        if let Some(kept) = client.call_result(request_id).await? {
+        if let Some(kept) = client.call_result(request_id, token).await? {
             return print_result(&kept.result);
         }
         if Instant::now() >= deadline {
             eprintln!(
-                "no result for request {request_id} yet: still running, never sent, or removed after \
-                 its retention (ORDERFLOW_RESULT_RETENTION_S after it was first read)"
+                "no result for request {request_id} under this token yet: still running, never sent, \
+                 removed after its retention (ORDERFLOW_RESULT_RETENTION_S after it was first read), or \
+                 the token is not the one `call --poll` printed"
             );
             return Ok(Outcome::TimedOut);
         }

@@ -379,52 +379,60 @@ async fn seed(settings: &Settings, dir: &Path) -> anyhow::Result<Outcome> {
     Ok(if refused == 0 { Outcome::Done } else { Outcome::Declined })
 }
 
-/// One receipt as `receive` publishes it: its id and body.
+/// One receipt as `receive` publishes it: its shipment id and body.
 pub struct ReceiptLine {
-    pub receipt_id: String,
+    pub shipment_id: String,
     pub body: Value,
 }
 
 pub fn receipt_line(
+    shipment_id: String,
     distributor_id: String,
     sku: Option<String>,
     qty: Option<i64>,
-    receipt_id: Option<String>,
+    po_id: Option<uuid::Uuid>,
 ) -> ReceiptLine {
-    ReceiptLine {
-        receipt_id: receipt_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-        body: json!({"distributor_id": distributor_id, "sku": sku, "qty": qty}),
+    let mut body =
+        json!({"shipment_id": shipment_id, "distributor_id": distributor_id, "sku": sku, "qty": qty});
+    if let Some(po_id) = po_id {
+        body["po_id"] = json!(po_id);
     }
+    ReceiptLine { shipment_id, body }
 }
 
-/// Reads receipts, one JSON object per line; a bad line publishes nothing.
+/// Reads receipts, one JSON object per line, each with its `shipment_id`;
+/// a bad line publishes nothing.
 pub fn read_receipts(path: &Path) -> anyhow::Result<Vec<ReceiptLine>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut lines = Vec::new();
     for (number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let mut body: Value = serde_json::from_str(line).map_err(|e| {
+        let body: Value = serde_json::from_str(line).map_err(|e| {
             anyhow::anyhow!("line {}: not valid JSON ({e}); nothing was published", number + 1)
         })?;
         anyhow::ensure!(body.is_object(), "line {}: not a JSON object; nothing was published", number + 1);
-        let receipt_id = match body.as_object_mut().and_then(|o| o.remove("receipt_id")) {
+        let shipment_id = match body.get("shipment_id") {
             Some(Value::String(id)) => {
-                shared::service::check_id("the receipt id", &id)
+                shared::service::check_id("the shipment id", id)
                     .map_err(|e| anyhow::anyhow!("line {}: {e}", number + 1))?;
-                id
+                id.clone()
             }
             Some(other) => {
-                anyhow::bail!("line {}: receipt_id {other} is not text; nothing was published", number + 1)
+                anyhow::bail!("line {}: shipment_id {other} is not text; nothing was published", number + 1)
             }
-            None => uuid::Uuid::new_v4().to_string(),
+            None => anyhow::bail!(
+                "line {}: no shipment_id (the distributor's shipment id); nothing was published",
+                number + 1
+            ),
         };
-        lines.push(ReceiptLine { receipt_id, body });
+        lines.push(ReceiptLine { shipment_id, body });
     }
     anyhow::ensure!(!lines.is_empty(), "{} holds no receipts; nothing was published", path.display());
     Ok(lines)
 }
 
 /// Publishes receipts to the received-items queue, confirmed, in order;
-/// prints each receipt id. The stock domain checks and counts them.
+/// prints each shipment id. The stock domain checks them and counts each
+/// shipment once (each scan is a message of its own: a new message id).
 pub async fn receive(settings: &Settings, receipts: Vec<ReceiptLine>) -> anyhow::Result<Outcome> {
     let connection = shared::transport::connect(&settings.amqp_url, "orderflow-receive")
         .await
@@ -440,12 +448,12 @@ pub async fn receive(settings: &Settings, receipts: Vec<ReceiptLine>) -> anyhow:
                 properties: lapin::BasicProperties::default()
                     .with_content_type("application/json".into())
                     .with_delivery_mode(2)
-                    .with_message_id(receipt.receipt_id.as_str().into()),
+                    .with_message_id(uuid::Uuid::new_v4().to_string().into()),
             })
             .collect();
         publisher.publish_all(&messages).await.context("publishing received items")?;
         for receipt in chunk {
-            println!("{}", receipt.receipt_id);
+            println!("{}", receipt.shipment_id);
         }
     }
     publisher.close().await;

@@ -55,13 +55,13 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Catalog { command } => domains::catalog(&settings, command).await,
         Command::Distributor { command } => domains::distributor(&settings, command).await,
         Command::Domains { command } => domains::domains(&settings, command).await,
-        Command::Receive { distributor, sku, qty, receipt_id, file } => {
-            let receipts = match (distributor, file) {
-                (Some(distributor_id), _) => {
-                    vec![domains::receipt_line(distributor_id, sku, qty, receipt_id)]
+        Command::Receive { distributor, sku, qty, shipment, po, file } => {
+            let receipts = match (distributor, shipment, file) {
+                (Some(distributor_id), Some(shipment_id), _) => {
+                    vec![domains::receipt_line(shipment_id, distributor_id, sku, qty, po)]
                 }
-                (None, Some(file)) => domains::read_receipts(&file)?,
-                (None, None) => unreachable!("clap requires --distributor or --file"),
+                (None, _, Some(file)) => domains::read_receipts(&file)?,
+                _ => unreachable!("clap requires --distributor (with --shipment) or --file"),
             };
             domains::receive(&settings, receipts).await
         }
@@ -92,8 +92,8 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Cancel { id, mode } => {
             change::request(&settings, id, shared::change::Change::Cancel, mode.mode()).await
         }
-        Command::Call { status: Some(CallCommand::Status { request_id, wait }), .. } => {
-            call::status(&settings, &request_id, wait).await
+        Command::Call { status: Some(CallCommand::Status { request_id, token, wait }), .. } => {
+            call::status(&settings, &request_id, &token, wait).await
         }
         Command::Call { service, element_file, poll, callback, timeout, request_id, .. } => {
             let (Some(service), Some(file)) = (service, element_file) else {

@@ -19,6 +19,13 @@ pub fn order_id(text: &str) -> Result<Uuid, String> {
     })
 }
 
+/// `--po`: a purchase order id.
+pub fn po_id(text: &str) -> Result<Uuid, String> {
+    Uuid::parse_str(text.trim()).map_err(|_| {
+        format!("{text:?} is not a purchase order id (a uuid such as 0f8fad5b-d9cb-469f-a165-70867728950e)")
+    })
+}
+
 pub fn count(text: &str) -> Result<usize, String> {
     match text.trim().parse::<usize>() {
         Ok(n) if (1..=MAX_COUNT).contains(&n) => Ok(n),
@@ -101,6 +108,11 @@ pub fn node(text: &str) -> Result<shared::Node, String> {
 /// `call --request-id`, `call status`: what a service takes as a request id.
 pub fn request_id(text: &str) -> Result<String, String> {
     shared::service::check_id("the request id", text).map(|_| text.to_string())
+}
+
+/// `call status ID TOKEN`: a poll token (16 to 200 visible ASCII characters).
+pub fn poll_token(text: &str) -> Result<String, String> {
+    shared::poll::check_token(text).map(|_| text.to_string())
 }
 
 /// `--region`: a copy of the customer domain (primary or a replica's region).

@@ -22,8 +22,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use topology::DomainCopy;
 
-/// RabbitMQ's direct reply-to pseudo-queue.
-pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+pub use crate::service::DIRECT_REPLY_TO;
 
 /// Why a call got no data.
 #[derive(Debug, thiserror::Error)]

@@ -38,15 +38,28 @@ pub struct Address {
 
 /// A card on file: its masked number, its expiry, and the processor's
 /// token for it (what intake puts in an order that brings no card); never
-/// the number.
+/// the number. The token pays for its customer's orders only: the domain
+/// keeps it and sends it on its change stream, but a read answers it to
+/// intake alone ([`without_card_token`]); everyone else sees the masked
+/// number and the expiry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CardOnFile {
     /// `************1111`.
     pub masked: String,
     /// `MM/YY`.
     pub expiry: String,
-    /// `tok_<32 hex digits>`.
+    /// `tok_<32 hex digits>`; empty in what a read answers anyone but intake.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub token: String,
+}
+
+/// A customer record (as JSON) with its card's token taken out: what a read
+/// answers a caller that may not charge the card. Anything else is kept.
+pub fn without_card_token(mut record: serde_json::Value) -> serde_json::Value {
+    if let Some(card) = record.get_mut("card").and_then(serde_json::Value::as_object_mut) {
+        card.remove("token");
+    }
+    record
 }
 
 impl Customer {
@@ -325,6 +338,33 @@ mod tests {
         assert!(
             card_on_file(&CardInput { number: "4111111111111111".into(), expiry: "1/300".into() }).is_err()
         );
+    }
+
+    #[test]
+    fn a_record_without_its_token_keeps_the_masked_card_and_everything_else() {
+        let card =
+            card_on_file(&CardInput { number: "4111111111111111".into(), expiry: "12/30".into() }).unwrap();
+        let customer = Customer {
+            customer_id: "C-1".into(),
+            name: "Ada".into(),
+            email: "ada@example.com".into(),
+            addresses: Vec::new(),
+            card: Some(card),
+        };
+        let full = serde_json::to_value(&customer).unwrap();
+        assert!(full.to_string().contains("tok_"), "{full}");
+        let shown = without_card_token(full.clone());
+        assert!(!shown.to_string().contains("tok_"), "{shown}");
+        assert_eq!(shown["card"], serde_json::json!({"masked": "************1111", "expiry": "12/30"}));
+        assert_eq!(shown["name"], "Ada");
+        // It still reads as a customer: the token is empty, and stays out when written again.
+        let read: Customer = serde_json::from_value(shown.clone()).unwrap();
+        assert_eq!(read.card.as_ref().map(|c| c.token.as_str()), Some(""));
+        assert_eq!(serde_json::to_value(&read).unwrap(), shown);
+        // No card, or not a customer at all: unchanged.
+        let no_card = serde_json::json!({"customer_id": "C-2"});
+        assert_eq!(without_card_token(no_card.clone()), no_card);
+        assert_eq!(without_card_token(serde_json::json!([1])), serde_json::json!([1]));
     }
 
     #[test]

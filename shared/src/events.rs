@@ -46,8 +46,9 @@ pub static ELEMENTS_FAILED: Counter = Counter::new("elements_failed");
 pub static CALLS_ANSWERED: Counter = Counter::new("calls_answered");
 pub static EVENTS_RECORDED: Counter = Counter::new("events_recorded");
 pub static ORDERS_MOVED: Counter = Counter::new("orders_moved");
+pub static REFUSED: Counter = Counter::new("refused");
 
-static ALL: [&Counter; 11] = [
+static ALL: [&Counter; 12] = [
     &ELEMENTS_HANDLED,
     &DEAD_LETTERED,
     &RETRIED,
@@ -59,6 +60,7 @@ static ALL: [&Counter; 11] = [
     &CALLS_ANSWERED,
     &EVENTS_RECORDED,
     &ORDERS_MOVED,
+    &REFUSED,
 ];
 
 /// Every counter of this process, name → value.
@@ -98,6 +100,29 @@ impl DeadLettered<'_> {
             "dead-lettered a message"
         );
         DEAD_LETTERED.increment();
+    }
+}
+
+/// A message refused because it is not what its sender may say (a forged
+/// answer, a call from a stranger): dead-lettered or answered with the
+/// reason, and counted apart from the careless input that is merely malformed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Refused<'a> {
+    pub node: &'a str,
+    /// What was refused, as the node names it ("an answer", "a call").
+    pub what: &'a str,
+    pub reason: &'a str,
+}
+
+impl Refused<'_> {
+    pub fn emit(&self) {
+        tracing::warn!(
+            node = self.node,
+            what = self.what,
+            reason = crate::text::mask_card_numbers(self.reason),
+            "refused a message"
+        );
+        REFUSED.increment();
     }
 }
 
@@ -316,6 +341,9 @@ mod tests {
         });
         grows_by_at_least_one(&EVENTS_RECORDED, || EventsRecorded { received: 2, new: 1 }.emit());
         grows_by_at_least_one(&ORDERS_MOVED, || OrdersMoved { orders: 1, events: 6, late_events: 0 }.emit());
+        grows_by_at_least_one(&REFUSED, || {
+            Refused { node: "coordinator", what: "an answer", reason: "x" }.emit()
+        });
     }
 
     #[test]
@@ -334,7 +362,8 @@ mod tests {
                 "elements_failed",
                 "calls_answered",
                 "events_recorded",
-                "orders_moved"
+                "orders_moved",
+                "refused"
             ]
         );
         let before = snapshot()[1].1;

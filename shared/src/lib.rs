@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod order;
 pub mod order_search;
 pub mod otlp;
+pub mod poll;
 pub mod report;
 pub mod routing;
 pub mod service;

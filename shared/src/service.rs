@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | `sync` | `reply_to` (a queue, or `amq.rabbitmq.reply-to`), `correlation_id` | `reply_to`, through the default exchange |
 //! | `callback` | header `x-orderflow-callback: KEY` | `orderflow.results` with routing key `callback.KEY` |
-//! | `poll` | nothing | kept by the tracker: `GET /calls/{request_id}`, `orderflow call status` |
+//! | `poll` | `x-orderflow-poll-key` (`crate::poll`) | kept by the tracker for the key's token alone: `GET /calls/{request_id}`, `orderflow call status` |
 //!
 //! The mode is `x-orderflow-reply` when set, else `sync` with a `reply_to`,
 //! `callback` with a callback key, `poll` otherwise. A call may carry a
@@ -75,6 +75,8 @@ pub struct Call {
     pub deadline_ms: Option<i64>,
     /// Made by the coordinator for a directed order (if the sender is the coordinator).
     pub directed: bool,
+    /// A poll call's key (`crate::poll`): the tracker shows the result only to its token.
+    pub poll_key: Option<String>,
 }
 
 /// Why a request cannot be read as a call. Where it has a reply address
@@ -115,11 +117,42 @@ pub fn check_id(what: &str, id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The queues a sync answer may go to: the caller's own direct reply-to
+/// (`amq.rabbitmq.reply-to`, which the broker names per connection), and
+/// the coordinator's replies queue (only for the coordinator's calls: see
+/// [`Call::answers_to_coordinator`]).
+pub fn answerable_queue(queue: &str) -> bool {
+    queue == DIRECT_REPLY_TO
+        || queue.starts_with("amq.rabbitmq.reply-to.")
+        || queue == topology::COORDINATOR_REPLIES_QUEUE
+}
+
+/// RabbitMQ's direct reply-to pseudo-queue.
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
 impl Call {
+    /// Whether the answer goes to the coordinator's replies queue: only the
+    /// coordinator's own calls may ask that.
+    pub fn answers_to_coordinator(&self) -> bool {
+        self.reply_to == ReplyTo::Queue(topology::COORDINATOR_REPLIES_QUEUE.to_string())
+    }
+
     /// Reads a call from a request's properties.
     pub fn from_properties(properties: &BasicProperties) -> Result<Call, CallError> {
         let headers = properties.headers().as_ref();
         let reply_queue = properties.reply_to().as_ref().map(|q| q.to_string()).filter(|q| !q.is_empty());
+        if let Some(queue) = reply_queue.as_deref().filter(|queue| !answerable_queue(queue)) {
+            // Never answered there, not even with this refusal: a service
+            // must not post into a queue its caller names.
+            return Err(CallError {
+                reason: format!(
+                    "reply_to {:?} is not RabbitMQ's direct reply-to (amq.rabbitmq.reply-to): a service answers a sync call nowhere else",
+                    crate::text::escaped(queue)
+                ),
+                reply_to: None,
+                correlation_id: None,
+            });
+        }
         let correlation = properties.correlation_id().as_ref().map(|c| c.to_string());
         let fail = |reason: String| CallError {
             reason,
@@ -163,12 +196,17 @@ impl Call {
             ),
         };
         let directed = header(headers, MODE_HEADER).and_then(text).as_deref() == Some("directed");
+        let poll_key = match header(headers, crate::poll::POLL_KEY_HEADER) {
+            None => None,
+            Some(value) => Some(crate::poll::check_key(&text(value).unwrap_or_default()).map_err(fail)?),
+        };
         Ok(Call {
             correlation_id: correlation.unwrap_or_else(|| request_id.clone()),
             request_id,
             reply_to,
             deadline_ms,
             directed,
+            poll_key,
         })
     }
 
@@ -274,7 +312,16 @@ mod tests {
 
     #[test]
     fn the_reply_mode_follows_what_the_caller_set() {
+        for elsewhere in ["orderflow.payment", "orderflow.audit.tracker", "mine", "amq.rabbitmq.reply-tox"] {
+            let error = Call::from_properties(&props().with_reply_to(elsewhere.into())).unwrap_err();
+            assert!(error.reason.contains("not RabbitMQ's direct reply-to"), "{error}");
+            assert_eq!(error.reply_to, None, "a refusal is not sent to {elsewhere} either");
+        }
+        let coordinator =
+            Call::from_properties(&props().with_reply_to("orderflow.coordinator.replies".into()));
+        assert!(coordinator.unwrap().answers_to_coordinator());
         let sync = Call::from_properties(&props().with_reply_to("amq.rabbitmq.reply-to".into())).unwrap();
+        assert!(!sync.answers_to_coordinator());
         assert_eq!(sync.reply_to, ReplyTo::Queue("amq.rabbitmq.reply-to".into()));
         assert_eq!(sync.correlation_id, "r-1");
         let key = AMQPValue::LongString("mine.results".into());
@@ -292,8 +339,9 @@ mod tests {
         let no_id = Call::from_properties(&BasicProperties::default()).unwrap_err();
         assert!(no_id.reason.contains("message_id"));
         // A sync caller's correlation id serves as the request id.
-        let by_correlation =
-            BasicProperties::default().with_reply_to("q".into()).with_correlation_id("c-9".into());
+        let by_correlation = BasicProperties::default()
+            .with_reply_to("amq.rabbitmq.reply-to".into())
+            .with_correlation_id("c-9".into());
         assert_eq!(Call::from_properties(&by_correlation).unwrap().request_id, "c-9");
         let bad_key = with_header(props(), CALLBACK_HEADER, AMQPValue::LongString("a b\u{7}".into()));
         assert!(Call::from_properties(&bad_key).unwrap_err().reason.contains("callback key"));
@@ -320,5 +368,18 @@ mod tests {
     fn a_failed_result_never_carries_a_card_number() {
         let result = CallResult::failed("r", "payment", "card 4111111111111111 declined", false);
         assert!(!result.error.unwrap().contains("4111111111111111"));
+    }
+
+    #[test]
+    fn a_poll_call_carries_its_callers_poll_key() {
+        assert_eq!(Call::from_properties(&props()).unwrap().poll_key, None);
+        let key = crate::poll::key_of("a-token-of-the-caller");
+        let upper = AMQPValue::LongString(key.to_ascii_uppercase().into());
+        let call = Call::from_properties(&with_header(props(), crate::poll::POLL_KEY_HEADER, upper)).unwrap();
+        assert_eq!(call.poll_key, Some(key));
+        let raw = AMQPValue::LongString("a-token-of-the-caller".into());
+        let error =
+            Call::from_properties(&with_header(props(), crate::poll::POLL_KEY_HEADER, raw)).unwrap_err();
+        assert!(error.reason.contains("SHA-256"), "{error}");
     }
 }

@@ -28,8 +28,17 @@ pub fn init_with(default_filter: &str) {
     init_layers(default_filter, None);
 }
 
+/// Logs that would carry a message's body, left out at every level (with
+/// `RUST_LOG` too): lapin logs each returned message whole (a domain's
+/// answer holds names, addresses and card tokens); a return is reported by
+/// the publisher instead, naming only its exchange and routing key.
+pub const NEVER_LOGGED: &[&str] = &["lapin::returned_messages=off"];
+
 fn init_layers(default_filter: &str, exporting_as: Option<&str>) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    for directive in NEVER_LOGGED {
+        filter = filter.add_directive(directive.parse().expect("a valid directive"));
+    }
     let format = std::env::var("ORDERFLOW_LOG_FORMAT").unwrap_or_default();
     let format = format.trim();
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);

@@ -52,7 +52,7 @@ pub struct StoreRows {
     pub warehouse_events: i64,
 }
 
-/// A service result kept for polling: `GET /calls/{request_id}`.
+/// A service result kept for polling: `GET /calls/{request_id}` (with the call's poll token).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct KeptResult {
     /// Who made the call, as the broker verified it.
@@ -233,12 +233,22 @@ impl TrackerClient {
         self.get("/stats").await
     }
 
-    /// `GET /calls/{request_id}`: a service result kept for polling
-    /// (`Ok(None)` while there is none: not answered yet, never sent, or
-    /// removed after its retention).
-    pub async fn call_result(&self, request_id: &str) -> Result<Option<KeptResult>, TrackerError> {
-        let path = format!("/calls/{}", topology::management::encode(request_id));
-        match self.get(&path).await {
+    /// `GET /calls/{request_id}`: a service result kept for polling, read
+    /// with the call's poll token (`crate::poll`); `Ok(None)` while there is
+    /// none: not answered yet, never sent, removed after its retention, or
+    /// not under this token.
+    pub async fn call_result(
+        &self,
+        request_id: &str,
+        token: &str,
+    ) -> Result<Option<KeptResult>, TrackerError> {
+        let url = format!("{}/calls/{}", self.base, topology::management::encode(request_id));
+        let request = self.http.get(url).bearer_auth(token);
+        let answer = match self.send(request).await {
+            Ok(response) => response.json().await.map_err(TrackerError::Malformed),
+            Err(error) => Err(error),
+        };
+        match answer {
             Ok(kept) => Ok(Some(kept)),
             Err(TrackerError::Refused { status: 404, .. }) => Ok(None),
             Err(error) => Err(error),

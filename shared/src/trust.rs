@@ -189,37 +189,46 @@ impl Trust {
         ))
     }
 
-    /// May `sender` change a domain's data? The publisher (the command
-    /// line), customer support and the operator, named by the message's
-    /// broker-checked `user_id`; no workflow node, no unnamed sender. (Reads
-    /// are open to whoever the broker lets publish to the domains exchange,
-    /// as intake's door is.)
+    /// May `sender` change a domain's data? The back office and the
+    /// operator; customer support besides for the customer domain (a
+    /// customer's address). No workflow node, not the public door, no
+    /// unnamed sender: named by the message's broker-checked `user_id`.
+    /// (Reads are open to whoever the broker lets publish to the domains
+    /// exchange; what a read shows, the domain decides.)
     pub fn check_domain_write(&self, domain: &str, sender: Option<&str>) -> Result<(), String> {
-        if self.is(sender, Role::Publisher)
-            || self.is(sender, Role::Support)
-            || sender == Some(self.operator.as_str())
-        {
+        let support = domain == "customer" && self.is(sender, Role::Support);
+        if self.is(sender, Role::BackOffice) || support || sender == Some(self.operator.as_str()) {
             return Ok(());
         }
+        let mut may = vec![self.user_of(Role::BackOffice).to_string()];
+        if domain == "customer" {
+            may.push(self.user_of(Role::Support).to_string());
+        }
+        may.push(self.operator.clone());
         Err(format!(
-            "only {}, {} or {} may change the {domain} domain; this request came from {}",
-            self.user_of(Role::Publisher),
-            self.user_of(Role::Support),
-            self.operator,
+            "only {} may change the {domain} domain; this request came from {}",
+            may.join(", "),
             named(sender)
         ))
     }
 
     /// May `sender` publish received items (add stock)? The receiving
-    /// station: the publisher (the command line), support, the operator,
-    /// and the simulated distributors' own user (what they ship arrives).
+    /// station, the operator, and the simulated distributors' own user (what
+    /// they ship arrives); not the public door.
     pub fn check_receipt_sender(&self, sender: Option<&str>) -> Result<(), String> {
-        if self.is(sender, Role::DistributorSim) {
+        if self.is(sender, Role::Receiving)
+            || self.is(sender, Role::DistributorSim)
+            || sender == Some(self.operator.as_str())
+        {
             return Ok(());
         }
-        self.check_domain_write("stock", sender).map_err(|reason| {
-            format!("{reason} (nor the simulated distributors, {})", self.user_of(Role::DistributorSim))
-        })
+        Err(format!(
+            "only the receiving station ({}), the simulated distributors ({}) or {} may post received items; this one came from {}",
+            self.user_of(Role::Receiving),
+            self.user_of(Role::DistributorSim),
+            self.operator,
+            named(sender)
+        ))
     }
 
     /// May `sender` record that `node` (the event's `node` field) reached
@@ -287,7 +296,7 @@ fn role_records(role: Role, state: &str) -> bool {
         Role::Coordinator => {
             matches!(state, "placed" | "change_applied" | "change_rejected" | "cancelling" | "cancelled")
         }
-        Role::Tracker | Role::Domain(_) | Role::DistributorSim => false,
+        Role::Tracker | Role::Receiving | Role::BackOffice | Role::Domain(_) | Role::DistributorSim => false,
     }
 }
 
@@ -382,6 +391,35 @@ mod tests {
         assert_eq!(payment.sender(&BasicProperties::default()), None);
         let cleared = with_sender(with_sender(FieldTable::default(), Some("x")), None);
         assert!(cleared.inner().is_empty());
+    }
+
+    #[test]
+    fn each_role_writes_only_what_its_job_needs() {
+        let domain = stack(Role::Domain(topology::DomainCopy::primary("catalog")));
+        for (domain_name, sender, allowed) in [
+            ("catalog", "of-shop.backoffice", true),
+            ("catalog", "admin", true),
+            ("catalog", "of-shop.publisher", false),
+            ("catalog", "of-shop.support", false),
+            ("customer", "of-shop.support", true),
+            ("customer", "of-shop.publisher", false),
+            ("distributor", "of-shop.receiving", false),
+            ("customer", "of-shop.intake", false),
+        ] {
+            let result = domain.check_domain_write(domain_name, Some(sender));
+            assert_eq!(result.is_ok(), allowed, "{sender} writing {domain_name}: {result:?}");
+        }
+        let inventory = stack(Role::Node(Node::Inventory));
+        for (sender, allowed) in [
+            ("of-shop.receiving", true),
+            ("of-shop.distributor-sim", true),
+            ("admin", true),
+            ("of-shop.publisher", false),
+            ("of-shop.backoffice", false),
+        ] {
+            assert_eq!(inventory.check_receipt_sender(Some(sender)).is_ok(), allowed, "{sender}");
+        }
+        assert!(inventory.check_receipt_sender(None).is_err());
     }
 
     #[test]

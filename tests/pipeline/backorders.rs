@@ -20,11 +20,11 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 const NEVER: (&str, &str) = ("ORDERFLOW_DISTRIBUTOR_DELAY_MS", "3600000");
 
 /// Registers distributor D-01 as the supplier of `skus` (the distributor
-/// domain's `put`, as the publisher; as the operator in a stack without
+/// domain's `put`, as the back office; as the operator in a stack without
 /// per-role users).
 async fn supplied_by_d01(stack: &Stack, skus: &[&str]) {
     let (url, user) = match stack.user_prefix {
-        Some(_) => (stack.role_url("publisher"), stack.role_user("publisher")),
+        Some(_) => (stack.role_url("backoffice"), stack.role_user("backoffice")),
         None => (stack.vhost.amqp_url.clone(), "guest".to_string()),
     };
     let connection = shared::transport::connect(&url, "test-backorders").await.unwrap();
@@ -54,6 +54,18 @@ fn stock(stack: &Stack, sku: &str) -> Value {
     stack.cli_json(&["stock", sku, "--json"])
 }
 
+/// The id of the purchase order inventory sent for `order_id` (one short line).
+async fn purchase_order_of(stack: &Stack, order_id: Uuid) -> String {
+    let inventory = stack.store("inventory", "inventory_purchase_orders").await;
+    let po: String = sqlx::query_scalar("SELECT po_id FROM inventory_purchase_orders WHERE order_id = $1")
+        .bind(order_id.to_string())
+        .fetch_one(&inventory)
+        .await
+        .unwrap();
+    inventory.close().await;
+    po
+}
+
 /// The units of each reservation inventory holds, summed.
 async fn reserved_units(stack: &Stack) -> i64 {
     let inventory = stack.store("inventory", "inventory_reservations").await;
@@ -70,9 +82,10 @@ fn path(view: &harness::OrderView) -> Vec<String> {
 /// Ten units of SKU-0901 on hand; seven orders of three, placed one after
 /// another: three are reserved, the next four wait (the first of them took
 /// the last unit). A new address reaches one waiting order, another is
-/// cancelled. A receipt of 4 covers exactly the oldest (it needed 2) and
-/// gives the next what is left; a receipt of 4 more covers the next two,
-/// in order. Everything ends, and the stock adds up.
+/// cancelled. Receipts name their purchase orders: the oldest's shipment
+/// of 2 covers exactly it, and 2 of the next one's 3 are held for it; the
+/// rest of its order and the third's cover those two, in order (the last
+/// shipment scanned twice, counted once). Everything ends, and the stock adds up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receipt_releases_exactly_the_backorders_it_covers_oldest_first() {
     let mut stack = Stack::start_with_node_users_env("backorders-release", &[NEVER]).await;
@@ -109,17 +122,30 @@ async fn a_receipt_releases_exactly_the_backorders_it_covers_oldest_first() {
     stack.wait_state(&ids[6], "cancelled", Duration::from_secs(30)).await;
     stack.wait_change_outcomes(&ids[4], 1, Duration::from_secs(30)).await;
 
-    let receive = |qty: &str, receipt: &str| {
-        let args =
-            ["receive", "--distributor", "D-01", "--sku", "SKU-0901", "--qty", qty, "--receipt-id", receipt];
+    let receive = |shipment: &str, qty: &str, po: &str| {
+        let args = [
+            "receive",
+            "--distributor",
+            "D-01",
+            "--sku",
+            "SKU-0901",
+            "--qty",
+            qty,
+            "--shipment",
+            shipment,
+            "--po",
+            po,
+        ];
         let sent = stack.cli(&args);
         assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
     };
-    receive("4", "r-1");
+    let pos = [purchase_order_of(&stack, ids[3]).await, purchase_order_of(&stack, ids[4]).await];
+    receive("S-1", "2", &pos[0]);
+    receive("S-2", "2", &pos[1]);
     stack.wait_state(&ids[3], "shipped", Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     for id in &ids[4..6] {
-        assert_eq!(stack.order(id).await.state, "backordered", "a receipt of 4 covers only the oldest");
+        assert_eq!(stack.order(id).await.state, "backordered", "only the oldest is covered");
     }
     let after_one = stock(&stack, "SKU-0901");
     assert_eq!(
@@ -127,8 +153,10 @@ async fn a_receipt_releases_exactly_the_backorders_it_covers_oldest_first() {
         (&json!(2), &json!(2)),
         "{after_one}"
     );
-    receive("4", "r-2");
-    receive("4", "r-2"); // the same receipt again: counted once
+    receive("S-3", "1", &pos[1]);
+    let third = purchase_order_of(&stack, ids[5]).await;
+    receive("S-4", "3", &third);
+    receive("S-4", "3", &third); // the same shipment scanned again: counted once
     stack.wait_terminal(&ids, Duration::from_secs(60)).await;
     stack.wait_terminal(&short, Duration::from_secs(60)).await;
 

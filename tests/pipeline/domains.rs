@@ -96,7 +96,7 @@ async fn caught_up(client: &DomainClient, within: Duration) -> i64 {
 async fn replicas_catch_up_after_kills_and_every_copy_is_identical() {
     let mut stack = Stack::start_with_node_users("domains-replicas").await;
     stack.spawn("customer", "customer-1");
-    let (_connection, client) = client_as(&stack, "publisher").await;
+    let (_connection, client) = client_as(&stack, "backoffice").await;
     let client = &client;
     // 250 customers before any replica runs: the replicas start from a snapshot.
     let added =
@@ -180,13 +180,13 @@ async fn replicas_catch_up_after_kills_and_every_copy_is_identical() {
 }
 
 /// A replica answers reads and refuses writes, naming the primary; only
-/// the publisher, support and the operator may write; careless requests
+/// the back office, support and the operator may write; careless requests
 /// get their reason and the service goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_refuse_writes_and_careless_requests_get_their_reason() {
     let mut stack = Stack::start_with_node_users("domains-refuse").await;
     ok_start_domains(&mut stack).await;
-    let (_c1, publisher) = client_as(&stack, "publisher").await;
+    let (_c1, publisher) = client_as(&stack, "backoffice").await;
     let added = publisher.call(primary(), &new_customer(1), Some("add-1"), TIMEOUT).await.unwrap();
     assert_eq!(added["card"]["masked"], "************1111", "{added}");
     assert!(!added.to_string().contains("4111111111111111"), "the card number is never kept");
@@ -266,7 +266,7 @@ async fn a_pika_client_reads_at_a_replica_and_cannot_forge_a_change() {
     }
     let mut stack = Stack::start_with_node_users("domains-pika").await;
     ok_start_domains(&mut stack).await;
-    let (_c, publisher) = client_as(&stack, "publisher").await;
+    let (_c, publisher) = client_as(&stack, "backoffice").await;
     publisher.call(primary(), &new_customer(7), Some("add-7"), TIMEOUT).await.unwrap();
     caught_up(&publisher, Duration::from_secs(30)).await;
     let script = r#"
@@ -449,7 +449,7 @@ async fn the_cli_seeds_and_asks_every_domain() {
 async fn orders_by_reference_are_built_from_the_domains() {
     let mut stack = Stack::start_with_node_users("domains-intake").await;
     ok_start_domains(&mut stack).await;
-    let (_c, publisher) = client_as(&stack, "publisher").await;
+    let (_c, publisher) = client_as(&stack, "backoffice").await;
     publisher.call(primary(), &new_customer(1), Some("add-1"), TIMEOUT).await.unwrap();
     let second = json!({"op": "set_address", "customer_id": "T-00001", "address_id": "HOME2", "line1": "2 Second St",
                         "city": "York", "postal_code": "YO1", "country": "GB"});
@@ -543,23 +543,49 @@ async fn all_receipts(client: &DomainClient) -> Vec<Value> {
     }
 }
 
-/// The received-items queue: 2,000 receipts published in order are taken
-/// one at a time in that order by the stock domain (two inventory
-/// instances, one active), while the active one is killed with SIGKILL;
-/// each is counted once (a receipt sent again too), the units on hand grow
-/// by exactly what was received, careless receipts are dead-lettered with
-/// the reason, and a node's user cannot publish one at all.
+/// The received-items queue: 2,000 shipments of D-05 against one purchase
+/// order of SKU-0500, published in order, are taken one at a time in that
+/// order by the stock domain (two inventory instances, one active), while
+/// the active one is killed with SIGKILL; each is counted once (a shipment
+/// scanned again too), the units on hand grow by exactly what was received,
+/// careless receipts are dead-lettered with the reason, and a node's user
+/// cannot publish one at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn received_items_are_taken_in_order_once_through_a_kill() {
     let mut stack = Stack::start_with_node_users("domains-receiving").await;
     stack.scale("inventory", 2).await.unwrap();
-    let (_c, client) = client_as(&stack, "publisher").await;
+    let (_c, client) = client_as(&stack, "backoffice").await;
     let before = client
         .call(DomainCopy::primary("stock"), &json!({"op": "stock", "sku": "SKU-0500"}), None, TIMEOUT)
         .await
         .unwrap();
+    // D-05 supplies SKU-0500, and one purchase order asks it for every unit
+    // to come (written into inventory's store as the desk writes one: SKU-0500,
+    // with a million on hand, is never short).
+    let supplier = json!({"distributor_id": "D-05", "name": "Umbrella Parts",
+                          "supplies": [{"sku": "SKU-0500", "lead_time_days": 1}]});
+    let put = json!({"op": "put", "record": supplier});
+    client.call(DomainCopy::primary("distributor"), &put, Some("d05"), TIMEOUT).await.unwrap();
+    let units: i64 = (1..=2000).map(|n| n % 7 + 1).sum();
+    let po_id = uuid::Uuid::new_v4().to_string();
+    let inventory = stack.store("inventory", "inventory_purchase_orders").await;
+    sqlx::query(
+        "INSERT INTO inventory_purchase_orders (po_id, order_id, distributor_id, sku, qty, received) \
+         VALUES ($1, $2, 'D-05', 'SKU-0500', $3, 0)",
+    )
+    .bind(&po_id)
+    .bind(uuid::Uuid::new_v4().to_string())
+    .bind(units)
+    .execute(&inventory)
+    .await
+    .unwrap();
+    inventory.close().await;
     let lines: Vec<String> = (1..=2000)
-        .map(|n| json!({"receipt_id": format!("r-{n:05}"), "distributor_id": "D-05", "sku": "SKU-0500", "qty": n % 7 + 1}).to_string())
+        .map(|n| {
+            json!({"shipment_id": format!("r-{n:05}"), "distributor_id": "D-05", "sku": "SKU-0500",
+                        "qty": n % 7 + 1, "po_id": po_id})
+            .to_string()
+        })
         .collect();
     let file = stack.run_dir.join("arrivals.jsonl");
     std::fs::write(&file, lines.join("\n")).unwrap();
@@ -576,7 +602,7 @@ async fn received_items_are_taken_in_order_once_through_a_kill() {
     }
     stack.kill("inventory-1");
     stack.spawn("inventory", "inventory-1");
-    // The same receipt again, and careless ones.
+    // The same shipment again, and careless ones.
     let again = stack.cli(&[
         "receive",
         "--distributor",
@@ -584,15 +610,17 @@ async fn received_items_are_taken_in_order_once_through_a_kill() {
         "--sku",
         "SKU-0500",
         "--qty",
-        "3",
-        "--receipt-id",
+        "2",
+        "--shipment",
         "r-00001",
+        "--po",
+        &po_id,
     ]);
     assert!(again.status.success());
     let careless = [
-        json!({"receipt_id": "bad-1", "distributor_id": "D-05", "sku": "SKU-0500", "qty": "NaN"}),
-        json!({"receipt_id": "bad-2", "distributor_id": "D-05", "sku": "SKU-0500", "qty": -4}),
-        json!({"receipt_id": "bad-3", "distributor_id": "D-05", "sku": "SKU-9999", "qty": 1}),
+        json!({"shipment_id": "bad-1", "distributor_id": "D-05", "sku": "SKU-0500", "qty": "NaN"}),
+        json!({"shipment_id": "bad-2", "distributor_id": "D-05", "sku": "SKU-0500", "qty": -4}),
+        json!({"shipment_id": "bad-3", "distributor_id": "D-05", "sku": "SKU-9999", "qty": 1}),
     ];
     std::fs::write(&file, careless.iter().map(Value::to_string).collect::<Vec<_>>().join("\n")).unwrap();
     assert!(stack.cli(&["receive", "--file", file.to_str().unwrap()]).status.success());
@@ -610,7 +638,6 @@ async fn received_items_are_taken_in_order_once_through_a_kill() {
     let ids: Vec<&str> = receipts.iter().map(|r| r["receipt_id"].as_str().unwrap()).collect();
     let expected: Vec<String> = (1..=2000).map(|n| format!("r-{n:05}")).collect();
     assert_eq!(ids, expected, "every receipt once, in order of arrival");
-    let units: i64 = (1..=2000).map(|n| n % 7 + 1).sum();
     let after = client
         .call(DomainCopy::primary("stock"), &json!({"op": "stock", "sku": "SKU-0500"}), None, TIMEOUT)
         .await

@@ -32,10 +32,16 @@
 //! - `outside`: plain orders from clients no one here wrote (pika, the management API).
 //! - `traces`: W3C traceparent on every hop, change and call; trace and order ids on log lines (issue 11).
 //! - `trust`: forgeries by the stack's own users (issue 14) are refused; the orders go on.
+//! - `token_trust`: a card token is shown to intake alone and pays only for its own customer (issue 30).
 //! - `transport_faults`: refused publishes, retries out of the consumer (issue 15).
 //! - `services`: every node is a service: sync, polled and callback calls, idempotent by request id,
 //!   least privilege, bad requests, a pika caller (issue 9).
+//! - `log_hygiene`: no log holds a token, email, address or card digits; an idle stack's logs stay small.
+//! - `service_trust`: the service half's attacks (issue 30): forged answers to the coordinator, each
+//!   role's grants as an attacker uses them.
+//! - `result_trust`: polled results bound to their caller (issue 30): a token reads them, a card never.
 //! - `audit_batches`: nodes batch their audit events; a batch is checked event by event (issue 12).
+//! - `receipt_trust`: receipts bound to an existing supplier and an open purchase order, counted once per shipment (issue 30).
 //! - `usage`: every binary's `--help` and `--version`, the CLI's argument checks, the log format.
 
 mod audit_batches;
@@ -51,6 +57,7 @@ mod dlq;
 mod domains;
 mod faults;
 mod insight;
+mod log_hygiene;
 mod metrics;
 mod outside;
 mod paths;
@@ -60,10 +67,14 @@ mod postgres;
 mod postgres_races;
 mod postgres_scale;
 mod privilege;
+mod receipt_trust;
+mod result_trust;
 mod retry;
 mod scaling;
 mod search;
+mod service_trust;
 mod services;
+mod token_trust;
 mod traces;
 mod transport_faults;
 mod trust;

@@ -100,21 +100,24 @@ async fn every_node_answers_sync_polled_and_callback_calls_once() {
     let charges = format!("SELECT COUNT(*) FROM processor_charges WHERE order_id = '{order_id}'");
     assert_eq!(count(&stack, "processor", "processor_charges", &charges).await, 1, "charged once");
 
-    // Polled: the request id at once, the result from the tracker.
+    // Polled: the request id and a poll token at once, the result from the tracker (to that token).
     let file = file_with(&stack, &charged["element"]);
     let (code, out, err) = call_as(&stack, None, &["inventory", "--element-file", &file, "--poll"]);
     assert_eq!(code, 0, "{err}");
-    let request_id = out.trim().to_string();
-    let (code, out, err) = call_as(&stack, None, &["status", &request_id, "--wait", "20"]);
+    let (request_id, token) = out.trim().split_once(' ').expect("the request id and the poll token");
+    let (code, out, err) = call_as(&stack, None, &["status", request_id, token, "--wait", "20"]);
     assert_eq!(code, 0, "call status: {out}{err}");
     let reserved: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(reserved["element"]["state"], "reserved", "{reserved}");
-    let (status, body) = stack.get(&format!("/calls/{request_id}")).await;
-    assert_eq!(status, 200, "{body}");
-    let kept: Value = serde_json::from_str(&body).unwrap();
+    let calls = stack.url(&format!("/calls/{request_id}"));
+    let response = reqwest::Client::new().get(&calls).bearer_auth(token).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let kept: Value = response.json().await.unwrap();
     assert!(kept["collected_at_ms"].is_i64(), "collected once read: {kept}");
     assert_eq!(kept["caller"], "guest");
-    let (code, _, err) = call_as(&stack, None, &["status", "never-sent-request"]);
+    let (status, body) = stack.get(&format!("/calls/{request_id}")).await;
+    assert_eq!(status, 401, "not without the token: {body}");
+    let (code, _, err) = call_as(&stack, None, &["status", "never-sent-request", token]);
     assert_eq!(code, 3, "nothing kept for an unknown request: {err}");
 
     // Callback: the result comes to the caller's own queue exactly once, even when the call is repeated.
@@ -299,7 +302,7 @@ async fn a_pika_client_calls_a_service_as_the_readme_says() {
     }
     let stack = Stack::start("services-pika", &[]).await;
     let script = r#"
-import json, sys, time, urllib.request, uuid, pika
+import hashlib, json, secrets, sys, time, urllib.request, uuid, pika
 url, tracker, order = sys.argv[1], sys.argv[2], sys.argv[3]
 connection = pika.BlockingConnection(pika.URLParameters(url))
 channel = connection.channel()
@@ -315,14 +318,17 @@ deadline = time.time() + 20
 while "result" not in answer and time.time() < deadline:
     connection.process_data_events(time_limit=1)
 print(json.dumps(answer["result"]))
-# Polled: no reply_to; the tracker keeps the result.
-polled = str(uuid.uuid4())
+# Polled: no reply_to; the tracker keeps the result for the holder of the token.
+polled, token = str(uuid.uuid4()), secrets.token_hex(32)
+key = hashlib.sha256(token.encode()).hexdigest()
 channel.basic_publish("orderflow.services", "service.intake", order.encode(),
-    pika.BasicProperties(content_type="application/json", message_id=polled))
+    pika.BasicProperties(content_type="application/json", message_id=polled,
+                         headers={"x-orderflow-poll-key": key}))
 connection.close()
 for _ in range(100):
     try:
-        with urllib.request.urlopen(f"{tracker}/calls/{polled}") as response:
+        request = urllib.request.Request(f"{tracker}/calls/{polled}", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request) as response:
             print(json.dumps(json.load(response)["result"]))
             break
     except urllib.error.HTTPError as error:
@@ -344,12 +350,16 @@ for _ in range(100):
     }
 
     // The management API's "publish message" (what the UI does): a polled call, read over HTTP.
-    let properties = json!({"content_type": "application/json", "message_id": "from-the-ui"});
+    let token = shared::poll::new_token();
+    let properties = json!({"content_type": "application/json", "message_id": "from-the-ui",
+                            "headers": {"x-orderflow-poll-key": shared::poll::key_of(&token)}});
     let answer =
         stack.publish_with_management_api("orderflow.services", "service.intake", properties, &order).await;
     assert_eq!(answer["routed"], true, "{answer}");
+    let client = reqwest::Client::new();
     let kept = harness::until(Duration::from_secs(20), Duration::from_millis(200), || async {
-        Ok(match stack.get("/calls/from-the-ui").await {
+        let response = client.get(stack.url("/calls/from-the-ui")).bearer_auth(&token).send().await?;
+        Ok(match (response.status().as_u16(), response.text().await?) {
             (200, body) => harness::Check::Done(serde_json::from_str::<Value>(&body)?),
             (status, body) => harness::Check::Waiting(format!("{status} {body}")),
         })
@@ -464,8 +474,9 @@ async fn forged_answers_and_results_are_refused() {
         "{reasons:?}"
     );
     assert!(reasons.iter().any(|r| r.contains("a result of shipping must come from")), "{reasons:?}");
-    let (status, _) = stack.get("/calls/forged-poll").await;
-    assert_eq!(status, 404, "the forged result was not kept");
+    let any_token = shared::poll::new_token();
+    let forged_poll = reqwest::Client::new().get(stack.url("/calls/forged-poll")).bearer_auth(any_token);
+    assert_eq!(forged_poll.send().await.unwrap().status(), 404, "the forged result was not kept");
     assert_eq!(stack.order(&ids[0]).await.history, view.history, "the order's history is untouched");
 
     // And directed orders go on.

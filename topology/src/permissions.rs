@@ -1,7 +1,18 @@
 //! Least privilege: who connects to the broker (each node, the tracker, the
-//! publisher, customer support) and exactly what each may configure, write
-//! and read, down to the routing keys it may publish with (topic
-//! permissions); and the broker user of each role in each stack.
+//! publisher, customer support, the receiving station, the back office) and
+//! exactly what each may configure, write and read, down to the routing keys
+//! it may publish with (topic permissions); and the broker user of each role
+//! in each stack.
+//!
+//! A role is one job. The public door (publisher) places orders and changes
+//! its own; the receiving station posts receipts; the back office writes
+//! catalog, distributor and customer records; support acts on any order and
+//! on customers' addresses. Only a role that answers calls through RabbitMQ's
+//! direct reply-to (the nodes' services, the domains, the coordinator's
+//! answer for unknown services) may write to the default exchange: RabbitMQ
+//! (3.10, measured by `tests/pipeline/service_trust.rs`) checks that write
+//! even for a direct reply, and cannot narrow it by routing key, so every
+//! receiver behind the default exchange checks its sender itself.
 
 use crate::{
     DomainCopy, Node, AUDIT_EXCHANGE, CHANGES_EXCHANGE, COORDINATOR_CHANGES_QUEUE, COORDINATOR_QUEUE,
@@ -10,8 +21,8 @@ use crate::{
     RESULTS_EXCHANGE, SERVICES_EXCHANGE, TRACKER_QUEUE, UNKNOWN_SERVICE_QUEUE, WORKFLOW_EXCHANGE,
 };
 
-/// The default exchange as permissions name it: replies to a caller's
-/// `reply_to` queue (or RabbitMQ's direct reply-to) are published there.
+/// The default exchange as permissions name it: replies to RabbitMQ's direct
+/// reply-to (and the coordinator's replies queue) are published there.
 pub const DEFAULT_EXCHANGE_RESOURCE: &str = "amq.default";
 
 /// A kind of process that connects to the broker with its own user.
@@ -21,12 +32,19 @@ pub enum Role {
     Tracker,
     /// Drives directed orders through the nodes' services.
     Coordinator,
-    /// Injects orders (`orderflow publish`): writes to intake and records
-    /// `placed`; may change or cancel the orders it placed.
+    /// The public door for orders (`orderflow publish`): writes to intake
+    /// (or the coordinator) and records `placed`; may change or cancel the
+    /// orders it placed, and call intake's service. Nothing else.
     Publisher,
     /// Customer support: may change or cancel any order, look customers up
     /// and change their addresses, and nothing else.
     Support,
+    /// The receiving station: posts the items that arrived from the
+    /// distributors (`orderflow receive`), and nothing else.
+    Receiving,
+    /// The back office (merchandising): writes catalog, distributor and
+    /// customer records, and nothing else.
+    BackOffice,
     /// A data domain's own process: its primary or one of its replicas.
     Domain(DomainCopy),
     /// The simulated distributors: take purchase orders from the
@@ -41,6 +59,8 @@ impl Role {
         roles.push(Role::Coordinator);
         roles.push(Role::Publisher);
         roles.push(Role::Support);
+        roles.push(Role::Receiving);
+        roles.push(Role::BackOffice);
         roles.extend(DomainCopy::all().into_iter().filter(|copy| copy.own_process()).map(Role::Domain));
         roles.push(Role::DistributorSim);
         roles
@@ -57,6 +77,8 @@ impl Role {
             Role::Coordinator => "coordinator",
             Role::Publisher => "publisher",
             Role::Support => "support",
+            Role::Receiving => "receiving",
+            Role::BackOffice => "backoffice",
             Role::Domain(copy) => copy.process_name(),
             Role::DistributorSim => crate::DISTRIBUTOR_SIM,
         }
@@ -215,22 +237,13 @@ pub fn grant(role: Role) -> Grant {
         },
         // Places orders (at intake, or directed through the coordinator) and
         // calls intake's service, the public door; the later services take
-        // calls only from the coordinator and the operator.
+        // calls only from the coordinator and the operator. It reads no
+        // domain, posts no receipt and writes no record.
         Role::Publisher => Grant {
             configure: exact(&[]),
-            write: exact(&[
-                WORKFLOW_EXCHANGE,
-                AUDIT_EXCHANGE,
-                CHANGES_EXCHANGE,
-                SERVICES_EXCHANGE,
-                DOMAINS_EXCHANGE,
-                RECEIVING_EXCHANGE,
-            ]),
+            write: exact(&[WORKFLOW_EXCHANGE, AUDIT_EXCHANGE, CHANGES_EXCHANGE, SERVICES_EXCHANGE]),
             read: exact(&[]),
             topic: vec![
-                topic(DOMAINS_EXCHANGE, DOMAIN_CALLS.to_string(), exact(&[])),
-                // The receiving station: items arrived from distributors.
-                topic(RECEIVING_EXCHANGE, exact(&[crate::domains::RECEIVED_ROUTING_KEY]), exact(&[])),
                 topic(
                     WORKFLOW_EXCHANGE,
                     exact(&[&Node::Intake.routing_key(), COORDINATOR_ROUTING_KEY]),
@@ -253,6 +266,30 @@ pub fn grant(role: Role) -> Grant {
                 topic(DOMAINS_EXCHANGE, DOMAIN_CALLS.to_string(), exact(&[])),
                 topic(WORKFLOW_EXCHANGE, exact(&[]), exact(&[])),
                 topic(AUDIT_EXCHANGE, "^audit\\.support\\.change_requested$".to_string(), exact(&[])),
+                topic(DEAD_LETTER_EXCHANGE, exact(&[]), exact(&[])),
+            ],
+        },
+        // Posts receipts, and asks the stock domain what arrived.
+        Role::Receiving => Grant {
+            configure: exact(&[]),
+            write: exact(&[RECEIVING_EXCHANGE, DOMAINS_EXCHANGE]),
+            read: exact(&[]),
+            topic: vec![
+                topic(RECEIVING_EXCHANGE, exact(&[crate::domains::RECEIVED_ROUTING_KEY]), exact(&[])),
+                topic(DOMAINS_EXCHANGE, exact(&[&DomainCopy::primary("stock").routing_key()]), exact(&[])),
+                topic(WORKFLOW_EXCHANGE, exact(&[]), exact(&[])),
+                topic(DEAD_LETTER_EXCHANGE, exact(&[]), exact(&[])),
+            ],
+        },
+        // Reads and writes the domains' records (which writes a domain takes
+        // from it, the domain decides from the caller's verified user).
+        Role::BackOffice => Grant {
+            configure: exact(&[]),
+            write: exact(&[DOMAINS_EXCHANGE]),
+            read: exact(&[]),
+            topic: vec![
+                topic(DOMAINS_EXCHANGE, DOMAIN_CALLS.to_string(), exact(&[])),
+                topic(WORKFLOW_EXCHANGE, exact(&[]), exact(&[])),
                 topic(DEAD_LETTER_EXCHANGE, exact(&[]), exact(&[])),
             ],
         },

@@ -2,8 +2,9 @@
 //! orders inventory sends for its backorders from the distributor shipments
 //! queue, and after a delay (`ORDERFLOW_DISTRIBUTOR_DELAY_MS`, a lead time
 //! of days shortened for a demo) ship them: the units arrive as received
-//! items, the receipt id derived from the purchase order's, so a purchase
-//! order delivered twice (a crash before its ack) is counted once. Only
+//! items against the purchase order (`po_id`), with a shipment id derived
+//! from the purchase order's, so a purchase order delivered twice (a crash
+//! before its ack) is counted once. Only
 //! inventory's user may order; anything else is dead-lettered with the reason.
 
 use crate::domains::stock::{check_receipt, Receipt};
@@ -32,10 +33,16 @@ pub fn delay_from_env() -> anyhow::Result<Duration> {
     }
 }
 
-/// The receipt a purchase order turns into when shipped, and its id.
-pub fn shipped(po: &PurchaseOrder) -> (String, Receipt) {
-    let receipt = Receipt { distributor_id: po.distributor_id.clone(), sku: po.sku.clone(), qty: po.qty };
-    (format!("po-{}", po.po_id), receipt)
+/// The receipt a purchase order turns into when shipped: against that
+/// purchase order, its shipment id the same every time it ships.
+pub fn shipped(po: &PurchaseOrder) -> Receipt {
+    Receipt {
+        shipment_id: format!("po-{}", po.po_id),
+        distributor_id: po.distributor_id.clone(),
+        sku: po.sku.clone(),
+        qty: po.qty,
+        po_id: Some(po.po_id),
+    }
 }
 
 /// Runs the simulated distributors until shutdown.
@@ -109,7 +116,7 @@ async fn ship(
             return dead_letter(publisher, ctx, &delivery, &reason).await;
         }
     };
-    let (receipt_id, receipt) = shipped(&po);
+    let receipt = shipped(&po);
     if let Err(reason) = check_receipt(&receipt) {
         return dead_letter(publisher, ctx, &delivery, &format!("not a purchase order: {reason}")).await;
     }
@@ -124,7 +131,7 @@ async fn ship(
         properties: BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
-            .with_message_id(receipt_id.as_str().into())
+            .with_message_id(uuid::Uuid::new_v4().to_string().into())
             .with_type("received_item".into())
             .with_timestamp(chrono::Utc::now().timestamp() as u64),
     };
@@ -147,7 +154,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_purchase_order_ships_as_one_receipt_with_an_id_of_its_own() {
+    fn a_purchase_order_ships_as_one_receipt_against_it_with_a_shipment_id_of_its_own() {
         let po = PurchaseOrder {
             po_id: uuid::Uuid::new_v4(),
             order_id: uuid::Uuid::new_v4(),
@@ -155,10 +162,10 @@ mod tests {
             sku: "SKU-0902".into(),
             qty: 7,
         };
-        let (id, receipt) = shipped(&po);
-        assert_eq!(id, format!("po-{}", po.po_id));
-        assert_eq!(shipped(&po).0, id, "the same purchase order ships as the same receipt");
-        assert_eq!((receipt.sku.as_str(), receipt.qty), ("SKU-0902", 7));
+        let receipt = shipped(&po);
+        assert_eq!(receipt.shipment_id, format!("po-{}", po.po_id));
+        assert_eq!(shipped(&po), receipt, "the same purchase order ships as the same receipt");
+        assert_eq!((receipt.sku.as_str(), receipt.qty, receipt.po_id), ("SKU-0902", 7, Some(po.po_id)));
         assert!(check_receipt(&receipt).is_ok());
     }
 }

@@ -161,7 +161,7 @@ impl Signers {
                 vec![topology::TRACKER_QUEUE.to_string(), topology::POLL_RESULTS_QUEUE.to_string()]
             }
             Role::Coordinator => topology::coordinator_queues().into_iter().map(|q| q.name).collect(),
-            Role::Publisher | Role::Support => Vec::new(),
+            Role::Publisher | Role::Support | Role::Receiving | Role::BackOffice => Vec::new(),
             Role::Domain(copy) => topology::domain_queues(copy).into_iter().map(|q| q.name).collect(),
             Role::DistributorSim => vec![topology::DISTRIBUTOR_SHIPMENTS_QUEUE.to_string()],
         };

@@ -6,8 +6,9 @@
 //! domain's business (`DomainService::answer`); here is only the plumbing:
 //! the call's properties, the size limit, the deadline, who may write (the
 //! publisher, support or the operator, by the broker-verified `user_id`;
-//! reads are open to whoever the broker lets publish), the result, and the
-//! acknowledgement after the result is confirmed.
+//! reads are open to whoever the broker lets publish, though what a read
+//! shows may depend on the caller's role: `Request::is_from`), the result,
+//! and the acknowledgement after the result is confirmed.
 //!
 //! A replica also consumes its feed (`orderflow.replica.<domain>.<region>`)
 //! one change at a time, in order (`DomainService::apply`), and every copy
@@ -34,18 +35,29 @@ use tracing::Instrument;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
     Read,
-    /// The publisher, support or the operator: may change the domain.
+    /// The back office, the operator (and support, for customers): may change the domain.
     Write,
 }
 
 /// One request, as the domain sees it.
 pub struct Request<'a> {
     pub body: &'a [u8],
-    /// The verified caller (its broker user).
+    /// The verified caller (its broker user; empty when the request names none).
     pub caller: &'a str,
     pub access: Access,
     /// Unique per (caller, request id): a write made twice is made once.
     pub request_key: String,
+    /// The copy's trust: who the stack's roles are, for what a domain
+    /// answers only to some of them (a card's token, a snapshot).
+    pub trust: &'a crate::trust::Trust,
+}
+
+impl Request<'_> {
+    /// Is the verified caller the user of `role`? (An unnamed caller is no one's.)
+    pub fn is_from(&self, role: topology::permissions::Role) -> bool {
+        let sender = Some(self.caller).filter(|caller| !caller.is_empty());
+        sender.is_some() && self.trust.is_role(sender, role)
+    }
 }
 
 /// Why a domain did not answer a request with data.
@@ -223,6 +235,17 @@ async fn answer_request<S: DomainService>(
         Err(error) => return refuse(ctx, publisher, &delivery, &label, error).await,
     };
     let caller = ctx.trust.sender(&delivery.properties).unwrap_or_default();
+    if call.answers_to_coordinator() {
+        let reason = "a domain answers only to its caller's direct reply-to";
+        crate::events::Refused { node: ctx.node, what: "a request", reason }.emit();
+        return crate::transport::settle::dead_letter(
+            publisher,
+            ctx,
+            &delivery,
+            &format!("refused: {reason}"),
+        )
+        .await;
+    }
     let result = match decide(ctx, service, &call, &caller, &delivery).await {
         Ok(data) => CallResult::answered(&call.request_id, &label, data),
         Err(DomainError::Refused(reason)) => CallResult::failed(&call.request_id, &label, reason, false),
@@ -266,7 +289,7 @@ async fn decide<S: DomainService>(
     let access =
         if ctx.trust.check_domain_write(domain, sender).is_ok() { Access::Write } else { Access::Read };
     let request_key = format!("{caller}\u{1f}{}", call.request_id);
-    service.answer(Request { body: &delivery.data, caller, access, request_key }).await
+    service.answer(Request { body: &delivery.data, caller, access, request_key, trust: &ctx.trust }).await
 }
 
 /// Sends the result where the call asked; acknowledges the request once it

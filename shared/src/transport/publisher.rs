@@ -1,5 +1,6 @@
-//! Confirmed publishing: every message is persistent and mandatory, and a
-//! publish counts only when the broker has confirmed it (`Ack` without a
+//! Confirmed publishing: every message is persistent and mandatory (but
+//! an answer to direct reply-to), and a publish counts only when the
+//! broker has confirmed it (`Ack` without a
 //! returned message). Confirms of a group are awaited together. A channel the
 //! broker closed (a refused publish, a deleted exchange) is replaced by a
 //! fresh one before the next publish, so one bad message never stops a node.
@@ -169,7 +170,7 @@ impl Publisher {
                 .basic_publish(
                     message.exchange.into(),
                     message.routing_key.as_str().into(),
-                    BasicPublishOptions { mandatory: true, ..Default::default() },
+                    BasicPublishOptions { mandatory: !to_direct_reply(message), ..Default::default() },
                     &message.body,
                     message.properties.clone().with_user_id(self.user.clone()),
                 )
@@ -192,6 +193,15 @@ impl Publisher {
         }
         Ok(())
     }
+}
+
+/// An answer to RabbitMQ's direct reply-to: the broker hands it to the
+/// caller's channel while routing and then finds no queue, so a mandatory
+/// publish would come back NO_ROUTE even when it was delivered (and lapin
+/// logs every returned message whole). It goes without `mandatory`: a caller
+/// that is gone loses only its answer, which the service keeps for a repeat.
+fn to_direct_reply(message: &Outgoing) -> bool {
+    message.exchange.is_empty() && message.routing_key.starts_with(crate::service::DIRECT_REPLY_TO)
 }
 
 /// A channel closed with ACCESS_REFUSED fails every confirm pending on it,

@@ -109,6 +109,11 @@ async fn answer_call<S: Service>(
     };
     let caller = ctx.trust.sender(&delivery.properties);
     let caller_key = caller.clone().unwrap_or_default();
+    if call.answers_to_coordinator() && !ctx.trust.is_role(caller.as_deref(), Role::Coordinator) {
+        let reason = "only the coordinator's calls are answered to its replies queue";
+        crate::events::Refused { node: node.name(), what: "a call", reason }.emit();
+        return dead_letter(publisher, ctx, &delivery, &format!("refused: {reason}")).await;
+    }
     ctx.simulate_busy().await;
     let answered = match answer(ctx, calls, service, &call, caller.as_deref(), &delivery).await {
         Ok(answered) => answered,
@@ -188,7 +193,7 @@ async fn answer<S: Service>(
         placed: None,
     };
     if let Err(reason) = ctx.trust.check_call(node, caller) {
-        tracing::error!(node = node.name(), request_id = call.request_id, reason, "refused a call");
+        crate::events::Refused { node: node.name(), what: "a call", reason: &reason }.emit();
         return Ok(failed(format!("refused: {reason}"), false));
     }
     if call.expired(chrono::Utc::now().timestamp_millis()) {
@@ -267,11 +272,18 @@ pub fn result_message(call: &Call, result: &CallResult, caller: &str) -> Outgoin
         ReplyTo::Callback(key) => (topology::RESULTS_EXCHANGE, topology::callback_routing_key(key)),
         ReplyTo::Poll => (topology::RESULTS_EXCHANGE, topology::poll_routing_key(&result.service)),
     };
+    let mut properties = result_properties(&call.request_id, &call.correlation_id, caller);
+    if let (ReplyTo::Poll, Some(key)) = (&call.reply_to, &call.poll_key) {
+        // The caller's poll key: the tracker shows the result only to its token.
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        headers.insert(crate::poll::POLL_KEY_HEADER.into(), AMQPValue::LongString(key.as_str().into()));
+        properties = properties.with_headers(headers);
+    }
     Outgoing {
         exchange,
         routing_key,
         body: serde_json::to_vec(result).expect("a result always serializes"),
-        properties: result_properties(&call.request_id, &call.correlation_id, caller),
+        properties,
     }
 }
 

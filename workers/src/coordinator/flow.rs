@@ -16,16 +16,39 @@ use std::time::Duration;
 use topology::Node;
 use uuid::Uuid;
 
-/// Namespace of the coordinator's request ids.
-const REQUEST_NAMESPACE: Uuid = Uuid::from_u128(0x6f72_6465_7266_6c6f_772d_636f_6f72_6431);
+/// A new call's request id: 122 random bits, so that no one who knows the
+/// order can predict it and answer in the service's place. It is kept in
+/// the coordinator's record before the call is sent, and every resend of
+/// the call uses the kept id (a service's kept answer is the answer to this
+/// very call); a step or an applied change makes a new call with a new id.
+pub fn request_id() -> String {
+    Uuid::new_v4().to_string()
+}
 
-/// The request id of the call that takes `element` (as it is now) to
-/// `service`: the same for every resend of that call, different once the
-/// element moved on (a step, an applied change), so a service's kept
-/// answer is only ever the answer to this very element.
-pub fn request_id(element: &OrderElement, service: Node) -> String {
-    let key = format!("{}/{}/{}/{}", element.order_id, element.seq, element.version, service.name());
-    Uuid::new_v5(&REQUEST_NAMESPACE, key.as_bytes()).to_string()
+/// Why an answer to a call of the coordinator is not taken: it must come
+/// for the service that was called (whose user the broker vouches for, see
+/// `receive_result`), carry the order that was sent, and in a state that
+/// service can produce from the state it was sent. `None`: it may be taken.
+pub fn refuse_reply(called: &str, sent: &OrderElement, result: &CallResult) -> Option<String> {
+    if result.service != called {
+        return Some(format!(
+            "an answer for {} to a call of {called}",
+            shared::text::escaped(&result.service)
+        ));
+    }
+    let Some(element) = &result.element else { return None };
+    let node = Node::from_name(called)?;
+    if element.order_id != sent.order_id {
+        return Some(format!(
+            "{called} answered for order {} to a call for {}",
+            element.order_id, sent.order_id
+        ));
+    }
+    let produced = topology::WORKFLOW.produces(node).contains(&element.state);
+    if !produced || !topology::WORKFLOW.accepts_state(node, sent.state) {
+        return Some(format!("{called} cannot take an order from {} to {}", sent.state, element.state));
+    }
+    None
 }
 
 /// The next service to call for `element`, from the workflow definition;
@@ -107,14 +130,31 @@ mod tests {
     }
 
     #[test]
-    fn a_request_id_names_the_element_as_it_is() {
-        let mut e = element(OrderState::Accepted);
-        let first = request_id(&e, Node::Payment);
-        assert_eq!(first, request_id(&e, Node::Payment), "resends keep their id");
-        e.version += 1;
-        assert_ne!(first, request_id(&e, Node::Payment), "a changed element is a new call");
-        e.seq += 1;
-        assert_ne!(request_id(&e, Node::Payment), request_id(&e, Node::Inventory));
+    fn request_ids_cannot_be_predicted() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| request_id()).collect();
+        assert_eq!(ids.len(), 1000);
+    }
+
+    #[test]
+    fn an_answer_is_taken_only_for_the_call_it_answers() {
+        let sent = element(OrderState::Accepted);
+        let answered = |service: &str, state: OrderState| CallResult {
+            element: Some(OrderElement { state, ..sent.clone() }),
+            ..CallResult::done("r", service, sent.clone(), Vec::new())
+        };
+        assert_eq!(refuse_reply("payment", &sent, &answered("payment", OrderState::Charged)), None);
+        assert_eq!(refuse_reply("payment", &sent, &answered("payment", OrderState::PaymentDeclined)), None);
+        let forged = refuse_reply("payment", &sent, &answered("catalog", OrderState::Charged)).unwrap();
+        assert!(forged.contains("an answer for catalog to a call of payment"), "{forged}");
+        let skipped = refuse_reply("payment", &sent, &answered("payment", OrderState::Shipped)).unwrap();
+        assert!(skipped.contains("cannot take an order from accepted to shipped"), "{skipped}");
+        let other = CallResult {
+            element: Some(OrderElement { state: OrderState::Charged, ..element(OrderState::Accepted) }),
+            ..answered("payment", OrderState::Charged)
+        };
+        assert!(refuse_reply("payment", &sent, &other).unwrap().contains("answered for order"));
+        let wrong_start = element(OrderState::Reserved);
+        assert!(refuse_reply("payment", &wrong_start, &answered("payment", OrderState::Charged)).is_some());
     }
 
     #[test]

@@ -175,6 +175,13 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// Whether an answer was taken (or was a harmless repeat), or refused.
+enum Taken {
+    Yes,
+    /// Not the answer to the call: dead-lettered with the reason.
+    Refused(String),
+}
+
 /// Why handling a message failed for a passing reason: it is tried again.
 #[derive(Debug)]
 struct Passing(String);
@@ -242,7 +249,11 @@ impl Coordinator {
             Err(reason) => return dead_letter(publisher, ctx, &delivery, &reason).await,
         };
         match self.take_reply(publisher, result, &trace).await {
-            Ok(()) => ack(&delivery).await,
+            Ok(Taken::Yes) => ack(&delivery).await,
+            Ok(Taken::Refused(reason)) => {
+                shared::events::Refused { node: NAME, what: "an answer", reason: &reason }.emit();
+                dead_letter(publisher, ctx, &delivery, &format!("refused: {reason}")).await
+            }
             Err(Passing(error)) => {
                 tracing::warn!(error, "could not take a service's answer; it will be tried again");
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -256,13 +267,29 @@ impl Coordinator {
         publisher: &Publisher,
         result: CallResult,
         trace: &TraceContext,
-    ) -> Result<(), Passing> {
+    ) -> Result<Taken, Passing> {
         let Some(record) = self.store.waiting_on(&result.request_id).await? else {
-            // A second copy of an answer already taken, or of a call sent again.
+            // A second copy of an answer already taken, or of a call sent
+            // again (or a guess at a request id: ids are random).
             tracing::debug!(request_id = result.request_id, "an answer nobody waits for");
-            return Ok(());
+            return Ok(Taken::Yes);
         };
-        let Some(pending) = record.pending.clone() else { return Ok(()) };
+        let Some(pending) = record.pending.clone() else { return Ok(Taken::Yes) };
+        if let Some(reason) = flow::refuse_reply(&pending.service, &record.element, &result) {
+            return Ok(Taken::Refused(reason));
+        }
+        self.take_answer(publisher, record, pending, result, trace).await.map(|()| Taken::Yes)
+    }
+
+    /// An answer of the service called, for the call sent: the order moves on.
+    async fn take_answer(
+        &self,
+        publisher: &Publisher,
+        record: store::Record,
+        pending: Pending,
+        result: CallResult,
+        trace: &TraceContext,
+    ) -> Result<(), Passing> {
         match (result.status, result.element) {
             (CallStatus::Done, Some(mut element)) if element.order_id == record.element.order_id => {
                 keep_card(&record.element, &mut element);
@@ -338,7 +365,7 @@ impl Coordinator {
                 status: Status::Calling,
                 pending: Some(Pending {
                     service: service.name().to_string(),
-                    request_id: flow::request_id(element, service),
+                    request_id: flow::request_id(),
                 }),
                 due_at: now_ms() + self.call_timeout.as_millis() as i64,
                 reason: None,

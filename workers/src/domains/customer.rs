@@ -4,6 +4,13 @@
 //! same reads from stores of their own and refuse writes, naming the
 //! primary (writes are not forwarded: a caller that writes should know it
 //! talks to the one copy that decides).
+//!
+//! The card's processor token pays for its customer's orders, so it is
+//! answered to intake's user alone (which reads a customer to charge the
+//! card on file of that customer's order); every other caller reads the
+//! masked number and the expiry (`shows_card_token`). The token travels on
+//! the change stream and in snapshots, which only the domain's own
+//! replicas take, so a replica can answer intake too.
 
 use super::documents::Documents;
 use super::replication::{snapshot_page, Replica, Stream};
@@ -16,7 +23,8 @@ use shared::settings::Settings;
 use shared::transport::domain::{parse, Access, DomainError, DomainService, Request};
 use shared::transport::{NodeContext, Publisher};
 use std::sync::Arc;
-use topology::DomainCopy;
+use topology::permissions::Role;
+use topology::{DomainCopy, Node};
 
 pub const DOMAIN: &str = "customer";
 
@@ -197,6 +205,30 @@ pub fn set_address(mut customer: Customer, input: &AddressInput) -> Result<Custo
     Ok(customer)
 }
 
+/// Whether the caller is shown a card's token: intake's user alone.
+pub fn shows_card_token(request: &Request<'_>) -> bool {
+    request.is_from(Role::Node(Node::Intake))
+}
+
+/// Whether the caller may take a snapshot (every record, tokens included):
+/// one of this domain's replicas alone.
+pub fn takes_snapshots(request: &Request<'_>) -> bool {
+    DomainCopy::all()
+        .into_iter()
+        .filter(|copy| copy.domain == DOMAIN && copy.region.is_some())
+        .any(|replica| request.is_from(Role::Domain(replica)))
+}
+
+/// A customer record as a caller is shown it: without its card's token
+/// unless `token_shown`.
+pub fn as_shown(record: serde_json::Value, token_shown: bool) -> serde_json::Value {
+    if token_shown {
+        record
+    } else {
+        shared::domains::without_card_token(record)
+    }
+}
+
 fn customer_key(record: &serde_json::Value) -> String {
     record["customer_id"].as_str().unwrap_or_default().to_string()
 }
@@ -215,16 +247,17 @@ impl CustomerDomain {
             match access {
                 Access::Write => Ok(()),
                 Access::Read => Err(DomainError::Refused(format!(
-                    "refused: {} may not change customers (only the publisher, support or the operator may)",
+                    "refused: {} may not change customers (only the back office, support or the operator may)",
                     shared::text::escaped(request.caller)
                 ))),
             }
         };
+        let token_shown = shows_card_token(&request);
         match parse::<CustomerRequest>(request.body)? {
             CustomerRequest::Get { customer_id } => {
                 check_id("customer_id", &customer_id).map_err(DomainError::Refused)?;
                 match self.docs.get(&customer_id).await.map_err(unavailable)? {
-                    Some(customer) => Ok(customer),
+                    Some(customer) => Ok(as_shown(customer, token_shown)),
                     None => Err(DomainError::Refused(format!(
                         "no customer {customer_id} at {}",
                         self.copy.label()
@@ -232,7 +265,10 @@ impl CustomerDomain {
                 }
             }
             CustomerRequest::List { after, limit } => {
+                // A page of customers is never for one order: no tokens, whoever asks.
                 let page = self.docs.list(after.as_deref(), page_size(limit)).await.map_err(unavailable)?;
+                let page: Vec<serde_json::Value> =
+                    page.into_iter().map(|customer| as_shown(customer, false)).collect();
                 Ok(serde_json::json!({ "customers": page }))
             }
             CustomerRequest::Add { customer_id, name, email, addresses, card } => {
@@ -247,6 +283,7 @@ impl CustomerDomain {
                     new_customer(customer_id.clone(), &name, &email, &addresses, card.as_ref())
                 })
                 .await
+                .map(|written| as_shown(written, false))
             }
             CustomerRequest::SetAddress { customer_id, address } => {
                 writes(request.access)?;
@@ -257,6 +294,7 @@ impl CustomerDomain {
                     None => Err(format!("no customer {customer_id}")),
                 })
                 .await
+                .map(|written| as_shown(written, false))
             }
             CustomerRequest::Status { after_seq } => {
                 let status = self.status(after_seq).await.map_err(DomainError::Unavailable)?;
@@ -267,6 +305,16 @@ impl CustomerDomain {
                     return Err(DomainError::Refused(format!(
                         "{} takes snapshots from the primary; it gives none",
                         self.copy.label()
+                    )));
+                }
+                if !takes_snapshots(&request) {
+                    return Err(DomainError::Refused(format!(
+                        "refused: only the {DOMAIN} domain's replicas take snapshots; this request came from {}",
+                        shared::text::escaped(if request.caller.is_empty() {
+                            "an unnamed sender"
+                        } else {
+                            request.caller
+                        })
                     )));
                 }
                 let page =
@@ -396,6 +444,35 @@ mod tests {
         assert!(new_customer("C-3".into(), "\u{1b}[31m", "b@e", &[address("x")], None)
             .unwrap_err()
             .contains("control"));
+    }
+
+    fn request_from<'a>(trust: &'a shared::trust::Trust, caller: &'a str) -> Request<'a> {
+        Request { body: b"{}", caller, access: Access::Read, request_key: String::new(), trust }
+    }
+
+    #[test]
+    fn a_card_token_is_shown_to_intake_alone_and_snapshots_go_to_replicas_alone() {
+        let primary = Role::Domain(DomainCopy::primary(DOMAIN));
+        let trust = shared::trust::Trust::per_role(primary, "of-", "shop", "admin");
+        let card = shared::domains::CardInput { number: "4111111111111111".into(), expiry: "12/30".into() };
+        let customer =
+            new_customer("C-1".into(), "Ada", "ada@example.com", &[address("1 A St")], Some(&card)).unwrap();
+        let record = serde_json::to_value(customer).unwrap();
+        let intake = trust.user_of(Role::Node(Node::Intake)).to_string();
+        let uk = trust.user_of(Role::Domain(DomainCopy::find(DOMAIN, Some("uk")).unwrap())).to_string();
+        let shown = |caller: &str| as_shown(record.clone(), shows_card_token(&request_from(&trust, caller)));
+        assert!(shown(&intake).to_string().contains("tok_"));
+        let others = ["of-shop.publisher", "of-shop.support", "of-shop.payment", "admin", "", uk.as_str()];
+        for caller in others {
+            let seen = shown(caller);
+            assert!(!seen.to_string().contains("tok_"), "{caller}: {seen}");
+            assert_eq!(seen["card"]["masked"], "************1111");
+            assert_eq!(seen["card"]["expiry"], "12/30");
+        }
+        assert!(takes_snapshots(&request_from(&trust, &uk)));
+        for caller in [intake.as_str(), "of-shop.publisher", "admin", ""] {
+            assert!(!takes_snapshots(&request_from(&trust, caller)), "{caller}");
+        }
     }
 
     #[test]

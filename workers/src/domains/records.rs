@@ -1,8 +1,7 @@
 //! A domain of plain records by key, with no replicas: the catalog (items
 //! by SKU) and the distributors (by id, with the SKUs each supplies and
 //! their lead times). Reads from anyone in the stack; `put` (seeding,
-//! maintenance) from the publisher, support or the operator, once per
-//! request.
+//! maintenance) from the back office or the operator, once per request.
 
 use super::documents::Documents;
 use shared::domains::{
@@ -73,7 +72,7 @@ impl DomainService for RecordDomain {
             RecordRequest::Put { record } => {
                 if request.access != Access::Write {
                     return Err(DomainError::Refused(format!(
-                        "refused: {} may not change the {domain} domain (only the publisher, support or the operator may)",
+                        "refused: {} may not change the {domain} domain (only the back office or the operator may)",
                         shared::text::escaped(request.caller)
                     )));
                 }

@@ -27,13 +27,18 @@ pub const SCHEMA: &[&str] = &[
      waiting_since_ms BIGINT NOT NULL, ended_at TEXT)",
     "CREATE TABLE IF NOT EXISTS inventory_backorder_lines (order_id TEXT NOT NULL, sku TEXT NOT NULL, \
      qty BIGINT NOT NULL, allocated BIGINT NOT NULL, PRIMARY KEY (order_id, sku))",
+    // Every purchase order decided, and the units received against it so
+    // far: a receipt must name one that is still open (see `take_against`).
+    "CREATE TABLE IF NOT EXISTS inventory_purchase_orders (po_id TEXT PRIMARY KEY, \
+     order_id TEXT NOT NULL, distributor_id TEXT NOT NULL, sku TEXT NOT NULL, qty BIGINT NOT NULL, \
+     received BIGINT NOT NULL DEFAULT 0)",
 ];
 
-/// Namespace of purchase-order ids: one per backordered order and SKU.
-const PURCHASE_ORDER_NAMESPACE: Uuid = Uuid::from_u128(0x6f72_6465_7266_6c6f_772d_706f_2d69_6431);
-
 /// Units asked of a distributor for a backordered order's short line. Its
-/// id is the same every time it is sent (the distributors ship it once).
+/// id is random (a receipt naming it comes from someone who saw the
+/// purchase order, not from someone who knows the order id) and stored
+/// with the decision: it is the same every time it is sent (the
+/// distributors ship it once).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PurchaseOrder {
     pub po_id: Uuid,
@@ -131,15 +136,17 @@ pub async fn record(
         .execute(&mut *conn)
         .await?;
         if allocated < *qty {
-            let key = format!("{order_id}/{sku}");
             purchase_orders.push(PurchaseOrder {
-                po_id: Uuid::new_v5(&PURCHASE_ORDER_NAMESPACE, key.as_bytes()),
+                po_id: Uuid::new_v4(),
                 order_id: element.order_id,
                 distributor_id: supplier(sku),
                 sku: sku.clone(),
                 qty: qty - allocated,
             });
         }
+    }
+    for po in &purchase_orders {
+        insert_purchase_order(conn, po, 0).await?;
     }
     sqlx::query(
         "INSERT INTO inventory_backorders (order_id, arrival, element, status, purchase_orders, waiting_since_ms) \
@@ -155,6 +162,144 @@ pub async fn record(
     // Stock that came back meanwhile may cover it whole: reserved at once.
     cover_if_whole(conn, &order_id).await?;
     Ok(purchase_orders)
+}
+
+async fn insert_purchase_order(
+    conn: &mut AnyConnection,
+    po: &PurchaseOrder,
+    received: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO inventory_purchase_orders (po_id, order_id, distributor_id, sku, qty, received) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (po_id) DO NOTHING",
+    )
+    .bind(po.po_id.to_string())
+    .bind(po.order_id.to_string())
+    .bind(&po.distributor_id)
+    .bind(&po.sku)
+    .bind(po.qty)
+    .bind(received)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// A purchase order as stored, with the units received against it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenPurchaseOrder {
+    pub po: PurchaseOrder,
+    pub received: i64,
+}
+
+impl OpenPurchaseOrder {
+    /// The units still to come.
+    pub fn open(&self) -> i64 {
+        (self.po.qty - self.received).max(0)
+    }
+}
+
+/// The purchase order `po_id`, as stored, read in the caller's transaction.
+pub async fn purchase_order(
+    conn: &mut AnyConnection,
+    po_id: Uuid,
+) -> sqlx::Result<Option<OpenPurchaseOrder>> {
+    let row = sqlx::query(
+        "SELECT order_id, distributor_id, sku, qty, received FROM inventory_purchase_orders WHERE po_id = $1",
+    )
+    .bind(po_id.to_string())
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let order_id: String = row.try_get(0)?;
+    Ok(Some(OpenPurchaseOrder {
+        po: PurchaseOrder {
+            po_id,
+            order_id: shared::store::stored_uuid(&order_id, "order_id")?,
+            distributor_id: row.try_get(1)?,
+            sku: row.try_get(2)?,
+            qty: row.try_get(3)?,
+        },
+        received: row.try_get(4)?,
+    }))
+}
+
+/// Counts `units` received against purchase order `po` (checked open for
+/// them by the caller, in this transaction) and hands them to the order it
+/// was sent for first; what that order no longer needs (it got units
+/// meanwhile, or ended) goes to the other waiting orders oldest first, then
+/// on hand. Returns the orders covered; `None` when the purchase order has
+/// not `units` open any more (nothing was changed).
+pub async fn take_against(
+    conn: &mut AnyConnection,
+    po: &PurchaseOrder,
+    units: i64,
+) -> sqlx::Result<Option<Vec<Uuid>>> {
+    let counted = sqlx::query(
+        "UPDATE inventory_purchase_orders SET received = received + $1 WHERE po_id = $2 AND received + $1 <= qty",
+    )
+    .bind(units)
+    .bind(po.po_id.to_string())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if counted == 0 {
+        return Ok(None);
+    }
+    lock_sku(conn, &po.sku).await?;
+    let order_id = po.order_id.to_string();
+    let needed: Option<i64> = sqlx::query_scalar(
+        "SELECT l.qty - l.allocated FROM inventory_backorder_lines l \
+         JOIN inventory_backorders b ON b.order_id = l.order_id \
+         WHERE l.order_id = $1 AND l.sku = $2 AND b.status = 'waiting'",
+    )
+    .bind(&order_id)
+    .bind(&po.sku)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let given = needed.unwrap_or(0).clamp(0, units);
+    let mut covered = Vec::new();
+    if given > 0 {
+        sqlx::query(
+            "UPDATE inventory_backorder_lines SET allocated = allocated + $1 WHERE order_id = $2 AND sku = $3",
+        )
+        .bind(given)
+        .bind(&order_id)
+        .bind(&po.sku)
+        .execute(&mut *conn)
+        .await?;
+        if cover_if_whole(conn, &order_id).await? {
+            covered.push(po.order_id);
+        }
+    }
+    if units > given {
+        covered.extend(distribute(conn, &po.sku, units - given).await?);
+    }
+    Ok(Some(covered))
+}
+
+/// Fills `inventory_purchase_orders` from the backorders of a store from
+/// before it was kept (once: when it is empty); a purchase order the
+/// simulated distributors shipped then (receipt `po-<po_id>`) counts as received.
+pub async fn backfill_purchase_orders(store: &Store) -> sqlx::Result<()> {
+    let kept: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM inventory_purchase_orders").fetch_one(&store.pool).await?;
+    if kept > 0 {
+        return Ok(());
+    }
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT purchase_orders FROM inventory_backorders").fetch_all(&store.pool).await?;
+    let mut tx = store.pool.begin().await?;
+    for text in rows {
+        for po in serde_json::from_str::<Vec<PurchaseOrder>>(&text).unwrap_or_default() {
+            let shipped: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM inventory_receipts WHERE receipt_id = $1")
+                    .bind(format!("po-{}", po.po_id))
+                    .fetch_one(&mut *tx)
+                    .await?;
+            insert_purchase_order(&mut tx, &po, if shipped > 0 { po.qty } else { 0 }).await?;
+        }
+    }
+    tx.commit().await
 }
 
 /// Hands `units` of `sku` to the waiting backorders that still need it,

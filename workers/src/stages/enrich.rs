@@ -11,10 +11,16 @@
 //! an unreachable or slow domain is a transient failure, never a rejection;
 //! `enrich` is the plain rule on what was read: an unknown customer,
 //! address or SKU, or a withdrawn item, rejects the order with the reason.
+//!
+//! A card token (`tok_...`, a card on file) pays only for its own
+//! customer's orders: an order that brings one in its card field, by
+//! reference or with its full address, is accepted only when the token is
+//! the card on file of the order's customer as the customer domain answers
+//! it (`check_card_token`); the domain shows tokens to intake alone.
 
 use shared::domain_client::{ClientError, DomainClient};
-use shared::domains::{CatalogItem, Customer};
-use shared::order::{CatalogLine, FromDomains, Order, ShipTo};
+use shared::domains::{CardOnFile, CatalogItem, Customer};
+use shared::order::{CatalogLine, FromDomains, Order, ShipTo, CARD_TOKEN_PREFIX};
 use shared::settings::Settings;
 use shared::stage::StageError;
 use std::collections::BTreeMap;
@@ -30,6 +36,65 @@ pub fn by_reference(order: &Order) -> bool {
     let no_address =
         [&to.name, &to.line1, &to.city, &to.postal_code, &to.country].iter().all(|f| f.is_empty());
     order.address_id.is_some() || no_address
+}
+
+/// Whether an order's card field holds a processor token (a card on file)
+/// rather than a card number.
+pub fn is_card_token(card_number: &str) -> bool {
+    card_number.starts_with(CARD_TOKEN_PREFIX)
+}
+
+/// A token in the order's card field must be the card on file of the
+/// order's customer (`customer`: what the customer domain answered for
+/// `order.customer_id`), and the order must ship to one of that customer's
+/// addresses on file (a customer id is only what the order says; the
+/// address keeps a leaked token and id from shipping to a stranger); `Ok`
+/// gives that card. The reason names neither the token nor the address.
+/// Only for an order whose card field is a token.
+pub fn check_card_token<'a>(
+    order: &Order,
+    customer: Result<&'a Customer, &str>,
+) -> Result<&'a CardOnFile, String> {
+    let id = shared::text::escaped(&order.customer_id.chars().take(64).collect::<String>());
+    if order.customer_id.trim().is_empty() {
+        return Err(
+            "a card token pays only for its customer's orders, and the order names no customer".into()
+        );
+    }
+    let customer = customer.map_err(|reason| {
+        format!("the card token does not belong to customer {id} (unknown customer: {reason})")
+    })?;
+    let card = customer
+        .card
+        .as_ref()
+        .ok_or_else(|| format!("the card token does not belong to customer {id} (no card on file)"))?;
+    if card.token.is_empty() {
+        return Err(format!(
+            "the customer domain did not show intake the card token of customer {id} (is intake running as its own user?)"
+        ));
+    }
+    if !same_secret(&card.token, &order.payment.card_number) {
+        return Err(format!("the card token does not belong to customer {id}"));
+    }
+    let to = &order.ship_to;
+    let on_file = customer.addresses.iter().any(|a| {
+        let same = |kept: &str, given: &str| kept.trim() == given.trim();
+        same(&a.line1, &to.line1)
+            && same(&a.city, &to.city)
+            && same(&a.postal_code, &to.postal_code)
+            && same(&a.country, &to.country)
+    });
+    if !on_file {
+        return Err(format!(
+            "a card on file pays only for delivery to its customer's addresses on file, and the ship-to address is not one of customer {id}'s"
+        ));
+    }
+    Ok(card)
+}
+
+/// Compares two secrets in time that does not depend on where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 /// What the domains answered for one order: the customer (or why not), and
@@ -80,7 +145,18 @@ pub fn enrich(mut order: Order, lookups: &Lookups) -> Result<(Order, FromDomains
         let card = customer.card.as_ref().ok_or_else(|| {
             format!("the order brings no card and customer {} has none on file", customer.customer_id)
         })?;
+        if card.token.is_empty() {
+            return Err(format!(
+                "the customer domain did not show intake the card token of customer {} (is intake running as its own user?)",
+                customer.customer_id
+            ));
+        }
         order.payment.card_number = card.token.clone();
+        order.payment.expiry = card.expiry.clone();
+        card_on_file = Some(card.masked.clone());
+    } else if is_card_token(&order.payment.card_number) {
+        // A token the order brings: its customer's card on file, or nothing.
+        let card = check_card_token(&order, Ok(customer))?;
         order.payment.expiry = card.expiry.clone();
         card_on_file = Some(card.masked.clone());
     }
@@ -164,22 +240,29 @@ impl DomainReader {
         }
     }
 
+    /// Reads the customer `customer_id` at the primary: the customer, or
+    /// why not (an unknown id); a domain that does not answer is transient.
+    pub async fn customer(&self, customer_id: &str) -> Result<Result<Customer, String>, StageError> {
+        let answer = self
+            .ask(
+                DomainCopy::primary("customer"),
+                serde_json::json!({"op": "get", "customer_id": customer_id}),
+            )
+            .await?;
+        Ok(answer.and_then(|data| serde_json::from_value(data).map_err(|e| format!("not a customer: {e}"))))
+    }
+
     /// Reads the customer and every distinct SKU of `order`, concurrently.
     pub async fn lookup(&self, order: &Order) -> Result<Lookups, StageError> {
         let ask = |copy: DomainCopy, request: serde_json::Value| self.ask(copy, request);
-        let customer = ask(
-            DomainCopy::primary("customer"),
-            serde_json::json!({"op": "get", "customer_id": order.customer_id}),
-        );
+        let customer = self.customer(&order.customer_id);
         let skus: std::collections::BTreeSet<&str> = order.items.iter().map(|i| i.sku.as_str()).collect();
         let items = futures::future::join_all(skus.into_iter().map(|sku| {
             let answer = ask(DomainCopy::primary("catalog"), serde_json::json!({"op": "get", "id": sku}));
             async move { (sku.to_string(), answer.await) }
         }));
         let (customer, items) = futures::join!(customer, items);
-        let customer = customer?
-            .and_then(|data| serde_json::from_value(data).map_err(|e| format!("not a customer: {e}")));
-        let mut lookups = Lookups { customer: Some(customer), items: BTreeMap::new() };
+        let mut lookups = Lookups { customer: Some(customer?), items: BTreeMap::new() };
         for (sku, answer) in items {
             let entry = answer?.and_then(|data| {
                 serde_json::from_value(data).map_err(|e| format!("not a catalog item: {e}"))
@@ -195,6 +278,9 @@ mod tests {
     use super::*;
     use shared::domains::{Address, CardOnFile};
     use shared::order::{Item, PaymentCard};
+
+    const TOKEN: &str = "tok_0123456789abcdef0123456789abcdef";
+    const OTHER_TOKEN: &str = "tok_fedcba9876543210fedcba9876543210";
 
     fn customer() -> Customer {
         let address = |id: &str, line1: &str, default: bool| Address {
@@ -213,7 +299,7 @@ mod tests {
             card: Some(CardOnFile {
                 masked: "************1111".into(),
                 expiry: "12/30".into(),
-                token: "tok_x".into(),
+                token: TOKEN.into(),
             }),
         }
     }
@@ -250,7 +336,7 @@ mod tests {
         assert!(by_reference(&order));
         let (order, from) = enrich(order, &lookups(&[item("SKU-0001", "active")])).unwrap();
         assert_eq!((order.ship_to.name.as_str(), order.ship_to.line1.as_str()), ("Ada", "2 New St"));
-        assert_eq!(order.payment, PaymentCard { card_number: "tok_x".into(), expiry: "12/30".into() });
+        assert_eq!(order.payment, PaymentCard { card_number: TOKEN.into(), expiry: "12/30".into() });
         assert_eq!(from.address_id, "A2");
         assert_eq!(from.card_on_file.as_deref(), Some("************1111"));
         assert_eq!(from.items[0].price_cents, 599);
@@ -286,6 +372,63 @@ mod tests {
             customer.card = None;
         }
         assert!(enrich(by_ref(&["SKU-0001"]), &no_card).unwrap_err().contains("none on file"));
+    }
+
+    #[test]
+    fn a_token_pays_only_for_the_customer_it_belongs_to() {
+        // By reference, the customer's own token: its card on file, its expiry.
+        let mut own = by_ref(&["SKU-0001"]);
+        own.payment = PaymentCard { card_number: TOKEN.into(), expiry: "01/99".into() };
+        let (order, from) = enrich(own, &lookups(&[item("SKU-0001", "active")])).unwrap();
+        assert_eq!(order.payment, PaymentCard { card_number: TOKEN.into(), expiry: "12/30".into() });
+        assert_eq!(from.card_on_file.as_deref(), Some("************1111"));
+        // Someone else's token, by reference or with a stranger's address: rejected, the token unnamed.
+        let mut stolen = by_ref(&["SKU-0001"]);
+        stolen.payment = PaymentCard { card_number: OTHER_TOKEN.into(), expiry: "12/30".into() };
+        let reason = enrich(stolen, &lookups(&[item("SKU-0001", "active")])).unwrap_err();
+        assert_eq!(reason, "the card token does not belong to customer C-1");
+        let mut stranger = crate::stages::intake::tests::valid_order();
+        stranger.customer_id = "C-1".into();
+        stranger.payment.card_number = OTHER_TOKEN.into();
+        let ada = customer();
+        assert!(check_card_token(&stranger, Ok(&ada))
+            .unwrap_err()
+            .contains("does not belong to customer C-1"));
+        // The owner's id and token, but a stranger's address: a leaked id and token ship nothing.
+        stranger.payment.card_number = TOKEN.into();
+        let elsewhere = check_card_token(&stranger, Ok(&ada)).unwrap_err();
+        assert!(elsewhere.contains("not one of customer C-1's"), "{elsewhere}");
+        assert!(!elsewhere.contains("Main St") && !elsewhere.contains("Seattle"), "{elsewhere}");
+        let mut own_address = stranger.clone();
+        own_address.ship_to = ShipTo {
+            name: "Ada L.".into(),
+            line1: "1 Old St".into(),
+            city: "Leeds".into(),
+            postal_code: "LS1 ".into(),
+            country: "GB".into(),
+        };
+        assert_eq!(check_card_token(&own_address, Ok(&ada)).unwrap().masked, "************1111");
+        // A token for an unknown customer, a customer with no card, an order with no customer.
+        let unknown = check_card_token(&stranger, Err("no customer C-1 at customer")).unwrap_err();
+        assert!(unknown.contains("does not belong to customer C-1 (unknown customer"), "{unknown}");
+        let carless = Customer { card: None, ..customer() };
+        assert!(check_card_token(&stranger, Ok(&carless)).unwrap_err().contains("no card on file"));
+        let mut nobody = stranger.clone();
+        nobody.customer_id.clear();
+        assert!(check_card_token(&nobody, Ok(&ada)).unwrap_err().contains("names no customer"));
+        // A domain that withheld the token (intake not recognised): no match, said so.
+        let mut withheld = customer();
+        withheld.card.as_mut().unwrap().token.clear();
+        let reason = check_card_token(&stranger, Ok(&withheld)).unwrap_err();
+        assert!(reason.contains("did not show intake"), "{reason}");
+        let mut no_card_given = lookups(&[item("SKU-0001", "active")]);
+        no_card_given.customer = Some(Ok(withheld));
+        assert!(enrich(by_ref(&["SKU-0001"]), &no_card_given).unwrap_err().contains("did not show intake"));
+        for reason in [unknown, reason, elsewhere] {
+            assert!(!reason.contains("tok_"), "{reason}");
+        }
+        assert!(is_card_token(TOKEN) && !is_card_token("4111111111111111") && !is_card_token(""));
+        assert!(same_secret(TOKEN, TOKEN) && !same_secret(TOKEN, OTHER_TOKEN) && !same_secret(TOKEN, "tok_"));
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //! with the first reason found. A card number typed anywhere but the card
 //! field (an address line, the customer id) is masked before anything
 //! records it: the full number travels only in the card field, to payment.
+//! A card token in the card field is accepted only as the card on file of
+//! the order's customer, asked of the customer domain (`super::enrich`).
 
 use crate::catalog;
 use shared::domains::check_text;
-use shared::{order::Order, Node, OrderElement, OrderState, Outcome, Stage, StageError};
+use shared::order::{FromDomains, Order};
+use shared::{Node, OrderElement, OrderState, Outcome, Stage, StageError};
 
 /// Longest accepted text field (the domains' limit too), and largest
 /// accepted quantity of one item.
@@ -157,6 +160,28 @@ impl Stage for Intake {
                 }
                 Err(reason) => return Ok(Intake::reject(element, reason)),
             }
+        } else if super::enrich::is_card_token(&element.order.payment.card_number) {
+            // A token with the order's own address: whose card is it?
+            mask_free_text(&mut element.order);
+            if let Err(reason) = validate(&element.order) {
+                return Ok(Intake::reject(element, reason));
+            }
+            let Some(domains) = &self.domains else {
+                let reason = "a card token is taken only when intake can ask the customer domain whose it is";
+                return Ok(Intake::reject(element, reason.into()));
+            };
+            let customer = domains.customer(&element.order.customer_id).await?;
+            let checked =
+                super::enrich::check_card_token(&element.order, customer.as_ref().map_err(String::as_str));
+            match checked {
+                Ok(card) => {
+                    element.order.payment.expiry = card.expiry.clone();
+                    let from =
+                        FromDomains { card_on_file: Some(card.masked.clone()), ..FromDomains::default() };
+                    element.from_domains = Some(from);
+                }
+                Err(reason) => return Ok(Intake::reject(element, reason)),
+            }
         }
         Ok(Intake::decide(element))
     }
@@ -195,6 +220,23 @@ pub mod tests {
             },
             payment: PaymentCard { card_number: "4111111111111111".into(), expiry: "12/30".into() },
         }
+    }
+
+    #[tokio::test]
+    async fn a_card_token_is_rejected_when_no_domain_can_say_whose_it_is() {
+        let mut order = valid_order();
+        order.payment.card_number = "tok_0123456789abcdef0123456789abcdef".into();
+        let outcome = Intake::default().handle(OrderElement::placed(order.clone())).await.unwrap();
+        assert_eq!(outcome.steps[0].state, OrderState::Rejected);
+        assert!(outcome.steps[0].detail.contains("customer domain"), "{}", outcome.steps[0].detail);
+        assert!(!serde_json::to_string(&outcome.element).unwrap().contains("tok_"));
+        // Decided before any domain is asked: a token order with no customer.
+        order.customer_id.clear();
+        let outcome = Intake::default().handle(OrderElement::placed(order)).await.unwrap();
+        assert!(outcome.steps[0].detail.contains("customer_id is missing"), "{}", outcome.steps[0].detail);
+        // A plain card number needs no domain, as ever.
+        let outcome = Intake::default().handle(OrderElement::placed(valid_order())).await.unwrap();
+        assert_eq!(outcome.steps[0].state, OrderState::Accepted);
     }
 
     #[test]

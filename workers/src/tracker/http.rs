@@ -3,7 +3,7 @@
 //! terminal or not, ordered history), `POST /orders/status` (latest states of
 //! many orders), `GET /orders?state=&at=&customer=&older_than=&newer_than=&limit=&after=`
 //! (finding orders, a page at a time), `GET /calls/{request_id}` (a service
-//! result kept for polling), `GET /report` (per node figures and stuck
+//! result kept for polling, only with its caller's poll token), `GET /report` (per node figures and stuck
 //! orders for a range), `GET /stats` (orders per state), `GET /store`
 //! (rows in the active store and the warehouse), `GET /health`.
 
@@ -153,17 +153,38 @@ async fn search(
     }
 }
 
-/// `GET /calls/{request_id}`: a service result kept for polling.
-async fn call_result(State(store): State<TrackerStore>, Path(request_id): Path<String>) -> Response {
+/// `GET /calls/{request_id}`: a service result kept for polling, shown
+/// only to its caller: the request bears the call's poll token
+/// (`Authorization: Bearer <token>`, `shared::poll`). Without a token, 401;
+/// with a token that is not the call's, the same 404 as for no result at
+/// all (nothing says whether the request id was ever used).
+async fn call_result(
+    State(store): State<TrackerStore>,
+    Path(request_id): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
     if let Err(reason) = shared::service::check_id("the request id", &request_id) {
         return error(StatusCode::BAD_REQUEST, reason);
     }
-    match store.call_result(&request_id).await {
+    let authorization = headers.get(axum::http::header::AUTHORIZATION).and_then(|value| value.to_str().ok());
+    let Some(token) = authorization.and_then(shared::poll::bearer) else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "a polled result is shown only to its caller: send the call's poll token as \
+             Authorization: Bearer <token> (x-orderflow-poll-key on the call is its SHA-256)",
+        );
+    };
+    if let Err(reason) = shared::poll::check_token(token) {
+        return error(StatusCode::BAD_REQUEST, reason);
+    }
+    match store.call_result(&request_id, &shared::poll::key_of(token)).await {
         Ok(Some(kept)) => Json(kept).into_response(),
         Ok(None) => error(
             StatusCode::NOT_FOUND,
             format!(
-                "no result for request {request_id}: not answered yet, never sent, or removed after its retention"
+                "no result for request {} under this token: not answered yet, never sent, removed after \
+                 its retention, or not yours",
+                shared::text::mask_card_numbers(&request_id)
             ),
         ),
         Err(e) => internal(e),

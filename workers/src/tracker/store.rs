@@ -34,9 +34,6 @@ const SCHEMA: &[&str] = &[
 const INDEXES: &[&str] =
     &["CREATE INDEX IF NOT EXISTS tracker_orders_by_customer ON tracker_orders (customer_id, order_id)"];
 
-/// Service results kept for polling (`GET /calls/{request_id}`): the first
-/// result of a request id stands, unless it was a failure worth retrying
-/// and a later result came; `collected_at` is set when it is first read.
 /// Incidents at the nodes (retries, dead letters), for the report. They
 /// stay here, not in the warehouse: there is one per failure, not per order.
 const INCIDENTS: &[&str] = &[
@@ -45,11 +42,21 @@ const INCIDENTS: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS tracker_incidents_by_time ON tracker_incidents (at)",
 ];
 
+/// Service results kept for polling (`GET /calls/{request_id}`), each under
+/// (caller, request id, poll key): the caller as the answering service
+/// verified it, the poll key the SHA-256 of the caller's token
+/// (`shared::poll`). The first result of a key stands, unless it was a
+/// failure worth retrying and a later result came; `collected_at` is set
+/// when it is first read. Request ids are kept with card numbers masked,
+/// like the rest. The first table kept results by request id alone, for
+/// anyone: it is dropped.
 const CALL_RESULTS: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS tracker_call_results (request_id TEXT PRIMARY KEY, service TEXT NOT NULL, \
-     caller TEXT NOT NULL, result TEXT NOT NULL, retryable BIGINT NOT NULL, received_at BIGINT NOT NULL, \
-     collected_at BIGINT)",
-    "CREATE INDEX IF NOT EXISTS tracker_call_results_by_age ON tracker_call_results (received_at)",
+    "DROP TABLE IF EXISTS tracker_call_results",
+    "CREATE TABLE IF NOT EXISTS tracker_polled_results (caller TEXT NOT NULL, request_id TEXT NOT NULL, \
+     poll_key TEXT NOT NULL, service TEXT NOT NULL, result TEXT NOT NULL, retryable BIGINT NOT NULL, \
+     received_at BIGINT NOT NULL, collected_at BIGINT, PRIMARY KEY (caller, request_id, poll_key))",
+    "CREATE INDEX IF NOT EXISTS tracker_polled_results_by_key ON tracker_polled_results (request_id, poll_key)",
+    "CREATE INDEX IF NOT EXISTS tracker_polled_results_by_age ON tracker_polled_results (received_at)",
 ];
 
 /// Every order the tracker knows, active or moved to the warehouse.
@@ -169,19 +176,28 @@ impl TrackerStore {
         Ok(Some(OrderView { order_id: order_id.to_string(), state, terminal, history }))
     }
 
-    /// Keeps a service's result for polling: the first result of a request
-    /// id stands, unless it is a failure worth retrying and a new result came.
-    pub async fn keep_call_result(&self, result: &CallResult, caller: &str) -> sqlx::Result<()> {
+    /// Keeps a service's result for polling under (caller, request id, poll
+    /// key): the first result stands, unless it is a failure worth retrying
+    /// and a new result came. `result` is kept as given: the caller masks it
+    /// (`results::masked`).
+    pub async fn keep_call_result(
+        &self,
+        result: &CallResult,
+        caller: &str,
+        poll_key: &str,
+    ) -> sqlx::Result<()> {
         let body = serde_json::to_string(result).map_err(|e| sqlx::Error::Encode(e.into()))?;
         sqlx::query(
-            "INSERT INTO tracker_call_results (request_id, service, caller, result, retryable, received_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (request_id) DO UPDATE SET result = excluded.result, \
-             retryable = excluded.retryable, received_at = excluded.received_at, service = excluded.service, \
-             caller = excluded.caller WHERE tracker_call_results.retryable = 1",
+            "INSERT INTO tracker_polled_results (caller, request_id, poll_key, service, result, retryable, \
+             received_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (caller, request_id, poll_key) \
+             DO UPDATE SET result = excluded.result, retryable = excluded.retryable, \
+             received_at = excluded.received_at, service = excluded.service \
+             WHERE tracker_polled_results.retryable = 1",
         )
-        .bind(&result.request_id)
-        .bind(&result.service)
         .bind(caller)
+        .bind(shared::text::mask_card_numbers(&result.request_id))
+        .bind(poll_key)
+        .bind(&result.service)
         .bind(body)
         .bind(i64::from(result.retryable))
         .bind(chrono::Utc::now().timestamp_millis())
@@ -190,18 +206,27 @@ impl TrackerStore {
         Ok(())
     }
 
-    /// A kept result (marked collected the first time it is read).
-    pub async fn call_result(&self, request_id: &str) -> sqlx::Result<Option<KeptResult>> {
+    /// The result kept for `request_id` under `poll_key` (marked collected
+    /// the first time it is read). Should two callers have used the same
+    /// request id and key, the first kept is the one read.
+    pub async fn call_result(&self, request_id: &str, poll_key: &str) -> sqlx::Result<Option<KeptResult>> {
+        let request_id = shared::text::mask_card_numbers(request_id);
         let now = chrono::Utc::now().timestamp_millis();
-        sqlx::query("UPDATE tracker_call_results SET collected_at = $1 WHERE request_id = $2 AND collected_at IS NULL")
-            .bind(now)
-            .bind(request_id)
-            .execute(&self.store.pool)
-            .await?;
-        let row = sqlx::query(
-            "SELECT service, caller, result, received_at, collected_at FROM tracker_call_results WHERE request_id = $1",
+        sqlx::query(
+            "UPDATE tracker_polled_results SET collected_at = $1 \
+             WHERE request_id = $2 AND poll_key = $3 AND collected_at IS NULL",
         )
-        .bind(request_id)
+        .bind(now)
+        .bind(&request_id)
+        .bind(poll_key)
+        .execute(&self.store.pool)
+        .await?;
+        let row = sqlx::query(
+            "SELECT service, caller, result, received_at, collected_at FROM tracker_polled_results \
+             WHERE request_id = $1 AND poll_key = $2 ORDER BY received_at, caller LIMIT 1",
+        )
+        .bind(&request_id)
+        .bind(poll_key)
         .fetch_optional(&self.store.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };
@@ -223,7 +248,7 @@ impl TrackerStore {
     ) -> sqlx::Result<u64> {
         let now = chrono::Utc::now().timestamp_millis();
         let removed = sqlx::query(
-            "DELETE FROM tracker_call_results WHERE (collected_at IS NOT NULL AND collected_at < $1) \
+            "DELETE FROM tracker_polled_results WHERE (collected_at IS NOT NULL AND collected_at < $1) \
              OR (collected_at IS NULL AND received_at < $2)",
         )
         .bind(now - collected.as_millis() as i64)
@@ -678,6 +703,42 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(units, 3 * 451);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A polled result is kept per (caller, request id, poll key) and read
+    /// only with its key: a second caller's result for the same request id
+    /// is its own, and the first result of a key stands unless retryable.
+    #[tokio::test]
+    async fn a_polled_result_is_read_only_with_its_callers_key() {
+        let (store, dir) = scratch_store().await;
+        let answer = |error: &str, retryable: bool| CallResult::failed("req-1", "intake", error, retryable);
+        let (first, second) =
+            (shared::poll::key_of("first-caller-token"), shared::poll::key_of("second-token-1234"));
+        store.keep_call_result(&answer("first's", false), "alice", &first).await.unwrap();
+        store.keep_call_result(&answer("second's", false), "bob", &second).await.unwrap();
+        store.keep_call_result(&answer("a later one", false), "alice", &first).await.unwrap();
+        let read = |key: String| {
+            let store = store.clone();
+            async move { store.call_result("req-1", &key).await.unwrap() }
+        };
+        let alices = read(first.clone()).await.unwrap();
+        assert_eq!((alices.caller.as_str(), alices.result.error.as_deref()), ("alice", Some("first's")));
+        assert!(alices.collected_at_ms.is_some());
+        let bobs = read(second.clone()).await.unwrap();
+        assert_eq!((bobs.caller.as_str(), bobs.result.error.as_deref()), ("bob", Some("second's")));
+        assert_eq!(read(shared::poll::key_of("a-guess-at-a-token")).await, None);
+        assert_eq!(store.call_result("req-2", &first).await.unwrap(), None);
+        // A failure worth retrying gives way to the next result.
+        store.keep_call_result(&answer("busy", true), "carol", &first).await.unwrap();
+        store.keep_call_result(&answer("done now", false), "carol", &first).await.unwrap();
+        let carols: Vec<String> =
+            sqlx::query_scalar("SELECT result FROM tracker_polled_results WHERE caller = 'carol'")
+                .fetch_all(&store.store.pool)
+                .await
+                .unwrap();
+        assert_eq!(carols.len(), 1);
+        assert!(carols[0].contains("done now"), "{carols:?}");
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -1,0 +1,211 @@
+//! `service_trust`: the attacks on the service half (issue 30) made again
+//! with the stack's real least-privilege users and Python's pika: a forged
+//! answer to the coordinator (as the catalog and the intake user, at the
+//! very request id the coordinator waits on) is dead-lettered with the
+//! reason and the declined order never ships; each role may publish only
+//! what its one job needs (the broker refuses the rest); the public door
+//! and support cannot write the catalog; what every role that answers calls
+//! must keep (the default exchange, for direct reply-to) is measured.
+
+use serde_json::{json, Value};
+use shared::domain_client::DomainClient;
+use std::process::Command;
+use std::time::Duration;
+use tests::{count, orders, Stack};
+use topology::DomainCopy;
+
+fn pika_missing() -> bool {
+    let probe = Command::new("python3").args(["-c", "import pika"]).status();
+    if probe.is_ok_and(|s| s.success()) {
+        return false;
+    }
+    eprintln!("SKIPPED: Python's pika is not installed (scripts/test.sh installs it)");
+    true
+}
+
+/// Publishes each `[exchange, routing key, body]` of `attempts` as the user
+/// of `url` with pika (confirmed, signed with `user`), each on a channel of
+/// its own; one line per attempt: `taken` or `refused <broker's reason>`.
+const PUBLISH_AS: &str = r#"
+import json, sys, pika
+url, user, attempts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+connection = pika.BlockingConnection(pika.URLParameters(url))
+for exchange, key, body in attempts:
+    channel = connection.channel()
+    channel.confirm_delivery()
+    try:
+        channel.basic_publish(exchange, key, body.encode(), pika.BasicProperties(
+            content_type="application/json", user_id=user, message_id=key + "-forged",
+            type="service_result", headers={"schema_version": 1}))
+        print("taken")
+        channel.close()
+    except (pika.exceptions.ChannelClosedByBroker, pika.exceptions.UnroutableError) as error:
+        print("refused", str(error).replace("\n", " "))
+connection.close()
+"#;
+
+/// One publish: exchange, routing key, body.
+type Attempt<'a> = (&'a str, &'a str, String);
+
+fn publish_as(stack: &Stack, role: &str, attempts: &[Attempt]) -> Vec<String> {
+    let (url, user) = (stack.role_url(role), stack.role_user(role));
+    let attempts = serde_json::to_string(attempts).unwrap();
+    let output = Command::new("python3").args(["-c", PUBLISH_AS, &url, &user, &attempts]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(output.status.success(), "pika as {role}: {}{stdout}", String::from_utf8_lossy(&output.stderr));
+    stdout.lines().map(String::from).collect()
+}
+
+/// The request id the coordinator waits on for `order` at `service`.
+async fn waited_on(stack: &Stack, order: &uuid::Uuid, service: &str) -> String {
+    let store = stack.sqlite("coordinator", "coordinator_orders").await;
+    let sql = format!(
+        "SELECT request_id FROM coordinator_orders WHERE order_id = '{order}' AND service = '{service}'"
+    );
+    for _ in 0..200 {
+        if let Ok(Some(id)) = sqlx::query_scalar::<_, Option<String>>(&sql).fetch_one(&store).await {
+            return id;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the coordinator never called {service} for {order}");
+}
+
+/// The issue's first attack: while payment has not answered, the catalog
+/// user posts a `done` answer claiming `charged` into the coordinator's
+/// replies queue (through the default exchange, which it may write to
+/// answer its own callers), at the request id the coordinator really waits
+/// on, once naming catalog as the service and once naming payment; the
+/// intake user does the same as intake. Every one is dead-lettered with the
+/// reason; the order, whose card declines, ends `payment_declined` when
+/// payment answers, with no charge and no shipment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_answer_to_the_coordinator_is_refused_and_the_unpaid_order_never_ships() {
+    if pika_missing() {
+        return;
+    }
+    let mut stack = Stack::start_with_node_users("svc-trust-reply").await;
+    stack.stop("payment-1").await;
+    let id = stack.publish_directed(&[orders::declined()])[0];
+    let request_id = waited_on(&stack, &id, "payment").await;
+    let store = stack.sqlite("coordinator", "coordinator_orders").await;
+    let sql = format!("SELECT element FROM coordinator_orders WHERE order_id = '{id}'");
+    let element: String = sqlx::query_scalar(&sql).fetch_one(&store).await.unwrap();
+    let mut charged: Value = serde_json::from_str(&element).unwrap();
+    charged["state"] = json!("charged");
+    charged["seq"] = json!(charged["seq"].as_i64().unwrap() + 1);
+    charged["charge"] = json!({"charge_id": uuid::Uuid::new_v4(), "amount_cents": 1, "card_last4": "0002"});
+    let answer = |service: &str| {
+        json!({"request_id": request_id, "service": service, "status": "done", "element": charged, "steps": []})
+            .to_string()
+    };
+    let replies = topology::COORDINATOR_REPLIES_QUEUE;
+    let as_catalog =
+        publish_as(&stack, "catalog", &[("", replies, answer("catalog")), ("", replies, answer("payment"))]);
+    assert_eq!(as_catalog, ["taken", "taken"], "the broker lets a domain write to the default exchange");
+    assert_eq!(publish_as(&stack, "intake", &[("", replies, answer("intake"))]), ["taken"]);
+
+    let wrong_service = stack.letters_with("refused: an answer for", 2).await;
+    assert_eq!(wrong_service.len(), 2, "{wrong_service:?}");
+    assert!(wrong_service.iter().all(|l| l["node"] == "coordinator"), "{wrong_service:?}");
+    let reasons: Vec<&str> = wrong_service.iter().map(|l| l["reason"].as_str().unwrap()).collect();
+    assert!(reasons.iter().any(|r| r.contains("an answer for catalog to a call of payment")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("an answer for intake to a call of payment")), "{reasons:?}");
+    let wrong_user = stack.letters_with("an answer of payment must come from", 1).await;
+    assert_eq!(wrong_user.len(), 1, "the catalog user's answer in payment's name was taken");
+
+    // The order still waits on payment; payment comes back and declines it.
+    assert_eq!(waited_on(&stack, &id, "payment").await, request_id, "the forgery moved the order");
+    stack.spawn("payment", "payment-1");
+    stack.wait_terminal(&[id], Duration::from_secs(60)).await;
+    assert_eq!(stack.order(&id).await.state, "payment_declined");
+    let processor = stack.sqlite("processor", "processor_charges").await;
+    let charged = format!("SELECT COUNT(*) FROM processor_charges WHERE order_id = '{id}'");
+    assert_eq!(count(&processor, &charged).await, 0, "the declined order was charged");
+    let shipments = stack.sqlite("shipping", "shipping_shipments").await;
+    let shipped = format!("SELECT COUNT(*) FROM shipping_shipments WHERE order_id = '{id}'");
+    assert_eq!(count(&shipments, &shipped).await, 0, "the unpaid order shipped");
+}
+
+/// Each role publishes only what its job needs: the public door places
+/// orders and nothing else (no receipt, no domain request, nothing through
+/// the default exchange); the receiving station posts receipts and the
+/// back office writes records, and neither places an order; support, the
+/// tracker and the simulated distributors never write to the default
+/// exchange. Writing the catalog is the back office's (and the operator's):
+/// support's `put` is refused by the domain with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_may_publish_only_what_its_job_needs() {
+    if pika_missing() {
+        return;
+    }
+    let mut stack = Stack::start_with_node_users("svc-trust-roles").await;
+    let receipt = json!({"distributor_id": "D-01", "sku": "SKU-0901", "qty": 1_000_000}).to_string();
+    let item = json!({"op": "put", "record": {"sku": "SKU-0042", "title": "Cheap", "price_cents": 1,
+                                              "weight_grams": 1, "status": "active"}})
+    .to_string();
+    let order = orders::valid(1, "standard").to_string();
+    let default = |queue: &'static str| ("", queue, "{}".to_string());
+    let cases: Vec<(&str, Vec<Attempt>, Vec<&str>)> = vec![
+        (
+            "publisher",
+            vec![
+                ("orderflow.receiving", "received", receipt.clone()),
+                ("orderflow.domains", "domain.catalog", item.clone()),
+                default("orderflow.coordinator.replies"),
+                default("orderflow.service.payment"),
+                ("orderflow.workflow", "order.intake", order.clone()),
+            ],
+            vec!["refused", "refused", "refused", "refused", "taken"],
+        ),
+        (
+            "support",
+            vec![("orderflow.receiving", "received", receipt.clone()), default("orderflow.service.payment")],
+            vec!["refused", "refused"],
+        ),
+        (
+            "receiving",
+            vec![
+                ("orderflow.domains", "domain.catalog", item.clone()),
+                ("orderflow.workflow", "order.intake", order.clone()),
+                default("orderflow.service.payment"),
+            ],
+            vec!["refused", "refused", "refused"],
+        ),
+        (
+            "backoffice",
+            vec![
+                ("orderflow.receiving", "received", receipt.clone()),
+                ("orderflow.workflow", "order.intake", order.clone()),
+                default("orderflow.service.payment"),
+            ],
+            vec!["refused", "refused", "refused"],
+        ),
+        ("tracker", vec![default("orderflow.service.payment")], vec!["refused"]),
+        ("distributor-sim", vec![default("orderflow.service.payment")], vec!["refused"]),
+    ];
+    for (role, attempts, expected) in cases {
+        let outcomes = publish_as(&stack, role, &attempts);
+        let kinds: Vec<&str> = outcomes.iter().map(|o| o.split(' ').next().unwrap_or_default()).collect();
+        assert_eq!(kinds, expected, "{role}: {outcomes:?}");
+        for outcome in outcomes.iter().filter(|o| o.starts_with("refused")) {
+            assert!(outcome.contains("ACCESS_REFUSED"), "{role}: refused by the broker's grants: {outcome}");
+        }
+    }
+
+    // Support may not write the catalog: the domain refuses it with the reason.
+    ok(stack.start_domains().await);
+    let connection = shared::transport::connect(&stack.role_url("support"), "test").await.unwrap();
+    let support = DomainClient::open(&connection, &stack.role_user("support")).await.unwrap();
+    let catalog = DomainCopy::primary("catalog");
+    let put = serde_json::from_str::<Value>(&item).unwrap();
+    let refused = support.call(catalog, &put, Some("cheap"), Duration::from_secs(10)).await.unwrap_err();
+    assert!(refused.to_string().contains("only the back office or the operator may"), "{refused}");
+    let connection = shared::transport::connect(&stack.role_url("backoffice"), "test").await.unwrap();
+    let back_office = DomainClient::open(&connection, &stack.role_user("backoffice")).await.unwrap();
+    back_office.call(catalog, &put, Some("cheap"), Duration::from_secs(10)).await.unwrap();
+}
+
+fn ok<T>(result: anyhow::Result<T>) -> T {
+    result.unwrap_or_else(|error| panic!("{error:#}"))
+}

@@ -5,7 +5,8 @@
 //! reason and the declined order never ships; each role may publish only
 //! what its one job needs (the broker refuses the rest); the public door
 //! and support cannot write the catalog; what every role that answers calls
-//! must keep (the default exchange, for direct reply-to) is measured.
+//! must keep (the default exchange, for direct reply-to) is measured, and
+//! a flood of junk calls through it is refused, counted and charges nothing.
 
 use serde_json::{json, Value};
 use shared::domain_client::DomainClient;
@@ -208,4 +209,67 @@ async fn each_role_may_publish_only_what_its_job_needs() {
 
 fn ok<T>(result: anyhow::Result<T>) -> T {
     result.unwrap_or_else(|error| panic!("{error:#}"))
+}
+
+/// The issue's seventh attack: a user that must write to the default
+/// exchange (to answer its own callers on direct reply-to; here the catalog
+/// domain's) posts 2,000 junk calls straight into payment's service queue.
+/// The broker cannot refuse them (see the README's Security section);
+/// payment refuses every one by its sender and counts it
+/// (`orderflow_refused_total`), charges nothing, and orders go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_calls_from_a_stranger_is_refused_counted_and_charges_nothing() {
+    if pika_missing() {
+        return;
+    }
+    let mut stack = Stack::start_with_node_users("svc-trust-flood").await;
+    stack.stop("payment-1").await;
+    let metrics = format!("127.0.0.1:{}", harness::stack::free_port().unwrap());
+    ok(stack.spawn_with("payment", "payment-1", &[("ORDERFLOW_METRICS_ADDR", &metrics)]));
+    let script = r#"
+import json, sys, uuid, pika
+url, user, element, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+connection = pika.BlockingConnection(pika.URLParameters(url))
+channel = connection.channel()
+for i in range(n):
+    channel.basic_publish("", "orderflow.service.payment", element.encode(), pika.BasicProperties(
+        content_type="application/json", user_id=user, message_id=str(uuid.uuid4()),
+        headers={"x-orderflow-mode": "directed"}))
+connection.close()
+"#;
+    let mut element: Value = serde_json::to_value(shared::order::OrderElement::placed(
+        serde_json::from_value(orders::valid(1, "standard")).unwrap(),
+    ))
+    .unwrap();
+    element["state"] = json!("accepted");
+    let (url, user) = (stack.role_url("catalog"), stack.role_user("catalog"));
+    let started = std::time::Instant::now();
+    let output = Command::new("python3")
+        .args(["-c", script, &url, &user, &element.to_string(), "2000"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "pika: {}", String::from_utf8_lossy(&output.stderr));
+    let mut refused = 0.0;
+    for _ in 0..600 {
+        let text = reqwest::get(format!("http://{metrics}/metrics")).await.unwrap().text().await.unwrap();
+        refused = text
+            .lines()
+            .find(|line| line.starts_with("orderflow_refused_total{"))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if refused >= 2000.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("2,000 junk calls refused by payment in {:.1} s", started.elapsed().as_secs_f64());
+    assert_eq!(refused, 2000.0, "payment counted every refused call once");
+    let processor = stack.sqlite("processor", "processor_charges").await;
+    let id = element["order_id"].as_str().unwrap();
+    let charged = format!("SELECT COUNT(*) FROM processor_charges WHERE order_id = '{id}'");
+    assert_eq!(count(&processor, &charged).await, 0, "a stranger's call charged a card");
+    let after = stack.publish(&[orders::valid(1, "standard")]);
+    stack.wait_terminal(&after, Duration::from_secs(60)).await;
+    assert_eq!(stack.order(&after[0]).await.state, "shipped");
 }

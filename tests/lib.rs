@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
+use topology::management::secret_file_name;
 use topology::management::Management;
-use topology::permissions::secret_file_name;
 use uuid::Uuid;
 
 /// The local broker's management API.
@@ -328,8 +328,8 @@ impl Stack {
         self.config.env.iter().find(|(key, _)| key == "DATABASE_URL").map(|(_, url)| url.as_str())
     }
 
-    /// Opens the store of `owner` (`processor`, `inventory`, `shipping`,
-    /// `tracker`): the stack's PostgreSQL database, or else its SQLite file
+    /// Opens the store of `owner` (`processor`, `shipping`, ...): the
+    /// stack's PostgreSQL database, or else its SQLite file
     /// ([`Stack::sqlite`]); waits until the owner has created `table`.
     pub async fn store(&self, owner: &str, table: &str) -> sqlx::AnyPool {
         match self.database_url() {
@@ -347,7 +347,7 @@ impl Stack {
         }
     }
 
-    /// Opens one of the stack's SQLite stores (`processor`, `inventory`, `shipping`, `tracker`),
+    /// Opens one of the stack's SQLite stores (`processor`, `shipping`, ...),
     /// waiting until its owner has created `table`.
     pub async fn sqlite(&self, owner: &str, table: &str) -> sqlx::AnyPool {
         sqlx::any::install_default_drivers();

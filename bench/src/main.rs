@@ -59,7 +59,7 @@ pub struct Args {
     /// scale-out with 1 and 2 payment instances. Its figures are not measurements.
     #[arg(long)]
     pub smoke: bool,
-    /// Folder holding the orderflow binaries (tracker, intake, payment, ...).
+    /// Folder holding the orderflow binaries (every one of `topology processes`).
     #[arg(long, default_value = "target/release")]
     pub bin_dir: PathBuf,
     /// Also write the markdown report to this file.
@@ -112,8 +112,8 @@ pub struct Args {
     /// (ORDERFLOW_PREFETCH=1 on payment); the smoke run always skips it.
     #[arg(long)]
     pub no_serial_scale: bool,
-    /// Hops of the relay's chain (6: a multi-unit order's path).
-    #[arg(long, default_value_t = 6)]
+    /// Hops of the relay's chain [default: a multi-unit order's path through the workflow definition].
+    #[arg(long, default_value_t = relay::multi_unit_hops())]
     pub hops: usize,
     /// Warm-up orders on every fresh stack before measuring [default: 50; smoke 10].
     #[arg(long)]

@@ -11,9 +11,9 @@
 //! ack. A chain is complete when its last hop's audit message is consumed.
 //! Chains are published like the orderflow load: confirmed windows, with a
 //! bounded number of chains in flight.
-//! Six hops: a multi-unit order's path (intake, payment, inventory, picklist,
-//! rebin, shipping); single-unit orders skip rebin, so the relay does at least
-//! an average order's work.
+//! As many hops as a multi-unit order's path through the workflow
+//! definition has nodes ([`multi_unit_hops`]: six today); single-unit orders
+//! skip rebin, so the relay does at least an average order's work.
 
 use crate::progress::Progress;
 use crate::stats::{now_secs, Dist, Throughput};
@@ -43,6 +43,11 @@ const T0_HEADER: &str = "x-bench-t0";
 /// Like the tracker: prefetch 1000, chunks of up to 500.
 const AUDIT_PREFETCH: u16 = 1000;
 const AUDIT_CHUNK: usize = 500;
+
+/// The hops of a multi-unit order's happy path, from the workflow definition.
+pub fn multi_unit_hops() -> usize {
+    topology::WORKFLOW.happy_path(&topology::workflow::Facts { units: 2, holds_reservation: false }).len()
+}
 
 #[derive(Clone, Debug)]
 pub struct RelayConfig {

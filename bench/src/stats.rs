@@ -186,6 +186,20 @@ mod tests {
     use shared::tracker_api::HistoryEntry;
 
     #[test]
+    fn the_segments_follow_the_workflow_definition() {
+        let facts = topology::workflow::Facts { units: 2, holds_reservation: false };
+        let path = topology::WORKFLOW.happy_path(&facts);
+        let mut states = vec!["placed"];
+        states.extend(path.iter().map(|(_, state)| state.as_str()));
+        assert_eq!(SEGMENTS.len(), path.len() + 1, "one segment per hop, and the tracker's");
+        for (segment, pair) in SEGMENTS.iter().zip(states.windows(2)) {
+            assert_eq!(segment.1, pair[1], "{segment:?} against the definition's {pair:?}");
+            assert!(segment.0.split(" or ").any(|from| from == pair[0]), "{segment:?} against {pair:?}");
+        }
+        assert_eq!(SEGMENTS.last().unwrap().0, *states.last().unwrap());
+    }
+
+    #[test]
     fn percentiles_are_nearest_rank() {
         let v: Vec<f64> = (1..=100).map(f64::from).collect();
         assert_eq!(percentile(&v, 50.0), 50.0);

@@ -145,7 +145,7 @@ pub enum Command {
     Call {
         #[command(subcommand)]
         status: Option<CallCommand>,
-        /// The service: intake, payment, inventory, picklist, rebin, shipping or exceptions.
+        /// The service: a node of the workflow (`topology workflow` lists them).
         #[arg(value_parser = values::node, value_name = "SERVICE", required = true)]
         service: Option<shared::Node>,
         /// The element (or plain order) to call it with: one JSON object.

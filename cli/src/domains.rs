@@ -11,7 +11,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use shared::domain_client::{ClientError, DomainClient};
-use shared::domains::{CopyStatus, Customer};
+use shared::domains::{CopyStatus, Customer, CustomerRequest, RecordRequest};
 use shared::settings::Settings;
 use shared::text::escaped;
 use std::path::Path;
@@ -110,7 +110,11 @@ pub async fn customer(settings: &Settings, command: CustomerCommand) -> anyhow::
     let outcome = match command {
         CustomerCommand::Get { id, region, json } => {
             match session
-                .ask(customer_copy(region.region.as_deref()), json!({"op": "get", "customer_id": id}), None)
+                .ask(
+                    customer_copy(region.region.as_deref()),
+                    CustomerRequest::Get { customer_id: id }.to_json(),
+                    None,
+                )
                 .await
             {
                 Ok(data) => print_customer(&data, json).map(|_| Outcome::Done)?,
@@ -118,7 +122,7 @@ pub async fn customer(settings: &Settings, command: CustomerCommand) -> anyhow::
             }
         }
         CustomerCommand::List { limit, after, region, json } => {
-            let request = json!({"op": "list", "after": after, "limit": limit});
+            let request = CustomerRequest::List { after, limit: Some(usize::from(limit)) }.to_json();
             match session.ask(customer_copy(region.region.as_deref()), request, None).await {
                 Ok(data) if json => {
                     println!("{}", serde_json::to_string_pretty(&data["customers"])?);
@@ -187,27 +191,29 @@ pub async fn customer(settings: &Settings, command: CustomerCommand) -> anyhow::
 pub async fn catalog(settings: &Settings, command: CatalogCommand) -> anyhow::Result<Outcome> {
     let session = Session::open(settings).await?;
     let CatalogCommand::Get { sku, json } = command;
-    let outcome =
-        match session.ask(DomainCopy::primary("catalog"), json!({"op": "get", "id": sku}), None).await {
-            Ok(item) if json => {
-                println!("{}", serde_json::to_string_pretty(&item)?);
-                Outcome::Done
-            }
-            Ok(item) => {
-                let price = item["price_cents"].as_i64().unwrap_or_default();
-                println!(
-                    "{}  {}  {}.{:02}  {} g  {}",
-                    escaped(item["sku"].as_str().unwrap_or_default()),
-                    escaped(item["title"].as_str().unwrap_or_default()),
-                    price / 100,
-                    price % 100,
-                    item["weight_grams"].as_i64().unwrap_or_default(),
-                    escaped(item["status"].as_str().unwrap_or_default())
-                );
-                Outcome::Done
-            }
-            Err(error) => failed(error),
-        };
+    let outcome = match session
+        .ask(DomainCopy::primary("catalog"), RecordRequest::Get { id: sku }.to_json(), None)
+        .await
+    {
+        Ok(item) if json => {
+            println!("{}", serde_json::to_string_pretty(&item)?);
+            Outcome::Done
+        }
+        Ok(item) => {
+            let price = item["price_cents"].as_i64().unwrap_or_default();
+            println!(
+                "{}  {}  {}.{:02}  {} g  {}",
+                escaped(item["sku"].as_str().unwrap_or_default()),
+                escaped(item["title"].as_str().unwrap_or_default()),
+                price / 100,
+                price % 100,
+                item["weight_grams"].as_i64().unwrap_or_default(),
+                escaped(item["status"].as_str().unwrap_or_default())
+            );
+            Outcome::Done
+        }
+        Err(error) => failed(error),
+    };
     session.close().await;
     Ok(outcome)
 }
@@ -218,7 +224,8 @@ pub async fn distributor(settings: &Settings, command: DistributorCommand) -> an
     let mut all: Vec<Value> = Vec::new();
     let mut after: Option<String> = None;
     let outcome = loop {
-        let request = json!({"op": "list", "after": after, "limit": shared::domains::MAX_PAGE});
+        let request =
+            RecordRequest::List { after: after.clone(), limit: Some(shared::domains::MAX_PAGE) }.to_json();
         match session.ask(DomainCopy::primary("distributor"), request, None).await {
             Ok(page) => {
                 let records = page["records"].as_array().cloned().unwrap_or_default();
@@ -265,7 +272,7 @@ async fn status(settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
     let mut rows: Vec<Value> = Vec::new();
     let mut all_answered = true;
     for copy in copies {
-        match session.ask(copy, json!({"op": "status"}), None).await {
+        match session.ask(copy, RecordRequest::Status {}.to_json(), None).await {
             Ok(status) => rows.push(status),
             Err(error) => {
                 all_answered = false;
@@ -314,13 +321,13 @@ const SEED_FILES: &[SeedFile] = &[
     SeedFile {
         file: "catalog.jsonl",
         domain: "catalog",
-        request: |record| json!({"op": "put", "record": record}),
+        request: |record| RecordRequest::Put { record }.to_json(),
         key: "sku",
     },
     SeedFile {
         file: "distributors.jsonl",
         domain: "distributor",
-        request: |record| json!({"op": "put", "record": record}),
+        request: |record| RecordRequest::Put { record }.to_json(),
         key: "distributor_id",
     },
     SeedFile {

@@ -136,6 +136,13 @@ pub enum CustomerRequest {
     },
 }
 
+impl CustomerRequest {
+    /// The request as it travels (`{"op": ..., ...}`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("a request always serializes")
+    }
+}
+
 /// A catalog item.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CatalogItem {
@@ -180,6 +187,14 @@ pub enum RecordRequest {
         record: serde_json::Value,
     },
     Status {},
+}
+
+impl RecordRequest {
+    /// The request as it travels (`{"op": ..., ...}`); `status` asks any
+    /// domain's copy (the customer domain reads it as its own `status`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("a request always serializes")
+    }
 }
 
 /// What a copy reports about itself (`status`).

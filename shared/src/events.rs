@@ -47,8 +47,9 @@ pub static CALLS_ANSWERED: Counter = Counter::new("calls_answered");
 pub static EVENTS_RECORDED: Counter = Counter::new("events_recorded");
 pub static ORDERS_MOVED: Counter = Counter::new("orders_moved");
 pub static REFUSED: Counter = Counter::new("refused");
+pub static STORE_FAILED: Counter = Counter::new("store_failed");
 
-static ALL: [&Counter; 12] = [
+static ALL: [&Counter; 13] = [
     &ELEMENTS_HANDLED,
     &DEAD_LETTERED,
     &RETRIED,
@@ -61,6 +62,7 @@ static ALL: [&Counter; 12] = [
     &EVENTS_RECORDED,
     &ORDERS_MOVED,
     &REFUSED,
+    &STORE_FAILED,
 ];
 
 /// Every counter of this process, name → value.
@@ -123,6 +125,23 @@ impl Refused<'_> {
             "refused a message"
         );
         REFUSED.increment();
+    }
+}
+
+/// A process's own store failed a query it cannot retry for its caller (the
+/// tracker's API answers 500): an operator should look at the store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreFailed<'a> {
+    pub owner: &'a str,
+    /// What the store was doing ("an API query").
+    pub during: &'a str,
+    pub error: &'a str,
+}
+
+impl StoreFailed<'_> {
+    pub fn emit(&self) {
+        tracing::error!(owner = self.owner, during = self.during, error = self.error, "the store failed");
+        STORE_FAILED.increment();
     }
 }
 
@@ -341,6 +360,9 @@ mod tests {
         });
         grows_by_at_least_one(&EVENTS_RECORDED, || EventsRecorded { received: 2, new: 1 }.emit());
         grows_by_at_least_one(&ORDERS_MOVED, || OrdersMoved { orders: 1, events: 6, late_events: 0 }.emit());
+        grows_by_at_least_one(&STORE_FAILED, || {
+            StoreFailed { owner: "tracker", during: "an API query", error: "locked" }.emit()
+        });
         grows_by_at_least_one(&REFUSED, || {
             Refused { node: "coordinator", what: "an answer", reason: "x" }.emit()
         });
@@ -363,7 +385,8 @@ mod tests {
                 "calls_answered",
                 "events_recorded",
                 "orders_moved",
-                "refused"
+                "refused",
+                "store_failed"
             ]
         );
         let before = snapshot()[1].1;

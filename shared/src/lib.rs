@@ -10,6 +10,7 @@ pub mod domain_client;
 pub mod domains;
 pub mod events;
 pub mod generate;
+pub mod headers;
 pub mod help;
 pub mod incident;
 pub mod metrics;

@@ -9,7 +9,6 @@
 //! `OTEL_BSP_*` settings itself. When it is off no layer is installed, so
 //! spans cost what they did before.
 
-use crate::trace::TraceContext;
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
 };
@@ -56,15 +55,17 @@ where
     Ok(Some(tracing_opentelemetry::layer().with_tracer(tracer)))
 }
 
-/// Makes `span` (not yet entered) a child of the span `parent` names.
-pub fn adopt(span: &tracing::Span, parent: &TraceContext) {
+/// Makes `span` (not yet entered) a child of the span a message names: its
+/// W3C trace id, span id and flags (`crate::trace::TraceContext`'s fields,
+/// passed as they are so that this module needs nothing of that one).
+pub fn adopt(span: &tracing::Span, trace_id: u128, span_id: u64, flags: u8) {
     if !enabled() {
         return;
     }
     let remote = SpanContext::new(
-        TraceId::from_bytes(parent.trace_id.to_be_bytes()),
-        SpanId::from_bytes(parent.span_id.to_be_bytes()),
-        TraceFlags::new(parent.flags),
+        TraceId::from_bytes(trace_id.to_be_bytes()),
+        SpanId::from_bytes(span_id.to_be_bytes()),
+        TraceFlags::new(flags),
         true,
         TraceState::default(),
     );

@@ -45,8 +45,32 @@ pub enum StageError {
     Transient(#[from] anyhow::Error),
 }
 
+/// A store's error: most are passing (a lock, a lost connection, a pool
+/// timed out) and are retried; a row the schema can never take (a NOT
+/// NULL, CHECK or foreign-key violation) or a schema that is not what the
+/// code reads (a column missing or of another type) fails the same way on
+/// every attempt, so it is permanent and says so. A unique violation stays
+/// passing: two instances racing for one key meet it, and a retry finds
+/// the row the other wrote.
 impl From<sqlx::Error> for StageError {
     fn from(error: sqlx::Error) -> StageError {
+        use sqlx::error::ErrorKind;
+        let permanent = match &error {
+            sqlx::Error::Database(db) => {
+                matches!(
+                    db.kind(),
+                    ErrorKind::NotNullViolation | ErrorKind::CheckViolation | ErrorKind::ForeignKeyViolation
+                )
+            }
+            sqlx::Error::ColumnNotFound(_)
+            | sqlx::Error::ColumnIndexOutOfBounds { .. }
+            | sqlx::Error::TypeNotFound { .. }
+            | sqlx::Error::ColumnDecode { .. } => true,
+            _ => false,
+        };
+        if permanent {
+            return StageError::Permanent(format!("the store can never take this: {error}"));
+        }
         StageError::Transient(error.into())
     }
 }
@@ -89,4 +113,31 @@ pub trait BatchStage: Send + Sync + 'static {
     fn group_key(&self, element: &OrderElement) -> String;
     /// Turns one released batch into one outcome per element.
     fn emit(&self, key: &str, batch: Vec<OrderElement>) -> Vec<Outcome>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_store_error_that_every_attempt_meets_is_permanent() {
+        use sqlx::Connection as _;
+        let mut db = sqlx::SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        sqlx::query("CREATE TABLE t (id TEXT PRIMARY KEY, qty BIGINT NOT NULL CHECK (qty > 0))")
+            .execute(&mut db)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO t VALUES ('a', 1)").execute(&mut db).await.unwrap();
+        let fails = |sql: &'static str| sqlx::query(sql);
+        let check = fails("INSERT INTO t VALUES ('b', 0)").execute(&mut db).await.unwrap_err();
+        assert!(matches!(StageError::from(check), StageError::Permanent(r) if r.contains("never take")));
+        let not_null = fails("INSERT INTO t VALUES ('c', NULL)").execute(&mut db).await.unwrap_err();
+        assert!(matches!(StageError::from(not_null), StageError::Permanent(_)));
+        let row = sqlx::query("SELECT id FROM t").fetch_one(&mut db).await.unwrap();
+        let missing = sqlx::Row::try_get::<String, _>(&row, "nope").unwrap_err();
+        assert!(matches!(StageError::from(missing), StageError::Permanent(_)));
+        let unique = fails("INSERT INTO t VALUES ('a', 2)").execute(&mut db).await.unwrap_err();
+        assert!(matches!(StageError::from(unique), StageError::Transient(_)), "a race between instances");
+        assert!(matches!(StageError::from(sqlx::Error::PoolTimedOut), StageError::Transient(_)));
+    }
 }

@@ -141,7 +141,7 @@ pub fn span(node: &str, properties: &BasicProperties, context: Option<&TraceCont
     }
     if let Some(context) = context {
         span.record("trace_id", tracing::field::display(context.trace_id()));
-        crate::otlp::adopt(&span, context);
+        crate::otlp::adopt(&span, context.trace_id, context.span_id, context.flags);
     }
     span
 }

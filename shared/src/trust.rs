@@ -316,7 +316,7 @@ fn or_nobody(users: &[String]) -> String {
 }
 
 fn recorded_sender(headers: Option<&FieldTable>) -> Option<String> {
-    crate::transport::message::header_text(headers, SENDER_HEADER)
+    crate::headers::header_text(headers, SENDER_HEADER)
 }
 
 /// Headers for a message this process relays: `headers` with the verified

@@ -208,7 +208,7 @@ async fn exported_definitions_load_into_a_real_broker() {
     management.import_definitions(&document).await.expect("the broker accepts the definitions");
 
     let user = topology::permissions::Role::Node(topology::Node::Payment).user(&prefix, &vhost);
-    let secret = topology::permissions::secret_file_name(&user);
+    let secret = topology::management::secret_file_name(&user);
     // Each role's password in a folder of its own (what each container mounts), none beside the definitions.
     assert!(!out.join("secrets").exists());
     let password = std::fs::read_to_string(out.join("roles").join("payment").join(secret)).unwrap();

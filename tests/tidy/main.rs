@@ -1,7 +1,8 @@
 //! Tidy: checks of the source tree itself, no broker needed (as
 //! rust-analyzer's `tidy`). Every `.rs` file opens with a `//!` line, every
 //! top-level folder and crate has a heading in ARCHITECTURE.md's code map, no
-//! crate declares a dependency it never uses, and no list of the workflow's
+//! crate declares a dependency it never uses, no ERROR line is logged but by a
+//! named event, and no list of the workflow's
 //! nodes is kept anywhere but in the workflow definition.
 
 use std::path::{Path, PathBuf};
@@ -123,11 +124,16 @@ fn no_node_list_outside_the_workflow_definition() {
         if !checked || path == definition {
             continue;
         }
-        // Prose in comments may name a path through the workflow; code may not.
+        // Prose in comments may name a path through the workflow; code may
+        // not, nor a `///` doc comment (clap prints it as `--help`).
+        let prose = |line: &str| {
+            let line = line.trim_start();
+            (line.starts_with("//") && !line.starts_with("///")) || line.starts_with('#')
+        };
         let text: String = std::fs::read_to_string(&path)
             .unwrap_or_default()
             .lines()
-            .filter(|line| !line.trim_start().starts_with("//") && !line.trim_start().starts_with('#'))
+            .filter(|line| !prose(line))
             .collect::<Vec<_>>()
             .join("\n");
         let words: Vec<&str> =
@@ -141,4 +147,32 @@ fn no_node_list_outside_the_workflow_definition() {
         lists.is_empty(),
         "node lists kept by hand (use topology::WORKFLOW / `topology processes`): {lists:?}"
     );
+}
+
+/// ARCHITECTURE.md: "operator-relevant events are named". An ERROR line means
+/// an operator must act, so it is logged only by a named event of
+/// `shared::events` (which also counts it), or by the few lines about the
+/// process itself: it cannot start, cannot log in, cannot hear SIGTERM.
+#[test]
+fn error_lines_come_only_from_named_events() {
+    let process_lines = [
+        "shared/src/events.rs",
+        "shared/src/telemetry.rs",
+        "shared/src/shutdown.rs",
+        "shared/src/transport/connect.rs",
+    ];
+    let mut ad_hoc = Vec::new();
+    for path in files(&root()) {
+        let name = relative(&path);
+        if !name.ends_with(".rs") || process_lines.contains(&name.as_str()) || name.starts_with("tests/") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        for (n, line) in text.lines().enumerate() {
+            if line.contains("tracing::error!") || line.trim_start().starts_with("error!(") {
+                ad_hoc.push(format!("{name}:{}", n + 1));
+            }
+        }
+    }
+    assert!(ad_hoc.is_empty(), "ERROR lines outside a named event (add one to shared::events): {ad_hoc:?}");
 }

@@ -25,6 +25,12 @@ pub fn encode(segment: &str) -> String {
         .collect()
 }
 
+/// The file (in a secrets folder) holding the password of `user`: the user
+/// name, percent-encoded so that any vhost name makes a plain file name.
+pub fn secret_file_name(user: &str) -> String {
+    encode(user)
+}
+
 /// The URLs of an `AMQP_URL`: one, or several separated by commas (the
 /// nodes of a cluster, tried in turn), all with the same user and vhost.
 pub fn amqp_urls(amqp_url: &str) -> Vec<&str> {
@@ -201,6 +207,7 @@ mod tests {
     fn vhost_names_are_encoded() {
         assert_eq!(encode("/"), "%2F");
         assert_eq!(encode("orderflow-test_1"), "orderflow-test_1");
+        assert_eq!(secret_file_name("orderflow-a/b.payment"), "orderflow-a%2Fb.payment");
     }
 
     #[test]

@@ -108,12 +108,6 @@ fn stack_prefix(prefix: &str, vhost: &str) -> String {
     }
 }
 
-/// The file (in a secrets folder) holding the password of `user`: the user
-/// name, percent-encoded so that any vhost name makes a plain file name.
-pub fn secret_file_name(user: &str) -> String {
-    crate::management::encode(user)
-}
-
 /// The nodes a node may forward elements to: derived from the workflow
 /// definition (the routes of the states the node produces).
 pub fn forwards_to(node: Node) -> Vec<Node> {
@@ -151,79 +145,8 @@ fn exact(names: &[&str]) -> String {
 
 pub fn grant(role: Role) -> Grant {
     match role {
-        Role::Node(node) => {
-            let queue = node.queue();
-            let changes = node.changes_queue();
-            // No configure right at all: `topology apply` declares every
-            // queue, a node only checks its own exist (a passive declare),
-            // and so it can never delete one. The retry queue is published
-            // to by key (topic write) and never consumed.
-            let retry_key = node.retry_routing_key();
-            let keys: Vec<String> = forwards_to(node).iter().map(|n| n.routing_key()).collect();
-            let mut keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            keys.push(&retry_key);
-            // As a service it replies to its callers' queues (the default
-            // exchange) and sends results for callbacks and polling.
-            let results = format!("^(callback\\..+|poll\\.{})$", node.name());
-            // It may ask the domains, and answers for a domain whose data it
-            // owns (`DomainDef::served_by`).
-            let mut read = vec![queue.clone(), changes.clone(), node.service_queue()];
-            read.extend(
-                served_domains(node).flat_map(|copy| crate::domain_queues(copy).into_iter().map(|q| q.name)),
-            );
-            let read: Vec<&str> = read.iter().map(String::as_str).collect();
-            let mut write = vec![
-                WORKFLOW_EXCHANGE,
-                AUDIT_EXCHANGE,
-                DEAD_LETTER_EXCHANGE,
-                RESULTS_EXCHANGE,
-                DEFAULT_EXCHANGE_RESOURCE,
-                DOMAINS_EXCHANGE,
-            ];
-            // Inventory sends the purchase orders of its backorders.
-            let purchase_orders = if node == Node::Inventory {
-                write.push(PURCHASE_ORDERS_EXCHANGE);
-                PURCHASE_ORDER_KEYS.to_string()
-            } else {
-                exact(&[])
-            };
-            Grant {
-                configure: exact(&[]),
-                write: exact(&write),
-                read: exact(&read),
-                topic: vec![
-                    topic(PURCHASE_ORDERS_EXCHANGE, purchase_orders, exact(&[])),
-                    topic(DOMAINS_EXCHANGE, DOMAIN_CALLS.to_string(), exact(&[])),
-                    topic(WORKFLOW_EXCHANGE, exact(&keys), exact(&[&node.routing_key(), &retry_key])),
-                    topic(AUDIT_EXCHANGE, format!("^audit\\.{}\\.[a-z_]+$", node.name()), exact(&[])),
-                    topic(DEAD_LETTER_EXCHANGE, format!("^{}\\.", node.name()), exact(&[])),
-                    topic(RESULTS_EXCHANGE, results, exact(&[])),
-                ],
-            }
-        }
-        Role::Coordinator => Grant {
-            configure: exact(&[]),
-            write: exact(&[
-                SERVICES_EXCHANGE,
-                AUDIT_EXCHANGE,
-                DEAD_LETTER_EXCHANGE,
-                DEFAULT_EXCHANGE_RESOURCE,
-            ]),
-            read: exact(&[
-                COORDINATOR_QUEUE,
-                COORDINATOR_REPLIES_QUEUE,
-                COORDINATOR_CHANGES_QUEUE,
-                UNKNOWN_SERVICE_QUEUE,
-            ]),
-            topic: vec![
-                topic(WORKFLOW_EXCHANGE, exact(&[]), exact(&[COORDINATOR_ROUTING_KEY])),
-                topic(SERVICES_EXCHANGE, "^service\\.[a-z_]+$".to_string(), exact(&[])),
-                topic(AUDIT_EXCHANGE, "^audit\\.coordinator\\.[a-z_]+$".to_string(), exact(&[])),
-                topic(DEAD_LETTER_EXCHANGE, "^coordinator\\.".to_string(), exact(&[])),
-                // Errors for requests to unknown services, to callback keys.
-                topic(RESULTS_EXCHANGE, "^callback\\..+$".to_string(), exact(&[])),
-            ],
-        },
+        Role::Node(node) => node_grant(node),
+        Role::Coordinator => coordinator_grant(),
         Role::Tracker => Grant {
             configure: exact(&[]),
             write: exact(&[DEAD_LETTER_EXCHANGE]),
@@ -305,6 +228,80 @@ pub fn grant(role: Role) -> Grant {
                 topic(PURCHASE_ORDERS_EXCHANGE, exact(&[]), exact(&[])),
             ],
         },
+    }
+}
+
+/// A node: its own queues, the routing keys the definition lets it
+/// forward with, its audit events, its service's answers, the domains.
+fn node_grant(node: Node) -> Grant {
+    let queue = node.queue();
+    let changes = node.changes_queue();
+    // No configure right at all: `topology apply` declares every
+    // queue, a node only checks its own exist (a passive declare),
+    // and so it can never delete one. The retry queue is published
+    // to by key (topic write) and never consumed.
+    let retry_key = node.retry_routing_key();
+    let keys: Vec<String> = forwards_to(node).iter().map(|n| n.routing_key()).collect();
+    let mut keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    keys.push(&retry_key);
+    // As a service it replies to its callers' queues (the default
+    // exchange) and sends results for callbacks and polling.
+    let results = format!("^(callback\\..+|poll\\.{})$", node.name());
+    // It may ask the domains, and answers for a domain whose data it
+    // owns (`DomainDef::served_by`).
+    let mut read = vec![queue.clone(), changes.clone(), node.service_queue()];
+    read.extend(served_domains(node).flat_map(|copy| crate::domain_queues(copy).into_iter().map(|q| q.name)));
+    let read: Vec<&str> = read.iter().map(String::as_str).collect();
+    let mut write = vec![
+        WORKFLOW_EXCHANGE,
+        AUDIT_EXCHANGE,
+        DEAD_LETTER_EXCHANGE,
+        RESULTS_EXCHANGE,
+        DEFAULT_EXCHANGE_RESOURCE,
+        DOMAINS_EXCHANGE,
+    ];
+    // Inventory sends the purchase orders of its backorders.
+    let purchase_orders = if node == Node::Inventory {
+        write.push(PURCHASE_ORDERS_EXCHANGE);
+        PURCHASE_ORDER_KEYS.to_string()
+    } else {
+        exact(&[])
+    };
+    Grant {
+        configure: exact(&[]),
+        write: exact(&write),
+        read: exact(&read),
+        topic: vec![
+            topic(PURCHASE_ORDERS_EXCHANGE, purchase_orders, exact(&[])),
+            topic(DOMAINS_EXCHANGE, DOMAIN_CALLS.to_string(), exact(&[])),
+            topic(WORKFLOW_EXCHANGE, exact(&keys), exact(&[&node.routing_key(), &retry_key])),
+            topic(AUDIT_EXCHANGE, format!("^audit\\.{}\\.[a-z_]+$", node.name()), exact(&[])),
+            topic(DEAD_LETTER_EXCHANGE, format!("^{}\\.", node.name()), exact(&[])),
+            topic(RESULTS_EXCHANGE, results, exact(&[])),
+        ],
+    }
+}
+
+/// The coordinator: calls the services, its audit events, the answers
+/// for unknown services.
+fn coordinator_grant() -> Grant {
+    Grant {
+        configure: exact(&[]),
+        write: exact(&[SERVICES_EXCHANGE, AUDIT_EXCHANGE, DEAD_LETTER_EXCHANGE, DEFAULT_EXCHANGE_RESOURCE]),
+        read: exact(&[
+            COORDINATOR_QUEUE,
+            COORDINATOR_REPLIES_QUEUE,
+            COORDINATOR_CHANGES_QUEUE,
+            UNKNOWN_SERVICE_QUEUE,
+        ]),
+        topic: vec![
+            topic(WORKFLOW_EXCHANGE, exact(&[]), exact(&[COORDINATOR_ROUTING_KEY])),
+            topic(SERVICES_EXCHANGE, "^service\\.[a-z_]+$".to_string(), exact(&[])),
+            topic(AUDIT_EXCHANGE, "^audit\\.coordinator\\.[a-z_]+$".to_string(), exact(&[])),
+            topic(DEAD_LETTER_EXCHANGE, "^coordinator\\.".to_string(), exact(&[])),
+            // Errors for requests to unknown services, to callback keys.
+            topic(RESULTS_EXCHANGE, "^callback\\..+$".to_string(), exact(&[])),
+        ],
     }
 }
 
@@ -417,6 +414,5 @@ mod tests {
         }
         assert_eq!(Role::of_user("orderflow-shop.payment", "orderflow-", "/"), None);
         assert_eq!(Role::of_user("guest", "orderflow-", "shop"), None);
-        assert_eq!(secret_file_name("orderflow-a/b.payment"), "orderflow-a%2Fb.payment");
     }
 }

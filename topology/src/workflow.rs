@@ -505,6 +505,29 @@ impl Workflow {
             .collect()
     }
 
+    /// The happy path of an element with these `facts`: each node it meets
+    /// from `placed` on and the state it leaves that node in (the node's
+    /// forward product, else its first terminal one: shipping's `shipped`).
+    /// A multi-unit order's is the longest; its length is the relay's hops.
+    pub fn happy_path(&self, facts: &Facts) -> Vec<(Node, OrderState)> {
+        let mut path = Vec::new();
+        let mut state = OrderState::Placed;
+        while let Some(node) = self.next_node(state, facts) {
+            let produced = self.produces(node);
+            let forward = produced.iter().find(|s| self.kind(**s) == Some(Forward));
+            let Some(next) = forward.or_else(|| produced.iter().find(|s| self.kind(**s) == Some(Terminal)))
+            else {
+                break;
+            };
+            if path.iter().any(|(n, _)| *n == node) {
+                break;
+            }
+            path.push((node, *next));
+            state = *next;
+        }
+        path
+    }
+
     /// The cut-off state that closes `change` for an order in `state`, if any:
     /// `state` is the cut-off's state or one the happy path reaches from it.
     pub fn closed_by(&self, change: ChangeType, state: OrderState) -> Option<OrderState> {
@@ -588,6 +611,15 @@ impl Workflow {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_happy_path_of_a_multi_unit_order_passes_every_forward_node() {
+        let multi = WORKFLOW.happy_path(&Facts { units: 2, holds_reservation: false });
+        let states: Vec<&str> = multi.iter().map(|(_, s)| s.as_str()).collect();
+        assert_eq!(states, ["accepted", "charged", "reserved", "picked", "rebinned", "shipped"]);
+        let single = WORKFLOW.happy_path(&Facts { units: 1, holds_reservation: false });
+        assert_eq!(single.len(), multi.len() - 1, "one unit skips rebin");
+    }
+
     use super::*;
 
     #[test]

@@ -7,8 +7,8 @@
 //! before its ack) is counted once. Only
 //! inventory's user may order; anything else is dead-lettered with the reason.
 
-use crate::domains::stock::{check_receipt, Receipt};
-use crate::stages::backorders::PurchaseOrder;
+use crate::inventory::backorders::PurchaseOrder;
+use crate::inventory::stock::{check_receipt, Receipt};
 use futures::StreamExt;
 use lapin::{message::Delivery, options::BasicQosOptions, BasicProperties, Connection};
 use shared::settings::Settings;

@@ -5,7 +5,9 @@
 pub mod catalog;
 pub mod coordinator;
 pub mod distributor_sim;
+pub mod domain_reads;
 pub mod domains;
+pub mod inventory;
 pub mod metrics;
 pub mod process;
 pub mod processor;

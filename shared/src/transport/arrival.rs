@@ -40,8 +40,7 @@ pub fn receive(ctx: &NodeContext, node: Node, delivery: &Delivery) -> Result<Arr
     }
     .map_err(|e| StageError::Permanent(e.to_string()))?;
     if let Err(reason) = ctx.trust.check_element(node, element.state, sender.as_deref()) {
-        let (order_id, state) = (element.order_id, element.state);
-        tracing::error!(node = node.name(), %order_id, %state, reason, "refused an element from a sender that may not send it");
+        crate::events::Refused { node: node.name(), what: "an element", reason: &reason }.emit();
         return Err(StageError::Permanent(format!("refused: {reason}")));
     }
     check_arrival(node, &element)?;

@@ -263,7 +263,7 @@ async fn settle_released(ctx: &NodeContext, publisher: &Publisher, released: Vec
     if messages.is_empty() && settled.is_empty() {
         return;
     }
-    match publisher.publish_all_patiently(&messages, super::runner::BROKER_PATIENCE).await {
+    match publisher.publish_all_patiently(&messages, super::publisher::BROKER_PATIENCE).await {
         Ok(()) => {
             tracing::debug!(node = ctx.node, size = settled.len(), "batch released");
             for (delivery, handled) in &settled {

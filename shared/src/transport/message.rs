@@ -210,21 +210,9 @@ pub enum DecodeError {
     Invalid(String),
 }
 
+pub use crate::headers::{header_text, value_text};
+
 /// Reads the schema version from the headers (absent means the current one).
-/// A text header's value (a long or short string); `None` when absent or not text.
-pub fn header_text(headers: Option<&FieldTable>, name: &str) -> Option<String> {
-    value_text(headers?.inner().get(&ShortString::from(name))?)
-}
-
-/// A header value as text, when it is a long or short string.
-pub fn value_text(value: &AMQPValue) -> Option<String> {
-    match value {
-        AMQPValue::LongString(text) => Some(text.to_string()),
-        AMQPValue::ShortString(text) => Some(text.to_string()),
-        _ => None,
-    }
-}
-
 fn header_schema(headers: Option<&FieldTable>) -> Option<String> {
     let value = headers?.inner().get(&ShortString::from(SCHEMA_HEADER))?;
     Some(match value {

@@ -50,6 +50,11 @@ pub fn publish_failure(error: PublishError) -> crate::stage::StageError {
     }
 }
 
+/// How long a node keeps sending an element's messages while the broker
+/// turns them down for a passing reason (a cluster node failing over takes
+/// seconds) before the failure counts as one of the element's attempts.
+pub const BROKER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How long a publish may wait for its confirm.
 pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 

@@ -108,10 +108,7 @@ async fn handle_traced<S: Stage>(
     }
 }
 
-/// How long a node keeps sending an element's messages while the broker
-/// turns them down for a passing reason (a cluster node failing over takes
-/// seconds) before the failure counts as one of the element's attempts.
-pub const BROKER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+use super::publisher::BROKER_PATIENCE;
 
 /// Publishes a handled element's messages, then acknowledges it (or settles the failure).
 async fn settle_handled(

@@ -128,7 +128,7 @@ async fn answer_call<S: Service>(
     let mut messages: Vec<Outgoing> = answered.placed.into_iter().collect();
     messages.extend(answered.kept.events.iter().map(audit_message));
     crate::trace::stamp(&mut messages, &trace);
-    if let Err(error) = publisher.publish_all_patiently(&messages, super::runner::BROKER_PATIENCE).await {
+    if let Err(error) = publisher.publish_all_patiently(&messages, super::publisher::BROKER_PATIENCE).await {
         tracing::warn!(node = node.name(), request_id = call.request_id, %error, "the call's events were not confirmed; it will be tried again");
         return requeue(&delivery).await;
     }

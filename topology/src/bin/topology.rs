@@ -8,7 +8,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use topology::definitions::{definitions_sized, UserSpec};
-use topology::permissions::{grant, secret_file_name, Role};
+use topology::management::secret_file_name;
+use topology::permissions::{grant, Role};
 
 /// The password kept in `<dir>/<user>` (see [`secret_file_name`]), if any.
 fn existing_secret(dir: &std::path::Path, user: &str) -> Option<String> {

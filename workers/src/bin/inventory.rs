@@ -3,8 +3,8 @@
 use shared::transport::domain::run_domain;
 use shared::transport::runner::run_stage;
 use shared::Node;
-use workers::domains::stock::StockDomain;
-use workers::stages::inventory::Inventory;
+use workers::inventory::stock::StockDomain;
+use workers::inventory::Inventory;
 use workers::Process;
 
 const PROCESS: Process = Process::node(

@@ -213,7 +213,7 @@ impl Coordinator {
             let (element, decided) = self.decide_changes(arrival.element).await?;
             messages.extend(decided);
             shared::trace::stamp(&mut messages, &trace);
-            publisher.publish_all_patiently(&messages, shared::transport::runner::BROKER_PATIENCE).await?;
+            publisher.publish_all_patiently(&messages, shared::transport::publisher::BROKER_PATIENCE).await?;
             let mut next = self.next_for(&element);
             next.trace = Some(trace.header());
             let record = self.store.place(next).await?;
@@ -296,7 +296,9 @@ impl Coordinator {
                 let detail = format!("{} step(s)", result.steps.len());
                 let (element, mut decided) = self.decide_changes(element).await?;
                 shared::trace::stamp(&mut decided, trace);
-                publisher.publish_all_patiently(&decided, shared::transport::runner::BROKER_PATIENCE).await?;
+                publisher
+                    .publish_all_patiently(&decided, shared::transport::publisher::BROKER_PATIENCE)
+                    .await?;
                 let next = self.next_for(&element);
                 let call = next.pending.clone();
                 let moved = self
@@ -388,7 +390,7 @@ impl Coordinator {
             .ok_or_else(|| Passing(format!("no service is named {}", pending.service)))?;
         let mut message = [flow::call_message(element, service, &pending.request_id)];
         shared::trace::stamp(&mut message, trace);
-        publisher.publish_all_patiently(&message, shared::transport::runner::BROKER_PATIENCE).await?;
+        publisher.publish_all_patiently(&message, shared::transport::publisher::BROKER_PATIENCE).await?;
         Ok(())
     }
 
@@ -401,15 +403,16 @@ impl Coordinator {
         reason: String,
         trace: &TraceContext,
     ) -> Result<(), Passing> {
-        tracing::error!(order_id = %element.order_id, service = pending.service, reason, "gave up a directed order");
+        let routing_key = format!("{NAME}.{}", pending.service);
+        shared::events::DeadLettered { node: NAME, routing_key: &routing_key, reason: &reason }.emit();
         let mut letter = [Outgoing {
             exchange: topology::DEAD_LETTER_EXCHANGE,
-            routing_key: format!("{NAME}.{}", pending.service),
+            routing_key,
             body: masked_body(element),
             properties: dead_letter_headers(NAME, topology::COORDINATOR_QUEUE, &pending.service, &reason),
         }];
         shared::trace::stamp(&mut letter, trace);
-        publisher.publish_all_patiently(&letter, shared::transport::runner::BROKER_PATIENCE).await?;
+        publisher.publish_all_patiently(&letter, shared::transport::publisher::BROKER_PATIENCE).await?;
         let failed = Some(reason.clone());
         let next =
             Next { element, trace: None, status: Status::Failed, pending: None, due_at: 0, reason: failed };

@@ -2,14 +2,11 @@
 //! where they run): `documents` (a copy's store and change log),
 //! `replication` (a primary's change stream, a replica following it),
 //! `customer` (customers, addresses, cards on file; a primary and
-//! replicas), `records` (the catalog and the distributors), `stock`
-//! (inventory's stock and its received-items queue, answered by the
-//! inventory node), `backorder_desk` (inventory's orders waiting for the
-//! received items).
+//! replicas), `records` (the catalog and the distributors). The stock
+//! domain, answered by the inventory process, lives with inventory
+//! (`crate::inventory::stock`).
 
-pub mod backorder_desk;
 pub mod customer;
 pub mod documents;
 pub mod records;
 pub mod replication;
-pub mod stock;

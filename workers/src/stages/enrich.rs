@@ -18,13 +18,11 @@
 //! the card on file of the order's customer as the customer domain answers
 //! it (`check_card_token`); the domain shows tokens to intake alone.
 
-use shared::domain_client::{ClientError, DomainClient};
-use shared::domains::{CardOnFile, CatalogItem, Customer};
+use crate::domain_reads::DomainReads;
+use shared::domains::{CardOnFile, CatalogItem, Customer, CustomerRequest, RecordRequest};
 use shared::order::{CatalogLine, FromDomains, Order, ShipTo, CARD_TOKEN_PREFIX};
-use shared::settings::Settings;
 use shared::stage::StageError;
 use std::collections::BTreeMap;
-use std::time::Duration;
 use topology::DomainCopy;
 
 /// Whether intake must read the domains for this order: it names an
@@ -179,98 +177,39 @@ pub fn enrich(mut order: Order, lookups: &Lookups) -> Result<(Order, FromDomains
     Ok((order, FromDomains { address_id, items, card_on_file }))
 }
 
-/// A node's reader of the domains (intake's lookups, inventory's
-/// suppliers): a client on a connection of its own, opened when first
-/// needed and again after it was lost.
-pub struct DomainReader {
-    settings: Settings,
-    /// The connection's name in the management UI.
-    connection_name: &'static str,
-    timeout: Duration,
-    client: tokio::sync::Mutex<Option<(lapin::Connection, std::sync::Arc<DomainClient>)>>,
+/// Reads the customer `customer_id` at the primary: the customer, or
+/// why not (an unknown id); a domain that does not answer is transient.
+pub async fn customer(
+    reads: &dyn DomainReads,
+    customer_id: &str,
+) -> Result<Result<Customer, String>, StageError> {
+    let answer = reads
+        .ask(
+            DomainCopy::primary("customer"),
+            CustomerRequest::Get { customer_id: customer_id.to_string() }.to_json(),
+        )
+        .await?;
+    Ok(answer.and_then(|data| serde_json::from_value(data).map_err(|e| format!("not a customer: {e}"))))
 }
 
-impl DomainReader {
-    pub fn new(settings: &Settings, connection_name: &'static str) -> anyhow::Result<DomainReader> {
-        let ms: u64 = match std::env::var("ORDERFLOW_DOMAIN_TIMEOUT_MS") {
-            Ok(text) => text
-                .trim()
-                .parse()
-                .map_err(|_| anyhow::anyhow!("ORDERFLOW_DOMAIN_TIMEOUT_MS must be milliseconds"))?,
-            Err(_) => 3000,
-        };
-        Ok(DomainReader {
-            settings: settings.clone(),
-            connection_name,
-            timeout: Duration::from_millis(ms.clamp(1, 600_000)),
-            client: tokio::sync::Mutex::new(None),
-        })
+/// Reads the customer and every distinct SKU of `order`, concurrently.
+pub async fn lookup(reads: &dyn DomainReads, order: &Order) -> Result<Lookups, StageError> {
+    let ask = |copy: DomainCopy, request: serde_json::Value| reads.ask(copy, request);
+    let customer = customer(reads, &order.customer_id);
+    let skus: std::collections::BTreeSet<&str> = order.items.iter().map(|i| i.sku.as_str()).collect();
+    let items = futures::future::join_all(skus.into_iter().map(|sku| {
+        let answer =
+            ask(DomainCopy::primary("catalog"), RecordRequest::Get { id: sku.to_string() }.to_json());
+        async move { (sku.to_string(), answer.await) }
+    }));
+    let (customer, items) = futures::join!(customer, items);
+    let mut lookups = Lookups { customer: Some(customer?), items: BTreeMap::new() };
+    for (sku, answer) in items {
+        let entry = answer?
+            .and_then(|data| serde_json::from_value(data).map_err(|e| format!("not a catalog item: {e}")));
+        lookups.items.insert(sku, entry);
     }
-
-    async fn client(&self) -> Result<std::sync::Arc<DomainClient>, StageError> {
-        let mut client = self.client.lock().await;
-        if client.as_ref().is_none_or(|(_, c)| c.is_broken()) {
-            let transient = |e: lapin::Error| {
-                StageError::Transient(anyhow::Error::from(e).context("reaching the domains"))
-            };
-            let connection = shared::transport::connect(&self.settings.amqp_url, self.connection_name)
-                .await
-                .map_err(transient)?;
-            let opened =
-                DomainClient::open(&connection, &self.settings.broker_user()).await.map_err(transient)?;
-            *client = Some((connection, std::sync::Arc::new(opened)));
-        }
-        Ok(client.as_ref().expect("opened above").1.clone())
-    }
-
-    /// Asks `copy`: its answer, or its refusal's reason; a copy that does
-    /// not answer in time is a transient failure.
-    pub async fn ask(
-        &self,
-        copy: DomainCopy,
-        request: serde_json::Value,
-    ) -> Result<Result<serde_json::Value, String>, StageError> {
-        let client = self.client().await?;
-        match client.call(copy, &request, None, self.timeout).await {
-            Ok(data) => Ok(Ok(data)),
-            Err(ClientError::Refused(reason)) => Ok(Err(reason)),
-            Err(ClientError::Unavailable(reason)) => {
-                Err(StageError::Transient(anyhow::anyhow!("{} did not answer: {reason}", copy.label())))
-            }
-        }
-    }
-
-    /// Reads the customer `customer_id` at the primary: the customer, or
-    /// why not (an unknown id); a domain that does not answer is transient.
-    pub async fn customer(&self, customer_id: &str) -> Result<Result<Customer, String>, StageError> {
-        let answer = self
-            .ask(
-                DomainCopy::primary("customer"),
-                serde_json::json!({"op": "get", "customer_id": customer_id}),
-            )
-            .await?;
-        Ok(answer.and_then(|data| serde_json::from_value(data).map_err(|e| format!("not a customer: {e}"))))
-    }
-
-    /// Reads the customer and every distinct SKU of `order`, concurrently.
-    pub async fn lookup(&self, order: &Order) -> Result<Lookups, StageError> {
-        let ask = |copy: DomainCopy, request: serde_json::Value| self.ask(copy, request);
-        let customer = self.customer(&order.customer_id);
-        let skus: std::collections::BTreeSet<&str> = order.items.iter().map(|i| i.sku.as_str()).collect();
-        let items = futures::future::join_all(skus.into_iter().map(|sku| {
-            let answer = ask(DomainCopy::primary("catalog"), serde_json::json!({"op": "get", "id": sku}));
-            async move { (sku.to_string(), answer.await) }
-        }));
-        let (customer, items) = futures::join!(customer, items);
-        let mut lookups = Lookups { customer: Some(customer?), items: BTreeMap::new() };
-        for (sku, answer) in items {
-            let entry = answer?.and_then(|data| {
-                serde_json::from_value(data).map_err(|e| format!("not a catalog item: {e}"))
-            });
-            lookups.items.insert(sku, entry);
-        }
-        Ok(lookups)
-    }
+    Ok(lookups)
 }
 
 #[cfg(test)]

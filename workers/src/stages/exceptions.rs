@@ -30,7 +30,7 @@ impl Stage for Exceptions {
             let refund = match self.processor.refund(element.order_id, charge).await? {
                 Ok(refund) => refund,
                 Err(reason) => {
-                    tracing::error!(order_id = %element.order_id, reason, "refund refused by the processor ledger");
+                    shared::events::Refused { node: "exceptions", what: "a refund", reason: &reason }.emit();
                     return Err(StageError::Permanent(reason));
                 }
             };

@@ -6,6 +6,7 @@
 //! the order's customer, asked of the customer domain (`super::enrich`).
 
 use crate::catalog;
+use crate::domain_reads::{DomainReader, DomainReads};
 use shared::domains::check_text;
 use shared::order::{FromDomains, Order};
 use shared::{Node, OrderElement, OrderState, Outcome, Stage, StageError};
@@ -108,13 +109,18 @@ fn mask_free_text(order: &mut Order) {
 /// placed by reference (`super::enrich`).
 #[derive(Default)]
 pub struct Intake {
-    domains: Option<super::enrich::DomainReader>,
+    domains: Option<std::sync::Arc<dyn DomainReads>>,
 }
 
 impl Intake {
     /// Intake reading the domains of the stack of `settings`.
     pub fn with_domains(settings: &shared::settings::Settings) -> anyhow::Result<Intake> {
-        Ok(Intake { domains: Some(super::enrich::DomainReader::new(settings, "intake-domains")?) })
+        Ok(Intake::reading(std::sync::Arc::new(DomainReader::new(settings, "intake-domains")?)))
+    }
+
+    /// Intake reading the domains through `domains` (a fake, in tests).
+    pub fn reading(domains: std::sync::Arc<dyn DomainReads>) -> Intake {
+        Intake { domains: Some(domains) }
     }
 
     /// A rejection, with the card number masked before anything records it.
@@ -152,7 +158,7 @@ impl Stage for Intake {
             if let Err(reason) = validate_before_lookup(&element.order) {
                 return Ok(Intake::reject(element, reason));
             }
-            let lookups = domains.lookup(&element.order).await?;
+            let lookups = super::enrich::lookup(domains.as_ref(), &element.order).await?;
             match super::enrich::enrich(element.order.clone(), &lookups) {
                 Ok((order, from)) => {
                     element.order = order;
@@ -170,7 +176,7 @@ impl Stage for Intake {
                 let reason = "a card token is taken only when intake can ask the customer domain whose it is";
                 return Ok(Intake::reject(element, reason.into()));
             };
-            let customer = domains.customer(&element.order.customer_id).await?;
+            let customer = super::enrich::customer(domains.as_ref(), &element.order.customer_id).await?;
             let checked =
                 super::enrich::check_card_token(&element.order, customer.as_ref().map_err(String::as_str));
             match checked {
@@ -190,7 +196,74 @@ impl Stage for Intake {
 #[cfg(test)]
 pub mod tests {
     use super::*;
+    use crate::domain_reads::{Answer, FakeDomains};
+    use serde_json::{json, Value};
     use shared::order::{Item, PaymentCard, ShipTo};
+
+    const TOKEN: &str = "tok_0123456789abcdef0123456789abcdef";
+
+    /// Customer C-1 (default address "2 New St", a card on file as intake
+    /// sees it) and SKU-0001 at 250 cents; anything else is refused; the
+    /// customer domain does not answer when `customer_down`.
+    fn domains(customer_down: bool) -> std::sync::Arc<dyn DomainReads> {
+        let customer = json!({"customer_id": "C-1", "name": "Ada", "email": "ada@example.com",
+            "addresses": [
+                {"address_id": "A1", "line1": "1 Old St", "city": "Leeds", "postal_code": "LS1", "country": "GB", "default": false},
+                {"address_id": "A2", "line1": "2 New St", "city": "Leeds", "postal_code": "LS2", "country": "GB", "default": true}],
+            "card": {"masked": "************1111", "expiry": "12/30", "token": TOKEN}});
+        let item = json!({"sku": "SKU-0001", "title": "Gadget", "price_cents": 250, "weight_grams": 300, "status": "active"});
+        std::sync::Arc::new(FakeDomains(
+            move |copy: &topology::DomainCopy, request: &Value| -> Option<Answer> {
+                match (copy.domain, request["op"].as_str()) {
+                    ("customer", _) if customer_down => None,
+                    ("customer", Some("get")) if request["customer_id"] == "C-1" => {
+                        Some(Ok(customer.clone()))
+                    }
+                    ("customer", _) => Some(Err("no customer".into())),
+                    ("catalog", Some("get")) if request["id"] == "SKU-0001" => Some(Ok(item.clone())),
+                    _ => Some(Err("no such record".into())),
+                }
+            },
+        ))
+    }
+
+    fn placed(order: Value) -> OrderElement {
+        OrderElement::placed(serde_json::from_value(order).unwrap())
+    }
+
+    fn last_step(outcome: &Outcome) -> (OrderState, &str) {
+        let step = outcome.steps.last().expect("a step");
+        (step.state, step.detail.as_str())
+    }
+
+    #[tokio::test]
+    async fn an_order_by_reference_is_built_from_the_domains_without_a_broker() {
+        let intake = Intake::reading(domains(false));
+        let order = json!({"customer_id": "C-1", "items": [{"sku": "SKU-0001", "qty": 2}], "shipping_method": "standard"});
+        let outcome = intake.handle(placed(order)).await.unwrap();
+        assert_eq!(last_step(&outcome).0, OrderState::Accepted, "{:?}", outcome.steps);
+        let built = &outcome.element;
+        assert_eq!(built.order.ship_to.line1, "2 New St", "the default address");
+        assert_eq!(built.order.payment.card_number, TOKEN, "the card on file pays");
+        let from = built.from_domains.as_ref().unwrap();
+        assert_eq!(from.items[0].price_cents, 250);
+        assert_eq!(from.card_on_file.as_deref(), Some("************1111"));
+    }
+
+    #[tokio::test]
+    async fn a_token_pays_only_for_its_customer_and_a_silent_domain_is_passing() {
+        let intake = Intake::reading(domains(false));
+        let stolen = json!({"customer_id": "C-2", "items": [{"sku": "SKU-0001", "qty": 1}], "shipping_method": "standard",
+            "ship_to": {"name": "Mallory", "line1": "9 Far Rd", "city": "York", "postal_code": "YO1", "country": "GB"},
+            "payment": {"card_number": TOKEN, "expiry": "12/30"}});
+        let outcome = intake.handle(placed(stolen)).await.unwrap();
+        let (state, reason) = last_step(&outcome);
+        assert_eq!(state, OrderState::Rejected);
+        assert!(reason.contains("does not belong to customer"), "{reason}");
+        let by_reference = json!({"customer_id": "C-1", "items": [{"sku": "SKU-0001", "qty": 1}], "shipping_method": "standard"});
+        let down = Intake::reading(domains(true)).handle(placed(by_reference)).await;
+        assert!(matches!(down, Err(StageError::Transient(_))), "a domain that does not answer never rejects");
+    }
 
     #[test]
     fn a_card_number_outside_the_card_field_is_masked_before_anything_records_it() {

@@ -185,13 +185,14 @@ fn verify(ctx: &NodeContext, sender: Option<&str>, record: Record) -> Result<Rec
                 return Ok(record);
             }
             let node = shared::text::escaped(&incident.node);
-            tracing::error!(node, "refused an incident from a sender that is not that node");
-            return Err(format!("refused: an incident of {node} must come from its own user"));
+            let reason = format!("an incident of {node} must come from its own user");
+            shared::events::Refused { node: "tracker", what: "an incident", reason: &reason }.emit();
+            return Err(format!("refused: {reason}"));
         }
     };
     let refused = |reason: String| {
-        let node = shared::text::escaped(&node);
-        tracing::error!(%order_id, node, state, reason, "refused an audit event from a sender that may not send it");
+        tracing::debug!(%order_id, state, "an audit event from a sender that may not send it");
+        shared::events::Refused { node: "tracker", what: "an audit event", reason: &reason }.emit();
         format!("refused: {reason}")
     };
     ctx.trust.check_event(&node, state, sender).map_err(refused)?;

@@ -110,7 +110,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 fn internal(e: sqlx::Error) -> Response {
-    tracing::error!(error = %e, "tracking store query failed");
+    shared::events::StoreFailed { owner: "tracker", during: "an API query", error: &e.to_string() }.emit();
     error(StatusCode::INTERNAL_SERVER_ERROR, "the tracking store is unavailable")
 }
 

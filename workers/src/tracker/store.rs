@@ -19,6 +19,28 @@ use sqlx::Row as _;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
 
+/// The warehouse's tables (`super::warehouse` moves ended orders there),
+/// kept with the active store's: one database, migrated at once.
+const WAREHOUSE_SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS warehouse_events (event_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, \
+     seq BIGINT NOT NULL, version BIGINT NOT NULL, node TEXT NOT NULL, instance_id TEXT NOT NULL, \
+     from_state TEXT, to_state TEXT NOT NULL, terminal BIGINT NOT NULL, at TEXT NOT NULL, detail TEXT NOT NULL, \
+     recorded_at TEXT NOT NULL, change_id TEXT, mode TEXT, trace_id TEXT, day TEXT NOT NULL, dwell_ms BIGINT, \
+     moved_at TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS warehouse_events_by_order ON warehouse_events (order_id, seq)",
+    "CREATE INDEX IF NOT EXISTS warehouse_events_by_time ON warehouse_events (at)",
+    "CREATE TABLE IF NOT EXISTS warehouse_orders (order_id TEXT PRIMARY KEY, state TEXT NOT NULL, \
+     customer_id TEXT, placed_at TEXT, updated_at TEXT NOT NULL, latency_ms BIGINT, steps BIGINT NOT NULL, \
+     day TEXT NOT NULL, moved_at TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS warehouse_orders_by_state ON warehouse_orders (state)",
+    "CREATE INDEX IF NOT EXISTS warehouse_orders_by_customer ON warehouse_orders (customer_id, order_id)",
+    "CREATE INDEX IF NOT EXISTS warehouse_orders_by_time ON warehouse_orders (updated_at)",
+];
+
+/// The columns an event row has in both stores.
+pub const EVENT_COLUMNS: &str = "event_id, order_id, seq, version, node, instance_id, from_state, to_state, \
+     terminal, at, detail, recorded_at, change_id, mode, trace_id";
+
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS tracker_events (event_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, \
      seq BIGINT NOT NULL, version BIGINT NOT NULL, node TEXT NOT NULL, instance_id TEXT NOT NULL, \
@@ -87,7 +109,7 @@ impl TrackerStore {
         store.add_column("tracker_orders", "units BIGINT").await?;
         store.migrate(INDEXES).await?;
         store.migrate(CALL_RESULTS).await?;
-        store.migrate(super::warehouse::SCHEMA).await?;
+        store.migrate(WAREHOUSE_SCHEMA).await?;
         store.migrate(INCIDENTS).await?;
         Ok(TrackerStore { store })
     }
@@ -135,7 +157,7 @@ impl TrackerStore {
     /// An order's state and ordered history, if the tracker knows it.
     pub async fn order(&self, order_id: Uuid) -> sqlx::Result<Option<OrderView>> {
         // Both stores: a moved order's late records wait in the active one until the next move.
-        let columns = super::warehouse::EVENT_COLUMNS;
+        let columns = EVENT_COLUMNS;
         let sql = format!(
             "SELECT {columns} FROM tracker_events WHERE order_id = $1 UNION ALL \
              SELECT {columns} FROM warehouse_events WHERE order_id = $1 ORDER BY seq, at"

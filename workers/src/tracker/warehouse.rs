@@ -19,32 +19,12 @@
 //! `tracker_events` until the next pass moves it beside the rest, and
 //! status queries read both stores meanwhile.
 
-use super::store::TrackerStore;
+use super::store::{TrackerStore, EVENT_COLUMNS};
 use shared::audit::rfc3339;
 use shared::store::Backend;
 use shared::tracker_api::StoreRows;
 use sqlx::Row as _;
 use std::time::Duration;
-
-pub const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS warehouse_events (event_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, \
-     seq BIGINT NOT NULL, version BIGINT NOT NULL, node TEXT NOT NULL, instance_id TEXT NOT NULL, \
-     from_state TEXT, to_state TEXT NOT NULL, terminal BIGINT NOT NULL, at TEXT NOT NULL, detail TEXT NOT NULL, \
-     recorded_at TEXT NOT NULL, change_id TEXT, mode TEXT, trace_id TEXT, day TEXT NOT NULL, dwell_ms BIGINT, \
-     moved_at TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS warehouse_events_by_order ON warehouse_events (order_id, seq)",
-    "CREATE INDEX IF NOT EXISTS warehouse_events_by_time ON warehouse_events (at)",
-    "CREATE TABLE IF NOT EXISTS warehouse_orders (order_id TEXT PRIMARY KEY, state TEXT NOT NULL, \
-     customer_id TEXT, placed_at TEXT, updated_at TEXT NOT NULL, latency_ms BIGINT, steps BIGINT NOT NULL, \
-     day TEXT NOT NULL, moved_at TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS warehouse_orders_by_state ON warehouse_orders (state)",
-    "CREATE INDEX IF NOT EXISTS warehouse_orders_by_customer ON warehouse_orders (customer_id, order_id)",
-    "CREATE INDEX IF NOT EXISTS warehouse_orders_by_time ON warehouse_orders (updated_at)",
-];
-
-/// The columns an event row has in both stores.
-pub const EVENT_COLUMNS: &str = "event_id, order_id, seq, version, node, instance_id, from_state, to_state, \
-     terminal, at, detail, recorded_at, change_id, mode, trace_id";
 
 /// How many orders one move transaction takes.
 pub const MOVE_BATCH: usize = 500;

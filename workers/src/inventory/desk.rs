@@ -1,5 +1,5 @@
 //! The backorder desk: the part of inventory that looks after the orders
-//! waiting for received items ([`crate::stages::backorders`]). Every round
+//! waiting for received items ([`super::backorders`]). Every round
 //! (the stock domain's tick, and after each receipt) it
 //!
 //! 1. sends the purchase orders decided but not sent yet, to the
@@ -17,8 +17,8 @@
 //! sent once confirmed: a crash in between sends it again, with the same
 //! ids (purchase orders, audit sequence numbers), which the receivers take once.
 
-use crate::stages::backorders::{Backorders, Exit, PurchaseOrder, Status};
-use crate::stages::inventory::reservation_lines;
+use super::backorders::{Backorders, Exit, PurchaseOrder, Status};
+use super::stage::reservation_lines;
 use lapin::BasicProperties;
 use shared::change::cancel_outcome;
 use shared::order::{Failure, Reservation};

@@ -10,7 +10,7 @@
 //!
 //! Each row also says whether its purchase orders went out (`ordered`) and
 //! whether its way out was sent on (`sent`): the desk
-//! ([`crate::domains::backorder_desk`]) sends both after the decision is
+//! ([`crate::inventory::desk`]) sends both after the decision is
 //! committed, and again after a crash (the receivers take each once).
 
 use chrono::Utc;
@@ -608,7 +608,7 @@ impl Backorders {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::inventory::{Inventory, ReserveResult, Supply};
+    use crate::inventory::stage::{Inventory, ReserveResult, Supply};
     use shared::order::{Item, Order};
     use shared::settings::Settings;
     use std::collections::BTreeMap;

@@ -18,10 +18,10 @@
 //! message id: one physical delivery is counted once however often it is
 //! scanned.
 
-use super::backorder_desk::BackorderDesk;
+use super::backorders::{self, OpenPurchaseOrder};
+use super::desk::BackorderDesk;
 use crate::catalog;
-use crate::stages::backorders::{self, OpenPurchaseOrder};
-use crate::stages::enrich::DomainReader;
+use crate::domain_reads::{DomainReader, DomainReads};
 use lapin::message::Delivery;
 use serde::{Deserialize, Serialize};
 use shared::domains::{check_id, page_size, Distributor};
@@ -170,7 +170,7 @@ pub struct StockDomain {
     /// Receipts are applied one at a time (SQLite sees one writer).
     applying: tokio::sync::Mutex<()>,
     /// Asks the distributor domain who a receipt's distributor is.
-    distributors: DomainReader,
+    distributors: std::sync::Arc<dyn DomainReads>,
     /// What it said of each distributor asked lately (`None`: no such distributor).
     known: tokio::sync::Mutex<HashMap<String, (Instant, Option<Distributor>)>>,
 }
@@ -187,7 +187,7 @@ impl StockDomain {
             store,
             desk,
             applying: tokio::sync::Mutex::new(()),
-            distributors: DomainReader::new(settings, "stock-distributors")?,
+            distributors: std::sync::Arc::new(DomainReader::new(settings, "stock-distributors")?),
             known: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -202,7 +202,7 @@ impl StockDomain {
                 return Ok(distributor.clone());
             }
         }
-        let request = serde_json::json!({"op": "get", "id": id});
+        let request = shared::domains::RecordRequest::Get { id: id.to_string() }.to_json();
         let distributor = match self.distributors.ask(DomainCopy::primary("distributor"), request).await? {
             Ok(record) => Some(
                 serde_json::from_value::<Distributor>(record)
@@ -461,8 +461,8 @@ async fn retry(delivery: &Delivery, error: &anyhow::Error) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::backorders::PurchaseOrder;
-    use crate::stages::inventory::{Inventory, ReserveResult, Supply};
+    use crate::inventory::backorders::PurchaseOrder;
+    use crate::inventory::stage::{Inventory, ReserveResult, Supply};
     use shared::domains::Supply as Supplies;
     use shared::order::{Item, Order, OrderElement};
     use std::collections::BTreeMap;

@@ -5,10 +5,10 @@
 //! exceptions (`stock_short`) and ends `out_of_stock`.
 
 use super::backorders::{self, PurchaseOrder};
-use super::enrich::DomainReader;
 use crate::catalog;
+use crate::domain_reads::{DomainReader, DomainReads};
 use chrono::Utc;
-use shared::domains::Distributor;
+use shared::domains::{Distributor, RecordRequest};
 use shared::order::{Failure, Order, Reservation};
 use shared::store::{stored_uuid, Store};
 use shared::{settings::Settings, Node, OrderElement, OrderState, Outcome, Stage, StageError};
@@ -65,7 +65,7 @@ pub fn waiting_element(element: &OrderElement) -> OrderElement {
 /// Who supplies what, from the distributor domain (its `list`), kept for a
 /// few seconds: a burst of shortages asks once.
 pub struct Suppliers {
-    reader: DomainReader,
+    reader: std::sync::Arc<dyn DomainReads>,
     known: tokio::sync::Mutex<Option<(Instant, BTreeMap<String, String>)>>,
 }
 
@@ -74,10 +74,12 @@ const SUPPLIERS_KEPT: Duration = Duration::from_secs(5);
 
 impl Suppliers {
     pub fn new(settings: &Settings) -> anyhow::Result<Suppliers> {
-        Ok(Suppliers {
-            reader: DomainReader::new(settings, "inventory-suppliers")?,
-            known: tokio::sync::Mutex::new(None),
-        })
+        Ok(Suppliers::reading(std::sync::Arc::new(DomainReader::new(settings, "inventory-suppliers")?)))
+    }
+
+    /// Suppliers read through `reader` (a fake, in tests).
+    pub fn reading(reader: std::sync::Arc<dyn DomainReads>) -> Suppliers {
+        Suppliers { reader, known: tokio::sync::Mutex::new(None) }
     }
 
     /// The supplier of each SKU some distributor supplies: the shortest lead
@@ -94,7 +96,7 @@ impl Suppliers {
         let mut best: BTreeMap<String, (i64, String)> = BTreeMap::new();
         let mut after: Option<String> = None;
         loop {
-            let request = serde_json::json!({"op": "list", "after": after, "limit": 100});
+            let request = RecordRequest::List { after: after.clone(), limit: Some(100) }.to_json();
             let page =
                 self.reader.ask(DomainCopy::primary("distributor"), request).await?.map_err(|reason| {
                     StageError::Transient(anyhow::anyhow!(
@@ -360,7 +362,41 @@ impl Stage for Inventory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain_reads::FakeDomains;
     use shared::order::Item;
+
+    /// Who supplies a short SKU is decided from the distributor domain
+    /// (read page by page through a fake, no broker): the shortest lead
+    /// time, then the lowest id; a refused or silent domain is passing.
+    #[tokio::test]
+    async fn the_supplier_of_a_short_sku_is_the_quickest_then_the_lowest_id() {
+        let pages = |copy: &DomainCopy, request: &serde_json::Value| {
+            assert_eq!(copy.domain, "distributor");
+            let records = match request["after"].as_str() {
+                None => serde_json::json!([
+                    {"distributor_id": "D-02", "name": "B", "supplies": [{"sku": "SKU-1", "lead_time_days": 3}, {"sku": "SKU-2", "lead_time_days": 1}]},
+                    {"distributor_id": "D-03", "name": "C", "supplies": [{"sku": "SKU-1", "lead_time_days": 2}]}]),
+                Some("D-03") => serde_json::json!([
+                    {"distributor_id": "D-01", "name": "A", "supplies": [{"sku": "SKU-2", "lead_time_days": 1}]}]),
+                Some(_) => serde_json::json!([]),
+            };
+            Some(Ok(serde_json::json!({ "records": records })))
+        };
+        let suppliers = Suppliers::reading(std::sync::Arc::new(FakeDomains(pages)));
+        let all = suppliers.all().await.unwrap();
+        assert_eq!(all.get("SKU-1").map(String::as_str), Some("D-03"), "the shortest lead time");
+        assert_eq!(all.get("SKU-2").map(String::as_str), Some("D-01"), "a tie goes to the lowest id");
+        let refused =
+            Suppliers::reading(std::sync::Arc::new(FakeDomains(|_: &DomainCopy, _: &serde_json::Value| {
+                Some(Err("no".to_string()))
+            })));
+        assert!(matches!(refused.all().await, Err(StageError::Transient(_))));
+        let silent =
+            Suppliers::reading(std::sync::Arc::new(FakeDomains(|_: &DomainCopy, _: &serde_json::Value| {
+                None
+            })));
+        assert!(matches!(silent.all().await, Err(StageError::Transient(_))));
+    }
 
     /// Stock short, then stock arrives, then the same element is redelivered:
     /// it gets the recorded decision again, and the stock is untouched.

@@ -27,4 +27,14 @@ if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null
 fi
 # The integration tests start the worker binaries: build them first.
 cargo build --workspace --bins
-cargo test --workspace "$@"
+# Every test stack's logs are scanned before its run directory goes
+# (harness::log_scan): a card token, an email, an address or a card number
+# in any log fails the suite.
+scan="${CARGO_TARGET_DIR:-$PWD/target}/log-scan.txt"
+rm -f "$scan"
+ORDERFLOW_LOG_SCAN_FILE="$scan" cargo test --workspace "$@"
+if [[ -s $scan ]]; then
+  head -n 20 "$scan" >&2
+  die "$(wc -l <"$scan") log lines of the test stacks hold a token, an email, an address or a card number (all in $scan)."
+fi
+say "the logs of every test stack were scanned: no token, email, address or card number."

@@ -12,6 +12,7 @@
 //! the bench needs (its publisher, its measurements) in `bench/`.
 
 pub mod broker;
+pub mod log_scan;
 pub mod stack;
 pub mod wait;
 

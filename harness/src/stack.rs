@@ -372,6 +372,7 @@ impl Stack {
             })
             .collect();
         self.vhost.delete().await?;
+        crate::log_scan::scan_run_dir(&self.run_dir);
         if unclean.is_empty() {
             let _ = std::fs::remove_dir_all(&self.run_dir);
         } else {
@@ -490,6 +491,7 @@ impl Drop for Stack {
                 eprintln!("note: stack stopped early; its logs are in {}", self.run_dir.display());
             }
         } else {
+            crate::log_scan::scan_run_dir(&self.run_dir);
             let _ = std::fs::remove_dir_all(&self.run_dir);
         }
     }

@@ -3,64 +3,15 @@
 //! addresses, cards on file) places orders by reference, answers direct
 //! reply-to calls (the sync service call, the domain reads, the replicas'
 //! lag checks); then every process's log is scanned for card tokens,
-//! emails, addresses, card digits and returned-message dumps. Left idle
+//! emails, addresses, card digits and returned-message dumps
+//! (`harness::log_scan`, which also scans every other test's logs when
+//! `scripts/test.sh` runs the suite). Left idle
 //! for 60 s, no process's log grows by 10 KB.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 use tests::Stack;
-
-/// What must never be in a log: (what it is, a test on one line).
-fn leaks(line: &str) -> Vec<&'static str> {
-    let mut found = Vec::new();
-    if line.contains("tok_") {
-        found.push("a card token");
-    }
-    if line.contains("@example.com") {
-        found.push("an email");
-    }
-    if line.contains("Market Sq") || line.contains("Hauptstrasse") {
-        found.push("an address");
-    }
-    if card_numbers(line) > 0 {
-        found.push("card digits");
-    }
-    if line.contains("returned us a message") {
-        found.push("a returned message's dump");
-    }
-    found
-}
-
-/// Card-like numbers in `line`: whole words of 13 to 19 digits that pass
-/// the Luhn check (a timestamp or an id's digits rarely do both).
-fn card_numbers(line: &str) -> usize {
-    line.split(|c: char| !c.is_ascii_alphanumeric())
-        .filter(|word| (13..=19).contains(&word.len()) && word.chars().all(|c| c.is_ascii_digit()))
-        .filter(|word| luhn(word))
-        .count()
-}
-
-fn luhn(digits: &str) -> bool {
-    let sum: u32 = digits
-        .chars()
-        .rev()
-        .filter_map(|c| c.to_digit(10))
-        .enumerate()
-        .map(|(i, d)| {
-            if i % 2 == 1 {
-                if d * 2 > 9 {
-                    d * 2 - 9
-                } else {
-                    d * 2
-                }
-            } else {
-                d
-            }
-        })
-        .sum();
-    sum.is_multiple_of(10)
-}
 
 fn log_sizes(dir: &Path) -> BTreeMap<String, u64> {
     std::fs::read_dir(dir)
@@ -69,16 +20,6 @@ fn log_sizes(dir: &Path) -> BTreeMap<String, u64> {
         .filter(|entry| entry.path().extension().is_some_and(|e| e == "log"))
         .map(|entry| (entry.file_name().to_string_lossy().to_string(), entry.metadata().unwrap().len()))
         .collect()
-}
-
-#[test]
-fn the_scan_finds_what_it_looks_for() {
-    assert_eq!(leaks(r#"card="tok_3f9a""#), ["a card token"]);
-    assert_eq!(leaks("ada.1@example.com"), ["an email"]);
-    assert_eq!(leaks("4111111111111111"), ["card digits"]);
-    assert_eq!(leaks("number=4000000000000002,"), ["card digits"]);
-    assert!(leaks("due_at=1733480000123").is_empty(), "a timestamp is not a card");
-    assert!(leaks("order 3f2a-11 took 120 ms; ************1111").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,15 +46,7 @@ async fn no_log_holds_a_token_an_email_an_address_or_card_digits_and_an_idle_sta
     }
     stack.wait_terminal(&[ids, plain].concat(), Duration::from_secs(90)).await;
 
-    let mut found = Vec::new();
-    for name in log_sizes(&stack.run_dir).keys() {
-        let text = std::fs::read_to_string(stack.run_dir.join(name)).unwrap_or_default();
-        for line in text.lines() {
-            for leak in leaks(line) {
-                found.push(format!("{name}: {leak}: {}", line.chars().take(300).collect::<String>()));
-            }
-        }
-    }
+    let found = harness::log_scan::leaking_lines(&stack.run_dir);
     assert!(found.is_empty(), "{} log lines leak:\n{}", found.len(), found.join("\n"));
 
     // Idle: only the replicas' lag checks and the ticks run.

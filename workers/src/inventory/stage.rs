@@ -337,6 +337,25 @@ impl Stage for Inventory {
         if element.state != OrderState::Charged {
             return Ok(None);
         }
+        // Reserved before (the node stopped, or the broker lost the
+        // forwarded element, before the delivery was acknowledged): it goes
+        // on reserved, and a cancel pending for it is decided by the next
+        // node, which sends it back here to release the units. Deciding the
+        // cancel here would send it on holding no reservation and the units
+        // would never come back.
+        let reserved: Option<String> = sqlx::query_scalar(
+            "SELECT reservation_id FROM inventory_reservations WHERE order_id = $1 AND released = 0",
+        )
+        .bind(element.order_id.to_string())
+        .fetch_optional(&self.store.pool)
+        .await?;
+        if let Some(reservation_id) = reserved {
+            let reservation = Reservation { reservation_id: stored_uuid(&reservation_id, "reservation_id")? };
+            let units: i64 = reservation_lines(&element.order).iter().map(|(_, q)| q).sum();
+            let detail = format!("reserved {units} units (reservation {})", reservation.reservation_id);
+            let element = OrderElement { reservation: Some(reservation), ..element.clone() };
+            return Ok(Some(Outcome::new(element).step(OrderState::Reserved, detail)));
+        }
         let recorded: Option<String> =
             sqlx::query_scalar("SELECT purchase_orders FROM inventory_backorders WHERE order_id = $1")
                 .bind(element.order_id.to_string())
@@ -396,6 +415,31 @@ mod tests {
                 None
             })));
         assert!(matches!(silent.all().await, Err(StageError::Transient(_))));
+    }
+
+    /// A charged element reserved before (its first delivery decided, then
+    /// lost before its ack) is reserved again as its prior outcome, so a
+    /// cancel pending for it is decided by the next node, which sends it
+    /// back holding the reservation: its units are never lost.
+    #[tokio::test]
+    async fn a_redelivered_reserved_element_keeps_its_reservation_as_its_prior_outcome() {
+        let dir = std::env::temp_dir().join(format!("orderflow-inventory-{}", Uuid::new_v4().simple()));
+        let mut settings = Settings::from_env().unwrap();
+        settings.database_url = None;
+        settings.run_dir = dir.clone();
+        let inventory = Inventory::open(&settings).await.unwrap();
+        let (sku, _) = catalog::seeded_stock().into_iter().next().unwrap();
+        let order = Order { items: vec![Item { sku: sku.to_string(), qty: 2 }], ..Default::default() };
+        let element = OrderElement { state: OrderState::Charged, ..OrderElement::placed(order) };
+        assert!(inventory.prior_outcome(&element).await.unwrap().is_none(), "nothing decided yet");
+        let first = inventory.handle(element.clone()).await.unwrap();
+        let reservation = first.element.reservation.clone().expect("reserved");
+        let prior = inventory.prior_outcome(&element).await.unwrap().expect("decided before");
+        assert_eq!(prior.steps.last().unwrap().state, OrderState::Reserved);
+        assert_eq!(prior.element.reservation, Some(reservation));
+        inventory.release(element.order_id).await.unwrap();
+        assert!(inventory.prior_outcome(&element).await.unwrap().is_none(), "released: nothing to keep");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     /// Stock short, then stock arrives, then the same element is redelivered:

@@ -47,34 +47,13 @@ fn card_numbers(line: &str) -> usize {
             && word.chars().all(|c| c.is_ascii_digit())
             && matches!(word.as_bytes()[0], b'2'..=b'6')
             && before != '.'
-            && luhn(word);
+            && shared::text::luhn_valid(word);
         count += usize::from(card_like);
         let Some(separator) = rest[end..].chars().next() else { break };
         before = separator;
         rest = &rest[end + separator.len_utf8()..];
     }
     count
-}
-
-fn luhn(digits: &str) -> bool {
-    let sum: u32 = digits
-        .chars()
-        .rev()
-        .filter_map(|c| c.to_digit(10))
-        .enumerate()
-        .map(|(i, d)| {
-            if i % 2 == 1 {
-                if d * 2 > 9 {
-                    d * 2 - 9
-                } else {
-                    d * 2
-                }
-            } else {
-                d
-            }
-        })
-        .sum();
-    sum.is_multiple_of(10)
 }
 
 /// Every leaking line of the `.log` files under `dir` (a process's own run

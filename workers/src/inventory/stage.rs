@@ -417,17 +417,22 @@ mod tests {
         assert!(matches!(silent.all().await, Err(StageError::Transient(_))));
     }
 
+    /// An inventory on a SQLite store of its own, and the folder to remove after.
+    async fn inventory_on_sqlite() -> (Inventory, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("orderflow-inventory-{}", Uuid::new_v4().simple()));
+        let mut settings = Settings::from_env().unwrap();
+        settings.database_url = None;
+        settings.run_dir = dir.clone();
+        (Inventory::open(&settings).await.unwrap(), dir)
+    }
+
     /// A charged element reserved before (its first delivery decided, then
     /// lost before its ack) is reserved again as its prior outcome, so a
     /// cancel pending for it is decided by the next node, which sends it
     /// back holding the reservation: its units are never lost.
     #[tokio::test]
     async fn a_redelivered_reserved_element_keeps_its_reservation_as_its_prior_outcome() {
-        let dir = std::env::temp_dir().join(format!("orderflow-inventory-{}", Uuid::new_v4().simple()));
-        let mut settings = Settings::from_env().unwrap();
-        settings.database_url = None;
-        settings.run_dir = dir.clone();
-        let inventory = Inventory::open(&settings).await.unwrap();
+        let (inventory, dir) = inventory_on_sqlite().await;
         let (sku, _) = catalog::seeded_stock().into_iter().next().unwrap();
         let order = Order { items: vec![Item { sku: sku.to_string(), qty: 2 }], ..Default::default() };
         let element = OrderElement { state: OrderState::Charged, ..OrderElement::placed(order) };
@@ -446,11 +451,7 @@ mod tests {
     /// it gets the recorded decision again, and the stock is untouched.
     #[tokio::test]
     async fn a_shortage_is_recorded_and_a_redelivery_is_short_again() {
-        let dir = std::env::temp_dir().join(format!("orderflow-inventory-{}", Uuid::new_v4().simple()));
-        let mut settings = Settings::from_env().unwrap();
-        settings.database_url = None;
-        settings.run_dir = dir.clone();
-        let inventory = Inventory::open(&settings).await.unwrap();
+        let (inventory, dir) = inventory_on_sqlite().await;
         let (sku, _) = catalog::seeded_stock().into_iter().next().unwrap();
         let element = OrderElement::placed(Order::default());
         let lines = vec![(sku.to_string(), 1_000_000_000)];

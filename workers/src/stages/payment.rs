@@ -10,30 +10,7 @@ use shared::{Node, OrderElement, OrderState, Outcome, Stage, StageError};
 /// The card the simulated processor always declines.
 pub const DECLINED_CARD: &str = "4000000000000002";
 
-pub fn luhn_valid(number: &str) -> bool {
-    let digits: Option<Vec<u32>> = number.chars().map(|c| c.to_digit(10)).collect();
-    let Some(digits) = digits else { return false };
-    if digits.is_empty() {
-        return false;
-    }
-    let sum: u32 = digits
-        .iter()
-        .rev()
-        .enumerate()
-        .map(|(i, &d)| {
-            if i % 2 == 1 {
-                if d * 2 > 9 {
-                    d * 2 - 9
-                } else {
-                    d * 2
-                }
-            } else {
-                d
-            }
-        })
-        .sum();
-    sum.is_multiple_of(10)
-}
+pub use shared::text::luhn_valid;
 
 /// True when `MM/YY` is a month before `today`'s (or not a valid expiry at all).
 pub fn expired(expiry: &str, today: NaiveDate) -> bool {

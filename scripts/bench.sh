@@ -11,6 +11,7 @@
 #   scripts/bench.sh --smoke         # seconds: checks that it runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
+: "${ORDERFLOW_PROFILE:=dist}"  # whole-program optimization (Cargo.toml)
 source scripts/lib.sh
 
 report=BENCHMARKS-latest.md

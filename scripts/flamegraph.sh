@@ -8,6 +8,7 @@
 #   scripts/flamegraph.sh [out.svg]     # default docs/flamegraph-saturated.svg
 set -euo pipefail
 cd "$(dirname "$0")/.."
+: "${ORDERFLOW_PROFILE:=dist}"  # whole-program optimization (Cargo.toml)
 source scripts/lib.sh
 out=${1:-docs/flamegraph-saturated.svg}
 command -v perf >/dev/null || die "perf is not installed (apt-get install linux-perf)"

@@ -18,6 +18,9 @@ amqp_port() {
   if [[ $rest == *:* ]]; then echo "${rest##*:}"; elif [[ $AMQP_URL == amqps://* ]]; then echo 5671; else echo 5672; fi
 }
 
+# AMQP_URL without its password (for messages).
+redacted_amqp_url() { sed -E 's#(://[^:/@]*):[^@]*@#\1:***@#' <<<"$AMQP_URL"; }
+
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
 is_local_host() { [[ $1 == 127.0.0.1 || $1 == localhost || $1 == ::1 ]]; }
@@ -62,7 +65,11 @@ ensure_broker() {
   fi
 }
 
-BIN=${ORDERFLOW_BIN_DIR:-$PWD/target/release}
+# The build the scripts run: `release` (optimized, builds in minutes) for the
+# demo and up.sh; scripts/bench.sh and scripts/flamegraph.sh set
+# ORDERFLOW_PROFILE=dist (whole-program optimization, a much longer first build).
+: "${ORDERFLOW_PROFILE:=release}"
+BIN=${ORDERFLOW_BIN_DIR:-$PWD/target/$ORDERFLOW_PROFILE}
 
 # True when every binary is there and no source, manifest or lock file is newer.
 release_is_current() {
@@ -73,13 +80,13 @@ release_is_current() {
   [[ -z $newer ]]
 }
 
-# Builds the binaries in release mode when they are missing or older than the
-# sources, showing cargo's progress (the first build takes minutes).
+# Builds the binaries with ORDERFLOW_PROFILE when they are missing or older
+# than the sources, showing cargo's progress (the first build takes minutes).
 build_release() {
   command -v cargo >/dev/null 2>&1 || die "cargo is not installed: install Rust from https://rustup.rs."
   release_is_current && return 0
-  say "building orderflow (release; the first build takes several minutes)..."
-  cargo build --release --workspace --bins
+  say "building orderflow (profile $ORDERFLOW_PROFILE; the first build takes several minutes)..."
+  cargo build --profile "$ORDERFLOW_PROFILE" --workspace --bins
   touch "$BIN/orderflow"
 }
 

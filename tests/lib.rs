@@ -108,7 +108,7 @@ impl Stack {
         let mut stack = Stack::empty(test, &all).await;
         stack._pg_share = Some(share);
         stack.config.run_dir_per_process = true;
-        for binary in harness::processes().into_iter().chain(harness::SUPPLY_PROCESSES) {
+        for binary in harness::processes().into_iter().chain(harness::supply_processes()) {
             for i in 1..=instances {
                 stack.spawn_instance(binary, i);
             }

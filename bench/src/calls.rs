@@ -37,7 +37,7 @@ pub async fn round_trips(connection: &Connection, user: &str, n: usize) -> anyho
         channel
             .basic_publish(
                 topology::SERVICES_EXCHANGE.into(),
-                topology::Node::Intake.service_routing_key().as_str().into(),
+                topology::WORKFLOW.door().service_routing_key().as_str().into(),
                 BasicPublishOptions::default(),
                 &body,
                 properties,

@@ -11,7 +11,6 @@ use shared::order::{Order, OrderElement};
 use shared::transport::message::{audit_message, element_message};
 use shared::transport::{Outgoing, Publisher};
 use std::time::{Duration, Instant};
-use topology::Node;
 use uuid::Uuid;
 
 /// Valid generated orders, as `orderflow publish --count` makes them.
@@ -38,7 +37,7 @@ fn place(order: Order, messages: &mut Vec<Outgoing>, route: Route) -> Uuid {
     let element = OrderElement::placed(order);
     let detail = format!("order from {} with {} units", element.order.customer_id, element.total_units());
     let placed = AuditEvent::for_transition(&element, None, "publisher", "bench", detail);
-    let mut message = element_message(&element, Node::Intake);
+    let mut message = element_message(&element, topology::WORKFLOW.door());
     if route == Route::Directed {
         message.routing_key = topology::COORDINATOR_ROUTING_KEY.to_string();
     }

@@ -45,7 +45,7 @@ use std::process::ExitCode;
     version,
     about = "Benchmark orderflow against the broker's limit for its message pattern; prints a markdown report",
     after_help = "Needs the local RabbitMQ with its management plugin (scripts/bench.sh makes sure of both) \
-                  and the built binaries (cargo build --release --workspace --bins).\n\n\
+                  and the built binaries (cargo build --profile dist --workspace --bins).\n\n\
                   Examples:\n  orderflow-bench --smoke                   # seconds: checks that everything runs\n  \
                   orderflow-bench --report BENCHMARKS.md    # the full run (tens of minutes)\n  \
                   orderflow-bench --soak --report SOAK.md   # 100,000 orders at 70 % of the maximum\n\n\
@@ -59,8 +59,9 @@ pub struct Args {
     /// scale-out with 1 and 2 payment instances. Its figures are not measurements.
     #[arg(long)]
     pub smoke: bool,
-    /// Folder holding the orderflow binaries (every one of `topology processes`).
-    #[arg(long, default_value = "target/release")]
+    /// Folder holding the orderflow binaries (every one of `topology processes`); scripts/bench.sh
+    /// builds them with the `dist` profile (whole-program optimization).
+    #[arg(long, default_value = "target/dist")]
     pub bin_dir: PathBuf,
     /// Also write the markdown report to this file.
     #[arg(long)]

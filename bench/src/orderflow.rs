@@ -8,7 +8,7 @@ use crate::load::{self, Published, Route};
 use crate::procfs;
 use crate::progress::Progress;
 use crate::stack::Stack;
-use crate::stats::{self, Dist, OrderTiming, Throughput, SEGMENTS};
+use crate::stats::{self, Dist, OrderTiming, Throughput};
 use shared::order::Order;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,7 +37,7 @@ pub struct RunResult {
     /// The total less the wait in the picklist's aggregation.
     pub outside: Dist,
     pub aggregation: Dist,
-    /// Per [`SEGMENTS`] entry.
+    /// Per [`stats::segments`] entry.
     pub segments: Vec<Dist>,
     /// Median total latency of the last quarter of orders less the first quarter's, ms.
     pub drift_ms: f64,
@@ -303,7 +303,7 @@ fn summarize(input: SummaryInput) -> RunResult {
         total,
         outside: Dist::of_ms(&timings.iter().map(OrderTiming::outside_aggregation_ms).collect::<Vec<_>>()),
         aggregation: Dist::of_ms(&timings.iter().map(|t| t.aggregation_ms).collect::<Vec<_>>()),
-        segments: (0..SEGMENTS.len())
+        segments: (0..stats::segments().len())
             .map(|i| Dist::of_ms(&timings.iter().map(|t| t.segments_ms[i]).collect::<Vec<_>>()))
             .collect(),
         drift_ms,

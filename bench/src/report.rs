@@ -3,7 +3,7 @@
 //! machine and how to rerun.
 
 use crate::orderflow::{Load, RunResult};
-use crate::stats::{median, Dist, SEGMENTS};
+use crate::stats::{median, segments, Dist};
 use crate::{Plan, Results};
 use chrono::{DateTime, Utc};
 use std::fmt::Write;
@@ -63,7 +63,7 @@ fn directed_section(o: &mut String, plan: &crate::Plan, results: &Results) {
     let cpu = |run: &RunResult, name: &str| -> f64 {
         run.cpu_per_process.iter().filter(|(l, _)| process_name(l) == name).map(|(_, c)| c).sum()
     };
-    for name in topology::workflow::processes() {
+    for name in harness::processes() {
         let _ = writeln!(o, "| {name} | {:.2} | {:.2} |", cpu(autonomous_run, name), cpu(&d.saturated, name));
     }
     let _ = writeln!(o);
@@ -498,7 +498,8 @@ pub fn markdown(context: &Context, results: &Results) -> String {
     let _ = writeln!(o, "Where the time goes at half rate (between the `at` of consecutive states; the last segment is the tracker's recording):\n");
     let _ = writeln!(o, "| segment | p50 | p99 | max |");
     let _ = writeln!(o, "|---|---|---|---|");
-    for ((from, to), d) in SEGMENTS.iter().zip(&half.segments) {
+    for (segment, d) in segments().iter().zip(&half.segments) {
+        let (from, to) = (segment.start_label(), segment.to);
         let _ = writeln!(o, "| {from} → {to} | {} | {} | {} |", ms(d.p50), ms(d.p99), ms(d.max));
     }
     let _ = writeln!(o);
@@ -585,7 +586,7 @@ pub fn markdown(context: &Context, results: &Results) -> String {
     );
     let _ = writeln!(
         o,
-        "target/release/orderflow-bench --help  # counts, durations, --env KEY=VALUE for every process"
+        "target/dist/orderflow-bench --help     # counts, durations, --env KEY=VALUE for every process"
     );
     let _ = writeln!(o, "```");
     let _ = writeln!(o);

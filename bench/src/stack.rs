@@ -18,7 +18,7 @@ pub fn check_binaries(bin_dir: &Path) -> anyhow::Result<()> {
         let path = bin_dir.join(binary);
         anyhow::ensure!(
             path.is_file(),
-            "{} is missing: build with `cargo build --release --workspace --bins` or pass --bin-dir",
+            "{} is missing: build with `cargo build --profile dist --workspace --bins` or pass --bin-dir",
             path.display()
         );
     }

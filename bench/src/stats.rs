@@ -113,16 +113,54 @@ pub fn open_loop_throughput(
     Throughput { per_sec: counted as f64 / window, window_secs: window, counted, short: false }
 }
 
-/// The segments between consecutive states of the happy path, for "where the time goes".
-pub const SEGMENTS: [(&str, &str); 7] = [
-    ("placed", "accepted"),
-    ("accepted", "charged"),
-    ("charged", "reserved"),
-    ("reserved", "picked"),
-    ("picked", "rebinned"),
-    ("picked or rebinned", "shipped"),
-    ("shipped", "recorded"),
-];
+/// One stretch of an order's way, for "where the time goes": from the
+/// latest of `from` the order passed to `to`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Segment {
+    /// The states it may start at, the latest first (`rebinned`, else `picked`).
+    pub from: Vec<&'static str>,
+    /// The state it ends at; `recorded` is the tracker storing the last one.
+    pub to: &'static str,
+}
+
+impl Segment {
+    /// `picked or rebinned`.
+    pub fn start_label(&self) -> String {
+        self.from.iter().rev().copied().collect::<Vec<_>>().join(" or ")
+    }
+}
+
+/// The state the tracker's storing of an order's last state is shown as.
+pub const RECORDED: &str = "recorded";
+
+/// The segments between consecutive states of the workflow definition's
+/// happy path of a multi-unit order (the longest), then the tracker's: a
+/// state a single-unit order skips (rebin's) is a segment of its own and a
+/// possible start of the next.
+pub fn segments() -> Vec<Segment> {
+    use topology::workflow::Facts;
+    let states = |units| -> Vec<&'static str> {
+        let path = topology::WORKFLOW.happy_path(&Facts { units, holds_reservation: false });
+        std::iter::once(topology::OrderState::Placed.as_str())
+            .chain(path.iter().map(|(_, s)| s.as_str()))
+            .collect()
+    };
+    let (longest, shortest) = (states(2), states(1));
+    let mut segments: Vec<Segment> = Vec::new();
+    for pair in longest.windows(2) {
+        let mut from = vec![pair[0]];
+        // A skippable state may be missing: the segment after it starts at the one before.
+        let mut at = pair[0];
+        while !shortest.contains(&at) {
+            let before = longest[longest.iter().position(|s| *s == at).unwrap_or(0).saturating_sub(1)];
+            from.push(before);
+            at = before;
+        }
+        segments.push(Segment { from, to: pair[1] });
+    }
+    segments.push(Segment { from: vec![longest[longest.len() - 1]], to: RECORDED });
+    segments
+}
 
 /// An order's timings, from its history.
 #[derive(Clone, Debug)]
@@ -135,8 +173,8 @@ pub struct OrderTiming {
     pub total_ms: f64,
     /// `picked.at - reserved.at`: the wait in the picklist's aggregation, in ms.
     pub aggregation_ms: f64,
-    /// Milliseconds per [`SEGMENTS`] entry (NaN where the order has no such step).
-    pub segments_ms: [f64; SEGMENTS.len()],
+    /// Milliseconds per [`segments`] entry (NaN where the order has no such step).
+    pub segments_ms: Vec<f64>,
 }
 
 fn parse(at: &str) -> Option<f64> {
@@ -150,22 +188,18 @@ impl OrderTiming {
         let placed = at("placed")?;
         let shipped = find("shipped")?;
         let completed = parse(&shipped.recorded_at)?;
-        let shipped_at = parse(&shipped.at)?;
         let (reserved, picked) = (at("reserved")?, at("picked")?);
-        let rebinned = at("rebinned");
-        let ms = |from: Option<f64>, to: Option<f64>| match (from, to) {
-            (Some(a), Some(b)) => (b - a) * 1000.0,
-            _ => f64::NAN,
-        };
-        let segments_ms = [
-            ms(Some(placed), at("accepted")),
-            ms(at("accepted"), at("charged")),
-            ms(at("charged"), Some(reserved)),
-            ms(Some(reserved), Some(picked)),
-            ms(Some(picked), rebinned),
-            ms(rebinned.or(Some(picked)), Some(shipped_at)),
-            ms(Some(shipped_at), Some(completed)),
-        ];
+        let when = |state: &str| if state == RECORDED { Some(completed) } else { at(state) };
+        let segments_ms = segments()
+            .iter()
+            .map(|segment| {
+                let from = segment.from.iter().find_map(|state| when(state));
+                match (from, when(segment.to)) {
+                    (Some(a), Some(b)) => (b - a) * 1000.0,
+                    _ => f64::NAN,
+                }
+            })
+            .collect();
         Some(OrderTiming {
             placed,
             completed,
@@ -187,16 +221,18 @@ mod tests {
 
     #[test]
     fn the_segments_follow_the_workflow_definition() {
-        let facts = topology::workflow::Facts { units: 2, holds_reservation: false };
-        let path = topology::WORKFLOW.happy_path(&facts);
-        let mut states = vec!["placed"];
-        states.extend(path.iter().map(|(_, state)| state.as_str()));
-        assert_eq!(SEGMENTS.len(), path.len() + 1, "one segment per hop, and the tracker's");
-        for (segment, pair) in SEGMENTS.iter().zip(states.windows(2)) {
-            assert_eq!(segment.1, pair[1], "{segment:?} against the definition's {pair:?}");
-            assert!(segment.0.split(" or ").any(|from| from == pair[0]), "{segment:?} against {pair:?}");
-        }
-        assert_eq!(SEGMENTS.last().unwrap().0, *states.last().unwrap());
+        let labels: Vec<(String, &str)> = segments().iter().map(|s| (s.start_label(), s.to)).collect();
+        let expected = [
+            ("placed", "accepted"),
+            ("accepted", "charged"),
+            ("charged", "reserved"),
+            ("reserved", "picked"),
+            ("picked", "rebinned"),
+            ("picked or rebinned", "shipped"),
+            ("shipped", "recorded"),
+        ];
+        let expected: Vec<(String, &str)> = expected.iter().map(|(a, b)| (a.to_string(), *b)).collect();
+        assert_eq!(labels, expected);
     }
 
     #[test]

@@ -11,21 +11,14 @@ use anyhow::Context;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use shared::domain_client::{ClientError, DomainClient};
-use shared::domains::{CopyStatus, Customer, CustomerRequest, RecordRequest};
+use shared::domains::{
+    AddressInput, CardInput, CopyStatus, Customer, CustomerRequest, RecordRequest, StockRequest,
+};
 use shared::settings::Settings;
 use shared::text::escaped;
 use std::path::Path;
 use std::time::Duration;
 use topology::DomainCopy;
-
-/// How long a command waits for a domain's answer.
-fn timeout() -> anyhow::Result<Duration> {
-    let ms = match std::env::var("ORDERFLOW_DOMAIN_TIMEOUT_MS") {
-        Ok(text) => text.trim().parse::<u64>().context("ORDERFLOW_DOMAIN_TIMEOUT_MS must be milliseconds")?,
-        Err(_) => 3000,
-    };
-    Ok(Duration::from_millis(ms.clamp(1, 600_000)))
-}
 
 /// A client on a connection of its own.
 struct Session {
@@ -40,7 +33,7 @@ impl Session {
             .await
             .with_context(|| format!("cannot connect to RabbitMQ at {}", settings.amqp_url_redacted()))?;
         let client = DomainClient::open(&connection, &settings.broker_user()).await?;
-        Ok(Session { connection, client, timeout: timeout()? })
+        Ok(Session { connection, client, timeout: settings.domain_timeout })
     }
 
     async fn ask(
@@ -71,8 +64,15 @@ fn customer_copy(region: Option<&str>) -> DomainCopy {
     DomainCopy::find("customer", region).expect("the region was checked by clap")
 }
 
-fn address(args: &AddressArgs) -> Value {
-    json!({"line1": args.line1, "city": args.city, "postal_code": args.postal_code, "country": args.country})
+fn address(args: &AddressArgs) -> AddressInput {
+    AddressInput {
+        address_id: None,
+        line1: args.line1.clone(),
+        city: args.city.clone(),
+        postal_code: args.postal_code.clone(),
+        country: args.country.clone(),
+        default: false,
+    }
 }
 
 fn print_customer(data: &Value, json: bool) -> anyhow::Result<()> {
@@ -154,10 +154,11 @@ pub async fn customer(settings: &Settings, command: CustomerCommand) -> anyhow::
             }
         }
         CustomerCommand::Add { id, name, email, address: at, card_number, card_expiry, request_id, json } => {
-            let card = card_number.map(|number| json!({"number": number, "expiry": card_expiry}));
-            let mut first = address(&at);
-            first["default"] = json!(true);
-            let request = json!({"op": "add", "customer_id": id, "name": name, "email": email, "addresses": [first], "card": card});
+            let card =
+                card_number.map(|number| CardInput { number, expiry: card_expiry.unwrap_or_default() });
+            let first = AddressInput { default: true, ..address(&at) };
+            let request =
+                CustomerRequest::Add { customer_id: id, name, email, addresses: vec![first], card }.to_json();
             let request_id = request_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
             match session.ask(DomainCopy::primary("customer"), request, Some(&request_id)).await {
                 Ok(data) if json => {
@@ -172,11 +173,8 @@ pub async fn customer(settings: &Settings, command: CustomerCommand) -> anyhow::
             }
         }
         CustomerCommand::SetAddress { id, address: at, address_id, default, request_id, region, json } => {
-            let mut request = address(&at);
-            request["op"] = json!("set_address");
-            request["customer_id"] = json!(id);
-            request["address_id"] = json!(address_id);
-            request["default"] = json!(default);
+            let address = AddressInput { address_id, default, ..address(&at) };
+            let request = CustomerRequest::SetAddress { customer_id: id, address }.to_json();
             let request_id = request_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
             match session.ask(customer_copy(region.region.as_deref()), request, Some(&request_id)).await {
                 Ok(data) => print_customer(&data, json).map(|_| Outcome::Done)?,
@@ -472,7 +470,7 @@ pub async fn receive(settings: &Settings, receipts: Vec<ReceiptLine>) -> anyhow:
 pub async fn stock(settings: &Settings, sku: &str, json: bool) -> anyhow::Result<Outcome> {
     let session = Session::open(settings).await?;
     let outcome = match session
-        .ask(DomainCopy::primary("stock"), json!({"op": "stock", "sku": sku}), None)
+        .ask(DomainCopy::primary("stock"), StockRequest::Stock { sku: sku.to_string() }.to_json(), None)
         .await
     {
         Ok(data) if json => {

@@ -17,7 +17,6 @@ use shared::transport::Publisher;
 use std::io::{BufRead, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use topology::Node;
 
 /// Reads one order per line; any line that is not a JSON object of the order
 /// shape stops the command before anything is published.
@@ -68,17 +67,6 @@ fn progress(total: usize) -> ProgressBar {
     bar
 }
 
-/// How long publishing may fail without progress before the command gives up.
-fn patience() -> anyhow::Result<Duration> {
-    let seconds = match std::env::var("ORDERFLOW_PUBLISH_PATIENCE_S") {
-        Ok(text) if !text.trim().is_empty() => text.trim().parse::<u64>().map_err(|_| {
-            anyhow::anyhow!("ORDERFLOW_PUBLISH_PATIENCE_S={text:?} is not a number of seconds")
-        })?,
-        _ => 120,
-    };
-    Ok(Duration::from_secs(seconds))
-}
-
 type Session = (deadpool_lapin::Object, Publisher);
 
 /// A connection from the pool (a new one when the last died) with a confirm channel.
@@ -104,7 +92,7 @@ pub async fn publish(
     rate: Option<f64>,
     directed: bool,
 ) -> anyhow::Result<()> {
-    let patience = patience()?;
+    let patience = settings.publish_patience;
     // The pool reconnects to the first broker URL (the workers move between all of them).
     let first_url = topology::management::amqp_urls(&settings.amqp_url).first().map(|u| u.to_string());
     let pool = deadpool_lapin::Config { url: first_url, ..Default::default() }.create_pool(
@@ -136,7 +124,11 @@ pub async fn publish(
                 AuditEvent::for_transition(element, None, "publisher", &instance, placed_detail(element));
             let mut placing = [
                 audit_message(&placed),
-                if directed { directed_message(element) } else { element_message(element, Node::Intake) },
+                if directed {
+                    directed_message(element)
+                } else {
+                    element_message(element, topology::WORKFLOW.door())
+                },
             ];
             // The order's trace starts here (its id is the order's).
             shared::trace::stamp(&mut placing, &shared::trace::TraceContext::of_order(element.order_id));
@@ -188,7 +180,7 @@ pub async fn publish(
 
 /// A placed element for the coordinator (directed mode).
 fn directed_message(element: &OrderElement) -> shared::transport::Outgoing {
-    let mut message = element_message(element, Node::Intake);
+    let mut message = element_message(element, topology::WORKFLOW.door());
     message.routing_key = topology::COORDINATOR_ROUTING_KEY.to_string();
     message
 }

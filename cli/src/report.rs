@@ -73,6 +73,12 @@ pub fn table(report: &Report) -> String {
         "\nchanges: {} requested, {} applied, {} rejected\n",
         c.requested, c.applied, c.rejected
     ));
+    if report.service_calls > 0 {
+        out.push_str(&format!(
+            "service calls: {} active orders are direct service calls' elements (each ends at the node called; not stuck)\n",
+            report.service_calls
+        ));
+    }
     if report.stuck.is_empty() {
         out.push_str("stuck orders: none\n");
     } else {

@@ -19,12 +19,30 @@ pub mod wait;
 pub use broker::{Broker, Vhost};
 pub use shared::tracker_api::{OrderStatus, OrderView, Stats, Statuses, TrackerClient};
 pub use stack::{Process, Stack, StackConfig};
-pub use topology::workflow::processes;
 pub use wait::{until, Check};
 
+use topology::{Process as ProcessDef, ServiceKind};
+
+/// The processes of a workflow stack, in start order: the tracker, the
+/// coordinator and the nodes (what most tests and the bench start).
+pub fn processes() -> Vec<&'static str> {
+    let workflow = |p: &ProcessDef| {
+        p.node().is_some()
+            || matches!(p.service_kind(), Some(ServiceKind::Tracker | ServiceKind::Coordinator))
+    };
+    ProcessDef::all().into_iter().filter(workflow).map(ProcessDef::name).collect()
+}
+
 /// What a stack runs besides [`processes`] for backorders: the distributor
-/// domain and the simulated distributors.
-pub const SUPPLY_PROCESSES: [&str; 2] = ["distributor", topology::DISTRIBUTOR_SIM];
+/// domain (inventory asks it who supplies a short item) and the simulated
+/// distributors.
+pub fn supply_processes() -> Vec<&'static str> {
+    let supply = |p: &ProcessDef| {
+        p.domain_copy().is_some_and(|copy| copy.domain == "distributor")
+            || p.service_kind() == Some(ServiceKind::DistributorSim)
+    };
+    ProcessDef::all().into_iter().filter(supply).map(ProcessDef::name).collect()
+}
 
 /// The workflow's nodes.
 pub fn nodes() -> Vec<&'static str> {
@@ -32,7 +50,7 @@ pub fn nodes() -> Vec<&'static str> {
 }
 
 /// Every process that hears in-flight changes (a queue of its own on the
-/// changes fanout): the nodes and the coordinator, every process but the tracker.
+/// changes fanout): the nodes and the coordinator.
 pub fn change_hearers() -> Vec<&'static str> {
-    processes().into_iter().filter(|p| *p != "tracker").collect()
+    ProcessDef::all().into_iter().filter(|p| p.hears_changes()).map(ProcessDef::name).collect()
 }

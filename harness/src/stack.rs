@@ -106,21 +106,24 @@ pub struct Stack {
     tracker: TrackerClient,
 }
 
-/// A port nobody listens on now (for a tracker's `ORDERFLOW_HTTP_ADDR`).
+/// A port nobody listens on now (for a tracker's `ORDERFLOW_HTTP_ADDR`),
+/// below Linux's ephemeral range (32768 and up): a port the kernel handed
+/// out for `:0` could go to another test's outgoing connection before the
+/// tracker binds it (seen once: "Address already in use").
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    for _ in 0..1000 {
+        let port = 20_000 + u16::try_from(uuid::Uuid::new_v4().as_u128() % 9_000).unwrap_or(0);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port between 20000 and 28999")
 }
 
-/// The queue a long-running process consumes, if it is one of the workflow's.
-fn queue_of(binary: &str) -> Option<String> {
-    match binary {
-        "tracker" => Some(topology::TRACKER_QUEUE.to_string()),
-        "coordinator" => Some(topology::COORDINATOR_QUEUE.to_string()),
-        topology::DISTRIBUTOR_SIM => Some(topology::DISTRIBUTOR_SHIPMENTS_QUEUE.to_string()),
-        other => topology::Node::from_name(other)
-            .map(|node| node.queue())
-            .or_else(|| topology::DomainCopy::from_process(other).map(|copy| copy.queue())),
-    }
+/// The queue a long-running process consumes first (its readiness shows
+/// as a consumer there), if it is one of the stack's.
+fn queue_of(name: &str) -> Option<String> {
+    topology::Process::find(name).and_then(|process| topology::consumed_queues(process).into_iter().next())
 }
 
 impl Stack {
@@ -158,7 +161,7 @@ impl Stack {
     /// the simulated distributors, and waits until the tracker answers and
     /// each consumes its queue.
     pub async fn start_all(&mut self) -> anyhow::Result<()> {
-        for binary in crate::processes().into_iter().chain(crate::SUPPLY_PROCESSES) {
+        for binary in crate::processes().into_iter().chain(crate::supply_processes()) {
             self.spawn(binary, &format!("{binary}-1"))?;
         }
         self.wait_ready(READY_TIMEOUT).await
@@ -167,10 +170,11 @@ impl Stack {
     /// Starts one instance of every domain process not running yet
     /// (`<process>-1`) and waits until each consumes its requests.
     pub async fn start_domains(&mut self) -> anyhow::Result<()> {
-        for process in topology::domains::processes() {
+        let domains = topology::Process::all().into_iter().filter(|p| p.domain_copy().is_some());
+        for process in domains.map(topology::Process::name) {
             let label = format!("{process}-1");
             if !self.processes.iter().any(|p| p.label == label) {
-                self.spawn(&process, &label)?;
+                self.spawn(process, &label)?;
             }
         }
         self.wait_ready(READY_TIMEOUT).await
@@ -182,7 +186,7 @@ impl Stack {
     /// `DATABASE_URL` settings leaks in.
     pub fn command(&self, process: &str) -> Command {
         // A domain's replica runs the domain's binary, told its region.
-        let (binary, region) = topology::domains::binary_of(process);
+        let (binary, region) = topology::processes::binary_of(process);
         let mut command = Command::new(self.config.bin_dir.join(binary));
         if let Some(region) = region {
             command.env("ORDERFLOW_REGION", region);

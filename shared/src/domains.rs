@@ -197,6 +197,33 @@ impl RecordRequest {
     }
 }
 
+/// The stock domain's requests (answered by the node that serves it, inventory).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum StockRequest {
+    /// One SKU's bin: on hand, reserved, received, backordered.
+    Stock {
+        sku: String,
+    },
+    /// The receipts counted, a page at a time.
+    Receipts {
+        #[serde(default)]
+        sku: Option<String>,
+        #[serde(default)]
+        after: Option<i64>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    Status {},
+}
+
+impl StockRequest {
+    /// The request as it travels (`{"op": ..., ...}`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("a request always serializes")
+    }
+}
+
 /// What a copy reports about itself (`status`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CopyStatus {

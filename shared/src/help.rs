@@ -197,6 +197,29 @@ pub const CLI: &[&str] = &[
     "ORDERFLOW_DOMAIN_TIMEOUT_MS",
 ];
 
+/// The default of setting `name`, as the settings table writes it: the one
+/// place a default is written (`crate::settings` parses it).
+pub fn default_of(name: &str) -> &'static str {
+    VARIABLES
+        .iter()
+        .find(|v| v.name == name)
+        .map_or_else(|| panic!("{name} is not in the settings table"), |v| v.default)
+}
+
+/// The variables of a group a process row names (`vocabulary::Reads`).
+pub fn group(reads: topology::Reads) -> &'static [&'static str] {
+    use topology::Reads;
+    match reads {
+        Reads::Node => NODE,
+        Reads::Picklist => PICKLIST,
+        Reads::Inventory => INVENTORY,
+        Reads::Tracker => TRACKER,
+        Reads::Coordinator => COORDINATOR,
+        Reads::Domain => DOMAIN,
+        Reads::DistributorSim => DISTRIBUTOR_SIM,
+    }
+}
+
 /// An "Environment:" section for `--help`: each named variable with its
 /// default and meaning.
 pub fn environment(groups: &[&[&str]]) -> String {

@@ -1,5 +1,10 @@
-//! Settings from the environment (documented in the README), read once at
-//! start by every binary. Credentials come only from here, never from code.
+//! Settings from the environment, read once at start by every binary into
+//! typed [`Settings`]: each default is written once, in the settings table
+//! (`crate::help::VARIABLES`, which is also `--help` and the README's table),
+//! and a bad value stops the process at start with the variable's name.
+//! Credentials come only from here, never from code. (The log settings,
+//! `RUST_LOG`, `ORDERFLOW_LOG_FORMAT` and `OTEL_*`, are read by
+//! `telemetry` before these, so that a bad value here is logged.)
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -43,6 +48,49 @@ pub struct Settings {
     /// before `AMQP_USER` replaces it): the administrator whose `orderflow dlq
     /// replay` a node trusts to send a dead letter back.
     pub operator_user: String,
+    /// `ORDERFLOW_DB_MAX_CONNECTIONS`: the most connections this process
+    /// opens to the PostgreSQL server of `DATABASE_URL`, all its stores together.
+    pub db_max_connections: u32,
+    /// `ORDERFLOW_METRICS_ADDR`: where the process serves its Prometheus
+    /// metrics (`GET /metrics`); unset, it serves none.
+    pub metrics_addr: Option<SocketAddr>,
+    /// `ORDERFLOW_DELAY_MS` and every `ORDERFLOW_DELAY_MS_<NODE>`: how long a
+    /// node instance is busy per element, to slow a stage down on purpose
+    /// (demos, tests, benchmarks); see [`Settings::delay_for`].
+    pub delays: Delays,
+    /// `ORDERFLOW_RESULT_RETENTION_S`: how long the tracker keeps a service
+    /// result kept for polling after it was first read.
+    pub result_retention: Duration,
+    /// `ORDERFLOW_WAREHOUSE_AFTER_S`: the quiet period after an order ended
+    /// before the tracker moves its history from the active store to the
+    /// warehouse (late duplicates and change records mostly arrive within it).
+    pub warehouse_after: Duration,
+    /// `ORDERFLOW_CALL_TIMEOUT_MS`: how long the coordinator waits for a
+    /// service's answer before it calls again (same request id).
+    pub call_timeout: Duration,
+    /// `ORDERFLOW_DOMAIN_TIMEOUT_MS`: how long intake and inventory wait for a domain's answer.
+    pub domain_timeout: Duration,
+    /// `ORDERFLOW_BACKORDER_WAIT_S`: how long a backordered order waits for
+    /// received items before it ends out of stock.
+    pub backorder_wait: Duration,
+    /// `ORDERFLOW_DISTRIBUTOR_DELAY_MS`: how long after taking a purchase
+    /// order the simulated distributors ship it.
+    pub distributor_delay: Duration,
+    /// `ORDERFLOW_REGION`: the customer binary's copy (`None`: the primary;
+    /// `uk`, `de`: that replica).
+    pub region: Option<String>,
+    /// `ORDERFLOW_PUBLISH_PATIENCE_S`: how long `orderflow publish` keeps
+    /// reconnecting without progress before it gives up.
+    pub publish_patience: Duration,
+}
+
+/// The per-element delays of the nodes, as set.
+#[derive(Clone, Debug, Default)]
+pub struct Delays {
+    /// `ORDERFLOW_DELAY_MS`, for every node without one of its own.
+    pub every_node: Option<Duration>,
+    /// `ORDERFLOW_DELAY_MS_<NODE>` (the node's name in capitals).
+    pub per_node: Vec<(String, Option<Duration>)>,
 }
 
 #[cfg(test)]
@@ -64,6 +112,17 @@ impl Settings {
             http_header_timeout: Duration::from_secs(10),
             user_prefix: "orderflow-".into(),
             operator_user: "guest".into(),
+            db_max_connections: 2,
+            metrics_addr: None,
+            delays: Delays::default(),
+            result_retention: Duration::from_secs(600),
+            warehouse_after: Duration::from_secs(300),
+            call_timeout: Duration::from_secs(5),
+            domain_timeout: Duration::from_secs(3),
+            backorder_wait: Duration::from_secs(600),
+            distributor_delay: Duration::from_secs(2),
+            region: None,
+            publish_patience: Duration::from_secs(120),
         }
     }
 }
@@ -72,14 +131,27 @@ fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
-fn parsed<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
-    match var(name) {
-        None => Ok(default),
-        Some(text) => {
-            text.trim().parse().map_err(|_| anyhow::anyhow!("{name}={text:?} is not a valid value"))
-        }
-    }
+/// The value of setting `name`: the environment's, else its default from
+/// the settings table; `what` says what a valid value is when it is not one.
+fn setting<T: std::str::FromStr>(name: &str, what: &str) -> anyhow::Result<T> {
+    let text = var(name).unwrap_or_else(|| crate::help::default_of(name).to_string());
+    text.trim().parse().map_err(|_| anyhow::anyhow!("{name}={text:?} is not valid: {what}"))
 }
+
+/// A whole number of `unit`s between `min` and `max`, as a duration.
+fn duration(name: &str, unit: Duration, min: u64, max: u64) -> anyhow::Result<Duration> {
+    let unit_name = if unit == Duration::from_millis(1) { "milliseconds" } else { "seconds" };
+    let what = format!("{unit_name} from {min} to {max}");
+    let n: u64 = setting(name, &what)?;
+    if !(min..=max).contains(&n) {
+        anyhow::bail!("{name}={n} is not valid: {what}");
+    }
+    Ok(unit * u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+const MS: Duration = Duration::from_millis(1);
+const S: Duration = Duration::from_secs(1);
+const DAY_S: u64 = 86_400;
 
 impl Settings {
     pub fn from_env() -> anyhow::Result<Settings> {
@@ -87,81 +159,48 @@ impl Settings {
             &var("AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.to_string()),
         )?
         .0;
+        let db_max_connections =
+            setting("ORDERFLOW_DB_MAX_CONNECTIONS", "a number of connections, at least 1")?;
+        if db_max_connections == 0 {
+            anyhow::bail!("ORDERFLOW_DB_MAX_CONNECTIONS=0 is not valid: a number of connections, at least 1");
+        }
         Ok(Settings {
             amqp_url: amqp_url_from_env()?,
             database_url: var("DATABASE_URL"),
             run_dir: var("ORDERFLOW_RUN_DIR").map(PathBuf::from).unwrap_or_else(|| "run".into()),
-            http_addr: parsed("ORDERFLOW_HTTP_ADDR", DEFAULT_HTTP_ADDR.parse()?)?,
-            prefetch: parsed("ORDERFLOW_PREFETCH", 64)?,
-            picklist_batch: parsed("ORDERFLOW_PICKLIST_BATCH", 25)?,
-            picklist_flush: Duration::from_millis(parsed("ORDERFLOW_PICKLIST_FLUSH_MS", 500)?),
-            max_message_bytes: parsed("ORDERFLOW_MAX_MESSAGE_BYTES", 64 * 1024)?,
-            max_attempts: parsed("ORDERFLOW_MAX_ATTEMPTS", 5)?,
+            http_addr: setting("ORDERFLOW_HTTP_ADDR", "an address such as 127.0.0.1:8089")?,
+            prefetch: setting("ORDERFLOW_PREFETCH", "a number of deliveries, 0 to 65535")?,
+            picklist_batch: setting("ORDERFLOW_PICKLIST_BATCH", "a number of orders")?,
+            picklist_flush: MS * setting::<u32>("ORDERFLOW_PICKLIST_FLUSH_MS", "milliseconds")?,
+            max_message_bytes: setting("ORDERFLOW_MAX_MESSAGE_BYTES", "a number of bytes")?,
+            max_attempts: setting("ORDERFLOW_MAX_ATTEMPTS", "a number of tries")?,
             instance_id: var("ORDERFLOW_INSTANCE_ID"),
-            change_retention: Duration::from_secs(parsed("ORDERFLOW_CHANGE_RETENTION_S", 86_400)?),
-            http_header_timeout: match parsed("ORDERFLOW_HTTP_HEADER_TIMEOUT_S", 10u64)? {
-                0 => anyhow::bail!("ORDERFLOW_HTTP_HEADER_TIMEOUT_S must be at least 1 (seconds)"),
-                seconds => Duration::from_secs(seconds),
-            },
+            change_retention: duration("ORDERFLOW_CHANGE_RETENTION_S", S, 0, 3650 * DAY_S)?,
+            http_header_timeout: duration("ORDERFLOW_HTTP_HEADER_TIMEOUT_S", S, 1, DAY_S)?,
             user_prefix: var("ORDERFLOW_USER_PREFIX").unwrap_or_else(|| "orderflow-".into()),
             operator_user: var("ORDERFLOW_OPERATOR_USER").unwrap_or(url_user),
+            db_max_connections,
+            metrics_addr: match var("ORDERFLOW_METRICS_ADDR") {
+                None => None,
+                Some(_) => Some(setting("ORDERFLOW_METRICS_ADDR", "an address such as 127.0.0.1:9101")?),
+            },
+            delays: Delays::from_env()?,
+            result_retention: duration("ORDERFLOW_RESULT_RETENTION_S", S, 0, 3650 * DAY_S)?,
+            warehouse_after: duration("ORDERFLOW_WAREHOUSE_AFTER_S", S, 0, 3650 * DAY_S)?,
+            call_timeout: duration("ORDERFLOW_CALL_TIMEOUT_MS", MS, 1, DAY_S * 1000)?,
+            domain_timeout: duration("ORDERFLOW_DOMAIN_TIMEOUT_MS", MS, 1, 600_000)?,
+            backorder_wait: backorder_wait()?,
+            distributor_delay: duration("ORDERFLOW_DISTRIBUTOR_DELAY_MS", MS, 0, DAY_S * 1000)?,
+            region: var("ORDERFLOW_REGION").filter(|region| region != "primary"),
+            publish_patience: duration("ORDERFLOW_PUBLISH_PATIENCE_S", S, 0, 3650 * DAY_S)?,
         })
     }
 
-    /// `ORDERFLOW_DB_MAX_CONNECTIONS`: the most connections this process opens
-    /// to the PostgreSQL server of `DATABASE_URL`, all its stores together
-    /// (read by `store::Store::open`; not a field, so that every test's
-    /// literal `Settings` need not change).
-    pub fn db_max_connections() -> anyhow::Result<u32> {
-        match parsed("ORDERFLOW_DB_MAX_CONNECTIONS", 8u32)? {
-            0 => anyhow::bail!("ORDERFLOW_DB_MAX_CONNECTIONS must be at least 1"),
-            n => Ok(n),
-        }
-    }
-
-    /// `ORDERFLOW_METRICS_ADDR`: where the process serves its Prometheus
-    /// metrics (`GET /metrics`); unset, it serves none.
-    pub fn metrics_addr() -> anyhow::Result<Option<SocketAddr>> {
-        match var("ORDERFLOW_METRICS_ADDR") {
-            None => Ok(None),
-            Some(text) => text.trim().parse().map(Some).map_err(|_| {
-                anyhow::anyhow!("ORDERFLOW_METRICS_ADDR={text:?} is not an address such as 127.0.0.1:9101")
-            }),
-        }
-    }
-
-    /// `ORDERFLOW_RESULT_RETENTION_S`: how long the tracker keeps a service
-    /// result kept for polling after it was first read.
-    pub fn result_retention() -> anyhow::Result<Duration> {
-        Ok(Duration::from_secs(parsed("ORDERFLOW_RESULT_RETENTION_S", 600u64)?))
-    }
-
-    /// `ORDERFLOW_WAREHOUSE_AFTER_S`: the quiet period after an order ended
-    /// before the tracker moves its history from the active store to the
-    /// warehouse (late duplicates and change records mostly arrive within it).
-    pub fn warehouse_after() -> anyhow::Result<Duration> {
-        Ok(Duration::from_secs(parsed("ORDERFLOW_WAREHOUSE_AFTER_S", 300u64)?))
-    }
-
-    /// `ORDERFLOW_CALL_TIMEOUT_MS`: how long the coordinator waits for a
-    /// service's answer before it calls again (same request id).
-    pub fn call_timeout() -> anyhow::Result<Duration> {
-        match parsed("ORDERFLOW_CALL_TIMEOUT_MS", 5000u64)? {
-            0 => anyhow::bail!("ORDERFLOW_CALL_TIMEOUT_MS must be at least 1 (milliseconds)"),
-            ms => Ok(Duration::from_millis(ms)),
-        }
-    }
-
-    /// `ORDERFLOW_DELAY_MS_<NODE>`, else `ORDERFLOW_DELAY_MS`: how long a node
-    /// instance is busy per element (one element at a time), to slow a stage
-    /// down on purpose (demos, tests, benchmarks).
-    pub fn delay_for(&self, node: &str) -> anyhow::Result<Option<Duration>> {
-        let specific = format!("ORDERFLOW_DELAY_MS_{}", node.to_ascii_uppercase());
-        let ms: u64 = match var(&specific) {
-            Some(_) => parsed(&specific, 0)?,
-            None => parsed("ORDERFLOW_DELAY_MS", 0)?,
-        };
-        Ok((ms > 0).then(|| Duration::from_millis(ms)))
+    /// How long `node` is busy per element: `ORDERFLOW_DELAY_MS_<NODE>`,
+    /// else `ORDERFLOW_DELAY_MS`; `None` when not at all.
+    pub fn delay_for(&self, node: &str) -> Option<Duration> {
+        let own = self.delays.per_node.iter().find(|(name, _)| name.eq_ignore_ascii_case(node));
+        own.map_or(self.delays.every_node, |(_, delay)| *delay)
     }
 
     pub fn instance_id(&self, node: &str) -> String {
@@ -241,6 +280,32 @@ pub fn redact_url(url: &str) -> String {
     let Some((userinfo, host)) = rest.split_once('@') else { return url.to_string() };
     let user = userinfo.split(':').next().unwrap_or_default();
     format!("{scheme}://{user}:***@{host}")
+}
+
+impl Delays {
+    fn from_env() -> anyhow::Result<Delays> {
+        let milliseconds = |name: &str| -> anyhow::Result<Option<Duration>> {
+            let delay = duration(name, MS, 0, DAY_S * 1000)?;
+            Ok((!delay.is_zero()).then_some(delay))
+        };
+        let mut per_node = Vec::new();
+        for (name, _) in std::env::vars() {
+            if let Some(node) = name.strip_prefix("ORDERFLOW_DELAY_MS_").filter(|_| var(&name).is_some()) {
+                per_node.push((node.to_ascii_lowercase(), milliseconds(&name)?));
+            }
+        }
+        Ok(Delays { every_node: milliseconds("ORDERFLOW_DELAY_MS")?, per_node })
+    }
+}
+
+/// `ORDERFLOW_BACKORDER_WAIT_S`: seconds (a fraction allowed), above 0 and at most a year.
+fn backorder_wait() -> anyhow::Result<Duration> {
+    let what = "seconds, above 0 and at most a year";
+    let seconds: f64 = setting("ORDERFLOW_BACKORDER_WAIT_S", what)?;
+    if !(seconds.is_finite() && seconds > 0.0 && seconds <= 31_536_000.0) {
+        anyhow::bail!("ORDERFLOW_BACKORDER_WAIT_S={seconds} is not valid: {what}");
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 #[cfg(test)]

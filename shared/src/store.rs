@@ -93,13 +93,13 @@ const SCHEMA_LOCK: &str = "SELECT pg_advisory_xact_lock(7270420601)::text";
 static POSTGRES_POOLS: tokio::sync::Mutex<Vec<(String, AnyPool)>> = tokio::sync::Mutex::const_new(Vec::new());
 
 /// The pool of this process for `url`, opened on first use.
-async fn postgres_pool(url: &str) -> anyhow::Result<AnyPool> {
+async fn postgres_pool(url: &str, max_connections: u32) -> anyhow::Result<AnyPool> {
     let mut pools = POSTGRES_POOLS.lock().await;
     if let Some((_, pool)) = pools.iter().find(|(known, pool)| known == url && !pool.is_closed()) {
         return Ok(pool.clone());
     }
     let pool = AnyPoolOptions::new()
-        .max_connections(Settings::db_max_connections()?)
+        .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
         .connect(url)
         .await
@@ -115,7 +115,8 @@ impl Store {
         sqlx::any::install_default_drivers();
         match settings.database_url.as_deref() {
             Some(url) if url.starts_with("postgres") => {
-                Ok(Store { pool: postgres_pool(url).await?, backend: Backend::Postgres })
+                let pool = postgres_pool(url, settings.db_max_connections).await?;
+                Ok(Store { pool, backend: Backend::Postgres })
             }
             Some(url) if url.starts_with("sqlite") => Self::open_sqlite(url).await,
             Some(other) => anyhow::bail!(

@@ -130,7 +130,7 @@ impl Trust {
     /// lets publish to intake may place an order; every later node takes an
     /// element only from a node the workflow says forwards that state to it.
     pub fn check_element(&self, node: Node, state: OrderState, sender: Option<&str>) -> Result<(), String> {
-        if node == Node::Intake && state == OrderState::Placed {
+        if node == WORKFLOW.door() && state == OrderState::Placed {
             return Ok(());
         }
         let senders = senders(node, state);
@@ -157,7 +157,7 @@ impl Trust {
     /// call carries claims (a charge, a reservation) that only the nodes'
     /// own results, which the coordinator checks, can vouch for.
     pub fn check_call(&self, node: Node, sender: Option<&str>) -> Result<(), String> {
-        if node == Node::Intake
+        if node == WORKFLOW.door()
             || self.is(sender, Role::Coordinator)
             || sender == Some(self.operator.as_str())
         {

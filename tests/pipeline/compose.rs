@@ -153,7 +153,7 @@ fn compose_file_names_every_service() {
         .map(|(name, service)| {
             let name = name.as_str().expect("service name").to_string();
             // A domain's replica runs the domain's binary, told its region.
-            let (binary, region) = topology::domains::binary_of(&name);
+            let (binary, region) = topology::processes::binary_of(&name);
             assert_eq!(service["command"][0].as_str(), Some(binary), "service {name} runs another binary");
             assert_eq!(service["environment"]["ORDERFLOW_REGION"].as_str(), region, "{name}'s region");
             name

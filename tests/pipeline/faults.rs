@@ -2,10 +2,12 @@
 //! moments, the tracker stopped for a while, connections cut under the
 //! workers. Every order still ends terminal, once, with one charge, one
 //! reservation and one shipment, and exactly the ordered units out of stock.
+//! A tracker that cannot write says, for an order not recorded yet, how far
+//! behind it is.
 
 use rand::{seq::SliceRandom, Rng};
 use std::time::Duration;
-use tests::{assert_books_balance, finish_publish, management, random_valid_order, steady, Stack};
+use tests::{assert_books_balance, finish_publish, management, orders, random_valid_order, steady, Stack};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_every_node_loses_and_doubles_nothing() {
@@ -146,4 +148,40 @@ async fn a_tracking_store_outage_pauses_the_tracker_and_loses_nothing() {
     let dead = management().queue(&stack.vhost.name, topology::DEAD_LETTER_QUEUE).await.unwrap();
     assert_eq!(dead["messages"].as_i64(), Some(0), "nothing was dead-lettered during the outage");
     assert_books_balance(&stack, &orders, &ids).await;
+}
+
+/// The tracker cannot write (its store locked by another writer) but its
+/// HTTP API answers: an order just placed is not "unknown" but "not recorded
+/// yet", with how far behind the tracker is (issue 31); once the store is
+/// free it is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_asked_while_the_tracker_is_behind_says_so() {
+    let stack = Stack::start("tracker-behind", &[]).await;
+    let never = uuid::Uuid::new_v4().to_string();
+    let unknown = stack.cli(&["status", &never]);
+    let said = String::from_utf8_lossy(&unknown.stderr).to_string();
+    assert!(said.contains(&format!("no order {never} is known")), "an idle tracker knows it: {said}");
+
+    let pool = stack.sqlite("tracker", "tracker_events").await;
+    let mut lock = pool.acquire().await.unwrap();
+    sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *lock).await.unwrap();
+    let id = stack.publish(&[orders::valid(1, "standard")])[0].to_string();
+    let behind = harness::until(Duration::from_secs(30), Duration::from_millis(500), || async {
+        let output = stack.cli(&["status", &id]);
+        let said = String::from_utf8_lossy(&output.stderr).to_string();
+        if said.contains("is recorded yet: the tracker is") {
+            Ok(harness::Check::Done(said))
+        } else {
+            Ok(harness::Check::Waiting(said))
+        }
+    })
+    .await;
+    sqlx::raw_sql("ROLLBACK").execute(&mut *lock).await.unwrap();
+    drop(lock);
+    let said = behind.unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(said.contains("audit messages behind"), "{said}");
+    assert!(!said.contains("is known"), "{said}");
+    let id = id.parse().unwrap();
+    stack.wait_terminal(&[id], Duration::from_secs(60)).await;
+    assert!(stack.cli(&["status", &id.to_string()]).status.success());
 }

@@ -9,7 +9,9 @@
 //!   still find them, Python's `sqlite3` reads the warehouse as it is, and a
 //!   late duplicate of a moved order's event makes nothing active again.
 //! - With shipping stopped the report lists the waiting orders as stuck at
-//!   shipping; once it is back they ship and nothing is stuck.
+//!   shipping; once it is back they ship and nothing is stuck. A direct
+//!   service call's element, which ends at intake by design, is counted
+//!   apart and never listed as stuck.
 
 use serde_json::{json, Value};
 use shared::report::Report;
@@ -214,6 +216,11 @@ async fn the_report_finds_the_slow_node_and_the_warehouse_keeps_every_figure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_waiting_at_a_stopped_node_are_reported_stuck_there() {
     let mut stack = Stack::start("insight-stuck", &[]).await;
+    // A direct call of intake's service: its element ends at intake, accepted,
+    // by design (issue 31): counted apart, never stuck at payment.
+    let order_file = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/order.json");
+    let called = stack.cli(&["call", "intake", "--element-file", order_file, "--sync", "--timeout", "10"]);
+    assert!(called.status.success(), "{}", String::from_utf8_lossy(&called.stderr));
     stack.stop("shipping-1").await;
     let ids = stack.publish(&(0..5).map(|_| orders::valid(1, "express")).collect::<Vec<_>>());
     let stuck = harness::until(Duration::from_secs(45), Duration::from_millis(500), || async {
@@ -230,6 +237,11 @@ async fn orders_waiting_at_a_stopped_node_are_reported_stuck_there() {
     .await
     .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(stuck.stuck.iter().all(|s| s.waiting_ms >= 2_000 && s.threshold_ms == 2_000), "{stuck:?}");
+    assert!(
+        stuck.stuck.iter().all(|s| s.at_node == "shipping"),
+        "the call's element is not stuck: {stuck:?}"
+    );
+    assert_eq!(stuck.service_calls, 1, "{stuck:?}");
     // Without an override, shipping (which handled nothing) waits for the default.
     let default = report(&stack, "last=300").await;
     assert_eq!(default.stuck_after_ms["shipping"], shared::report::DEFAULT_STUCK_AFTER.as_millis() as u64);
@@ -237,6 +249,7 @@ async fn orders_waiting_at_a_stopped_node_are_reported_stuck_there() {
     let out = stack.cli(&["report", "--stuck-after", "2s"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("{}  ", ids[0])) && text.contains("at shipping"), "{text}");
+    assert!(text.contains("service calls: 1 active orders"), "{text}");
 
     stack.spawn("shipping", "shipping-1");
     stack.wait_terminal(&ids, Duration::from_secs(60)).await;

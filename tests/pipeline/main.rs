@@ -42,6 +42,8 @@
 //! - `result_trust`: polled results bound to their caller (issue 30): a token reads them, a card never.
 //! - `audit_batches`: nodes batch their audit events; a batch is checked event by event (issue 12).
 //! - `receipt_trust`: receipts bound to an existing supplier and an open purchase order, counted once per shipment (issue 30).
+//! - `operations`: the scripts as a user runs them (issue 31): up.sh waits for every process and
+//!   names one that cannot start, refuses taken ports, `down.sh --purge` removes a stack.
 //! - `usage`: every binary's `--help` and `--version`, the CLI's argument checks, the log format.
 
 mod audit_batches;
@@ -59,6 +61,7 @@ mod faults;
 mod insight;
 mod log_hygiene;
 mod metrics;
+mod operations;
 mod outside;
 mod paths;
 mod picklist;

@@ -346,7 +346,7 @@ async fn a_stacks_users_are_its_own() {
     assert!(said.contains("already exists and its password is not in"), "{said}");
 
     // A tracker started with a wrong password says whose credentials were refused.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = harness::stack::free_port().unwrap();
     let log = stack.run_dir.join("refused-tracker.log");
     let mut refused = stack
         .command("tracker")

@@ -17,9 +17,15 @@ fn closed_port() -> String {
 /// Runs a binary with the broker and the tracker pointed at closed ports,
 /// killing it if it has not ended within `limit`.
 fn run_briefly(binary: &str, args: &[&str], limit: Duration) -> Output {
+    run_with(binary, args, &[], limit)
+}
+
+/// [`run_briefly`] with more settings in the environment.
+fn run_with(binary: &str, args: &[&str], env: &[(&str, &str)], limit: Duration) -> Output {
     let run_dir = std::env::temp_dir().join(format!("orderflow-usage-{}", uuid::Uuid::new_v4().simple()));
     let mut child = Command::new(bin_dir().join(binary))
         .args(args)
+        .envs(env.iter().copied())
         .env("AMQP_URL", format!("amqp://guest:guest@{}/%2f", closed_port()))
         .env("ORDERFLOW_HTTP_ADDR", closed_port())
         .env("ORDERFLOW_MGMT_URL", format!("http://{}", closed_port()))
@@ -45,12 +51,42 @@ fn run_briefly(binary: &str, args: &[&str], limit: Duration) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Every setting is read once at start into typed settings: a value a
+/// process cannot use stops it before it connects anywhere, exit 1, with one
+/// line naming the variable and what a valid value is (the broker is a
+/// closed port: a process that went on would retry it until killed).
+#[test]
+fn a_worker_refuses_a_bad_setting_at_start_naming_it() {
+    let cases = [
+        ("payment", "ORDERFLOW_PREFETCH", "-1"),
+        ("payment", "ORDERFLOW_PREFETCH", "99999999999"),
+        ("payment", "ORDERFLOW_MAX_ATTEMPTS", "NaN"),
+        ("payment", "ORDERFLOW_DELAY_MS_PAYMENT", "soon"),
+        ("payment", "ORDERFLOW_DB_MAX_CONNECTIONS", "0"),
+        ("payment", "ORDERFLOW_METRICS_ADDR", "localhost"),
+        ("coordinator", "ORDERFLOW_CALL_TIMEOUT_MS", "0"),
+        ("tracker", "ORDERFLOW_WAREHOUSE_AFTER_S", "1e99"),
+        ("inventory", "ORDERFLOW_BACKORDER_WAIT_S", "NaN"),
+        ("inventory", "ORDERFLOW_DOMAIN_TIMEOUT_MS", "\u{7}\u{1b}[31m"),
+        ("distributor-sim", "ORDERFLOW_DISTRIBUTOR_DELAY_MS", "86400001"),
+    ];
+    for (binary, variable, value) in cases {
+        let output = run_with(binary, &[], &[(variable, value)], Duration::from_secs(10));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{binary} with {variable}={value:?}: {stderr}");
+        let line = stderr.lines().find(|l| l.contains(variable));
+        let line = line.unwrap_or_else(|| panic!("{binary} with {variable}={value:?} names it: {stderr}"));
+        assert!(line.contains("is not valid"), "{line}");
+        assert!(!line.contains('\u{1b}'), "the bad value is shown escaped: {line:?}");
+    }
+}
+
 /// Before: `intake --help` started a worker retrying the broker for ever,
 /// `tracker --help` bound its port, `topology --version` was an error.
 #[test]
 fn every_binary_answers_help_and_version_without_connecting() {
     let processes = topology::all_processes();
-    let mut binaries: Vec<&str> = processes.iter().map(|p| topology::domains::binary_of(p).0).collect();
+    let mut binaries: Vec<&str> = processes.iter().map(|p| topology::processes::binary_of(p).0).collect();
     binaries.dedup();
     assert!(binaries.contains(&"distributor-sim") && binaries.contains(&"customer"), "{binaries:?}");
     binaries.extend(["orderflow", "topology", "orderflow-bench"]);

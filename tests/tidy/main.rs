@@ -2,8 +2,9 @@
 //! rust-analyzer's `tidy`). Every `.rs` file opens with a `//!` line, every
 //! top-level folder and crate has a heading in ARCHITECTURE.md's code map, no
 //! crate declares a dependency it never uses, no ERROR line is logged but by a
-//! named event, and no list of the workflow's
-//! nodes is kept anywhere but in the workflow definition.
+//! named event, no list of the workflow's nodes is kept anywhere but in the
+//! workflow definition, and a node is named by its checklist alone
+//! (ARCHITECTURE.md, "Adding a node").
 
 use std::path::{Path, PathBuf};
 
@@ -115,8 +116,8 @@ fn no_crate_declares_a_dependency_it_never_uses() {
 #[test]
 fn no_node_list_outside_the_workflow_definition() {
     // Three workflow nodes named one after another is a hand-kept list.
-    let nodes = topology::WORKFLOW.processes();
-    let definition = root().join("topology/src/workflow.rs");
+    let nodes: Vec<&str> = topology::Node::all().into_iter().map(topology::Node::name).collect();
+    let definition = root().join("vocabulary/src/workflow.rs");
     let mut lists = Vec::new();
     for path in files(&root()) {
         let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
@@ -175,4 +176,187 @@ fn error_lines_come_only_from_named_events() {
         }
     }
     assert!(ad_hoc.is_empty(), "ERROR lines outside a named event (add one to shared::events): {ad_hoc:?}");
+}
+
+/// The code of a Rust file as the checks read it: without its unit tests
+/// (from `#[cfg(test)]` on) and without comment lines (doc comments are
+/// prose about the code, not code).
+fn code_of(text: &str) -> String {
+    let text = text.split("#[cfg(test)]").next().unwrap_or_default();
+    text.lines().filter(|line| !line.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n")
+}
+
+/// ARCHITECTURE.md, "Adding a node": a node is its stage (a module of
+/// `workers/src/stages/`, or a home of its own under `workers/src/`), its
+/// one-line binary, its rows in the workflow definition, and the doc lines
+/// named here; no other code names it. So a newcomer's pass-through node
+/// needs exactly the checklist: everything else (scripts, harness, broker
+/// users and grants, queues, compose's test, `--help`, the transport, the
+/// bench's segments) follows from the definition and the process table.
+#[test]
+fn a_node_is_named_only_by_its_checklist() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let architecture = std::fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
+    let flow = architecture.split("## Message flow").nth(1).unwrap_or_default();
+    let flow = flow.split("\n## ").next().unwrap_or_default();
+    let compose = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
+    // The one place outside the checklist that picks a node on purpose.
+    let chosen = [("payment", "bench/src/main.rs", "the scale-out scenario slows and scales payment")];
+    let mut problems = Vec::new();
+    for node in topology::Node::all() {
+        let name = node.name();
+        let constant: String = name[..1].to_uppercase() + &name[1..];
+        let stage = format!("workers/src/stages/{name}.rs");
+        let home = format!("workers/src/{name}/");
+        let binary = format!("workers/src/bin/{name}.rs");
+        if !root().join(&stage).exists() && !root().join(&home).is_dir() {
+            problems.push(format!("{name}: no stage ({stage} or {home})"));
+        }
+        let main = std::fs::read_to_string(root().join(&binary)).unwrap_or_default();
+        if !main.contains(&format!("workers::main(\"{name}\"")) {
+            problems.push(format!("{name}: {binary} does not run `workers::main(\"{name}\", ...)`"));
+        }
+        if !readme.contains(&node.queue()) {
+            problems.push(format!("{name}: README.md's queue list lacks {}", node.queue()));
+        }
+        if !flow.contains(name) {
+            problems.push(format!("{name}: ARCHITECTURE.md's message flow does not name it"));
+        }
+        if !compose.contains(&format!("\n  {name}:")) {
+            problems.push(format!("{name}: docker-compose.yml has no service {name}"));
+        }
+        let allowed = [
+            "vocabulary/src/workflow.rs".to_string(),
+            "vocabulary/src/domains.rs".to_string(),
+            "workers/src/stages/mod.rs".to_string(),
+            stage,
+            binary,
+        ];
+        for path in files(&root()) {
+            let file = relative(&path);
+            let in_tests =
+                file.starts_with("tests/") || file.contains("/tests/") || file.ends_with("/tests.rs");
+            if !file.ends_with(".rs") || in_tests || allowed.contains(&file) || file.starts_with(&home) {
+                continue;
+            }
+            if chosen.iter().any(|(node, chosen_in, _)| *node == name && *chosen_in == file) {
+                continue;
+            }
+            let code = code_of(&std::fs::read_to_string(&path).unwrap_or_default());
+            for naming in [format!("Node::{constant}"), format!("\"{name}\"")] {
+                if code.contains(&naming) {
+                    problems.push(format!("{file} names the {name} node ({naming})"));
+                }
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "a node named outside its checklist (ARCHITECTURE.md, \"Adding a node\"): {problems:#?}"
+    );
+}
+
+/// The module a `.rs` file is, as a path from its crate's root:
+/// `shared/src/transport/publisher.rs` is `["transport", "publisher"]`,
+/// a `mod.rs` or `lib.rs` the folder's.
+fn module_path(src: &Path, file: &Path) -> Vec<String> {
+    let relative = file.strip_prefix(src).unwrap_or(file).with_extension("");
+    let mut parts: Vec<String> = relative.iter().map(|p| p.to_string_lossy().to_string()).collect();
+    if matches!(parts.last().map(String::as_str), Some("mod" | "lib" | "main")) {
+        parts.pop();
+    }
+    parts
+}
+
+/// `use a::{b, c::{d, e}}` as `use a::b a::c::d a::c::e`: every path whole.
+fn expand_groups(code: &str) -> String {
+    let mut code = code.to_string();
+    // The innermost group first: a `::{` whose `}` comes before any other `{`.
+    while let Some(open) = code.match_indices("::{").map(|(i, _)| i).find(|&i| {
+        let rest = &code[i + 3..];
+        rest.find('}').is_some_and(|close| !rest[..close].contains('{'))
+    }) {
+        let close = open + 3 + code[open + 3..].find('}').unwrap_or(0);
+        let start = code[..open]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .map_or(0, |i| i + 1);
+        let prefix = code[start..open].to_string();
+        let items: Vec<String> = code[open + 3..close]
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| if item == "self" { prefix.clone() } else { format!("{prefix}::{item}") })
+            .collect();
+        code.replace_range(start..=close, &items.join(" "));
+    }
+    code
+}
+
+/// The modules of its own crate that a file's code refers to
+/// (`crate::a::b`, `super::c`; the longest prefix that is a module).
+fn referred_modules(code: &str, own: &[String], modules: &[Vec<String>]) -> Vec<Vec<String>> {
+    let mut found: Vec<Vec<String>> = Vec::new();
+    let code = expand_groups(code);
+    let words: Vec<&str> =
+        code.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')).collect();
+    for word in words {
+        let parts: Vec<&str> = word.split("::").filter(|p| !p.is_empty()).collect();
+        let (mut path, rest): (Vec<String>, &[&str]) = match parts.first() {
+            Some(&"crate") => (Vec::new(), &parts[1..]),
+            Some(&"super") => {
+                let mut base = own.to_vec();
+                let mut rest = &parts[..];
+                while rest.first() == Some(&"super") {
+                    base.pop();
+                    rest = &rest[1..];
+                }
+                (base, rest)
+            }
+            _ => continue,
+        };
+        let mut longest = None;
+        for part in rest {
+            path.push(part.to_string());
+            if modules.contains(&path) {
+                longest = Some(path.clone());
+            }
+        }
+        if let Some(module) = longest.filter(|m| m != own && !found.contains(m)) {
+            found.push(module);
+        }
+    }
+    found
+}
+
+/// No two modules of a crate refer to each other (issue 25: the two-file
+/// import circles), unless one is the other's parent (a folder's `mod.rs`
+/// and its files).
+#[test]
+fn no_two_modules_refer_to_each_other() {
+    let mut circles = Vec::new();
+    for krate in crates() {
+        let src = root().join(&krate).join("src");
+        let sources: Vec<PathBuf> =
+            files(&src).into_iter().filter(|p| p.extension().is_some_and(|e| e == "rs")).collect();
+        let modules: Vec<Vec<String>> = sources.iter().map(|f| module_path(&src, f)).collect();
+        let refers: Vec<(Vec<String>, Vec<Vec<String>>)> = sources
+            .iter()
+            .map(|file| {
+                let own = module_path(&src, file);
+                let code = code_of(&std::fs::read_to_string(file).unwrap_or_default());
+                let referred = referred_modules(&code, &own, &modules);
+                (own, referred)
+            })
+            .collect();
+        for (a, to) in &refers {
+            for b in to {
+                let nested = a.starts_with(b) || b.starts_with(a);
+                let back = refers.iter().any(|(m, to)| m == b && to.contains(a));
+                if back && !nested && a < b {
+                    circles.push(format!("{krate}: {} <-> {}", a.join("::"), b.join("::")));
+                }
+            }
+        }
+    }
+    assert!(circles.is_empty(), "modules that refer to each other: {circles:#?}");
 }

@@ -3,13 +3,14 @@
 //!
 //! Nothing else in the workspace declares an exchange or a queue; workers call
 //! [`ensure_for`] to check their own queues exist, the setup scripts call [`declare_all`].
-//! The workflow's shape (nodes, states, routes) is [`workflow::WORKFLOW`].
+//! The words it declares them for (nodes, states, routes, domains,
+//! processes) are the `vocabulary` crate's, re-exported here.
 
 pub mod definitions;
-pub mod domains;
 pub mod management;
 pub mod permissions;
-pub mod workflow;
+
+pub use vocabulary::{domains, processes, reads, workflow, Process, Reads, ServiceKind};
 
 pub use domains::{
     DomainCopy, DISTRIBUTOR_SHIPMENTS_QUEUE, DISTRIBUTOR_SIM, DOMAINS_EXCHANGE, DOMAIN_CHANGES_EXCHANGE,
@@ -71,30 +72,6 @@ pub const DELIVERY_LIMIT: i64 = 10;
 /// Queue arguments are immutable: a DLQ declared before this was set fails
 /// redeclaration with PRECONDITION_FAILED (see README, "Dead letters").
 pub const DEAD_LETTER_DELIVERY_LIMIT: i64 = 1_000_000_000;
-
-/// A node's retry queue, and the routing key (on [`WORKFLOW_EXCHANGE`]) that
-/// reaches it: a transiently failed element waits there out of its node's
-/// consumer until its per-message TTL (`expiration`) runs out, then the queue
-/// dead-letters it back to the node's queue (`order.<node>`). Nobody consumes it.
-impl Node {
-    pub fn retry_queue(self) -> String {
-        format!("orderflow.retry.{}", self.name())
-    }
-
-    pub fn retry_routing_key(self) -> String {
-        format!("retry.{}", self.name())
-    }
-
-    /// The queue on which the node answers service calls.
-    pub fn service_queue(self) -> String {
-        format!("orderflow.service.{}", self.name())
-    }
-
-    /// The routing key (on [`SERVICES_EXCHANGE`]) that calls the node's service.
-    pub fn service_routing_key(self) -> String {
-        format!("service.{}", self.name())
-    }
-}
 
 /// The routing key (on [`RESULTS_EXCHANGE`]) of a result for callback key `key`.
 pub fn callback_routing_key(key: &str) -> String {
@@ -169,12 +146,28 @@ pub fn distributor_shipments_queue() -> QueueSpec {
     }
 }
 
-/// Every long-running process of a stack: the workflow's (tracker,
-/// coordinator, nodes), then the domains', then the simulated distributors
-/// (`topology processes`).
+/// Every long-running process of a stack, in start order: the tracker and
+/// the coordinator, the nodes, the domains' copies, the simulated
+/// distributors (`topology processes`; [`vocabulary::processes`]).
 pub fn all_processes() -> Vec<String> {
-    let workflow = WORKFLOW.processes().into_iter().map(String::from);
-    workflow.chain(domains::processes()).chain([DISTRIBUTOR_SIM.to_string()]).collect()
+    vocabulary::processes::names().into_iter().map(String::from).collect()
+}
+
+/// The queues `process` consumes, its main one (the one a health check
+/// watches for a consumer) first.
+pub fn consumed_queues(process: Process) -> Vec<String> {
+    use vocabulary::ServiceKind;
+    let names = |specs: Vec<QueueSpec>| specs.into_iter().map(|q| q.name).collect();
+    match process {
+        Process::Node(def) => vec![def.node.queue(), def.node.changes_queue(), def.node.service_queue()],
+        Process::Service(_, Some(copy)) => names(domain_queues(copy)),
+        Process::Service(def, None) => match def.kind {
+            ServiceKind::Tracker => vec![TRACKER_QUEUE.to_string(), POLL_RESULTS_QUEUE.to_string()],
+            ServiceKind::Coordinator => names(coordinator_queues()),
+            ServiceKind::DistributorSim => vec![DISTRIBUTOR_SHIPMENTS_QUEUE.to_string()],
+            ServiceKind::Domain => names(domain_queues(DomainCopy::primary(def.binary))),
+        },
+    }
 }
 
 /// A domain copy's queues: its requests, and a replica's change feed (bound

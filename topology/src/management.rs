@@ -115,7 +115,17 @@ impl Management {
 
     /// Whether `user` exists on the broker.
     pub async fn user_exists(&self, user: &str) -> anyhow::Result<bool> {
-        let url = format!("{}/api/users/{}", self.base, encode(user));
+        self.exists(&format!("users/{}", encode(user)), &format!("user {user}")).await
+    }
+
+    /// Whether `vhost` exists on the broker.
+    pub async fn vhost_exists(&self, vhost: &str) -> anyhow::Result<bool> {
+        self.exists(&format!("vhosts/{}", encode(vhost)), &format!("vhost {vhost}")).await
+    }
+
+    /// Whether `GET /api/<path>` finds something.
+    async fn exists(&self, path: &str, what: &str) -> anyhow::Result<bool> {
+        let url = format!("{}/api/{path}", self.base);
         let response = self
             .http
             .get(url)
@@ -126,7 +136,7 @@ impl Management {
         match response.status().as_u16() {
             200 => Ok(true),
             404 => Ok(false),
-            status => anyhow::bail!("reading user {user} failed: HTTP {status}"),
+            status => anyhow::bail!("reading {what} failed: HTTP {status}"),
         }
     }
 

@@ -53,17 +53,25 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role: each process's (the process table), then the people's.
     pub fn all() -> Vec<Role> {
-        let mut roles: Vec<Role> = Node::all().into_iter().map(Role::Node).collect();
-        roles.push(Role::Tracker);
-        roles.push(Role::Coordinator);
-        roles.push(Role::Publisher);
-        roles.push(Role::Support);
-        roles.push(Role::Receiving);
-        roles.push(Role::BackOffice);
-        roles.extend(DomainCopy::all().into_iter().filter(|copy| copy.own_process()).map(Role::Domain));
-        roles.push(Role::DistributorSim);
-        roles
+        let processes = crate::Process::all().into_iter().map(Role::of);
+        processes.chain([Role::Publisher, Role::Support, Role::Receiving, Role::BackOffice]).collect()
+    }
+
+    /// The role a process of the stack connects as.
+    pub fn of(process: crate::Process) -> Role {
+        use crate::{Process, ServiceKind};
+        match process {
+            Process::Node(def) => Role::Node(def.node),
+            Process::Service(_, Some(copy)) => Role::Domain(copy),
+            Process::Service(def, None) => match def.kind {
+                ServiceKind::Tracker => Role::Tracker,
+                ServiceKind::Coordinator => Role::Coordinator,
+                ServiceKind::DistributorSim => Role::DistributorSim,
+                ServiceKind::Domain => Role::Domain(DomainCopy::primary(def.binary)),
+            },
+        }
     }
 
     pub fn from_name(name: &str) -> Option<Role> {
@@ -169,10 +177,10 @@ pub fn grant(role: Role) -> Grant {
             topic: vec![
                 topic(
                     WORKFLOW_EXCHANGE,
-                    exact(&[&Node::Intake.routing_key(), COORDINATOR_ROUTING_KEY]),
+                    exact(&[&crate::WORKFLOW.door().routing_key(), COORDINATOR_ROUTING_KEY]),
                     exact(&[]),
                 ),
-                topic(SERVICES_EXCHANGE, exact(&[&Node::Intake.service_routing_key()]), exact(&[])),
+                topic(SERVICES_EXCHANGE, exact(&[&crate::WORKFLOW.door().service_routing_key()]), exact(&[])),
                 topic(
                     AUDIT_EXCHANGE,
                     "^audit\\.publisher\\.(placed|change_requested)$".to_string(),
@@ -260,8 +268,8 @@ fn node_grant(node: Node) -> Grant {
         DEFAULT_EXCHANGE_RESOURCE,
         DOMAINS_EXCHANGE,
     ];
-    // Inventory sends the purchase orders of its backorders.
-    let purchase_orders = if node == Node::Inventory {
+    // The stock domain's node (inventory) sends the purchase orders of its backorders.
+    let purchase_orders = if DomainCopy::primary("stock").served_by() == Some(node) {
         write.push(PURCHASE_ORDERS_EXCHANGE);
         PURCHASE_ORDER_KEYS.to_string()
     } else {

@@ -20,19 +20,6 @@ use std::time::Duration;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use topology::permissions::Role;
 
-/// How long after taking a purchase order the simulated distributor ships it.
-pub fn delay_from_env() -> anyhow::Result<Duration> {
-    match std::env::var("ORDERFLOW_DISTRIBUTOR_DELAY_MS") {
-        Ok(text) => {
-            let ms: u64 = text.trim().parse().ok().filter(|ms| *ms <= 86_400_000).ok_or_else(|| {
-                anyhow::anyhow!("ORDERFLOW_DISTRIBUTOR_DELAY_MS must be milliseconds, at most a day")
-            })?;
-            Ok(Duration::from_millis(ms))
-        }
-        Err(_) => Ok(Duration::from_millis(2000)),
-    }
-}
-
 /// The receipt a purchase order turns into when shipped: against that
 /// purchase order, its shipment id the same every time it ships.
 pub fn shipped(po: &PurchaseOrder) -> Receipt {
@@ -46,8 +33,16 @@ pub fn shipped(po: &PurchaseOrder) -> Receipt {
 }
 
 /// Runs the simulated distributors until shutdown.
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let delay = delay_from_env()?;
+/// The process's run, boxed here (see `workers::process`).
+pub fn run(
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
+    Box::pin(run_until(settings, shutdown))
+}
+
+async fn run_until(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let delay = settings.distributor_delay;
     let queue = topology::DISTRIBUTOR_SHIPMENTS_QUEUE.to_string();
     let ctx = Arc::new(NodeContext::new(&settings, topology::DISTRIBUTOR_SIM, queue, settings.prefetch)?);
     supervise(&settings, &ctx, &shutdown, |connection| {
@@ -102,7 +97,8 @@ async fn ship(
     shutdown: &CancellationToken,
 ) {
     let sender = ctx.trust.sender(&delivery.properties);
-    if !ctx.trust.is_role(sender.as_deref(), Role::Node(topology::Node::Inventory)) {
+    let stock_node = topology::DomainCopy::primary("stock").served_by().map(Role::Node);
+    if !stock_node.is_some_and(|role| ctx.trust.is_role(sender.as_deref(), role)) {
         let reason = format!(
             "refused: only inventory orders from the distributors; this came from {}",
             shared::text::escaped(sender.as_deref().unwrap_or("an unnamed sender (no user_id)"))

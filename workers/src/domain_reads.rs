@@ -41,17 +41,10 @@ pub struct DomainReader {
 
 impl DomainReader {
     pub fn new(settings: &Settings, connection_name: &'static str) -> anyhow::Result<DomainReader> {
-        let ms: u64 = match std::env::var("ORDERFLOW_DOMAIN_TIMEOUT_MS") {
-            Ok(text) => text
-                .trim()
-                .parse()
-                .map_err(|_| anyhow::anyhow!("ORDERFLOW_DOMAIN_TIMEOUT_MS must be milliseconds"))?,
-            Err(_) => 3000,
-        };
         Ok(DomainReader {
             settings: settings.clone(),
             connection_name,
-            timeout: Duration::from_millis(ms.clamp(1, 600_000)),
+            timeout: settings.domain_timeout,
             client: tokio::sync::Mutex::new(None),
         })
     }

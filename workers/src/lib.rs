@@ -1,6 +1,7 @@
 //! orderflow's worker nodes: each stage's logic (plain functions from a
 //! workflow element to an outcome), the data each node owns, and the tracker.
-//! The binaries in `src/bin/` only wire a stage to the transport.
+//! The binaries in `src/bin/` are one line each: `workers::main` with the
+//! process's name and its `run` (a function of this crate).
 
 pub mod catalog;
 pub mod coordinator;
@@ -14,4 +15,4 @@ pub mod processor;
 pub mod stages;
 pub mod tracker;
 
-pub use process::{node_main, Process};
+pub use process::{main, Run};

@@ -32,7 +32,7 @@ pub struct Arrival {
 /// otherwise a permanent failure (dead-lettered with the reason).
 pub fn receive(ctx: &NodeContext, node: Node, delivery: &Delivery) -> Result<Arrival, StageError> {
     let sender = ctx.trust.sender(&delivery.properties);
-    let public_door = WORKFLOW_DOOR == node;
+    let public_door = topology::WORKFLOW.door() == node;
     let (element, plain) = if public_door {
         decode_at_intake(delivery, ctx.max_message_bytes)
     } else {
@@ -79,9 +79,6 @@ pub fn receive_element(
 ) -> Result<OrderElement, StageError> {
     receive(ctx, node, delivery).map(|arrival| arrival.element)
 }
-
-/// The node the workflow sends placed orders to.
-const WORKFLOW_DOOR: Node = Node::Intake;
 
 /// An element, or a plain order (no `state` field) made into a placed
 /// element. A plain order without an `order_id` gets one derived from the

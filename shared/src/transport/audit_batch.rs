@@ -15,13 +15,15 @@
 //! of one per event: that is the saving (see BENCHMARKS.md).
 
 use super::message::Outgoing;
-use super::publisher::{PublishError, Publisher};
+use super::publish_error::PublishError;
+use futures::future::BoxFuture;
 use lapin::{
     types::{AMQPValue, FieldTable},
     BasicProperties,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use topology::AUDIT_EXCHANGE;
 
@@ -70,11 +72,11 @@ pub struct AuditBatcher {
 }
 
 impl AuditBatcher {
-    /// Starts the batcher task, publishing through `publisher` (which must
-    /// not batch itself). It ends when every handle is dropped.
-    pub fn start(publisher: Publisher) -> AuditBatcher {
+    /// Starts the batcher task, publishing each batch with `send` (a
+    /// publisher that does not batch itself). It ends when every handle is dropped.
+    pub fn start(send: SendBatch) -> AuditBatcher {
         let (queue, waiting) = mpsc::unbounded_channel();
-        tokio::spawn(run(publisher, waiting));
+        tokio::spawn(run(send, waiting));
         AuditBatcher { queue }
     }
 
@@ -98,7 +100,10 @@ impl AuditBatcher {
     }
 }
 
-async fn run(publisher: Publisher, mut waiting: mpsc::UnboundedReceiver<Pending>) {
+/// Publishes messages and waits for their confirms.
+pub type SendBatch = Arc<dyn Fn(Vec<Outgoing>) -> BoxFuture<'static, Result<(), PublishError>> + Send + Sync>;
+
+async fn run(send: SendBatch, mut waiting: mpsc::UnboundedReceiver<Pending>) {
     while let Some(first) = waiting.recv().await {
         let mut pending = vec![first];
         let mut bytes = pending[0].message.body.len();
@@ -112,7 +117,7 @@ async fn run(publisher: Publisher, mut waiting: mpsc::UnboundedReceiver<Pending>
             }
         }
         let messages = batches(pending.iter().map(|p| &p.message));
-        let result = publisher.publish_all(&messages).await;
+        let result = send(messages).await;
         for waiter in pending {
             let _ = waiter.done.send(result.clone());
         }

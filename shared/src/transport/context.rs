@@ -48,7 +48,7 @@ impl NodeContext {
             instance_id: settings.instance_id(node),
             queue,
             prefetch: prefetch.clamp(1, 2000),
-            delay: settings.delay_for(node)?,
+            delay: settings.delay_for(node),
             max_message_bytes: settings.max_message_bytes,
             max_attempts: settings.max_attempts.max(1),
             book: None,

@@ -309,7 +309,9 @@ pub async fn replay(
                 continue;
             }
         };
-        let needs_card = [topology::Node::Intake.queue(), topology::Node::Payment.queue()].contains(&queue);
+        let needs_card = topology::Node::all()
+            .into_iter()
+            .any(|node| node.queue() == queue && topology::WORKFLOW.needs_card(node));
         if letter.card_masked && needs_card {
             let reason = "its card number was masked when it was dead-lettered, so it cannot be charged: \
                           publish the order again"

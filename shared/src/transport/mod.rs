@@ -14,6 +14,7 @@ pub mod context;
 pub mod dead_letters;
 pub mod domain;
 pub mod message;
+pub mod publish_error;
 pub mod publisher;
 pub mod runner;
 pub mod service;

@@ -11,34 +11,11 @@
 
 use super::audit_batch::{is_audit, AuditBatcher};
 use super::message::Outgoing;
+pub use super::publish_error::{PublishError, CONFIRM_TIMEOUT};
 use lapin::{
     options::BasicPublishOptions, options::ConfirmSelectOptions, Channel, Confirmation, Connection, ErrorKind,
 };
 use std::sync::Arc;
-
-#[derive(Clone, Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("broker error: {0}")]
-    Broker(#[from] lapin::Error),
-    #[error("the broker refused the message (nack) for {0}")]
-    Nacked(String),
-    #[error("no queue is bound for {0}")]
-    Unroutable(String),
-    #[error("no confirm for {0} within {CONFIRM_TIMEOUT:?} (the connection is presumed dead)")]
-    Unconfirmed(String),
-    /// The broker refused one of these messages for this user (403
-    /// ACCESS_REFUSED naming its exchange and routing key) and closed the
-    /// channel: sending it again can never succeed.
-    #[error("the broker refused to publish {target}: {reply}")]
-    Refused { target: String, reply: String },
-}
-
-impl PublishError {
-    /// True when publishing the same messages again can never succeed.
-    pub fn is_permanent(&self) -> bool {
-        matches!(self, PublishError::Refused { .. })
-    }
-}
 
 /// The stage error a failed publish amounts to: permanent when the broker
 /// refused the message for this user, transient otherwise.
@@ -54,9 +31,6 @@ pub fn publish_failure(error: PublishError) -> crate::stage::StageError {
 /// turns them down for a passing reason (a cluster node failing over takes
 /// seconds) before the failure counts as one of the element's attempts.
 pub const BROKER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// How long a publish may wait for its confirm.
-pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A channel in confirm mode. Cloning shares the channel (and its replacement).
 #[derive(Clone)]
@@ -93,7 +67,11 @@ impl Publisher {
         let channel = confirm_channel(&connection).await?;
         let channel = Arc::new(tokio::sync::Mutex::new(channel));
         let unbatched = Publisher { channel, connection: Some(connection), user: user.into(), audit: None };
-        let audit = Some(AuditBatcher::start(unbatched.clone()));
+        let sender = unbatched.clone();
+        let audit = Some(AuditBatcher::start(Arc::new(move |messages: Vec<Outgoing>| {
+            let sender = sender.clone();
+            Box::pin(async move { sender.publish_all(&messages).await })
+        })));
         Ok(Publisher { audit, ..unbatched })
     }
 

@@ -203,7 +203,8 @@ async fn answer<S: Service>(
     if let Some(kept) = calls.find(caller_key, &call.request_id).await? {
         return Ok(Answer { kept, stored: true, placed: None });
     }
-    let decoded = if node == Node::Intake {
+    let door = topology::WORKFLOW.door() == node;
+    let decoded = if door {
         decode_at_intake(delivery, ctx.max_message_bytes)
     } else {
         decode_element(delivery, ctx.max_message_bytes).map(|element| (element, false))
@@ -217,7 +218,7 @@ async fn answer<S: Service>(
     }
     let directed = call.directed && ctx.trust.is_role(caller, Role::Coordinator);
     let mut placed = None;
-    if node == Node::Intake && element.state == OrderState::Placed {
+    if door && element.state == OrderState::Placed {
         // The coordinator relays the placer it verified; anyone else is the placer.
         let placer = if directed { element.placed_by.clone() } else { caller.map(String::from) };
         element = from_outside(element, placer);

@@ -1,8 +1,11 @@
 //! `topology apply` declares the whole topology on the broker of `AMQP_URL`;
 //! `topology export` writes the definitions JSON (and a rabbitmq.conf that
 //! loads it) for the compose broker; `topology processes` lists the binaries
-//! a stack runs (for the scripts and the Dockerfile) and `topology workflow`
-//! prints the workflow definition with what is derived from it.
+//! a stack runs (for the scripts and the Dockerfile), `topology workflow`
+//! prints the workflow definition with what is derived from it, `topology
+//! ready` says whether every process of a stack consumes its queue
+//! (`up.sh`), and `topology remove` deletes a stack's users and vhost
+//! (`down.sh --purge`).
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -53,10 +56,12 @@ Examples:
   topology workflow                         # the workflow definition and what derives from it
   AMQP_URL=amqp://guest:guest@127.0.0.1:5672/shop topology apply --create-vhost
   topology export --out run/compose --vhost / # definitions.json for the compose broker
+  topology ready                            # exit 0 when every process consumes its queue
+  AMQP_URL=amqp://guest:guest@127.0.0.1:5672/shop topology remove   # the stack's users and vhost
 
 Environment:
-  AMQP_URL                     apply: the broker, credentials and vhost [default: amqp://guest:guest@127.0.0.1:5672/%2f]
-  ORDERFLOW_MGMT_URL           apply --create-vhost/--create-users: management API [default: http://127.0.0.1:15672]
+  AMQP_URL                     apply, ready, remove: the broker, credentials and vhost [default: amqp://guest:guest@127.0.0.1:5672/%2f]
+  ORDERFLOW_MGMT_URL           apply --create-vhost/--create-users, remove: management API [default: http://127.0.0.1:15672]
   ORDERFLOW_MGMT_USER, ORDERFLOW_MGMT_PASSWORD   its credentials [default: AMQP_URL's]
   ORDERFLOW_SECRETS_DIR, ORDERFLOW_USER_PREFIX   apply --create-users: see the options
   ORDERFLOW_AMQP_USER, ORDERFLOW_AMQP_PASSWORD(_FILE)   export: the application user
@@ -67,7 +72,7 @@ Exit codes: 0 done, 1 error (broker or management API unreachable, refused...), 
 #[command(
     name = "topology",
     version,
-    about = "Apply or export orderflow's RabbitMQ topology; list the processes of a stack; print the workflow",
+    about = "Apply, export or remove orderflow's RabbitMQ topology; list a stack's processes and whether they are ready; print the workflow",
     after_help = AFTER_HELP
 )]
 struct Cli {
@@ -89,26 +94,7 @@ enum Command {
     /// produces and where it may forward elements; the change cut-offs.
     Workflow,
     /// Declare every exchange, queue and binding on the broker at AMQP_URL.
-    Apply {
-        #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
-        amqp_url: String,
-        /// First create AMQP_URL's vhost (and grant its user full rights) through the management API.
-        #[arg(long)]
-        create_vhost: bool,
-        /// Also create one least-privilege user per node, the tracker and the publisher,
-        /// with passwords kept in (or generated into) files of --secrets-dir.
-        #[arg(long, requires = "secrets_dir")]
-        create_users: bool,
-        #[arg(long, env = "ORDERFLOW_SECRETS_DIR")]
-        secrets_dir: Option<PathBuf>,
-        /// Prefix of those users' names.
-        #[arg(long, env = "ORDERFLOW_USER_PREFIX", default_value = "orderflow-")]
-        user_prefix: String,
-        /// Members of each quorum queue on a cluster (3 survives the loss of a
-        /// node); queue arguments are immutable, so choose before the first apply.
-        #[arg(long, env = "ORDERFLOW_QUORUM_SIZE")]
-        quorum_size: Option<u32>,
-    },
+    Apply(ApplyArgs),
     /// Print the AMQP_USER=... and AMQP_PASSWORD_FILE=... a process of ROLE
     /// (a node, tracker, publisher or support) runs with in the stack of
     /// AMQP_URL, its password in --secrets-dir (what `scripts/up.sh` uses).
@@ -121,35 +107,84 @@ enum Command {
         #[arg(long, env = "ORDERFLOW_USER_PREFIX", default_value = "orderflow-")]
         user_prefix: String,
     },
-    /// Write definitions.json and rabbitmq.conf into a folder.
-    Export {
-        #[arg(long)]
-        out: PathBuf,
-        /// Where the broker sees that folder (default: the same path).
-        #[arg(long)]
-        broker_path: Option<PathBuf>,
-        #[arg(long, default_value = "/")]
-        vhost: String,
-        /// The application user created in the definitions.
-        #[arg(long, env = "ORDERFLOW_AMQP_USER", default_value = "orderflow")]
-        user: String,
-        /// Its password: from the environment or a secret file, never from code.
-        #[arg(long, env = "ORDERFLOW_AMQP_PASSWORD", hide_env_values = true)]
-        password: Option<String>,
-        #[arg(long, env = "ORDERFLOW_AMQP_PASSWORD_FILE")]
-        password_file: Option<PathBuf>,
-        /// Prefix of the per-role users' names.
+    /// Exit 0 when every process of AMQP_URL's stack consumes its queue (one
+    /// consumer at least on each process's first queue, asked of the broker
+    /// now); else print, on stderr, each that does not yet and exit 1
+    /// (`scripts/up.sh` waits on it).
+    Ready {
+        #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+        amqp_url: String,
+    },
+    /// Remove a stack from the broker: every broker user of AMQP_URL's stack
+    /// (one per role, named after its vhost) and the vhost itself, with its
+    /// queues and messages (never `/`). Says what it deletes; the processes
+    /// must be stopped first (`scripts/down.sh --purge` stops them, runs
+    /// this, and removes the run directory).
+    Remove {
+        #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+        amqp_url: String,
         #[arg(long, env = "ORDERFLOW_USER_PREFIX", default_value = "orderflow-")]
         user_prefix: String,
-        /// Keep each role's password in DIR/<role>/<user> instead of <out>/secrets/<user>:
-        /// one folder per role, so that each container mounts only its own.
-        #[arg(long, value_name = "DIR")]
-        role_secrets: Option<PathBuf>,
-        /// Members of each quorum queue (3 on a three-node cluster; a single
-        /// node makes one whatever is asked).
-        #[arg(long, env = "ORDERFLOW_QUORUM_SIZE")]
-        quorum_size: Option<u32>,
+        /// Keep the vhost (its queues and messages); delete only the users.
+        #[arg(long)]
+        keep_vhost: bool,
     },
+    /// Write definitions.json and rabbitmq.conf into a folder.
+    Export(ExportArgs),
+}
+
+/// `topology apply`'s arguments.
+#[derive(clap::Args)]
+struct ApplyArgs {
+    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp_url: String,
+    /// First create AMQP_URL's vhost (and grant its user full rights) through the management API.
+    #[arg(long)]
+    create_vhost: bool,
+    /// Also create one least-privilege user per node, the tracker and the publisher,
+    /// with passwords kept in (or generated into) files of --secrets-dir.
+    #[arg(long, requires = "secrets_dir")]
+    create_users: bool,
+    #[arg(long, env = "ORDERFLOW_SECRETS_DIR")]
+    secrets_dir: Option<PathBuf>,
+    /// Prefix of those users' names.
+    #[arg(long, env = "ORDERFLOW_USER_PREFIX", default_value = "orderflow-")]
+    user_prefix: String,
+    /// Members of each quorum queue on a cluster (3 survives the loss of a
+    /// node); queue arguments are immutable, so choose before the first apply.
+    #[arg(long, env = "ORDERFLOW_QUORUM_SIZE")]
+    quorum_size: Option<u32>,
+}
+
+/// `topology export`'s arguments.
+#[derive(clap::Args)]
+struct ExportArgs {
+    #[arg(long)]
+    out: PathBuf,
+    /// Where the broker sees that folder (default: the same path).
+    #[arg(long)]
+    broker_path: Option<PathBuf>,
+    #[arg(long, default_value = "/")]
+    vhost: String,
+    /// The application user created in the definitions.
+    #[arg(long, env = "ORDERFLOW_AMQP_USER", default_value = "orderflow")]
+    user: String,
+    /// Its password: from the environment or a secret file, never from code.
+    #[arg(long, env = "ORDERFLOW_AMQP_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    #[arg(long, env = "ORDERFLOW_AMQP_PASSWORD_FILE")]
+    password_file: Option<PathBuf>,
+    /// Prefix of the per-role users' names.
+    #[arg(long, env = "ORDERFLOW_USER_PREFIX", default_value = "orderflow-")]
+    user_prefix: String,
+    /// Keep each role's password in DIR/<role>/<user> instead of <out>/secrets/<user>:
+    /// one folder per role, so that each container mounts only its own.
+    #[arg(long, value_name = "DIR")]
+    role_secrets: Option<PathBuf>,
+    /// Members of each quorum queue (3 on a three-node cluster; a single
+    /// node makes one whatever is asked).
+    #[arg(long, env = "ORDERFLOW_QUORUM_SIZE")]
+    quorum_size: Option<u32>,
 }
 
 #[tokio::main]
@@ -159,7 +194,7 @@ async fn main() -> anyhow::Result<()> {
             let mut printed: Vec<String> = Vec::new();
             for process in topology::all_processes() {
                 let name =
-                    if binaries { topology::domains::binary_of(&process).0.to_string() } else { process };
+                    if binaries { topology::processes::binary_of(&process).0.to_string() } else { process };
                 if !printed.contains(&name) {
                     println!("{name}");
                     printed.push(name);
@@ -167,38 +202,14 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Workflow => print_workflow(),
-        Command::Apply { amqp_url, create_vhost, create_users, secrets_dir, user_prefix, quorum_size } => {
-            let (user, _, vhost) = topology::management::amqp_url_parts(&amqp_url)?;
-            let management = topology::management::Management::from_env(&amqp_url)?;
-            if create_vhost {
-                management.create_vhost(&vhost).await?;
-                management.set_permissions(&vhost, &user, ".*", ".*", ".*").await?;
+        Command::Apply(args) => apply(args).await?,
+        Command::Ready { amqp_url } => {
+            if !ready(&amqp_url).await? {
+                std::process::exit(1);
             }
-            if let (true, Some(dir)) = (create_users, secrets_dir) {
-                for role in Role::all() {
-                    let user = role.user(&user_prefix, &vhost);
-                    // Never change the password of a user whose processes this run directory did not start.
-                    if existing_secret(&dir, &user).is_none() && management.user_exists(&user).await? {
-                        anyhow::bail!(
-                            "the broker user {user} already exists and its password is not in {}: another run \
-                             directory set this stack up (use its ORDERFLOW_RUN_DIR), or delete the user first",
-                            dir.display()
-                        );
-                    }
-                    let password = secret(&dir, &user)?;
-                    management.apply_grant(&vhost, &user, &password, &grant(role)).await?;
-                }
-            }
-            let connection = lapin::Connection::connect(
-                topology::management::amqp_urls(&amqp_url)[0],
-                lapin::ConnectionProperties::default(),
-            )
-            .await
-            .context("cannot connect to the broker at AMQP_URL")?;
-            let channel = connection.create_channel().await?;
-            topology::declare_all_sized(&channel, quorum_size).await.context("declaring the topology")?;
-            connection.close(200, "topology applied".into()).await?;
-            println!("topology applied");
+        }
+        Command::Remove { amqp_url, user_prefix, keep_vhost } => {
+            remove(&amqp_url, &user_prefix, keep_vhost).await?
         }
         Command::Credentials { role, amqp_url, secrets_dir, user_prefix } => {
             let role = Role::from_name(&role).with_context(|| {
@@ -210,52 +221,143 @@ async fn main() -> anyhow::Result<()> {
             println!("AMQP_USER={user}");
             println!("AMQP_PASSWORD_FILE={}", secrets_dir.join(secret_file_name(&user)).display());
         }
-        Command::Export {
-            out,
-            broker_path,
-            vhost,
-            user,
-            password,
-            password_file,
-            user_prefix,
-            role_secrets,
-            quorum_size,
-        } => {
-            let password = match (password, password_file) {
-                (Some(p), _) => p,
-                (None, Some(file)) => std::fs::read_to_string(&file)
-                    .with_context(|| format!("reading {}", file.display()))?
-                    .trim()
-                    .to_string(),
-                (None, None) => anyhow::bail!(
-                    "set ORDERFLOW_AMQP_PASSWORD or ORDERFLOW_AMQP_PASSWORD_FILE for the application user"
-                ),
-            };
-            std::fs::create_dir_all(&out)?;
-            // The administrator: the management UI's user, the operator, and what `up.sh` needs to set up a stack of its own.
-            let users = [UserSpec { name: user, password, tags: "administrator".into() }];
-            // One least-privilege user per role, its password in <out>/secrets/<user>
-            // (or <role-secrets>/<role>/<user>).
-            let mut roles = Vec::new();
-            for role in Role::all() {
-                let name = role.user(&user_prefix, &vhost);
-                let folder = match &role_secrets {
-                    Some(dir) => dir.join(role.name()),
-                    None => out.join("secrets"),
-                };
-                let password = secret(&folder, &name)?;
-                roles.push((UserSpec { name, password, tags: String::new() }, grant(role)));
+        Command::Export(args) => export(args)?,
+    }
+    Ok(())
+}
+
+/// `topology apply`: the vhost (when asked), the stack's users with their
+/// grants (when asked), then every exchange, queue and binding.
+async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
+    let ApplyArgs { amqp_url, create_vhost, create_users, secrets_dir, user_prefix, quorum_size } = args;
+    let (user, _, vhost) = topology::management::amqp_url_parts(&amqp_url)?;
+    let management = topology::management::Management::from_env(&amqp_url)?;
+    if create_vhost {
+        management.create_vhost(&vhost).await?;
+        management.set_permissions(&vhost, &user, ".*", ".*", ".*").await?;
+    }
+    if let (true, Some(dir)) = (create_users, secrets_dir) {
+        for role in Role::all() {
+            let user = role.user(&user_prefix, &vhost);
+            // Never change the password of a user whose processes this run directory did not start.
+            if existing_secret(&dir, &user).is_none() && management.user_exists(&user).await? {
+                anyhow::bail!(
+                    "the broker user {user} already exists and its password is not in {}: another run \
+                     directory set this stack up (use its ORDERFLOW_RUN_DIR), or its run directory is \
+                     gone: remove the stack's users with `scripts/down.sh --purge` (or `topology remove`) \
+                     and run again",
+                    dir.display()
+                );
             }
-            let document = definitions_sized(&vhost, &users, &roles, quorum_size);
-            std::fs::write(out.join("definitions.json"), serde_json::to_vec_pretty(&document)?)?;
-            let seen_by_broker = broker_path.unwrap_or_else(|| out.clone());
-            std::fs::write(
-                out.join("20-orderflow.conf"),
-                format!("load_definitions = {}\n", seen_by_broker.join("definitions.json").display()),
-            )?;
-            println!("wrote {}", out.display());
+            let password = secret(&dir, &user)?;
+            management.apply_grant(&vhost, &user, &password, &grant(role)).await?;
         }
     }
+    let connection = lapin::Connection::connect(
+        topology::management::amqp_urls(&amqp_url)[0],
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .context("cannot connect to the broker at AMQP_URL")?;
+    let channel = connection.create_channel().await?;
+    topology::declare_all_sized(&channel, quorum_size).await.context("declaring the topology")?;
+    connection.close(200, "topology applied".into()).await?;
+    println!("topology applied");
+    Ok(())
+}
+
+/// `topology export`: definitions.json (the administrator, one user per
+/// role with its grant, the topology) and the broker's config line loading it.
+fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let ExportArgs {
+        out,
+        broker_path,
+        vhost,
+        user,
+        password,
+        password_file,
+        user_prefix,
+        role_secrets,
+        quorum_size,
+    } = args;
+    let password = match (password, password_file) {
+        (Some(p), _) => p,
+        (None, Some(file)) => std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?
+            .trim()
+            .to_string(),
+        (None, None) => anyhow::bail!(
+            "set ORDERFLOW_AMQP_PASSWORD or ORDERFLOW_AMQP_PASSWORD_FILE for the application user"
+        ),
+    };
+    std::fs::create_dir_all(&out)?;
+    // The administrator: the management UI's user, the operator, and what `up.sh` needs to set up a stack of its own.
+    let users = [UserSpec { name: user, password, tags: "administrator".into() }];
+    // One least-privilege user per role, its password in <out>/secrets/<user>
+    // (or <role-secrets>/<role>/<user>).
+    let mut roles = Vec::new();
+    for role in Role::all() {
+        let name = role.user(&user_prefix, &vhost);
+        let folder = match &role_secrets {
+            Some(dir) => dir.join(role.name()),
+            None => out.join("secrets"),
+        };
+        let password = secret(&folder, &name)?;
+        roles.push((UserSpec { name, password, tags: String::new() }, grant(role)));
+    }
+    let document = definitions_sized(&vhost, &users, &roles, quorum_size);
+    std::fs::write(out.join("definitions.json"), serde_json::to_vec_pretty(&document)?)?;
+    let seen_by_broker = broker_path.unwrap_or_else(|| out.clone());
+    std::fs::write(
+        out.join("20-orderflow.conf"),
+        format!("load_definitions = {}\n", seen_by_broker.join("definitions.json").display()),
+    )?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+/// `topology ready`: whether every process consumes its first queue; says which do not.
+async fn ready(amqp_url: &str) -> anyhow::Result<bool> {
+    let url = topology::management::amqp_urls(amqp_url)[0];
+    let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .context("cannot connect to the broker at AMQP_URL")?;
+    let channel = connection.create_channel().await?;
+    let mut all = true;
+    for process in topology::Process::all() {
+        let Some(queue) = topology::consumed_queues(process).into_iter().next() else { continue };
+        let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+        let declared = channel.queue_declare(queue.as_str().into(), passive, Default::default()).await;
+        let consumers = declared.map(|q| q.consumer_count()).context("the topology is not applied")?;
+        if consumers == 0 {
+            eprintln!("{}: no consumer on {queue} yet", process.name());
+            all = false;
+        }
+    }
+    let _ = connection.close(200, "probed".into()).await;
+    Ok(all)
+}
+
+/// `topology remove`: the stack's users, then its vhost (unless `/` or kept).
+async fn remove(amqp_url: &str, user_prefix: &str, keep_vhost: bool) -> anyhow::Result<()> {
+    let (_, _, vhost) = topology::management::amqp_url_parts(amqp_url)?;
+    let management = topology::management::Management::from_env(amqp_url)?;
+    let mut removed = 0;
+    for role in Role::all() {
+        let user = role.user(user_prefix, &vhost);
+        if management.user_exists(&user).await? {
+            eprintln!("deleting the broker user {user}");
+            management.delete_user(&user).await?;
+            removed += 1;
+        }
+    }
+    if vhost == "/" || keep_vhost {
+        eprintln!("keeping the vhost {vhost:?}");
+    } else if management.vhost_exists(&vhost).await? {
+        eprintln!("deleting the vhost {vhost:?} with its queues and messages");
+        management.delete_vhost(&vhost).await?;
+    }
+    println!("removed {removed} broker users of the stack on vhost {vhost:?}");
     Ok(())
 }
 
@@ -272,5 +374,7 @@ fn print_workflow() {
     for cut in workflow.cut_offs {
         println!("cut-off: the {} cannot change from {} on", cut.change.noun(), cut.from);
     }
-    println!("services: {}", workflow.services.join(", "));
+    let services: Vec<&str> =
+        topology::Process::all().into_iter().filter(|p| p.node().is_none()).map(|p| p.name()).collect();
+    println!("services: {}", services.join(", "));
 }

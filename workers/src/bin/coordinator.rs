@@ -1,17 +1,6 @@
-//! The coordinator: drives directed orders through the nodes' services.
+//! The coordinator: drives directed orders through the nodes' services. Its help text, queues and settings are its row of
+//! the process table (`topology::Process`).
 
-use shared::help;
-use workers::Process;
-
-const PROCESS: Process = Process {
-    name: "coordinator",
-    about: "The coordinator of orderflow (directed mode): takes the orders placed with routing key \
-            order.coordinator, calls the nodes' services in the order the workflow definition gives, \
-            decides in-flight changes on its copy of each order, and records every step in its own store.",
-    reads: &[help::COORDINATOR],
-};
-
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> std::process::ExitCode {
-    workers::node_main(PROCESS, workers::coordinator::run).await
+fn main() -> std::process::ExitCode {
+    workers::main("coordinator", workers::coordinator::run)
 }

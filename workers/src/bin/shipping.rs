@@ -1,20 +1,6 @@
-//! The shipping node: ships orders with a tracking number.
+//! The shipping node: ships orders with a tracking number. Its help text, queues and settings are its row of
+//! the process table (`topology::Process`).
 
-use shared::transport::runner::run_stage;
-use shared::Node;
-use workers::stages::shipping::Shipping;
-use workers::Process;
-
-const PROCESS: Process = Process::node(
-    Node::Shipping,
-    "The shipping node of orderflow: ships each order once, with a tracking number.",
-);
-
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> std::process::ExitCode {
-    workers::node_main(PROCESS, |settings, shutdown| async move {
-        let stage = Shipping::open(&settings).await?;
-        run_stage(stage, settings, shutdown).await
-    })
-    .await
+fn main() -> std::process::ExitCode {
+    workers::main("shipping", workers::stages::shipping::run)
 }

@@ -72,7 +72,15 @@ pub struct Coordinator {
 }
 
 /// Runs the coordinator until shutdown.
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// The process's run, boxed here (see `workers::process`).
+pub fn run(
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
+    Box::pin(run_until(settings, shutdown))
+}
+
+async fn run_until(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut ctx =
         NodeContext::new(&settings, NAME, topology::COORDINATOR_QUEUE.to_string(), settings.prefetch)?;
     ctx.book = Some(shared::change_book::ChangeBook::open(&settings, NAME).await?);
@@ -80,7 +88,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let coordinator = Arc::new(Coordinator {
         ctx: Arc::new(ctx),
         store: CoordinatorStore::open(&settings).await?,
-        call_timeout: Settings::call_timeout()?,
+        call_timeout: settings.call_timeout,
     });
     let ctx = &coordinator.ctx;
     supervise(&settings, ctx, &shutdown, |connection| {

@@ -24,7 +24,7 @@ use shared::transport::domain::{parse, Access, DomainError, DomainService, Reque
 use shared::transport::{NodeContext, Publisher};
 use std::sync::Arc;
 use topology::permissions::Role;
-use topology::{DomainCopy, Node};
+use topology::DomainCopy;
 
 pub const DOMAIN: &str = "customer";
 
@@ -207,7 +207,7 @@ pub fn set_address(mut customer: Customer, input: &AddressInput) -> Result<Custo
 
 /// Whether the caller is shown a card's token: intake's user alone.
 pub fn shows_card_token(request: &Request<'_>) -> bool {
-    request.is_from(Role::Node(Node::Intake))
+    request.is_from(Role::Node(topology::WORKFLOW.door()))
 }
 
 /// Whether the caller may take a snapshot (every record, tokens included):
@@ -391,6 +391,20 @@ impl DomainService for CustomerService {
     }
 }
 
+/// The customer process: the primary, or with `ORDERFLOW_REGION` one of
+/// its replicas, on the broker until `shutdown` (its binary's run, boxed in
+/// this crate: see `workers::process`).
+pub fn run(
+    settings: Settings,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
+    Box::pin(async move {
+        let domain = CustomerDomain::open(&settings, settings.region.as_deref()).await?;
+        let service = std::sync::Arc::new(CustomerService::new(domain));
+        shared::transport::domain::run_domain(settings, service, shutdown).await
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,7 +472,7 @@ mod tests {
         let customer =
             new_customer("C-1".into(), "Ada", "ada@example.com", &[address("1 A St")], Some(&card)).unwrap();
         let record = serde_json::to_value(customer).unwrap();
-        let intake = trust.user_of(Role::Node(Node::Intake)).to_string();
+        let intake = trust.user_of(Role::Node(topology::Node::Intake)).to_string();
         let uk = trust.user_of(Role::Domain(DomainCopy::find(DOMAIN, Some("uk")).unwrap())).to_string();
         let shown = |caller: &str| as_shown(record.clone(), shows_card_token(&request_from(&trust, caller)));
         assert!(shown(&intake).to_string().contains("tok_"));

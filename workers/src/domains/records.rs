@@ -102,3 +102,30 @@ impl DomainService for RecordDomain {
         }
     }
 }
+/// The catalog's process, on the broker until `shutdown` (its binary's
+/// run, boxed in this crate: see `workers::process`).
+pub fn run_catalog(
+    settings: Settings,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
+    run_records(settings, shutdown, CATALOG)
+}
+
+/// The distributor domain's process, as [`run_catalog`].
+pub fn run_distributor(
+    settings: Settings,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
+    run_records(settings, shutdown, DISTRIBUTOR)
+}
+
+fn run_records(
+    settings: Settings,
+    shutdown: tokio_util::sync::CancellationToken,
+    kind: RecordKind,
+) -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
+    Box::pin(async move {
+        let domain = std::sync::Arc::new(RecordDomain::open(&settings, kind).await?);
+        shared::transport::domain::run_domain(settings, domain, shutdown).await
+    })
+}

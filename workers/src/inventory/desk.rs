@@ -29,32 +29,11 @@ use shared::transport::{NodeContext, Outgoing, Publisher};
 use shared::{Node, OrderState, Outcome};
 use std::time::Duration;
 
-/// How long an order may wait for its received items by default.
-pub const DEFAULT_WAIT: Duration = Duration::from_secs(600);
-
 pub struct BackorderDesk {
     backorders: Backorders,
     /// Inventory's context: its change book, its name on audit events.
     ctx: NodeContext,
     wait_limit: Duration,
-}
-
-/// The backorder wait limit: `ORDERFLOW_BACKORDER_WAIT_S` seconds.
-pub fn wait_limit_from_env() -> anyhow::Result<Duration> {
-    match std::env::var("ORDERFLOW_BACKORDER_WAIT_S") {
-        Ok(text) => {
-            let seconds: f64 = text
-                .trim()
-                .parse()
-                .ok()
-                .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s <= 31_536_000.0)
-                .ok_or_else(|| {
-                    anyhow::anyhow!("ORDERFLOW_BACKORDER_WAIT_S must be seconds, above 0 and at most a year")
-                })?;
-            Ok(Duration::from_secs_f64(seconds))
-        }
-        Err(_) => Ok(DEFAULT_WAIT),
-    }
 }
 
 impl BackorderDesk {
@@ -67,7 +46,7 @@ impl BackorderDesk {
         Ok(BackorderDesk {
             backorders: Backorders { store },
             ctx: NodeContext::for_node(settings, Node::Inventory, 1).await?,
-            wait_limit: wait_limit_from_env()?,
+            wait_limit: settings.backorder_wait,
         })
     }
 

@@ -24,7 +24,7 @@ use crate::catalog;
 use crate::domain_reads::{DomainReader, DomainReads};
 use lapin::message::Delivery;
 use serde::{Deserialize, Serialize};
-use shared::domains::{check_id, page_size, Distributor};
+use shared::domains::{check_id, page_size, Distributor, StockRequest};
 use shared::settings::Settings;
 use shared::store::Store;
 use shared::transport::domain::{parse, DomainError, DomainService, Request};
@@ -145,23 +145,6 @@ pub enum Received {
     Again,
     /// Not counted, for this reason.
     Refused(String),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-enum StockRequest {
-    Stock {
-        sku: String,
-    },
-    Receipts {
-        #[serde(default)]
-        sku: Option<String>,
-        #[serde(default)]
-        after: Option<i64>,
-        #[serde(default)]
-        limit: Option<usize>,
-    },
-    Status {},
 }
 
 pub struct StockDomain {

@@ -43,3 +43,15 @@ impl Stage for Exceptions {
         Ok(outcome.step(failure.ends_as, failure.reason))
     }
 }
+
+/// The process: the stage on the broker until `shutdown` (its binary's
+/// run, boxed in this crate: see `workers::process`).
+pub fn run(
+    settings: shared::settings::Settings,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
+    Box::pin(async move {
+        let stage = Exceptions::new(crate::processor::Processor::open(&settings).await?);
+        shared::transport::runner::run_stage(stage, settings, shutdown).await
+    })
+}

@@ -193,6 +193,17 @@ impl Stage for Intake {
     }
 }
 
+/// The process: the stage on the broker until `shutdown` (its binary's
+/// run, boxed in this crate: see `workers::process`).
+pub fn run(
+    settings: shared::settings::Settings,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
+    Box::pin(async move {
+        shared::transport::runner::run_stage(Intake::with_domains(&settings)?, settings, shutdown).await
+    })
+}
+
 #[cfg(test)]
 pub mod tests {
     use super::*;

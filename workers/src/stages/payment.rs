@@ -106,6 +106,18 @@ impl Stage for Payment {
     }
 }
 
+/// The process: the stage on the broker until `shutdown` (its binary's
+/// run, boxed in this crate: see `workers::process`).
+pub fn run(
+    settings: shared::settings::Settings,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
+    Box::pin(async move {
+        let stage = Payment::new(crate::processor::Processor::open(&settings).await?);
+        shared::transport::runner::run_stage(stage, settings, shutdown).await
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,6 +29,17 @@ impl BatchStage for Picklist {
     }
 }
 
+/// The process: the stage on the broker until `shutdown` (its binary's
+/// run, boxed in this crate: see `workers::process`).
+pub fn run(
+    settings: shared::settings::Settings,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
+    Box::pin(
+        async move { shared::transport::batch_runner::run_batch_stage(Picklist, settings, shutdown).await },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,3 +13,12 @@ impl Stage for Rebin {
         Ok(Outcome::new(element).step(OrderState::Rebinned, detail))
     }
 }
+
+/// The process: the stage on the broker until `shutdown` (its binary's
+/// run, boxed in this crate: see `workers::process`).
+pub fn run(
+    settings: shared::settings::Settings,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
+    Box::pin(async move { shared::transport::runner::run_stage(Rebin, settings, shutdown).await })
+}

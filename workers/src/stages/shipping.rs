@@ -71,3 +71,15 @@ impl Stage for Shipping {
         Ok(Outcome::new(element).step(OrderState::Shipped, detail))
     }
 }
+
+/// The process: the stage on the broker until `shutdown` (its binary's
+/// run, boxed in this crate: see `workers::process`).
+pub fn run(
+    settings: shared::settings::Settings,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
+    Box::pin(async move {
+        let stage = Shipping::open(&settings).await?;
+        shared::transport::runner::run_stage(stage, settings, shutdown).await
+    })
+}

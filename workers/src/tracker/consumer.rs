@@ -43,10 +43,11 @@ pub async fn run(
     let ctx =
         Arc::new(NodeContext::new(&settings, "tracker", topology::TRACKER_QUEUE.to_string(), PREFETCH)?);
     let retention = super::results::Retention::from_settings(&settings)?;
+    let quiet = settings.warehouse_after;
     let result = supervise(&settings, &ctx, &shutdown, |connection| {
         let health = health.clone();
         let session =
-            serve(connection, ctx.clone(), store.clone(), health.clone(), retention, shutdown.clone());
+            serve(connection, ctx.clone(), store.clone(), health.clone(), retention, quiet, shutdown.clone());
         async move {
             let result = session.await;
             health.set_consuming(false);
@@ -211,6 +212,7 @@ async fn serve(
     store: TrackerStore,
     health: Arc<Health>,
     mut retention: super::results::Retention,
+    quiet: std::time::Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let publisher = Publisher::open(&connection, ctx.trust.own_user()).await?;
@@ -219,7 +221,6 @@ async fn serve(
     health.set_consuming(true);
     let mut batches = consumer.ready_chunks(usize::from(PREFETCH));
     let mut lag_tick = tokio::time::interval(shared::metrics::LAG_EVERY);
-    let quiet = shared::settings::Settings::warehouse_after()?;
     let mut move_tick = tokio::time::interval(MOVE_EVERY);
     let mut late_swept = std::time::Instant::now();
     let result = loop {

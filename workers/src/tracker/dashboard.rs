@@ -41,6 +41,15 @@ impl Depths {
         Depths { management, vhost: parts.map(|(_, _, vhost)| vhost).unwrap_or_else(|| "/".into()) }
     }
 
+    /// Messages waiting in the tracker's own queue (ready or in hand), or
+    /// `None` when the management API does not answer: how far behind it is.
+    pub async fn tracker_backlog(&self) -> Option<u64> {
+        let management = self.management.as_ref()?;
+        let queue = management.queue(&self.vhost, topology::TRACKER_QUEUE);
+        let queue = tokio::time::timeout(Duration::from_secs(2), queue).await.ok()?.ok()?;
+        queue["messages"].as_u64()
+    }
+
     /// Messages in each queue of the stack, or `None` when the management API does not answer.
     async fn read(&self) -> Option<BTreeMap<String, u64>> {
         let management = self.management.as_ref()?;

@@ -32,12 +32,16 @@ const STATUS_BODY_LIMIT: usize = 5 * 1024 * 1024;
 
 pub fn router(store: TrackerStore, health: Arc<Health>, depths: Arc<Depths>) -> Router {
     let live_store = store.clone();
+    let backlog = depths.clone();
     Router::new()
         .route("/", get(dashboard::page))
         .route("/workflow", get(dashboard::workflow))
         .route("/live", get(move || dashboard::live(live_store.clone(), depths.clone())))
         .route("/orders", get(search))
-        .route("/orders/{id}", get(order))
+        .route(
+            "/orders/{id}",
+            get(move |store: State<TrackerStore>, id: Path<String>| order(store, id, backlog.clone())),
+        )
         // 100,000 ids of 36 characters, quoted and separated: about 3.9 MB (axum's default is 2 MB).
         .route(
             "/orders/status",
@@ -114,13 +118,25 @@ fn internal(e: sqlx::Error) -> Response {
     error(StatusCode::INTERNAL_SERVER_ERROR, "the tracking store is unavailable")
 }
 
-async fn order(State(store): State<TrackerStore>, Path(id): Path<String>) -> Response {
+/// `GET /orders/{id}`. An order not recorded while audit messages wait in
+/// the tracker's queue may be among them (just placed, or the tracker is
+/// behind): the 404 says how far behind, not that no such order exists.
+async fn order(State(store): State<TrackerStore>, Path(id): Path<String>, depths: Arc<Depths>) -> Response {
     let Ok(id) = Uuid::parse_str(&id) else {
         return error(StatusCode::BAD_REQUEST, "order ids are uuids");
     };
     match store.order(id).await {
         Ok(Some(view)) => Json(view).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("no order {id} is known")),
+        Ok(None) => match depths.tracker_backlog().await {
+            Some(behind) if behind > 0 => error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no order {id} is recorded yet: the tracker is {behind} audit messages behind, and an order \
+                     just placed may be among them; ask again"
+                ),
+            ),
+            _ => error(StatusCode::NOT_FOUND, format!("no order {id} is known")),
+        },
         Err(e) => internal(e),
     }
 }

@@ -49,7 +49,15 @@ impl Health {
 /// Runs the audit consumer and the HTTP API until shutdown. If either ends
 /// in error the other is stopped and the process exits with that error: a
 /// tracker whose consumer is gone never keeps answering as if it worked.
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// The process's run, boxed here (see `workers::process`).
+pub fn run(
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
+    Box::pin(run_until(settings, shutdown))
+}
+
+async fn run_until(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = store::TrackerStore::open(&settings).await?;
     let listener = tokio::net::TcpListener::bind(settings.http_addr)
         .await

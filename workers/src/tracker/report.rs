@@ -6,11 +6,15 @@
 use super::store::TrackerStore;
 use futures::TryStreamExt;
 use shared::audit::rfc3339;
-use shared::report::{stuck_thresholds, Entry, Report, StuckOrder, Tally};
+use shared::report::{stuck_thresholds, Entry, Report, Stuck, StuckOrder, Tally};
 use sqlx::Row as _;
 use std::collections::HashMap;
 use std::time::Duration;
 use topology::{OrderState, WORKFLOW};
+
+/// `o` (a row of `tracker_orders`) is in a state a service call produced.
+const SERVICE_CALL: &str = "EXISTS (SELECT 1 FROM tracker_events e WHERE e.order_id = o.order_id \
+     AND e.to_state = o.state AND e.mode = 'service')";
 
 /// At most this many stuck orders are listed (longest waiting first).
 pub const MAX_STUCK_LISTED: usize = 200;
@@ -112,18 +116,25 @@ impl TrackerStore {
         Ok(WORKFLOW.next_node(state, &facts))
     }
 
-    /// The active orders waiting at a node for longer than its threshold.
+    /// The active orders waiting at a node for longer than its threshold;
+    /// an order whose current state a service call produced (`mode`
+    /// `service`: its element does not travel on) is counted apart, never stuck.
     async fn stuck(
         &self,
         now: Time,
         thresholds: &std::collections::BTreeMap<String, u64>,
-    ) -> sqlx::Result<Vec<StuckOrder>> {
+    ) -> sqlx::Result<Stuck> {
+        let service_calls: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM tracker_orders o WHERE o.terminal = 0 AND {SERVICE_CALL}"
+        ))
+        .fetch_one(&self.store.pool)
+        .await?;
         let shortest = thresholds.values().min().copied().unwrap_or(0);
         let before = rfc3339::format(&(now - chrono::Duration::milliseconds(shortest as i64)));
-        let rows = sqlx::query(
-            "SELECT order_id, state, updated_at, units FROM tracker_orders WHERE terminal = 0 AND updated_at <= $1 \
-             ORDER BY updated_at LIMIT 5000",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT order_id, state, updated_at, units FROM tracker_orders o WHERE terminal = 0 AND updated_at <= $1 \
+             AND NOT {SERVICE_CALL} ORDER BY updated_at LIMIT 5000"
+        ))
         .bind(before)
         .fetch_all(&self.store.pool)
         .await?;
@@ -148,6 +159,6 @@ impl TrackerStore {
             }
         }
         stuck.truncate(MAX_STUCK_LISTED);
-        Ok(stuck)
+        Ok(Stuck { orders: stuck, service_calls: service_calls.max(0) as u64 })
     }
 }

@@ -34,7 +34,7 @@ pub struct Retention {
 impl Retention {
     pub fn from_settings(settings: &Settings) -> anyhow::Result<Retention> {
         Ok(Retention {
-            collected: Settings::result_retention()?,
+            collected: settings.result_retention,
             uncollected: settings.change_retention,
             purged_at: None,
         })

@@ -3,11 +3,12 @@
 //! a state goes to) and the change cut-offs. Everything else about the
 //! workflow's shape is derived from it: where an element goes next, which
 //! states a node accepts, which routing keys a node's broker user may publish,
-//! which change a state closes, and the processes a stack runs.
+//! which change a state closes, and the node processes a stack runs.
 //!
 //! Nodes and states are named values (not enums) so that a test can build a
 //! definition with a node of its own and watch the derivations follow.
 
+use crate::reads::Reads;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A processing node of the workflow; each runs as its own binary, named
@@ -58,6 +59,28 @@ impl Node {
     /// The routing key that delivers a workflow element to this node.
     pub fn routing_key(self) -> String {
         format!("order.{}", self.0)
+    }
+
+    /// A node's retry queue, and the routing key (on `orderflow.workflow`) that
+    /// reaches it: a transiently failed element waits there out of its node's
+    /// consumer until its per-message TTL (`expiration`) runs out, then the queue
+    /// dead-letters it back to the node's queue (`order.<node>`). Nobody consumes it.
+    pub fn retry_queue(self) -> String {
+        format!("orderflow.retry.{}", self.name())
+    }
+
+    pub fn retry_routing_key(self) -> String {
+        format!("retry.{}", self.name())
+    }
+
+    /// The queue on which the node answers service calls.
+    pub fn service_queue(self) -> String {
+        format!("orderflow.service.{}", self.name())
+    }
+
+    /// The routing key (on `orderflow.services`) that calls the node's service.
+    pub fn service_routing_key(self) -> String {
+        format!("service.{}", self.name())
     }
 }
 
@@ -202,12 +225,38 @@ impl Emit {
     }
 }
 
-/// A workflow node: its name and every state it produces (audit events and
-/// the states elements leave it in).
+/// A workflow node: its name, every state it produces (audit events and
+/// the states elements leave it in), and what its process is: its help
+/// text, the settings it reads besides a node's, whether it needs the card.
 #[derive(Clone, Copy, Debug)]
 pub struct NodeDef {
     pub node: Node,
     pub produces: &'static [Emit],
+    /// Its binary's `--help`'s first paragraph.
+    pub about: &'static str,
+    /// Settings it reads besides every node's ([`Reads::Node`]).
+    pub reads: &'static [Reads],
+    /// An element arriving here must still carry the full card number (it
+    /// is charged here or later): a dead letter whose card was masked cannot
+    /// be replayed to it.
+    pub needs_card: bool,
+}
+
+impl NodeDef {
+    /// A node that produces `produces`, reads a node's settings and never sees the card.
+    pub const fn new(node: Node, about: &'static str, produces: &'static [Emit]) -> NodeDef {
+        NodeDef { node, produces, about, reads: &[], needs_card: false }
+    }
+
+    /// The same node reading more settings.
+    pub const fn reading(self, reads: &'static [Reads]) -> NodeDef {
+        NodeDef { reads, ..self }
+    }
+
+    /// The same node, needing the card number.
+    pub const fn needing_card(self) -> NodeDef {
+        NodeDef { needs_card: true, ..self }
+    }
 }
 
 /// A condition on the element that a route may require.
@@ -290,8 +339,6 @@ pub struct Workflow {
     pub nodes: &'static [NodeDef],
     pub routes: &'static [Route],
     pub cut_offs: &'static [CutOff],
-    /// Long-running processes that are not workflow nodes (each its own binary).
-    pub services: &'static [&'static str],
 }
 
 const fn state(state: OrderState, kind: StateKind) -> StateDef {
@@ -327,25 +374,28 @@ pub const WORKFLOW: Workflow = Workflow {
         state(OrderState::Cancelled, Terminal),
     ],
     nodes: &[
-        NodeDef {
-            node: Node::Intake,
-            produces: &[
+        NodeDef::new(
+            Node::Intake,
+            "The intake node of orderflow: validates placed orders (items, quantities, SKUs, address, card) and accepts or rejects them; an order placed by reference (a customer id, perhaps an address id, SKUs) is first filled in from the customer and catalog domains.",
+            &[
                 Emit::of(OrderState::Accepted),
                 Emit::of(OrderState::Rejected),
                 Emit::of(OrderState::Cancelled),
             ],
-        },
-        NodeDef {
-            node: Node::Payment,
-            produces: &[
+        ).needing_card(),
+        NodeDef::new(
+            Node::Payment,
+            "The payment node of orderflow: charges each accepted order's card once through the simulated card processor.",
+            &[
                 Emit::of(OrderState::Charged),
                 Emit::of(OrderState::PaymentDeclined),
                 Emit::of(OrderState::Cancelled),
             ],
-        },
-        NodeDef {
-            node: Node::Inventory,
-            produces: &[
+        ).needing_card(),
+        NodeDef::new(
+            Node::Inventory,
+            "The inventory node of orderflow: reserves each charged order's items from the stock it alone owns, or backorders them (purchase orders to the distributors) when a distributor supplies what is short; answers the stock domain's requests and takes the received items, one at a time in order of arrival, releasing the backorders they cover, oldest first.",
+            &[
                 Emit::of(OrderState::Reserved),
                 Emit::of(OrderState::StockShort),
                 // Waits here; released later as reserved, stock_short (its
@@ -355,33 +405,37 @@ pub const WORKFLOW: Workflow = Workflow {
                 // A cancel applied here comes before any reservation.
                 Emit::of(OrderState::Cancelling).without_reservation(),
             ],
-        },
-        NodeDef {
-            node: Node::Picklist,
-            produces: &[Emit::of(OrderState::Picked), Emit::of(OrderState::Cancelling).holding_reservation()],
-        },
-        NodeDef {
-            node: Node::Rebin,
-            produces: &[
+        ).reading(&[Reads::Inventory]),
+        NodeDef::new(
+            Node::Picklist,
+            "The picklist node of orderflow: batches reserved shipments into picklists per shipping method.",
+            &[Emit::of(OrderState::Picked), Emit::of(OrderState::Cancelling).holding_reservation()],
+        ).reading(&[Reads::Picklist]),
+        NodeDef::new(
+            Node::Rebin,
+            "The rebin node of orderflow: consolidates picked shipments of more than one unit.",
+            &[
                 Emit::of(OrderState::Rebinned),
                 Emit::of(OrderState::Cancelling).holding_reservation(),
             ],
-        },
-        NodeDef {
-            node: Node::Shipping,
-            produces: &[
+        ),
+        NodeDef::new(
+            Node::Shipping,
+            "The shipping node of orderflow: ships each order once, with a tracking number.",
+            &[
                 Emit::of(OrderState::Shipped),
                 Emit::of(OrderState::Cancelling).holding_reservation(),
             ],
-        },
-        NodeDef {
-            node: Node::Exceptions,
-            produces: &[
+        ),
+        NodeDef::new(
+            Node::Exceptions,
+            "The exceptions node of orderflow: compensates failed and cancelled orders (refunds) and ends them.",
+            &[
                 Emit::of(OrderState::Refunded),
                 Emit::of(OrderState::OutOfStock),
                 Emit::of(OrderState::Cancelled),
             ],
-        },
+        ),
     ],
     routes: &[
         route(OrderState::Placed, Always, Node::Intake),
@@ -399,13 +453,7 @@ pub const WORKFLOW: Workflow = Workflow {
         route(OrderState::StockReleased, Always, Node::Exceptions),
     ],
     cut_offs: &[CutOff { change: ChangeType::ShippingMethod, from: OrderState::Picked }],
-    services: &["tracker", "coordinator"],
 };
-
-/// Every long-running process of orderflow's stack (`WORKFLOW.processes()`).
-pub fn processes() -> Vec<&'static str> {
-    WORKFLOW.processes()
-}
 
 impl Workflow {
     /// The workflow nodes, in table order.
@@ -413,10 +461,21 @@ impl Workflow {
         self.nodes.iter().map(|def| def.node)
     }
 
-    /// Every long-running process of a stack, services first: what scripts,
-    /// compose, tests and bench start (each is a binary of that name).
-    pub fn processes(&self) -> Vec<&'static str> {
-        self.services.iter().copied().chain(self.nodes().map(Node::name)).collect()
+    /// The node placed orders go to: the public door (it takes plain orders
+    /// and records who placed them).
+    pub fn door(&self) -> Node {
+        self.routes
+            .iter()
+            .find(|route| route.state == OrderState::Placed)
+            .map(|route| route.to)
+            .expect("a workflow routes placed orders")
+    }
+
+    /// Whether an element arriving at `node` must still carry the full card
+    /// number (it is charged there or later): a dead letter whose card was
+    /// masked cannot be replayed to it.
+    pub fn needs_card(&self, node: Node) -> bool {
+        self.nodes.iter().any(|def| def.node == node && def.needs_card)
     }
 
     pub fn kind(&self, state: OrderState) -> Option<StateKind> {
@@ -562,13 +621,13 @@ impl Workflow {
     /// to a node, every state a node leaves an element in has a route (or is
     /// terminal), records and terminal states have none.
     pub fn validate(&self) -> Result<(), String> {
-        let names: Vec<&str> = self.processes();
+        let names: Vec<&str> = self.nodes().map(Node::name).collect();
         for (i, name) in names.iter().enumerate() {
             if names[..i].contains(name) {
-                return Err(format!("process {name} is defined twice"));
+                return Err(format!("node {name} is defined twice"));
             }
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c == '-') {
-                return Err(format!("process name {name:?} must be lowercase letters and dashes"));
+                return Err(format!("node name {name:?} must be lowercase letters and dashes"));
             }
         }
         for route in self.routes {
@@ -687,15 +746,6 @@ mod tests {
     }
 
     #[test]
-    fn processes_are_the_services_then_the_nodes() {
-        let processes = WORKFLOW.processes();
-        assert_eq!(processes[0], "tracker");
-        assert_eq!(processes[1], "coordinator");
-        assert_eq!(processes.len(), 9);
-        assert!(processes.contains(&"exceptions"));
-    }
-
-    #[test]
     fn states_round_trip_through_json_and_unknown_ones_are_refused() {
         let json = serde_json::to_string(&OrderState::PaymentDeclined).unwrap();
         assert_eq!(json, "\"payment_declined\"");
@@ -719,7 +769,7 @@ mod tests {
         });
         static NODES: std::sync::LazyLock<Vec<NodeDef>> = std::sync::LazyLock::new(|| {
             let mut nodes = WORKFLOW.nodes.to_vec();
-            nodes.insert(5, NodeDef { node: PACK, produces: PACK_EMITS });
+            nodes.insert(5, NodeDef::new(PACK, "The pack node.", PACK_EMITS));
             nodes
         });
         static ROUTES: std::sync::LazyLock<Vec<Route>> = std::sync::LazyLock::new(|| {
@@ -749,8 +799,10 @@ mod tests {
         // Cut-offs: packed lies after picking, so the shipping method is closed there too.
         assert_eq!(with_pack.closed_by(ChangeType::ShippingMethod, PACKED), Some(OrderState::Picked));
         assert_eq!(with_pack.closed_by(ChangeType::ShippingMethod, OrderState::Reserved), None);
-        // Processes: the new binary is started with the rest.
-        assert!(with_pack.processes().contains(&"pack"));
+        // Processes: the new binary is started with the rest, after rebin.
+        let processes: Vec<&str> =
+            crate::Process::of(&with_pack).into_iter().map(crate::Process::name).collect();
+        assert_eq!(processes.iter().position(|p| *p == "pack"), Some(7), "{processes:?}");
         // And a definition that forgets the route out of pack is refused.
         let dead_end = Workflow { routes: &ROUTES[..ROUTES.len() - 1], ..with_pack };
         assert!(dead_end.validate().unwrap_err().contains("pack leaves elements in packed"));

@@ -122,6 +122,12 @@ impl DomainCopy {
         names.iter().find(|(copy, _)| *copy == self).map_or(self.domain, |(_, name)| name)
     }
 
+    /// The node that answers for this copy, when it is no process of its own
+    /// (the stock domain: inventory, which also sends its purchase orders).
+    pub fn served_by(self) -> Option<Node> {
+        self.def().served_by
+    }
+
     /// Whether this copy is a process of its own (not answered by a node).
     pub fn own_process(self) -> bool {
         self.def().served_by.is_none()
@@ -170,38 +176,19 @@ pub const DOMAINS_EXCHANGE: &str = "orderflow.domains";
 /// domain); each replica has a durable queue of its own on it.
 pub const DOMAIN_CHANGES_EXCHANGE: &str = "orderflow.domain-changes";
 
-/// The domain processes a stack runs (one per copy that is not a node):
-/// `customer`, `customer-uk`, `customer-de`, `catalog`, `distributor`.
-pub fn processes() -> Vec<String> {
-    DomainCopy::all().into_iter().filter(|copy| copy.own_process()).map(DomainCopy::process).collect()
-}
-
-/// The binary a process runs and the region it is told (`ORDERFLOW_REGION`):
-/// `customer-uk` is the `customer` binary in region `uk`; anything else is
-/// its own binary.
-pub fn binary_of(process: &str) -> (&str, Option<&'static str>) {
-    match DomainCopy::from_process(process) {
-        Some(DomainCopy { domain, region: Some(region) }) => (domain, Some(region)),
-        _ => (process, None),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn copies_name_their_queues_processes_and_binaries() {
+    fn copies_name_their_queues_and_processes() {
         let uk = DomainCopy::find("customer", Some("uk")).unwrap();
         assert_eq!(uk.queue(), "orderflow.domain.customer.uk");
         assert_eq!(uk.routing_key(), "domain.customer.uk");
         assert_eq!(uk.feed_queue().as_deref(), Some("orderflow.replica.customer.uk"));
         assert_eq!(uk.process(), "customer-uk");
-        assert_eq!(binary_of("customer-uk"), ("customer", Some("uk")));
-        assert_eq!(binary_of("payment"), ("payment", None));
         assert_eq!(DomainCopy::find("customer", Some("primary")), Some(DomainCopy::primary("customer")));
         assert_eq!(DomainCopy::find("catalog", Some("uk")), None);
-        assert_eq!(processes(), ["customer", "customer-uk", "customer-de", "catalog", "distributor"]);
         // The stock domain is answered by the inventory node, which takes the received items.
         let stock = DomainCopy::primary("stock");
         assert_eq!(stock.process(), "inventory");

@@ -1,0 +1,17 @@
+//! The groups of settings a process reads, named in each process's row
+//! (`shared::help` lists each group's environment variables).
+
+/// A group of settings a process reads besides the broker's and the logs'.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reads {
+    /// What every workflow node reads: its store, prefetch, limits, delays, metrics.
+    Node,
+    Picklist,
+    /// Inventory's backorders and its questions to the distributor domain.
+    Inventory,
+    Tracker,
+    Coordinator,
+    /// What a domain's process reads (its region included).
+    Domain,
+    DistributorSim,
+}

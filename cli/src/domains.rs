@@ -341,7 +341,12 @@ const SEED_FILES: &[SeedFile] = &[
 
 /// Loads the seed files through the domains' own requests, 64 in flight;
 /// each line's request id is made from its file and key, so seeding twice
-/// changes nothing.
+/// changes nothing, and a request with no answer within the timeout (it
+/// waited behind the others at a busy domain) is asked again with the same
+/// id, up to [`SEED_ATTEMPTS`] times, before the seed gives up.
+/// How many times seeding asks a request that gets no answer.
+const SEED_ATTEMPTS: u32 = 5;
+
 async fn seed(settings: &Settings, dir: &Path) -> anyhow::Result<Outcome> {
     let session = Session::open(settings).await?;
     let session = &session;
@@ -360,7 +365,15 @@ async fn seed(settings: &Settings, dir: &Path) -> anyhow::Result<Outcome> {
         let total = requests.len();
         let copy = DomainCopy::primary(seed.domain);
         let mut answers = futures::stream::iter(requests)
-            .map(|(id, request)| async move { (id.clone(), session.ask(copy, request, Some(&id)).await) })
+            .map(|(id, request)| async move {
+                let mut attempt = 1;
+                loop {
+                    match session.ask(copy, request.clone(), Some(&id)).await {
+                        Err(ClientError::Unavailable(_)) if attempt < SEED_ATTEMPTS => attempt += 1,
+                        answer => return (id, answer),
+                    }
+                }
+            })
             .buffer_unordered(64);
         let mut done = 0usize;
         while let Some((id, answer)) = answers.next().await {

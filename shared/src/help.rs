@@ -74,7 +74,7 @@ pub const VARIABLES: &[Variable] = &[
     var(
         "ORDERFLOW_METRICS_ADDR",
         "unset: no metrics endpoint",
-        "where a worker or the tracker serves Prometheus metrics (GET /metrics), e.g. 127.0.0.1:9101",
+        "where a worker or the tracker serves Prometheus metrics (GET /metrics), e.g. 127.0.0.1:29101",
     ),
     var(
         "ORDERFLOW_REGION",

@@ -182,7 +182,7 @@ impl Settings {
             db_max_connections,
             metrics_addr: match var("ORDERFLOW_METRICS_ADDR") {
                 None => None,
-                Some(_) => Some(setting("ORDERFLOW_METRICS_ADDR", "an address such as 127.0.0.1:9101")?),
+                Some(_) => Some(setting("ORDERFLOW_METRICS_ADDR", "an address such as 127.0.0.1:29101")?),
             },
             delays: Delays::from_env()?,
             result_retention: duration("ORDERFLOW_RESULT_RETENTION_S", S, 0, 3650 * DAY_S)?,

@@ -11,10 +11,10 @@ use crate::orderflow::{measure, warm_up, Load, RunResult};
 use crate::stack::{BenchConfig, Stack};
 use crate::stats::Dist;
 use rand::{Rng, SeedableRng};
-use shared::domain_client::DomainClient;
 use shared::order::{Order, PaymentCard, ShipTo};
 use std::time::{Duration, Instant};
 use topology::DomainCopy;
+use transport::domain_client::DomainClient;
 
 pub struct DomainsResult {
     /// (self-contained, by reference) per repetition.

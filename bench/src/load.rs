@@ -8,9 +8,9 @@
 use crate::stats::now_secs;
 use shared::audit::AuditEvent;
 use shared::order::{Order, OrderElement};
-use shared::transport::message::{audit_message, element_message};
-use shared::transport::{Outgoing, Publisher};
 use std::time::{Duration, Instant};
+use transport::message::{audit_message, element_message};
+use transport::{Outgoing, Publisher};
 use uuid::Uuid;
 
 /// Valid generated orders, as `orderflow publish --count` makes them.
@@ -42,7 +42,7 @@ fn place(order: Order, messages: &mut Vec<Outgoing>, route: Route) -> Uuid {
         message.routing_key = topology::COORDINATOR_ROUTING_KEY.to_string();
     }
     let mut placing = [audit_message(&placed), message];
-    shared::trace::stamp(&mut placing, &shared::trace::TraceContext::of_order(element.order_id));
+    transport::message::stamp_trace(&mut placing, &shared::trace::TraceContext::of_order(element.order_id));
     messages.extend(placing);
     element.order_id
 }

@@ -391,6 +391,8 @@ async fn measure_directed(plan: &Plan, config: &BenchConfig, half_rate: f64) -> 
     Ok(Directed { saturated, half, calls_idle, calls_loaded, loaded_by })
 }
 
+/// Runs what `args` asks for: an A/B comparison, a soak, the domains run,
+/// or the main benchmark, and publishes its report.
 async fn run(args: Args) -> anyhow::Result<()> {
     let plan = Plan::from_args(&args);
     stack::check_binaries(&plan.bin_dir)?;
@@ -410,56 +412,138 @@ async fn run(args: Args) -> anyhow::Result<()> {
     stack_config.pass_rust_log = false;
     stack_config.keep_run_dir_on_drop = true;
     let config = BenchConfig { stack: stack_config, run_id: run_id.clone() };
-    if let Some(other) = &args.compare_bin_dir {
-        stack::check_binaries(other)?;
-        let comparison =
-            compare::run(&config, other.clone(), plan.reps, plan.burst_orders, plan.in_flight, plan.warmup)
-                .await?;
-        let markdown = format!(
-            "# orderflow A/B, {}\n\n{} on {}\n\n{}",
-            started.format("%Y-%m-%d"),
-            versions,
-            machine::describe(),
-            compare::markdown(&comparison)
-        );
-        return publish(&markdown, args.report.as_deref());
-    }
-    if args.soak {
-        let every = std::time::Duration::from_secs(args.soak_every.max(1));
-        let result = soak::run(&config, args.soak_orders.max(10), args.soak_rate, every, plan.warmup).await?;
-        let markdown = format!(
-            "# orderflow soak, {}\n\n{} on {}; rerun: `scripts/bench.sh SOAK.md --soak`\n\n{}",
-            started.format("%Y-%m-%d"),
-            versions,
-            machine::describe(),
-            soak::markdown(&result)
-        );
-        return publish(&markdown, args.report.as_deref());
-    }
-    if args.domains {
-        let lookups = if plan.smoke { 50 } else { 2000 };
-        let result = domains::run(
-            &config,
-            &args.seed_dir,
-            plan.reps,
-            plan.burst_orders,
-            plan.in_flight,
-            plan.warmup,
-            lookups,
-        )
-        .await?;
-        let markdown = format!(
-            "# orderflow and its data domains, {}\n\n{} on {}; rerun: `scripts/bench.sh DOMAINS.md --domains`\n\n{}",
-            started.format("%Y-%m-%d"),
-            versions,
-            machine::describe(),
-            domains::markdown(&result)
-        );
-        return publish(&markdown, args.report.as_deref());
-    }
-    let mut main_stack: Option<Stack> = None;
+    let markdown = if let Some(other) = &args.compare_bin_dir {
+        run_compare(&plan, &config, other, started, &versions).await?
+    } else if args.soak {
+        run_soak(&args, &plan, &config, started, &versions).await?
+    } else if args.domains {
+        run_domains(&args, &plan, &config, started, &versions).await?
+    } else {
+        run_main(&args, &plan, &config, &broker, started, versions).await?
+    };
+    publish(&markdown, args.report.as_deref())
+}
 
-    // 1 and 2: the relay and orderflow saturated, alternating (ABBA) so that drift cancels.
+/// The A/B of this build's binaries against `other`'s.
+async fn run_compare(
+    plan: &Plan,
+    config: &BenchConfig,
+    other: &std::path::Path,
+    started: chrono::DateTime<chrono::Utc>,
+    versions: &str,
+) -> anyhow::Result<String> {
+    stack::check_binaries(other)?;
+    let comparison =
+        compare::run(config, other.to_path_buf(), plan.reps, plan.burst_orders, plan.in_flight, plan.warmup)
+            .await?;
+    Ok(format!(
+        "# orderflow A/B, {}\n\n{} on {}\n\n{}",
+        started.format("%Y-%m-%d"),
+        versions,
+        machine::describe(),
+        compare::markdown(&comparison)
+    ))
+}
+
+/// The long soak: memory and latency over time at a steady rate.
+async fn run_soak(
+    args: &Args,
+    plan: &Plan,
+    config: &BenchConfig,
+    started: chrono::DateTime<chrono::Utc>,
+    versions: &str,
+) -> anyhow::Result<String> {
+    let every = std::time::Duration::from_secs(args.soak_every.max(1));
+    let result = soak::run(config, args.soak_orders.max(10), args.soak_rate, every, plan.warmup).await?;
+    Ok(format!(
+        "# orderflow soak, {}\n\n{} on {}; rerun: `scripts/bench.sh SOAK.md --soak`\n\n{}",
+        started.format("%Y-%m-%d"),
+        versions,
+        machine::describe(),
+        soak::markdown(&result)
+    ))
+}
+
+/// orderflow with its data domains seeded and asked.
+async fn run_domains(
+    args: &Args,
+    plan: &Plan,
+    config: &BenchConfig,
+    started: chrono::DateTime<chrono::Utc>,
+    versions: &str,
+) -> anyhow::Result<String> {
+    let lookups = if plan.smoke { 50 } else { 2000 };
+    let result = domains::run(
+        config,
+        &args.seed_dir,
+        plan.reps,
+        plan.burst_orders,
+        plan.in_flight,
+        plan.warmup,
+        lookups,
+    )
+    .await?;
+    Ok(format!(
+        "# orderflow and its data domains, {}\n\n{} on {}; rerun: `scripts/bench.sh DOMAINS.md --domains`\n\n{}",
+        started.format("%Y-%m-%d"),
+        versions,
+        machine::describe(),
+        domains::markdown(&result)
+    ))
+}
+
+/// The main benchmark: relay and orderflow in pairs, the maximum sustainable
+/// rate and half of it, directed mode, and scale-out.
+async fn run_main(
+    args: &Args,
+    plan: &Plan,
+    config: &BenchConfig,
+    broker: &Broker,
+    started: chrono::DateTime<chrono::Utc>,
+    versions: String,
+) -> anyhow::Result<String> {
+    let mut main_stack: Option<Stack> = None;
+    let pairs = measure_pairs(args, plan, config, broker, &mut main_stack).await?;
+    let saturated = stats::median(&pairs.iter().map(|p| p.orderflow.throughput.per_sec).collect::<Vec<_>>());
+    let max_attempts = find_max_rate(plan, config, &mut main_stack, saturated).await?;
+    let max_rate = match max_attempts.last().map(|r| r.load) {
+        Some(Load::OpenLoop(rate)) => rate,
+        _ => saturated,
+    };
+    // 2b: half of it.
+    let half_rate = (max_rate / 2.0).max(1.0);
+    let orders = ((half_rate * plan.open_secs).ceil() as usize).max(10);
+    let phase = format!("orderflow open loop at {half_rate:.0}/s (half)");
+    let half =
+        measure(&mut main_stack, plan, config, "half", orders, Load::OpenLoop(half_rate), &phase).await?;
+    if let Some(stack) = main_stack.take() {
+        stack.shutdown().await?;
+    }
+
+    // 5: directed mode beside autonomous; a service call's round trip.
+    let directed = measure_directed(plan, config, half_rate).await?;
+    let scale = measure_scale(plan, config).await?;
+    let results = Results { directed, pairs, max_attempts, half, scale };
+    let context = report::Context {
+        plan,
+        started,
+        finished: chrono::Utc::now(),
+        machine: machine::describe(),
+        versions,
+        bin_dir: plan.bin_dir.display().to_string(),
+    };
+    Ok(report::markdown(&context, &results))
+}
+
+/// 1 and 2: the relay and orderflow saturated, alternating (ABBA) so that drift cancels.
+async fn measure_pairs(
+    args: &Args,
+    plan: &Plan,
+    config: &BenchConfig,
+    broker: &Broker,
+    main_stack: &mut Option<Stack>,
+) -> anyhow::Result<Vec<Pair>> {
+    let run_id = &config.run_id;
     let mut pairs = Vec::new();
     for rep in 1..=plan.reps {
         let relay_first = rep % 2 == 1;
@@ -468,14 +552,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         for relay_turn in [relay_first, !relay_first] {
             if relay_turn {
                 let tag = format!("relay-{rep}");
-                relay_result = Some(relay::run(&broker, &run_id, &tag, &plan.relay).await?);
+                relay_result = Some(relay::run(broker, run_id, &tag, &plan.relay).await?);
             } else {
                 let (tag, phase) =
                     (format!("burst-{rep}"), format!("orderflow saturated {rep}/{}", plan.reps));
                 let run = measure(
-                    &mut main_stack,
-                    &plan,
-                    &config,
+                    main_stack,
+                    plan,
+                    config,
                     &tag,
                     plan.burst_orders,
                     Load::Saturated(plan.in_flight),
@@ -495,21 +579,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let postgres = if args.no_postgres {
             None
         } else {
-            measure_on_postgres(&plan, &config, &args.postgres_admin_url, rep).await?
+            measure_on_postgres(plan, config, &args.postgres_admin_url, rep).await?
         };
         pairs.push(Pair { relay_first, relay, orderflow, postgres });
     }
 
-    // 2a: the maximum sustainable rate, open loop, starting at the saturated throughput.
-    let saturated = stats::median(&pairs.iter().map(|p| p.orderflow.throughput.per_sec).collect::<Vec<_>>());
+    Ok(pairs)
+}
+
+/// 2a: the maximum sustainable rate, open loop, starting at the saturated
+/// throughput and stepping down 10 % until it is sustained.
+async fn find_max_rate(
+    plan: &Plan,
+    config: &BenchConfig,
+    main_stack: &mut Option<Stack>,
+    saturated: f64,
+) -> anyhow::Result<Vec<RunResult>> {
     let mut max_attempts: Vec<RunResult> = Vec::new();
     for attempt in 0..plan.max_attempts {
         let rate = (saturated * (1.0 - 0.1 * attempt as f64)).max(1.0);
         let orders = ((rate * plan.open_secs).ceil() as usize).max(10);
         let tag = format!("max-{}", attempt + 1);
         let phase = format!("orderflow open loop at {rate:.0}/s (maximum, attempt {})", attempt + 1);
-        let run =
-            measure(&mut main_stack, &plan, &config, &tag, orders, Load::OpenLoop(rate), &phase).await?;
+        let run = measure(main_stack, plan, config, &tag, orders, Load::OpenLoop(rate), &phase).await?;
         let sustained = run.sustained();
         max_attempts.push(run);
         if sustained {
@@ -519,25 +611,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             note("  not sustained (completions behind the offered rate, growing latency or publisher lag): 10 % lower");
         }
     }
-    let max_rate = match max_attempts.last().map(|r| r.load) {
-        Some(Load::OpenLoop(rate)) => rate,
-        _ => saturated,
-    };
+    Ok(max_attempts)
+}
 
-    // 2b: half of it.
-    let half_rate = (max_rate / 2.0).max(1.0);
-    let orders = ((half_rate * plan.open_secs).ceil() as usize).max(10);
-    let phase = format!("orderflow open loop at {half_rate:.0}/s (half)");
-    let half =
-        measure(&mut main_stack, &plan, &config, "half", orders, Load::OpenLoop(half_rate), &phase).await?;
-    if let Some(stack) = main_stack.take() {
-        stack.shutdown().await?;
-    }
-
-    // 5: directed mode beside autonomous; a service call's round trip.
-    let directed = measure_directed(&plan, &config, half_rate).await?;
-
-    // 4: scale-out of a slowed payment node.
+/// 4: scale-out of a slowed payment node.
+async fn measure_scale(plan: &Plan, config: &BenchConfig) -> anyhow::Result<Vec<ScalePoint>> {
     let mut scale = Vec::new();
     let variants: &[bool] = if plan.serial_scale { &[false, true] } else { &[false] };
     for &serial in variants {
@@ -555,7 +633,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         for &instances in &plan.scale {
             let suffix = if serial { "-serial" } else { "" };
             let tag = format!("scale-{instances}{suffix}");
-            let mut stack = acquire(&mut scale_stack, &plan, &config, &tag).await?;
+            let mut stack = acquire(&mut scale_stack, plan, &config, &tag).await?;
             let load = Load::Saturated(plan.in_flight);
             let running = stack.processes.iter().filter(|p| p.binary == "payment").count();
             stack.scale("payment", instances).await?;
@@ -569,7 +647,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             );
             let orders = load::orders(plan.scale_orders);
             let run = orderflow::measure(&mut stack, orders, load, Route::Autonomous, &phase).await?;
-            release(&mut scale_stack, &plan, stack).await?;
+            release(&mut scale_stack, plan, stack).await?;
             scale.push(ScalePoint { instances, serial, run });
         }
         if let Some(stack) = scale_stack.take() {
@@ -577,17 +655,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
-    let results = Results { directed, pairs, max_attempts, half, scale };
-    let context = report::Context {
-        plan: &plan,
-        started,
-        finished: chrono::Utc::now(),
-        machine: machine::describe(),
-        versions,
-        bin_dir: plan.bin_dir.display().to_string(),
-    };
-    let markdown = report::markdown(&context, &results);
-    publish(&markdown, args.report.as_deref())
+    Ok(scale)
 }
 
 /// Prints a report and writes it to `path` when one is given.

@@ -183,7 +183,7 @@ impl Shared {
 
 /// Connects as orderflow's processes do (on a cluster, spread over its nodes).
 async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
-    shared::transport::connect(url, name).await.with_context(|| format!("relay {name} cannot connect"))
+    transport::connect(url, name).await.with_context(|| format!("relay {name} cannot connect"))
 }
 
 /// One hop: its own connection, a consume channel with `prefetch`, a confirm-mode publish channel.
@@ -323,6 +323,49 @@ async fn run_in(url: &str, config: &RelayConfig, tag: &str) -> anyhow::Result<Re
         cancel: CancellationToken::new(),
     });
     let _cancel_on_drop = shared.cancel.clone().drop_guard();
+    let mut tasks = start_tasks(url, config, &shared).await?;
+
+    let progress = Progress::start(&format!("relay {tag}"));
+    let broker_pids = procfs::broker_pids();
+    let (cpu_own_0, cpu_broker_0) = (procfs::own_cpu_seconds(), procfs::total_cpu_seconds(&broker_pids));
+    let publish = setup.create_channel().await?;
+    publish.confirm_select(ConfirmSelectOptions::default()).await?;
+    let element_bodies: Vec<Vec<u8>> = load::orders(config.chains)
+        .into_iter()
+        .map(|o| serde_json::to_vec(&OrderElement::placed(o)))
+        .collect::<Result<_, _>>()?;
+    let publish_start = now_secs();
+    publish_chains(&publish, &element_bodies, config, &shared, &progress).await?;
+    let publish_end = now_secs();
+
+    wait_for_chains(config, &shared, &progress).await?;
+    let cpu_own = procfs::own_cpu_seconds() - cpu_own_0;
+    let cpu_broker = procfs::total_cpu_seconds(&broker_pids) - cpu_broker_0;
+    shared.cancel.cancel();
+    while tasks.join_next().await.is_some() {}
+    let _ = setup.close(200, "relay done".into()).await;
+
+    let completed = shared.completed.lock().map(|c| c.clone()).unwrap_or_default();
+    let times: Vec<f64> = completed.iter().map(|(t, _)| *t).collect();
+    let latencies: Vec<f64> = completed.iter().map(|(_, l)| *l).collect();
+    let throughput = crate::stats::saturated_throughput(&times, publish_start, publish_end);
+    let per_1000 = 1000.0 / config.chains as f64;
+    progress.finish(&format!("{:.0} chains/s", throughput.per_sec));
+    Ok(RelayResult {
+        chains: config.chains,
+        throughput,
+        latency: Dist::of_ms(&latencies),
+        cpu_relay_per_1000: cpu_own * per_1000,
+        cpu_broker_per_1000: cpu_broker * per_1000,
+    })
+}
+
+/// Starts a task per hop and the audit consumer, and waits until each is consuming.
+async fn start_tasks(
+    url: &str,
+    config: &RelayConfig,
+    shared: &Arc<Shared>,
+) -> anyhow::Result<tokio::task::JoinSet<()>> {
     let mut tasks = tokio::task::JoinSet::new();
     let mut readies = Vec::new();
     for hop_number in 1..=config.hops {
@@ -350,22 +393,26 @@ async fn run_in(url: &str, config: &RelayConfig, tag: &str) -> anyhow::Result<Re
         }
     }
 
-    let progress = Progress::start(&format!("relay {tag}"));
-    let broker_pids = procfs::broker_pids();
-    let (cpu_own_0, cpu_broker_0) = (procfs::own_cpu_seconds(), procfs::total_cpu_seconds(&broker_pids));
-    let publish = setup.create_channel().await?;
-    publish.confirm_select(ConfirmSelectOptions::default()).await?;
-    let element_bodies: Vec<Vec<u8>> = load::orders(config.chains)
-        .into_iter()
-        .map(|o| serde_json::to_vec(&OrderElement::placed(o)))
-        .collect::<Result<_, _>>()?;
-    let completed = |shared: &Shared| shared.completed.lock().map(|c| c.len()).unwrap_or(0);
-    let publish_start = now_secs();
+    Ok(tasks)
+}
+
+/// How many chains are complete so far.
+fn completed(shared: &Shared) -> usize {
+    shared.completed.lock().map(|c| c.len()).unwrap_or(0)
+}
+
+/// Publishes every chain's first element and audit message like the
+/// orderflow publisher: confirmed windows, at most `in_flight` chains incomplete.
+async fn publish_chains(
+    publish: &lapin::Channel,
+    element_bodies: &[Vec<u8>],
+    config: &RelayConfig,
+    shared: &Shared,
+    progress: &Progress,
+) -> anyhow::Result<()> {
     let mut published = 0;
-    // Like the orderflow publisher: confirmed windows, at most `in_flight` chains incomplete.
     for bodies in element_bodies.chunks(load::WINDOW) {
-        while published - completed(&shared).min(published) + load::WINDOW
-            > config.in_flight.max(load::WINDOW)
+        while published - completed(shared).min(published) + load::WINDOW > config.in_flight.max(load::WINDOW)
         {
             if shared.cancel.is_cancelled() {
                 break;
@@ -383,15 +430,18 @@ async fn run_in(url: &str, config: &RelayConfig, tag: &str) -> anyhow::Result<Re
             ));
             messages.push((EXCHANGE, hop_key(1), body, properties(t0, "order")));
         }
-        publish_confirmed(&publish, &messages).await?;
+        publish_confirmed(publish, &messages).await?;
         published += bodies.len();
-        progress.set(format!("published {published}/{}, completed {}", config.chains, completed(&shared)));
+        progress.set(format!("published {published}/{}, completed {}", config.chains, completed(shared)));
     }
-    let publish_end = now_secs();
+    Ok(())
+}
 
-    let mut last_progress = (completed(&shared), Instant::now());
+/// Waits until every chain is complete; fails on a task's failure or 30 s without progress.
+async fn wait_for_chains(config: &RelayConfig, shared: &Shared, progress: &Progress) -> anyhow::Result<()> {
+    let mut last_progress = (completed(shared), Instant::now());
     loop {
-        let done = completed(&shared);
+        let done = completed(shared);
         if done >= config.chains {
             break;
         }
@@ -409,23 +459,5 @@ async fn run_in(url: &str, config: &RelayConfig, tag: &str) -> anyhow::Result<Re
         progress.set(format!("published {0}/{0}, completed {done}", config.chains));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let cpu_own = procfs::own_cpu_seconds() - cpu_own_0;
-    let cpu_broker = procfs::total_cpu_seconds(&broker_pids) - cpu_broker_0;
-    shared.cancel.cancel();
-    while tasks.join_next().await.is_some() {}
-    let _ = setup.close(200, "relay done".into()).await;
-
-    let completed = shared.completed.lock().map(|c| c.clone()).unwrap_or_default();
-    let times: Vec<f64> = completed.iter().map(|(t, _)| *t).collect();
-    let latencies: Vec<f64> = completed.iter().map(|(_, l)| *l).collect();
-    let throughput = crate::stats::saturated_throughput(&times, publish_start, publish_end);
-    let per_1000 = 1000.0 / config.chains as f64;
-    progress.finish(&format!("{:.0} chains/s", throughput.per_sec));
-    Ok(RelayResult {
-        chains: config.chains,
-        throughput,
-        latency: Dist::of_ms(&latencies),
-        cpu_relay_per_1000: cpu_own * per_1000,
-        cpu_broker_per_1000: cpu_broker * per_1000,
-    })
+    Ok(())
 }

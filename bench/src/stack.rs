@@ -7,9 +7,9 @@
 use crate::progress::note;
 use futures::StreamExt;
 use harness::{OrderView, StackConfig};
-use shared::transport::Publisher;
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
+use transport::Publisher;
 use uuid::Uuid;
 
 /// Checks that the binaries a stack needs are in `bin_dir`.

@@ -19,11 +19,11 @@ use lapin::{
 use shared::service::{CallResult, CallStatus, CALLBACK_HEADER, DEADLINE_HEADER, REPLY_HEADER};
 use shared::settings::Settings;
 use shared::tracker_api::TrackerClient;
-use shared::transport::message::SCHEMA_HEADER;
-use shared::transport::{connect, Outgoing, Publisher};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use topology::Node;
+use transport::message::SCHEMA_HEADER;
+use transport::{connect, Outgoing, Publisher};
 
 /// How the caller gets its result.
 pub enum How {

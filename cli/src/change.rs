@@ -12,9 +12,9 @@ use shared::order::ShipTo;
 use shared::settings::Settings;
 use shared::text::escaped as safe;
 use shared::tracker_api::{TrackerClient, TrackerError};
-use shared::transport::message::{change_event_message, change_request_message};
-use shared::transport::{connect, Publisher};
 use std::time::{Duration, Instant};
+use transport::message::{change_event_message, change_request_message};
+use transport::{connect, Publisher};
 use uuid::Uuid;
 
 /// How long the command waits for a change's outcome.
@@ -68,31 +68,7 @@ pub async fn request(
         }
         _ => {}
     }
-    let connection = connect(&settings.amqp_url, "orderflow-change")
-        .await
-        .with_context(|| format!("cannot connect to RabbitMQ at {}", settings.amqp_url_redacted()))?;
-    let setup = connection.create_channel().await?;
-    topology::ensure_for(&setup, &[]).await.context("the topology is not applied on this broker")?;
-    let _ = setup.close(200, "checked".into()).await;
-    let publisher = Publisher::open(&connection, &settings.broker_user()).await?;
-    let instance = format!("cli-{}", std::process::id());
-    let requested = ChangeEvent::new(
-        &request,
-        ChangeKind::ChangeRequested,
-        shared::trust::Trust::cli_role(settings).name(),
-        &instance,
-        request.change.describe(),
-        0,
-    );
-    publisher
-        .publish_all(&in_the_orders_trace(
-            [change_event_message(&requested), change_request_message(&request)],
-            order_id,
-        ))
-        .await
-        .context("publishing the change request")?;
-    publisher.close().await;
-    let _ = connection.close(200, "requested".into()).await;
+    send(settings, &request).await?;
     println!("{}", request.change_id);
 
     let (timeout, sync) = match mode {
@@ -101,11 +77,22 @@ pub async fn request(
         // After the deadline no node applies it; the grace lets a just-made decision reach the tracker.
         Mode::Sync(timeout) => (timeout + Duration::from_secs(2), true),
     };
-    let change_id = request.change_id.to_string();
+    await_outcome(&client, order_id, &request.change_id.to_string(), timeout, sync).await
+}
+
+/// Polls the tracker until a node decides the change or `timeout` passes;
+/// `sync` says the deadline has passed by then (the change will never be applied).
+async fn await_outcome(
+    client: &TrackerClient,
+    order_id: Uuid,
+    change_id: &str,
+    timeout: Duration,
+    sync: bool,
+) -> anyhow::Result<Outcome> {
     let until = Instant::now() + timeout;
     loop {
         if let Ok(view) = client.order(&order_id).await {
-            if let Some(outcome) = view.change_outcome(&change_id) {
+            if let Some(outcome) = view.change_outcome(change_id) {
                 let (node, detail) = (safe(&outcome.node), safe(&outcome.detail));
                 if outcome.state == "change_applied" {
                     println!("applied by {node}: {detail}");
@@ -138,11 +125,43 @@ pub async fn request(
     }
 }
 
+/// Sends the request to every node, with its `change_requested` record for
+/// the tracker, once the topology is known to be applied.
+async fn send(settings: &Settings, request: &ChangeRequest) -> anyhow::Result<()> {
+    let order_id = request.order_id;
+    let connection = connect(&settings.amqp_url, "orderflow-change")
+        .await
+        .with_context(|| format!("cannot connect to RabbitMQ at {}", settings.amqp_url_redacted()))?;
+    let setup = connection.create_channel().await?;
+    topology::ensure_for(&setup, &[]).await.context("the topology is not applied on this broker")?;
+    let _ = setup.close(200, "checked".into()).await;
+    let publisher = Publisher::open(&connection, &settings.broker_user()).await?;
+    let instance = format!("cli-{}", std::process::id());
+    let requested = ChangeEvent::new(
+        request,
+        ChangeKind::ChangeRequested,
+        shared::trust::Trust::cli_role(settings).name(),
+        &instance,
+        request.change.describe(),
+        0,
+    );
+    publisher
+        .publish_all(&in_the_orders_trace(
+            [change_event_message(&requested), change_request_message(request)],
+            order_id,
+        ))
+        .await
+        .context("publishing the change request")?;
+    publisher.close().await;
+    let _ = connection.close(200, "requested".into()).await;
+    Ok(())
+}
+
 /// A change is part of its order's trace (the trace id is the order's).
 fn in_the_orders_trace<const N: usize>(
-    mut messages: [shared::transport::Outgoing; N],
+    mut messages: [transport::Outgoing; N],
     order_id: Uuid,
-) -> [shared::transport::Outgoing; N] {
-    shared::trace::stamp(&mut messages, &shared::trace::TraceContext::of_order(order_id));
+) -> [transport::Outgoing; N] {
+    transport::message::stamp_trace(&mut messages, &shared::trace::TraceContext::of_order(order_id));
     messages
 }

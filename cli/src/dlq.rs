@@ -5,7 +5,7 @@ use crate::exit::Outcome;
 use anyhow::Context;
 use shared::settings::Settings;
 use shared::text::escaped as safe;
-use shared::transport::{connect, dead_letters};
+use transport::{connect, dead_letters};
 
 async fn open(settings: &Settings) -> anyhow::Result<lapin::Connection> {
     connect(&settings.amqp_url, "orderflow-dlq")

@@ -10,7 +10,6 @@ use crate::exit::Outcome;
 use anyhow::Context;
 use futures::StreamExt;
 use serde_json::{json, Value};
-use shared::domain_client::{ClientError, DomainClient};
 use shared::domains::{
     AddressInput, CardInput, CopyStatus, Customer, CustomerRequest, RecordRequest, StockRequest,
 };
@@ -19,6 +18,7 @@ use shared::text::escaped;
 use std::path::Path;
 use std::time::Duration;
 use topology::DomainCopy;
+use transport::domain_client::{ClientError, DomainClient};
 
 /// A client on a connection of its own.
 struct Session {
@@ -29,7 +29,7 @@ struct Session {
 
 impl Session {
     async fn open(settings: &Settings) -> anyhow::Result<Session> {
-        let connection = shared::transport::connect(&settings.amqp_url, "orderflow-domains")
+        let connection = transport::connect(&settings.amqp_url, "orderflow-domains")
             .await
             .with_context(|| format!("cannot connect to RabbitMQ at {}", settings.amqp_url_redacted()))?;
         let client = DomainClient::open(&connection, &settings.broker_user()).await?;
@@ -452,14 +452,14 @@ pub fn read_receipts(path: &Path) -> anyhow::Result<Vec<ReceiptLine>> {
 /// prints each shipment id. The stock domain checks them and counts each
 /// shipment once (each scan is a message of its own: a new message id).
 pub async fn receive(settings: &Settings, receipts: Vec<ReceiptLine>) -> anyhow::Result<Outcome> {
-    let connection = shared::transport::connect(&settings.amqp_url, "orderflow-receive")
+    let connection = transport::connect(&settings.amqp_url, "orderflow-receive")
         .await
         .with_context(|| format!("cannot connect to RabbitMQ at {}", settings.amqp_url_redacted()))?;
-    let publisher = shared::transport::Publisher::open(&connection, &settings.broker_user()).await?;
+    let publisher = transport::Publisher::open(&connection, &settings.broker_user()).await?;
     for chunk in receipts.chunks(100) {
-        let messages: Vec<shared::transport::Outgoing> = chunk
+        let messages: Vec<transport::Outgoing> = chunk
             .iter()
-            .map(|receipt| shared::transport::Outgoing {
+            .map(|receipt| transport::Outgoing {
                 exchange: topology::RECEIVING_EXCHANGE,
                 routing_key: topology::domains::RECEIVED_ROUTING_KEY.to_string(),
                 body: serde_json::to_vec(&receipt.body).expect("JSON always serializes"),

@@ -137,9 +137,9 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
         }
         Command::Dlq { command: DlqCommand::Discard { id, reason, .. } } => {
             let selection = match (id, reason) {
-                (Some(id), _) => shared::transport::dead_letters::Selection::Id(id),
-                (None, Some(reason)) => shared::transport::dead_letters::Selection::Reason(reason),
-                (None, None) => shared::transport::dead_letters::Selection::All,
+                (Some(id), _) => transport::dead_letters::Selection::Id(id),
+                (None, Some(reason)) => transport::dead_letters::Selection::Reason(reason),
+                (None, None) => transport::dead_letters::Selection::All,
             };
             dlq::discard(&settings, selection).await.map(|_| Outcome::Done)
         }

@@ -12,11 +12,11 @@ use shared::audit::AuditEvent;
 use shared::order::{Order, OrderElement};
 use shared::settings::Settings;
 use shared::tracker_api::TrackerClient;
-use shared::transport::message::{audit_message, element_message};
-use shared::transport::Publisher;
 use std::io::{BufRead, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use transport::message::{audit_message, element_message};
+use transport::Publisher;
 
 /// Reads one order per line; any line that is not a JSON object of the order
 /// shape stops the command before anything is published.
@@ -131,7 +131,10 @@ pub async fn publish(
                 },
             ];
             // The order's trace starts here (its id is the order's).
-            shared::trace::stamp(&mut placing, &shared::trace::TraceContext::of_order(element.order_id));
+            transport::message::stamp_trace(
+                &mut placing,
+                &shared::trace::TraceContext::of_order(element.order_id),
+            );
             messages.extend(placing);
         }
         let mut failing_since: Option<Instant> = None;
@@ -179,7 +182,7 @@ pub async fn publish(
 }
 
 /// A placed element for the coordinator (directed mode).
-fn directed_message(element: &OrderElement) -> shared::transport::Outgoing {
+fn directed_message(element: &OrderElement) -> transport::Outgoing {
     let mut message = element_message(element, topology::WORKFLOW.door());
     message.routing_key = topology::COORDINATOR_ROUTING_KEY.to_string();
     message

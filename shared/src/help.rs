@@ -15,7 +15,7 @@ const fn var(name: &'static str, default: &'static str, meaning: &'static str) -
 
 /// Every setting, in the README's order.
 pub const VARIABLES: &[Variable] = &[
-    var("AMQP_URL", crate::settings::DEFAULT_AMQP_URL, "broker, credentials and vhost; amqps:// for TLS"),
+    var("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f", "broker, credentials and vhost; amqps:// for TLS"),
     var("AMQP_USER", "unset", "replaces the user of AMQP_URL"),
     var("AMQP_PASSWORD", "unset", "replaces the password of AMQP_URL"),
     var("AMQP_PASSWORD_FILE", "unset", "a file holding the password (instead of AMQP_PASSWORD)"),
@@ -24,7 +24,7 @@ pub const VARIABLES: &[Variable] = &[
     var("ORDERFLOW_RUN_DIR", "./run", "pids, logs, SQLite stores"),
     var(
         "ORDERFLOW_HTTP_ADDR",
-        crate::settings::DEFAULT_HTTP_ADDR,
+        "127.0.0.1:8089",
         "the tracker's listen address, where the CLI asks",
     ),
     var("ORDERFLOW_PREFETCH", "64", "unacknowledged deliveries per node instance"),
@@ -63,7 +63,7 @@ pub const VARIABLES: &[Variable] = &[
     var(
         "RUST_LOG",
         "warn, and each process's start and stop lines",
-        "log detail (info, debug, shared::transport=debug, ...)",
+        "log detail (info, debug, transport=debug, ...)",
     ),
     var("ORDERFLOW_LOG_FORMAT", "text", "json: one JSON object per log line"),
     var(

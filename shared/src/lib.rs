@@ -1,12 +1,13 @@
-//! orderflow's library crate: the workflow element and its audit events,
-//! routing, settings, stores, and the AMQP transport that runs stage logic.
+//! orderflow's model and runtime: the workflow element and its audit events,
+//! changes and calls, routing, settings, stores, telemetry. What carries
+//! them over RabbitMQ (publishing, consuming, settling, the runners) is the
+//! `transport` crate, built on this one.
 
 pub mod audit;
 pub mod batcher;
 pub mod call_book;
 pub mod change;
 pub mod change_book;
-pub mod domain_client;
 pub mod domains;
 pub mod events;
 pub mod generate;
@@ -29,7 +30,6 @@ pub mod telemetry;
 pub mod text;
 pub mod trace;
 pub mod tracker_api;
-pub mod transport;
 pub mod trust;
 
 pub use audit::AuditEvent;

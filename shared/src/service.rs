@@ -18,8 +18,8 @@
 //! deadline (`x-orderflow-deadline`, Unix milliseconds): a call still queued
 //! after it is answered with an error and never run.
 
+use crate::headers::value_text as text;
 use crate::order::OrderElement;
-use crate::transport::message::value_text as text;
 use lapin::{
     types::{AMQPValue, FieldTable, ShortString},
     BasicProperties,

@@ -8,9 +8,6 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8089";
-
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// `AMQP_URL`: broker address, credentials and vhost (`amqps://` for
@@ -93,12 +90,12 @@ pub struct Delays {
     pub per_node: Vec<(String, Option<Duration>)>,
 }
 
-#[cfg(test)]
 impl Settings {
-    /// Settings for a unit test: SQLite stores in `run_dir`, nothing read from the environment.
-    pub(crate) fn scratch(run_dir: PathBuf) -> Settings {
+    /// Settings for a unit test (here and in the transport's): SQLite stores
+    /// in `run_dir`, nothing read from the environment.
+    pub fn scratch(run_dir: PathBuf) -> Settings {
         Settings {
-            amqp_url: DEFAULT_AMQP_URL.into(),
+            amqp_url: crate::help::default_of("AMQP_URL").into(),
             database_url: None,
             run_dir,
             http_addr: "127.0.0.1:0".parse().expect("an address"),
@@ -156,7 +153,7 @@ const DAY_S: u64 = 86_400;
 impl Settings {
     pub fn from_env() -> anyhow::Result<Settings> {
         let url_user = topology::management::amqp_url_parts(
-            &var("AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.to_string()),
+            &var("AMQP_URL").unwrap_or_else(|| crate::help::default_of("AMQP_URL").to_string()),
         )?
         .0;
         let db_max_connections =
@@ -226,7 +223,7 @@ impl Settings {
 /// `AMQP_URL`, with its user and password replaced by `AMQP_USER` and
 /// `AMQP_PASSWORD` or the content of `AMQP_PASSWORD_FILE` when those are set.
 fn amqp_url_from_env() -> anyhow::Result<String> {
-    let url = var("AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.to_string());
+    let url = var("AMQP_URL").unwrap_or_else(|| crate::help::default_of("AMQP_URL").to_string());
     let password = match (var("AMQP_PASSWORD"), var("AMQP_PASSWORD_FILE")) {
         (Some(p), _) => Some(p),
         (None, Some(file)) => Some(

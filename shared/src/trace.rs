@@ -11,7 +11,6 @@
 //! its order id's 128 bits: the same on every hop and every redelivery,
 //! without any store, and an order's id finds its trace.
 
-use crate::transport::message::Outgoing;
 use lapin::{
     types::{AMQPValue, FieldTable},
     BasicProperties,
@@ -85,7 +84,7 @@ impl TraceContext {
 
 /// The `traceparent` of a message's headers, if it has a well-formed one.
 pub fn from_headers(headers: Option<&FieldTable>) -> Option<TraceContext> {
-    TraceContext::parse(&crate::transport::message::header_text(headers, HEADER)?)
+    TraceContext::parse(&crate::headers::header_text(headers, HEADER)?)
 }
 
 /// The order a message is about: its `correlation_id`, which every
@@ -110,19 +109,6 @@ pub fn with_context(properties: BasicProperties, context: &TraceContext) -> Basi
     let mut headers = properties.headers().clone().unwrap_or_default();
     headers.insert(HEADER.into(), AMQPValue::LongString(context.header().into()));
     properties.with_headers(headers)
-}
-
-/// Stamps what a process sends on behalf of `parent` with one span of its
-/// own: the exported span it handles the message in, when spans are
-/// exported (`otlp`), else a new span id.
-pub fn stamp(messages: &mut [Outgoing], parent: &TraceContext) {
-    let span = match crate::otlp::current_span_id() {
-        Some(span_id) => TraceContext { span_id, ..*parent },
-        None => parent.child(),
-    };
-    for message in messages {
-        message.properties = with_context(std::mem::take(&mut message.properties), &span);
-    }
 }
 
 /// The span a process handles a message in: on every log line meanwhile,

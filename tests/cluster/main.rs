@@ -16,12 +16,12 @@ use rand::Rng;
 use serde_json::Value;
 use shared::change::{Change, ChangeRequest};
 use shared::order::ShipTo;
-use shared::transport::message::change_request_message;
-use shared::transport::Publisher;
 use std::collections::{HashMap, HashSet};
 use std::process::Command;
 use std::time::Duration;
 use tests::{count, finish_publish, random_valid_order, states, units_per_sku, Stack};
+use transport::message::change_request_message;
+use transport::Publisher;
 use uuid::Uuid;
 
 const NODES: [&str; 3] = ["orderflow1@localhost", "orderflow2@localhost", "orderflow3@localhost"];

@@ -9,10 +9,10 @@
 //! instances of every process, on PostgreSQL.
 
 use serde_json::{json, Value};
-use shared::domain_client::DomainClient;
 use std::time::Duration;
 use tests::{PgDatabase, Stack};
 use topology::DomainCopy;
+use transport::domain_client::DomainClient;
 use uuid::Uuid;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,7 +27,7 @@ async fn supplied_by_d01(stack: &Stack, skus: &[&str]) {
         Some(_) => (stack.role_url("backoffice"), stack.role_user("backoffice")),
         None => (stack.vhost.amqp_url.clone(), "guest".to_string()),
     };
-    let connection = shared::transport::connect(&url, "test-backorders").await.unwrap();
+    let connection = transport::connect(&url, "test-backorders").await.unwrap();
     let client = DomainClient::open(&connection, &user).await.unwrap();
     let supplies: Vec<Value> = skus.iter().map(|sku| json!({"sku": sku, "lead_time_days": 1})).collect();
     let record = json!({"distributor_id": "D-01", "name": "Acme Supply", "supplies": supplies});
@@ -264,9 +264,9 @@ connection.close()
     assert_eq!(stock(&stack, "SKU-0902")["received"], json!(0), "nothing careless was shipped");
 
     // Payment's user may not send a purchase order: the broker refuses it.
-    let connection = shared::transport::connect(&stack.role_url("payment"), "forger").await.unwrap();
-    let forger = shared::transport::Publisher::open(&connection, &stack.role_user("payment")).await.unwrap();
-    let forged = shared::transport::Outgoing {
+    let connection = transport::connect(&stack.role_url("payment"), "forger").await.unwrap();
+    let forger = transport::Publisher::open(&connection, &stack.role_user("payment")).await.unwrap();
+    let forged = transport::Outgoing {
         exchange: topology::PURCHASE_ORDERS_EXCHANGE,
         routing_key: "po.D-01".into(),
         body: json!({"po_id": Uuid::new_v4(), "order_id": Uuid::new_v4(), "distributor_id": "D-01",

@@ -9,11 +9,11 @@ use harness::OrderView;
 use serde_json::{json, Value};
 use shared::change::{Change, ChangeEvent, ChangeKind, ChangeRequest};
 use shared::order::ShipTo;
-use shared::transport::message::{change_event_message, change_request_message};
-use shared::transport::Publisher;
 use std::collections::HashMap;
 use std::time::Duration;
 use tests::{assert_books_balance, change_records, orders, states, Stack};
+use transport::message::{change_event_message, change_request_message};
+use transport::Publisher;
 
 fn address(n: usize) -> ShipTo {
     ShipTo {

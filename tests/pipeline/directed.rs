@@ -9,10 +9,10 @@ use rand::{seq::SliceRandom, Rng};
 use serde_json::{json, Value};
 use shared::change::{Change, ChangeEvent, ChangeKind, ChangeRequest};
 use shared::order::ShipTo;
-use shared::transport::message::{change_event_message, change_request_message};
-use shared::transport::Publisher;
 use std::time::Duration;
 use tests::{assert_ledgers_match_histories, orders, random_valid_order, states, Stack};
+use transport::message::{change_event_message, change_request_message};
+use transport::Publisher;
 use uuid::Uuid;
 
 /// A change request for an order not placed yet, as any client may send it:

@@ -9,11 +9,11 @@
 
 use futures::StreamExt;
 use serde_json::{json, Value};
-use shared::domain_client::{ClientError, DomainClient};
 use std::process::Command;
 use std::time::Duration;
 use tests::Stack;
 use topology::DomainCopy;
+use transport::domain_client::{ClientError, DomainClient};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -31,7 +31,7 @@ fn primary() -> DomainCopy {
 
 /// A client of the domains as `role`'s user.
 async fn client_as(stack: &Stack, role: &str) -> (lapin::Connection, DomainClient) {
-    let connection = shared::transport::connect(&stack.role_url(role), "test-domains").await.unwrap();
+    let connection = transport::connect(&stack.role_url(role), "test-domains").await.unwrap();
     let client = DomainClient::open(&connection, &stack.role_user(role)).await.unwrap();
     (connection, client)
 }
@@ -662,9 +662,9 @@ async fn received_items_are_taken_in_order_once_through_a_kill() {
     assert!(String::from_utf8_lossy(&shown.stdout).contains(&format!("received {units}")));
 
     // A node's own user may not publish received items: the broker refuses it.
-    let connection = shared::transport::connect(&stack.role_url("payment"), "forger").await.unwrap();
-    let forger = shared::transport::Publisher::open(&connection, &stack.role_user("payment")).await.unwrap();
-    let forged = shared::transport::Outgoing {
+    let connection = transport::connect(&stack.role_url("payment"), "forger").await.unwrap();
+    let forger = transport::Publisher::open(&connection, &stack.role_user("payment")).await.unwrap();
+    let forged = transport::Outgoing {
         exchange: topology::RECEIVING_EXCHANGE,
         routing_key: "received".into(),
         body: json!({"distributor_id": "D-05", "sku": "SKU-0500", "qty": 1000}).to_string().into_bytes(),

@@ -9,14 +9,14 @@ use rand::{seq::SliceRandom, Rng};
 use serde_json::Value;
 use shared::change::{Change, ChangeEvent, ChangeKind, ChangeRequest};
 use shared::order::ShipTo;
-use shared::transport::message::{change_event_message, change_request_message};
-use shared::transport::Publisher;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 use tests::{
     assert_ledgers_match_histories, change_records, finish_publish, orders, random_valid_order, PgDatabase,
     Stack,
 };
+use transport::message::{change_event_message, change_request_message};
+use transport::Publisher;
 use uuid::Uuid;
 
 /// Instances of every node and of the tracker.
@@ -75,7 +75,7 @@ fn address(n: usize) -> ShipTo {
 }
 
 /// A change request and its `change_requested` event, as the CLI sends them.
-fn change_messages(id: Uuid, change: Change) -> (Uuid, Vec<shared::transport::Outgoing>) {
+fn change_messages(id: Uuid, change: Change) -> (Uuid, Vec<transport::Outgoing>) {
     let request = ChangeRequest::new(id, change, None);
     let describe = request.change.describe();
     let event = ChangeEvent::new(&request, ChangeKind::ChangeRequested, "publisher", "test", describe, 0);

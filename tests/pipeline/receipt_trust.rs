@@ -10,10 +10,10 @@
 //! another shipment against the order received in full is refused.
 
 use serde_json::{json, Value};
-use shared::domain_client::DomainClient;
 use std::time::Duration;
 use tests::Stack;
 use topology::DomainCopy;
+use transport::domain_client::DomainClient;
 use uuid::Uuid;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,8 +51,7 @@ connection.close()
 
 /// Registers a distributor and what it supplies (as the back office).
 async fn put_distributor(stack: &Stack, id: &str, skus: &[&str]) {
-    let connection =
-        shared::transport::connect(&stack.role_url("backoffice"), "test-receipts").await.unwrap();
+    let connection = transport::connect(&stack.role_url("backoffice"), "test-receipts").await.unwrap();
     let client = DomainClient::open(&connection, &stack.role_user("backoffice")).await.unwrap();
     let supplies: Vec<Value> = skus.iter().map(|sku| json!({"sku": sku, "lead_time_days": 1})).collect();
     let record = json!({"distributor_id": id, "name": format!("Distributor {id}"), "supplies": supplies});

@@ -9,11 +9,11 @@
 //! a flood of junk calls through it is refused, counted and charges nothing.
 
 use serde_json::{json, Value};
-use shared::domain_client::DomainClient;
 use std::process::Command;
 use std::time::Duration;
 use tests::{count, orders, Stack};
 use topology::DomainCopy;
+use transport::domain_client::DomainClient;
 
 fn pika_missing() -> bool {
     let probe = Command::new("python3").args(["-c", "import pika"]).status();
@@ -196,13 +196,13 @@ async fn each_role_may_publish_only_what_its_job_needs() {
 
     // Support may not write the catalog: the domain refuses it with the reason.
     ok(stack.start_domains().await);
-    let connection = shared::transport::connect(&stack.role_url("support"), "test").await.unwrap();
+    let connection = transport::connect(&stack.role_url("support"), "test").await.unwrap();
     let support = DomainClient::open(&connection, &stack.role_user("support")).await.unwrap();
     let catalog = DomainCopy::primary("catalog");
     let put = serde_json::from_str::<Value>(&item).unwrap();
     let refused = support.call(catalog, &put, Some("cheap"), Duration::from_secs(10)).await.unwrap_err();
     assert!(refused.to_string().contains("only the back office or the operator may"), "{refused}");
-    let connection = shared::transport::connect(&stack.role_url("backoffice"), "test").await.unwrap();
+    let connection = transport::connect(&stack.role_url("backoffice"), "test").await.unwrap();
     let back_office = DomainClient::open(&connection, &stack.role_user("backoffice")).await.unwrap();
     back_office.call(catalog, &put, Some("cheap"), Duration::from_secs(10)).await.unwrap();
 }

@@ -9,11 +9,11 @@
 //! still pays.
 
 use serde_json::{json, Value};
-use shared::domain_client::DomainClient;
 use std::process::Command;
 use std::time::Duration;
 use tests::{count, Stack};
 use topology::DomainCopy;
+use transport::domain_client::DomainClient;
 use uuid::Uuid;
 
 const TIMEOUT: Duration = Duration::from_secs(10);

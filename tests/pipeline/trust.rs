@@ -9,9 +9,9 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::{json, Value};
 use shared::change::{Change, ChangeRequest};
 use shared::order::{Charge, Failure, Order, OrderElement, OrderState, Reservation};
-use shared::transport::message::change_request_message;
 use std::time::Duration;
 use tests::{count, orders, states, Stack};
+use transport::message::change_request_message;
 use uuid::Uuid;
 
 /// Publishes one confirmed message as whoever `connection` logged in as,
@@ -199,11 +199,11 @@ async fn forgeries_by_the_stacks_own_users_are_refused_and_the_orders_go_on() {
     }
     let request = |id: Uuid| change_request_message(&ChangeRequest::new(id, Change::Cancel, None));
     // The publisher role did not place `held[0]` (the operator's CLI did): refused.
-    let as_publisher = shared::transport::Publisher::open(&publisher, &publisher_user).await.unwrap();
+    let as_publisher = transport::Publisher::open(&publisher, &publisher_user).await.unwrap();
     as_publisher.publish_all(&[request(held[0])]).await.unwrap();
     // Customer support may cancel any order; the publisher may cancel its own.
     let support = connect_as(&stack, "support").await;
-    let as_support = shared::transport::Publisher::open(&support, &stack.role_user("support")).await.unwrap();
+    let as_support = transport::Publisher::open(&support, &stack.role_user("support")).await.unwrap();
     as_support.publish_all(&[request(held[1])]).await.unwrap();
     as_publisher.publish_all(&[request(own.order_id)]).await.unwrap();
     // A request without user_id names no requester.

@@ -160,7 +160,7 @@ fn error_lines_come_only_from_named_events() {
         "shared/src/events.rs",
         "shared/src/telemetry.rs",
         "shared/src/shutdown.rs",
-        "shared/src/transport/connect.rs",
+        "transport/src/connect.rs",
     ];
     let mut ad_hoc = Vec::new();
     for path in files(&root()) {
@@ -179,10 +179,11 @@ fn error_lines_come_only_from_named_events() {
 }
 
 /// The code of a Rust file as the checks read it: without its unit tests
-/// (from `#[cfg(test)]` on) and without comment lines (doc comments are
+/// (from `#[cfg(test)] mod` on) and without comment lines (doc comments are
 /// prose about the code, not code).
 fn code_of(text: &str) -> String {
-    let text = text.split("#[cfg(test)]").next().unwrap_or_default();
+    let tests = ["#[cfg(test)]\nmod ", "#[cfg(test)]\npub mod "].iter().filter_map(|t| text.find(t)).min();
+    let text = &text[..tests.unwrap_or(text.len())];
     text.lines().filter(|line| !line.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n")
 }
 
@@ -257,7 +258,7 @@ fn a_node_is_named_only_by_its_checklist() {
 }
 
 /// The module a `.rs` file is, as a path from its crate's root:
-/// `shared/src/transport/publisher.rs` is `["transport", "publisher"]`,
+/// `transport/src/settle/retry.rs` is `["settle", "retry"]`,
 /// a `mod.rs` or `lib.rs` the folder's.
 fn module_path(src: &Path, file: &Path) -> Vec<String> {
     let relative = file.strip_prefix(src).unwrap_or(file).with_extension("");
@@ -359,4 +360,58 @@ fn no_two_modules_refer_to_each_other() {
         }
     }
     assert!(circles.is_empty(), "modules that refer to each other: {circles:#?}");
+}
+
+/// The longest a function of the product (every crate but the scenario
+/// tests, whose stories read top to bottom) may be: one screen and a half.
+/// A longer one is split into named steps (issue 25 found six, up to 400 lines).
+const MAX_FUNCTION_LINES: usize = 100;
+
+/// Each function's first line and length in `text` (rustfmt's layout: a
+/// function ends at the first `}` at its own indentation).
+fn function_lengths(text: &str) -> Vec<(String, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let is_fn = |line: &str| {
+        let words: Vec<&str> = line.split_whitespace().take_while(|w| *w != "fn").collect();
+        line.split_whitespace().any(|w| w == "fn")
+            && words
+                .iter()
+                .all(|w| ["pub", "pub(crate)", "pub(super)", "async", "const", "unsafe"].contains(w))
+            && !line.trim_end().ends_with(';')
+    };
+    let mut found = Vec::new();
+    for (start, line) in lines.iter().enumerate().filter(|(_, l)| is_fn(l)) {
+        let indent = line.len() - line.trim_start().len();
+        let closing = format!("{}}}", " ".repeat(indent));
+        if let Some(end) = lines[start..].iter().position(|l| l.starts_with(&closing)) {
+            found.push((line.trim().to_string(), end + 1));
+        }
+    }
+    found
+}
+
+#[test]
+fn no_function_is_longer_than_a_hundred_lines() {
+    let long: Vec<String> = files(&root())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .filter(|p| !p.starts_with(root().join("tests")))
+        .flat_map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            function_lengths(&text)
+                .into_iter()
+                .filter(|(_, n)| *n > MAX_FUNCTION_LINES)
+                .map(move |(f, n)| format!("{}: {f} ({n} lines)", relative(&p)))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(long.is_empty(), "functions over {MAX_FUNCTION_LINES} lines: {long:#?}");
+}
+
+#[test]
+fn the_length_check_sees_a_long_function() {
+    let body = "    let x = 1;\n".repeat(MAX_FUNCTION_LINES);
+    let text = format!("/// doc\npub async fn long() {{\n{body}}}\n\nfn short() {{}}\n");
+    let lengths = function_lengths(&text);
+    assert_eq!(lengths[0], ("pub async fn long() {".to_string(), MAX_FUNCTION_LINES + 2));
 }

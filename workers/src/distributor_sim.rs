@@ -12,13 +12,13 @@ use crate::inventory::stock::{check_receipt, Receipt};
 use futures::StreamExt;
 use lapin::{message::Delivery, options::BasicQosOptions, BasicProperties, Connection};
 use shared::settings::Settings;
-use shared::transport::session::{finish, supervise};
-use shared::transport::settle::{ack, dead_letter, requeue};
-use shared::transport::{NodeContext, Outgoing, Publisher};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use topology::permissions::Role;
+use transport::session::{finish, supervise};
+use transport::settle::{ack, dead_letter, requeue};
+use transport::{NodeContext, Outgoing, Publisher};
 
 /// The receipt a purchase order turns into when shipped: against that
 /// purchase order, its shipment id the same every time it ships.

@@ -6,11 +6,11 @@
 //! decisions are unit-tested with a fake and know nothing of AMQP.
 
 use futures::future::BoxFuture;
-use shared::domain_client::{ClientError, DomainClient};
 use shared::settings::Settings;
 use shared::stage::StageError;
 use std::time::Duration;
 use topology::DomainCopy;
+use transport::domain_client::{ClientError, DomainClient};
 
 /// An answer of a domain copy: its data, or the reason it refused.
 pub type Answer = Result<serde_json::Value, String>;
@@ -55,9 +55,8 @@ impl DomainReader {
             let transient = |e: lapin::Error| {
                 StageError::Transient(anyhow::Error::from(e).context("reaching the domains"))
             };
-            let connection = shared::transport::connect(&self.settings.amqp_url, self.connection_name)
-                .await
-                .map_err(transient)?;
+            let connection =
+                transport::connect(&self.settings.amqp_url, self.connection_name).await.map_err(transient)?;
             let opened =
                 DomainClient::open(&connection, &self.settings.broker_user()).await.map_err(transient)?;
             *client = Some((connection, std::sync::Arc::new(opened)));

@@ -10,10 +10,10 @@ use lapin::{
 use shared::order::{OrderElement, SCHEMA_VERSION};
 use shared::routing::next_node;
 use shared::service::{CallResult, MODE_HEADER};
-use shared::transport::message::SCHEMA_HEADER;
-use shared::transport::Outgoing;
 use std::time::Duration;
 use topology::Node;
+use transport::message::SCHEMA_HEADER;
+use transport::Outgoing;
 use uuid::Uuid;
 
 /// A new call's request id: 122 random bits, so that no one who knows the
@@ -108,7 +108,7 @@ pub fn after_failure(result: &CallResult, attempts: i64, max_attempts: u32) -> A
             result.service
         ));
     }
-    AfterFailure::Retry(shared::transport::settle::retry_delay(attempts - 1))
+    AfterFailure::Retry(transport::settle::retry_delay(attempts - 1))
 }
 
 #[cfg(test)]

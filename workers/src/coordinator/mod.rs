@@ -42,19 +42,20 @@ use shared::service::{CallResult, CallStatus};
 use shared::settings::Settings;
 use shared::stage::{Outcome, StageError};
 use shared::trace::TraceContext;
-use shared::transport::change_consumer::{dispatch_change, drain_changes};
-use shared::transport::message::{dead_letter_headers, Outgoing};
-use shared::transport::service::receive_result;
-use shared::transport::session::{finish, supervise};
-use shared::transport::settle::{ack, dead_letter, requeue, settle_failure};
-use shared::transport::step::{record_outcome, resolve_changes, Onward};
-use shared::transport::{NodeContext, Publisher};
 use std::sync::Arc;
 use std::time::Duration;
 use store::{CoordinatorStore, Next, Pending, Status};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use topology::Node;
 use tracing::Instrument;
+use transport::change_consumer::{dispatch_change, drain_changes};
+use transport::message::Outgoing;
+use transport::service::receive_result;
+use transport::session::{finish, supervise};
+use transport::settle::dead_letter_headers;
+use transport::settle::{ack, dead_letter, requeue, settle_failure};
+use transport::step::{record_outcome, resolve_changes, Onward};
+use transport::{NodeContext, Publisher};
 
 /// The coordinator's process name, role and store owner.
 pub const NAME: &str = "coordinator";
@@ -211,7 +212,7 @@ impl Coordinator {
 
     async fn take_order(&self, publisher: &Publisher, delivery: Delivery, trace: Option<TraceContext>) {
         let ctx = &self.ctx;
-        let arrival = match shared::transport::arrival::receive_directed(ctx, &delivery) {
+        let arrival = match transport::arrival::receive_directed(ctx, &delivery) {
             Ok(arrival) => arrival,
             Err(error) => return settle_failure(publisher, ctx, &delivery, error).await,
         };
@@ -220,8 +221,8 @@ impl Coordinator {
         let result: Result<(), Passing> = async {
             let (element, decided) = self.decide_changes(arrival.element).await?;
             messages.extend(decided);
-            shared::trace::stamp(&mut messages, &trace);
-            publisher.publish_all_patiently(&messages, shared::transport::publisher::BROKER_PATIENCE).await?;
+            transport::message::stamp_trace(&mut messages, &trace);
+            publisher.publish_all_patiently(&messages, transport::publisher::BROKER_PATIENCE).await?;
             let mut next = self.next_for(&element);
             next.trace = Some(trace.header());
             let record = self.store.place(next).await?;
@@ -303,10 +304,8 @@ impl Coordinator {
                 keep_card(&record.element, &mut element);
                 let detail = format!("{} step(s)", result.steps.len());
                 let (element, mut decided) = self.decide_changes(element).await?;
-                shared::trace::stamp(&mut decided, trace);
-                publisher
-                    .publish_all_patiently(&decided, shared::transport::publisher::BROKER_PATIENCE)
-                    .await?;
+                transport::message::stamp_trace(&mut decided, trace);
+                publisher.publish_all_patiently(&decided, transport::publisher::BROKER_PATIENCE).await?;
                 let next = self.next_for(&element);
                 let call = next.pending.clone();
                 let moved = self
@@ -397,8 +396,8 @@ impl Coordinator {
         let service = Node::from_name(&pending.service)
             .ok_or_else(|| Passing(format!("no service is named {}", pending.service)))?;
         let mut message = [flow::call_message(element, service, &pending.request_id)];
-        shared::trace::stamp(&mut message, trace);
-        publisher.publish_all_patiently(&message, shared::transport::publisher::BROKER_PATIENCE).await?;
+        transport::message::stamp_trace(&mut message, trace);
+        publisher.publish_all_patiently(&message, transport::publisher::BROKER_PATIENCE).await?;
         Ok(())
     }
 
@@ -419,8 +418,8 @@ impl Coordinator {
             body: masked_body(element),
             properties: dead_letter_headers(NAME, topology::COORDINATOR_QUEUE, &pending.service, &reason),
         }];
-        shared::trace::stamp(&mut letter, trace);
-        publisher.publish_all_patiently(&letter, shared::transport::publisher::BROKER_PATIENCE).await?;
+        transport::message::stamp_trace(&mut letter, trace);
+        publisher.publish_all_patiently(&letter, transport::publisher::BROKER_PATIENCE).await?;
         let failed = Some(reason.clone());
         let next =
             Next { element, trace: None, status: Status::Failed, pending: None, due_at: 0, reason: failed };

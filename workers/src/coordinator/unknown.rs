@@ -6,11 +6,11 @@
 
 use lapin::message::Delivery;
 use shared::service::{Call, CallResult, ReplyTo};
-use shared::transport::publisher::PublishError;
-use shared::transport::service::result_message;
-use shared::transport::settle::{ack, dead_letter};
-use shared::transport::{NodeContext, Publisher};
 use topology::Node;
+use transport::publisher::PublishError;
+use transport::service::result_message;
+use transport::settle::{ack, dead_letter};
+use transport::{NodeContext, Publisher};
 
 /// What a request for an unknown service gets told.
 pub fn reason(routing_key: &str) -> String {

@@ -20,11 +20,11 @@ use shared::domains::{
     Customer, CustomerRequest,
 };
 use shared::settings::Settings;
-use shared::transport::domain::{parse, Access, DomainError, DomainService, Request};
-use shared::transport::{NodeContext, Publisher};
 use std::sync::Arc;
 use topology::permissions::Role;
 use topology::DomainCopy;
+use transport::domain::{parse, Access, DomainError, DomainService, Request};
+use transport::{NodeContext, Publisher};
 
 pub const DOMAIN: &str = "customer";
 
@@ -370,10 +370,7 @@ impl DomainService for CustomerService {
     async fn apply(&self, ctx: &NodeContext, publisher: &Publisher, delivery: Delivery) {
         match &self.domain.replica {
             Some(replica) => replica.apply(&self.domain.docs, ctx, publisher, delivery).await,
-            None => {
-                shared::transport::settle::dead_letter(publisher, ctx, &delivery, "a primary has no feed")
-                    .await
-            }
+            None => transport::settle::dead_letter(publisher, ctx, &delivery, "a primary has no feed").await,
         }
     }
 
@@ -401,7 +398,7 @@ pub fn run(
     Box::pin(async move {
         let domain = CustomerDomain::open(&settings, settings.region.as_deref()).await?;
         let service = std::sync::Arc::new(CustomerService::new(domain));
-        shared::transport::domain::run_domain(settings, service, shutdown).await
+        transport::domain::run_domain(settings, service, shutdown).await
     })
 }
 

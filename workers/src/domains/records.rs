@@ -8,8 +8,8 @@ use shared::domains::{
     check_distributor, check_id, check_item, page_size, CatalogItem, CopyStatus, Distributor, RecordRequest,
 };
 use shared::settings::Settings;
-use shared::transport::domain::{parse, Access, DomainError, DomainService, Request};
 use topology::DomainCopy;
+use transport::domain::{parse, Access, DomainError, DomainService, Request};
 
 /// What distinguishes one domain of records from another.
 pub struct RecordKind {
@@ -126,6 +126,6 @@ fn run_records(
 ) -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
     Box::pin(async move {
         let domain = std::sync::Arc::new(RecordDomain::open(&settings, kind).await?);
-        shared::transport::domain::run_domain(settings, domain, shutdown).await
+        transport::domain::run_domain(settings, domain, shutdown).await
     })
 }

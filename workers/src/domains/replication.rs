@@ -22,17 +22,17 @@
 
 use super::documents::{Applied, Change, Documents};
 use lapin::{message::Delivery, BasicProperties};
-use shared::domain_client::DomainClient;
 use shared::domains::{lag, Lag};
 use shared::settings::Settings;
-use shared::transport::domain::DomainError;
-use shared::transport::message::SCHEMA_HEADER;
-use shared::transport::settle::{ack, dead_letter, requeue};
-use shared::transport::{connect, NodeContext, Outgoing, Publisher};
 use std::sync::Arc;
 use std::time::Duration;
 use topology::permissions::Role;
 use topology::DomainCopy;
+use transport::domain::DomainError;
+use transport::domain_client::DomainClient;
+use transport::message::SCHEMA_HEADER;
+use transport::settle::{ack, dead_letter, requeue};
+use transport::{connect, NodeContext, Outgoing, Publisher};
 
 /// The `type` of a change message.
 pub const CHANGE_TYPE: &str = "domain_change";

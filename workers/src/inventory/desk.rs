@@ -24,10 +24,10 @@ use shared::change::cancel_outcome;
 use shared::order::{Failure, Reservation};
 use shared::settings::Settings;
 use shared::store::Store;
-use shared::transport::step::{record_outcome, resolve_changes, ChangeRecords, Onward};
-use shared::transport::{NodeContext, Outgoing, Publisher};
 use shared::{Node, OrderState, Outcome};
 use std::time::Duration;
+use transport::step::{record_outcome, resolve_changes, ChangeRecords, Onward};
+use transport::{NodeContext, Outgoing, Publisher};
 
 pub struct BackorderDesk {
     backorders: Backorders,

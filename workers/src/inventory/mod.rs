@@ -20,7 +20,7 @@ pub fn run(
     settings: shared::settings::Settings,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
-    use shared::transport::{domain::run_domain, runner::run_stage};
+    use transport::{domain::run_domain, runner::run_stage};
     Box::pin(async move {
         let stage = Inventory::open(&settings).await?;
         let stock = std::sync::Arc::new(stock::StockDomain::open(&settings).await?);

@@ -12,6 +12,7 @@ use shared::domains::{Distributor, RecordRequest};
 use shared::order::{Failure, Order, Reservation};
 use shared::store::{stored_uuid, Store};
 use shared::{settings::Settings, Node, OrderElement, OrderState, Outcome, Stage, StageError};
+use sqlx::AnyConnection;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use topology::DomainCopy;
@@ -34,6 +35,68 @@ pub fn reservation_lines(order: &Order) -> Vec<(String, i64)> {
         *lines.entry(item.sku.clone()).or_default() += item.qty.max(0);
     }
     lines.into_iter().collect()
+}
+
+/// Takes each line's units from the bins where there are enough: the SKUs
+/// short, and the lines taken (to give back if any is short).
+async fn take_units<'a>(
+    conn: &mut AnyConnection,
+    lines: &'a [(String, i64)],
+) -> sqlx::Result<(Vec<String>, Vec<(&'a String, i64)>)> {
+    let mut short = Vec::new();
+    let mut taken = Vec::new();
+    for (sku, qty) in lines {
+        let updated =
+            sqlx::query("UPDATE inventory_bin_items SET qty = qty - $1 WHERE sku = $2 AND qty >= $1")
+                .bind(*qty)
+                .bind(sku)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+        if updated == 0 {
+            short.push(sku.clone());
+        } else {
+            taken.push((sku, *qty));
+        }
+    }
+    Ok((short, taken))
+}
+
+/// An order short of `short`, inside the deciding transaction: the units
+/// `taken` go back and the reservation is removed; then the order is
+/// backordered when every short SKU has a supplier (`suppliers`), or its
+/// shortage is recorded.
+async fn record_shortfall(
+    conn: &mut AnyConnection,
+    element: &OrderElement,
+    lines: &[(String, i64)],
+    short: Vec<String>,
+    taken: &[(&String, i64)],
+    suppliers: Option<&BTreeMap<String, String>>,
+) -> sqlx::Result<ReserveResult> {
+    for (sku, qty) in taken {
+        sqlx::query("UPDATE inventory_bin_items SET qty = qty + $1 WHERE sku = $2")
+            .bind(*qty)
+            .bind(*sku)
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query("DELETE FROM inventory_reservations WHERE order_id = $1")
+        .bind(element.order_id.to_string())
+        .execute(&mut *conn)
+        .await?;
+    if let Some(suppliers) = suppliers {
+        let supplier = |sku: &str| suppliers.get(sku).cloned().unwrap_or_default();
+        let purchase_orders = backorders::record(conn, &waiting_element(element), lines, supplier).await?;
+        return Ok(ReserveResult::Backordered(purchase_orders));
+    }
+    sqlx::query("INSERT INTO inventory_shortages (order_id, skus, decided_at) VALUES ($1, $2, $3)")
+        .bind(element.order_id.to_string())
+        .bind(short.join(","))
+        .bind(Utc::now().to_rfc3339())
+        .execute(&mut *conn)
+        .await?;
+    Ok(ReserveResult::Short(short))
 }
 
 /// What is known of who supplies the short items when deciding.
@@ -201,60 +264,21 @@ impl Inventory {
             });
         }
         if inserted == 1 {
-            let mut short = Vec::new();
-            let mut taken = Vec::new();
-            for (sku, qty) in lines {
-                let updated =
-                    sqlx::query("UPDATE inventory_bin_items SET qty = qty - $1 WHERE sku = $2 AND qty >= $1")
-                        .bind(*qty)
-                        .bind(sku)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                if updated == 0 {
-                    short.push(sku.clone());
-                } else {
-                    taken.push((sku, *qty));
-                }
-            }
+            let (short, taken) = take_units(&mut tx, lines).await?;
             if !short.is_empty() {
-                let supplied = match supply {
+                let suppliers = match supply {
                     Supply::NotAsked => {
                         tx.rollback().await?;
                         return Ok(ReserveResult::AskSuppliers(short));
                     }
-                    Supply::Known(suppliers) => short.iter().all(|sku| suppliers.contains_key(sku)),
-                    Supply::NoBackorders => false,
+                    Supply::Known(suppliers) if short.iter().all(|sku| suppliers.contains_key(sku)) => {
+                        Some(suppliers)
+                    }
+                    Supply::Known(_) | Supply::NoBackorders => None,
                 };
-                // Undo in the same transaction, and record the shortage or the backorder instead.
-                for (sku, qty) in taken {
-                    sqlx::query("UPDATE inventory_bin_items SET qty = qty + $1 WHERE sku = $2")
-                        .bind(qty)
-                        .bind(sku)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                sqlx::query("DELETE FROM inventory_reservations WHERE order_id = $1")
-                    .bind(order_id.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                if let (true, Supply::Known(suppliers)) = (supplied, supply) {
-                    let supplier = |sku: &str| suppliers.get(sku).cloned().unwrap_or_default();
-                    let purchase_orders =
-                        backorders::record(&mut tx, &waiting_element(element), lines, supplier).await?;
-                    tx.commit().await?;
-                    return Ok(ReserveResult::Backordered(purchase_orders));
-                }
-                sqlx::query(
-                    "INSERT INTO inventory_shortages (order_id, skus, decided_at) VALUES ($1, $2, $3)",
-                )
-                .bind(order_id.to_string())
-                .bind(short.join(","))
-                .bind(Utc::now().to_rfc3339())
-                .execute(&mut *tx)
-                .await?;
+                let result = record_shortfall(&mut tx, element, lines, short, &taken, suppliers).await?;
                 tx.commit().await?;
-                return Ok(ReserveResult::Short(short));
+                return Ok(result);
             }
         }
         let reservation_id: String =

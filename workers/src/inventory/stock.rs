@@ -27,14 +27,14 @@ use serde::{Deserialize, Serialize};
 use shared::domains::{check_id, page_size, Distributor, StockRequest};
 use shared::settings::Settings;
 use shared::store::Store;
-use shared::transport::domain::{parse, DomainError, DomainService, Request};
-use shared::transport::settle::{ack, dead_letter, requeue};
-use shared::transport::{NodeContext, Publisher};
 use shared::StageError;
 use sqlx::Row;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use topology::DomainCopy;
+use transport::domain::{parse, DomainError, DomainService, Request};
+use transport::settle::{ack, dead_letter, requeue};
+use transport::{NodeContext, Publisher};
 use uuid::Uuid;
 
 const SCHEMA: &[&str] = &["CREATE TABLE IF NOT EXISTS inventory_receipts (receipt_id TEXT PRIMARY KEY, \

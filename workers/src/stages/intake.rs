@@ -200,7 +200,7 @@ pub fn run(
     shutdown: tokio_util::sync::CancellationToken,
 ) -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
     Box::pin(async move {
-        shared::transport::runner::run_stage(Intake::with_domains(&settings)?, settings, shutdown).await
+        transport::runner::run_stage(Intake::with_domains(&settings)?, settings, shutdown).await
     })
 }
 

@@ -114,7 +114,7 @@ pub fn run(
 ) -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
     Box::pin(async move {
         let stage = Payment::new(crate::processor::Processor::open(&settings).await?);
-        shared::transport::runner::run_stage(stage, settings, shutdown).await
+        transport::runner::run_stage(stage, settings, shutdown).await
     })
 }
 

@@ -35,9 +35,7 @@ pub fn run(
     settings: shared::settings::Settings,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
-    Box::pin(
-        async move { shared::transport::batch_runner::run_batch_stage(Picklist, settings, shutdown).await },
-    )
+    Box::pin(async move { transport::batch_runner::run_batch_stage(Picklist, settings, shutdown).await })
 }
 
 #[cfg(test)]

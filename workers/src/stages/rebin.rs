@@ -20,5 +20,5 @@ pub fn run(
     settings: shared::settings::Settings,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
-    Box::pin(async move { shared::transport::runner::run_stage(Rebin, settings, shutdown).await })
+    Box::pin(async move { transport::runner::run_stage(Rebin, settings, shutdown).await })
 }

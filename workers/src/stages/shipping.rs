@@ -80,6 +80,6 @@ pub fn run(
 ) -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
     Box::pin(async move {
         let stage = Shipping::open(&settings).await?;
-        shared::transport::runner::run_stage(stage, settings, shutdown).await
+        transport::runner::run_stage(stage, settings, shutdown).await
     })
 }

@@ -15,13 +15,13 @@ use futures::StreamExt;
 use lapin::options::BasicAckOptions;
 use shared::incident::INCIDENT_TYPE;
 use shared::settings::Settings;
-use shared::transport::audit_batch::{unpack, AUDIT_BATCH_TYPE};
-use shared::transport::message::{decode, CHANGE_EVENT_TYPE, MAX_SEQ};
-use shared::transport::session::{finish, open_consumer, supervise, Consumers};
-use shared::transport::settle::{ack_with, dead_letter, retry_delay};
-use shared::transport::{NodeContext, Publisher};
 use std::sync::Arc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use transport::audit_batch::{unpack, AUDIT_BATCH_TYPE};
+use transport::message::{decode, CHANGE_EVENT_TYPE, MAX_SEQ};
+use transport::session::{finish, open_consumer, supervise, Consumers};
+use transport::settle::{ack_with, dead_letter, retry_delay};
+use transport::{NodeContext, Publisher};
 
 /// Messages in hand at most (a batch message holds up to 64 events).
 const PREFETCH: u16 = 250;

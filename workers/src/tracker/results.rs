@@ -17,11 +17,11 @@ use shared::poll::{check_key, POLL_KEY_HEADER};
 use shared::service::{CallResult, CALLER_HEADER};
 use shared::settings::Settings;
 use shared::text::mask_card_numbers;
-use shared::transport::message::header_text;
-use shared::transport::service::receive_result;
-use shared::transport::settle::{ack, dead_letter, requeue};
-use shared::transport::{NodeContext, Publisher};
 use std::time::{Duration, Instant};
+use transport::message::header_text;
+use transport::service::receive_result;
+use transport::settle::{ack, dead_letter, requeue};
+use transport::{NodeContext, Publisher};
 
 /// How long a collected result is kept, and one never collected.
 #[derive(Clone, Copy, Debug)]

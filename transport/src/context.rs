@@ -4,11 +4,11 @@
 //! Built once per process and shared by the session, the step and settling.
 
 use super::message::{change_event_message, Outgoing};
-use crate::call_book::CallBook;
-use crate::change::{ChangeEvent, ChangeKind, ChangeRequest};
-use crate::change_book::ChangeBook;
-use crate::settings::Settings;
-use crate::trust::Trust;
+use shared::call_book::CallBook;
+use shared::change::{ChangeEvent, ChangeKind, ChangeRequest};
+use shared::change_book::ChangeBook;
+use shared::settings::Settings;
+use shared::trust::Trust;
 use std::time::Duration;
 use topology::{permissions::Role, Node};
 

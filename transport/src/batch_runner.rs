@@ -17,13 +17,13 @@ use super::service::{dispatch_call, BatchService};
 use super::session::{finish, next_of, open_consumer, supervise, Consumers};
 use super::settle::{ack, attempt_of, requeue, settle, settle_failure, Settle};
 use super::step::{record_outcome, resolve_changes, ChangeRecords, Handled, Onward};
-use crate::batcher::Batcher;
-use crate::change::cancel_outcome;
-use crate::order::{OrderElement, OrderState};
-use crate::settings::Settings;
-use crate::stage::{BatchStage, Outcome, StageError};
 use futures::StreamExt;
 use lapin::{message::Delivery, Connection};
+use shared::batcher::Batcher;
+use shared::change::cancel_outcome;
+use shared::order::{OrderElement, OrderState};
+use shared::settings::Settings;
+use shared::stage::{BatchStage, Outcome, StageError};
 use std::{sync::Arc, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -35,9 +35,9 @@ struct Held {
     /// Change decisions to publish (and report) with its outcome.
     changes: ChangeRecords,
     /// Counted in hand, and timed, until settled (dropped).
-    _in_hand: crate::metrics::InHand,
+    _in_hand: shared::metrics::InHand,
     /// The element's trace, continued on what is sent for it.
-    trace: crate::trace::TraceContext,
+    trace: shared::trace::TraceContext,
 }
 
 /// Runs `stage` until shutdown. The prefetch covers a full batch of every
@@ -97,8 +97,8 @@ async fn serve<S: BatchStage>(
                         }
                         let key = stage.group_key(&element);
                         let before = (element.seq, Some(element.state));
-                        let _in_hand = crate::metrics::InHand::start();
-                        let trace = crate::trace::of_message(&delivery.properties);
+                        let _in_hand = shared::metrics::InHand::start();
+                        let trace = shared::trace::of_message(&delivery.properties);
                         let changes = ChangeRecords::default();
                         let held = Held { element, delivery, before, changes, _in_hand, trace };
                         if let Some(batch) = batcher.push(&key, held, Instant::now()) {
@@ -242,7 +242,7 @@ async fn settle_released(ctx: &NodeContext, publisher: &Publisher, released: Vec
     let mut settled: Vec<(Delivery, Handled)> = Vec::with_capacity(released.len());
     for (held, outcome) in released {
         // Each element's step in a span of its own, in its order's trace.
-        let span = crate::trace::span(ctx.node, &held.delivery.properties, Some(&held.trace));
+        let span = shared::trace::span(ctx.node, &held.delivery.properties, Some(&held.trace));
         let recorded = tracing::Instrument::instrument(
             record_outcome(ctx, held.before, held.changes, &outcome, Onward::NextNode),
             span.clone(),
@@ -250,7 +250,7 @@ async fn settle_released(ctx: &NodeContext, publisher: &Publisher, released: Vec
         .await;
         match recorded {
             Ok(mut handled) => {
-                span.in_scope(|| crate::trace::stamp(&mut handled.messages, &held.trace));
+                span.in_scope(|| crate::message::stamp_trace(&mut handled.messages, &held.trace));
                 messages.extend(handled.messages.iter().cloned());
                 settled.push((held.delivery, handled));
             }
@@ -296,7 +296,7 @@ async fn settle_released(ctx: &NodeContext, publisher: &Publisher, released: Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::order::Order;
+    use shared::order::Order;
 
     fn outcome(order_id: uuid::Uuid) -> Outcome {
         let mut element = OrderElement::placed(Order::default());

@@ -5,7 +5,7 @@
 //! broker closed (a refused publish, a deleted exchange) is replaced by a
 //! fresh one before the next publish, so one bad message never stops a node.
 //! Every message carries the connection's user as `user_id`, which the
-//! broker checks: receivers know who sent it (see `crate::trust`).
+//! broker checks: receivers know who sent it (see `shared::trust`).
 //! A node's publisher sends its audit messages through the audit batcher
 //! (`super::audit_batch`): one confirmed message per batch of events.
 
@@ -19,11 +19,11 @@ use std::sync::Arc;
 
 /// The stage error a failed publish amounts to: permanent when the broker
 /// refused the message for this user, transient otherwise.
-pub fn publish_failure(error: PublishError) -> crate::stage::StageError {
+pub fn publish_failure(error: PublishError) -> shared::stage::StageError {
     if error.is_permanent() {
-        crate::stage::StageError::Permanent(error.to_string())
+        shared::stage::StageError::Permanent(error.to_string())
     } else {
-        crate::stage::StageError::Transient(error.into())
+        shared::stage::StageError::Transient(error.into())
     }
 }
 
@@ -184,7 +184,7 @@ impl Publisher {
 /// logs every returned message whole). It goes without `mandatory`: a caller
 /// that is gone loses only its answer, which the service keeps for a repeat.
 fn to_direct_reply(message: &Outgoing) -> bool {
-    message.exchange.is_empty() && message.routing_key.starts_with(crate::service::DIRECT_REPLY_TO)
+    message.exchange.is_empty() && message.routing_key.starts_with(shared::service::DIRECT_REPLY_TO)
 }
 
 /// A channel closed with ACCESS_REFUSED fails every confirm pending on it,

@@ -13,6 +13,7 @@ pub mod connect;
 pub mod context;
 pub mod dead_letters;
 pub mod domain;
+pub mod domain_client;
 pub mod message;
 pub mod publish_error;
 pub mod publisher;

@@ -12,10 +12,10 @@ use super::service::{dispatch_call, StageService};
 use super::session::{finish, next_of, open_consumer, supervise, Consumers};
 use super::settle::{ack, attempt_of, settle, settle_failure, Settle};
 use super::step::{step, Handled, StepOutcome};
-use crate::settings::Settings;
-use crate::stage::Stage;
 use futures::StreamExt;
 use lapin::{message::Delivery, Connection};
+use shared::settings::Settings;
+use shared::stage::Stage;
 use std::sync::Arc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
@@ -77,8 +77,8 @@ async fn serve<S: Stage>(
 /// Decodes a delivery, runs the step, publishes what it returned and settles
 /// the delivery, inside the span of the element's trace.
 async fn handle_delivery<S: Stage>(ctx: &NodeContext, stage: &S, publisher: &Publisher, delivery: Delivery) {
-    let trace = crate::trace::known(&delivery.properties);
-    let span = crate::trace::span(ctx.node, &delivery.properties, trace.as_ref());
+    let trace = shared::trace::known(&delivery.properties);
+    let span = shared::trace::span(ctx.node, &delivery.properties, trace.as_ref());
     handle_traced(ctx, stage, publisher, delivery, trace).instrument(span).await
 }
 
@@ -87,21 +87,21 @@ async fn handle_traced<S: Stage>(
     stage: &S,
     publisher: &Publisher,
     delivery: Delivery,
-    trace: Option<crate::trace::TraceContext>,
+    trace: Option<shared::trace::TraceContext>,
 ) {
-    let _in_hand = crate::metrics::InHand::start();
+    let _in_hand = shared::metrics::InHand::start();
     let Arrival { element, placed } = match receive(ctx, S::NODE, &delivery) {
         Ok(arrival) => arrival,
         Err(error) => return settle_failure(publisher, ctx, &delivery, error).await,
     };
-    let trace = crate::trace::decoded(&delivery.properties, element.order_id, trace);
+    let trace = shared::trace::decoded(&delivery.properties, element.order_id, trace);
     ctx.simulate_busy().await;
     let attempts = attempt_of(&delivery);
     match step(ctx, stage, element, attempts).await {
         StepOutcome::Handled(mut handled) => {
             // A plain order's `placed` record goes first, before what it led to.
             handled.messages.splice(0..0, placed);
-            crate::trace::stamp(&mut handled.messages, &trace);
+            crate::message::stamp_trace(&mut handled.messages, &trace);
             settle_handled(ctx, publisher, &delivery, &handled, attempts).await
         }
         StepOutcome::Failed(decision) => settle(publisher, ctx, &delivery, decision).await,

@@ -3,8 +3,8 @@
 
 use proptest::prelude::*;
 use shared::order::{Item, Order, OrderElement, PaymentCard, ShipTo};
-use shared::transport::message::{decode, element_message};
 use topology::Node;
+use transport::message::{decode, element_message};
 
 fn any_text() -> impl Strategy<Value = String> {
     prop_oneof![".{0,40}", "\\PC{0,300}", Just(String::new())]

@@ -1,5 +1,5 @@
 //! What a node checks of a delivery before any stage sees it: the body is an
-//! element, its sender may send that state here (`crate::trust`: the sender
+//! element, its sender may send that state here (`shared::trust`: the sender
 //! the broker vouches for, checked against the workflow definition), and the
 //! state is one the workflow routes here.
 //!
@@ -12,12 +12,12 @@
 
 use super::context::NodeContext;
 use super::message::{audit_message, check_seq, decode, decode_element, DecodeError, Outgoing};
-use crate::audit::AuditEvent;
-use crate::order::{Order, OrderElement, OrderState};
-use crate::routing::check_arrival;
-use crate::stage::StageError;
 use lapin::message::Delivery;
 use serde_json::Value;
+use shared::audit::AuditEvent;
+use shared::order::{Order, OrderElement, OrderState};
+use shared::routing::check_arrival;
+use shared::stage::StageError;
 use topology::Node;
 use uuid::Uuid;
 
@@ -40,7 +40,7 @@ pub fn receive(ctx: &NodeContext, node: Node, delivery: &Delivery) -> Result<Arr
     }
     .map_err(|e| StageError::Permanent(e.to_string()))?;
     if let Err(reason) = ctx.trust.check_element(node, element.state, sender.as_deref()) {
-        crate::events::Refused { node: node.name(), what: "an element", reason: &reason }.emit();
+        shared::events::Refused { node: node.name(), what: "an element", reason: &reason }.emit();
         return Err(StageError::Permanent(format!("refused: {reason}")));
     }
     check_arrival(node, &element)?;
@@ -115,12 +115,12 @@ const PLAIN_ORDER_NAMESPACE: Uuid = Uuid::from_u128(0x6f72_6465_7266_6c6f_772d_7
 /// The `placed` record of a plain order, by intake, which saw it first.
 pub(super) fn placed_record(ctx: &NodeContext, element: &OrderElement, delivery: &Delivery) -> Outgoing {
     let by =
-        element.placed_by.as_deref().map(crate::text::escaped).unwrap_or_else(|| "an unnamed client".into());
+        element.placed_by.as_deref().map(shared::text::escaped).unwrap_or_else(|| "an unnamed client".into());
     let detail = format!(
         "plain order from {} with {} units, published by {by} to {}",
-        crate::text::escaped(&element.order.customer_id.chars().take(64).collect::<String>()),
+        shared::text::escaped(&element.order.customer_id.chars().take(64).collect::<String>()),
         element.total_units(),
-        crate::text::escaped(delivery.routing_key.as_str())
+        shared::text::escaped(delivery.routing_key.as_str())
     );
     audit_message(&AuditEvent::for_transition(element, None, ctx.node, &ctx.instance_id, detail))
 }
@@ -140,7 +140,7 @@ pub(super) fn from_outside(element: OrderElement, sender: Option<String>) -> Ord
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::order::Charge;
+    use shared::order::Charge;
 
     #[test]
     fn intake_keeps_the_order_and_drops_what_an_outsider_claims_was_done() {

@@ -2,10 +2,10 @@
 //! book in a scratch directory and a fake payment stage.
 
 use super::*;
-use crate::change::ChangeRequest;
-use crate::change_book::{ChangeBook, Received};
-use crate::order::Order;
-use crate::settings::Settings;
+use shared::change::ChangeRequest;
+use shared::change_book::{ChangeBook, Received};
+use shared::order::Order;
+use shared::settings::Settings;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -162,7 +162,7 @@ async fn pending_changes_are_decided_before_the_stage_and_the_same_on_redelivery
     assert_eq!(forwarded(&again), sent);
     assert_eq!(again.changes.applied, first.changes.applied);
 
-    let counted = || (crate::events::ELEMENTS_HANDLED.get(), crate::events::CHANGES_APPLIED.get());
+    let counted = || (shared::events::ELEMENTS_HANDLED.get(), shared::events::CHANGES_APPLIED.get());
     let before = counted();
     first.emit(ctx.node);
     let after = counted();

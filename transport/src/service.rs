@@ -1,6 +1,6 @@
 //! Answering service calls: a node's stage, run for whoever calls it on the
 //! node's service queue (`orderflow.service.<node>`), with the result sent
-//! where the call asks (`crate::service`). The same stage function as the
+//! where the call asks (`shared::service`). The same stage function as the
 //! workflow runs; what differs is only what happens to its outcome:
 //!
 //! - the audit events go to the tracker as ever (marked `directed` for the
@@ -27,16 +27,16 @@ use super::message::{audit_message, decode_element, Outgoing, SCHEMA_HEADER};
 use super::publisher::{PublishError, Publisher};
 use super::settle::{ack, dead_letter, requeue};
 use super::step::outcome_events;
-use crate::call_book::{Answered, CallBook};
-use crate::order::{OrderElement, OrderState, SCHEMA_VERSION};
-use crate::routing::check_arrival;
-use crate::service::{Call, CallError, CallResult, ReplyTo, StepDone, CALLER_HEADER, RESULT_TYPE};
-use crate::stage::{BatchStage, Outcome, Stage, StageError};
 use lapin::{
     message::Delivery,
     types::{AMQPValue, FieldTable},
     BasicProperties,
 };
+use shared::call_book::{Answered, CallBook};
+use shared::order::{OrderElement, OrderState, SCHEMA_VERSION};
+use shared::routing::check_arrival;
+use shared::service::{Call, CallError, CallResult, ReplyTo, StepDone, CALLER_HEADER, RESULT_TYPE};
+use shared::stage::{BatchStage, Outcome, Stage, StageError};
 use std::{future::Future, sync::Arc};
 use topology::permissions::Role;
 use topology::Node;
@@ -88,8 +88,8 @@ pub async fn handle_call<S: Service>(
     publisher: &Publisher,
     delivery: Delivery,
 ) {
-    let trace = crate::trace::of_message(&delivery.properties);
-    let span = crate::trace::span(service.node().name(), &delivery.properties, Some(&trace));
+    let trace = shared::trace::of_message(&delivery.properties);
+    let span = shared::trace::span(service.node().name(), &delivery.properties, Some(&trace));
     answer_call(ctx, calls, service, publisher, delivery, trace).instrument(span).await
 }
 
@@ -99,10 +99,10 @@ async fn answer_call<S: Service>(
     service: &S,
     publisher: &Publisher,
     delivery: Delivery,
-    trace: crate::trace::TraceContext,
+    trace: shared::trace::TraceContext,
 ) {
     let node = service.node();
-    let _in_hand = crate::metrics::InHand::start();
+    let _in_hand = shared::metrics::InHand::start();
     let call = match Call::from_properties(&delivery.properties) {
         Ok(call) => call,
         Err(error) => return refuse(ctx, publisher, &delivery, node.name(), error).await,
@@ -111,7 +111,7 @@ async fn answer_call<S: Service>(
     let caller_key = caller.clone().unwrap_or_default();
     if call.answers_to_coordinator() && !ctx.trust.is_role(caller.as_deref(), Role::Coordinator) {
         let reason = "only the coordinator's calls are answered to its replies queue";
-        crate::events::Refused { node: node.name(), what: "a call", reason }.emit();
+        shared::events::Refused { node: node.name(), what: "a call", reason }.emit();
         return dead_letter(publisher, ctx, &delivery, &format!("refused: {reason}")).await;
     }
     ctx.simulate_busy().await;
@@ -127,7 +127,7 @@ async fn answer_call<S: Service>(
     };
     let mut messages: Vec<Outgoing> = answered.placed.into_iter().collect();
     messages.extend(answered.kept.events.iter().map(audit_message));
-    crate::trace::stamp(&mut messages, &trace);
+    crate::message::stamp_trace(&mut messages, &trace);
     if let Err(error) = publisher.publish_all_patiently(&messages, super::publisher::BROKER_PATIENCE).await {
         tracing::warn!(node = node.name(), request_id = call.request_id, %error, "the call's events were not confirmed; it will be tried again");
         return requeue(&delivery).await;
@@ -135,7 +135,7 @@ async fn answer_call<S: Service>(
     let send_result = !(matches!(call.reply_to, ReplyTo::Callback(_)) && answered.kept.delivered);
     if send_result {
         let mut result = [result_message(&call, &answered.kept.result, &caller_key)];
-        crate::trace::stamp(&mut result, &trace);
+        crate::message::stamp_trace(&mut result, &trace);
         match publisher.publish_all(&result).await {
             Ok(()) => {
                 if matches!(call.reply_to, ReplyTo::Callback(_)) && answered.stored {
@@ -162,7 +162,7 @@ async fn answer_call<S: Service>(
     }
     ack(&delivery).await;
     let mode = call.reply_to.mode();
-    crate::events::CallAnswered { node: node.name(), request_id: &call.request_id, mode }.emit();
+    shared::events::CallAnswered { node: node.name(), request_id: &call.request_id, mode }.emit();
 }
 
 /// A call's answer: the result and events (kept, or failed and not kept),
@@ -193,7 +193,7 @@ async fn answer<S: Service>(
         placed: None,
     };
     if let Err(reason) = ctx.trust.check_call(node, caller) {
-        crate::events::Refused { node: node.name(), what: "a call", reason: &reason }.emit();
+        shared::events::Refused { node: node.name(), what: "a call", reason: &reason }.emit();
         return Ok(failed(format!("refused: {reason}"), false));
     }
     if call.expired(chrono::Utc::now().timestamp_millis()) {
@@ -247,7 +247,7 @@ async fn answer<S: Service>(
 fn masked(mut element: OrderElement) -> OrderElement {
     let card = &mut element.order.payment.card_number;
     if card.chars().filter(char::is_ascii_digit).count() > 4 {
-        *card = crate::order::mask_card(card);
+        *card = shared::order::mask_card(card);
     }
     element
 }
@@ -277,7 +277,7 @@ pub fn result_message(call: &Call, result: &CallResult, caller: &str) -> Outgoin
     if let (ReplyTo::Poll, Some(key)) = (&call.reply_to, &call.poll_key) {
         // The caller's poll key: the tracker shows the result only to its token.
         let mut headers = properties.headers().clone().unwrap_or_default();
-        headers.insert(crate::poll::POLL_KEY_HEADER.into(), AMQPValue::LongString(key.as_str().into()));
+        headers.insert(shared::poll::POLL_KEY_HEADER.into(), AMQPValue::LongString(key.as_str().into()));
         properties = properties.with_headers(headers);
     }
     Outgoing {

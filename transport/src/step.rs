@@ -8,12 +8,12 @@
 use super::context::NodeContext;
 use super::message::{audit_message, element_message, Outgoing};
 use super::settle::Settle;
-use crate::audit::{AuditEvent, Transition};
-use crate::change::{cancel_outcome, Change, ChangeKind, Decision};
-use crate::events::{ChangeApplied, ChangeRejected, ElementHandled};
-use crate::order::{OrderElement, OrderState};
-use crate::routing::{check_arrival, next_node};
-use crate::stage::{Outcome, Stage, StageError};
+use shared::audit::{AuditEvent, Transition};
+use shared::change::{cancel_outcome, Change, ChangeKind, Decision};
+use shared::events::{ChangeApplied, ChangeRejected, ElementHandled};
+use shared::order::{OrderElement, OrderState};
+use shared::routing::{check_arrival, next_node};
+use shared::stage::{Outcome, Stage, StageError};
 
 /// What one step decided for one element.
 #[derive(Debug)]

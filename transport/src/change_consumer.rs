@@ -7,11 +7,11 @@ use super::context::NodeContext;
 use super::message;
 use super::publisher::Publisher;
 use super::settle::{ack, settle_failure};
-use crate::change::{ChangeKind, ChangeRequest};
-use crate::change_book::Received;
-use crate::events::ChangeRejected;
-use crate::stage::StageError;
 use lapin::{message::Delivery, Connection};
+use shared::change::{ChangeKind, ChangeRequest};
+use shared::change_book::Received;
+use shared::events::ChangeRejected;
+use shared::stage::StageError;
 use std::sync::Arc;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -19,8 +19,8 @@ use tracing::Instrument;
 /// Handles one change request heard on the fanout: the book keeps it for
 /// the order, or rejects it when the order already ended at this node.
 pub async fn handle_change(ctx: &NodeContext, publisher: &Publisher, delivery: Delivery) {
-    let trace = crate::trace::of_message(&delivery.properties);
-    let span = crate::trace::span(ctx.node, &delivery.properties, Some(&trace));
+    let trace = shared::trace::of_message(&delivery.properties);
+    let span = shared::trace::span(ctx.node, &delivery.properties, Some(&trace));
     let result = async {
         let mut request: ChangeRequest =
             message::decode(&delivery.data, delivery.properties.headers().as_ref(), ctx.max_message_bytes)
@@ -29,7 +29,7 @@ pub async fn handle_change(ctx: &NodeContext, publisher: &Publisher, delivery: D
         let Some(book) = &ctx.book else { return Ok(()) };
         if let Received::Reject(reason) = book.receive(&request).await? {
             let mut event = [ctx.change_event(&request, ChangeKind::ChangeRejected, reason.clone(), 0)];
-            crate::trace::stamp(&mut event, &trace);
+            crate::message::stamp_trace(&mut event, &trace);
             publisher.publish_all(&event).await.map_err(|e| StageError::Transient(e.into()))?;
             let (order_id, change_id) = (request.order_id, request.change_id);
             ChangeRejected { node: ctx.node, order_id, change_id, reason }.emit();

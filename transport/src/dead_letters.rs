@@ -23,13 +23,13 @@ use super::message::{
     REPLAYS_HEADER, ROUTING_KEY_HEADER,
 };
 use super::{Outgoing, Publisher};
-use crate::settings::Settings;
-use crate::trust::SENDER_HEADER;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::Connection;
 use serde::Serialize;
+use shared::settings::Settings;
+use shared::trust::SENDER_HEADER;
 use std::collections::{BTreeMap, HashSet};
 use topology::permissions::Role;
 use topology::DEAD_LETTER_QUEUE;
@@ -145,7 +145,8 @@ impl Signers {
             Role::of_user(user, &self.prefix, &self.vhost) == Some(role) || user == self.operator
         });
         if !signed_by_node {
-            let by = signer.map(|u| crate::text::escaped(&u)).unwrap_or_else(|| "no one (no user_id)".into());
+            let by =
+                signer.map(|u| shared::text::escaped(&u)).unwrap_or_else(|| "no one (no user_id)".into());
             return Err(format!("it says node {node} dead-lettered it, but it was published by {by}"));
         }
         let queue = get(QUEUE_HEADER).unwrap_or_default();

@@ -28,7 +28,7 @@ pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
         let url = urls[(start + i) % urls.len()];
         match Connection::connect(url, properties.clone()).await {
             Ok(connection) => {
-                tracing::info!(broker = crate::settings::redact_url(url), "connected to this broker node");
+                tracing::info!(broker = shared::settings::redact_url(url), "connected to this broker node");
                 return Ok(connection);
             }
             Err(error) => last_error = Some(error),

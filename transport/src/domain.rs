@@ -1,7 +1,7 @@
 //! Answering a data domain's requests: a domain copy (a primary or a
 //! replica) consumes its request queue (`orderflow.domain.<domain>[.<region>]`)
 //! and answers each request where the call asks, with the same conventions
-//! as the stage services (`crate::service`: sync on `reply_to`, polled
+//! as the stage services (`shared::service`: sync on `reply_to`, polled
 //! through the tracker, or a callback key). What a request means is the
 //! domain's business (`DomainService::answer`); here is only the plumbing:
 //! the call's properties, the size limit, the deadline, who may write (the
@@ -22,10 +22,10 @@ use super::publisher::{PublishError, Publisher};
 use super::service::{refuse, result_message};
 use super::session::{finish, supervise};
 use super::settle::{ack, requeue};
-use crate::service::{Call, CallResult};
-use crate::settings::Settings;
 use futures::StreamExt;
 use lapin::{message::Delivery, options::BasicQosOptions, Connection};
+use shared::service::{Call, CallResult};
+use shared::settings::Settings;
 use std::{future::Future, sync::Arc, time::Duration};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use topology::DomainCopy;
@@ -49,7 +49,7 @@ pub struct Request<'a> {
     pub request_key: String,
     /// The copy's trust: who the stack's roles are, for what a domain
     /// answers only to some of them (a card's token, a snapshot).
-    pub trust: &'a crate::trust::Trust,
+    pub trust: &'a shared::trust::Trust,
 }
 
 impl Request<'_> {
@@ -217,8 +217,8 @@ pub async fn handle_request<S: DomainService>(
     publisher: &Publisher,
     delivery: Delivery,
 ) {
-    let trace = crate::trace::of_message(&delivery.properties);
-    let span = crate::trace::span(ctx.node, &delivery.properties, Some(&trace));
+    let trace = shared::trace::of_message(&delivery.properties);
+    let span = shared::trace::span(ctx.node, &delivery.properties, Some(&trace));
     answer_request(ctx, service, publisher, delivery).instrument(span).await
 }
 
@@ -228,7 +228,7 @@ async fn answer_request<S: DomainService>(
     publisher: &Publisher,
     delivery: Delivery,
 ) {
-    let _in_hand = crate::metrics::InHand::start();
+    let _in_hand = shared::metrics::InHand::start();
     let label = service.copy().label();
     let call = match Call::from_properties(&delivery.properties) {
         Ok(call) => call,
@@ -237,14 +237,8 @@ async fn answer_request<S: DomainService>(
     let caller = ctx.trust.sender(&delivery.properties).unwrap_or_default();
     if call.answers_to_coordinator() {
         let reason = "a domain answers only to its caller's direct reply-to";
-        crate::events::Refused { node: ctx.node, what: "a request", reason }.emit();
-        return crate::transport::settle::dead_letter(
-            publisher,
-            ctx,
-            &delivery,
-            &format!("refused: {reason}"),
-        )
-        .await;
+        shared::events::Refused { node: ctx.node, what: "a request", reason }.emit();
+        return crate::settle::dead_letter(publisher, ctx, &delivery, &format!("refused: {reason}")).await;
     }
     let result = match decide(ctx, service, &call, &caller, &delivery).await {
         Ok(data) => CallResult::answered(&call.request_id, &label, data),
@@ -318,7 +312,7 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, DomainErr
     serde_json::from_slice(body).map_err(|e| {
         DomainError::Refused(format!(
             "not a request this domain knows: {}",
-            crate::text::escaped(&e.to_string())
+            shared::text::escaped(&e.to_string())
         ))
     })
 }

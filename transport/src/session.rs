@@ -7,14 +7,14 @@ use super::change_consumer::drain_changes;
 use super::connect::{connect_with_retry, Backoff};
 use super::context::NodeContext;
 use super::publisher::Publisher;
-use crate::events::Reconnected;
-use crate::settings::Settings;
 use lapin::{
     message::Delivery,
     options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
     Channel, Connection, Consumer,
 };
+use shared::events::Reconnected;
+use shared::settings::Settings;
 use std::{future::Future, time::Duration, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -34,7 +34,7 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let name = ctx.instance_id.as_str();
-    crate::telemetry::started(ctx.node, name, &settings.amqp_url_redacted(), ctx.prefetch);
+    shared::telemetry::started(ctx.node, name, &settings.amqp_url_redacted(), ctx.prefetch);
     let mut backoff = Backoff::default();
     let mut lost_at: Option<Instant> = None;
     loop {

@@ -7,22 +7,22 @@
 //! lost, every call fails with [`ClientError::Unavailable`] and the owner
 //! opens a new client.
 
-use crate::service::{CallResult, CallStatus, DEADLINE_HEADER, REPLY_HEADER};
-use crate::transport::message::SCHEMA_HEADER;
-use crate::transport::{Outgoing, Publisher};
+use crate::message::SCHEMA_HEADER;
+use crate::{Outgoing, Publisher};
 use futures::StreamExt;
 use lapin::{
     options::BasicConsumeOptions,
     types::{AMQPValue, FieldTable},
     BasicProperties, Connection,
 };
+use shared::service::{CallResult, CallStatus, DEADLINE_HEADER, REPLY_HEADER};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use topology::DomainCopy;
 
-pub use crate::service::DIRECT_REPLY_TO;
+pub use shared::service::DIRECT_REPLY_TO;
 
 /// Why a call got no data.
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +116,7 @@ impl DomainClient {
         self.pending.lock().expect("not poisoned").insert(correlation.clone(), sender);
         let forget = || self.pending.lock().expect("not poisoned").remove(&correlation);
         let mut headers = FieldTable::default();
-        headers.insert(SCHEMA_HEADER.into(), AMQPValue::LongUInt(crate::order::SCHEMA_VERSION));
+        headers.insert(SCHEMA_HEADER.into(), AMQPValue::LongUInt(shared::order::SCHEMA_VERSION));
         headers.insert(REPLY_HEADER.into(), AMQPValue::LongString("sync".into()));
         let deadline = chrono::Utc::now().timestamp_millis() + timeout.as_millis() as i64;
         headers.insert(DEADLINE_HEADER.into(), AMQPValue::LongLongInt(deadline));

@@ -2,16 +2,17 @@
 //! dead letters) and decoding of what it receives, with clear reasons for
 //! anything that can never be decoded.
 
-use crate::audit::AuditEvent;
-use crate::change::{ChangeEvent, ChangeRequest};
-use crate::order::{OrderElement, SCHEMA_VERSION};
 use lapin::{
     message::Delivery,
     types::{AMQPValue, FieldTable, ShortString},
     BasicProperties,
 };
 use serde::de::DeserializeOwned;
-use topology::{Node, AUDIT_EXCHANGE, DEAD_LETTER_EXCHANGE, WORKFLOW_EXCHANGE};
+use shared::audit::AuditEvent;
+use shared::change::{ChangeEvent, ChangeRequest};
+use shared::order::{OrderElement, SCHEMA_VERSION};
+use shared::trace::TraceContext;
+use topology::{Node, AUDIT_EXCHANGE, WORKFLOW_EXCHANGE};
 use uuid::Uuid;
 
 /// Header carrying the schema version of the body.
@@ -59,7 +60,7 @@ fn properties(message_id: Uuid, order_id: Uuid, kind: &str) -> BasicProperties {
 /// The element forwarded to `node`. Its message id is derived from the step
 /// it records, so a redone step sends a message with the same id.
 pub fn element_message(element: &OrderElement, to: Node) -> Outgoing {
-    let id = crate::audit::event_id(element.order_id, element.seq, element.state);
+    let id = shared::audit::event_id(element.order_id, element.seq, element.state);
     Outgoing {
         exchange: WORKFLOW_EXCHANGE,
         routing_key: to.routing_key(),
@@ -98,15 +99,15 @@ pub fn change_request_message(request: &ChangeRequest) -> Outgoing {
 }
 
 /// An incident at `incident.node`, for the tracker, on the audit exchange.
-pub fn incident_message(incident: &crate::incident::Incident) -> Outgoing {
+pub fn incident_message(incident: &shared::incident::Incident) -> Outgoing {
     Outgoing {
         exchange: AUDIT_EXCHANGE,
-        routing_key: topology::audit_routing_key(&incident.node, crate::incident::INCIDENT_TYPE),
+        routing_key: topology::audit_routing_key(&incident.node, shared::incident::INCIDENT_TYPE),
         body: serde_json::to_vec(incident).expect("an incident always serializes"),
         properties: properties(
             incident.incident_id,
             incident.order_id.unwrap_or_default(),
-            crate::incident::INCIDENT_TYPE,
+            shared::incident::INCIDENT_TYPE,
         ),
     }
 }
@@ -114,86 +115,16 @@ pub fn incident_message(incident: &crate::incident::Incident) -> Outgoing {
 /// The `type` property of change records on the audit exchange.
 pub const CHANGE_EVENT_TYPE: &str = "change_event";
 
-/// Where a dead letter came from: the node that gave up on it, the queue
-/// it was received from, and its verified sender.
-pub struct Origin<'a> {
-    pub node: &'a str,
-    pub queue: &'a str,
-    pub sender: Option<&'a str>,
-}
-
-/// A received message sent on to the dead-letter exchange, unchanged but for
-/// headers saying why, which node gave up on it, the queue it came from, its
-/// verified sender (the node signs the dead letter as its own), and where it
-/// was going. Card numbers are masked in the reason and the body: a dead
-/// letter may be kept for a long time and read by anyone who operates it.
-pub fn dead_letter_message(delivery: &Delivery, origin: &Origin, reason: &str) -> Outgoing {
-    let reason = crate::text::mask_card_numbers(reason);
-    let masked_body = crate::text::mask_card_numbers_in_body(&delivery.data);
-    let node = origin.node;
-    let headers = delivery.properties.headers().clone().unwrap_or_default();
-    let mut headers = crate::trust::with_sender(headers, origin.sender);
-    let text = |s: &str| AMQPValue::LongString(s.into());
-    headers.insert(REASON_HEADER.into(), text(&reason));
-    if masked_body.is_some() {
-        headers.insert(MASKED_HEADER.into(), AMQPValue::Boolean(true));
-    }
-    headers.insert(NODE_HEADER.into(), text(node));
-    headers.insert(QUEUE_HEADER.into(), text(origin.queue));
-    headers.insert(ROUTING_KEY_HEADER.into(), text(delivery.routing_key.as_str()));
-    headers.insert(EXCHANGE_HEADER.into(), text(delivery.exchange.as_str()));
-    headers.insert(DEAD_LETTERED_AT_HEADER.into(), text(&crate::audit::rfc3339::format(&chrono::Utc::now())));
-    Outgoing {
-        exchange: DEAD_LETTER_EXCHANGE,
-        routing_key: format!("{node}.{}", delivery.routing_key.as_str()),
-        body: masked_body.unwrap_or_else(|| delivery.data.clone()),
-        properties: delivery.properties.clone().with_headers(headers).with_delivery_mode(2),
-    }
-}
-
-/// The properties of a dead letter a process writes itself (not a received
-/// message's): the same headers [`dead_letter_message`] adds, signed as its own.
-pub fn dead_letter_headers(node: &str, queue: &str, routing_key: &str, reason: &str) -> BasicProperties {
-    let text = |s: &str| AMQPValue::LongString(s.into());
-    let mut headers = FieldTable::default();
-    headers.insert(SCHEMA_HEADER.into(), AMQPValue::LongUInt(SCHEMA_VERSION));
-    headers.insert(REASON_HEADER.into(), text(&crate::text::mask_card_numbers(reason)));
-    headers.insert(NODE_HEADER.into(), text(node));
-    headers.insert(QUEUE_HEADER.into(), text(queue));
-    headers.insert(ROUTING_KEY_HEADER.into(), text(routing_key));
-    headers.insert(DEAD_LETTERED_AT_HEADER.into(), text(&crate::audit::rfc3339::format(&chrono::Utc::now())));
-    BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2)
-        .with_headers(headers)
-}
-
-/// A delivery sent round `node`'s retry queue: unchanged but for the
-/// attempts made so far (`attempts`), its verified `sender` (the node signs
-/// the copy as its own) and a per-message TTL of `delay`, after which the
-/// retry queue dead-letters it back to the node's queue.
-pub fn retry_message(
-    delivery: &Delivery,
-    node: Node,
-    sender: Option<&str>,
-    attempts: i64,
-    delay: std::time::Duration,
-) -> Outgoing {
-    let headers = delivery.properties.headers().clone().unwrap_or_default();
-    let mut inner = headers.inner().clone();
-    inner.remove(&ShortString::from("x-delivery-count"));
-    let mut headers = crate::trust::with_sender(FieldTable::from(inner), sender);
-    headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(attempts));
-    Outgoing {
-        exchange: WORKFLOW_EXCHANGE,
-        routing_key: node.retry_routing_key(),
-        body: delivery.data.clone(),
-        properties: delivery
-            .properties
-            .clone()
-            .with_headers(headers)
-            .with_delivery_mode(2)
-            .with_expiration(delay.as_millis().max(1).to_string().into()),
+/// Stamps what a process sends on behalf of `parent` with one span of its
+/// own: the exported span it handles the message in, when spans are
+/// exported (`otlp`), else a new span id.
+pub fn stamp_trace(messages: &mut [Outgoing], parent: &TraceContext) {
+    let span = match shared::otlp::current_span_id() {
+        Some(span_id) => TraceContext { span_id, ..*parent },
+        None => parent.child(),
+    };
+    for message in messages {
+        message.properties = shared::trace::with_context(std::mem::take(&mut message.properties), &span);
     }
 }
 
@@ -210,7 +141,7 @@ pub enum DecodeError {
     Invalid(String),
 }
 
-pub use crate::headers::{header_text, value_text};
+pub use shared::headers::{header_text, value_text};
 
 /// Reads the schema version from the headers (absent means the current one).
 fn header_schema(headers: Option<&FieldTable>) -> Option<String> {
@@ -275,42 +206,19 @@ pub fn decode_audit(delivery: &Delivery, max_bytes: usize) -> Result<AuditEvent,
     decode(&delivery.data, delivery.properties.headers().as_ref(), max_bytes)
 }
 
-/// An integer header of a delivery (0 when absent or not an integer).
-fn int_header(delivery: &Delivery, key: &str) -> i64 {
-    let headers = delivery.properties.headers().as_ref();
-    match headers.and_then(|h| h.inner().get(&ShortString::from(key))) {
-        Some(AMQPValue::LongLongInt(n)) => *n,
-        Some(AMQPValue::LongInt(n)) => i64::from(*n),
-        Some(AMQPValue::LongUInt(n)) => i64::from(*n),
-        Some(AMQPValue::ShortInt(n)) => i64::from(*n),
-        Some(AMQPValue::ShortUInt(n)) => i64::from(*n),
-        _ => 0,
-    }
-}
-
-/// How many times the broker has delivered this message before (quorum queues).
-pub fn delivery_count(delivery: &Delivery) -> i64 {
-    int_header(delivery, "x-delivery-count")
-}
-
-/// How many attempts were made before the message went round its retry queue.
-pub fn earlier_attempts(delivery: &Delivery) -> i64 {
-    int_header(delivery, ATTEMPT_HEADER).max(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_seq_near_the_counters_limit_is_refused() {
-        let mut element = OrderElement::placed(crate::order::Order::default());
+        let mut element = OrderElement::placed(shared::order::Order::default());
         element.seq = u32::MAX;
         assert!(check_seq(&element).unwrap_err().to_string().contains("beyond the 10000 steps"));
         element.seq = 12;
         assert!(check_seq(&element).is_ok());
     }
-    use crate::order::Order;
+    use shared::order::Order;
 
     #[test]
     fn element_round_trips() {

@@ -5,17 +5,28 @@
 //! retry holds no prefetch slot. Nothing here waits for ever on a dead
 //! connection: a stale tag or a lost channel only means the broker delivers
 //! the message again.
+//!
+//! Each way out sits beside the message it makes: `retry` (which attempt
+//! this is, the delay, the copy for the retry queue) and `dead_letter` (the
+//! dead letter and its headers); this file holds the decision and the
+//! acknowledgements.
+
+mod dead_letter;
+mod retry;
+
+pub use dead_letter::{dead_letter, dead_letter_headers, dead_letter_message, Origin};
+pub use retry::{attempt_of, delivery_count, earlier_attempts, retry_delay, retry_message};
 
 use super::context::NodeContext;
-use super::message::{self, dead_letter_message, Origin};
+use super::message;
 use super::publisher::Publisher;
-use crate::events::{DeadLettered, GaveUp, Retried};
-use crate::incident::{Incident, IncidentKind};
-use crate::stage::StageError;
 use lapin::{
     message::Delivery,
     options::{BasicAckOptions, BasicRejectOptions},
 };
+use shared::events::{GaveUp, Retried};
+use shared::incident::{Incident, IncidentKind};
+use shared::stage::StageError;
 use std::time::Duration;
 
 /// How long an acknowledgement may take before the connection is presumed dead.
@@ -49,16 +60,9 @@ impl Settle {
     }
 }
 
-/// Which attempt this delivery is (1 for a first delivery): the attempts
-/// made before it went round the retry queue, plus the deliveries the
-/// quorum queue has counted since (crashes, requeues), plus this one.
-pub fn attempt_of(delivery: &Delivery) -> i64 {
-    message::earlier_attempts(delivery) + message::delivery_count(delivery) + 1
-}
-
 /// Carries out a failure decision for one delivery.
 pub async fn settle(publisher: &Publisher, ctx: &NodeContext, delivery: &Delivery, decision: Settle) {
-    crate::events::ElementFailed { node: ctx.node, routing_key: delivery.routing_key.as_str() }.emit();
+    shared::events::ElementFailed { node: ctx.node, routing_key: delivery.routing_key.as_str() }.emit();
     match decision {
         Settle::DeadLetter { reason } => dead_letter(publisher, ctx, delivery, &reason).await,
         Settle::GiveUp { attempts, error } => {
@@ -68,39 +72,9 @@ pub async fn settle(publisher: &Publisher, ctx: &NodeContext, delivery: &Deliver
         }
         Settle::Retry { attempts, delay, error } => {
             Retried { node: ctx.node, attempts, delay, error: &error }.emit();
-            retry_later(publisher, ctx, delivery, attempts, delay, &format!("{error:#}")).await;
+            retry::retry_later(publisher, ctx, delivery, attempts, delay, &format!("{error:#}")).await;
         }
     }
-}
-
-/// Sends an element round its node's retry queue (confirmed, with the
-/// attempts made and a TTL of `delay`), then acknowledges the original: the
-/// consumer's slot is free at once and the message is never only in flight.
-/// A delivery that is not an element of this node (a change request) or
-/// that cannot be sent there waits in the task and is requeued, as before.
-async fn retry_later(
-    publisher: &Publisher,
-    ctx: &NodeContext,
-    delivery: &Delivery,
-    attempts: i64,
-    delay: Duration,
-    reason: &str,
-) {
-    let node = ctx.workflow_node().filter(|n| delivery.routing_key.as_str() == n.routing_key());
-    if let Some(node) = node {
-        let sender = ctx.trust.sender(&delivery.properties);
-        let retry = message::retry_message(delivery, node, sender.as_deref(), attempts, delay);
-        let incident = incident(ctx, delivery, IncidentKind::Retried, reason, attempts);
-        match publisher.publish_all(&[Some(retry), incident].into_iter().flatten().collect::<Vec<_>>()).await
-        {
-            Ok(()) => return ack(delivery).await,
-            Err(error) => {
-                tracing::warn!(node = ctx.node, %error, "could not send to the retry queue; waiting here")
-            }
-        }
-    }
-    tokio::time::sleep(delay).await;
-    requeue(delivery).await;
 }
 
 /// Settles a delivery after a failed attempt (see [`Settle::after_failure`]).
@@ -139,28 +113,6 @@ pub async fn requeue(delivery: &Delivery) {
     }
 }
 
-/// Sends a delivery that can never succeed to the dead-letter exchange with
-/// its reason, then acknowledges it; if that publish fails it is requeued.
-pub async fn dead_letter(publisher: &Publisher, ctx: &NodeContext, delivery: &Delivery, reason: &str) {
-    // What a reason quotes of the message (a parser's error quotes the value) never shows a card.
-    let reason = &crate::text::mask_card_numbers(reason);
-    let routing_key = delivery.routing_key.as_str();
-    let sender = ctx.trust.sender(&delivery.properties);
-    let origin = Origin { node: ctx.node, queue: &ctx.queue_of(delivery), sender: sender.as_deref() };
-    let dead = dead_letter_message(delivery, &origin, reason);
-    let incident = incident(ctx, delivery, IncidentKind::DeadLettered, reason, attempt_of(delivery));
-    match publisher.publish_all(&[Some(dead), incident].into_iter().flatten().collect::<Vec<_>>()).await {
-        Ok(()) => {
-            DeadLettered { node: ctx.node, routing_key, reason }.emit();
-            ack(delivery).await
-        }
-        Err(error) => {
-            tracing::warn!(node = ctx.node, routing_key, reason, %error, "could not dead-letter; requeueing");
-            requeue(delivery).await;
-        }
-    }
-}
-
 /// The incident to record beside a retry or a dead letter, when the node
 /// records history (workflow nodes do; the tracker and the coordinator,
 /// which have no audit rights, do not).
@@ -178,21 +130,9 @@ fn incident(
     Some(message::incident_message(&incident))
 }
 
-/// Waits before a retry: 200 ms doubling with each earlier delivery, up to 10 s.
-pub fn retry_delay(delivery_count: i64) -> Duration {
-    let exponent = delivery_count.clamp(0, 6) as u32;
-    Duration::from_millis(200 * 2u64.pow(exponent)).min(Duration::from_secs(10))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retries_wait_longer_each_time_up_to_ten_seconds() {
-        let delays: Vec<u128> = (0..9).map(|n| retry_delay(n).as_millis()).collect();
-        assert_eq!(delays, [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000]);
-    }
 
     #[test]
     fn a_transient_failure_is_retried_until_the_last_attempt() {

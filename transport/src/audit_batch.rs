@@ -156,7 +156,7 @@ pub fn batch_message(node: &str, group: &[&Outgoing]) -> Outgoing {
         .iter()
         .map(|message| BatchedMessage {
             kind: message.properties.kind().as_ref().map(|k| k.to_string()),
-            traceparent: crate::trace::from_headers(message.properties.headers().as_ref())
+            traceparent: shared::trace::from_headers(message.properties.headers().as_ref())
                 .map(|t| t.header()),
             body: RawValue::from_string(String::from_utf8_lossy(&message.body).into_owned())
                 .expect("an audit message's body is JSON"),
@@ -164,7 +164,7 @@ pub fn batch_message(node: &str, group: &[&Outgoing]) -> Outgoing {
         .collect();
     let body = serde_json::to_vec(&AuditBatch { messages }).expect("a batch always serializes");
     let mut headers = FieldTable::default();
-    headers.insert(super::message::SCHEMA_HEADER.into(), AMQPValue::LongUInt(crate::order::SCHEMA_VERSION));
+    headers.insert(super::message::SCHEMA_HEADER.into(), AMQPValue::LongUInt(shared::order::SCHEMA_VERSION));
     Outgoing {
         exchange: AUDIT_EXCHANGE,
         routing_key: topology::audit_routing_key(node, "batch"),

@@ -4,6 +4,7 @@
 //! `transport` crate, built on this one.
 
 pub mod audit;
+pub mod backorder;
 pub mod batcher;
 pub mod call_book;
 pub mod change;

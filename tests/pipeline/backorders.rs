@@ -22,7 +22,7 @@ const NEVER: (&str, &str) = ("ORDERFLOW_DISTRIBUTOR_DELAY_MS", "3600000");
 /// Registers distributor D-01 as the supplier of `skus` (the distributor
 /// domain's `put`, as the back office; as the operator in a stack without
 /// per-role users).
-async fn supplied_by_d01(stack: &Stack, skus: &[&str]) {
+pub(crate) async fn supplied_by_d01(stack: &Stack, skus: &[&str]) {
     let (url, user) = match stack.user_prefix {
         Some(_) => (stack.role_url("backoffice"), stack.role_user("backoffice")),
         None => (stack.vhost.amqp_url.clone(), "guest".to_string()),

@@ -2,8 +2,13 @@
 //! Headless Chromium, driven through ChromeDriver's WebDriver protocol,
 //! loads `/` while orders flow and checks that the counts move without a
 //! reload, that the slowest node (inventory, slowed on purpose) is marked in
-//! the diagram, and that searching an order opens its timeline; it saves a
-//! screenshot to `dashboard.png` in the build folder (`target/`). Without `chromium` and
+//! the diagram, that searching an order opens its timeline, and that the
+//! panels of the rest of the stack (the coordinator, the domain copies, the
+//! backorders, the true queues, the retry and dead-letter queues with their
+//! reasons) show the stack's real state as the management API, the CLI and
+//! the tracker tell it; it saves a
+//! screenshot to `dashboard.png` (and of the rest of the stack to
+//! `dashboard-stack.png`) in the build folder (`target/`). Without `chromium` and
 //! `chromedriver` (`scripts/test.sh` installs them as root) it says so and
 //! checks only what it can without a browser.
 
@@ -106,9 +111,117 @@ impl Drop for Browser {
     }
 }
 
+/// A script returning the cells' texts of the row with `id`, or null.
+fn cells_of(id: &str) -> String {
+    format!("const r = document.getElementById({id:?}); return r ? Array.from(r.cells).map(c => c.textContent) : null;")
+}
+
+/// Waits (the page updates every second) until the row `id` has `expected` as its cells.
+async fn row_shows(browser: &Browser, id: &str, expected: &[String]) {
+    harness::until(Duration::from_secs(30), Duration::from_millis(300), || async {
+        let cells = browser.run(&cells_of(id)).await;
+        let cells: Vec<String> = serde_json::from_value(cells.clone()).unwrap_or_default();
+        if cells == expected {
+            Ok(harness::Check::Done(()))
+        } else {
+            Ok(harness::Check::Waiting(format!("row {id} shows {cells:?}, not {expected:?}")))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// The panels beyond the workflow, each checked against what the stack is:
+/// the management API's consumers and depths, the dead letter `orderflow
+/// dlq` lists, the backorder the tracker's history records, and a directed
+/// order held in flight by stopping payment.
+async fn the_stack_panels_show_its_real_state(stack: &mut Stack, browser: &Browser) {
+    let management = tests::management();
+    // A queue's messages and consumers once the management API has gathered
+    // them (and, with `consumed`, counts a consumer: its figures come every 5 s).
+    let vhost = stack.vhost.name.clone();
+    let figures = |queue: String, consumed: bool| {
+        let (management, vhost) = (&management, &vhost);
+        async move {
+            harness::until(Duration::from_secs(30), Duration::from_millis(500), || async {
+                let answer = management.queue(vhost, &queue).await?;
+                match (answer["messages"].as_u64(), answer["consumers"].as_u64()) {
+                    (Some(messages), Some(consumers)) if consumers > 0 || !consumed => {
+                        Ok(harness::Check::Done((messages.to_string(), consumers)))
+                    }
+                    _ => Ok(harness::Check::Waiting(format!("no figures for {queue} yet"))),
+                }
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"))
+        }
+    };
+    // The domains' processes are not started yet: nobody answers the customer domain, and the page says so.
+    let customer = topology::DomainCopy::primary("customer");
+    let (requests, consumers) = figures(customer.queue(), false).await;
+    assert_eq!(consumers, 0);
+    let expected = [customer.label(), customer.process(), requests, "0".into(), "–".into()];
+    row_shows(browser, &format!("domain-{}", customer.label()), &expected).await;
+    let marked = "return document.getElementById('domain-customer').cells[3].className;";
+    assert_eq!(browser.run(marked).await, json!("down"), "no consumer shows red");
+    stack.start_domains().await.expect("the domains start");
+    for copy in topology::DomainCopy::all() {
+        let (requests, consumers) = figures(copy.queue(), true).await;
+        assert!(consumers >= 1, "{} answers", copy.label());
+        let lag = match copy.feed_queue() {
+            Some(feed) => figures(feed, true).await.0,
+            None => "–".to_string(),
+        };
+        let expected = [copy.label(), copy.process(), requests, consumers.to_string(), lag];
+        row_shows(browser, &format!("domain-{}", copy.label()), &expected).await;
+    }
+    for queue in [topology::RECEIVED_ITEMS_QUEUE, topology::DISTRIBUTOR_SHIPMENTS_QUEUE] {
+        let (messages, consumers) = figures(queue.to_string(), true).await;
+        let label =
+            browser.run(&cells_of(&format!("queue-{queue}"))).await[0].as_str().unwrap_or("").to_string();
+        row_shows(browser, &format!("queue-{queue}"), &[label, messages, consumers.to_string()]).await;
+    }
+
+    // A message no one can read, published by the management API: its dead
+    // letter is counted and its reason shown as `orderflow dlq` gives it.
+    stack
+        .publish_with_management_api(topology::WORKFLOW_EXCHANGE, "order.intake", json!({}), "{\"not\": ")
+        .await;
+    let letters = stack.wait_dead_letters(1, Duration::from_secs(30)).await;
+    let reason = letters[0]["reason"].as_str().unwrap().to_string();
+    row_shows(browser, "dead-letters", &["dead-letter queue".into(), "1".into()]).await;
+    assert_eq!(browser.text_of("dead-letter-count").await, "1");
+    let failures = browser.text_of("failures").await;
+    assert!(failures.contains(&format!("intakedead lettered{reason}1")), "{reason:?} in {failures}");
+
+    // An order for more than is on hand, of a SKU a distributor supplies: it waits.
+    crate::backorders::supplied_by_d01(stack, &["SKU-0901"]).await;
+    let mut order = tests::orders::valid(1, "standard");
+    order["items"] = json!([{"sku": "SKU-0901", "qty": 12}]);
+    let waiting = stack.publish(&[order])[0];
+    stack.wait_state(&waiting, "backordered", Duration::from_secs(30)).await;
+    let view = stack.order(&waiting).await;
+    let detail = &view.history.iter().find(|h| h.state == "backordered").unwrap().detail;
+    let units: i64 = shared::backorder::parse(detail).unwrap().iter().map(|line| line.qty).sum();
+    assert!(units > 0, "{detail}");
+    row_shows(browser, "backorder-SKU-0901", &["SKU-0901".into(), "1".into(), units.to_string()]).await;
+
+    // A directed order held at payment while payment is away, then let go.
+    let in_flight = |n: u64| vec!["directed orders in flight".to_string(), n.to_string()];
+    row_shows(browser, "coordinator-in-flight", &in_flight(0)).await;
+    assert!(stack.stop("payment-1").await.success());
+    let directed = stack.publish_directed(&[tests::orders::valid(1, "standard")]);
+    row_shows(browser, "coordinator-in-flight", &in_flight(1)).await;
+    stack.spawn("payment", "payment-1");
+    stack.wait_terminal(&directed, Duration::from_secs(90)).await;
+    row_shows(browser, "coordinator-in-flight", &in_flight(0)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_moves_live_and_opens_an_orders_timeline() {
-    let stack = Stack::start("dashboard", &[("ORDERFLOW_DELAY_MS_INVENTORY", "100")]).await;
+    // Purchase orders are never delivered here: a backordered order keeps waiting.
+    let env = [("ORDERFLOW_DELAY_MS_INVENTORY", "100"), ("ORDERFLOW_DISTRIBUTOR_DELAY_MS", "3600000")];
+    let mut stack = Stack::start("dashboard", &env).await;
     // Without a browser: the page and its data are served, with no outside address in the page.
     let (status, page) = stack.get("/").await;
     assert_eq!(status, 200);
@@ -183,6 +296,7 @@ async fn the_dashboard_moves_live_and_opens_an_orders_timeline() {
         assert!(timeline.contains(state), "{state} missing from {timeline}");
     }
     assert!(timeline.contains("by inventory") && timeline.contains(" ms"), "{timeline}");
+    the_stack_panels_show_its_real_state(&mut stack, &browser).await;
     // Beside the build (CARGO_TARGET_DIR, else the workspace's target/), which may not exist yet.
     let folder = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
@@ -190,6 +304,8 @@ async fn the_dashboard_moves_live_and_opens_an_orders_timeline() {
     std::fs::create_dir_all(&folder).unwrap();
     let target = folder.join("dashboard.png");
     browser.screenshot(&target).await;
+    browser.run("document.getElementById('stack').scrollIntoView(); return true;").await;
+    browser.screenshot(&folder.join("dashboard-stack.png")).await;
     browser.quit().await;
     assert!(std::fs::metadata(&target).unwrap().len() > 10_000, "a screenshot with something in it");
 }

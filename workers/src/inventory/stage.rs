@@ -8,6 +8,7 @@ use super::backorders::{self, PurchaseOrder};
 use crate::catalog;
 use crate::domain_reads::{DomainReader, DomainReads};
 use chrono::Utc;
+use shared::backorder::WaitingLine;
 use shared::domains::{Distributor, RecordRequest};
 use shared::order::{Failure, Order, Reservation};
 use shared::store::{stored_uuid, Store};
@@ -338,16 +339,11 @@ impl Inventory {
 
 /// The outcome of a backordered element: it waits, for what.
 fn backordered(element: OrderElement, purchase_orders: &[PurchaseOrder]) -> Outcome {
-    let asked: Vec<String> = purchase_orders
+    let lines: Vec<WaitingLine> = purchase_orders
         .iter()
-        .map(|po| format!("{} x{} from {}", po.sku, po.qty, po.distributor_id))
+        .map(|po| WaitingLine { sku: po.sku.clone(), qty: po.qty, distributor_id: po.distributor_id.clone() })
         .collect();
-    let detail = if asked.is_empty() {
-        "backordered: waiting for the received items".to_string()
-    } else {
-        format!("backordered: waiting for {}", asked.join(", "))
-    };
-    Outcome::new(element).step(OrderState::Backordered, detail)
+    Outcome::new(element).step(OrderState::Backordered, shared::backorder::describe(&lines))
 }
 
 impl Stage for Inventory {

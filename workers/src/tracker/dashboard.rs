@@ -6,9 +6,12 @@
 //! (counts, rates, dwell times, the slowest node, the stuck orders) and each
 //! queue's depth from the management API (`ORDERFLOW_MGMT_URL`, as
 //! `ORDERFLOW_MGMT_USER`, which needs the `monitoring` tag; without it the
-//! depths show as unknown). Its search box opens an order's timeline from
-//! `GET /orders/{id}`.
+//! depths show as unknown), and the rest of the stack (`stack_view`: the
+//! coordinator, the domain copies and their lag, the backorders, the true
+//! queues, the retry and dead-letter queues with the last hour's reasons).
+//! Its search box opens an order's timeline from `GET /orders/{id}`.
 
+use super::stack_view::{self, QueueDepth};
 use super::store::TrackerStore;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
@@ -50,15 +53,20 @@ impl Depths {
         queue["messages"].as_u64()
     }
 
-    /// Messages in each queue of the stack, or `None` when the management API does not answer.
-    async fn read(&self) -> Option<BTreeMap<String, u64>> {
+    /// Messages and consumers of each queue of the stack, or `None` when
+    /// the management API does not answer.
+    async fn read(&self) -> Option<BTreeMap<String, QueueDepth>> {
         let management = self.management.as_ref()?;
         let queues =
             tokio::time::timeout(Duration::from_secs(2), management.queues(&self.vhost)).await.ok()?.ok()?;
         Some(
             queues
                 .iter()
-                .filter_map(|q| Some((q["name"].as_str()?.to_string(), q["messages"].as_u64().unwrap_or(0))))
+                .filter_map(|q| {
+                    let depth =
+                        QueueDepth { messages: q["messages"].as_u64(), consumers: q["consumers"].as_u64() };
+                    Some((q["name"].as_str()?.to_string(), depth))
+                })
                 .collect(),
         )
     }
@@ -92,8 +100,11 @@ async fn snapshot(store: &TrackerStore, depths: &Depths) -> Value {
     let from = now - chrono::Duration::from_std(LIVE_WINDOW).unwrap_or_default();
     let stats = store.stats().await.ok();
     let report = store.report(from, now, now, None).await.ok();
-    let depths = depths.read().await;
-    json!({"at": shared::audit::rfc3339::format(&now), "stats": stats, "report": report, "depths": depths})
+    let queues = depths.read().await;
+    let stack = stack_view::read(store, queues.as_ref()).await;
+    let depths: Option<BTreeMap<&String, u64>> =
+        queues.as_ref().map(|q| q.iter().filter_map(|(name, depth)| Some((name, depth.messages?))).collect());
+    json!({"at": shared::audit::rfc3339::format(&now), "stats": stats, "report": report, "depths": depths, "stack": stack})
 }
 
 /// `GET /live`: a snapshot every [`LIVE_EVERY`] as server-sent events.

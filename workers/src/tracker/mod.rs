@@ -9,6 +9,7 @@ pub mod dashboard;
 pub mod http;
 pub mod report;
 pub mod results;
+pub mod stack_view;
 pub mod store;
 pub mod warehouse;
 

@@ -8,7 +8,7 @@
 
 use crate::load::{self, Route};
 use crate::orderflow::{self, Load, RunResult};
-use crate::report::peak_rss_mib;
+use crate::report::{peak_rss_mib, process_name};
 use crate::stack::{BenchConfig, Stack};
 use crate::stats::median;
 use std::path::PathBuf;
@@ -77,6 +77,24 @@ pub fn markdown(c: &Comparison) -> String {
             format!("| peak RSS, {name} (MiB) | {a:.1} | {b:.1} | {:.3} |\n", b / a)
         })
         .collect();
+    // Each process's CPU tells a lever's effect apart from the machine's drift, which moves them all.
+    let cpu_of = |runs: &[RunResult], name: &str| {
+        median(
+            &runs
+                .iter()
+                .map(|r| {
+                    r.cpu_per_process.iter().filter(|(l, _)| process_name(l) == name).map(|(_, c)| c).sum()
+                })
+                .collect::<Vec<f64>>(),
+        )
+    };
+    let cpu: String = harness::processes()
+        .into_iter()
+        .map(|name| {
+            let (a, b) = (cpu_of(&c.runs_a, name), cpu_of(&c.runs_b, name));
+            format!("| CPU s per 1,000 orders, {name} | {a:.3} | {b:.3} | {:.3} |\n", b / a)
+        })
+        .collect();
     let each = |runs: &[RunResult]| {
         runs.iter().map(|r| format!("{:.0}", r.throughput.per_sec)).collect::<Vec<_>>().join(", ")
     };
@@ -86,7 +104,7 @@ pub fn markdown(c: &Comparison) -> String {
          | figure | A | B | B / A |\n|---|---:|---:|---:|\n\
          | orders/s (median; each run: A {}, B {}) | {:.0} | {:.0} | {:.3} |\n\
          | CPU s per 1,000 orders, orderflow's processes | {:.2} | {:.2} | {:.3} |\n\
-         | CPU s per 1,000 orders, broker | {:.2} | {:.2} | {:.3} |\n{memory}",
+         | CPU s per 1,000 orders, broker | {:.2} | {:.2} | {:.3} |\n{cpu}{memory}",
         c.a.display(),
         c.b.display(),
         each(&c.runs_a),

@@ -11,7 +11,7 @@
 //! for orders that never came or never visit this node.
 
 use crate::change::{apply, decide, ChangeAuthority, ChangeRequest, Decision};
-use crate::order::{OrderElement, OrderState};
+use crate::order::OrderElement;
 use crate::settings::Settings;
 use crate::store::{Backend, Store};
 use chrono::Utc;
@@ -353,37 +353,84 @@ impl ChangeBook {
 
     /// The order ended at this node in `element`'s state: remember that, and
     /// reject the changes that arrived while it was being handled.
+    ///
+    /// Each of `close` and [`ChangeBook::receive`] writes first and reads the
+    /// other's table after: on SQLite, whose writers take turns, whichever
+    /// writes second sees the first, so `close` needs no transaction of its
+    /// own there (two statements instead of four, most orders having no
+    /// change); on PostgreSQL both run under the order's lock.
     pub async fn close(&self, element: &OrderElement) -> sqlx::Result<Vec<(ChangeRequest, String)>> {
-        let state: OrderState = element.state;
+        if self.store.backend == Backend::Sqlite {
+            self.mark_closed(&self.store.pool, element).await?;
+            let rows = self.undecided_of(&self.store.pool, element.order_id).await?;
+            if rows.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut tx = self.store.pool.begin().await?;
+            let late = self.reject_late(&mut tx, element, rows).await?;
+            tx.commit().await?;
+            return Ok(late);
+        }
         let mut tx = self.store.pool.begin().await?;
         self.lock_order(&mut tx, element.order_id).await?;
+        self.mark_closed(&mut *tx, element).await?;
+        let rows = self.undecided_of(&mut *tx, element.order_id).await?;
+        let late = self.reject_late(&mut tx, element, rows).await?;
+        tx.commit().await?;
+        Ok(late)
+    }
+
+    /// Remembers that the order ended in `element`'s state (once).
+    async fn mark_closed<'e, E: sqlx::Executor<'e, Database = Any>>(
+        &self,
+        executor: E,
+        element: &OrderElement,
+    ) -> sqlx::Result<()> {
         sqlx::query(&format!(
             "INSERT INTO {} (order_id, state, resolved, closed_at) VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO NOTHING",
             self.closed
         ))
         .bind(element.order_id.to_string())
-        .bind(state.as_str())
+        .bind(element.state.as_str())
         .bind(serde_json::to_string(&element.resolved_changes).unwrap_or_default())
         .bind(crate::audit::rfc3339::format(&Utc::now()))
-        .execute(&mut *tx)
+        .execute(executor)
         .await?;
-        let rows = sqlx::query(&format!(
+        Ok(())
+    }
+
+    /// The changes of an order not decided yet (or returned late before).
+    async fn undecided_of<'e, E: sqlx::Executor<'e, Database = Any>>(
+        &self,
+        executor: E,
+        order_id: Uuid,
+    ) -> sqlx::Result<Vec<sqlx::any::AnyRow>> {
+        sqlx::query(&format!(
             "SELECT change_id, request, status FROM {} WHERE order_id = $1 AND status IN ('pending', 'late')",
             self.changes
         ))
-        .bind(element.order_id.to_string())
-        .fetch_all(&mut *tx)
-        .await?;
-        let reason = format!("the order is already {state}");
+        .bind(order_id.to_string())
+        .fetch_all(executor)
+        .await
+    }
+
+    /// Marks the changes of `rows` the element did not resolve as late, and
+    /// returns each with its reason.
+    async fn reject_late(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        element: &OrderElement,
+        rows: Vec<sqlx::any::AnyRow>,
+    ) -> sqlx::Result<Vec<(ChangeRequest, String)>> {
+        let reason = format!("the order is already {}", element.state);
         let mut late = Vec::new();
         for row in rows {
             let Some(request) = unresolved(&row, element)? else { continue };
             // 'late' keeps them returned if this step is redone after a crash.
-            if self.set_status(&mut tx, request.change_id, ("late", &reason), true).await? {
+            if self.set_status(tx, request.change_id, ("late", &reason), true).await? {
                 late.push((request, reason.clone()));
             }
         }
-        tx.commit().await?;
         Ok(late)
     }
 }
@@ -392,7 +439,7 @@ impl ChangeBook {
 mod tests {
     use super::*;
     use crate::change::Change;
-    use crate::order::{Order, ShipTo};
+    use crate::order::{Order, OrderState, ShipTo};
 
     async fn book(retention: Duration) -> (ChangeBook, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("orderflow-book-{}", Uuid::new_v4().simple()));

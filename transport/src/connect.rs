@@ -4,11 +4,24 @@
 //! the last attempt, so a process that lost its node moves to another; the
 //! first choice is spread by the connection's name, so a stack's processes
 //! do not all crowd onto one node.
+//!
+//! Every connection asks for frames of at most [`FRAME_MAX`] bytes (unless
+//! the URL says otherwise): lapin keeps a receive and a send buffer of 32
+//! frames per connection, filled with zeros when the connection is tuned, so
+//! at RabbitMQ's default `frame_max` of 128 KiB each connection held 8 MiB
+//! resident, most of a worker's memory (heaptrack: 8.4 of 8.8 MiB of
+//! payment's peak heap).
 
 use lapin::{Connection, ConnectionProperties};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// The largest AMQP frame a connection asks for, bytes. orderflow's messages
+/// are a few KiB (an audit batch up to a few hundred): a larger message goes
+/// as several body frames, which costs nothing measurable; the buffers shrink
+/// from 8 MiB to 1 MiB per connection.
+pub const FRAME_MAX: u32 = 16 * 1024;
 
 /// Moves each connection attempt of this process one URL further on.
 static ROTATION: AtomicUsize = AtomicUsize::new(0);
@@ -19,14 +32,14 @@ pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
     let urls = topology::management::amqp_urls(url);
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     if urls.len() < 2 {
-        return Connection::connect(url, properties).await;
+        return connect_to(url, properties).await;
     }
     let spread = name.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
     let start = spread.wrapping_add(ROTATION.fetch_add(1, Ordering::Relaxed)) % urls.len();
     let mut last_error = None;
     for i in 0..urls.len() {
         let url = urls[(start + i) % urls.len()];
-        match Connection::connect(url, properties.clone()).await {
+        match connect_to(url, properties.clone()).await {
             Ok(connection) => {
                 tracing::info!(broker = shared::settings::redact_url(url), "connected to this broker node");
                 return Ok(connection);
@@ -35,6 +48,19 @@ pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
         }
     }
     Err(last_error.expect("at least two URLs were tried"))
+}
+
+/// Connects to one broker URL with frames of at most [`FRAME_MAX`] bytes
+/// (a `frame_max` in the URL stands; a URL that does not parse is left to
+/// lapin, which says what is wrong with it).
+async fn connect_to(url: &str, properties: ConnectionProperties) -> lapin::Result<Connection> {
+    match url.parse::<lapin::uri::AMQPUri>() {
+        Ok(mut uri) => {
+            uri.query.frame_max.get_or_insert(FRAME_MAX);
+            Connection::connect_uri(uri, properties).await
+        }
+        Err(_) => Connection::connect(url, properties).await,
+    }
 }
 
 /// Growing delays between reconnection attempts: 100 ms doubling up to 5 s, with jitter.

@@ -236,17 +236,17 @@ impl Inventory {
         // read later, which fails at once with "database is locked".
         let mut tx = self.store.pool.begin().await?;
         let lines_json = serde_json::to_string(lines).map_err(|e| sqlx::Error::Encode(e.into()))?;
-        let inserted = sqlx::query(
+        // The new reservation's id, or none when the order had one already (a redelivery).
+        let inserted: Option<String> = sqlx::query_scalar(
             "INSERT INTO inventory_reservations (order_id, reservation_id, lines, reserved_at) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO NOTHING",
+             VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO NOTHING RETURNING reservation_id",
         )
         .bind(order_id.to_string())
         .bind(Uuid::new_v4().to_string())
         .bind(lines_json)
         .bind(Utc::now().to_rfc3339())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .fetch_optional(&mut *tx)
+        .await?;
         // A decision made before is given again: a shortage, or a backorder
         // (a covered one has its reservation, but was answered `backordered`).
         let recorded: Option<(String, String)> = sqlx::query_as(
@@ -264,7 +264,7 @@ impl Inventory {
                 ReserveResult::Backordered(serde_json::from_str(&detail).unwrap_or_default())
             });
         }
-        if inserted == 1 {
+        if inserted.is_some() {
             let (short, taken) = take_units(&mut tx, lines).await?;
             if !short.is_empty() {
                 let suppliers = match supply {
@@ -282,11 +282,15 @@ impl Inventory {
                 return Ok(result);
             }
         }
-        let reservation_id: String =
-            sqlx::query_scalar("SELECT reservation_id FROM inventory_reservations WHERE order_id = $1")
-                .bind(order_id.to_string())
-                .fetch_one(&mut *tx)
-                .await?;
+        let reservation_id: String = match inserted {
+            Some(id) => id,
+            None => {
+                sqlx::query_scalar("SELECT reservation_id FROM inventory_reservations WHERE order_id = $1")
+                    .bind(order_id.to_string())
+                    .fetch_one(&mut *tx)
+                    .await?
+            }
+        };
         tx.commit().await?;
         Ok(ReserveResult::Reserved(Reservation {
             reservation_id: stored_uuid(&reservation_id, "reservation_id")?,

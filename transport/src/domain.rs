@@ -170,7 +170,11 @@ async fn session<S: DomainService>(
     let mut feed = match copy.feed_queue() {
         Some(queue) => {
             let channel = connection.create_channel().await?;
-            channel.basic_qos(FEED_PREFETCH, BasicQosOptions { global: false }).await?;
+            // A true queue's work (received items) is taken one at a time: a
+            // receipt put back for later is then the next one delivered, so
+            // the order of arrival holds; a replica's changes come in hundreds.
+            let prefetch = if copy.region.is_none() { 1 } else { FEED_PREFETCH };
+            channel.basic_qos(prefetch, BasicQosOptions { global: false }).await?;
             let tag = format!("{}-feed", ctx.instance_id);
             Some(
                 channel

@@ -380,17 +380,53 @@ impl DomainService for StockDomain {
 
     /// One received item, in order of arrival: from a receiving station
     /// only, checked, bound to its purchase order, counted once per shipment.
-    /// A failure worth retrying (the store, the distributor domain) is
-    /// retried here, in place: the receipts after it are already in hand
-    /// (the feed's prefetch), so a requeued one would be taken after them.
-    /// Only after [`IN_PLACE_ATTEMPTS`] does it go back to the queue.
     async fn apply(&self, ctx: &NodeContext, publisher: &Publisher, delivery: Delivery) {
-        for attempt in 0..IN_PLACE_ATTEMPTS {
-            let Some(error) = self.take_receipt(ctx, publisher, &delivery).await else { return };
-            tracing::warn!(error = %format!("{error:#}"), attempt, "could not take a receipt; trying it again");
-            tokio::time::sleep(transport::settle::retry_delay(i64::from(attempt))).await;
+        let sender = ctx.trust.sender(&delivery.properties);
+        if let Err(reason) = ctx.trust.check_receipt_sender(sender.as_deref()) {
+            return dead_letter(publisher, ctx, &delivery, &format!("refused: {reason}")).await;
         }
-        requeue(&delivery).await
+        let receipt: Receipt = match serde_json::from_slice(&delivery.data) {
+            Ok(receipt) => receipt,
+            Err(error) => {
+                let reason = format!("not a received item: {}", shared::text::escaped(&error.to_string()));
+                return dead_letter(publisher, ctx, &delivery, &reason).await;
+            }
+        };
+        if let Err(reason) = check_receipt(&receipt) {
+            return dead_letter(publisher, ctx, &delivery, &format!("not a received item: {reason}")).await;
+        }
+        // The same shipment again needs no distributor: known before asking.
+        let again = match self.counted(&receipt.shipment_id).await {
+            Ok(stored) => stored.is_some(),
+            Err(error) => return retry(&delivery, &anyhow::Error::from(error)).await,
+        };
+        if !again {
+            let distributor = match self.distributor(&receipt.distributor_id).await {
+                Ok(distributor) => distributor,
+                Err(error) => return retry(&delivery, &anyhow::anyhow!("{error}")).await,
+            };
+            if let Err(reason) = check_supplier(&receipt, distributor.as_ref()) {
+                return dead_letter(publisher, ctx, &delivery, &format!("receipt refused: {reason}")).await;
+            }
+        }
+        match self.receive(&receipt).await {
+            Ok(Received::Counted(covered)) => {
+                ack(&delivery).await;
+                if !covered.is_empty() {
+                    // The orders it covered go on at once (else at the next tick).
+                    self.desk.round(publisher).await;
+                }
+            }
+            Ok(Received::Again) => ack(&delivery).await,
+            Ok(Received::Refused(reason)) => {
+                let reason = match reason.starts_with("unsolicited receipt") {
+                    true => reason,
+                    false => format!("receipt refused: {reason}"),
+                };
+                dead_letter(publisher, ctx, &delivery, &reason).await
+            }
+            Err(error) => retry(&delivery, &anyhow::Error::from(error)).await,
+        }
     }
 
     async fn tick(&self, publisher: &Publisher) {
@@ -398,72 +434,12 @@ impl DomainService for StockDomain {
     }
 }
 
-impl StockDomain {
-    /// Takes one receipt: settles it (ack or dead letter) and returns
-    /// `None`, or returns the failure worth trying again, unsettled.
-    async fn take_receipt(
-        &self,
-        ctx: &NodeContext,
-        publisher: &Publisher,
-        delivery: &Delivery,
-    ) -> Option<anyhow::Error> {
-        let sender = ctx.trust.sender(&delivery.properties);
-        if let Err(reason) = ctx.trust.check_receipt_sender(sender.as_deref()) {
-            dead_letter(publisher, ctx, delivery, &format!("refused: {reason}")).await;
-            return None;
-        }
-        let receipt: Receipt = match serde_json::from_slice(&delivery.data) {
-            Ok(receipt) => receipt,
-            Err(error) => {
-                let reason = format!("not a received item: {}", shared::text::escaped(&error.to_string()));
-                dead_letter(publisher, ctx, delivery, &reason).await;
-                return None;
-            }
-        };
-        if let Err(reason) = check_receipt(&receipt) {
-            dead_letter(publisher, ctx, delivery, &format!("not a received item: {reason}")).await;
-            return None;
-        }
-        // The same shipment again needs no distributor: known before asking.
-        let again = match self.counted(&receipt.shipment_id).await {
-            Ok(stored) => stored.is_some(),
-            Err(error) => return Some(anyhow::Error::from(error)),
-        };
-        if !again {
-            let distributor = match self.distributor(&receipt.distributor_id).await {
-                Ok(distributor) => distributor,
-                Err(error) => return Some(anyhow::anyhow!("{error}")),
-            };
-            if let Err(reason) = check_supplier(&receipt, distributor.as_ref()) {
-                dead_letter(publisher, ctx, delivery, &format!("receipt refused: {reason}")).await;
-                return None;
-            }
-        }
-        match self.receive(&receipt).await {
-            Ok(Received::Counted(covered)) => {
-                ack(delivery).await;
-                if !covered.is_empty() {
-                    // The orders it covered go on at once (else at the next tick).
-                    self.desk.round(publisher).await;
-                }
-            }
-            Ok(Received::Again) => ack(delivery).await,
-            Ok(Received::Refused(reason)) => {
-                let reason = match reason.starts_with("unsolicited receipt") {
-                    true => reason,
-                    false => format!("receipt refused: {reason}"),
-                };
-                dead_letter(publisher, ctx, delivery, &reason).await
-            }
-            Err(error) => return Some(anyhow::Error::from(error)),
-        }
-        None
-    }
+/// Puts a receipt back for later (a store or a domain that did not answer).
+async fn retry(delivery: &Delivery, error: &anyhow::Error) {
+    tracing::warn!(error = %format!("{error:#}"), "could not take a receipt; it will be tried again");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    requeue(delivery).await
 }
-
-/// How many times a receipt is tried in place (waiting 200 ms, doubling)
-/// before it goes back to its queue.
-const IN_PLACE_ATTEMPTS: u32 = 6;
 
 #[cfg(test)]
 mod tests {

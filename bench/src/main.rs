@@ -424,6 +424,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
     publish(&markdown, args.report.as_deref())
 }
 
+/// A report of one mode under its title: the day, the broker and machine,
+/// how to rerun it (`rerun`, may be empty), then `body`.
+fn headed(
+    title: &str,
+    started: chrono::DateTime<chrono::Utc>,
+    versions: &str,
+    rerun: &str,
+    body: &str,
+) -> String {
+    format!(
+        "# {title}, {}\n\n{versions} on {}{rerun}\n\n{body}",
+        started.format("%Y-%m-%d"),
+        machine::describe()
+    )
+}
+
 /// The A/B of this build's binaries against `other`'s.
 async fn run_compare(
     plan: &Plan,
@@ -436,13 +452,7 @@ async fn run_compare(
     let comparison =
         compare::run(config, other.to_path_buf(), plan.reps, plan.burst_orders, plan.in_flight, plan.warmup)
             .await?;
-    Ok(format!(
-        "# orderflow A/B, {}\n\n{} on {}\n\n{}",
-        started.format("%Y-%m-%d"),
-        versions,
-        machine::describe(),
-        compare::markdown(&comparison)
-    ))
+    Ok(headed("orderflow A/B", started, versions, "", &compare::markdown(&comparison)))
 }
 
 /// The long soak: memory and latency over time at a steady rate.
@@ -455,13 +465,8 @@ async fn run_soak(
 ) -> anyhow::Result<String> {
     let every = std::time::Duration::from_secs(args.soak_every.max(1));
     let result = soak::run(config, args.soak_orders.max(10), args.soak_rate, every, plan.warmup).await?;
-    Ok(format!(
-        "# orderflow soak, {}\n\n{} on {}; rerun: `scripts/bench.sh SOAK.md --soak`\n\n{}",
-        started.format("%Y-%m-%d"),
-        versions,
-        machine::describe(),
-        soak::markdown(&result)
-    ))
+    let rerun = "; rerun: `scripts/bench.sh SOAK.md --soak`";
+    Ok(headed("orderflow soak", started, versions, rerun, &soak::markdown(&result)))
 }
 
 /// orderflow with its data domains seeded and asked.
@@ -483,13 +488,8 @@ async fn run_domains(
         lookups,
     )
     .await?;
-    Ok(format!(
-        "# orderflow and its data domains, {}\n\n{} on {}; rerun: `scripts/bench.sh DOMAINS.md --domains`\n\n{}",
-        started.format("%Y-%m-%d"),
-        versions,
-        machine::describe(),
-        domains::markdown(&result)
-    ))
+    let rerun = "; rerun: `scripts/bench.sh DOMAINS.md --domains`";
+    Ok(headed("orderflow and its data domains", started, versions, rerun, &domains::markdown(&result)))
 }
 
 /// The main benchmark: relay and orderflow in pairs, the maximum sustainable

@@ -9,6 +9,7 @@
 //! stage again, whose effects are keyed by order and so still happen once.
 
 use crate::audit::AuditEvent;
+use crate::group_commit::Written;
 use crate::service::CallResult;
 use crate::settings::Settings;
 use crate::store::Store;
@@ -85,19 +86,35 @@ impl CallBook {
     pub async fn keep(&self, caller: &str, request_id: &str, answered: Answered) -> sqlx::Result<Answered> {
         self.purge_now_and_then().await?;
         let encode = |e: serde_json::Error| sqlx::Error::Encode(e.into());
-        let inserted = sqlx::query(&format!(
+        let sql = format!(
             "INSERT INTO {} (caller, request_id, result, events, delivered, answered_at) \
              VALUES ($1, $2, $3, $4, 0, $5) ON CONFLICT (caller, request_id) DO NOTHING",
             self.table
-        ))
-        .bind(caller)
-        .bind(request_id)
-        .bind(serde_json::to_string(&answered.result).map_err(encode)?)
-        .bind(serde_json::to_string(&answered.events).map_err(encode)?)
-        .bind(now_ms())
-        .execute(&self.store.pool)
-        .await?
-        .rows_affected();
+        );
+        let row = (
+            caller.to_string(),
+            request_id.to_string(),
+            serde_json::to_string(&answered.result).map_err(encode)?,
+            serde_json::to_string(&answered.events).map_err(encode)?,
+        );
+        let inserted = self
+            .store
+            .write(move |connection| {
+                let (sql, (caller, request_id, result, events)) = (sql.clone(), row.clone());
+                Box::pin(async move {
+                    let inserted = sqlx::query(&sql)
+                        .bind(caller)
+                        .bind(request_id)
+                        .bind(result)
+                        .bind(events)
+                        .bind(now_ms())
+                        .execute(&mut *connection)
+                        .await?
+                        .rows_affected();
+                    Ok(Written::Keep(inserted))
+                })
+            })
+            .await?;
         if inserted == 1 {
             return Ok(answered);
         }
@@ -106,15 +123,17 @@ impl CallBook {
 
     /// Records that the callback result of the call was confirmed.
     pub async fn delivered(&self, caller: &str, request_id: &str) -> sqlx::Result<()> {
-        sqlx::query(&format!(
-            "UPDATE {} SET delivered = 1 WHERE caller = $1 AND request_id = $2",
-            self.table
-        ))
-        .bind(caller)
-        .bind(request_id)
-        .execute(&self.store.pool)
-        .await?;
-        Ok(())
+        let sql = format!("UPDATE {} SET delivered = 1 WHERE caller = $1 AND request_id = $2", self.table);
+        let key = (caller.to_string(), request_id.to_string());
+        self.store
+            .write(move |connection| {
+                let (sql, (caller, request_id)) = (sql.clone(), key.clone());
+                Box::pin(async move {
+                    sqlx::query(&sql).bind(caller).bind(request_id).execute(&mut *connection).await?;
+                    Ok(Written::Keep(()))
+                })
+            })
+            .await
     }
 
     async fn purge_now_and_then(&self) -> sqlx::Result<()> {

@@ -11,11 +11,12 @@
 //! for orders that never came or never visit this node.
 
 use crate::change::{apply, decide, ChangeAuthority, ChangeRequest, Decision};
+use crate::group_commit::Written;
 use crate::order::OrderElement;
 use crate::settings::Settings;
 use crate::store::{Backend, Store};
 use chrono::Utc;
-use sqlx::{Any, Row, Transaction};
+use sqlx::{Any, AnyConnection, Row, Transaction};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -117,10 +118,7 @@ impl ChangeBook {
     /// transactions that start with a write are serialized already).
     async fn lock_order(&self, tx: &mut Transaction<'_, Any>, order_id: Uuid) -> sqlx::Result<()> {
         if self.store.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))::text")
-                .bind(order_id.to_string())
-                .fetch_optional(&mut **tx)
-                .await?;
+            lock_order_on(tx, order_id).await?;
         }
         Ok(())
     }
@@ -265,20 +263,10 @@ impl ChangeBook {
         &self,
         tx: &mut Transaction<'_, Any>,
         change_id: Uuid,
-        (status, reason): (&str, &str),
+        decision: (&str, &str),
         undecided_only: bool,
     ) -> sqlx::Result<bool> {
-        let unless = if undecided_only { "status IN ('pending', 'late')" } else { "status <> 'applied'" };
-        let sql =
-            format!("UPDATE {} SET status = $1, reason = $2 WHERE change_id = $3 AND {unless}", self.changes);
-        let updated = sqlx::query(&sql)
-            .bind(status)
-            .bind(reason)
-            .bind(change_id.to_string())
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
-        Ok(updated == 1)
+        set_status_on(tx, &self.changes, change_id, decision, undecided_only).await
     }
 
     /// Decides every change heard of for the element's order that it has not
@@ -352,87 +340,109 @@ impl ChangeBook {
     }
 
     /// The order ended at this node in `element`'s state: remember that, and
-    /// reject the changes that arrived while it was being handled.
+    /// reject the changes that arrived while it was being handled, in one
+    /// write of the node's group commit.
     ///
     /// Each of `close` and [`ChangeBook::receive`] writes first and reads the
-    /// other's table after: on SQLite, whose writers take turns, whichever
-    /// writes second sees the first, so `close` needs no transaction of its
-    /// own there (two statements instead of four, most orders having no
-    /// change); on PostgreSQL both run under the order's lock.
+    /// other's table after, in its own transaction: whichever writes second
+    /// (SQLite's writers take turns; on PostgreSQL both hold the order's
+    /// lock) sees the first.
     pub async fn close(&self, element: &OrderElement) -> sqlx::Result<Vec<(ChangeRequest, String)>> {
-        if self.store.backend == Backend::Sqlite {
-            self.mark_closed(&self.store.pool, element).await?;
-            let rows = self.undecided_of(&self.store.pool, element.order_id).await?;
-            if rows.is_empty() {
-                return Ok(Vec::new());
-            }
-            let mut tx = self.store.pool.begin().await?;
-            let late = self.reject_late(&mut tx, element, rows).await?;
-            tx.commit().await?;
-            return Ok(late);
-        }
-        let mut tx = self.store.pool.begin().await?;
-        self.lock_order(&mut tx, element.order_id).await?;
-        self.mark_closed(&mut *tx, element).await?;
-        let rows = self.undecided_of(&mut *tx, element.order_id).await?;
-        let late = self.reject_late(&mut tx, element, rows).await?;
-        tx.commit().await?;
-        Ok(late)
+        let closing = std::sync::Arc::new(Closing {
+            changes: self.changes.clone(),
+            closed: self.closed.clone(),
+            postgres: self.store.backend == Backend::Postgres,
+            order_id: element.order_id,
+            state: element.state.as_str().to_string(),
+            shown: element.state.to_string(),
+            resolved: element.resolved_changes.clone(),
+        });
+        self.store
+            .write(move |connection| {
+                let closing = closing.clone();
+                Box::pin(async move { closing.run(connection).await.map(Written::Keep) })
+            })
+            .await
     }
+}
 
-    /// Remembers that the order ended in `element`'s state (once).
-    async fn mark_closed<'e, E: sqlx::Executor<'e, Database = Any>>(
-        &self,
-        executor: E,
-        element: &OrderElement,
-    ) -> sqlx::Result<()> {
+/// What closing an order writes, owned by the write (which may run twice).
+struct Closing {
+    changes: String,
+    closed: String,
+    postgres: bool,
+    order_id: Uuid,
+    state: String,
+    /// The state as the rejection reason names it.
+    shown: String,
+    resolved: Vec<Uuid>,
+}
+
+impl Closing {
+    async fn run(&self, connection: &mut AnyConnection) -> sqlx::Result<Vec<(ChangeRequest, String)>> {
+        let order_id = self.order_id.to_string();
+        if self.postgres {
+            lock_order_on(connection, self.order_id).await?;
+        }
         sqlx::query(&format!(
             "INSERT INTO {} (order_id, state, resolved, closed_at) VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO NOTHING",
             self.closed
         ))
-        .bind(element.order_id.to_string())
-        .bind(element.state.as_str())
-        .bind(serde_json::to_string(&element.resolved_changes).unwrap_or_default())
+        .bind(&order_id)
+        .bind(&self.state)
+        .bind(serde_json::to_string(&self.resolved).unwrap_or_default())
         .bind(crate::audit::rfc3339::format(&Utc::now()))
-        .execute(executor)
+        .execute(&mut *connection)
         .await?;
-        Ok(())
-    }
-
-    /// The changes of an order not decided yet (or returned late before).
-    async fn undecided_of<'e, E: sqlx::Executor<'e, Database = Any>>(
-        &self,
-        executor: E,
-        order_id: Uuid,
-    ) -> sqlx::Result<Vec<sqlx::any::AnyRow>> {
-        sqlx::query(&format!(
+        let undecided = sqlx::query(&format!(
             "SELECT change_id, request, status FROM {} WHERE order_id = $1 AND status IN ('pending', 'late')",
             self.changes
         ))
-        .bind(order_id.to_string())
-        .fetch_all(executor)
-        .await
-    }
-
-    /// Marks the changes of `rows` the element did not resolve as late, and
-    /// returns each with its reason.
-    async fn reject_late(
-        &self,
-        tx: &mut Transaction<'_, Any>,
-        element: &OrderElement,
-        rows: Vec<sqlx::any::AnyRow>,
-    ) -> sqlx::Result<Vec<(ChangeRequest, String)>> {
-        let reason = format!("the order is already {}", element.state);
+        .bind(&order_id)
+        .fetch_all(&mut *connection)
+        .await?;
+        let reason = format!("the order is already {}", self.shown);
         let mut late = Vec::new();
-        for row in rows {
-            let Some(request) = unresolved(&row, element)? else { continue };
+        for row in undecided {
+            let request = serde_json::from_str::<ChangeRequest>(&row.try_get::<String, _>("request")?).ok();
+            let Some(request) = request.filter(|r| !self.resolved.contains(&r.change_id)) else { continue };
             // 'late' keeps them returned if this step is redone after a crash.
-            if self.set_status(tx, request.change_id, ("late", &reason), true).await? {
+            if set_status_on(connection, &self.changes, request.change_id, ("late", &reason), true).await? {
                 late.push((request, reason.clone()));
             }
         }
         Ok(late)
     }
+}
+
+/// Serializes the decisions about one order on PostgreSQL, until the transaction ends.
+async fn lock_order_on(connection: &mut AnyConnection, order_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))::text")
+        .bind(order_id.to_string())
+        .fetch_optional(&mut *connection)
+        .await?;
+    Ok(())
+}
+
+/// Sets a change's status in `changes` unless it was applied, or (with
+/// `undecided_only`) decided at all, meanwhile; returns whether it did.
+async fn set_status_on(
+    connection: &mut AnyConnection,
+    changes: &str,
+    change_id: Uuid,
+    (status, reason): (&str, &str),
+    undecided_only: bool,
+) -> sqlx::Result<bool> {
+    let unless = if undecided_only { "status IN ('pending', 'late')" } else { "status <> 'applied'" };
+    let sql = format!("UPDATE {changes} SET status = $1, reason = $2 WHERE change_id = $3 AND {unless}");
+    let updated = sqlx::query(&sql)
+        .bind(status)
+        .bind(reason)
+        .bind(change_id.to_string())
+        .execute(&mut *connection)
+        .await?
+        .rows_affected();
+    Ok(updated == 1)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod change_book;
 pub mod domains;
 pub mod events;
 pub mod generate;
+pub mod group_commit;
 pub mod headers;
 pub mod help;
 pub mod incident;

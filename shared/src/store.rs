@@ -6,6 +6,7 @@
 //! stays within the server's `max_connections`). Schema changes on
 //! PostgreSQL run under one advisory lock: instances start together.
 
+use crate::group_commit::{GroupWriter, Written};
 use crate::settings::Settings;
 use anyhow::Context;
 use sqlx::{any::AnyPoolOptions, AnyPool, Executor};
@@ -50,6 +51,33 @@ impl Backend {
 pub struct Store {
     pub pool: AnyPool,
     pub backend: Backend,
+    /// The one writer of this database in the process (see [`crate::group_commit`]).
+    pub writer: GroupWriter,
+}
+
+/// This process's writers, one per database URL: a node's ledger and its
+/// change book share one file, and so one writer and one commit.
+/// Held weakly: a writer lives as long as a store uses it.
+static WRITERS: std::sync::Mutex<Vec<(String, std::sync::Weak<crate::group_commit::Inner>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// The writer of `url`, made with `pool` on first use.
+fn writer_of(url: &str, pool: &AnyPool, backend: Backend) -> GroupWriter {
+    let mut writers = WRITERS.lock().expect("writers");
+    writers.retain(|(_, weak)| GroupWriter::upgrade(weak).is_some());
+    if let Some(writer) =
+        writers.iter().find(|(known, _)| known == url).and_then(|(_, w)| GroupWriter::upgrade(w))
+    {
+        return writer;
+    }
+    let begin = match backend {
+        // The write lock first: a write may read before it writes.
+        Backend::Sqlite => "BEGIN IMMEDIATE",
+        Backend::Postgres => "BEGIN",
+    };
+    let writer = GroupWriter::new(pool.clone(), begin);
+    writers.push((url.to_string(), writer.downgrade()));
+    writer
 }
 
 /// `dir/name`, created empty for its owner alone when missing (a 0600 file
@@ -85,6 +113,9 @@ pub fn private_file(dir: &std::path::Path, name: &str) -> anyhow::Result<std::pa
     }
 }
 
+/// The page cache of each SQLite connection of a node's store, in KiB.
+pub const PAGE_CACHE_KIB: u32 = 1024;
+
 /// The advisory lock every schema change on PostgreSQL holds.
 const SCHEMA_LOCK: &str = "SELECT pg_advisory_xact_lock(7270420601)::text";
 
@@ -112,29 +143,35 @@ async fn postgres_pool(url: &str, max_connections: u32) -> anyhow::Result<AnyPoo
 impl Store {
     /// Opens (creating if needed) the store of `owner` (e.g. `tracker`, `inventory`).
     pub async fn open(settings: &Settings, owner: &str) -> anyhow::Result<Store> {
+        Self::open_with_cache(settings, owner, PAGE_CACHE_KIB).await
+    }
+
+    /// [`Store::open`] with a page cache of `cache_kib` KiB per SQLite connection.
+    pub async fn open_with_cache(settings: &Settings, owner: &str, cache_kib: u32) -> anyhow::Result<Store> {
         sqlx::any::install_default_drivers();
         match settings.database_url.as_deref() {
             Some(url) if url.starts_with("postgres") => {
                 let pool = postgres_pool(url, settings.db_max_connections).await?;
-                Ok(Store { pool, backend: Backend::Postgres })
+                let writer = writer_of(url, &pool, Backend::Postgres);
+                Ok(Store { pool, backend: Backend::Postgres, writer })
             }
-            Some(url) if url.starts_with("sqlite") => Self::open_sqlite(url).await,
+            Some(url) if url.starts_with("sqlite") => Self::open_sqlite(url, cache_kib).await,
             Some(other) => anyhow::bail!(
                 "DATABASE_URL must start with postgres:// or sqlite:, not {:?}",
                 crate::settings::redact_url(other)
             ),
             None => {
                 let path = private_file(&settings.run_dir, &format!("{owner}.db"))?;
-                Self::open_sqlite(&format!("sqlite://{}?mode=rwc", path.display())).await
+                Self::open_sqlite(&format!("sqlite://{}?mode=rwc", path.display()), cache_kib).await
             }
         }
     }
 
-    async fn open_sqlite(url: &str) -> anyhow::Result<Store> {
+    async fn open_sqlite(url: &str, cache_kib: u32) -> anyhow::Result<Store> {
         let pool = AnyPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(30))
-            .after_connect(|conn, _| {
+            .after_connect(move |conn, _| {
                 Box::pin(async move {
                     // WAL lets several processes (instances of one node) share the file;
                     // the busy timeout makes them wait for each other instead of failing.
@@ -142,14 +179,29 @@ impl Store {
                     conn.execute("PRAGMA journal_mode = WAL").await?;
                     conn.execute("PRAGMA synchronous = NORMAL").await?;
                     // A small page cache per connection keeps each worker's memory low.
-                    conn.execute("PRAGMA cache_size = -1024").await?;
+                    conn.execute(format!("PRAGMA cache_size = -{cache_kib}").as_str()).await?;
                     Ok(())
                 })
             })
             .connect(url)
             .await
             .with_context(|| format!("cannot open {url}"))?;
-        Ok(Store { pool, backend: Backend::Sqlite })
+        let writer = writer_of(url, &pool, Backend::Sqlite);
+        Ok(Store { pool, backend: Backend::Sqlite, writer })
+    }
+
+    /// Runs `work` in the writer's next group commit (see [`crate::group_commit`]):
+    /// answered once committed; `work` may run twice.
+    pub async fn write<R, F>(&self, work: F) -> sqlx::Result<R>
+    where
+        R: Send + 'static,
+        F: for<'c> Fn(
+                &'c mut sqlx::AnyConnection,
+            ) -> futures::future::BoxFuture<'c, sqlx::Result<Written<R>>>
+            + Send
+            + 'static,
+    {
+        self.writer.write(work).await
     }
 
     /// Adds a column to a table created by an earlier version: a no-op when

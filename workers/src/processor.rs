@@ -5,6 +5,7 @@
 //! recorded for that order is refunded, and never more than was charged.
 
 use chrono::Utc;
+use shared::group_commit::Written;
 use shared::order::Charge;
 use shared::settings::Settings;
 use shared::store::{stored_uuid, Store};
@@ -35,21 +36,37 @@ impl Processor {
         Ok(Processor { store })
     }
 
-    /// Charges an order once; a repeated request returns the original charge.
+    /// Charges an order once; a repeated request returns the original
+    /// charge. Group-committed with the node's other writes.
     pub async fn charge(&self, order_id: Uuid, amount_cents: i64, card_last4: &str) -> sqlx::Result<Charge> {
-        // One statement: a repeated request touches the existing row and returns it.
-        let (charge_id, amount_cents, card_last4): (String, i64, String) = sqlx::query_as(
-            "INSERT INTO processor_charges (order_id, charge_id, amount_cents, card_last4, charged_at) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (order_id) DO UPDATE SET order_id = excluded.order_id \
-             RETURNING charge_id, amount_cents, card_last4",
-        )
-        .bind(order_id.to_string())
-        .bind(Uuid::new_v4().to_string())
-        .bind(amount_cents)
-        .bind(card_last4)
-        .bind(Utc::now().to_rfc3339())
-        .fetch_one(&self.store.pool)
-        .await?;
+        let row = (
+            order_id.to_string(),
+            Uuid::new_v4().to_string(),
+            card_last4.to_string(),
+            Utc::now().to_rfc3339(),
+        );
+        let (charge_id, amount_cents, card_last4): (String, i64, String) = self
+            .store
+            .write(move |connection| {
+                let (order_id, charge_id, card_last4, charged_at) = row.clone();
+                Box::pin(async move {
+                    // One statement: a repeated request touches the existing row and returns it.
+                    let charged = sqlx::query_as(
+                        "INSERT INTO processor_charges (order_id, charge_id, amount_cents, card_last4, charged_at) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (order_id) DO UPDATE SET order_id = excluded.order_id \
+                         RETURNING charge_id, amount_cents, card_last4",
+                    )
+                    .bind(order_id)
+                    .bind(charge_id)
+                    .bind(amount_cents)
+                    .bind(card_last4)
+                    .bind(charged_at)
+                    .fetch_one(&mut *connection)
+                    .await?;
+                    Ok(Written::Keep(charged))
+                })
+            })
+            .await?;
         Ok(Charge { charge_id: stored_uuid(&charge_id, "charge_id")?, amount_cents, card_last4 })
     }
 

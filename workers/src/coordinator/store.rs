@@ -7,6 +7,7 @@
 //! reply) never both move an order on: the second finds the record moved
 //! and does nothing.
 
+use shared::group_commit::Written;
 use shared::order::OrderElement;
 use shared::settings::Settings;
 use shared::store::Store;
@@ -84,6 +85,58 @@ pub struct Next<'a> {
     pub reason: Option<String>,
 }
 
+/// One step's move, owned by its write (which may run twice).
+struct Advance {
+    answered: String,
+    /// The service that answered, the step's status and its detail.
+    step: (String, String, String),
+    order_id: String,
+    element: String,
+    status: &'static str,
+    pending: (Option<String>, Option<String>),
+    due_at: i64,
+    reason: Option<String>,
+}
+
+impl Advance {
+    async fn run(&self, connection: &mut sqlx::AnyConnection) -> sqlx::Result<bool> {
+        let moved = sqlx::query(
+            "UPDATE coordinator_orders SET element = $1, status = $2, service = $3, request_id = $4, sent = 1, \
+             attempts = 0, due_at = $5, updated_at = $6, reason = $7 \
+             WHERE order_id = $8 AND request_id = $9 AND status = 'calling'",
+        )
+        .bind(&self.element)
+        .bind(self.status)
+        .bind(self.pending.0.clone())
+        .bind(self.pending.1.clone())
+        .bind(self.due_at)
+        .bind(now_ms())
+        .bind(self.reason.clone())
+        .bind(&self.order_id)
+        .bind(&self.answered)
+        .execute(&mut *connection)
+        .await?
+        .rows_affected();
+        if moved != 1 {
+            return Ok(false);
+        }
+        let (service_answered, step_status, detail) = &self.step;
+        sqlx::query(
+            "INSERT INTO coordinator_steps (request_id, order_id, service, status, detail, at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (request_id) DO NOTHING",
+        )
+        .bind(&self.answered)
+        .bind(&self.order_id)
+        .bind(service_answered)
+        .bind(step_status)
+        .bind(detail)
+        .bind(now_ms())
+        .execute(&mut *connection)
+        .await?;
+        Ok(true)
+    }
+}
+
 #[derive(Clone)]
 pub struct CoordinatorStore {
     store: Store,
@@ -126,27 +179,45 @@ impl CoordinatorStore {
     }
 
     /// Records a newly placed order, unless it is known already; returns
-    /// its record as it stands.
+    /// its record as it stands. Group-committed with the other writes.
     pub async fn place(&self, next: Next<'_>) -> sqlx::Result<Record> {
-        let order_id = next.element.order_id.to_string();
         let (service, request_id) = split(&next.pending);
-        sqlx::query(
-            "INSERT INTO coordinator_orders (order_id, element, status, service, request_id, sent, attempts, \
-             due_at, updated_at, reason, trace) VALUES ($1, $2, $3, $4, $5, 1, 0, $6, $7, $8, $9) \
-             ON CONFLICT (order_id) DO NOTHING",
-        )
-        .bind(&order_id)
-        .bind(encode(next.element)?)
-        .bind(next.status.as_str())
-        .bind(service)
-        .bind(request_id)
-        .bind(next.due_at)
-        .bind(now_ms())
-        .bind(next.reason.clone())
-        .bind(next.trace.clone())
-        .execute(&self.store.pool)
-        .await?;
-        self.order(next.element.order_id).await?.ok_or(sqlx::Error::RowNotFound)
+        let row = (
+            next.element.order_id.to_string(),
+            encode(next.element)?,
+            next.status.as_str(),
+            (service, request_id),
+            next.due_at,
+            (next.reason.clone(), next.trace.clone()),
+        );
+        self.store
+            .write(move |connection| {
+                let (order_id, element, status, (service, request_id), due_at, (reason, trace)) = row.clone();
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO coordinator_orders (order_id, element, status, service, request_id, sent, \
+                         attempts, due_at, updated_at, reason, trace) VALUES ($1, $2, $3, $4, $5, 1, 0, $6, $7, $8, $9) \
+                         ON CONFLICT (order_id) DO NOTHING",
+                    )
+                    .bind(&order_id)
+                    .bind(element)
+                    .bind(status)
+                    .bind(service)
+                    .bind(request_id)
+                    .bind(due_at)
+                    .bind(now_ms())
+                    .bind(reason)
+                    .bind(trace)
+                    .execute(&mut *connection)
+                    .await?;
+                    let stands = sqlx::query(&format!("SELECT {COLUMNS} FROM coordinator_orders WHERE order_id = $1"))
+                        .bind(&order_id)
+                        .fetch_one(&mut *connection)
+                        .await?;
+                    record(&stands).map(Written::Keep)
+                })
+            })
+            .await
     }
 
     pub async fn order(&self, order_id: Uuid) -> sqlx::Result<Option<Record>> {
@@ -169,51 +240,31 @@ impl CoordinatorStore {
     }
 
     /// Moves the order waiting on `answered` on to `next`, and logs the
-    /// step, in one transaction; false (and nothing changed) when the order
-    /// no longer waits on that call.
+    /// step, in one write of the group commit; false (and nothing changed)
+    /// when the order no longer waits on that call.
     pub async fn advance(
         &self,
         answered: &str,
         step: (&str, &str, &str),
         next: Next<'_>,
     ) -> sqlx::Result<bool> {
-        let (service_answered, step_status, detail) = step;
         let (service, request_id) = split(&next.pending);
-        let mut tx = self.store.pool.begin().await?;
-        let moved = sqlx::query(
-            "UPDATE coordinator_orders SET element = $1, status = $2, service = $3, request_id = $4, sent = 1, \
-             attempts = 0, due_at = $5, updated_at = $6, reason = $7 \
-             WHERE order_id = $8 AND request_id = $9 AND status = 'calling'",
-        )
-        .bind(encode(next.element)?)
-        .bind(next.status.as_str())
-        .bind(service)
-        .bind(request_id)
-        .bind(next.due_at)
-        .bind(now_ms())
-        .bind(next.reason.clone())
-        .bind(next.element.order_id.to_string())
-        .bind(answered)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if moved != 1 {
-            return Ok(false);
-        }
-        sqlx::query(
-            "INSERT INTO coordinator_steps (request_id, order_id, service, status, detail, at) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (request_id) DO NOTHING",
-        )
-        .bind(answered)
-        .bind(next.element.order_id.to_string())
-        .bind(service_answered)
-        .bind(step_status)
-        .bind(detail)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+        let moving = std::sync::Arc::new(Advance {
+            answered: answered.to_string(),
+            step: (step.0.to_string(), step.1.to_string(), step.2.to_string()),
+            order_id: next.element.order_id.to_string(),
+            element: encode(next.element)?,
+            status: next.status.as_str(),
+            pending: (service, request_id),
+            due_at: next.due_at,
+            reason: next.reason.clone(),
+        });
+        self.store
+            .write(move |connection| {
+                let moving = moving.clone();
+                Box::pin(async move { moving.run(connection).await.map(Written::Keep) })
+            })
+            .await
     }
 
     /// Counts a transient failure of the call and sets when to send it again.

@@ -10,6 +10,7 @@ use crate::domain_reads::{DomainReader, DomainReads};
 use chrono::Utc;
 use shared::backorder::WaitingLine;
 use shared::domains::{Distributor, RecordRequest};
+use shared::group_commit::Written;
 use shared::order::{Failure, Order, Reservation};
 use shared::store::{stored_uuid, Store};
 use shared::{settings::Settings, Node, OrderElement, OrderState, Outcome, Stage, StageError};
@@ -98,6 +99,79 @@ async fn record_shortfall(
         .execute(&mut *conn)
         .await?;
     Ok(ReserveResult::Short(short))
+}
+
+/// One reservation decision, owned by its write (which may run twice).
+struct Reserving {
+    element: OrderElement,
+    lines: Vec<(String, i64)>,
+    lines_json: String,
+    reservation_id: String,
+    /// Not asked yet (`None`), or the suppliers known (`Some(None)`: no backorders).
+    suppliers: Option<Option<BTreeMap<String, String>>>,
+}
+
+impl Reserving {
+    /// Decides in the group's transaction, which holds the write lock from
+    /// its start: a decision that keeps nothing (given again, or to be
+    /// decided once the suppliers are known) discards what it began.
+    async fn run(&self, conn: &mut AnyConnection) -> sqlx::Result<Written<ReserveResult>> {
+        let order_id = self.element.order_id.to_string();
+        // The new reservation's id, or none when the order had one already (a redelivery).
+        let inserted: Option<String> = sqlx::query_scalar(
+            "INSERT INTO inventory_reservations (order_id, reservation_id, lines, reserved_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO NOTHING RETURNING reservation_id",
+        )
+        .bind(&order_id)
+        .bind(&self.reservation_id)
+        .bind(&self.lines_json)
+        .bind(Utc::now().to_rfc3339())
+        .fetch_optional(&mut *conn)
+        .await?;
+        // A decision made before is given again: a shortage, or a backorder
+        // (a covered one has its reservation, but was answered `backordered`).
+        let recorded: Option<(String, String)> = sqlx::query_as(
+            "SELECT 'short', skus FROM inventory_shortages WHERE order_id = $1 \
+             UNION ALL SELECT 'backordered', purchase_orders FROM inventory_backorders WHERE order_id = $1",
+        )
+        .bind(&order_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some((decision, detail)) = recorded {
+            return Ok(Written::Discard(if decision == "short" {
+                ReserveResult::Short(detail.split(',').map(str::to_string).collect())
+            } else {
+                ReserveResult::Backordered(serde_json::from_str(&detail).unwrap_or_default())
+            }));
+        }
+        if inserted.is_some() {
+            let (short, taken) = take_units(conn, &self.lines).await?;
+            if !short.is_empty() {
+                let suppliers = match &self.suppliers {
+                    None => return Ok(Written::Discard(ReserveResult::AskSuppliers(short))),
+                    Some(Some(suppliers)) if short.iter().all(|sku| suppliers.contains_key(sku)) => {
+                        Some(suppliers)
+                    }
+                    Some(_) => None,
+                };
+                let result =
+                    record_shortfall(conn, &self.element, &self.lines, short, &taken, suppliers).await?;
+                return Ok(Written::Keep(result));
+            }
+        }
+        let reservation_id: String = match inserted {
+            Some(id) => id,
+            None => {
+                sqlx::query_scalar("SELECT reservation_id FROM inventory_reservations WHERE order_id = $1")
+                    .bind(&order_id)
+                    .fetch_one(&mut *conn)
+                    .await?
+            }
+        };
+        Ok(Written::Keep(ReserveResult::Reserved(Reservation {
+            reservation_id: stored_uuid(&reservation_id, "reservation_id")?,
+        })))
+    }
 }
 
 /// What is known of who supplies the short items when deciding.
@@ -230,71 +304,24 @@ impl Inventory {
         lines: &[(String, i64)],
         supply: Supply<'_>,
     ) -> sqlx::Result<ReserveResult> {
-        let order_id = element.order_id;
-        // The first statement writes, so the transaction takes SQLite's write
-        // lock at once (waiting on the busy timeout) instead of upgrading a
-        // read later, which fails at once with "database is locked".
-        let mut tx = self.store.pool.begin().await?;
         let lines_json = serde_json::to_string(lines).map_err(|e| sqlx::Error::Encode(e.into()))?;
-        // The new reservation's id, or none when the order had one already (a redelivery).
-        let inserted: Option<String> = sqlx::query_scalar(
-            "INSERT INTO inventory_reservations (order_id, reservation_id, lines, reserved_at) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO NOTHING RETURNING reservation_id",
-        )
-        .bind(order_id.to_string())
-        .bind(Uuid::new_v4().to_string())
-        .bind(lines_json)
-        .bind(Utc::now().to_rfc3339())
-        .fetch_optional(&mut *tx)
-        .await?;
-        // A decision made before is given again: a shortage, or a backorder
-        // (a covered one has its reservation, but was answered `backordered`).
-        let recorded: Option<(String, String)> = sqlx::query_as(
-            "SELECT 'short', skus FROM inventory_shortages WHERE order_id = $1 \
-             UNION ALL SELECT 'backordered', purchase_orders FROM inventory_backorders WHERE order_id = $1",
-        )
-        .bind(order_id.to_string())
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some((decision, detail)) = recorded {
-            tx.rollback().await?;
-            return Ok(if decision == "short" {
-                ReserveResult::Short(detail.split(',').map(str::to_string).collect())
-            } else {
-                ReserveResult::Backordered(serde_json::from_str(&detail).unwrap_or_default())
-            });
-        }
-        if inserted.is_some() {
-            let (short, taken) = take_units(&mut tx, lines).await?;
-            if !short.is_empty() {
-                let suppliers = match supply {
-                    Supply::NotAsked => {
-                        tx.rollback().await?;
-                        return Ok(ReserveResult::AskSuppliers(short));
-                    }
-                    Supply::Known(suppliers) if short.iter().all(|sku| suppliers.contains_key(sku)) => {
-                        Some(suppliers)
-                    }
-                    Supply::Known(_) | Supply::NoBackorders => None,
-                };
-                let result = record_shortfall(&mut tx, element, lines, short, &taken, suppliers).await?;
-                tx.commit().await?;
-                return Ok(result);
-            }
-        }
-        let reservation_id: String = match inserted {
-            Some(id) => id,
-            None => {
-                sqlx::query_scalar("SELECT reservation_id FROM inventory_reservations WHERE order_id = $1")
-                    .bind(order_id.to_string())
-                    .fetch_one(&mut *tx)
-                    .await?
-            }
-        };
-        tx.commit().await?;
-        Ok(ReserveResult::Reserved(Reservation {
-            reservation_id: stored_uuid(&reservation_id, "reservation_id")?,
-        }))
+        let reserving = std::sync::Arc::new(Reserving {
+            element: element.clone(),
+            lines: lines.to_vec(),
+            lines_json,
+            reservation_id: Uuid::new_v4().to_string(),
+            suppliers: match supply {
+                Supply::NotAsked => None,
+                Supply::Known(suppliers) => Some(Some(suppliers.clone())),
+                Supply::NoBackorders => Some(None),
+            },
+        });
+        self.store
+            .write(move |connection| {
+                let reserving = reserving.clone();
+                Box::pin(async move { reserving.run(connection).await })
+            })
+            .await
     }
 
     /// Puts a reservation's units back, once: a second call finds it

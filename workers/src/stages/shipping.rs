@@ -5,6 +5,7 @@
 //! inventory → picklist → rebin), so those records are the owners' own.
 
 use chrono::Utc;
+use shared::group_commit::Written;
 use shared::order::ShipTo;
 use shared::store::Store;
 use shared::{settings::Settings, Node, OrderElement, OrderState, Outcome, Stage, StageError};
@@ -33,20 +34,30 @@ impl Shipping {
         Ok(Shipping { store })
     }
 
-    /// Records the shipment once; a repeated request returns the first tracking number.
+    /// Records the shipment once; a repeated request returns the first
+    /// tracking number. Group-committed with the node's other writes.
     pub async fn ship(&self, order_id: Uuid, to: &ShipTo) -> sqlx::Result<String> {
-        // One statement: a repeated request touches the existing row and returns it.
-        sqlx::query_scalar(
-            "INSERT INTO shipping_shipments (order_id, tracking_number, ship_to, shipped_at) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO UPDATE SET order_id = excluded.order_id \
-             RETURNING tracking_number",
-        )
-        .bind(order_id.to_string())
-        .bind(new_tracking_number())
-        .bind(address_line(to))
-        .bind(Utc::now().to_rfc3339())
-        .fetch_one(&self.store.pool)
-        .await
+        let row = (order_id.to_string(), new_tracking_number(), address_line(to), Utc::now().to_rfc3339());
+        self.store
+            .write(move |connection| {
+                let (order_id, tracking, ship_to, shipped_at) = row.clone();
+                Box::pin(async move {
+                    // One statement: a repeated request touches the existing row and returns it.
+                    let tracking: String = sqlx::query_scalar(
+                        "INSERT INTO shipping_shipments (order_id, tracking_number, ship_to, shipped_at) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO UPDATE SET order_id = excluded.order_id \
+                         RETURNING tracking_number",
+                    )
+                    .bind(order_id)
+                    .bind(tracking)
+                    .bind(ship_to)
+                    .bind(shipped_at)
+                    .fetch_one(&mut *connection)
+                    .await?;
+                    Ok(Written::Keep(tracking))
+                })
+            })
+            .await
     }
 }
 

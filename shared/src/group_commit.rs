@@ -56,6 +56,15 @@ pub struct Counters {
     pub writes: std::sync::atomic::AtomicU64,
 }
 
+impl Counters {
+    /// Counts a committed transaction of `writes` writes (here and in the process's metrics).
+    fn committed(&self, writes: u64) {
+        self.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.writes.fetch_add(writes, std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::count_commit(writes);
+    }
+}
+
 impl std::fmt::Debug for GroupWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GroupWriter").field("begin", &self.0.begin).finish_non_exhaustive()
@@ -195,8 +204,7 @@ async fn write_groups(
         if clean {
             let committed = connection.execute("COMMIT").await.map(|_| ()).map_err(|e| e.to_string());
             if committed.is_ok() {
-                counters.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                counters.writes.fetch_add(group.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                counters.committed(group.len() as u64);
             } else {
                 roll_back(&mut connection).await;
             }
@@ -251,8 +259,7 @@ async fn run_alone(
     }
     match connection.execute("COMMIT").await {
         Ok(_) => {
-            counters.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            counters.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            counters.committed(1);
             job.finish(Ok(()))
         }
         Err(error) => {

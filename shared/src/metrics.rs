@@ -36,6 +36,17 @@ static REPLICA: std::sync::OnceLock<ReplicaGauges> = std::sync::OnceLock::new();
 /// What the process says about itself on `GET /status` (a domain copy's status).
 static STATUS: std::sync::Mutex<Option<serde_json::Value>> = std::sync::Mutex::new(None);
 
+/// This process's group commits (`crate::group_commit`): transactions
+/// committed, and the writes they held.
+static STORE_COMMITS: AtomicU64 = AtomicU64::new(0);
+static STORE_WRITES: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one committed transaction holding `writes` writes.
+pub fn count_commit(writes: u64) {
+    STORE_COMMITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    STORE_WRITES.fetch_add(writes, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Sets a replica's lag gauges.
 pub fn set_replica_lag(changes: i64, ms: i64, applied_seq: i64) {
     let gauges = REPLICA.get_or_init(|| ReplicaGauges {
@@ -129,6 +140,20 @@ pub fn render(node: &str, instance: &str) -> String {
             measured.tracker_lag.clone(),
         );
     }
+    let commits = STORE_COMMITS.load(std::sync::atomic::Ordering::Relaxed);
+    if commits > 0 {
+        let writes = STORE_WRITES.load(std::sync::atomic::Ordering::Relaxed);
+        registry.register(
+            "store_commits",
+            "Transactions the store's writer committed",
+            ConstCounter::new(commits),
+        );
+        registry.register(
+            "store_writes",
+            "Writes those transactions held (writes over commits: the group commit's size)",
+            ConstCounter::new(writes),
+        );
+    }
     if let Some(replica) = REPLICA.get() {
         registry.register(
             "replica_lag_changes",
@@ -178,5 +203,18 @@ mod tests {
         assert!(text.contains("orderflow_in_flight{"), "{text}");
         assert!(!text.contains("tracker_lag"), "only the tracker reports its lag");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn group_commits_are_counted_with_the_writes_they_held() {
+        count_commit(5);
+        count_commit(3);
+        let text = render("shipping", "shipping-1");
+        let value = |name: &str| -> u64 {
+            let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}: {text}"));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        assert!(value("orderflow_store_commits_total") >= 2, "{text}");
+        assert!(value("orderflow_store_writes_total") >= 8, "{text}");
     }
 }

@@ -126,3 +126,61 @@ async fn two_trackers_recording_the_same_orders_never_deadlock() {
         }
     }
 }
+
+/// Group commit on PostgreSQL, where a failed statement aborts the whole
+/// transaction (SQLite rolls back only the statement): the writes queued
+/// with a failing one are run again alone and kept, the failing one keeps
+/// nothing (not even the row it wrote before it failed), a discarded one
+/// leaves no row, and the concurrent writes share commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_a_failed_write_in_a_group_takes_nothing_of_the_others() {
+    use futures::future::BoxFuture;
+    use shared::group_commit::Written;
+    use sqlx::AnyConnection;
+    let database = PgDatabase::create("group_commit").await;
+    let store = Store::open(&settings(&database), "ledger").await.unwrap();
+    sqlx::query("CREATE TABLE ledger_rows (id BIGINT PRIMARY KEY)").execute(&store.pool).await.unwrap();
+    fn insert(
+        id: i64,
+    ) -> impl for<'c> Fn(&'c mut AnyConnection) -> BoxFuture<'c, sqlx::Result<Written<i64>>> {
+        move |connection: &mut AnyConnection| -> BoxFuture<'_, sqlx::Result<Written<i64>>> {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO ledger_rows (id) VALUES ($1)")
+                    .bind(id)
+                    .execute(&mut *connection)
+                    .await?;
+                if id == 13 {
+                    // After its own row: the transaction is aborted from here on.
+                    sqlx::query("INSERT INTO no_such_table VALUES (1)").execute(&mut *connection).await?;
+                }
+                if id == 21 {
+                    return Ok(Written::Discard(id));
+                }
+                Ok(Written::Keep(id))
+            })
+        }
+    }
+    let answers = join_all((0..40).map(|id| store.write(insert(id)))).await;
+    for (id, answer) in answers.iter().enumerate() {
+        match id {
+            13 => assert!(answer.as_ref().unwrap_err().to_string().contains("no_such_table"), "{answer:?}"),
+            _ => assert_eq!(answer.as_ref().unwrap(), &(id as i64)),
+        }
+    }
+    let kept: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM ledger_rows ORDER BY id").fetch_all(&store.pool).await.unwrap();
+    let expected: Vec<i64> = (0..40).filter(|id| *id != 13 && *id != 21).collect();
+    assert_eq!(kept, expected, "a failed or discarded write left a row, or took another's");
+    let counted = |store: &Store| {
+        let counters = store.writer.counters();
+        let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+        (load(&counters.commits), load(&counters.writes))
+    };
+    let before = counted(&store);
+    let again = join_all((100..200).map(|id| store.write(insert(id)))).await;
+    assert!(again.iter().all(Result::is_ok));
+    let after = counted(&store);
+    let (commits, writes) = (after.0 - before.0, after.1 - before.1);
+    assert_eq!(writes, 100);
+    assert!(commits <= 10, "100 concurrent writes took {commits} commits: no grouping");
+}

@@ -138,11 +138,18 @@ impl Reserving {
         .fetch_optional(&mut *conn)
         .await?;
         if let Some((decision, detail)) = recorded {
-            return Ok(Written::Discard(if decision == "short" {
+            let given_again = if decision == "short" {
                 ReserveResult::Short(detail.split(',').map(str::to_string).collect())
             } else {
                 ReserveResult::Backordered(serde_json::from_str(&detail).unwrap_or_default())
-            }));
+            };
+            // The row just inserted must go (a short order holds none); with
+            // nothing inserted there is nothing to undo, and the group stands.
+            return Ok(if inserted.is_some() {
+                Written::Discard(given_again)
+            } else {
+                Written::Keep(given_again)
+            });
         }
         if inserted.is_some() {
             let (short, taken) = take_units(conn, &self.lines).await?;

@@ -87,6 +87,30 @@ pub struct Failure {
 /// card it stands for.
 pub const CARD_TOKEN_PREFIX: &str = "tok_";
 
+/// The prefix of a token the card processor issued for one order's card:
+/// the door that took the order (intake, or the coordinator for a directed
+/// order) hands the number to the processor and the element carries this
+/// instead, bound to that order (`workers::processor`'s vault).
+pub const PROCESSOR_TOKEN_PREFIX: &str = "ptok_";
+
+/// Whether a card field holds a token of either kind (`prefix` and 32 hex
+/// digits), not a card number.
+pub fn is_token(card: &str) -> bool {
+    [CARD_TOKEN_PREFIX, PROCESSOR_TOKEN_PREFIX].iter().any(|prefix| {
+        card.strip_prefix(prefix)
+            .is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+    })
+}
+
+/// The longest card expiry intake takes (`MM/YY` with room for a careless
+/// client's spaces; payment declines what is not a month).
+pub const MAX_EXPIRY_CHARS: usize = 16;
+
+/// Whether a card field holds a card number as intake takes one: 13 to 19 digits.
+pub fn is_card_number(card: &str) -> bool {
+    (13..=19).contains(&card.len()) && card.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// What intake copied from the domains into an element.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct FromDomains {

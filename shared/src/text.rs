@@ -72,9 +72,18 @@ pub fn mask_card_numbers_in_body(body: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// Whether a JSON string is an identifier whose digits are no card's: a
+/// uuid (an order id: `12345678-1234-4123-8123-...` has a 16-digit run) or
+/// a card token (32 hex digits may hold 13 in a row). Masking them broke
+/// the dead letter they were in: its order id, or the token payment charges.
+fn is_identifier(text: &str) -> bool {
+    uuid::Uuid::try_parse(text).is_ok() || crate::order::is_token(text)
+}
+
 /// Masks card numbers inside a JSON value; true when something changed.
 fn mask_value(value: &mut Value) -> bool {
     match value {
+        Value::String(s) if is_identifier(s) => false,
         Value::String(s) => {
             let masked = mask_card_numbers(s);
             let changed = masked != *s;
@@ -146,6 +155,20 @@ mod tests {
         // Shorter and longer digit runs are not cards.
         assert_eq!(mask_card_numbers("order 12345, qty 3, 2026-11-29"), "order 12345, qty 3, 2026-11-29");
         assert_eq!(mask_card_numbers(&"9".repeat(25)), "9".repeat(25));
+    }
+
+    /// Identifiers keep their digits: an order id whose first groups are
+    /// all digits, a token with 13 digits in a row; a card beside them is
+    /// still masked.
+    #[test]
+    fn a_body_keeps_its_ids_and_tokens_whole() {
+        let body = br#"{"order_id":"12345678-1234-4123-8123-123456789012","payment":{"card_number":"ptok_1234567890123abcdef0123456789abc"},"note":"4111111111111111"}"#;
+        let masked = String::from_utf8(mask_card_numbers_in_body(body).unwrap()).unwrap();
+        assert!(masked.contains("12345678-1234-4123-8123-123456789012"), "{masked}");
+        assert!(masked.contains("ptok_1234567890123abcdef0123456789abc"), "{masked}");
+        assert!(masked.contains("****1111") && !masked.contains("4111111111111111"), "{masked}");
+        let ids_only = br#"{"order_id":"12345678-1234-4123-8123-123456789012","card":"tok_1234567890123abcdef0123456789abc"}"#;
+        assert_eq!(mask_card_numbers_in_body(ids_only), None, "nothing to mask: not marked masked");
     }
 
     #[test]

@@ -29,7 +29,7 @@
 //!   (as on hosts of their own), sharing one PostgreSQL database: paths, change storms, SIGKILLs.
 //! - `insight`: the report (slowest node, stuck orders, incidents) and the warehouse move (issue 11).
 //! - `metrics`: Prometheus metrics of every process, consistent with the tracker (issue 11).
-//! - `outside`: plain orders from clients no one here wrote (pika, the management API).
+//! - `outside`: plain orders from clients no one here wrote (pika, the management API), careless cards among them.
 //! - `traces`: W3C traceparent on every hop, change and call; trace and order ids on log lines (issue 11).
 //! - `trust`: forgeries by the stack's own users (issue 14) are refused; the orders go on.
 //! - `token_trust`: a card token is shown to intake alone and pays only for its own customer (issue 30).

@@ -1,10 +1,9 @@
 //! Transient failures: with the processor's ledger gone (a dependency down)
 //! payment retries with growing delays and, after its attempts, dead-letters
-//! the order with the reason (its card masked), while orders that do not need
-//! it flow on; once the ledger is back, `dlq replay` says a masked order can
-//! no longer be charged, and publishing the orders again with their ids
-//! charges and ships each once, its history intact. A short outage heals by
-//! retries alone.
+//! the order with the reason, while orders that do not need it flow on; once
+//! the ledger is back, `dlq replay` sends them back (each carries the
+//! processor's token for its card, never the number) and each is charged and
+//! ships once, its history intact. A short outage heals by retries alone.
 
 use std::time::Duration;
 use tests::{count, orders, states, Stack};
@@ -56,19 +55,8 @@ async fn transient_failures_retry_then_dead_letter_and_replay_once() {
         .unwrap();
     let output = stack.cli(&["dlq", "replay", "--all"]);
     let said = String::from_utf8_lossy(&output.stdout).to_string();
-    assert_eq!(output.status.code(), Some(4), "nothing can be sent back: {said}");
-    assert_eq!(said.matches("card number was masked").count(), 5, "{said}");
-    // The way back: the same orders published again with their ids.
-    let again: Vec<_> = batch[..5]
-        .iter()
-        .zip(&ids[..5])
-        .map(|(order, id)| {
-            let mut order = order.clone();
-            order["order_id"] = serde_json::json!(id);
-            order
-        })
-        .collect();
-    assert_eq!(stack.publish(&again), ids[..5]);
+    assert!(output.status.success(), "every letter goes back: {said}");
+    assert!(!said.contains("card number was masked"), "{said}");
     stack.wait_terminal(&ids[..5], Duration::from_secs(30)).await;
     for id in &ids[..5] {
         let expected = ["placed", "accepted", "charged", "reserved", "picked", "rebinned", "shipped"];

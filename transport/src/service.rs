@@ -243,10 +243,13 @@ async fn answer<S: Service>(
 }
 
 /// The element as a result carries it: with its card number masked (the
-/// caller has the number; results are kept, by this node and the tracker).
+/// caller has the number; results are kept, by this node and the tracker),
+/// and a card on file's token too (the customer's secret). A processor's
+/// token stays: it pays for this order only, and the caller goes on with it.
 fn masked(mut element: OrderElement) -> OrderElement {
     let card = &mut element.order.payment.card_number;
-    if card.chars().filter(char::is_ascii_digit).count() > 4 {
+    let processor_token = card.starts_with(shared::order::PROCESSOR_TOKEN_PREFIX);
+    if !processor_token && card.chars().filter(char::is_ascii_digit).count() > 4 {
         *card = shared::order::mask_card(card);
     }
     element

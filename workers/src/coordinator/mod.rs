@@ -5,6 +5,10 @@
 //! each next call from the workflow definition (`flow`), the same table the
 //! autonomous nodes forward by. The services run the same stage functions.
 //!
+//! A directed order's card number goes to the processor's vault before the
+//! coordinator keeps the order: its store and its calls carry the token
+//! (intake takes it as issued for that order), never the number.
+//!
 //! Every step is durable before the next is taken, in this order: the
 //! audit and change records the step produces are published (their ids are
 //! deterministic, so a redone step repeats them harmlessly), the record is
@@ -70,6 +74,8 @@ pub struct Coordinator {
     ctx: Arc<NodeContext>,
     store: CoordinatorStore,
     call_timeout: Duration,
+    /// The card processor: its vault takes the directed orders' card numbers.
+    processor: crate::processor::Processor,
 }
 
 /// Runs the coordinator until shutdown.
@@ -90,6 +96,7 @@ async fn run_until(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         ctx: Arc::new(ctx),
         store: CoordinatorStore::open(&settings).await?,
         call_timeout: settings.call_timeout,
+        processor: crate::processor::Processor::open(&settings).await?,
     });
     let ctx = &coordinator.ctx;
     supervise(&settings, ctx, &shutdown, |connection| {
@@ -219,7 +226,8 @@ impl Coordinator {
         let trace = shared::trace::decoded(&delivery.properties, arrival.element.order_id, trace);
         let mut messages: Vec<Outgoing> = arrival.placed.into_iter().collect();
         let result: Result<(), Passing> = async {
-            let (element, decided) = self.decide_changes(arrival.element).await?;
+            let element = self.tokenized(arrival.element).await?;
+            let (element, decided) = self.decide_changes(element).await?;
             messages.extend(decided);
             transport::message::stamp_trace(&mut messages, &trace);
             publisher.publish_all_patiently(&messages, transport::publisher::BROKER_PATIENCE).await?;
@@ -241,6 +249,25 @@ impl Coordinator {
                 requeue(&delivery).await
             }
         }
+    }
+
+    /// The order with its card number exchanged for the processor's token,
+    /// before anything keeps it. A card field that is neither a number nor
+    /// a token (dashes, letters, a card the vault refuses) is masked: intake
+    /// rejects the order for it, as it would have.
+    async fn tokenized(&self, mut element: OrderElement) -> Result<OrderElement, Passing> {
+        let card = &element.order.payment;
+        if shared::order::is_token(&card.card_number) {
+            return Ok(element);
+        }
+        let token = if shared::order::is_card_number(&card.card_number) {
+            self.processor.tokenize(element.order_id, card).await?.ok()
+        } else {
+            None
+        };
+        let card = &mut element.order.payment.card_number;
+        *card = token.unwrap_or_else(|| shared::order::mask_card(card));
+        Ok(element)
     }
 
     /// A service's answer to one of the coordinator's calls.
@@ -461,9 +488,10 @@ fn masked_body(element: &OrderElement) -> Vec<u8> {
     shared::text::mask_card_numbers_in_body(&body).unwrap_or(body)
 }
 
-/// Services answer with the card number masked; until the order is
-/// charged the coordinator's copy keeps the number the customer gave (the
-/// masked number of an answer must be that very number's).
+/// Services answer with a card on file's token masked (the customer's
+/// secret); until the order is charged the coordinator's copy keeps the
+/// token (the masked form of an answer must be that very token's). A
+/// processor's token comes back as it went.
 fn keep_card(ours: &OrderElement, answered: &mut OrderElement) {
     let (given, theirs) = (&ours.order.payment.card_number, &mut answered.order.payment.card_number);
     if answered.charge.is_none()

@@ -3,10 +3,16 @@
 //! field (an address line, the customer id) is masked before anything
 //! records it: the full number travels only in the card field, to payment.
 //! A card token in the card field is accepted only as the card on file of
-//! the order's customer, asked of the customer domain (`super::enrich`).
+//! the order's customer, asked of the customer domain (`super::enrich`), or
+//! as the processor's token issued for this very order (the coordinator
+//! tokenizes a directed order's card before it keeps the order).
+//! An accepted order's card number goes to the processor's vault and the
+//! element carries the token from here on: no later node, store, record or
+//! log sees the number.
 
 use crate::catalog;
 use crate::domain_reads::{DomainReader, DomainReads};
+use crate::processor::Processor;
 use shared::domains::check_text;
 use shared::order::{FromDomains, Order};
 use shared::{Node, OrderElement, OrderState, Outcome, Stage, StageError};
@@ -82,11 +88,11 @@ fn check_address_and_card(order: &Order) -> Result<(), String> {
         check_text(field, value).map_err(|reason| format!("incomplete ship-to address: {reason}"))?;
     }
     check_method(order)?;
+    if order.payment.expiry.chars().count() > shared::order::MAX_EXPIRY_CHARS {
+        return Err(format!("card expiry is longer than {} characters", shared::order::MAX_EXPIRY_CHARS));
+    }
     let card = &order.payment.card_number;
-    let on_file = card
-        .strip_prefix(shared::order::CARD_TOKEN_PREFIX)
-        .is_some_and(|token| token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit()));
-    if !on_file && (!(13..=19).contains(&card.len()) || !card.bytes().all(|b| b.is_ascii_digit())) {
+    if !shared::order::is_token(card) && !shared::order::is_card_number(card) {
         return Err("card number is not 13 to 19 digits".into());
     }
     Ok(())
@@ -110,6 +116,9 @@ fn mask_free_text(order: &mut Order) {
 #[derive(Default)]
 pub struct Intake {
     domains: Option<std::sync::Arc<dyn DomainReads>>,
+    /// The card processor, which keeps the numbers; without it (the pure
+    /// step's tests) an accepted element keeps the number it came with.
+    processor: Option<Processor>,
 }
 
 impl Intake {
@@ -120,7 +129,45 @@ impl Intake {
 
     /// Intake reading the domains through `domains` (a fake, in tests).
     pub fn reading(domains: std::sync::Arc<dyn DomainReads>) -> Intake {
-        Intake { domains: Some(domains) }
+        Intake { domains: Some(domains), processor: None }
+    }
+
+    /// Intake that hands accepted cards to `processor` for tokens.
+    pub fn tokenizing(self, processor: Processor) -> Intake {
+        Intake { processor: Some(processor), ..self }
+    }
+
+    /// An accepted order's card number exchanged for the processor's token.
+    async fn tokenize(&self, mut outcome: Outcome) -> Result<Outcome, StageError> {
+        let Some(processor) = &self.processor else { return Ok(outcome) };
+        let accepted = outcome.steps.last().is_some_and(|step| step.state == OrderState::Accepted);
+        let element = &mut outcome.element;
+        if !accepted || !shared::order::is_card_number(&element.order.payment.card_number) {
+            return Ok(outcome);
+        }
+        match processor.tokenize(element.order_id, &element.order.payment).await? {
+            Ok(token) => {
+                element.order.payment.card_number = token;
+                Ok(outcome)
+            }
+            Err(reason) => Ok(Intake::reject(outcome.element, reason)),
+        }
+    }
+
+    /// A processor's token in the card field: taken when the vault issued
+    /// it for this order (the coordinator's, for a directed order).
+    async fn check_processor_token(&self, element: &OrderElement) -> Result<Result<(), String>, StageError> {
+        let Some(processor) = &self.processor else {
+            return Ok(
+                Err("a processor's card token is taken only when intake can ask the processor".into()),
+            );
+        };
+        let issued = processor.card(&element.order.payment.card_number).await?;
+        Ok(match issued {
+            Some(card) if card.order_id == element.order_id => Ok(()),
+            Some(_) => Err("the card token was issued for another order".into()),
+            None => Err("the card token is not one the processor issued".into()),
+        })
     }
 
     /// A rejection, with the card number masked before anything records it.
@@ -166,6 +213,11 @@ impl Stage for Intake {
                 }
                 Err(reason) => return Ok(Intake::reject(element, reason)),
             }
+        } else if element.order.payment.card_number.starts_with(shared::order::PROCESSOR_TOKEN_PREFIX) {
+            if let Err(reason) = self.check_processor_token(&element).await? {
+                mask_free_text(&mut element.order);
+                return Ok(Intake::reject(element, reason));
+            }
         } else if super::enrich::is_card_token(&element.order.payment.card_number) {
             // A token with the order's own address: whose card is it?
             mask_free_text(&mut element.order);
@@ -189,7 +241,7 @@ impl Stage for Intake {
                 Err(reason) => return Ok(Intake::reject(element, reason)),
             }
         }
-        Ok(Intake::decide(element))
+        self.tokenize(Intake::decide(element)).await
     }
 }
 
@@ -200,7 +252,8 @@ pub fn run(
     shutdown: tokio_util::sync::CancellationToken,
 ) -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
     Box::pin(async move {
-        transport::runner::run_stage(Intake::with_domains(&settings)?, settings, shutdown).await
+        let intake = Intake::with_domains(&settings)?.tokenizing(Processor::open(&settings).await?);
+        transport::runner::run_stage(intake, settings, shutdown).await
     })
 }
 
@@ -323,6 +376,50 @@ pub mod tests {
         assert_eq!(outcome.steps[0].state, OrderState::Accepted);
     }
 
+    /// An accepted order's card goes to the processor's vault and the
+    /// element carries the token; a redelivered order gets the same token.
+    /// A processor's token in an order from outside is taken only when the
+    /// vault issued it for that very order (a directed order's, from the
+    /// coordinator), never for another order or when the vault never did.
+    #[tokio::test]
+    async fn the_card_number_goes_to_the_vault_and_the_element_carries_its_token() {
+        let dir = std::env::temp_dir().join(format!("orderflow-intake-{}", uuid::Uuid::new_v4().simple()));
+        let mut settings = shared::settings::Settings::from_env().unwrap();
+        settings.database_url = None;
+        settings.run_dir = dir.clone();
+        let processor = Processor::open(&settings).await.unwrap();
+        let intake = Intake::default().tokenizing(processor.clone());
+        let element = OrderElement::placed(valid_order());
+        let outcome = intake.handle(element.clone()).await.unwrap();
+        assert_eq!(outcome.steps[0].state, OrderState::Accepted, "{:?}", outcome.steps);
+        let token = outcome.element.order.payment.card_number.clone();
+        assert!(token.starts_with(shared::order::PROCESSOR_TOKEN_PREFIX), "{token}");
+        assert!(!serde_json::to_string(&outcome.element).unwrap().contains("4111111111111111"));
+        let kept = processor.card(&token).await.unwrap().expect("the vault keeps the card");
+        assert_eq!((kept.order_id, kept.card.card_number.as_str()), (element.order_id, "4111111111111111"));
+        let again = intake.handle(element.clone()).await.unwrap();
+        assert_eq!(again.element.order.payment.card_number, token, "a redelivered order, the same element");
+
+        // The directed order's token, as the coordinator hands it on.
+        let mut directed = element.clone();
+        directed.order.payment.card_number = token.clone();
+        let outcome = intake.handle(directed).await.unwrap();
+        assert_eq!(outcome.steps[0].state, OrderState::Accepted, "{:?}", outcome.steps);
+        assert_eq!(outcome.element.order.payment.card_number, token);
+
+        let mut stranger = OrderElement::placed(valid_order());
+        stranger.order.payment.card_number = token.clone();
+        let guessed = format!("{}{}", shared::order::PROCESSOR_TOKEN_PREFIX, uuid::Uuid::new_v4().simple());
+        for (card, reason) in [(token, "issued for another order"), (guessed, "not one the processor issued")]
+        {
+            stranger.order.payment.card_number = card;
+            let outcome = intake.handle(stranger.clone()).await.unwrap();
+            assert_eq!(outcome.steps[0].state, OrderState::Rejected);
+            assert!(outcome.steps[0].detail.contains(reason), "{}", outcome.steps[0].detail);
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn valid_order_is_accepted() {
         let outcome = Intake::decide(OrderElement::placed(valid_order()));
@@ -344,6 +441,9 @@ pub mod tests {
             (|o| o.shipping_method = "teleport".into(), "shipping method"),
             (|o| o.payment.card_number = "4111".into(), "13 to 19 digits"),
             (|o| o.payment.card_number = "4111-1111-1111-1111".into(), "13 to 19 digits"),
+            (|o| o.payment.card_number = "4".repeat(10_000), "13 to 19 digits"),
+            (|o| o.payment.card_number = "41111111111a1111".into(), "13 to 19 digits"),
+            (|o| o.payment.expiry = "1".repeat(10_000), "expiry is longer than 16"),
             (|o| o.customer_id.clear(), "customer_id is missing"),
         ];
         for (break_it, reason) in cases {

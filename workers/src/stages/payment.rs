@@ -1,10 +1,12 @@
 //! payment: charges the card through the simulated processor (`charged`) or
-//! declines it (`payment_declined`, terminal). After this node the element
-//! carries only the masked card number.
+//! declines it (`payment_declined`, terminal). The element brings a token:
+//! the processor's, issued for this order at its door (the vault holds the
+//! number, and pays for no other order), or the customer's card on file.
+//! After this node the element carries only the masked card number.
 
 use crate::{catalog, processor::Processor};
 use chrono::{Datelike, NaiveDate, Utc};
-use shared::order::{card_last4, mask_card, Order, PaymentCard, CARD_TOKEN_PREFIX};
+use shared::order::{card_last4, mask_card, Order, PaymentCard, CARD_TOKEN_PREFIX, PROCESSOR_TOKEN_PREFIX};
 use shared::{Node, OrderElement, OrderState, Outcome, Stage, StageError};
 
 /// The card the simulated processor always declines.
@@ -83,13 +85,29 @@ impl Stage for Payment {
     const NODE: Node = Node::Payment;
 
     async fn handle(&self, mut element: OrderElement) -> Result<Outcome, StageError> {
-        let card = element.order.payment.clone();
+        let mut card = element.order.payment.clone();
         // A card on file is charged by its token and shown by its masked number.
         let on_file = element.from_domains.as_ref().and_then(|from| from.card_on_file.clone());
-        let shown = match on_file.filter(|_| card.card_number.starts_with(CARD_TOKEN_PREFIX)) {
+        let mut shown = match on_file.filter(|_| card.card_number.starts_with(CARD_TOKEN_PREFIX)) {
             Some(masked) => masked,
             None => card.card_number.clone(),
         };
+        if card.card_number.starts_with(PROCESSOR_TOKEN_PREFIX) {
+            // The processor's token: the card it stands for, if issued for this order.
+            let refused = match self.processor.card(&card.card_number).await? {
+                Some(kept) if kept.order_id == element.order_id => {
+                    shown = kept.card.card_number.clone();
+                    card = kept.card;
+                    None
+                }
+                Some(_) => Some("the card token was issued for another order"),
+                None => Some("the card token is not one the processor issued"),
+            };
+            if let Some(reason) = refused {
+                element.order.payment.card_number = mask_card(&card.card_number);
+                return Ok(Outcome::new(element).step(OrderState::PaymentDeclined, reason));
+            }
+        }
         element.order.payment.card_number = mask_card(&shown);
         let last4 = card_last4(&shown);
         if let Err(reason) = authorize(&card, Utc::now().date_naive()) {
@@ -124,6 +142,50 @@ mod tests {
 
     fn card(number: &str, expiry: &str) -> PaymentCard {
         PaymentCard { card_number: number.into(), expiry: expiry.into() }
+    }
+
+    /// Payment charges the card the vault keeps for the order's token, and
+    /// declines a token issued for another order or never issued: a leaked
+    /// token pays for no stranger's order.
+    #[tokio::test]
+    async fn a_processor_token_pays_for_its_own_order_only() {
+        let dir = std::env::temp_dir().join(format!("orderflow-payment-{}", uuid::Uuid::new_v4().simple()));
+        let mut settings = shared::settings::Settings::from_env().unwrap();
+        settings.database_url = None;
+        settings.run_dir = dir.clone();
+        let processor = Processor::open(&settings).await.unwrap();
+        let payment = Payment::new(processor.clone());
+        let mut order = crate::stages::intake::tests::valid_order();
+        let mut element = OrderElement::placed(order.clone());
+        element.state = OrderState::Accepted;
+        let token = processor.tokenize(element.order_id, &order.payment).await.unwrap().unwrap();
+        element.order.payment.card_number = token.clone();
+        let outcome = payment.handle(element.clone()).await.unwrap();
+        assert_eq!(outcome.steps[0].state, OrderState::Charged, "{:?}", outcome.steps);
+        assert!(outcome.steps[0].detail.contains("card ending 1111"), "{}", outcome.steps[0].detail);
+        assert_eq!(outcome.element.order.payment.card_number, "************1111");
+
+        let declined = PaymentCard { card_number: DECLINED_CARD.into(), expiry: "12/30".into() };
+        order.payment = declined.clone();
+        let mut declining = OrderElement::placed(order);
+        declining.state = OrderState::Accepted;
+        declining.order.payment.card_number =
+            processor.tokenize(declining.order_id, &declined).await.unwrap().unwrap();
+        let outcome = payment.handle(declining).await.unwrap();
+        assert!(outcome.steps[0].detail.contains("declined by the processor"), "{}", outcome.steps[0].detail);
+
+        let mut stranger = element.clone();
+        stranger.order_id = uuid::Uuid::new_v4();
+        let guessed = format!("{PROCESSOR_TOKEN_PREFIX}{}", uuid::Uuid::new_v4().simple());
+        for (card, reason) in [(token, "issued for another order"), (guessed, "not one the processor issued")]
+        {
+            stranger.order.payment.card_number = card;
+            let outcome = payment.handle(stranger.clone()).await.unwrap();
+            assert_eq!(outcome.steps[0].state, OrderState::PaymentDeclined);
+            assert!(outcome.steps[0].detail.contains(reason), "{}", outcome.steps[0].detail);
+            assert!(outcome.element.charge.is_none());
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! an order is never charged (or refunded) twice, whatever is redelivered.
 //! A refund is checked against the ledger, not the element: only a charge
 //! recorded for that order is refunded, and never more than was charged.
+//! The processor also keeps the cards themselves (`vault`): orderflow's
+//! doors hand it a card number and carry only the token it returns.
 
 use chrono::Utc;
 use shared::group_commit::Written;
@@ -10,6 +12,9 @@ use shared::order::Charge;
 use shared::settings::Settings;
 use shared::store::{stored_uuid, Store};
 use uuid::Uuid;
+
+mod vault;
+pub use vault::{VaultCard, PROCESSOR_TOKEN_PREFIX};
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS processor_charges (order_id TEXT PRIMARY KEY, charge_id TEXT NOT NULL, \
@@ -33,6 +38,7 @@ impl Processor {
     pub async fn open(settings: &Settings) -> anyhow::Result<Processor> {
         let store = Store::open(settings, "processor").await?;
         store.migrate(SCHEMA).await?;
+        store.migrate(vault::SCHEMA).await?;
         Ok(Processor { store })
     }
 

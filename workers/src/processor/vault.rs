@@ -1,0 +1,146 @@
+//! The processor's card vault: the one place orderflow's cards are kept.
+//! A door of orderflow (intake; the coordinator for a directed order)
+//! hands the processor an order's card and carries the token it returns;
+//! payment asks the vault for the card behind a token when it charges. A
+//! token is bound to the order it was issued for and pays for that order
+//! only. The same card tokenized again for the same order (a redelivered
+//! order) gets the same token, so a redone step makes the same element.
+
+use super::Processor;
+use shared::group_commit::Written;
+use shared::order::{is_card_number, mask_card, PaymentCard, MAX_EXPIRY_CHARS};
+use shared::store::stored_uuid;
+use uuid::Uuid;
+
+pub use shared::order::PROCESSOR_TOKEN_PREFIX;
+
+pub(super) const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS processor_cards (token TEXT PRIMARY KEY, order_id TEXT NOT NULL, \
+     number TEXT NOT NULL, expiry TEXT NOT NULL, masked TEXT NOT NULL, issued_at TEXT NOT NULL)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS processor_cards_by_card ON processor_cards (order_id, number, expiry)",
+];
+
+/// A card in the vault, as payment charges it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VaultCard {
+    /// The order the token was issued for: the only one it pays for.
+    pub order_id: Uuid,
+    pub card: PaymentCard,
+    /// The number as anyone may see it: `************1111`.
+    pub masked: String,
+}
+
+impl Processor {
+    /// The token standing for `card` in payment for `order_id`; the same
+    /// token when the same card was tokenized for that order before.
+    /// `Ok(Err(reason))`: not a card the vault keeps (13 to 19 digits, a
+    /// short expiry).
+    pub async fn tokenize(&self, order_id: Uuid, card: &PaymentCard) -> sqlx::Result<Result<String, String>> {
+        if !is_card_number(&card.card_number) {
+            return Ok(Err("card number is not 13 to 19 digits".into()));
+        }
+        if card.expiry.chars().count() > MAX_EXPIRY_CHARS {
+            return Ok(Err(format!("card expiry is longer than {MAX_EXPIRY_CHARS} characters")));
+        }
+        let row = (
+            format!("{PROCESSOR_TOKEN_PREFIX}{}", Uuid::new_v4().simple()),
+            order_id.to_string(),
+            card.card_number.clone(),
+            card.expiry.clone(),
+            mask_card(&card.card_number),
+            chrono::Utc::now().to_rfc3339(),
+        );
+        let token: String = self
+            .store
+            .write(move |connection| {
+                let (token, order_id, number, expiry, masked, issued_at) = row.clone();
+                Box::pin(async move {
+                    // One statement: the same card for the same order returns its first token.
+                    let token = sqlx::query_scalar(
+                        "INSERT INTO processor_cards (token, order_id, number, expiry, masked, issued_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (order_id, number, expiry) \
+                         DO UPDATE SET order_id = excluded.order_id RETURNING token",
+                    )
+                    .bind(token)
+                    .bind(order_id)
+                    .bind(number)
+                    .bind(expiry)
+                    .bind(masked)
+                    .bind(issued_at)
+                    .fetch_one(&mut *connection)
+                    .await?;
+                    Ok(Written::Keep(token))
+                })
+            })
+            .await?;
+        Ok(Ok(token))
+    }
+
+    /// The card behind a token the vault issued, if it did.
+    pub async fn card(&self, token: &str) -> sqlx::Result<Option<VaultCard>> {
+        let row: Option<(String, String, String, String)> =
+            sqlx::query_as("SELECT order_id, number, expiry, masked FROM processor_cards WHERE token = $1")
+                .bind(token)
+                .fetch_optional(&self.store.pool)
+                .await?;
+        let Some((order_id, card_number, expiry, masked)) = row else { return Ok(None) };
+        Ok(Some(VaultCard {
+            order_id: stored_uuid(&order_id, "order_id")?,
+            card: PaymentCard { card_number, expiry },
+            masked,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::order::is_token;
+    use shared::settings::Settings;
+
+    fn card(number: &str, expiry: &str) -> PaymentCard {
+        PaymentCard { card_number: number.into(), expiry: expiry.into() }
+    }
+
+    /// A token stands for one order's card: the same card for the same
+    /// order keeps its token, another order or another card gets another;
+    /// the vault answers only for tokens it issued, and keeps nothing that
+    /// is not a card.
+    #[tokio::test]
+    async fn a_token_stands_for_one_orders_card_and_only_the_vault_knows_the_number() {
+        let dir = std::env::temp_dir().join(format!("orderflow-vault-{}", Uuid::new_v4().simple()));
+        let mut settings = Settings::from_env().unwrap();
+        settings.database_url = None;
+        settings.run_dir = dir.clone();
+        let processor = Processor::open(&settings).await.unwrap();
+        let (order, other_order) = (Uuid::new_v4(), Uuid::new_v4());
+        let visa = card("4111111111111111", "12/30");
+        let token = processor.tokenize(order, &visa).await.unwrap().unwrap();
+        assert!(token.starts_with(PROCESSOR_TOKEN_PREFIX) && is_token(&token), "{token}");
+        assert!(!token.contains("4111111111111111") && !token.contains("1111"));
+        assert_eq!(processor.tokenize(order, &visa).await.unwrap().unwrap(), token, "a redelivered order");
+        assert_ne!(processor.tokenize(other_order, &visa).await.unwrap().unwrap(), token);
+        let new_card = card("5555555555554444", "01/31");
+        assert_ne!(processor.tokenize(order, &new_card).await.unwrap().unwrap(), token);
+
+        let kept = processor.card(&token).await.unwrap().expect("the vault knows its token");
+        assert_eq!(
+            kept,
+            VaultCard { order_id: order, card: visa.clone(), masked: "************1111".into() }
+        );
+        let guessed = format!("{PROCESSOR_TOKEN_PREFIX}{}", Uuid::new_v4().simple());
+        assert_eq!(processor.card(&guessed).await.unwrap(), None);
+
+        for (number, expiry, reason) in [
+            ("4111-1111-1111-1111", "12/30", "13 to 19 digits"),
+            ("41111111111111a1", "12/30", "13 to 19 digits"),
+            (&"4".repeat(10_000), "12/30", "13 to 19 digits"),
+            ("", "12/30", "13 to 19 digits"),
+            ("4111111111111111", &"1".repeat(100), "expiry"),
+        ] {
+            let refused = processor.tokenize(order, &card(number, expiry)).await.unwrap().unwrap_err();
+            assert!(refused.contains(reason), "{refused}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -14,7 +14,7 @@ use shared::store::{stored_uuid, Store};
 use uuid::Uuid;
 
 mod vault;
-pub use vault::{VaultCard, PROCESSOR_TOKEN_PREFIX};
+pub use vault::{TokenCharge, VaultCard, PROCESSOR_TOKEN_PREFIX};
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS processor_charges (order_id TEXT PRIMARY KEY, charge_id TEXT NOT NULL, \
@@ -45,35 +45,26 @@ impl Processor {
     /// Charges an order once; a repeated request returns the original
     /// charge. Group-committed with the node's other writes.
     pub async fn charge(&self, order_id: Uuid, amount_cents: i64, card_last4: &str) -> sqlx::Result<Charge> {
-        let row = (
-            order_id.to_string(),
-            Uuid::new_v4().to_string(),
-            card_last4.to_string(),
-            Utc::now().to_rfc3339(),
-        );
+        let row = Self::charge_row(order_id, amount_cents, card_last4);
         let (charge_id, amount_cents, card_last4): (String, i64, String) = self
             .store
             .write(move |connection| {
-                let (order_id, charge_id, card_last4, charged_at) = row.clone();
-                Box::pin(async move {
-                    // One statement: a repeated request touches the existing row and returns it.
-                    let charged = sqlx::query_as(
-                        "INSERT INTO processor_charges (order_id, charge_id, amount_cents, card_last4, charged_at) \
-                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (order_id) DO UPDATE SET order_id = excluded.order_id \
-                         RETURNING charge_id, amount_cents, card_last4",
-                    )
-                    .bind(order_id)
-                    .bind(charge_id)
-                    .bind(amount_cents)
-                    .bind(card_last4)
-                    .bind(charged_at)
-                    .fetch_one(&mut *connection)
-                    .await?;
-                    Ok(Written::Keep(charged))
-                })
+                let row = row.clone();
+                Box::pin(async move { Ok(Written::Keep(insert_charge(connection, row).await?)) })
             })
             .await?;
         Ok(Charge { charge_id: stored_uuid(&charge_id, "charge_id")?, amount_cents, card_last4 })
+    }
+
+    /// The row of a new charge of `order_id` (its id, its time).
+    fn charge_row(order_id: Uuid, amount_cents: i64, card_last4: &str) -> ChargeRow {
+        ChargeRow {
+            order_id: order_id.to_string(),
+            charge_id: Uuid::new_v4().to_string(),
+            amount_cents,
+            card_last4: card_last4.to_string(),
+            charged_at: Utc::now().to_rfc3339(),
+        }
     }
 
     /// Refunds the charge recorded for `order_id` once; a repeated request
@@ -118,6 +109,36 @@ impl Processor {
                 .await?;
         Ok(Refund { refund_id: stored_uuid(&refund_id, "refund_id")?, amount_cents })
     }
+}
+
+/// A charge as the ledger keeps it.
+#[derive(Clone)]
+struct ChargeRow {
+    order_id: String,
+    charge_id: String,
+    amount_cents: i64,
+    card_last4: String,
+    charged_at: String,
+}
+
+/// Records a charge in one statement: a repeated request touches the
+/// existing row and returns it (charge id, amount, last four digits).
+async fn insert_charge(
+    connection: &mut sqlx::AnyConnection,
+    row: ChargeRow,
+) -> sqlx::Result<(String, i64, String)> {
+    sqlx::query_as(
+        "INSERT INTO processor_charges (order_id, charge_id, amount_cents, card_last4, charged_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (order_id) DO UPDATE SET order_id = excluded.order_id \
+         RETURNING charge_id, amount_cents, card_last4",
+    )
+    .bind(row.order_id)
+    .bind(row.charge_id)
+    .bind(row.amount_cents)
+    .bind(row.card_last4)
+    .bind(row.charged_at)
+    .fetch_one(&mut *connection)
+    .await
 }
 
 #[cfg(test)]

@@ -6,9 +6,9 @@
 //! only. The same card tokenized again for the same order (a redelivered
 //! order) gets the same token, so a redone step makes the same element.
 
-use super::Processor;
+use super::{insert_charge, Processor};
 use shared::group_commit::Written;
-use shared::order::{is_card_number, mask_card, PaymentCard, MAX_EXPIRY_CHARS};
+use shared::order::{card_last4, is_card_number, mask_card, Charge, PaymentCard, MAX_EXPIRY_CHARS};
 use shared::store::stored_uuid;
 use uuid::Uuid;
 
@@ -19,6 +19,16 @@ pub(super) const SCHEMA: &[&str] = &[
      number TEXT NOT NULL, expiry TEXT NOT NULL, masked TEXT NOT NULL, issued_at TEXT NOT NULL)",
     "CREATE UNIQUE INDEX IF NOT EXISTS processor_cards_by_card ON processor_cards (order_id, number, expiry)",
 ];
+
+/// What charging a token came to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TokenCharge {
+    /// Charged (or charged before: the first charge), on the card shown as `masked`.
+    Charged { charge: Charge, masked: String },
+    /// Nothing charged, for this reason; the card as shown, when the token
+    /// was this order's.
+    Declined { reason: String, masked: Option<String> },
+}
 
 /// A card in the vault, as payment charges it.
 #[derive(Clone, Debug, PartialEq)]
@@ -74,6 +84,57 @@ impl Processor {
             })
             .await?;
         Ok(Ok(token))
+    }
+
+    /// Charges the card the vault keeps for `token` once, in one write
+    /// (the card read in the charge's own transaction, not a read before
+    /// it): `authorize` decides on the card first. A token that is not the
+    /// vault's, or was issued for another order, is declined.
+    pub async fn charge_token<A>(
+        &self,
+        order_id: Uuid,
+        token: &str,
+        amount_cents: i64,
+        authorize: A,
+    ) -> sqlx::Result<TokenCharge>
+    where
+        A: Fn(&PaymentCard) -> Result<(), String> + Send + Sync + 'static,
+    {
+        let (token, authorize) = (token.to_string(), std::sync::Arc::new(authorize));
+        let order = order_id.to_string();
+        let charged = self
+            .store
+            .write(move |connection| {
+                let (token, order, authorize) = (token.clone(), order.clone(), authorize.clone());
+                Box::pin(async move {
+                    let kept: Option<(String, String, String, String)> = sqlx::query_as(
+                        "SELECT order_id, number, expiry, masked FROM processor_cards WHERE token = $1",
+                    )
+                    .bind(&token)
+                    .fetch_optional(&mut *connection)
+                    .await?;
+                    let declined = |reason: &str| Ok(Written::Keep(Err((reason.to_string(), None))));
+                    let Some((issued_for, card_number, expiry, masked)) = kept else {
+                        return declined("the card token is not one the processor issued");
+                    };
+                    if issued_for != order {
+                        return declined("the card token was issued for another order");
+                    }
+                    if let Err(reason) = authorize(&PaymentCard { card_number, expiry }) {
+                        return Ok(Written::Keep(Err((format!("{reason} (card {masked})"), Some(masked)))));
+                    }
+                    let row = Processor::charge_row(order_id, amount_cents, &card_last4(&masked));
+                    Ok(Written::Keep(Ok((insert_charge(connection, row).await?, masked))))
+                })
+            })
+            .await?;
+        Ok(match charged {
+            Err((reason, masked)) => TokenCharge::Declined { reason, masked },
+            Ok(((charge_id, amount_cents, card_last4), masked)) => TokenCharge::Charged {
+                charge: Charge { charge_id: stored_uuid(&charge_id, "charge_id")?, amount_cents, card_last4 },
+                masked,
+            },
+        })
     }
 
     /// The card behind a token the vault issued, if it did.

@@ -4,7 +4,8 @@
 //! number, and pays for no other order), or the customer's card on file.
 //! After this node the element carries only the masked card number.
 
-use crate::{catalog, processor::Processor};
+use crate::catalog;
+use crate::processor::{Processor, TokenCharge};
 use chrono::{Datelike, NaiveDate, Utc};
 use shared::order::{card_last4, mask_card, Order, PaymentCard, CARD_TOKEN_PREFIX, PROCESSOR_TOKEN_PREFIX};
 use shared::{Node, OrderElement, OrderState, Outcome, Stage, StageError};
@@ -81,33 +82,47 @@ impl Payment {
     }
 }
 
+impl Payment {
+    /// The processor's token: the card the vault keeps for it, if issued for
+    /// this order, authorized and charged in one write.
+    async fn charge_token(&self, mut element: OrderElement, token: &str) -> Result<Outcome, StageError> {
+        let (amount, today) = (element_amount_cents(&element), Utc::now().date_naive());
+        let charged = self
+            .processor
+            .charge_token(element.order_id, token, amount, move |card| authorize(card, today))
+            .await?;
+        Ok(match charged {
+            TokenCharge::Charged { charge, masked } => {
+                element.order.payment.card_number = masked;
+                let detail = format!(
+                    "charged {} cents to card ending {} (charge {})",
+                    charge.amount_cents, charge.card_last4, charge.charge_id
+                );
+                element.charge = Some(charge);
+                Outcome::new(element).step(OrderState::Charged, detail)
+            }
+            TokenCharge::Declined { reason, masked } => {
+                element.order.payment.card_number = masked.unwrap_or_else(|| mask_card(token));
+                Outcome::new(element).step(OrderState::PaymentDeclined, reason)
+            }
+        })
+    }
+}
+
 impl Stage for Payment {
     const NODE: Node = Node::Payment;
 
     async fn handle(&self, mut element: OrderElement) -> Result<Outcome, StageError> {
-        let mut card = element.order.payment.clone();
+        let card = element.order.payment.clone();
+        if card.card_number.starts_with(PROCESSOR_TOKEN_PREFIX) {
+            return self.charge_token(element, &card.card_number).await;
+        }
         // A card on file is charged by its token and shown by its masked number.
         let on_file = element.from_domains.as_ref().and_then(|from| from.card_on_file.clone());
-        let mut shown = match on_file.filter(|_| card.card_number.starts_with(CARD_TOKEN_PREFIX)) {
+        let shown = match on_file.filter(|_| card.card_number.starts_with(CARD_TOKEN_PREFIX)) {
             Some(masked) => masked,
             None => card.card_number.clone(),
         };
-        if card.card_number.starts_with(PROCESSOR_TOKEN_PREFIX) {
-            // The processor's token: the card it stands for, if issued for this order.
-            let refused = match self.processor.card(&card.card_number).await? {
-                Some(kept) if kept.order_id == element.order_id => {
-                    shown = kept.card.card_number.clone();
-                    card = kept.card;
-                    None
-                }
-                Some(_) => Some("the card token was issued for another order"),
-                None => Some("the card token is not one the processor issued"),
-            };
-            if let Some(reason) = refused {
-                element.order.payment.card_number = mask_card(&card.card_number);
-                return Ok(Outcome::new(element).step(OrderState::PaymentDeclined, reason));
-            }
-        }
         element.order.payment.card_number = mask_card(&shown);
         let last4 = card_last4(&shown);
         if let Err(reason) = authorize(&card, Utc::now().date_naive()) {

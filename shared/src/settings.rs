@@ -124,6 +124,29 @@ impl Settings {
     }
 }
 
+/// A run directory of a unit test's own (`Settings::scratch` in it),
+/// removed when the test ends, passed or failed.
+pub struct ScratchRun(PathBuf);
+
+impl ScratchRun {
+    /// A fresh directory under the system's temporary one, named for `what`.
+    pub fn new(what: &str) -> ScratchRun {
+        let dir = std::env::temp_dir().join(format!("orderflow-{what}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("a scratch directory");
+        ScratchRun(dir)
+    }
+
+    pub fn settings(&self) -> Settings {
+        Settings::scratch(self.0.clone())
+    }
+}
+
+impl Drop for ScratchRun {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }

@@ -5,33 +5,13 @@ use super::*;
 use shared::change::ChangeRequest;
 use shared::change_book::{ChangeBook, Received};
 use shared::order::Order;
-use shared::settings::Settings;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use topology::Node;
 use uuid::Uuid;
 
 /// A run directory of its own, removed at the end of the test.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        let dir = std::env::temp_dir().join(format!("orderflow-step-{}", Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn settings(&self) -> Settings {
-        Settings::scratch(self.0.clone())
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+type Scratch = shared::settings::ScratchRun;
 
 enum Reply {
     Charge,
@@ -120,7 +100,7 @@ fn method(shipping_method: &str, order_id: Uuid) -> ChangeRequest {
 
 #[tokio::test]
 async fn a_handled_element_is_recorded_then_forwarded() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("step");
     let ctx = payment_node(&scratch).await;
     let stage = FakePayment::new(Reply::Charge);
     let handled = handled(step(&ctx, &stage, accepted_order(), 1).await);
@@ -132,7 +112,7 @@ async fn a_handled_element_is_recorded_then_forwarded() {
 
 #[tokio::test]
 async fn pending_changes_are_decided_before_the_stage_and_the_same_on_redelivery() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("step");
     let ctx = payment_node(&scratch).await;
     let element = accepted_order();
     let book = ctx.book.as_ref().unwrap();
@@ -171,7 +151,7 @@ async fn pending_changes_are_decided_before_the_stage_and_the_same_on_redelivery
 
 #[tokio::test]
 async fn a_cancel_takes_the_cancel_path_and_closes_the_order_here() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("step");
     let ctx = payment_node(&scratch).await;
     let element = accepted_order();
     let book = ctx.book.as_ref().unwrap();
@@ -194,7 +174,7 @@ async fn a_cancel_takes_the_cancel_path_and_closes_the_order_here() {
 
 #[tokio::test]
 async fn changes_heard_while_the_order_ends_here_are_rejected_with_it() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("step");
     let ctx = payment_node(&scratch).await;
     let element = accepted_order();
     let other_instance = ChangeBook::open(&scratch.settings(), "payment").await.unwrap();
@@ -215,7 +195,7 @@ async fn changes_heard_while_the_order_ends_here_are_rejected_with_it() {
 
 #[tokio::test]
 async fn a_permanent_failure_is_dead_lettered_with_its_reason() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("step");
     let ctx = payment_node(&scratch).await;
     let stage = FakePayment::new(Reply::Permanent);
     match failed(step(&ctx, &stage, accepted_order(), 1).await) {
@@ -226,7 +206,7 @@ async fn a_permanent_failure_is_dead_lettered_with_its_reason() {
 
 #[tokio::test]
 async fn a_transient_failure_is_retried_with_growing_delays_then_given_up() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("step");
     let ctx = payment_node(&scratch).await;
     let stage = FakePayment::new(Reply::Transient);
     let mut delays = Vec::new();
@@ -248,7 +228,7 @@ async fn a_transient_failure_is_retried_with_growing_delays_then_given_up() {
 
 #[tokio::test]
 async fn an_element_that_may_not_arrive_here_is_refused_before_its_changes_are_decided() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("step");
     let ctx = payment_node(&scratch).await;
     let stray = OrderElement { state: OrderState::Placed, ..accepted_order() };
     let cancel = requested(stray.order_id, Change::Cancel);

@@ -14,7 +14,7 @@ use shared::store::{stored_uuid, Store};
 use uuid::Uuid;
 
 mod vault;
-pub use vault::{TokenCharge, VaultCard, PROCESSOR_TOKEN_PREFIX};
+pub use vault::{TokenCharge, VaultCard};
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS processor_charges (order_id TEXT PRIMARY KEY, charge_id TEXT NOT NULL, \
@@ -149,11 +149,8 @@ mod tests {
     /// cents claimed for an order, with no charge (or a smaller one) in the ledger.
     #[tokio::test]
     async fn only_a_recorded_charge_is_refunded_and_never_more_than_charged() {
-        let dir = std::env::temp_dir().join(format!("orderflow-processor-{}", Uuid::new_v4().simple()));
-        let mut settings = Settings::from_env().unwrap();
-        settings.database_url = None;
-        settings.run_dir = dir.clone();
-        let processor = Processor::open(&settings).await.unwrap();
+        let scratch = shared::settings::ScratchRun::new("processor");
+        let processor = Processor::open(&scratch.settings()).await.unwrap();
         let forged =
             Charge { charge_id: Uuid::new_v4(), amount_cents: 99_999_999, card_last4: "4242".into() };
         let never_charged = Uuid::new_v4();
@@ -171,6 +168,5 @@ mod tests {
         assert_eq!(refund.amount_cents, 1_500);
         let again = processor.refund(order_id, &charge).await.unwrap().unwrap();
         assert_eq!(again, refund, "a repeated refund returns the first");
-        let _ = std::fs::remove_dir_all(dir);
     }
 }

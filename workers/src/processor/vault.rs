@@ -12,7 +12,7 @@ use shared::order::{card_last4, is_card_number, mask_card, Charge, PaymentCard, 
 use shared::store::stored_uuid;
 use uuid::Uuid;
 
-pub use shared::order::PROCESSOR_TOKEN_PREFIX;
+use shared::order::PROCESSOR_TOKEN_PREFIX;
 
 pub(super) const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS processor_cards (token TEXT PRIMARY KEY, order_id TEXT NOT NULL, \
@@ -157,7 +157,6 @@ impl Processor {
 mod tests {
     use super::*;
     use shared::order::is_token;
-    use shared::settings::Settings;
 
     fn card(number: &str, expiry: &str) -> PaymentCard {
         PaymentCard { card_number: number.into(), expiry: expiry.into() }
@@ -169,11 +168,8 @@ mod tests {
     /// is not a card.
     #[tokio::test]
     async fn a_token_stands_for_one_orders_card_and_only_the_vault_knows_the_number() {
-        let dir = std::env::temp_dir().join(format!("orderflow-vault-{}", Uuid::new_v4().simple()));
-        let mut settings = Settings::from_env().unwrap();
-        settings.database_url = None;
-        settings.run_dir = dir.clone();
-        let processor = Processor::open(&settings).await.unwrap();
+        let scratch = shared::settings::ScratchRun::new("vault");
+        let processor = Processor::open(&scratch.settings()).await.unwrap();
         let (order, other_order) = (Uuid::new_v4(), Uuid::new_v4());
         let visa = card("4111111111111111", "12/30");
         let token = processor.tokenize(order, &visa).await.unwrap().unwrap();
@@ -202,6 +198,5 @@ mod tests {
             let refused = processor.tokenize(order, &card(number, expiry)).await.unwrap().unwrap_err();
             assert!(refused.contains(reason), "{refused}");
         }
-        let _ = std::fs::remove_dir_all(dir);
     }
 }

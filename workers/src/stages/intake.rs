@@ -383,11 +383,8 @@ pub mod tests {
     /// coordinator), never for another order or when the vault never did.
     #[tokio::test]
     async fn the_card_number_goes_to_the_vault_and_the_element_carries_its_token() {
-        let dir = std::env::temp_dir().join(format!("orderflow-intake-{}", uuid::Uuid::new_v4().simple()));
-        let mut settings = shared::settings::Settings::from_env().unwrap();
-        settings.database_url = None;
-        settings.run_dir = dir.clone();
-        let processor = Processor::open(&settings).await.unwrap();
+        let scratch = shared::settings::ScratchRun::new("intake");
+        let processor = Processor::open(&scratch.settings()).await.unwrap();
         let intake = Intake::default().tokenizing(processor.clone());
         let element = OrderElement::placed(valid_order());
         let outcome = intake.handle(element.clone()).await.unwrap();
@@ -417,7 +414,6 @@ pub mod tests {
             assert_eq!(outcome.steps[0].state, OrderState::Rejected);
             assert!(outcome.steps[0].detail.contains(reason), "{}", outcome.steps[0].detail);
         }
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

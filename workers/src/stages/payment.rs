@@ -164,11 +164,8 @@ mod tests {
     /// token pays for no stranger's order.
     #[tokio::test]
     async fn a_processor_token_pays_for_its_own_order_only() {
-        let dir = std::env::temp_dir().join(format!("orderflow-payment-{}", uuid::Uuid::new_v4().simple()));
-        let mut settings = shared::settings::Settings::from_env().unwrap();
-        settings.database_url = None;
-        settings.run_dir = dir.clone();
-        let processor = Processor::open(&settings).await.unwrap();
+        let scratch = shared::settings::ScratchRun::new("payment");
+        let processor = Processor::open(&scratch.settings()).await.unwrap();
         let payment = Payment::new(processor.clone());
         let mut order = crate::stages::intake::tests::valid_order();
         let mut element = OrderElement::placed(order.clone());
@@ -200,7 +197,6 @@ mod tests {
             assert!(outcome.steps[0].detail.contains(reason), "{}", outcome.steps[0].detail);
             assert!(outcome.element.charge.is_none());
         }
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

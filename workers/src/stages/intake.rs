@@ -1,7 +1,7 @@
 //! intake: validates a placed order and accepts it, or rejects it (terminal)
 //! with the first reason found. A card number typed anywhere but the card
 //! field (an address line, the customer id) is masked before anything
-//! records it: the full number travels only in the card field, to payment.
+//! records it: the full number travels only in the card field, to the vault.
 //! A card token in the card field is accepted only as the card on file of
 //! the order's customer, asked of the customer domain (`super::enrich`), or
 //! as the processor's token issued for this very order (the coordinator

@@ -168,10 +168,11 @@ pub enum Command {
         #[arg(long, value_name = "ID", value_parser = values::request_id)]
         request_id: Option<String>,
     },
-    /// Change an order in flight: its ship-to address or its shipping method. Prints the change id.
+    /// Change an order in flight: its ship-to address, its shipping method or its card. Prints the change id.
     #[command(group = clap::ArgGroup::new("what").required(true))]
     #[command(after_help = "Examples:\n  orderflow change ID --shipping-method express\n  \
                             orderflow change ID --ship-to-file address.json --wait --timeout 30\n  \
+                            orderflow change ID --card-file card.json --wait\n  \
                             orderflow change ID --ship-to '{\"name\":\"Ada\",\"line1\":\"1 New Road\",\
                             \"city\":\"Bristol\",\"postal_code\":\"BS1 1AA\",\"country\":\"GB\"}' --sync")]
     Change {
@@ -186,6 +187,10 @@ pub enum Command {
         /// standard, express or overnight.
         #[arg(long, group = "what")]
         shipping_method: Option<String>,
+        /// Pay with another card, from a JSON file {"card_number":..,"expiry":"MM/YY"}:
+        /// payment's cards service keeps it and the change carries only its token.
+        #[arg(long, group = "what")]
+        card_file: Option<PathBuf>,
         #[command(flatten)]
         mode: ModeArgs,
     },

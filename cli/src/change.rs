@@ -1,18 +1,23 @@
 //! `orderflow change` and `orderflow cancel`: publish an in-flight change
 //! request to the changes fanout (recording it as requested) and print its
-//! id at once; with `--wait`, poll the tracker for its outcome; with
-//! `--sync`, give it a deadline: a node applies it before then or never.
+//! id at once (a new card is first handed to payment's cards service, and
+//! the change carries only the token it answers); with `--wait`, poll the
+//! tracker for its outcome; with `--sync`, give it a deadline: a node
+//! applies it before then or never.
 
 use crate::exit::Outcome;
 use anyhow::Context;
 use chrono::Utc;
 use shared::change::{Change, ChangeEvent, ChangeKind, ChangeRequest};
 use shared::change_book::MAX_CHANGE_REQUEST_BYTES;
-use shared::order::ShipTo;
+use shared::domains::{CardsRequest, TokenizedCard};
+use shared::order::{PaymentCard, ShipTo};
 use shared::settings::Settings;
 use shared::text::escaped as safe;
 use shared::tracker_api::{TrackerClient, TrackerError};
 use std::time::{Duration, Instant};
+use topology::DomainCopy;
+use transport::domain_client::{ClientError, DomainClient};
 use transport::message::{change_event_message, change_request_message};
 use transport::{connect, Publisher};
 use uuid::Uuid;
@@ -25,6 +30,84 @@ pub enum Mode {
     Wait(Duration),
     /// The change must be applied within the timeout or not at all.
     Sync(Duration),
+}
+
+/// What `orderflow change` asks for, as its arguments give it (clap lets exactly one be set).
+pub struct Asked {
+    pub ship_to: Option<String>,
+    pub ship_to_file: Option<std::path::PathBuf>,
+    pub shipping_method: Option<String>,
+    pub card_file: Option<std::path::PathBuf>,
+}
+
+/// `orderflow change`: the change asked for, sent (a card first handed to
+/// payment's cards service for its token).
+pub async fn change(
+    settings: &Settings,
+    order_id: Uuid,
+    asked: Asked,
+    mode: Mode,
+) -> anyhow::Result<Outcome> {
+    let what = match asked {
+        Asked { card_file: Some(file), .. } => {
+            match tokenize(settings, order_id, read_card_file(&file)?).await? {
+                Ok(what) => what,
+                Err(refused) => return Ok(refused),
+            }
+        }
+        Asked { ship_to: Some(json), .. } => Change::ShipTo { ship_to: parse_ship_to(&json)? },
+        Asked { ship_to_file: Some(file), .. } => {
+            let json = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            Change::ShipTo { ship_to: parse_ship_to(&json)? }
+        }
+        Asked { shipping_method: Some(method), .. } => Change::ShippingMethod { shipping_method: method },
+        _ => unreachable!("clap requires --ship-to, --ship-to-file, --shipping-method or --card-file"),
+    };
+    request(settings, order_id, what, mode).await
+}
+
+/// The card of `--card-file`: `{"card_number": .., "expiry": "MM/YY"}`.
+/// Its number is read here and sent only to payment's cards service.
+pub fn read_card_file(path: &std::path::Path) -> anyhow::Result<PaymentCard> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|_| {
+        // The serde error may quote the file, the number with it.
+        anyhow::anyhow!("{} is not a JSON object of card_number and expiry", path.display())
+    })
+}
+
+/// Has payment's cards service keep `card` for the order: the change to
+/// send (its token and masked number), or, refused, the outcome (the
+/// reason printed; nothing is sent).
+pub async fn tokenize(
+    settings: &Settings,
+    order_id: Uuid,
+    card: PaymentCard,
+) -> anyhow::Result<Result<Change, Outcome>> {
+    let connection = connect(&settings.amqp_url, "orderflow-change")
+        .await
+        .with_context(|| format!("cannot connect to RabbitMQ at {}", settings.amqp_url_redacted()))?;
+    let client = DomainClient::open(&connection, &settings.broker_user()).await?;
+    let request = CardsRequest::Tokenize { order_id, card }.to_json();
+    let answer = client.call(DomainCopy::primary("cards"), &request, None, settings.domain_timeout).await;
+    client.close().await;
+    let _ = connection.close(200, "tokenized".into()).await;
+    match answer {
+        Ok(value) => {
+            let card: TokenizedCard =
+                serde_json::from_value(value).context("payment's cards service answered no token")?;
+            Ok(Ok(Change::Card { token: card.token, masked: card.masked }))
+        }
+        Err(error) => {
+            eprintln!("payment's cards service: {}; no change was sent", safe(&error.to_string()));
+            Ok(Err(match error {
+                ClientError::Refused(_) => Outcome::Declined,
+                ClientError::Unavailable(_) => Outcome::TimedOut,
+            }))
+        }
+    }
 }
 
 pub fn parse_ship_to(json: &str) -> anyhow::Result<ShipTo> {

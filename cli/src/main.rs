@@ -74,20 +74,9 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
             };
             publish::publish(&settings, orders, rate, directed).await.map(|_| Outcome::Done)
         }
-        Command::Change { id, ship_to, ship_to_file, shipping_method, mode } => {
-            let what = match (ship_to, ship_to_file, shipping_method) {
-                (Some(json), _, _) => {
-                    shared::change::Change::ShipTo { ship_to: change::parse_ship_to(&json)? }
-                }
-                (_, Some(file), _) => {
-                    let json = std::fs::read_to_string(&file)
-                        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-                    shared::change::Change::ShipTo { ship_to: change::parse_ship_to(&json)? }
-                }
-                (_, _, Some(method)) => shared::change::Change::ShippingMethod { shipping_method: method },
-                _ => unreachable!("clap requires --ship-to, --ship-to-file or --shipping-method"),
-            };
-            change::request(&settings, id, what, mode.mode()).await
+        Command::Change { id, ship_to, ship_to_file, shipping_method, card_file, mode } => {
+            let asked = change::Asked { ship_to, ship_to_file, shipping_method, card_file };
+            change::change(&settings, id, asked, mode.mode()).await
         }
         Command::Cancel { id, mode } => {
             change::request(&settings, id, shared::change::Change::Cancel, mode.mode()).await

@@ -205,6 +205,9 @@ impl Stack {
             .env("ORDERFLOW_RUN_DIR", &self.run_dir)
             .env("ORDERFLOW_HTTP_ADDR", &self.http_addr)
             .envs(self.config.broker.management_env())
+            // A declined card ends its order at once (the product's default
+            // is a day's wait for another card): a test of the wait sets its own.
+            .env("ORDERFLOW_PAYMENT_WAIT_S", "0")
             .envs(self.config.env.iter().map(|(k, v)| (k, v)))
             .envs(self.config.binary_env.iter().filter(|(b, _, _)| b == process).map(|(_, k, v)| (k, v)));
         command

@@ -1,5 +1,5 @@
-//! In-flight changes: a customer's request to change an order's address or
-//! shipping method, or to cancel it, while the order travels. Requests fan out
+//! In-flight changes: a customer's request to change an order's address,
+//! shipping method or card, or to cancel it, while the order travels. Requests fan out
 //! to every node; the node that holds the order (or next receives it) decides
 //! here, by plain rules, whether to apply or reject it.
 
@@ -17,9 +17,21 @@ const CHANGE_NAMESPACE: Uuid = Uuid::from_u128(0x6f72_6465_7266_6c6f_7763_6861_6
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Change {
-    ShipTo { ship_to: ShipTo },
-    ShippingMethod { shipping_method: String },
+    ShipTo {
+        ship_to: ShipTo,
+    },
+    ShippingMethod {
+        shipping_method: String,
+    },
     Cancel,
+    /// Pay with another card: the processor's token for it (issued for this
+    /// order by payment's cards service), never the number; `masked` is
+    /// the number as the service showed it (`************4242`).
+    Card {
+        token: String,
+        #[serde(default)]
+        masked: String,
+    },
 }
 
 impl Change {
@@ -29,6 +41,35 @@ impl Change {
             Change::ShipTo { .. } => ChangeType::ShipTo,
             Change::ShippingMethod { .. } => ChangeType::ShippingMethod,
             Change::Cancel => ChangeType::Cancel,
+            Change::Card { .. } => ChangeType::Card,
+        }
+    }
+
+    /// The change as records and books may keep it: a card change whose
+    /// token is not a token (a careless client's card number, 10 KB of
+    /// digits) keeps only its masked form, shortened.
+    pub fn shown(&self) -> Change {
+        match self {
+            Change::Card { token, masked } => Change::Card {
+                token: if crate::order::is_token(token) {
+                    token.clone()
+                } else {
+                    let stars = crate::order::mask_card(token);
+                    stars.chars().skip(stars.chars().count().saturating_sub(19)).collect()
+                },
+                masked: if is_masked_card(masked) { masked.clone() } else { String::new() },
+            },
+            other => other.clone(),
+        }
+    }
+
+    /// Why a change is refused on arrival, before any book keeps it: a card
+    /// change that is not a processor's token and a masked number (the
+    /// book would keep what a careless client put there, a number perhaps).
+    pub fn refused_on_arrival(&self) -> Option<String> {
+        match self {
+            Change::Card { token, masked } => validate_card(token, masked).err(),
+            _ => None,
         }
     }
 
@@ -40,6 +81,8 @@ impl Change {
             ),
             Change::ShippingMethod { shipping_method } => format!("shipping method {shipping_method}"),
             Change::Cancel => "cancel".to_string(),
+            Change::Card { masked, .. } if is_masked_card(masked) => format!("pay with card {masked}"),
+            Change::Card { .. } => "pay with another card".to_string(),
         }
     }
 }
@@ -147,7 +190,7 @@ impl ChangeEvent {
             at: Utc::now(),
             detail,
             version,
-            change: request.change.clone(),
+            change: request.change.shown(),
             trace_id: None,
         }
     }
@@ -216,6 +259,9 @@ pub fn decide(element: &OrderElement, request: &ChangeRequest, now: DateTime<Utc
         return Decision::Reject("the order is being cancelled or compensated".into());
     }
     let change_type = request.change.change_type();
+    if let (ChangeType::Card, Some(charge)) = (change_type, &element.charge) {
+        return Decision::Reject(format!("already charged on card ending {}", charge.card_last4));
+    }
     if let Some(cut_off) = WORKFLOW.closed_by(change_type, state) {
         return Decision::Reject(format!(
             "the {} cannot change: the order was already {cut_off}",
@@ -236,7 +282,37 @@ pub fn decide(element: &OrderElement, request: &ChangeRequest, now: DateTime<Utc
             Decision::Apply
         }
         Change::Cancel => Decision::Apply,
+        Change::Card { token, masked } => match validate_card(token, masked) {
+            Ok(()) => Decision::Apply,
+            Err(reason) => Decision::Reject(reason),
+        },
     }
+}
+
+/// Whether `masked` is a card number as a service shows it: stars, then its
+/// last four digits (13 to 19 characters in all).
+pub fn is_masked_card(masked: &str) -> bool {
+    let digits = masked.trim_start_matches('*');
+    (13..=19).contains(&masked.len()) && digits.len() == 4 && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A card change carries a processor's token (whose order the paying node
+/// checks in the vault) and perhaps its masked number: never a number.
+fn validate_card(token: &str, masked: &str) -> Result<(), String> {
+    if crate::order::is_card_number(token) || crate::order::is_card_number(&token.replace([' ', '-'], "")) {
+        return Err("a card change carries the processor's token for the card, never its number: \
+                    `orderflow change ID --card-file` has payment's cards service tokenize it"
+            .into());
+    }
+    if !(token.starts_with(crate::order::PROCESSOR_TOKEN_PREFIX) && crate::order::is_token(token)) {
+        return Err(
+            "the card change carries no token the card processor issues (ptok_ and 32 hex digits)".into()
+        );
+    }
+    if !masked.is_empty() && !is_masked_card(masked) {
+        return Err("the card change's masked number is not stars and four digits".into());
+    }
+    Ok(())
 }
 
 fn validate_ship_to(to: &ShipTo) -> Result<(), String> {
@@ -263,6 +339,11 @@ pub fn apply(element: &mut OrderElement, request: &ChangeRequest) {
     match &request.change {
         Change::ShipTo { ship_to } => element.order.ship_to = ship_to.clone(),
         Change::ShippingMethod { shipping_method } => element.order.shipping_method = shipping_method.clone(),
+        Change::Card { token, .. } => {
+            // The vault keeps the card's expiry with its number.
+            element.order.payment =
+                crate::order::PaymentCard { card_number: token.clone(), expiry: String::new() };
+        }
         Change::Cancel => {
             element.failure = Some(Failure {
                 ends_as: OrderState::Cancelled,
@@ -365,6 +446,55 @@ mod tests {
         assert!(
             matches!(decide(&at(OrderState::Accepted), &late, Utc::now()), Decision::Reject(m) if m.contains("deadline"))
         );
+    }
+
+    #[test]
+    fn a_card_change_carries_a_token_until_the_order_is_charged() {
+        let token = format!("ptok_{}", Uuid::new_v4().simple());
+        let card =
+            |token: &str, masked: &str| request(Change::Card { token: token.into(), masked: masked.into() });
+        let good = card(&token, "************4242");
+        assert_eq!(decide(&at(OrderState::Accepted), &good, Utc::now()), Decision::Apply);
+        assert_eq!(decide(&at(OrderState::AwaitingPayment), &good, Utc::now()), Decision::Apply);
+        assert_eq!(good.change.describe(), "pay with card ************4242");
+        let mut charged = at(OrderState::Charged);
+        charged.charge = Some(crate::order::Charge {
+            charge_id: Uuid::new_v4(),
+            amount_cents: 100,
+            card_last4: "1111".into(),
+        });
+        let reject = |element: &OrderElement, r: &ChangeRequest| match decide(element, r, Utc::now()) {
+            Decision::Reject(reason) => reason,
+            Decision::Apply => panic!("applied {:?}", r.change),
+        };
+        assert_eq!(reject(&charged, &good), "already charged on card ending 1111");
+        assert!(reject(&at(OrderState::Backordered), &good).contains("already charged"));
+        for (token, masked, why) in [
+            ("4111111111111111", "", "never its number"),
+            ("4111 1111 1111 1111", "", "never its number"),
+            ("tok_0123456789abcdef0123456789abcdef", "", "no token the card processor issues"),
+            ("ptok_xyz", "", "no token the card processor issues"),
+            (&"9".repeat(10_000), "", "no token"),
+            ("", "", "no token"),
+            (token.as_str(), "4111111111111111", "masked number"),
+            (token.as_str(), "\u{7}***4242", "masked number"),
+        ] {
+            let reason = reject(&at(OrderState::Accepted), &card(token, masked));
+            assert!(reason.contains(why), "{reason}");
+            assert!(!reason.contains("4111111111111111"), "the reason echoes no number: {reason}");
+        }
+        // A careless client's number is refused before any book keeps it, and no record shows it.
+        let careless = card("4111111111111111", "4111111111111111");
+        assert!(careless.change.refused_on_arrival().unwrap().contains("never its number"));
+        assert!(!format!("{:?}", careless.change.shown()).contains("4111111111111111"));
+        let record =
+            ChangeEvent::new(&careless, ChangeKind::ChangeRejected, "payment", "p-1", String::new(), 0);
+        assert!(!serde_json::to_string(&record).unwrap().contains("4111111111111111"));
+        assert_eq!(good.change.refused_on_arrival(), None);
+        assert_eq!(good.change.shown(), good.change);
+        let mut element = at(OrderState::AwaitingPayment);
+        apply(&mut element, &good);
+        assert_eq!(element.order.payment.card_number, token);
     }
 
     #[test]

@@ -38,6 +38,17 @@ pub const MAX_CHANGE_REQUEST_BYTES: usize = 8 * 1024;
 /// How often a book purges what is past its retention.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 
+/// A node's own check of a change its rules would apply, against what only
+/// that node can see (payment's vault: was the card change's token issued
+/// for this very order?). `Some(reason)` rejects the change.
+pub trait VetChange: Send + Sync {
+    fn vet<'a>(
+        &'a self,
+        element: &'a OrderElement,
+        request: &'a ChangeRequest,
+    ) -> futures::future::BoxFuture<'a, sqlx::Result<Option<String>>>;
+}
+
 /// The change request stored in `row`, unless the element already resolved it.
 fn unresolved(row: &sqlx::any::AnyRow, element: &OrderElement) -> sqlx::Result<Option<ChangeRequest>> {
     let request = serde_json::from_str::<ChangeRequest>(&row.try_get::<String, _>("request")?).ok();
@@ -53,6 +64,8 @@ pub struct ChangeBook {
     purged_at: std::sync::Mutex<Option<Instant>>,
     /// Who may change an order (checked before any other rule).
     authority: ChangeAuthority,
+    /// The node's own check, after the rules (see [`VetChange`]).
+    vetter: std::sync::OnceLock<std::sync::Arc<dyn VetChange>>,
 }
 
 /// Who may change orders in the stack the node `node` runs in.
@@ -111,7 +124,31 @@ impl ChangeBook {
             retention: settings.change_retention,
             purged_at: std::sync::Mutex::new(None),
             authority: change_authority(settings, node)?,
+            vetter: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Has every change the rules would apply checked by `vetter` too (set once).
+    pub fn vet_with(&self, vetter: std::sync::Arc<dyn VetChange>) {
+        let _ = self.vetter.set(vetter);
+    }
+
+    /// The decision on a pending request: who asks, the rules, the node's own check.
+    async fn decide_pending(
+        &self,
+        element: &OrderElement,
+        request: &ChangeRequest,
+    ) -> sqlx::Result<Decision> {
+        if let Err(reason) = self.authority.check(element, request) {
+            return Ok(Decision::Reject(reason));
+        }
+        let decision = decide(element, request, Utc::now());
+        if let (Decision::Apply, Some(vetter)) = (&decision, self.vetter.get()) {
+            if let Some(reason) = vetter.vet(element, request).await? {
+                return Ok(Decision::Reject(reason));
+            }
+        }
+        Ok(decision)
     }
 
     /// Serializes the decisions about one order (PostgreSQL; SQLite
@@ -130,6 +167,10 @@ impl ChangeBook {
 
     /// Records a change request heard on the fanout.
     pub async fn receive(&self, request: &ChangeRequest) -> sqlx::Result<Received> {
+        if let Some(reason) = request.change.refused_on_arrival() {
+            // Every node decides this alike: nothing of it is stored.
+            return Ok(Received::Reject(reason));
+        }
         let encoded = serde_json::to_string(request).map_err(|e| sqlx::Error::Encode(e.into()))?;
         if encoded.len() > MAX_CHANGE_REQUEST_BYTES {
             // Every node decides this alike, and applied/rejected share one event id.
@@ -292,10 +333,7 @@ impl ChangeBook {
             let status: String = row.try_get("status")?;
             let decision = match status.as_str() {
                 "pending" => {
-                    let decision = match self.authority.check(&element, &request) {
-                        Ok(()) => decide(&element, &request, Utc::now()),
-                        Err(reason) => Decision::Reject(reason),
-                    };
+                    let decision = self.decide_pending(&element, &request).await?;
                     let (status, reason) = match &decision {
                         Decision::Apply => ("applied", String::new()),
                         Decision::Reject(reason) => ("rejected", reason.clone()),

@@ -197,6 +197,35 @@ impl RecordRequest {
     }
 }
 
+/// Payment's cards service (the `cards` domain, answered by the payment
+/// node): a card for an order becomes the card processor's token, which a
+/// card change carries instead of the number.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum CardsRequest {
+    /// The processor's token for `card`, bound to `order_id` (it pays for
+    /// that order only); the same card for the same order gets the same token.
+    Tokenize {
+        order_id: uuid::Uuid,
+        card: crate::order::PaymentCard,
+    },
+    Status {},
+}
+
+impl CardsRequest {
+    /// The request as it travels (`{"op": ..., ...}`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("a request always serializes")
+    }
+}
+
+/// The cards service's answer to `tokenize`: the token and the number as anyone may see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenizedCard {
+    pub token: String,
+    pub masked: String,
+}
+
 /// The stock domain's requests (answered by the node that serves it, inventory).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]

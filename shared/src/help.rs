@@ -92,6 +92,11 @@ pub const VARIABLES: &[Variable] = &[
         "seconds a backordered order waits for received items before it ends out_of_stock (refunded)",
     ),
     var(
+        "ORDERFLOW_PAYMENT_WAIT_S",
+        "86400",
+        "seconds an order whose card was declined waits at payment (awaiting_payment) for another card before it ends payment_declined; 0 ends it at once",
+    ),
+    var(
         "ORDERFLOW_DISTRIBUTOR_DELAY_MS",
         "2000",
         "distributor-sim: milliseconds between taking a purchase order and shipping it (a lead time, shortened)",
@@ -167,6 +172,7 @@ pub const COORDINATOR: &[&str] = &[
     "ORDERFLOW_CALL_TIMEOUT_MS",
     "ORDERFLOW_METRICS_ADDR",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "ORDERFLOW_PAYMENT_WAIT_S",
 ];
 
 /// What a domain process reads besides [`CONNECTION`].
@@ -184,6 +190,9 @@ pub const DOMAIN: &[&str] = &[
 
 /// What inventory reads besides a node's settings: its backorders.
 pub const INVENTORY: &[&str] = &["ORDERFLOW_BACKORDER_WAIT_S", "ORDERFLOW_DOMAIN_TIMEOUT_MS"];
+
+/// What payment reads besides a node's settings: how long a declined order waits.
+pub const PAYMENT: &[&str] = &["ORDERFLOW_PAYMENT_WAIT_S"];
 
 /// What the simulated distributors read besides [`CONNECTION`].
 pub const DISTRIBUTOR_SIM: &[&str] =
@@ -213,6 +222,7 @@ pub fn group(reads: topology::Reads) -> &'static [&'static str] {
         Reads::Node => NODE,
         Reads::Picklist => PICKLIST,
         Reads::Inventory => INVENTORY,
+        Reads::Payment => PAYMENT,
         Reads::Tracker => TRACKER,
         Reads::Coordinator => COORDINATOR,
         Reads::Domain => DOMAIN,

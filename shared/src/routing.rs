@@ -32,6 +32,15 @@ pub fn check_arrival(node: Node, element: &OrderElement) -> Result<(), StageErro
     )))
 }
 
+/// [`check_arrival`] for a service call: a call may also bring an element
+/// back to the node that keeps it waiting (`Workflow::resumes`).
+pub fn check_call_arrival(node: Node, element: &OrderElement) -> Result<(), StageError> {
+    if WORKFLOW.resumes(node, element.state) {
+        return Ok(());
+    }
+    check_arrival(node, element)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

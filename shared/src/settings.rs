@@ -70,6 +70,9 @@ pub struct Settings {
     /// `ORDERFLOW_BACKORDER_WAIT_S`: how long a backordered order waits for
     /// received items before it ends out of stock.
     pub backorder_wait: Duration,
+    /// `ORDERFLOW_PAYMENT_WAIT_S`: how long an order whose card was
+    /// declined waits for another card (0: it ends `payment_declined` at once).
+    pub payment_wait: Duration,
     /// `ORDERFLOW_DISTRIBUTOR_DELAY_MS`: how long after taking a purchase
     /// order the simulated distributors ship it.
     pub distributor_delay: Duration,
@@ -117,6 +120,7 @@ impl Settings {
             call_timeout: Duration::from_secs(5),
             domain_timeout: Duration::from_secs(3),
             backorder_wait: Duration::from_secs(600),
+            payment_wait: Duration::ZERO,
             distributor_delay: Duration::from_secs(2),
             region: None,
             publish_patience: Duration::from_secs(120),
@@ -210,6 +214,7 @@ impl Settings {
             call_timeout: duration("ORDERFLOW_CALL_TIMEOUT_MS", MS, 1, DAY_S * 1000)?,
             domain_timeout: duration("ORDERFLOW_DOMAIN_TIMEOUT_MS", MS, 1, 600_000)?,
             backorder_wait: backorder_wait()?,
+            payment_wait: duration("ORDERFLOW_PAYMENT_WAIT_S", S, 0, 365 * DAY_S)?,
             distributor_delay: duration("ORDERFLOW_DISTRIBUTOR_DELAY_MS", MS, 0, DAY_S * 1000)?,
             region: var("ORDERFLOW_REGION").filter(|region| region != "primary"),
             publish_patience: duration("ORDERFLOW_PUBLISH_PATIENCE_S", S, 0, 3650 * DAY_S)?,

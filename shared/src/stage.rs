@@ -104,6 +104,12 @@ pub trait Stage: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Outcome>, StageError>> + Send {
         async { Ok(None) }
     }
+
+    /// The node's own check of the changes its change book would apply
+    /// (payment's and intake's: a card change's token issued for the order).
+    fn change_vetter(&self) -> Option<std::sync::Arc<dyn crate::change_book::VetChange>> {
+        None
+    }
 }
 
 /// A node that aggregates elements and releases them in batches (the picklist).

@@ -50,6 +50,7 @@ mod audit_batches;
 mod backorders;
 mod bad_input;
 mod bench_smoke;
+mod card_changes;
 mod changes;
 mod cli;
 mod compose;

@@ -238,7 +238,7 @@ async fn forgeries_by_the_stacks_own_users_are_refused_and_the_orders_go_on() {
 }
 
 /// Every place a dead letter, a log line or a store could keep text, as text.
-async fn everything_kept(stack: &Stack, ids: &[Uuid]) -> String {
+pub(crate) async fn everything_kept(stack: &Stack, ids: &[Uuid]) -> String {
     let mut kept = String::new();
     for entry in std::fs::read_dir(&stack.run_dir).unwrap() {
         let path = entry.unwrap().path();

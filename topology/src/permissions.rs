@@ -169,10 +169,17 @@ pub fn grant(role: Role) -> Grant {
         // Places orders (at intake, or directed through the coordinator) and
         // calls intake's service, the public door; the later services take
         // calls only from the coordinator and the operator. It reads no
-        // domain, posts no receipt and writes no record.
+        // domain, posts no receipt and writes no record; of the domains it
+        // may call only payment's cards service (a new card for its order).
         Role::Publisher => Grant {
             configure: exact(&[]),
-            write: exact(&[WORKFLOW_EXCHANGE, AUDIT_EXCHANGE, CHANGES_EXCHANGE, SERVICES_EXCHANGE]),
+            write: exact(&[
+                WORKFLOW_EXCHANGE,
+                AUDIT_EXCHANGE,
+                CHANGES_EXCHANGE,
+                SERVICES_EXCHANGE,
+                DOMAINS_EXCHANGE,
+            ]),
             read: exact(&[]),
             topic: vec![
                 topic(
@@ -181,6 +188,8 @@ pub fn grant(role: Role) -> Grant {
                     exact(&[]),
                 ),
                 topic(SERVICES_EXCHANGE, exact(&[&crate::WORKFLOW.door().service_routing_key()]), exact(&[])),
+                // Payment's cards service: a new card for its order becomes a token.
+                topic(DOMAINS_EXCHANGE, exact(&[&DomainCopy::primary("cards").routing_key()]), exact(&[])),
                 topic(
                     AUDIT_EXCHANGE,
                     "^audit\\.publisher\\.(placed|change_requested)$".to_string(),
@@ -365,7 +374,8 @@ mod tests {
         assert_eq!(g.configure, "^$", "a node may not declare, and so not delete, any queue");
         assert_eq!(
             g.read,
-            "^(orderflow\\.payment|orderflow\\.changes\\.payment|orderflow\\.service\\.payment)$"
+            "^(orderflow\\.payment|orderflow\\.changes\\.payment|orderflow\\.service\\.payment|orderflow\\.domain\\.cards)$",
+            "its own queues, and the cards service it answers"
         );
         let on =
             |g: &Grant, exchange: &str| g.topic.iter().find(|t| t.exchange == exchange).cloned().unwrap();

@@ -27,6 +27,9 @@ pub async fn run_stage<S: Stage>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let ctx = Arc::new(NodeContext::for_node(&settings, S::NODE, settings.prefetch).await?);
+    if let (Some(book), Some(vetter)) = (&ctx.book, stage.change_vetter()) {
+        book.vet_with(vetter);
+    }
     let stage = Arc::new(stage);
     supervise(&settings, &ctx, &shutdown, |connection| {
         serve(connection, ctx.clone(), stage.clone(), shutdown.clone())

@@ -34,7 +34,7 @@ use lapin::{
 };
 use shared::call_book::{Answered, CallBook};
 use shared::order::{OrderElement, OrderState, SCHEMA_VERSION};
-use shared::routing::check_arrival;
+use shared::routing::check_call_arrival;
 use shared::service::{Call, CallError, CallResult, ReplyTo, StepDone, CALLER_HEADER, RESULT_TYPE};
 use shared::stage::{BatchStage, Outcome, Stage, StageError};
 use std::{future::Future, sync::Arc};
@@ -213,7 +213,7 @@ async fn answer<S: Service>(
         Ok(decoded) => decoded,
         Err(error) => return Ok(failed(error.to_string(), false)),
     };
-    if let Err(StageError::Permanent(reason)) = check_arrival(node, &element) {
+    if let Err(StageError::Permanent(reason)) = check_call_arrival(node, &element) {
         return Ok(failed(reason, false));
     }
     let directed = call.directed && ctx.trust.is_role(caller, Role::Coordinator);

@@ -31,6 +31,8 @@ pub const DOMAINS: &[DomainDef] = &[
     DomainDef { name: "customer", replicas: &["uk", "de"], served_by: None, receives: None },
     DomainDef { name: "catalog", replicas: &[], served_by: None, receives: None },
     DomainDef { name: "distributor", replicas: &[], served_by: None, receives: None },
+    // Payment's cards service: a card for an order becomes the processor's token.
+    DomainDef { name: "cards", replicas: &[], served_by: Some(Node::Payment), receives: None },
     DomainDef {
         name: "stock",
         replicas: &[],

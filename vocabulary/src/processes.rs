@@ -249,7 +249,8 @@ mod tests {
         assert_eq!(names(), expected);
         assert_eq!(binary_of("customer-uk"), ("customer", Some("uk")));
         assert_eq!(binary_of("payment"), ("payment", None));
-        assert_eq!(Process::find("payment").unwrap().reads(), [Reads::Node]);
+        assert_eq!(Process::find("shipping").unwrap().reads(), [Reads::Node]);
+        assert_eq!(Process::find("payment").unwrap().reads(), [Reads::Node, Reads::Payment]);
         assert_eq!(Process::find("picklist").unwrap().reads(), [Reads::Node, Reads::Picklist]);
         let hearers: Vec<&str> =
             Process::all().into_iter().filter(|p| p.hears_changes()).map(Process::name).collect();

@@ -9,6 +9,8 @@ pub enum Reads {
     Picklist,
     /// Inventory's backorders and its questions to the distributor domain.
     Inventory,
+    /// Payment's wait for another card.
+    Payment,
     Tracker,
     Coordinator,
     /// What a domain's process reads (its region included).

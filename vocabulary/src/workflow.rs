@@ -107,6 +107,9 @@ impl OrderState {
     pub const Rejected: OrderState = OrderState("rejected");
     pub const Charged: OrderState = OrderState("charged");
     pub const PaymentDeclined: OrderState = OrderState("payment_declined");
+    /// The card was declined: the order waits at payment for another card
+    /// (a `card` change) until its wait runs out (then `payment_declined`).
+    pub const AwaitingPayment: OrderState = OrderState("awaiting_payment");
     pub const Reserved: OrderState = OrderState("reserved");
     /// Inventory could not reserve every item; the order is on its way to exceptions.
     pub const StockShort: OrderState = OrderState("stock_short");
@@ -310,6 +313,8 @@ pub enum ChangeType {
     ShipTo,
     ShippingMethod,
     Cancel,
+    /// Another card for the order (a processor's token only).
+    Card,
 }
 
 impl ChangeType {
@@ -319,6 +324,7 @@ impl ChangeType {
             ChangeType::ShipTo => "ship-to address",
             ChangeType::ShippingMethod => "shipping method",
             ChangeType::Cancel => "order",
+            ChangeType::Card => "card",
         }
     }
 }
@@ -359,6 +365,7 @@ pub const WORKFLOW: Workflow = Workflow {
         state(OrderState::Placed, Forward),
         state(OrderState::Accepted, Forward),
         state(OrderState::Charged, Forward),
+        state(OrderState::AwaitingPayment, Waiting),
         state(OrderState::Reserved, Forward),
         state(OrderState::Backordered, Waiting),
         state(OrderState::Picked, Forward),
@@ -385,13 +392,16 @@ pub const WORKFLOW: Workflow = Workflow {
         ).needing_card(),
         NodeDef::new(
             Node::Payment,
-            "The payment node of orderflow: charges each accepted order's card once through the simulated card processor.",
+            "The payment node of orderflow: charges each accepted order's card once through the simulated card processor; keeps an order whose card was declined waiting for another card (a card change) until its wait runs out; answers the cards service (a card for an order becomes the processor's token).",
             &[
                 Emit::of(OrderState::Charged),
+                // Waits here; released later as charged (a new card paid),
+                // payment_declined (its wait ran out) or cancelled.
+                Emit::of(OrderState::AwaitingPayment),
                 Emit::of(OrderState::PaymentDeclined),
                 Emit::of(OrderState::Cancelled),
             ],
-        ).needing_card(),
+        ).reading(&[Reads::Payment]).needing_card(),
         NodeDef::new(
             Node::Inventory,
             "The inventory node of orderflow: reserves each charged order's items from the stock it alone owns, or backorders them (purchase orders to the distributors) when a distributor supplies what is short; answers the stock domain's requests and takes the received items, one at a time in order of arrival, releasing the backorders they cover, oldest first.",
@@ -452,7 +462,11 @@ pub const WORKFLOW: Workflow = Workflow {
         route(OrderState::Cancelling, Always, Node::Exceptions),
         route(OrderState::StockReleased, Always, Node::Exceptions),
     ],
-    cut_offs: &[CutOff { change: ChangeType::ShippingMethod, from: OrderState::Picked }],
+    cut_offs: &[
+        CutOff { change: ChangeType::ShippingMethod, from: OrderState::Picked },
+        // Once charged, the card the order was paid with stays.
+        CutOff { change: ChangeType::Card, from: OrderState::Charged },
+    ],
 };
 
 impl Workflow {
@@ -506,6 +520,16 @@ impl Workflow {
     /// message: no allocation).
     pub fn accepts_state(&self, node: Node, state: OrderState) -> bool {
         self.routes.iter().any(|r| r.to == node && r.state == state)
+    }
+
+    /// Whether the coordinator may bring an element in `state` back to
+    /// `node` with a call: a waiting state the node itself leaves elements
+    /// in (a directed order declined at payment is kept by the coordinator,
+    /// which calls payment again with the new card, or when its wait ran
+    /// out). No route takes a waiting state: the workflow's queues never do.
+    pub fn resumes(&self, node: Node, state: OrderState) -> bool {
+        self.kind(state) == Some(StateKind::Waiting)
+            && self.node_def(node).is_some_and(|def| def.produces.iter().any(|e| e.state == state))
     }
 
     /// The states `node` produces.
@@ -598,7 +622,8 @@ impl Workflow {
     }
 
     /// `from` and every state reachable from it through forward routes and
-    /// the nodes' forward (or terminal) products.
+    /// the nodes' forward, waiting (a backordered order was charged) or
+    /// terminal products.
     fn forward_closure(&self, from: OrderState) -> Vec<OrderState> {
         let mut seen = vec![from];
         let mut next = 0;
@@ -607,7 +632,7 @@ impl Workflow {
             next += 1;
             for route in self.routes.iter().filter(|r| r.state == state) {
                 for produced in self.produces(route.to) {
-                    let onward = matches!(self.kind(produced), Some(Forward | Terminal));
+                    let onward = matches!(self.kind(produced), Some(Forward | Waiting | Terminal));
                     if onward && !seen.contains(&produced) {
                         seen.push(produced);
                     }
@@ -743,6 +768,25 @@ mod tests {
         assert_eq!(closed(OrderState::Picked), Some(OrderState::Picked));
         assert_eq!(closed(OrderState::Rebinned), Some(OrderState::Picked));
         assert_eq!(WORKFLOW.closed_by(ChangeType::ShipTo, OrderState::Rebinned), None);
+    }
+
+    /// A card may change until the order is charged: while it waits for a
+    /// card at payment, not once it waits for stock at inventory.
+    #[test]
+    fn the_card_closes_once_charged() {
+        let closed = |s| WORKFLOW.closed_by(ChangeType::Card, s);
+        assert_eq!(closed(OrderState::Placed), None);
+        assert_eq!(closed(OrderState::Accepted), None);
+        assert_eq!(closed(OrderState::AwaitingPayment), None);
+        assert_eq!(closed(OrderState::Charged), Some(OrderState::Charged));
+        assert_eq!(closed(OrderState::Backordered), Some(OrderState::Charged));
+        assert_eq!(closed(OrderState::Picked), Some(OrderState::Charged));
+        assert_eq!(WORKFLOW.producers(OrderState::AwaitingPayment), [Node::Payment]);
+        assert_eq!(WORKFLOW.kind(OrderState::AwaitingPayment), Some(StateKind::Waiting));
+        assert!(WORKFLOW.resumes(Node::Payment, OrderState::AwaitingPayment));
+        assert!(!WORKFLOW.accepts_state(Node::Payment, OrderState::AwaitingPayment), "no route takes it");
+        assert!(!WORKFLOW.resumes(Node::Inventory, OrderState::AwaitingPayment));
+        assert!(!WORKFLOW.resumes(Node::Payment, OrderState::Accepted), "not a waiting state");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod domain_reads;
 pub mod domains;
 pub mod inventory;
 pub mod metrics;
+pub mod payment;
 pub mod process;
 pub mod processor;
 pub mod stages;

@@ -2,5 +2,5 @@
 //! the process table (`topology::Process`).
 
 fn main() -> std::process::ExitCode {
-    workers::main("payment", workers::stages::payment::run)
+    workers::main("payment", workers::payment::run)
 }

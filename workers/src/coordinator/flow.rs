@@ -45,7 +45,9 @@ pub fn refuse_reply(called: &str, sent: &OrderElement, result: &CallResult) -> O
         ));
     }
     let produced = topology::WORKFLOW.produces(node).contains(&element.state);
-    if !produced || !topology::WORKFLOW.accepts_state(node, sent.state) {
+    let takes =
+        topology::WORKFLOW.accepts_state(node, sent.state) || topology::WORKFLOW.resumes(node, sent.state);
+    if !produced || !takes {
         return Some(format!("{called} cannot take an order from {} to {}", sent.state, element.state));
     }
     None
@@ -55,6 +57,19 @@ pub fn refuse_reply(called: &str, sent: &OrderElement, result: &CallResult) -> O
 /// `None` when its travel ended.
 pub fn next_service(element: &OrderElement) -> Option<Node> {
     next_node(element)
+}
+
+/// The node an order waits at, when it waits (a waiting state of the
+/// definition: declined at payment), and whether it still waits: `false`
+/// once a change brought what it waits for (a card change: the processor's
+/// token in its card field, where a decline leaves the masked number).
+pub fn kept_waiting(element: &OrderElement) -> Option<(Node, bool)> {
+    if topology::WORKFLOW.kind(element.state) != Some(topology::workflow::StateKind::Waiting) {
+        return None;
+    }
+    let node = *topology::WORKFLOW.producers(element.state).first()?;
+    let new_card = element.order.payment.card_number.starts_with(shared::order::PROCESSOR_TOKEN_PREFIX);
+    Some((node, !new_card))
 }
 
 /// The call of `service` for `element`, answered to the coordinator's replies queue.
@@ -127,6 +142,26 @@ mod tests {
         assert_eq!(next_service(&element(OrderState::StockShort)), Some(Node::Exceptions));
         assert_eq!(next_service(&element(OrderState::Shipped)), None);
         assert_eq!(next_service(&element(OrderState::PaymentDeclined)), None);
+    }
+
+    /// A directed order declined at payment waits there (its call held)
+    /// until a card change brings a processor's token; payment's answer to
+    /// the call that brings it back is taken.
+    #[test]
+    fn a_declined_order_waits_at_payment_until_a_new_card() {
+        let mut declined = element(OrderState::AwaitingPayment);
+        declined.order.payment.card_number = "************0002".into();
+        assert_eq!(next_service(&declined), None, "no route takes a waiting state");
+        assert_eq!(kept_waiting(&declined), Some((Node::Payment, true)));
+        declined.order.payment.card_number = format!("ptok_{}", Uuid::new_v4().simple());
+        assert_eq!(kept_waiting(&declined), Some((Node::Payment, false)));
+        assert_eq!(kept_waiting(&element(OrderState::Accepted)), None);
+        let charged = CallResult {
+            element: Some(OrderElement { state: OrderState::Charged, ..declined.clone() }),
+            ..CallResult::done("r", "payment", declined.clone(), Vec::new())
+        };
+        assert_eq!(refuse_reply("payment", &declined, &charged), None);
+        assert!(refuse_reply("inventory", &declined, &charged).is_some());
     }
 
     #[test]

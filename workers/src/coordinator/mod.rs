@@ -76,6 +76,8 @@ pub struct Coordinator {
     call_timeout: Duration,
     /// The card processor: its vault takes the directed orders' card numbers.
     processor: crate::processor::Processor,
+    /// How long an order declined at payment waits for another card.
+    payment_wait: Duration,
 }
 
 /// Runs the coordinator until shutdown.
@@ -90,13 +92,18 @@ pub fn run(
 async fn run_until(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut ctx =
         NodeContext::new(&settings, NAME, topology::COORDINATOR_QUEUE.to_string(), settings.prefetch)?;
-    ctx.book = Some(shared::change_book::ChangeBook::open(&settings, NAME).await?);
+    let processor = crate::processor::Processor::open(&settings).await?;
+    let book = shared::change_book::ChangeBook::open(&settings, NAME).await?;
+    // A card change for a directed order: its token must be the vault's, for that order.
+    book.vet_with(Arc::new(processor.clone()));
+    ctx.book = Some(book);
     ctx.changes_queue = Some(topology::COORDINATOR_CHANGES_QUEUE.to_string());
     let coordinator = Arc::new(Coordinator {
         ctx: Arc::new(ctx),
         store: CoordinatorStore::open(&settings).await?,
         call_timeout: settings.call_timeout,
-        processor: crate::processor::Processor::open(&settings).await?,
+        processor,
+        payment_wait: settings.payment_wait,
     });
     let ctx = &coordinator.ctx;
     supervise(&settings, ctx, &shutdown, |connection| {
@@ -175,6 +182,7 @@ async fn serve(
                     let (coordinator, publisher) = (coordinator.clone(), publisher.clone());
                     tasks.spawn(async move {
                         coordinator.resend_due(&publisher).await;
+                        coordinator.look_after_waiting(&publisher).await;
                         drop(guard);
                     });
                 }
@@ -235,7 +243,7 @@ impl Coordinator {
             next.trace = Some(trace.header());
             let record = self.store.place(next).await?;
             // Sent again on a redelivery too: a call is idempotent by its request id.
-            if let Some(pending) = &record.pending {
+            if let Some(pending) = record.pending.as_ref().filter(|_| !record.waiting) {
                 self.call(publisher, &record.element, pending, &trace).await?;
             }
             Ok(())
@@ -334,7 +342,7 @@ impl Coordinator {
                 transport::message::stamp_trace(&mut decided, trace);
                 publisher.publish_all_patiently(&decided, transport::publisher::BROKER_PATIENCE).await?;
                 let next = self.next_for(&element);
-                let call = next.pending.clone();
+                let call = next.pending.clone().filter(|_| !next.waiting);
                 let moved = self
                     .store
                     .advance(&pending.request_id, (&pending.service, "done", &detail), next)
@@ -393,23 +401,81 @@ impl Coordinator {
     }
 
     /// What the record of `element` becomes: its next call, or its end.
+    /// An order waiting at a node (declined at payment) holds its call to
+    /// that node until a change brings what it waits for (a new card), or
+    /// until its wait runs out (the node then ends it).
     fn next_for<'a>(&self, element: &'a OrderElement) -> Next<'a> {
-        match flow::next_service(element) {
-            Some(service) => Next {
-                element,
-                trace: None,
-                status: Status::Calling,
-                pending: Some(Pending {
-                    service: service.name().to_string(),
-                    request_id: flow::request_id(),
-                }),
-                due_at: now_ms() + self.call_timeout.as_millis() as i64,
-                reason: None,
-            },
-            None => {
-                Next { element, trace: None, status: Status::Done, pending: None, due_at: 0, reason: None }
+        let (service, waiting) = match (flow::next_service(element), flow::kept_waiting(element)) {
+            (Some(service), _) => (service, None),
+            (None, Some((node, waits))) => (node, Some(waits)),
+            (None, None) => {
+                let status = Status::Done;
+                return Next {
+                    element,
+                    trace: None,
+                    status,
+                    pending: None,
+                    due_at: 0,
+                    reason: None,
+                    waiting: false,
+                };
+            }
+        };
+        let pending = Pending { service: service.name().to_string(), request_id: flow::request_id() };
+        let wait = if waiting == Some(true) { self.payment_wait } else { self.call_timeout };
+        Next {
+            element,
+            trace: None,
+            status: Status::Calling,
+            pending: Some(pending),
+            due_at: now_ms() + wait.as_millis() as i64,
+            reason: None,
+            waiting: waiting == Some(true),
+        }
+    }
+
+    /// The orders waiting at a node: the changes heard for each are decided
+    /// on the coordinator's copy; one that brings what it waits for (a new
+    /// card) calls its node again at once, a cancel ends it, another change
+    /// (a new address) is kept while it waits on.
+    async fn look_after_waiting(&self, publisher: &Publisher) {
+        let waiting = match self.store.waiting(RESEND_BATCH).await {
+            Ok(waiting) => waiting,
+            Err(error) => return tracing::warn!(%error, "could not read the waiting orders"),
+        };
+        for record in waiting {
+            let order_id = record.element.order_id;
+            if let Err(Passing(error)) = self.resume_if_changed(publisher, record).await {
+                tracing::warn!(%order_id, error, "could not decide a waiting order's changes; trying again");
             }
         }
+    }
+
+    async fn resume_if_changed(&self, publisher: &Publisher, record: store::Record) -> Result<(), Passing> {
+        let (Some(book), Some(pending)) = (&self.ctx.book, &record.pending) else { return Ok(()) };
+        if !book.may_have_changes(record.element.order_id).await? {
+            return Ok(());
+        }
+        let (element, mut decided) = self.decide_changes(record.element.clone()).await?;
+        if decided.is_empty() {
+            return Ok(());
+        }
+        let trace = record.trace.as_deref().and_then(TraceContext::parse);
+        let trace = trace.unwrap_or_else(|| TraceContext::of_order(element.order_id));
+        transport::message::stamp_trace(&mut decided, &trace);
+        publisher.publish_all_patiently(&decided, transport::publisher::BROKER_PATIENCE).await?;
+        let mut next = self.next_for(&element);
+        if next.waiting {
+            // Still waiting (a new address): its wait goes on as it was.
+            next.due_at = record.due_at;
+        }
+        let call = next.pending.clone().filter(|_| !next.waiting);
+        let detail = format!("{} change(s) decided while it waited", decided.len());
+        let moved = self.store.advance(&pending.request_id, (NAME, "changed", &detail), next).await?;
+        if let (true, Some(call)) = (moved, call) {
+            self.call(publisher, &element, &call, &trace).await?;
+        }
+        Ok(())
     }
 
     /// Sends a call (confirmed).
@@ -448,8 +514,15 @@ impl Coordinator {
         transport::message::stamp_trace(&mut letter, trace);
         publisher.publish_all_patiently(&letter, transport::publisher::BROKER_PATIENCE).await?;
         let failed = Some(reason.clone());
-        let next =
-            Next { element, trace: None, status: Status::Failed, pending: None, due_at: 0, reason: failed };
+        let next = Next {
+            element,
+            trace: None,
+            status: Status::Failed,
+            pending: None,
+            due_at: 0,
+            reason: failed,
+            waiting: false,
+        };
         self.store.advance(&pending.request_id, (&pending.service, "failed", &reason), next).await?;
         Ok(())
     }

@@ -17,7 +17,8 @@ use uuid::Uuid;
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS coordinator_orders (order_id TEXT PRIMARY KEY, element TEXT NOT NULL, \
      status TEXT NOT NULL, service TEXT, request_id TEXT, sent BIGINT NOT NULL, attempts BIGINT NOT NULL, \
-     due_at BIGINT NOT NULL, updated_at BIGINT NOT NULL, reason TEXT, trace TEXT)",
+     due_at BIGINT NOT NULL, updated_at BIGINT NOT NULL, reason TEXT, trace TEXT, \
+     waiting BIGINT NOT NULL DEFAULT 0)",
     "CREATE INDEX IF NOT EXISTS coordinator_orders_by_request ON coordinator_orders (request_id)",
     "CREATE INDEX IF NOT EXISTS coordinator_orders_by_due ON coordinator_orders (status, due_at)",
     "CREATE TABLE IF NOT EXISTS coordinator_steps (request_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, \
@@ -72,6 +73,11 @@ pub struct Record {
     pub attempts: i64,
     /// The order's `traceparent` as it was placed (its calls continue it).
     pub trace: Option<String>,
+    /// The pending call waits for a change (a new card) or for `due_at`
+    /// (the wait ran out): it is not sent before either.
+    pub waiting: bool,
+    /// When the pending call is (next) due.
+    pub due_at: i64,
 }
 
 /// What a record becomes after a step: its element and its next call (or its end).
@@ -83,6 +89,8 @@ pub struct Next<'a> {
     pub pending: Option<Pending>,
     pub due_at: i64,
     pub reason: Option<String>,
+    /// The call is held until a change or `due_at` (see [`Record::waiting`]).
+    pub waiting: bool,
 }
 
 /// One step's move, owned by its write (which may run twice).
@@ -96,13 +104,14 @@ struct Advance {
     pending: (Option<String>, Option<String>),
     due_at: i64,
     reason: Option<String>,
+    waiting: bool,
 }
 
 impl Advance {
     async fn run(&self, connection: &mut sqlx::AnyConnection) -> sqlx::Result<bool> {
         let moved = sqlx::query(
             "UPDATE coordinator_orders SET element = $1, status = $2, service = $3, request_id = $4, sent = 1, \
-             attempts = 0, due_at = $5, updated_at = $6, reason = $7 \
+             attempts = 0, due_at = $5, updated_at = $6, reason = $7, waiting = $10 \
              WHERE order_id = $8 AND request_id = $9 AND status = 'calling'",
         )
         .bind(&self.element)
@@ -114,6 +123,7 @@ impl Advance {
         .bind(self.reason.clone())
         .bind(&self.order_id)
         .bind(&self.answered)
+        .bind(i64::from(self.waiting))
         .execute(&mut *connection)
         .await?
         .rows_affected();
@@ -165,15 +175,18 @@ fn record(row: &sqlx::any::AnyRow) -> sqlx::Result<Record> {
         sent: row.try_get("sent")?,
         attempts: row.try_get("attempts")?,
         trace: row.try_get("trace")?,
+        waiting: row.try_get::<i64, _>("waiting")? != 0,
+        due_at: row.try_get("due_at")?,
     })
 }
 
-const COLUMNS: &str = "element, status, service, request_id, sent, attempts, trace";
+const COLUMNS: &str = "element, status, service, request_id, sent, attempts, trace, waiting, due_at";
 
 impl CoordinatorStore {
     pub async fn open(settings: &Settings) -> anyhow::Result<CoordinatorStore> {
         let store = Store::open(settings, "coordinator").await?;
         store.add_column("coordinator_orders", "trace TEXT").await?;
+        store.add_column("coordinator_orders", "waiting BIGINT NOT NULL DEFAULT 0").await?;
         store.migrate(SCHEMA).await?;
         Ok(CoordinatorStore { store })
     }
@@ -258,6 +271,7 @@ impl CoordinatorStore {
             pending: (service, request_id),
             due_at: next.due_at,
             reason: next.reason.clone(),
+            waiting: next.waiting,
         });
         self.store
             .write(move |connection| {
@@ -296,11 +310,23 @@ impl CoordinatorStore {
         rows.iter().map(record).collect()
     }
 
+    /// The orders whose pending call waits for a change (a new card), oldest first.
+    pub async fn waiting(&self, limit: i64) -> sqlx::Result<Vec<Record>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM coordinator_orders WHERE status = 'calling' AND waiting = 1 \
+             ORDER BY due_at LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(&self.store.pool)
+        .await?;
+        rows.iter().map(record).collect()
+    }
+
     /// Claims a due call for sending again (counted in `sent`), until
     /// `due_at`; false when another instance claimed it or it was answered.
     pub async fn claim_resend(&self, request_id: &str, sent: i64, due_at: i64) -> sqlx::Result<bool> {
         let updated = sqlx::query(
-            "UPDATE coordinator_orders SET sent = $1, due_at = $2, updated_at = $3 \
+            "UPDATE coordinator_orders SET sent = $1, due_at = $2, updated_at = $3, waiting = 0 \
              WHERE request_id = $4 AND status = 'calling' AND sent = $5",
         )
         .bind(sent + 1)

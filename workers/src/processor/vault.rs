@@ -153,6 +153,31 @@ impl Processor {
     }
 }
 
+/// A card change is applied only with a token the vault issued for that
+/// very order (and, when it shows a masked number, that card's): a token
+/// leaked from another order, or made up, is refused with the reason.
+impl shared::change_book::VetChange for Processor {
+    fn vet<'a>(
+        &'a self,
+        element: &'a shared::OrderElement,
+        request: &'a shared::change::ChangeRequest,
+    ) -> futures::future::BoxFuture<'a, sqlx::Result<Option<String>>> {
+        Box::pin(async move {
+            let shared::change::Change::Card { token, masked } = &request.change else { return Ok(None) };
+            Ok(match self.card(token).await? {
+                None => Some("the card token is not one the processor issued".into()),
+                Some(kept) if kept.order_id != element.order_id => {
+                    Some("the card token was issued for another order".into())
+                }
+                Some(kept) if !masked.is_empty() && *masked != kept.masked => {
+                    Some(format!("the masked number {masked} is not the card's behind the token"))
+                }
+                Some(_) => None,
+            })
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -198,6 +198,12 @@ impl Intake {
 impl Stage for Intake {
     const NODE: Node = Node::Intake;
 
+    /// A card change decided here (it came before its order) needs a token
+    /// the vault issued for that order, as at payment.
+    fn change_vetter(&self) -> Option<std::sync::Arc<dyn shared::change_book::VetChange>> {
+        self.processor.clone().map(|processor| std::sync::Arc::new(processor) as _)
+    }
+
     async fn handle(&self, mut element: OrderElement) -> Result<Outcome, StageError> {
         if let Some(domains) = self.domains.as_ref().filter(|_| super::enrich::by_reference(&element.order)) {
             // What intake can decide alone is decided before any domain is asked.
@@ -205,6 +211,8 @@ impl Stage for Intake {
             if let Err(reason) = validate_before_lookup(&element.order) {
                 return Ok(Intake::reject(element, reason));
             }
+            // A card change applied before intake brought the processor's token: it pays, not the card on file.
+            let brought = element.order.payment.clone();
             let lookups = super::enrich::lookup(domains.as_ref(), &element.order).await?;
             match super::enrich::enrich(element.order.clone(), &lookups) {
                 Ok((order, from)) => {
@@ -212,6 +220,12 @@ impl Stage for Intake {
                     element.from_domains = Some(from);
                 }
                 Err(reason) => return Ok(Intake::reject(element, reason)),
+            }
+            if brought.card_number.starts_with(shared::order::PROCESSOR_TOKEN_PREFIX) {
+                element.order.payment = brought;
+                if let Err(reason) = self.check_processor_token(&element).await? {
+                    return Ok(Intake::reject(element, reason));
+                }
             }
         } else if element.order.payment.card_number.starts_with(shared::order::PROCESSOR_TOKEN_PREFIX) {
             if let Err(reason) = self.check_processor_token(&element).await? {

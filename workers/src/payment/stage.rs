@@ -1,9 +1,12 @@
-//! payment: charges the card through the simulated processor (`charged`) or
-//! declines it (`payment_declined`, terminal). The element brings a token:
+//! payment: charges the card through the simulated processor (`charged`);
+//! a declined card keeps the order waiting here for another card
+//! (`awaiting_payment`, see [`super::waiting`]; with no wait set, or on a
+//! directed call, it ends `payment_declined`). The element brings a token:
 //! the processor's, issued for this order at its door (the vault holds the
 //! number, and pays for no other order), or the customer's card on file.
 //! After this node the element carries only the masked card number.
 
+use super::waiting::Waiting;
 use crate::catalog;
 use crate::processor::{Processor, TokenCharge};
 use chrono::{Datelike, NaiveDate, Utc};
@@ -74,18 +77,99 @@ pub fn element_amount_cents(element: &OrderElement) -> i64 {
 
 pub struct Payment {
     processor: Processor,
+    /// Where declined orders wait for another card, and for how long (none: they end at once).
+    waiting: Option<(Waiting, std::time::Duration)>,
+}
+
+/// Who keeps an order waiting for another card.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Keeper {
+    /// Payment, in its waiting table (the autonomous workflow).
+    Payment,
+    /// The caller: the coordinator keeps a directed order.
+    Caller,
+}
+
+/// A waiting order whose new card was declined too: it waits on.
+pub fn still_waiting(element: OrderElement, reason: &str) -> Outcome {
+    Outcome::new(element)
+        .step(OrderState::AwaitingPayment, format!("{reason}; still waiting for another card"))
+}
+
+/// What charging an element's card came to.
+pub enum Paid {
+    /// Charged: the outcome (`charged`), the element showing the masked card.
+    Charged(Outcome),
+    /// Declined for `reason`; the element shows the masked card.
+    Declined { element: OrderElement, reason: String },
 }
 
 impl Payment {
+    /// Payment whose declined orders end at once (`payment_declined`).
     pub fn new(processor: Processor) -> Payment {
-        Payment { processor }
+        Payment { processor, waiting: None }
     }
-}
 
-impl Payment {
+    /// Payment whose declined orders wait up to `wait` for another card.
+    pub fn waiting_for_cards(processor: Processor, waiting: Waiting, wait: std::time::Duration) -> Payment {
+        Payment { processor, waiting: Some((waiting, wait)).filter(|_| !wait.is_zero()) }
+    }
+
+    /// Charges the element's card once (a card change's token too), or says why not.
+    pub async fn pay(&self, element: OrderElement) -> Result<Paid, StageError> {
+        let card = element.order.payment.clone();
+        if card.card_number.starts_with(PROCESSOR_TOKEN_PREFIX) {
+            return self.charge_token(element, &card.card_number).await;
+        }
+        self.charge_card(element).await
+    }
+
+    /// The outcome of a declined card: the order waits for another, kept
+    /// by `keeper`; with no wait set it ends `payment_declined`.
+    async fn declined(
+        &self,
+        element: OrderElement,
+        reason: String,
+        keeper: Keeper,
+    ) -> Result<Outcome, StageError> {
+        let Some((waiting, limit)) = self.waiting.as_ref() else {
+            return Ok(Outcome::new(element).step(OrderState::PaymentDeclined, reason));
+        };
+        if keeper == Keeper::Payment {
+            let waits =
+                OrderElement { seq: element.seq + 1, state: OrderState::AwaitingPayment, ..element.clone() };
+            waiting.keep(&waits, &reason).await?;
+        }
+        let detail =
+            format!("{reason}; waiting up to {} s for another card (a card change)", limit.as_secs());
+        Ok(Outcome::new(element).step(OrderState::AwaitingPayment, detail))
+    }
+
+    async fn decide(&self, element: OrderElement, keeper: Keeper) -> Result<Outcome, StageError> {
+        match self.pay(element).await? {
+            Paid::Charged(outcome) => Ok(outcome),
+            Paid::Declined { element, reason } => self.declined(element, reason, keeper).await,
+        }
+    }
+
+    /// A directed order the coordinator kept waiting, brought back: with a
+    /// new card (a processor's token) it is charged, or declined and waits
+    /// on; with none, its wait ran out and it ends `payment_declined`.
+    async fn resume(&self, element: OrderElement) -> Result<Outcome, StageError> {
+        if !element.order.payment.card_number.starts_with(PROCESSOR_TOKEN_PREFIX) {
+            let wait = self.waiting.as_ref().map_or(0, |(_, limit)| limit.as_secs());
+            let reason = format!("no card paid within the {wait} s wait for another card");
+            return Ok(Outcome::new(element).step(OrderState::PaymentDeclined, reason));
+        }
+        Ok(match self.pay(element).await? {
+            Paid::Charged(outcome) => outcome,
+            Paid::Declined { element, reason } => still_waiting(element, &reason),
+        })
+    }
+
     /// The processor's token: the card the vault keeps for it, if issued for
     /// this order, authorized and charged in one write.
-    async fn charge_token(&self, mut element: OrderElement, token: &str) -> Result<Outcome, StageError> {
+    async fn charge_token(&self, mut element: OrderElement, token: &str) -> Result<Paid, StageError> {
         let (amount, today) = (element_amount_cents(&element), Utc::now().date_naive());
         let charged = self
             .processor
@@ -99,24 +183,18 @@ impl Payment {
                     charge.amount_cents, charge.card_last4, charge.charge_id
                 );
                 element.charge = Some(charge);
-                Outcome::new(element).step(OrderState::Charged, detail)
+                Paid::Charged(Outcome::new(element).step(OrderState::Charged, detail))
             }
             TokenCharge::Declined { reason, masked } => {
                 element.order.payment.card_number = masked.unwrap_or_else(|| mask_card(token));
-                Outcome::new(element).step(OrderState::PaymentDeclined, reason)
+                Paid::Declined { element, reason }
             }
         })
     }
-}
 
-impl Stage for Payment {
-    const NODE: Node = Node::Payment;
-
-    async fn handle(&self, mut element: OrderElement) -> Result<Outcome, StageError> {
+    /// A card on file (or, in an element from before the vault, a number).
+    async fn charge_card(&self, mut element: OrderElement) -> Result<Paid, StageError> {
         let card = element.order.payment.clone();
-        if card.card_number.starts_with(PROCESSOR_TOKEN_PREFIX) {
-            return self.charge_token(element, &card.card_number).await;
-        }
         // A card on file is charged by its token and shown by its masked number.
         let on_file = element.from_domains.as_ref().and_then(|from| from.card_on_file.clone());
         let shown = match on_file.filter(|_| card.card_number.starts_with(CARD_TOKEN_PREFIX)) {
@@ -126,7 +204,7 @@ impl Stage for Payment {
         element.order.payment.card_number = mask_card(&shown);
         let last4 = card_last4(&shown);
         if let Err(reason) = authorize(&card, Utc::now().date_naive()) {
-            return Ok(Outcome::new(element).step(OrderState::PaymentDeclined, reason));
+            return Ok(Paid::Declined { element, reason });
         }
         let amount = element_amount_cents(&element);
         let charge = self.processor.charge(element.order_id, amount, &last4).await?;
@@ -135,20 +213,44 @@ impl Stage for Payment {
             charge.amount_cents, charge.charge_id
         );
         element.charge = Some(charge);
-        Ok(Outcome::new(element).step(OrderState::Charged, detail))
+        Ok(Paid::Charged(Outcome::new(element).step(OrderState::Charged, detail)))
     }
 }
 
-/// The process: the stage on the broker until `shutdown` (its binary's
-/// run, boxed in this crate: see `workers::process`).
-pub fn run(
-    settings: shared::settings::Settings,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
-    Box::pin(async move {
-        let stage = Payment::new(crate::processor::Processor::open(&settings).await?);
-        transport::runner::run_stage(stage, settings, shutdown).await
-    })
+impl Stage for Payment {
+    const NODE: Node = Node::Payment;
+    const KEEPS_ELEMENTS_WAITING: bool = true;
+
+    async fn handle(&self, element: OrderElement) -> Result<Outcome, StageError> {
+        self.decide(element, Keeper::Payment).await
+    }
+
+    /// A directed order's coordinator keeps it waiting (payment keeps no
+    /// row), and brings it back with a new card or when its wait ran out.
+    async fn handle_call(&self, element: OrderElement) -> Result<Outcome, StageError> {
+        if element.state == OrderState::AwaitingPayment {
+            return self.resume(element).await;
+        }
+        self.decide(element, Keeper::Caller).await
+    }
+
+    /// An accepted element of an order that waited here before (its first
+    /// delivery decided, then the node stopped before acknowledging it; or
+    /// the broker redelivered it) gets its first decline again: what became
+    /// of the order since is the desk's, and a card change applied there
+    /// is not applied to this copy.
+    async fn prior_outcome(&self, element: &OrderElement) -> Result<Option<Outcome>, StageError> {
+        match &self.waiting {
+            Some((waiting, _)) if element.state == OrderState::Accepted => {
+                Ok(waiting.first_outcome(element).await?)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn change_vetter(&self) -> Option<std::sync::Arc<dyn shared::change_book::VetChange>> {
+        Some(std::sync::Arc::new(self.processor.clone()))
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: starts orderflow, publishes 200 mixed orders (single and
 # multi-unit, some declined, some out of stock, some invalid) and 20 more in
-# directed mode (the coordinator calls each node's service), waits until
+# directed mode (the coordinator calls each node's service), brings a new
+# card for one declined order (the others end when their wait runs out), waits until
 # every one is terminal, calls intake's service once, loads the data
 # domains' seed files and reads a customer at the UK replica, shows a
 # backorder released by the distributor's shipment, and prints the summary
@@ -10,6 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
+# A declined card waits for another (awaiting_payment); in the demo for 20 s, not a day.
+export ORDERFLOW_PAYMENT_WAIT_S=${ORDERFLOW_PAYMENT_WAIT_S:-20}
 scripts/up.sh
 say "loading the data domains' seed files (2,000 customers, 506 catalog items, 5 distributors) through their services..."
 "$BIN/orderflow" domains seed --dir data/domains
@@ -20,7 +23,21 @@ say "publishing 20 orders in directed mode (the coordinator drives them through 
 directed="$ORDERFLOW_RUN_DIR/demo-directed-ids.txt"
 "$BIN/orderflow" publish --count 20 --directed >"$directed"
 cat "$directed" >>"$ids"
-say "waiting until every order is terminal..."
+say "a declined card does not end its order: it waits at payment (awaiting_payment, ${ORDERFLOW_PAYMENT_WAIT_S} s here)."
+say "a new card for one of them (orderflow change ID --card-file card.json; payment keeps the number, the change carries a token):"
+declined=""
+for _ in $(seq 1 30); do
+  declined=$("$BIN/orderflow" orders --state awaiting_payment --limit 1 2>/dev/null | awk 'NR == 1 && $1 ~ /-/ {print $1}')
+  [[ -n $declined ]] && break
+  sleep 0.5
+done
+if [[ -n $declined ]]; then
+  card="$ORDERFLOW_RUN_DIR/demo-card.json"
+  echo '{"card_number": "5555555555554444", "expiry": "12/30"}' >"$card"
+  "$BIN/orderflow" change "$declined" --card-file "$card" --wait --timeout 30 || true
+  "$BIN/orderflow" status "$declined" | grep -E "awaiting_payment|change_applied|charged" || true
+fi
+say "waiting until every order is terminal (the other declined ones when their wait runs out)..."
 summary=$("$BIN/orderflow" wait --ids "$ids" --timeout "${ORDERFLOW_DEMO_TIMEOUT:-180}")
 echo "$summary"
 say "calling intake's service synchronously with examples/order.json:"
@@ -63,6 +80,7 @@ All $(wc -l <"$ids") orders are terminal. Where to look:
   live counts     $BIN/orderflow watch
   one order       $BIN/orderflow status $first
   a directed one  $BIN/orderflow status $first_directed     (each step marked "(directed)")
+  a new card      $BIN/orderflow change ID --card-file card.json    (an order awaiting_payment: orderflow orders --at payment)
   call a service  $BIN/orderflow call intake --element-file examples/order.json --sync
   its JSON        $BIN/orderflow status $first --json
   a customer      $BIN/orderflow customer get C-000002 --region de    (customer list, add, set-address; catalog get SKU-0007)

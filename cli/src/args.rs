@@ -220,7 +220,7 @@ pub enum Command {
         /// Orders in this state (placed, accepted, charged, picked, ...).
         #[arg(long, value_parser = values::state)]
         state: Option<shared::OrderState>,
-        /// Orders waiting at this node: in a state the workflow routes to it.
+        /// Orders at this node: in a state the workflow routes to it, or waiting in it (awaiting_payment, backordered).
         #[arg(long, value_name = "NODE", value_parser = values::node)]
         at: Option<shared::Node>,
         /// Orders placed by this customer.

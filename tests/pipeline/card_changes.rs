@@ -128,6 +128,11 @@ async fn a_declined_order_waits_for_a_new_card_and_ships_on_it() {
     for id in &ids {
         stack.wait_state(id, "awaiting_payment", Duration::from_secs(30)).await;
     }
+    // "What waits at payment?" lists them.
+    let at_payment = stack.cli_json(&["orders", "--at", "payment", "--json"]);
+    for id in &ids {
+        assert!(at_payment.to_string().contains(&id.to_string()), "{id} not at payment: {at_payment}");
+    }
     let view = stack.order(&revived).await;
     let waiting = view.history.iter().find(|h| h.state == "awaiting_payment").unwrap();
     assert!(

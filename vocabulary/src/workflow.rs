@@ -522,6 +522,15 @@ impl Workflow {
         self.routes.iter().any(|r| r.to == node && r.state == state)
     }
 
+    /// The states of an order that is at `node`: on its way there (routed to
+    /// it) or waiting in it (a waiting state it keeps: `backordered` at
+    /// inventory, `awaiting_payment` at payment).
+    pub fn held_at(&self, node: Node) -> Vec<OrderState> {
+        let mut states = self.accepts(node);
+        states.extend(self.states.iter().map(|def| def.state).filter(|state| self.resumes(node, *state)));
+        states
+    }
+
     /// Whether the coordinator may bring an element in `state` back to
     /// `node` with a call: a waiting state the node itself leaves elements
     /// in (a directed order declined at payment is kept by the coordinator,
@@ -787,6 +796,7 @@ mod tests {
         assert!(!WORKFLOW.accepts_state(Node::Payment, OrderState::AwaitingPayment), "no route takes it");
         assert!(!WORKFLOW.resumes(Node::Inventory, OrderState::AwaitingPayment));
         assert!(!WORKFLOW.resumes(Node::Payment, OrderState::Accepted), "not a waiting state");
+        assert_eq!(WORKFLOW.held_at(Node::Payment), [OrderState::Accepted, OrderState::AwaitingPayment]);
     }
 
     #[test]

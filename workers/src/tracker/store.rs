@@ -321,7 +321,7 @@ impl TrackerStore {
         }
         if let Some(node) = search.at {
             let states: Vec<String> =
-                topology::WORKFLOW.accepts(node).iter().map(|s| s.as_str().to_string()).collect();
+                topology::WORKFLOW.held_at(node).iter().map(|s| s.as_str().to_string()).collect();
             let marks = vec!["?"; states.len()].join(", ");
             filter.add(&format!("state IN ({marks})"), &states);
         }

@@ -262,6 +262,8 @@ impl ChangeBook {
 
     /// Whether this book may hold changes for the order (see [`Known`]).
     pub async fn may_have_changes(&self, order_id: Uuid) -> sqlx::Result<bool> {
+        // A book that only reads (a desk's) forgets what is past the retention too.
+        self.purge_if_due().await?;
         let since = {
             let known = self.known.lock().expect("known orders");
             if known.polled_at.is_some_and(|t| t.elapsed() < POLL) {
@@ -315,7 +317,26 @@ impl ChangeBook {
     /// returns the element with each decision.
     pub async fn resolve(
         &self,
+        element: OrderElement,
+    ) -> sqlx::Result<(OrderElement, Vec<(ChangeRequest, Decision)>)> {
+        self.resolve_with(element, true).await
+    }
+
+    /// The decisions already made for the element's order that it has not
+    /// resolved (a step redone after a crash: the same element, the same
+    /// records), applied; changes still pending stay for whoever holds the
+    /// order next.
+    pub async fn replay(
+        &self,
+        element: OrderElement,
+    ) -> sqlx::Result<(OrderElement, Vec<(ChangeRequest, Decision)>)> {
+        self.resolve_with(element, false).await
+    }
+
+    async fn resolve_with(
+        &self,
         mut element: OrderElement,
+        decide_pending: bool,
     ) -> sqlx::Result<(OrderElement, Vec<(ChangeRequest, Decision)>)> {
         if !self.may_have_changes(element.order_id).await? {
             return Ok((element, Vec::new()));
@@ -331,6 +352,9 @@ impl ChangeBook {
         for row in rows {
             let Some(request) = unresolved(&row, &element)? else { continue };
             let status: String = row.try_get("status")?;
+            if status == "pending" && !decide_pending {
+                continue;
+            }
             let decision = match status.as_str() {
                 "pending" => {
                     let decision = self.decide_pending(&element, &request).await?;

@@ -86,9 +86,12 @@ async fn try_step<S: Stage>(
     let before = (element.seq, Some(element.state));
     if let (true, Some(book)) = (S::KEEPS_ELEMENTS_WAITING, &ctx.book) {
         if book.may_have_changes(element.order_id).await? {
-            if let Some(outcome) = stage.prior_outcome(&element).await? {
-                return record_outcome(ctx, before, ChangeRecords::default(), &outcome, Onward::NextNode)
-                    .await;
+            // The decisions made at its first delivery (or since, where it
+            // waits) are applied again and their records sent again (the
+            // same ids): none is lost when the node stopped before sending them.
+            let replayed = replay_changes(ctx, element.clone()).await?;
+            if let Some(outcome) = stage.prior_outcome(&replayed.element).await? {
+                return record_outcome(ctx, before, replayed.changes, &outcome, Onward::NextNode).await;
             }
         }
     }
@@ -112,11 +115,26 @@ pub struct Resolved {
 
 /// Decides the element's pending changes in the node's change book.
 pub async fn resolve_changes(ctx: &NodeContext, element: OrderElement) -> Result<Resolved, StageError> {
+    resolve_or_replay(ctx, element, true).await
+}
+
+/// The decisions the book already made for the element (a step redone),
+/// applied with their records; pending changes stay pending.
+pub async fn replay_changes(ctx: &NodeContext, element: OrderElement) -> Result<Resolved, StageError> {
+    resolve_or_replay(ctx, element, false).await
+}
+
+async fn resolve_or_replay(
+    ctx: &NodeContext,
+    element: OrderElement,
+    decide: bool,
+) -> Result<Resolved, StageError> {
     let Some(book) = &ctx.book else {
         return Ok(Resolved { element, changes: ChangeRecords::default(), cancelled: false });
     };
     let mut version = element.version;
-    let (element, decisions) = book.resolve(element).await?;
+    let (element, decisions) =
+        if decide { book.resolve(element).await? } else { book.replay(element).await? };
     let mut changes = ChangeRecords::default();
     let mut cancelled = false;
     for (request, decision) in decisions {

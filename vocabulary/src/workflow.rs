@@ -243,17 +243,26 @@ pub struct NodeDef {
     /// is charged here or later): a dead letter whose card was masked cannot
     /// be replayed to it.
     pub needs_card: bool,
+    /// The waiting states in which the coordinator may bring a directed
+    /// order back to it with a call (payment: `awaiting_payment`, with a new
+    /// card or when its wait ran out); its service must handle them.
+    pub resumes: &'static [OrderState],
 }
 
 impl NodeDef {
     /// A node that produces `produces`, reads a node's settings and never sees the card.
     pub const fn new(node: Node, about: &'static str, produces: &'static [Emit]) -> NodeDef {
-        NodeDef { node, produces, about, reads: &[], needs_card: false }
+        NodeDef { node, produces, about, reads: &[], needs_card: false, resumes: &[] }
     }
 
     /// The same node reading more settings.
     pub const fn reading(self, reads: &'static [Reads]) -> NodeDef {
         NodeDef { reads, ..self }
+    }
+
+    /// The same node, taking calls for orders it keeps waiting in `states`.
+    pub const fn resuming(self, states: &'static [OrderState]) -> NodeDef {
+        NodeDef { resumes: states, ..self }
     }
 
     /// The same node, needing the card number.
@@ -401,7 +410,7 @@ pub const WORKFLOW: Workflow = Workflow {
                 Emit::of(OrderState::PaymentDeclined),
                 Emit::of(OrderState::Cancelled),
             ],
-        ).reading(&[Reads::Payment]).needing_card(),
+        ).reading(&[Reads::Payment]).needing_card().resuming(&[OrderState::AwaitingPayment]),
         NodeDef::new(
             Node::Inventory,
             "The inventory node of orderflow: reserves each charged order's items from the stock it alone owns, or backorders them (purchase orders to the distributors) when a distributor supplies what is short; answers the stock domain's requests and takes the received items, one at a time in order of arrival, releasing the backorders they cover, oldest first.",
@@ -527,7 +536,8 @@ impl Workflow {
     /// inventory, `awaiting_payment` at payment).
     pub fn held_at(&self, node: Node) -> Vec<OrderState> {
         let mut states = self.accepts(node);
-        states.extend(self.states.iter().map(|def| def.state).filter(|state| self.resumes(node, *state)));
+        let waiting = self.produces(node).into_iter().filter(|s| self.kind(*s) == Some(StateKind::Waiting));
+        states.extend(waiting);
         states
     }
 
@@ -538,7 +548,9 @@ impl Workflow {
     /// out). No route takes a waiting state: the workflow's queues never do.
     pub fn resumes(&self, node: Node, state: OrderState) -> bool {
         self.kind(state) == Some(StateKind::Waiting)
-            && self.node_def(node).is_some_and(|def| def.produces.iter().any(|e| e.state == state))
+            && self.node_def(node).is_some_and(|def| {
+                def.resumes.contains(&state) && def.produces.iter().any(|e| e.state == state)
+            })
     }
 
     /// The states `node` produces.
@@ -796,6 +808,11 @@ mod tests {
         assert!(!WORKFLOW.accepts_state(Node::Payment, OrderState::AwaitingPayment), "no route takes it");
         assert!(!WORKFLOW.resumes(Node::Inventory, OrderState::AwaitingPayment));
         assert!(!WORKFLOW.resumes(Node::Payment, OrderState::Accepted), "not a waiting state");
+        assert!(
+            !WORKFLOW.resumes(Node::Inventory, OrderState::Backordered),
+            "inventory's service takes no backordered order (its desk keeps those)"
+        );
+        assert_eq!(WORKFLOW.held_at(Node::Inventory).last(), Some(&OrderState::Backordered));
         assert_eq!(WORKFLOW.held_at(Node::Payment), [OrderState::Accepted, OrderState::AwaitingPayment]);
     }
 

@@ -439,7 +439,8 @@ impl Coordinator {
     /// card) calls its node again at once, a cancel ends it, another change
     /// (a new address) is kept while it waits on.
     async fn look_after_waiting(&self, publisher: &Publisher) {
-        let waiting = match self.store.waiting(RESEND_BATCH).await {
+        let changes = format!("{NAME}_changes");
+        let waiting = match self.store.waiting_with_changes(&changes, RESEND_BATCH).await {
             Ok(waiting) => waiting,
             Err(error) => return tracing::warn!(%error, "could not read the waiting orders"),
         };
@@ -471,7 +472,7 @@ impl Coordinator {
         }
         let call = next.pending.clone().filter(|_| !next.waiting);
         let detail = format!("{} change(s) decided while it waited", decided.len());
-        let moved = self.store.advance(&pending.request_id, (NAME, "changed", &detail), next).await?;
+        let moved = self.store.resume(&pending.request_id, (NAME, "changed", &detail), next).await?;
         if let (true, Some(call)) = (moved, call) {
             self.call(publisher, &element, &call, &trace).await?;
         }

@@ -105,6 +105,9 @@ struct Advance {
     due_at: i64,
     reason: Option<String>,
     waiting: bool,
+    /// Moves the record only while its call is held (a resume after a
+    /// change): not once the wait ran out and the call went (`claim_resend`).
+    only_held: bool,
 }
 
 impl Advance {
@@ -112,7 +115,7 @@ impl Advance {
         let moved = sqlx::query(
             "UPDATE coordinator_orders SET element = $1, status = $2, service = $3, request_id = $4, sent = 1, \
              attempts = 0, due_at = $5, updated_at = $6, reason = $7, waiting = $10 \
-             WHERE order_id = $8 AND request_id = $9 AND status = 'calling'",
+             WHERE order_id = $8 AND request_id = $9 AND status = 'calling' AND waiting >= $11",
         )
         .bind(&self.element)
         .bind(self.status)
@@ -124,6 +127,7 @@ impl Advance {
         .bind(&self.order_id)
         .bind(&self.answered)
         .bind(i64::from(self.waiting))
+        .bind(i64::from(self.only_held))
         .execute(&mut *connection)
         .await?
         .rows_affected();
@@ -261,6 +265,23 @@ impl CoordinatorStore {
         step: (&str, &str, &str),
         next: Next<'_>,
     ) -> sqlx::Result<bool> {
+        self.move_on(answered, step, next, false).await
+    }
+
+    /// [`CoordinatorStore::advance`] for an order whose call is held (it
+    /// waits at a node), only while it is still held: false once its wait
+    /// ran out and the call went meanwhile (another instance's `claim_resend`).
+    pub async fn resume(&self, held: &str, step: (&str, &str, &str), next: Next<'_>) -> sqlx::Result<bool> {
+        self.move_on(held, step, next, true).await
+    }
+
+    async fn move_on(
+        &self,
+        answered: &str,
+        step: (&str, &str, &str),
+        next: Next<'_>,
+        only_held: bool,
+    ) -> sqlx::Result<bool> {
         let (service, request_id) = split(&next.pending);
         let moving = std::sync::Arc::new(Advance {
             answered: answered.to_string(),
@@ -272,6 +293,7 @@ impl CoordinatorStore {
             due_at: next.due_at,
             reason: next.reason.clone(),
             waiting: next.waiting,
+            only_held,
         });
         self.store
             .write(move |connection| {
@@ -310,10 +332,13 @@ impl CoordinatorStore {
         rows.iter().map(record).collect()
     }
 
-    /// The orders whose pending call waits for a change (a new card), oldest first.
-    pub async fn waiting(&self, limit: i64) -> sqlx::Result<Vec<Record>> {
+    /// The orders whose call is held (they wait at a node for a change)
+    /// and that have a change pending in the coordinator's change book
+    /// (`changes`, in the same store), oldest first.
+    pub async fn waiting_with_changes(&self, changes: &str, limit: i64) -> sqlx::Result<Vec<Record>> {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM coordinator_orders WHERE status = 'calling' AND waiting = 1 \
+             AND order_id IN (SELECT order_id FROM {changes} WHERE status = 'pending') \
              ORDER BY due_at LIMIT $1"
         ))
         .bind(limit)

@@ -13,18 +13,21 @@
 //! - another change applied (a new address): keeps it in the waiting element.
 //!
 //! Each step is safe to redo after a crash: the book keeps its decisions,
-//! the processor charges an order once (a second charge returns the
-//! first), and the audit events and the forwarded element carry the same
-//! sequence numbers, which their receivers take once. The row is updated
-//! (or ended) only after everything is published and confirmed.
+//! the processor charges an order once (a second charge, with whatever
+//! card, returns the first), and the audit events and the forwarded
+//! element carry the same sequence numbers, which their receivers take
+//! once. The row is updated (or ended) only after everything is published
+//! and confirmed; a round that finds the order charged but its row not
+//! ended (the last one stopped in between) sends the charged order on
+//! again with the decisions that led to it, and decides nothing new.
 
-use super::stage::{still_waiting, Paid, Payment};
+use super::stage::{charged, still_waiting, Paid, Payment};
 use super::waiting::{Waiting, WaitingOrder};
 use shared::change::cancel_outcome;
 use shared::settings::Settings;
 use shared::{Node, OrderElement, OrderState, Outcome};
 use std::time::Duration;
-use transport::step::{record_outcome, resolve_changes, Onward};
+use transport::step::{record_outcome, replay_changes, resolve_changes, Onward};
 use transport::{NodeContext, Publisher};
 
 pub struct PaymentDesk {
@@ -76,12 +79,31 @@ impl PaymentDesk {
     async fn look_after(&self, publisher: &Publisher, order: WaitingOrder) -> anyhow::Result<()> {
         let WaitingOrder { element: waits, reason, since_ms } = order;
         let expired = chrono::Utc::now().timestamp_millis() - since_ms > self.wait_limit.as_millis() as i64;
-        let resolved = resolve_changes(&self.ctx, waits.clone()).await?;
-        if resolved.changes.messages.is_empty() && !expired {
+        let heard = match &self.ctx.book {
+            Some(book) => book.may_have_changes(waits.order_id).await?,
+            None => false,
+        };
+        if !heard && !expired {
+            // Nothing asked for it (known without the store): it waits on.
+            return Ok(());
+        }
+        // A round that charged the order and stopped before it ended the
+        // row: the same outcome again, with the decisions that led to it;
+        // a change heard since is left to the node the order went on to
+        // (inventory rejects a new card: "already charged").
+        let charged_before = self.payment.charge_for(waits.order_id).await?;
+        let resolved = match charged_before {
+            Some(_) => replay_changes(&self.ctx, waits.clone()).await?,
+            None => resolve_changes(&self.ctx, waits.clone()).await?,
+        };
+        if charged_before.is_none() && resolved.changes.messages.is_empty() && !expired {
             return Ok(());
         }
         let new_card = resolved.element.order.payment.card_number != waits.order.payment.card_number;
-        let (outcome, waits_on) = if resolved.cancelled {
+        let (outcome, waits_on) = if let Some(charge) = charged_before {
+            let masked = format!("************{}", charge.card_last4);
+            (charged(resolved.element, charge, masked), None)
+        } else if resolved.cancelled {
             (cancel_outcome(resolved.element), None)
         } else if new_card {
             match self.payment.pay(resolved.element).await? {

@@ -81,6 +81,17 @@ pub struct Payment {
     waiting: Option<(Waiting, std::time::Duration)>,
 }
 
+/// The outcome of a charge: the element shows the card masked and carries the charge.
+pub fn charged(mut element: OrderElement, charge: shared::order::Charge, masked: String) -> Outcome {
+    element.order.payment.card_number = masked;
+    let detail = format!(
+        "charged {} cents to card ending {} (charge {})",
+        charge.amount_cents, charge.card_last4, charge.charge_id
+    );
+    element.charge = Some(charge);
+    Outcome::new(element).step(OrderState::Charged, detail)
+}
+
 /// Who keeps an order waiting for another card.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Keeper {
@@ -113,6 +124,14 @@ impl Payment {
     /// Payment whose declined orders wait up to `wait` for another card.
     pub fn waiting_for_cards(processor: Processor, waiting: Waiting, wait: std::time::Duration) -> Payment {
         Payment { processor, waiting: Some((waiting, wait)).filter(|_| !wait.is_zero()) }
+    }
+
+    /// The charge the processor recorded for the order, if it was charged.
+    pub async fn charge_for(
+        &self,
+        order_id: uuid::Uuid,
+    ) -> Result<Option<shared::order::Charge>, StageError> {
+        Ok(self.processor.charge_for(order_id).await?)
     }
 
     /// Charges the element's card once (a card change's token too), or says why not.
@@ -171,20 +190,12 @@ impl Payment {
     /// this order, authorized and charged in one write.
     async fn charge_token(&self, mut element: OrderElement, token: &str) -> Result<Paid, StageError> {
         let (amount, today) = (element_amount_cents(&element), Utc::now().date_naive());
-        let charged = self
+        let answer = self
             .processor
             .charge_token(element.order_id, token, amount, move |card| authorize(card, today))
             .await?;
-        Ok(match charged {
-            TokenCharge::Charged { charge, masked } => {
-                element.order.payment.card_number = masked;
-                let detail = format!(
-                    "charged {} cents to card ending {} (charge {})",
-                    charge.amount_cents, charge.card_last4, charge.charge_id
-                );
-                element.charge = Some(charge);
-                Paid::Charged(Outcome::new(element).step(OrderState::Charged, detail))
-            }
+        Ok(match answer {
+            TokenCharge::Charged { charge, masked } => Paid::Charged(charged(element, charge, masked)),
             TokenCharge::Declined { reason, masked } => {
                 element.order.payment.card_number = masked.unwrap_or_else(|| mask_card(token));
                 Paid::Declined { element, reason }

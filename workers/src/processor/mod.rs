@@ -56,6 +56,18 @@ impl Processor {
         Ok(Charge { charge_id: stored_uuid(&charge_id, "charge_id")?, amount_cents, card_last4 })
     }
 
+    /// The charge recorded for `order_id`, if it was charged.
+    pub async fn charge_for(&self, order_id: Uuid) -> sqlx::Result<Option<Charge>> {
+        let row: Option<(String, i64, String)> = sqlx::query_as(
+            "SELECT charge_id, amount_cents, card_last4 FROM processor_charges WHERE order_id = $1",
+        )
+        .bind(order_id.to_string())
+        .fetch_optional(&self.store.pool)
+        .await?;
+        let Some((charge_id, amount_cents, card_last4)) = row else { return Ok(None) };
+        Ok(Some(Charge { charge_id: stored_uuid(&charge_id, "charge_id")?, amount_cents, card_last4 }))
+    }
+
     /// The row of a new charge of `order_id` (its id, its time).
     fn charge_row(order_id: Uuid, amount_cents: i64, card_last4: &str) -> ChargeRow {
         ChargeRow {

@@ -224,4 +224,27 @@ mod tests {
             assert!(refused.contains(reason), "{refused}");
         }
     }
+
+    /// An order is charged once: asked again with another card that pays
+    /// (a card change decided again after a crash), the processor answers
+    /// the first charge; `charge_for` finds it (the payment desk asks).
+    /// A decline never reads the ledger (declines go on while it is away).
+    #[tokio::test]
+    async fn a_charged_order_is_never_charged_again() {
+        let scratch = shared::settings::ScratchRun::new("vault-once");
+        let processor = Processor::open(&scratch.settings()).await.unwrap();
+        let order = Uuid::new_v4();
+        let first = processor.tokenize(order, &card("5555555555554444", "12/30")).await.unwrap().unwrap();
+        let second = processor.tokenize(order, &card("4111111111111111", "12/30")).await.unwrap().unwrap();
+        let pays = |_: &PaymentCard| Ok(());
+        let TokenCharge::Charged { charge, .. } =
+            processor.charge_token(order, &first, 100, pays).await.unwrap()
+        else {
+            panic!("the first card pays")
+        };
+        let again = processor.charge_token(order, &second, 999, pays).await.unwrap();
+        assert!(matches!(&again, TokenCharge::Charged { charge: c, .. } if *c == charge), "{again:?}");
+        assert_eq!(processor.charge_for(order).await.unwrap(), Some(charge));
+        assert_eq!(processor.charge_for(Uuid::new_v4()).await.unwrap(), None);
+    }
 }

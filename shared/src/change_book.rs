@@ -160,6 +160,11 @@ impl ChangeBook {
         Ok(())
     }
 
+    /// The table of the requests the book heard (`<node>_changes`, in its store).
+    pub fn changes_table(&self) -> &str {
+        &self.changes
+    }
+
     /// The store the book is kept in (the node's own).
     pub fn store(&self) -> &Store {
         &self.store

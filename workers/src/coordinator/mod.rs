@@ -439,8 +439,8 @@ impl Coordinator {
     /// card) calls its node again at once, a cancel ends it, another change
     /// (a new address) is kept while it waits on.
     async fn look_after_waiting(&self, publisher: &Publisher) {
-        let changes = format!("{NAME}_changes");
-        let waiting = match self.store.waiting_with_changes(&changes, RESEND_BATCH).await {
+        let Some(book) = &self.ctx.book else { return };
+        let waiting = match self.store.waiting_with_changes(book.changes_table(), RESEND_BATCH).await {
             Ok(waiting) => waiting,
             Err(error) => return tracing::warn!(%error, "could not read the waiting orders"),
         };

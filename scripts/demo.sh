@@ -63,6 +63,9 @@ sleep 1
 "$BIN/orderflow" stock SKU-0901
 "$BIN/orderflow" wait --ids "$backorders.ids" --timeout 60 >/dev/null || true
 "$BIN/orderflow" status "$(tail -n1 "$backorders.ids")" | grep -E "backordered|reserved|shipped" || true
+say "the shipped orders' charges, captured in batches through the orderflow.settlement aggregation queue:"
+sleep 2
+"$BIN/orderflow" report --last 10m | grep -E "^settlement" || true
 say "the domains and each replica's lag:"
 "$BIN/orderflow" domains status || true
 first=$(head -n1 "$ids")
@@ -74,7 +77,8 @@ All $(wc -l <"$ids") orders are terminal. Where to look:
                   Queues: orderflow.intake ... orderflow.shipping, orderflow.audit.tracker, orderflow.dead-letter,
                           orderflow.changes.<node> (7, one per node), orderflow.retry.<node>,
                           orderflow.service.<node> (each node's service), orderflow.coordinator (directed orders),
-                          orderflow.received-items (receiving), orderflow.distributor-shipments (purchase orders)
+                          orderflow.received-items (receiving), orderflow.distributor-shipments (purchase orders),
+                          orderflow.settlement (captures, settled in batches)
                   Exchanges: orderflow.workflow (topic), orderflow.audit, orderflow.changes (fanout), orderflow.dead-letter,
                              orderflow.services (calls), orderflow.results (callbacks, polled results)
   live counts     $BIN/orderflow watch

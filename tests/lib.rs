@@ -594,8 +594,10 @@ pub fn units_per_sku(orders: &[Value]) -> HashMap<String, i64> {
 /// SQLite files or its PostgreSQL database ([`Stack::store`]).
 pub async fn assert_books_balance(stack: &Stack, orders: &[Value], ids: &[Uuid]) {
     let n = ids.len() as i64;
-    let processor = stack.store("processor", "processor_charges").await;
+    let processor = stack.store("processor", "processor_settlements").await;
     assert_eq!(count(&processor, "SELECT COUNT(*) FROM processor_charges").await, n, "charges");
+    let shipped: std::collections::BTreeSet<String> = ids.iter().map(Uuid::to_string).collect();
+    assert_settled(&processor, &shipped, &Default::default(), &Default::default()).await;
     let inventory = stack.store("inventory", "inventory_reservations").await;
     assert_eq!(count(&inventory, "SELECT COUNT(*) FROM inventory_reservations").await, n, "reservations");
     for (sku, units) in units_per_sku(orders) {
@@ -616,6 +618,51 @@ pub async fn assert_books_balance(stack: &Stack, orders: &[Value], ids: &[Uuid])
             "order {id}: {path:?}"
         );
     }
+}
+
+/// Checks the processor's settlement against the histories: exactly the
+/// shipped orders' authorizations are captured (waited for, up to 30 s:
+/// captures are settled in batches), exactly the voided ones voided and the
+/// refunded ones refunded; each capture, void and refund is of its
+/// authorization's amount and order, so the books balance (captured =
+/// the shipped orders' totals, voided + refunded = the released ones');
+/// every capture is in a recorded batch, and the batches count exactly
+/// their captures (none made twice).
+pub async fn assert_settled(
+    processor: &sqlx::AnyPool,
+    shipped: &std::collections::BTreeSet<String>,
+    voided: &std::collections::BTreeSet<String>,
+    refunded: &std::collections::BTreeSet<String>,
+) {
+    let captures = "SELECT order_id FROM processor_settlements WHERE kind = 'capture'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut captured = id_set(processor, captures).await;
+    while &captured != shipped && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        captured = id_set(processor, captures).await;
+    }
+    assert_eq!(&captured, shipped, "captures: exactly the shipped orders, once");
+    let voids = "SELECT order_id FROM processor_settlements WHERE kind = 'void'";
+    assert_eq!(&id_set(processor, voids).await, voided, "voids");
+    let refunds =
+        "SELECT c.order_id FROM processor_refunds r JOIN processor_charges c ON c.charge_id = r.charge_id";
+    assert_eq!(&id_set(processor, refunds).await, refunded, "refunds");
+    let unbalanced = "SELECT COUNT(*) FROM processor_settlements s LEFT JOIN processor_charges c \
+                      ON c.charge_id = s.charge_id WHERE c.charge_id IS NULL OR c.order_id <> s.order_id \
+                      OR c.amount_cents <> s.amount_cents";
+    assert_eq!(count(processor, unbalanced).await, 0, "a capture or void not of its authorization's amount");
+    let refunds_over = "SELECT COUNT(*) FROM processor_refunds r JOIN processor_charges c \
+                        ON c.charge_id = r.charge_id WHERE r.amount_cents <> c.amount_cents";
+    assert_eq!(count(processor, refunds_over).await, 0, "a refund not of its charge's amount");
+    let unbatched = "SELECT COUNT(*) FROM processor_settlements s LEFT JOIN processor_batches b \
+                     ON b.batch_id = s.batch_id WHERE s.kind = 'capture' AND b.batch_id IS NULL";
+    assert_eq!(count(processor, unbatched).await, 0, "a capture in no recorded batch");
+    let batched = "SELECT CAST(COALESCE(SUM(captures), 0) AS BIGINT) FROM processor_batches";
+    assert_eq!(count(processor, batched).await, shipped.len() as i64, "the batches count their captures");
+    let amounts = "SELECT CAST(COALESCE(SUM(b.amount_cents), 0) AS BIGINT) - \
+                   (SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT) FROM processor_settlements \
+                   WHERE kind = 'capture') FROM processor_batches b";
+    assert_eq!(count(processor, amounts).await, 0, "the batches' amounts are their captures'");
 }
 
 /// The records of one change in an order's view: (kind, node, detail) in order.
@@ -660,7 +707,8 @@ pub async fn assert_ledgers_match_histories(
         let distinct: BTreeSet<&String> = path.iter().collect();
         assert_eq!(distinct.len(), path.len(), "order {id}: a state twice in {path:?}");
         *ends.entry(terminal[0].clone()).or_default() += 1;
-        for state in ["charged", "refunded", "reserved", "stock_released", "stock_short", "shipped"] {
+        for state in ["charged", "voided", "refunded", "reserved", "stock_released", "stock_short", "shipped"]
+        {
             if path.iter().any(|s| s == state) {
                 with.entry(state).or_default().insert(id.to_string());
             }
@@ -671,11 +719,9 @@ pub async fn assert_ledgers_match_histories(
         }
     }
     let of = |state: &str| with.get(state).cloned().unwrap_or_default();
-    let processor = stack.store("processor", "processor_refunds").await;
+    let processor = stack.store("processor", "processor_settlements").await;
     assert_eq!(id_set(&processor, "SELECT order_id FROM processor_charges").await, of("charged"), "charges");
-    let refunds =
-        "SELECT c.order_id FROM processor_refunds r JOIN processor_charges c ON c.charge_id = r.charge_id";
-    assert_eq!(id_set(&processor, refunds).await, of("refunded"), "refunds");
+    assert_settled(&processor, &of("shipped"), &of("voided"), &of("refunded")).await;
     let inventory = stack.store("inventory", "inventory_shortages").await;
     let reservations = id_set(&inventory, "SELECT order_id FROM inventory_reservations").await;
     assert_eq!(reservations, of("reserved"), "reservations");

@@ -69,6 +69,10 @@ fn progress(total: usize) -> ProgressBar {
 
 type Session = (deadpool_lapin::Object, Publisher);
 
+/// How long one attempt at a window of orders (connecting if need be,
+/// publishing, every confirm) may take before it is given up and made again.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(45);
+
 /// A connection from the pool (a new one when the last died) with a confirm channel.
 async fn open_session(pool: &deadpool_lapin::Pool, settings: &Settings) -> anyhow::Result<Session> {
     let connection = pool
@@ -145,8 +149,12 @@ pub async fn publish(
                 }
                 let (_, publisher) = session.as_ref().expect("a session was just opened");
                 publisher.publish_all(&messages).await.context("publishing orders")
-            }
-            .await;
+            };
+            // An attempt the broker never answers (a connection that died under a
+            // pending request: lapin may then wait for ever) fails, and is made again.
+            let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await.unwrap_or_else(|_| {
+                Err(anyhow::anyhow!("no answer from the broker within {} s", ATTEMPT_TIMEOUT.as_secs()))
+            });
             let Err(error) = attempt else { break };
             session = None;
             let since = *failing_since.get_or_insert_with(|| {

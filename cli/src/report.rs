@@ -73,6 +73,23 @@ pub fn table(report: &Report) -> String {
         "\nchanges: {} requested, {} applied, {} rejected\n",
         c.requested, c.applied, c.rejected
     ));
+    let settled = &report.settlement;
+    if settled.batches > 0 {
+        let wait = &settled.oldest_wait;
+        out.push_str(&format!(
+            "settlement: {} batches, {} captures ({:.2} in all), {:.1} per batch (largest {}); oldest capture waited p50 {} ms, p99 {} ms, max {} ms\n",
+            settled.batches,
+            settled.captures,
+            settled.amount_cents as f64 / 100.0,
+            settled.mean_size,
+            settled.max_size,
+            wait.p50_ms,
+            wait.p99_ms,
+            wait.max_ms
+        ));
+    } else {
+        out.push_str("settlement: no batch settled in the range\n");
+    }
     if report.service_calls > 0 {
         out.push_str(&format!(
             "service calls: {} active orders are direct service calls' elements (each ends at the node called; not stuck)\n",

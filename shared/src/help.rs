@@ -89,12 +89,18 @@ pub const VARIABLES: &[Variable] = &[
     var(
         "ORDERFLOW_BACKORDER_WAIT_S",
         "600",
-        "seconds a backordered order waits for received items before it ends out_of_stock (refunded)",
+        "seconds a backordered order waits for received items before it ends out_of_stock (its authorization voided)",
     ),
     var(
         "ORDERFLOW_PAYMENT_WAIT_S",
         "86400",
         "seconds an order whose card was declined waits at payment (awaiting_payment) for another card before it ends payment_declined; 0 ends it at once",
+    ),
+    var("ORDERFLOW_SETTLEMENT_BATCH", "50", "captures per settlement batch (the orderflow.settlement aggregation queue)"),
+    var(
+        "ORDERFLOW_SETTLEMENT_FLUSH_MS",
+        "1000",
+        "longest wait of a settlement batch's oldest capture, in milliseconds",
     ),
     var(
         "ORDERFLOW_DISTRIBUTOR_DELAY_MS",
@@ -192,7 +198,8 @@ pub const DOMAIN: &[&str] = &[
 pub const INVENTORY: &[&str] = &["ORDERFLOW_BACKORDER_WAIT_S", "ORDERFLOW_DOMAIN_TIMEOUT_MS"];
 
 /// What payment reads besides a node's settings: how long a declined order waits.
-pub const PAYMENT: &[&str] = &["ORDERFLOW_PAYMENT_WAIT_S"];
+pub const PAYMENT: &[&str] =
+    &["ORDERFLOW_PAYMENT_WAIT_S", "ORDERFLOW_SETTLEMENT_BATCH", "ORDERFLOW_SETTLEMENT_FLUSH_MS"];
 
 /// What the simulated distributors read besides [`CONNECTION`].
 pub const DISTRIBUTOR_SIM: &[&str] =

@@ -25,6 +25,7 @@ pub mod report;
 pub mod routing;
 pub mod service;
 pub mod settings;
+pub mod settlement;
 pub mod shutdown;
 pub mod stage;
 pub mod store;

@@ -64,6 +64,35 @@ pub struct ChangeFigures {
     pub rejected: u64,
 }
 
+/// The settlement batches settled in the range: how many, their sizes
+/// (captures each), what they captured, and how long each batch's oldest
+/// capture waited (from its shipping to the settlement).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SettlementFigures {
+    pub batches: u64,
+    pub captures: u64,
+    pub amount_cents: i64,
+    pub mean_size: f64,
+    pub max_size: u64,
+    pub oldest_wait: Percentiles,
+}
+
+impl SettlementFigures {
+    /// The figures of batches given as `(captures, amount_cents, oldest_wait_ms)`.
+    pub fn of(batches: &[(i64, i64, i64)]) -> SettlementFigures {
+        let captures: i64 = batches.iter().map(|b| b.0).sum();
+        let mut waits: Vec<u64> = batches.iter().map(|b| b.2.max(0) as u64).collect();
+        SettlementFigures {
+            batches: batches.len() as u64,
+            captures: captures.max(0) as u64,
+            amount_cents: batches.iter().map(|b| b.1).sum(),
+            mean_size: if batches.is_empty() { 0.0 } else { captures as f64 / batches.len() as f64 },
+            max_size: batches.iter().map(|b| b.0.max(0) as u64).max().unwrap_or(0),
+            oldest_wait: Percentiles::of(&mut waits),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StuckOrder {
     pub order_id: String,
@@ -100,6 +129,9 @@ pub struct Report {
     /// design, so they are counted here and never listed as stuck.
     #[serde(default)]
     pub service_calls: u64,
+    /// The captures settled in the range, in batches (the settlement queue).
+    #[serde(default)]
+    pub settlement: SettlementFigures,
 }
 
 /// The active orders as the report sees them now: those waiting longer
@@ -240,6 +272,7 @@ impl Tally {
             stuck: stuck.orders,
             stuck_after_ms: stuck_after,
             service_calls: stuck.service_calls,
+            settlement: SettlementFigures::default(),
         }
     }
 

@@ -73,6 +73,10 @@ pub struct Settings {
     /// `ORDERFLOW_PAYMENT_WAIT_S`: how long an order whose card was
     /// declined waits for another card (0: it ends `payment_declined` at once).
     pub payment_wait: Duration,
+    /// `ORDERFLOW_SETTLEMENT_BATCH`: captures settled with the processor in one batch.
+    pub settlement_batch: usize,
+    /// `ORDERFLOW_SETTLEMENT_FLUSH_MS`: longest wait of a settlement batch's oldest capture.
+    pub settlement_flush: Duration,
     /// `ORDERFLOW_DISTRIBUTOR_DELAY_MS`: how long after taking a purchase
     /// order the simulated distributors ship it.
     pub distributor_delay: Duration,
@@ -121,6 +125,8 @@ impl Settings {
             domain_timeout: Duration::from_secs(3),
             backorder_wait: Duration::from_secs(600),
             payment_wait: Duration::ZERO,
+            settlement_batch: 1,
+            settlement_flush: Duration::from_millis(1),
             distributor_delay: Duration::from_secs(2),
             region: None,
             publish_patience: Duration::from_secs(120),
@@ -215,6 +221,8 @@ impl Settings {
             domain_timeout: duration("ORDERFLOW_DOMAIN_TIMEOUT_MS", MS, 1, 600_000)?,
             backorder_wait: backorder_wait()?,
             payment_wait: duration("ORDERFLOW_PAYMENT_WAIT_S", S, 0, 365 * DAY_S)?,
+            settlement_batch: settlement_batch()?,
+            settlement_flush: duration("ORDERFLOW_SETTLEMENT_FLUSH_MS", MS, 1, 600_000)?,
             distributor_delay: duration("ORDERFLOW_DISTRIBUTOR_DELAY_MS", MS, 0, DAY_S * 1000)?,
             region: var("ORDERFLOW_REGION").filter(|region| region != "primary"),
             publish_patience: duration("ORDERFLOW_PUBLISH_PATIENCE_S", S, 0, 3650 * DAY_S)?,
@@ -331,6 +339,17 @@ fn backorder_wait() -> anyhow::Result<Duration> {
         anyhow::bail!("ORDERFLOW_BACKORDER_WAIT_S={seconds} is not valid: {what}");
     }
     Ok(Duration::from_secs_f64(seconds))
+}
+
+/// `ORDERFLOW_SETTLEMENT_BATCH`: 1 to 1,000 captures (the settling
+/// process holds a batch and as many again unacknowledged).
+fn settlement_batch() -> anyhow::Result<usize> {
+    let what = "a number of captures, 1 to 1000";
+    let n: usize = setting("ORDERFLOW_SETTLEMENT_BATCH", what)?;
+    if !(1..=1000).contains(&n) {
+        anyhow::bail!("ORDERFLOW_SETTLEMENT_BATCH={n} is not valid: {what}");
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

@@ -231,6 +231,19 @@ impl Trust {
         ))
     }
 
+    /// May `sender` send a capture to settlement? Only who ends orders
+    /// shipped: the node that ships and the coordinator
+    /// (`topology::permissions::sends_captures`); a capture moves money.
+    pub fn check_capture_sender(&self, sender: Option<&str>) -> Result<(), String> {
+        let senders: Vec<Role> =
+            Role::all().into_iter().filter(|role| topology::permissions::sends_captures(*role)).collect();
+        if senders.iter().any(|role| self.is(sender, *role)) {
+            return Ok(());
+        }
+        let allowed: Vec<String> = senders.iter().map(|role| self.user_of(*role).to_string()).collect();
+        Err(format!("only {} may send a capture; this one came from {}", or_nobody(&allowed), named(sender)))
+    }
+
     /// May `sender` record that `node` (the event's `node` field) reached
     /// `state` (an order state or a change record's kind)?
     pub fn check_event(&self, node: &str, state: &str, sender: Option<&str>) -> Result<(), String> {

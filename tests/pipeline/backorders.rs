@@ -187,10 +187,10 @@ async fn a_receipt_releases_exactly_the_backorders_it_covers_oldest_first() {
     let cancelled = stack.order(&ids[6]).await;
     assert_eq!(
         path(&cancelled),
-        ["placed", "accepted", "charged", "backordered", "cancelling", "refunded", "cancelled"]
+        ["placed", "accepted", "charged", "backordered", "cancelling", "voided", "cancelled"]
     );
     let view = stack.order(&short[0]).await;
-    assert_eq!(path(&view), ["placed", "accepted", "charged", "stock_short", "refunded", "out_of_stock"]);
+    assert_eq!(path(&view), ["placed", "accepted", "charged", "stock_short", "voided", "out_of_stock"]);
 
     // Units in (10 seeded + 8 received once) = units out (reservations) + on hand.
     let end = stock(&stack, "SKU-0901");
@@ -219,7 +219,7 @@ async fn a_backorder_past_its_limit_ends_out_of_stock_with_its_refund() {
     let view = stack.order(&ids[0]).await;
     assert_eq!(
         path(&view),
-        ["placed", "accepted", "charged", "backordered", "stock_short", "refunded", "out_of_stock"]
+        ["placed", "accepted", "charged", "backordered", "stock_short", "voided", "out_of_stock"]
     );
     let reason = view.history.iter().find(|h| h.state == "stock_short").unwrap();
     assert!(reason.detail.contains("within the 3 s backorder limit"), "{}", reason.detail);

@@ -500,8 +500,15 @@ async fn many_orders_with_card_changes(directed: bool) -> Vec<(Group, Ended)> {
         .await
         .unwrap();
     let mut ended = Vec::new();
+    let (mut shipped, mut voided) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
     for (i, id) in ids.iter().enumerate() {
         let view = stack.order(id).await;
+        if view.state == "shipped" {
+            shipped.insert(id.to_string());
+        }
+        if view.history.iter().any(|h| h.state == "voided") {
+            voided.insert(id.to_string());
+        }
         let charged: Vec<&String> =
             charges.iter().filter(|(order, _)| *order == id.to_string()).map(|(_, last4)| last4).collect();
         assert!(charged.len() <= 1, "order {i} charged twice: {charged:?}");
@@ -516,6 +523,9 @@ async fn many_orders_with_card_changes(directed: bool) -> Vec<(Group, Ended)> {
         let shipped_in_history = view.history.iter().filter(|h| h.state == "charged").count();
         assert_eq!(shipped_in_history, charged.len(), "order {i}: the ledger equals the history");
     }
+    // Each shipped order's charge (on the card checked above) captured once; each cancelled one's voided.
+    let settlements = stack.sqlite("processor", "processor_settlements").await;
+    tests::assert_settled(&settlements, &shipped, &voided, &Default::default()).await;
     ended
 }
 

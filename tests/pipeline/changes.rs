@@ -134,12 +134,7 @@ async fn cancel_at_each_stage_compensates_what_was_done() {
     let cases: [(&str, &str, i64, &[&str]); 6] = [
         ("intake", "placed", 1, &["placed", "cancelled"]),
         ("payment", "accepted", 1, &["placed", "accepted", "cancelled"]),
-        (
-            "inventory",
-            "charged",
-            1,
-            &["placed", "accepted", "charged", "cancelling", "refunded", "cancelled"],
-        ),
+        ("inventory", "charged", 1, &["placed", "accepted", "charged", "cancelling", "voided", "cancelled"]),
         (
             "picklist",
             "reserved",
@@ -151,7 +146,7 @@ async fn cancel_at_each_stage_compensates_what_was_done() {
                 "reserved",
                 "cancelling",
                 "stock_released",
-                "refunded",
+                "voided",
                 "cancelled",
             ],
         ),
@@ -167,7 +162,7 @@ async fn cancel_at_each_stage_compensates_what_was_done() {
                 "picked",
                 "cancelling",
                 "stock_released",
-                "refunded",
+                "voided",
                 "cancelled",
             ],
         ),
@@ -183,7 +178,7 @@ async fn cancel_at_each_stage_compensates_what_was_done() {
                 "picked",
                 "cancelling",
                 "stock_released",
-                "refunded",
+                "voided",
                 "cancelled",
             ],
         ),
@@ -200,8 +195,11 @@ async fn cancel_at_each_stage_compensates_what_was_done() {
         tests::count(&inventory, "SELECT qty FROM inventory_bin_items WHERE sku = 'SKU-0042'").await,
         1_000_000
     );
-    let processor = stack.sqlite("processor", "processor_refunds").await;
-    assert_eq!(tests::count(&processor, "SELECT COUNT(*) FROM processor_refunds").await, 4);
+    // Each cancelled order's authorization was voided (nothing was captured), once.
+    let processor = stack.sqlite("processor", "processor_settlements").await;
+    let voids = "SELECT COUNT(*) FROM processor_settlements WHERE kind = 'void'";
+    assert_eq!(tests::count(&processor, voids).await, 4);
+    assert_eq!(tests::count(&processor, "SELECT COUNT(*) FROM processor_refunds").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -202,7 +202,7 @@ async fn changes_in_flight_are_decided_by_the_coordinator_before_its_next_call()
         "picked",
         "cancelling",
         "stock_released",
-        "refunded",
+        "voided",
         "cancelled",
     ];
     assert_eq!(path, expected);

@@ -44,6 +44,8 @@
 //! - `receipt_trust`: receipts bound to an existing supplier and an open purchase order, counted once per shipment (issue 30).
 //! - `operations`: the scripts as a user runs them (issue 31): up.sh waits for every process and
 //!   names one that cannot start, refuses taken ports, `down.sh --purge` removes a stack.
+//! - `settlement`: authorize, capture in batches through the settlement aggregation queue, void on
+//!   cancel; kill -9 of payment mid-batch; forged and careless captures (issue 27).
 //! - `usage`: every binary's `--help` and `--version`, the CLI's argument checks, the log format.
 
 mod audit_batches;
@@ -78,6 +80,7 @@ mod scaling;
 mod search;
 mod service_trust;
 mod services;
+mod settlement;
 mod token_trust;
 mod traces;
 mod transport_faults;

@@ -13,7 +13,7 @@ fn expected_path(kind: &str) -> Vec<&'static str> {
         "single" => vec!["placed", "accepted", "charged", "reserved", "picked", "shipped"],
         "multi" => vec!["placed", "accepted", "charged", "reserved", "picked", "rebinned", "shipped"],
         "declined" => vec!["placed", "accepted", "payment_declined"],
-        "out_of_stock" => vec!["placed", "accepted", "charged", "stock_short", "refunded", "out_of_stock"],
+        "out_of_stock" => vec!["placed", "accepted", "charged", "stock_short", "voided", "out_of_stock"],
         "invalid" => vec!["placed", "rejected"],
         other => panic!("unknown kind {other}"),
     }

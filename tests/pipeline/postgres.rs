@@ -29,7 +29,8 @@ async fn the_pipeline_runs_on_postgresql() {
     };
     assert_eq!(count("SELECT COUNT(DISTINCT order_id) FROM tracker_events").await, 42);
     assert_eq!(count("SELECT COUNT(*) FROM processor_charges").await, 41, "41 orders were charged");
-    assert_eq!(count("SELECT COUNT(*) FROM processor_refunds").await, 1);
+    assert_eq!(count("SELECT COUNT(*) FROM processor_settlements WHERE kind = 'void'").await, 1);
+    assert_eq!(count("SELECT COUNT(*) FROM processor_refunds").await, 0, "nothing captured is cancelled");
     assert_eq!(count("SELECT COUNT(*) FROM shipping_shipments").await, 40);
     assert_eq!(count("SELECT COUNT(*) FROM inventory_reservations").await, 40);
     pool.close().await;

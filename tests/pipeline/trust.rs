@@ -91,8 +91,9 @@ async fn forgeries_by_the_stacks_own_users_are_refused_and_the_orders_go_on() {
     let refused = stack.letters_with("no charge is recorded", 1).await;
     assert_eq!(refused.len(), 1, "the forged refund was not refused");
     assert_eq!(refused[0]["node"], "exceptions");
-    let processor = stack.sqlite("processor", "processor_refunds").await;
+    let processor = stack.sqlite("processor", "processor_settlements").await;
     assert_eq!(count(&processor, "SELECT COUNT(*) FROM processor_refunds").await, 0, "a refund was paid");
+    assert_eq!(count(&processor, "SELECT COUNT(*) FROM processor_settlements").await, 0, "a void was made");
 
     // Skipping payment, as the administrator (no user_id, or its own):
     // charged to inventory, reserved to picklist, picked to shipping.

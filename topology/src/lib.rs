@@ -14,7 +14,8 @@ pub use vocabulary::{domains, processes, reads, workflow, Process, Reads, Servic
 
 pub use domains::{
     DomainCopy, DISTRIBUTOR_SHIPMENTS_QUEUE, DISTRIBUTOR_SIM, DOMAINS_EXCHANGE, DOMAIN_CHANGES_EXCHANGE,
-    PURCHASE_ORDERS_EXCHANGE, RECEIVED_ITEMS_QUEUE, RECEIVING_EXCHANGE,
+    PURCHASE_ORDERS_EXCHANGE, RECEIVED_ITEMS_QUEUE, RECEIVING_EXCHANGE, SETTLEMENT_EXCHANGE,
+    SETTLEMENT_QUEUE,
 };
 pub use workflow::{Node, OrderState, WORKFLOW};
 
@@ -120,6 +121,7 @@ pub fn exchanges() -> Vec<ExchangeSpec> {
         ExchangeSpec { name: DOMAIN_CHANGES_EXCHANGE, kind: ExchangeKind::Topic, alternate: None },
         ExchangeSpec { name: RECEIVING_EXCHANGE, kind: ExchangeKind::Topic, alternate: None },
         ExchangeSpec { name: PURCHASE_ORDERS_EXCHANGE, kind: ExchangeKind::Topic, alternate: None },
+        ExchangeSpec { name: SETTLEMENT_EXCHANGE, kind: ExchangeKind::Topic, alternate: None },
     ]
 }
 
@@ -176,9 +178,10 @@ pub fn domain_queues(copy: DomainCopy) -> Vec<QueueSpec> {
     let mut queues =
         vec![QueueSpec { name: copy.queue(), bindings: vec![(DOMAINS_EXCHANGE, copy.routing_key())] }];
     if let Some(feed) = copy.feed_queue() {
-        let binding = match copy.region {
-            Some(_) => (DOMAIN_CHANGES_EXCHANGE, copy.domain.to_string()),
-            None => (RECEIVING_EXCHANGE, domains::RECEIVED_ROUTING_KEY.to_string()),
+        let binding = match (copy.region, copy.def().receives) {
+            (Some(_), _) => (DOMAIN_CHANGES_EXCHANGE, copy.domain.to_string()),
+            (None, Some(fed)) => (fed.exchange, fed.routing_key.to_string()),
+            (None, None) => unreachable!("a primary's feed is its domain's `receives`"),
         };
         queues.push(QueueSpec { name: feed, bindings: vec![binding] });
     }

@@ -18,8 +18,39 @@ use crate::{
     DomainCopy, Node, AUDIT_EXCHANGE, CHANGES_EXCHANGE, COORDINATOR_CHANGES_QUEUE, COORDINATOR_QUEUE,
     COORDINATOR_REPLIES_QUEUE, COORDINATOR_ROUTING_KEY, DEAD_LETTER_EXCHANGE, DOMAINS_EXCHANGE,
     DOMAIN_CHANGES_EXCHANGE, POLL_RESULTS_QUEUE, PURCHASE_ORDERS_EXCHANGE, RECEIVING_EXCHANGE,
-    RESULTS_EXCHANGE, SERVICES_EXCHANGE, TRACKER_QUEUE, UNKNOWN_SERVICE_QUEUE, WORKFLOW_EXCHANGE,
+    RESULTS_EXCHANGE, SERVICES_EXCHANGE, SETTLEMENT_EXCHANGE, TRACKER_QUEUE, UNKNOWN_SERVICE_QUEUE,
+    WORKFLOW_EXCHANGE,
 };
+
+/// The state whose reaching makes an order's charge due for capture.
+pub const CAPTURED_WHEN: crate::OrderState = crate::OrderState::Shipped;
+
+/// Whether `role` sends the captures of the orders it ends shipped: the
+/// node that ships (autonomous orders) and the coordinator (directed ones).
+pub fn sends_captures(role: Role) -> bool {
+    match role {
+        Role::Node(node) => crate::WORKFLOW.produces(node).contains(&CAPTURED_WHEN),
+        Role::Coordinator => true,
+        _ => false,
+    }
+}
+
+/// The node that settles captures: the one answering for the domain whose
+/// feed is the settlement queue (payment, for the cards domain).
+pub fn settling_node() -> Node {
+    DomainCopy::all()
+        .into_iter()
+        .find(|copy| copy.feed_queue().as_deref() == Some(crate::SETTLEMENT_QUEUE))
+        .and_then(|copy| copy.served_by())
+        .expect("a domain served by a node takes the settlement queue")
+}
+
+/// The settlement exchange's topic permission for `role`: the capture key
+/// for a role that sends captures, nothing for any other.
+fn settlement_topic(role: Role) -> TopicGrant {
+    let keys = if sends_captures(role) { exact(&[crate::domains::CAPTURE_ROUTING_KEY]) } else { exact(&[]) };
+    topic(SETTLEMENT_EXCHANGE, keys, exact(&[]))
+}
 
 /// The default exchange as permissions name it: replies to RabbitMQ's direct
 /// reply-to (and the coordinator's replies queue) are published there.
@@ -284,11 +315,16 @@ fn node_grant(node: Node) -> Grant {
     } else {
         exact(&[])
     };
+    // The node that ships sends each shipped order's capture to settlement.
+    if sends_captures(Role::Node(node)) {
+        write.push(SETTLEMENT_EXCHANGE);
+    }
     Grant {
         configure: exact(&[]),
         write: exact(&write),
         read: exact(&read),
         topic: vec![
+            settlement_topic(Role::Node(node)),
             topic(PURCHASE_ORDERS_EXCHANGE, purchase_orders, exact(&[])),
             topic(DOMAINS_EXCHANGE, DOMAIN_CALLS.to_string(), exact(&[])),
             topic(WORKFLOW_EXCHANGE, exact(&keys), exact(&[&node.routing_key(), &retry_key])),
@@ -304,7 +340,13 @@ fn node_grant(node: Node) -> Grant {
 fn coordinator_grant() -> Grant {
     Grant {
         configure: exact(&[]),
-        write: exact(&[SERVICES_EXCHANGE, AUDIT_EXCHANGE, DEAD_LETTER_EXCHANGE, DEFAULT_EXCHANGE_RESOURCE]),
+        write: exact(&[
+            SERVICES_EXCHANGE,
+            AUDIT_EXCHANGE,
+            DEAD_LETTER_EXCHANGE,
+            DEFAULT_EXCHANGE_RESOURCE,
+            SETTLEMENT_EXCHANGE,
+        ]),
         read: exact(&[
             COORDINATOR_QUEUE,
             COORDINATOR_REPLIES_QUEUE,
@@ -312,6 +354,8 @@ fn coordinator_grant() -> Grant {
             UNKNOWN_SERVICE_QUEUE,
         ]),
         topic: vec![
+            // A directed order shipped: its capture, to settlement.
+            settlement_topic(Role::Coordinator),
             topic(WORKFLOW_EXCHANGE, exact(&[]), exact(&[COORDINATOR_ROUTING_KEY])),
             topic(SERVICES_EXCHANGE, "^service\\.[a-z_]+$".to_string(), exact(&[])),
             topic(AUDIT_EXCHANGE, "^audit\\.coordinator\\.[a-z_]+$".to_string(), exact(&[])),
@@ -374,9 +418,20 @@ mod tests {
         assert_eq!(g.configure, "^$", "a node may not declare, and so not delete, any queue");
         assert_eq!(
             g.read,
-            "^(orderflow\\.payment|orderflow\\.changes\\.payment|orderflow\\.service\\.payment|orderflow\\.domain\\.cards)$",
-            "its own queues, and the cards service it answers"
+            "^(orderflow\\.payment|orderflow\\.changes\\.payment|orderflow\\.service\\.payment|orderflow\\.domain\\.cards|orderflow\\.settlement)$",
+            "its own queues, the cards service it answers and the captures it settles"
         );
+        assert!(!g.write.contains("settlement"), "payment settles captures, it sends none");
+        let shipping = grant(Role::Node(Node::Shipping));
+        assert!(shipping.write.contains("orderflow\\.settlement"), "shipping sends the captures");
+        let on_settlement =
+            |g: &Grant| g.topic.iter().find(|t| t.exchange == SETTLEMENT_EXCHANGE).cloned().unwrap();
+        assert_eq!(on_settlement(&shipping).write, "^(capture)$");
+        assert_eq!(on_settlement(&grant(Role::Coordinator)).write, "^(capture)$");
+        for role in [Role::Node(Node::Inventory), Role::Publisher, Role::Support, Role::Tracker] {
+            assert!(!grant(role).write.contains("settlement"), "{role:?} sends no capture");
+        }
+        assert_eq!(settling_node(), Node::Payment);
         let on =
             |g: &Grant, exchange: &str| g.topic.iter().find(|t| t.exchange == exchange).cloned().unwrap();
         assert_eq!(on(&g, WORKFLOW_EXCHANGE).write, "^(order\\.inventory|retry\\.payment)$");

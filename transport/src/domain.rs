@@ -102,7 +102,7 @@ pub trait DomainService: Send + Sync + 'static {
     }
 
     /// Runs every [`TICK`] while the session is up.
-    fn tick(&self, _publisher: &Publisher) -> impl Future<Output = ()> + Send {
+    fn tick(&self, _ctx: &NodeContext, _publisher: &Publisher) -> impl Future<Output = ()> + Send {
         async {}
     }
 }
@@ -122,16 +122,32 @@ pub async fn run_domain<S: DomainService>(
 ) -> anyhow::Result<()> {
     let copy = service.copy();
     let ctx = Arc::new(NodeContext::new(&settings, copy.process_name(), copy.queue(), settings.prefetch)?);
+    let feed_prefetch = feed_prefetch(copy, &settings);
     supervise(&settings, &ctx, &shutdown, |connection| {
-        session(connection, ctx.clone(), service.clone(), shutdown.clone())
+        session(connection, ctx.clone(), service.clone(), feed_prefetch, shutdown.clone())
     })
     .await
+}
+
+/// How many messages of its feed a copy holds at once: a replica's changes
+/// come in hundreds; a true queue's work (received items) is taken one at a
+/// time, so a receipt put back for later is the next one delivered and the
+/// order of arrival holds; an aggregation queue's (captures) a full batch
+/// and as many again, so a batch can fill while the last one is settled.
+fn feed_prefetch(copy: DomainCopy, settings: &Settings) -> u16 {
+    use topology::domains::Taken;
+    match (copy.region, copy.def().receives.map(|feed| feed.taken)) {
+        (Some(_), _) => FEED_PREFETCH,
+        (None, Some(Taken::InBatches)) => u16::try_from(settings.settlement_batch * 2).unwrap_or(u16::MAX),
+        (None, _) => 1,
+    }
 }
 
 async fn session<S: DomainService>(
     connection: Connection,
     ctx: Arc<NodeContext>,
     service: Arc<S>,
+    feed_prefetch: u16,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let copy = service.copy();
@@ -170,11 +186,7 @@ async fn session<S: DomainService>(
     let mut feed = match copy.feed_queue() {
         Some(queue) => {
             let channel = connection.create_channel().await?;
-            // A true queue's work (received items) is taken one at a time: a
-            // receipt put back for later is then the next one delivered, so
-            // the order of arrival holds; a replica's changes come in hundreds.
-            let prefetch = if copy.region.is_none() { 1 } else { FEED_PREFETCH };
-            channel.basic_qos(prefetch, BasicQosOptions { global: false }).await?;
+            channel.basic_qos(feed_prefetch, BasicQosOptions { global: false }).await?;
             let tag = format!("{}-feed", ctx.instance_id);
             Some(
                 channel
@@ -208,7 +220,7 @@ async fn session<S: DomainService>(
                 Some(Err(error)) => break Err(anyhow::Error::from(error).context("the feed consumer failed")),
                 None => break Err(anyhow::anyhow!("the broker cancelled the feed consumer")),
             },
-            _ = ticks.tick() => service.tick(&publisher).await,
+            _ = ticks.tick() => service.tick(&ctx, &publisher).await,
         }
     };
     finish(&connection, &requests_channel, &ctx, tasks, result).await

@@ -112,6 +112,30 @@ pub fn incident_message(incident: &shared::incident::Incident) -> Outgoing {
     }
 }
 
+/// A shipped order's capture, to the settlement aggregation queue. Its
+/// message id is the order's: a capture sent again is the same capture.
+pub fn capture_message(capture: &shared::settlement::Capture) -> Outgoing {
+    use shared::settlement::CAPTURE_TYPE;
+    Outgoing {
+        exchange: topology::SETTLEMENT_EXCHANGE,
+        routing_key: topology::domains::CAPTURE_ROUTING_KEY.to_string(),
+        body: serde_json::to_vec(capture).expect("a capture always serializes"),
+        properties: properties(capture.order_id, capture.order_id, CAPTURE_TYPE),
+    }
+}
+
+/// A settled batch, for the tracker's report, on the audit exchange
+/// (`audit.<node>.settlement`, from the settling node's user).
+pub fn settled_batch_message(node: &str, batch: &shared::settlement::SettledBatch) -> Outgoing {
+    use shared::settlement::SETTLEMENT_TYPE;
+    Outgoing {
+        exchange: AUDIT_EXCHANGE,
+        routing_key: topology::audit_routing_key(node, SETTLEMENT_TYPE),
+        body: serde_json::to_vec(batch).expect("a batch always serializes"),
+        properties: properties(batch.batch_id, Uuid::nil(), SETTLEMENT_TYPE),
+    }
+}
+
 /// The `type` property of change records on the audit exchange.
 pub const CHANGE_EVENT_TYPE: &str = "change_event";
 

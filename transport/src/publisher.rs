@@ -149,15 +149,17 @@ impl Publisher {
         let channel = self.channel().await?;
         let mut confirms = Vec::with_capacity(messages.len());
         for message in messages {
-            let confirm = channel
-                .basic_publish(
-                    message.exchange.into(),
-                    message.routing_key.as_str().into(),
-                    BasicPublishOptions { mandatory: !to_direct_reply(message), ..Default::default() },
-                    &message.body,
-                    message.properties.clone().with_user_id(self.user.clone()),
-                )
-                .await?;
+            let publish = channel.basic_publish(
+                message.exchange.into(),
+                message.routing_key.as_str().into(),
+                BasicPublishOptions { mandatory: !to_direct_reply(message), ..Default::default() },
+                &message.body,
+                message.properties.clone().with_user_id(self.user.clone()),
+            );
+            // A publish the connection never takes (it died under it) fails too.
+            let unsent =
+                || PublishError::Unconfirmed(format!("{} / {}", message.exchange, message.routing_key));
+            let confirm = tokio::time::timeout(CONFIRM_TIMEOUT, publish).await.map_err(|_| unsent())??;
             confirms.push((confirm, message));
         }
         for (confirm, message) in confirms {

@@ -6,7 +6,7 @@
 //! and acknowledge only once all of it is confirmed.
 
 use super::context::NodeContext;
-use super::message::{audit_message, element_message, Outgoing};
+use super::message::{audit_message, capture_message, element_message, Outgoing};
 use super::settle::Settle;
 use shared::audit::{AuditEvent, Transition};
 use shared::change::{cancel_outcome, Change, ChangeKind, Decision};
@@ -186,11 +186,21 @@ pub async fn record_outcome(
         }
     };
     messages.extend(outgoing);
+    messages.extend(capture_if_shipped(outcome, &element));
     let late = close_if_terminal(ctx, &element).await?;
     messages.extend(late.messages);
     changes.applied.extend(late.applied);
     changes.rejected.extend(late.rejected);
     Ok(Handled { element, messages, changes })
+}
+
+/// The capture of an order this outcome shipped (its authorization, to the
+/// settlement aggregation queue); nothing for any other outcome.
+pub fn capture_if_shipped(outcome: &Outcome, element: &OrderElement) -> Option<Outgoing> {
+    let shipped_here = outcome.steps.iter().any(|step| step.state == topology::permissions::CAPTURED_WHEN);
+    shared::settlement::Capture::due(element)
+        .filter(|_| shipped_here)
+        .map(|capture| capture_message(&capture))
 }
 
 /// The messages that record an outcome: one audit event per step, then the

@@ -20,10 +20,30 @@ pub struct DomainDef {
     /// The workflow node that owns the data and answers for it, when the
     /// domain is not a process of its own (inventory's stock).
     pub served_by: Option<Node>,
-    /// A true queue the domain takes work from, one message at a time in
-    /// order of arrival (the stock domain's received items), published to
-    /// [`RECEIVING_EXCHANGE`].
-    pub receives: Option<&'static str>,
+    /// A queue the domain takes work from besides its requests (the stock
+    /// domain's received items, the cards domain's captures to settle).
+    pub receives: Option<Feed>,
+}
+
+/// A queue of work a domain takes, and how it is filled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Feed {
+    pub queue: &'static str,
+    /// The exchange and routing key its senders publish to.
+    pub exchange: &'static str,
+    pub routing_key: &'static str,
+    pub taken: Taken,
+}
+
+/// How a domain takes its feed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// A true queue: one message at a time, in order of arrival.
+    OneAtATime,
+    /// An aggregation queue: held until a batch is full or has waited long
+    /// enough (`ORDERFLOW_SETTLEMENT_BATCH`, `ORDERFLOW_SETTLEMENT_FLUSH_MS`),
+    /// then settled together.
+    InBatches,
 }
 
 /// orderflow's domains.
@@ -31,13 +51,29 @@ pub const DOMAINS: &[DomainDef] = &[
     DomainDef { name: "customer", replicas: &["uk", "de"], served_by: None, receives: None },
     DomainDef { name: "catalog", replicas: &[], served_by: None, receives: None },
     DomainDef { name: "distributor", replicas: &[], served_by: None, receives: None },
-    // Payment's cards service: a card for an order becomes the processor's token.
-    DomainDef { name: "cards", replicas: &[], served_by: Some(Node::Payment), receives: None },
+    // Payment's cards service: a card for an order becomes the processor's
+    // token; it also settles the shipped orders' captures, in batches.
+    DomainDef {
+        name: "cards",
+        replicas: &[],
+        served_by: Some(Node::Payment),
+        receives: Some(Feed {
+            queue: SETTLEMENT_QUEUE,
+            exchange: SETTLEMENT_EXCHANGE,
+            routing_key: CAPTURE_ROUTING_KEY,
+            taken: Taken::InBatches,
+        }),
+    },
     DomainDef {
         name: "stock",
         replicas: &[],
         served_by: Some(Node::Inventory),
-        receives: Some(RECEIVED_ITEMS_QUEUE),
+        receives: Some(Feed {
+            queue: RECEIVED_ITEMS_QUEUE,
+            exchange: RECEIVING_EXCHANGE,
+            routing_key: RECEIVED_ROUTING_KEY,
+            taken: Taken::OneAtATime,
+        }),
     },
 ];
 
@@ -48,6 +84,15 @@ pub const RECEIVED_ITEMS_QUEUE: &str = "orderflow.received-items";
 /// The exchange receiving stations publish arrived items to (routing key `received`).
 pub const RECEIVING_EXCHANGE: &str = "orderflow.receiving";
 pub const RECEIVED_ROUTING_KEY: &str = "received";
+
+/// The manifesto's aggregation queue for payment processing: a shipped
+/// order's capture, sent by shipping (or, for a directed order, the
+/// coordinator) and settled with the processor in batches by the cards
+/// domain (the payment process).
+pub const SETTLEMENT_QUEUE: &str = "orderflow.settlement";
+/// The exchange captures are published to (routing key `capture`).
+pub const SETTLEMENT_EXCHANGE: &str = "orderflow.settlement";
+pub const CAPTURE_ROUTING_KEY: &str = "capture";
 
 /// The manifesto's distributor shipments: a true queue of purchase orders.
 /// Inventory sends one per backordered line, on [`PURCHASE_ORDERS_EXCHANGE`]
@@ -151,13 +196,12 @@ impl DomainCopy {
         }
     }
 
-    /// The queue the copy takes changes or work from, one at a time in
-    /// order: a replica's queue on its primary's change stream, or the
-    /// domain's true queue (`DomainDef::receives`).
+    /// The queue the copy takes changes or work from: a replica's queue on
+    /// its primary's change stream, or the domain's feed (`DomainDef::receives`).
     pub fn feed_queue(self) -> Option<String> {
         match self.region {
             Some(region) => Some(format!("orderflow.replica.{}.{region}", self.domain)),
-            None => self.def().receives.map(String::from),
+            None => self.def().receives.map(|feed| feed.queue.to_string()),
         }
     }
 
@@ -195,5 +239,9 @@ mod tests {
         let stock = DomainCopy::primary("stock");
         assert_eq!(stock.process(), "inventory");
         assert_eq!(stock.feed_queue().as_deref(), Some(RECEIVED_ITEMS_QUEUE));
+        // The cards domain is answered by payment, which settles the captures.
+        let cards = DomainCopy::primary("cards");
+        assert_eq!(cards.process(), "payment");
+        assert_eq!(cards.feed_queue().as_deref(), Some(SETTLEMENT_QUEUE));
     }
 }

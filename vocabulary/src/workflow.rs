@@ -116,7 +116,10 @@ impl OrderState {
     /// Stock was short but a distributor supplies it: the order waits at
     /// inventory for the received items (or its wait limit).
     pub const Backordered: OrderState = OrderState("backordered");
+    /// The charge was captured (the order shipped and was settled) and is paid back.
     pub const Refunded: OrderState = OrderState("refunded");
+    /// The amount payment authorized (held) was released before any capture.
+    pub const Voided: OrderState = OrderState("voided");
     pub const OutOfStock: OrderState = OrderState("out_of_stock");
     pub const Picked: OrderState = OrderState("picked");
     pub const Rebinned: OrderState = OrderState("rebinned");
@@ -383,6 +386,7 @@ pub const WORKFLOW: Workflow = Workflow {
         state(OrderState::Cancelling, Compensation),
         state(OrderState::StockReleased, Compensation),
         state(OrderState::Refunded, Record),
+        state(OrderState::Voided, Record),
         state(OrderState::Rejected, Terminal),
         state(OrderState::PaymentDeclined, Terminal),
         state(OrderState::OutOfStock, Terminal),
@@ -401,7 +405,7 @@ pub const WORKFLOW: Workflow = Workflow {
         ).needing_card(),
         NodeDef::new(
             Node::Payment,
-            "The payment node of orderflow: charges each accepted order's card once through the simulated card processor; keeps an order whose card was declined waiting for another card (a card change) until its wait runs out; answers the cards service (a card for an order becomes the processor's token).",
+            "The payment node of orderflow: charges each accepted order's card once through the simulated card processor (an authorization: the amount is held, and captured in batches once the order shipped, from the orderflow.settlement aggregation queue); keeps an order whose card was declined waiting for another card (a card change) until its wait runs out; answers the cards service (a card for an order becomes the processor's token).",
             &[
                 Emit::of(OrderState::Charged),
                 // Waits here; released later as charged (a new card paid),
@@ -448,8 +452,9 @@ pub const WORKFLOW: Workflow = Workflow {
         ),
         NodeDef::new(
             Node::Exceptions,
-            "The exceptions node of orderflow: compensates failed and cancelled orders (refunds) and ends them.",
+            "The exceptions node of orderflow: compensates failed and cancelled orders (voids the authorization payment holds, or refunds a captured charge) and ends them.",
             &[
+                Emit::of(OrderState::Voided),
                 Emit::of(OrderState::Refunded),
                 Emit::of(OrderState::OutOfStock),
                 Emit::of(OrderState::Cancelled),

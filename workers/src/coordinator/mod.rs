@@ -339,6 +339,11 @@ impl Coordinator {
                 keep_card(&record.element, &mut element);
                 let detail = format!("{} step(s)", result.steps.len());
                 let (element, mut decided) = self.decide_changes(element).await?;
+                // The order ended shipped: its authorization is due for capture.
+                let shipped =
+                    result.steps.iter().any(|step| step.state == topology::permissions::CAPTURED_WHEN);
+                let capture = shared::settlement::Capture::due(&element).filter(|_| shipped);
+                decided.extend(capture.map(|capture| transport::message::capture_message(&capture)));
                 transport::message::stamp_trace(&mut decided, trace);
                 publisher.publish_all_patiently(&decided, transport::publisher::BROKER_PATIENCE).await?;
                 let next = self.next_for(&element);

@@ -374,7 +374,7 @@ impl DomainService for CustomerService {
         }
     }
 
-    async fn tick(&self, publisher: &Publisher) {
+    async fn tick(&self, _ctx: &NodeContext, publisher: &Publisher) {
         match (&self.domain.replica, &self.domain.stream) {
             (Some(replica), _) => replica.check_lag(&self.domain.docs),
             (None, Some(stream)) => {

@@ -57,7 +57,7 @@ pub enum Status {
     Covered,
     /// Waited past the limit: to end `out_of_stock` with its refund.
     Expired,
-    /// Cancelled while it waited: to be refunded.
+    /// Cancelled while it waited: its authorization to be voided.
     Cancelled,
 }
 

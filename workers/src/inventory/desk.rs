@@ -10,8 +10,8 @@
 //!    book (a new address is applied to the waiting element; a cancel ends it);
 //! 5. sends each decided way out on, through the workflow: a covered order
 //!    as `reserved` to picking, an expired one as `stock_short` (to
-//!    exceptions: refunded, `out_of_stock`), a cancelled one as
-//!    `cancelling` (refunded, `cancelled`).
+//!    exceptions: voided, `out_of_stock`), a cancelled one as
+//!    `cancelling` (voided, `cancelled`).
 //!
 //! Everything it sends is sent after the decision is committed and marked
 //! sent once confirmed: a crash in between sends it again, with the same

@@ -429,7 +429,7 @@ impl DomainService for StockDomain {
         }
     }
 
-    async fn tick(&self, publisher: &Publisher) {
+    async fn tick(&self, _ctx: &NodeContext, publisher: &Publisher) {
         self.desk.round(publisher).await;
     }
 }

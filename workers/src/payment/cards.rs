@@ -9,20 +9,23 @@
 //! processor does `4000000000000002`) is tokenized, and declined then.
 //!
 //! Its tick also runs the payment desk ([`super::desk`]), as the stock
-//! domain's runs inventory's.
+//! domain's runs inventory's; its feed is the settlement aggregation queue
+//! ([`super::settlement`]), whose batches it settles when full or due.
 
 use super::desk::PaymentDesk;
+use super::settlement::Settlement;
 use super::stage::{authorize, DECLINED_CARD};
 use crate::processor::Processor;
 use shared::domains::{CardsRequest, CopyStatus, TokenizedCard};
 use shared::order::{is_card_number, mask_card};
 use topology::DomainCopy;
 use transport::domain::{parse, DomainError, DomainService, Request};
-use transport::Publisher;
+use transport::{NodeContext, Publisher};
 
 pub struct CardsService {
     pub processor: Processor,
     pub desk: PaymentDesk,
+    pub settlement: Settlement,
 }
 
 impl DomainService for CardsService {
@@ -70,7 +73,18 @@ impl DomainService for CardsService {
         }
     }
 
-    async fn tick(&self, publisher: &Publisher) {
+    async fn prepare(&self, _publisher: &Publisher) -> anyhow::Result<()> {
+        self.settlement.forget_held().await;
+        Ok(())
+    }
+
+    /// A capture to settle, from the aggregation queue.
+    async fn apply(&self, ctx: &NodeContext, publisher: &Publisher, delivery: lapin::message::Delivery) {
+        self.settlement.take(ctx, publisher, delivery).await
+    }
+
+    async fn tick(&self, ctx: &NodeContext, publisher: &Publisher) {
+        self.settlement.settle_if_due(ctx, publisher).await;
         self.desk.round(publisher).await;
     }
 }

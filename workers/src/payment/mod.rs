@@ -2,13 +2,15 @@
 //! `stage` (the workflow node: charging an order's card once, a decline
 //! keeping the order waiting), `waiting` (the orders waiting for another
 //! card, as stored decisions, no broker), `desk` (what payment does for
-//! them: a new card charged, a cancel, a wait run out) and `cards` (the
+//! them: a new card charged, a cancel, a wait run out), `cards` (the
 //! cards service: a card for an order becomes the processor's token; its
-//! tick runs the desk), run by the payment process in a session of its
-//! own beside the stage.
+//! tick runs the desk) and `settlement` (the cards service's feed: shipped
+//! orders' captures, settled in batches), run by the payment process in a
+//! session of its own beside the stage.
 
 pub mod cards;
 pub mod desk;
+pub mod settlement;
 pub mod stage;
 pub mod waiting;
 
@@ -30,7 +32,8 @@ pub fn run(
         let desk_stage =
             Arc::new(Payment::waiting_for_cards(processor.clone(), waiting.clone(), settings.payment_wait));
         let desk = desk::PaymentDesk::open(&settings, waiting, desk_stage).await?;
-        let cards = Arc::new(cards::CardsService { processor, desk });
+        let settlement = settlement::Settlement::new(processor.clone(), &settings);
+        let cards = Arc::new(cards::CardsService { processor, desk, settlement });
         let domain = run_domain(settings.clone(), cards, shutdown.clone());
         tokio::try_join!(run_stage(stage, settings, shutdown), domain).map(|_| ())
     })

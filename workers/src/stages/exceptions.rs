@@ -1,8 +1,10 @@
 //! exceptions: ends failed and cancelled orders with their terminal state
-//! after performing their compensations (refunding the charge of an order that
-//! could not be reserved or was cancelled), each recorded in the order's history.
+//! after performing their compensations (releasing the money of an order
+//! that could not be reserved or was cancelled: the authorization payment
+//! holds is voided, or a charge already captured is refunded), each
+//! recorded in the order's history.
 
-use crate::processor::Processor;
+use crate::processor::{Processor, Released};
 use shared::{Node, OrderElement, OrderState, Outcome, Stage, StageError};
 
 pub struct Exceptions {
@@ -27,18 +29,30 @@ impl Stage for Exceptions {
         };
         let mut outcome = Outcome::new(element.clone());
         if let Some(charge) = &element.charge {
-            let refund = match self.processor.refund(element.order_id, charge).await? {
-                Ok(refund) => refund,
+            let released = match self.processor.release(element.order_id, charge).await? {
+                Ok(released) => released,
                 Err(reason) => {
-                    shared::events::Refused { node: "exceptions", what: "a refund", reason: &reason }.emit();
+                    shared::events::Refused { node: "exceptions", what: "a void or refund", reason: &reason }
+                        .emit();
                     return Err(StageError::Permanent(reason));
                 }
             };
-            let detail = format!(
-                "refunded {} cents of charge {} (refund {})",
-                refund.amount_cents, charge.charge_id, refund.refund_id
-            );
-            outcome = outcome.step(OrderState::Refunded, detail);
+            outcome = match released {
+                Released::Voided { void_id, amount_cents } => outcome.step(
+                    OrderState::Voided,
+                    format!(
+                        "voided the authorization of {amount_cents} cents (charge {}, void {void_id}): nothing was captured",
+                        charge.charge_id
+                    ),
+                ),
+                Released::Refunded(refund) => outcome.step(
+                    OrderState::Refunded,
+                    format!(
+                        "refunded {} cents of charge {} (refund {})",
+                        refund.amount_cents, charge.charge_id, refund.refund_id
+                    ),
+                ),
+            };
         }
         Ok(outcome.step(failure.ends_as, failure.reason))
     }

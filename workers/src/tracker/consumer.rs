@@ -15,6 +15,7 @@ use futures::StreamExt;
 use lapin::options::BasicAckOptions;
 use shared::incident::INCIDENT_TYPE;
 use shared::settings::Settings;
+use shared::settlement::SETTLEMENT_TYPE;
 use std::sync::Arc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use transport::audit_batch::{unpack, AUDIT_BATCH_TYPE};
@@ -112,7 +113,7 @@ fn with_trace(record: Record, trace_id: Option<String>) -> Record {
             event.trace_id = trace_id;
             Record::Change(event)
         }
-        Record::Incident(incident) => Record::Incident(incident),
+        other => other,
     }
 }
 
@@ -157,6 +158,7 @@ fn record_of(
     let decoded = match kind {
         Some(CHANGE_EVENT_TYPE) => decode(body, headers, ctx.max_message_bytes).map(Record::Change),
         Some(INCIDENT_TYPE) => decode(body, headers, ctx.max_message_bytes).map(Record::Incident),
+        Some(SETTLEMENT_TYPE) => decode(body, headers, ctx.max_message_bytes).map(Record::Settlement),
         _ => decode(body, headers, ctx.max_message_bytes).map(Record::State),
     };
     let record = verify(ctx, sender, decoded.map_err(|e| e.to_string())?)?;
@@ -192,6 +194,16 @@ fn verify(ctx: &NodeContext, sender: Option<&str>, record: Record) -> Result<Rec
             let node = shared::text::escaped(&incident.node);
             let reason = format!("an incident of {node} must come from its own user");
             shared::events::Refused { node: "tracker", what: "an incident", reason: &reason }.emit();
+            return Err(format!("refused: {reason}"));
+        }
+        Record::Settlement(_) => {
+            // Only the node that settles reports settled batches.
+            let settler = topology::permissions::Role::Node(topology::permissions::settling_node());
+            if ctx.trust.is_role(sender, settler) {
+                return Ok(record);
+            }
+            let reason = "a settled batch must come from the settling node's user";
+            shared::events::Refused { node: "tracker", what: "a settled batch", reason }.emit();
             return Err(format!("refused: {reason}"));
         }
     };

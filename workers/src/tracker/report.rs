@@ -86,10 +86,20 @@ impl TrackerStore {
             }
         }
 
+        let batches: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT captures, amount_cents, oldest_wait_ms FROM tracker_settlements WHERE at >= $1 AND at < $2",
+        )
+        .bind(&from_text)
+        .bind(&to_text)
+        .fetch_all(&self.store.pool)
+        .await?;
+
         let nodes: Vec<&str> = WORKFLOW.nodes().map(|n| n.name()).collect();
         let thresholds = stuck_thresholds(&nodes, &tally.p99s(), stuck_after);
         let stuck = self.stuck(now, &thresholds).await?;
-        Ok(tally.finish(&incidents, &nodes, stuck, thresholds))
+        let mut report = tally.finish(&incidents, &nodes, stuck, thresholds);
+        report.settlement = shared::report::SettlementFigures::of(&batches);
+        Ok(report)
     }
 
     /// The node an order in `state` goes to next, as routing decides it

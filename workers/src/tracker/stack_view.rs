@@ -114,6 +114,7 @@ pub async fn read(store: &TrackerStore, depths: Option<&BTreeMap<String, QueueDe
     let true_queues = vec![
         queue(topology::RECEIVED_ITEMS_QUEUE, "received items"),
         queue(topology::DISTRIBUTOR_SHIPMENTS_QUEUE, "distributor shipments (purchase orders)"),
+        queue(topology::SETTLEMENT_QUEUE, "captures to settle (aggregation queue, in batches)"),
     ];
     let retries = WORKFLOW.nodes().map(|node| queue(&node.retry_queue(), node.name())).collect();
     StackView {

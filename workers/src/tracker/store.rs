@@ -62,6 +62,9 @@ const INCIDENTS: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS tracker_incidents (incident_id TEXT PRIMARY KEY, node TEXT NOT NULL, \
      order_id TEXT, kind TEXT NOT NULL, reason TEXT NOT NULL, attempts BIGINT NOT NULL, at TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS tracker_incidents_by_time ON tracker_incidents (at)",
+    "CREATE TABLE IF NOT EXISTS tracker_settlements (batch_id TEXT PRIMARY KEY, captures BIGINT NOT NULL, \
+     amount_cents BIGINT NOT NULL, oldest_wait_ms BIGINT NOT NULL, at TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS tracker_settlements_by_time ON tracker_settlements (at)",
 ];
 
 /// Service results kept for polling (`GET /calls/{request_id}`), each under
@@ -91,6 +94,8 @@ pub enum Record {
     State(AuditEvent),
     Change(ChangeEvent),
     Incident(Incident),
+    /// A batch of captures payment settled (the settlement aggregation queue).
+    Settlement(shared::settlement::SettledBatch),
 }
 
 /// The tracker's page cache per connection: its writes append (events by
@@ -136,6 +141,7 @@ impl TrackerStore {
         let mut tx = self.store.pool.begin().await?;
         let new_ids = insert_events(&mut tx, backend, &rows, &recorded_at).await?;
         insert_incidents(&mut tx, &incidents).await?;
+        insert_settlements(&mut tx, records).await?;
         let moved = already_moved(&mut tx, backend, &rows).await?;
 
         // Each order's newest new state, and what its `placed` event says
@@ -429,10 +435,11 @@ struct Row {
 }
 
 impl Row {
-    /// The row of a state step or a change record (incidents have their own table).
+    /// The row of a state step or a change record (incidents and settled
+    /// batches have their own tables).
     fn of(record: &Record) -> Option<Row> {
         Some(match record {
-            Record::Incident(_) => return None,
+            Record::Incident(_) | Record::Settlement(_) => return None,
             Record::State(e) => Row {
                 event_id: e.event_id.to_string(),
                 order_id: e.order_id.to_string(),
@@ -490,6 +497,29 @@ async fn insert_incidents(
         .bind(&incident.reason)
         .bind(incident.attempts)
         .bind(rfc3339::format(&incident.at))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Inserts settled batches not known yet (a batch reported again, after
+/// the settling process stopped before acknowledging it, has the same id).
+async fn insert_settlements(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    records: &[Record],
+) -> sqlx::Result<()> {
+    for record in records {
+        let Record::Settlement(batch) = record else { continue };
+        sqlx::query(
+            "INSERT INTO tracker_settlements (batch_id, captures, amount_cents, oldest_wait_ms, at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (batch_id) DO NOTHING",
+        )
+        .bind(batch.batch_id.to_string())
+        .bind(batch.captures)
+        .bind(batch.amount_cents)
+        .bind(batch.oldest_wait_ms)
+        .bind(rfc3339::format(&batch.settled_at))
         .execute(&mut **tx)
         .await?;
     }

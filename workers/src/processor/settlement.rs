@@ -1,0 +1,238 @@
+//! The processor's settlement ledger. Payment's charge is an authorization:
+//! the amount is held (`processor_charges`). It then comes to exactly one of
+//! a capture (the order shipped: settled in a batch, `processor_batches`)
+//! or a void (cancelled or failed before any capture): one row per
+//! authorization in `processor_settlements`, whose primary key makes the two
+//! exclusive and each once, whatever is redelivered. A captured charge is
+//! paid back by a refund (`processor_refunds`), never voided.
+
+use super::{Processor, Refund};
+use chrono::Utc;
+use shared::group_commit::Written;
+use shared::order::Charge;
+use shared::settlement::{Capture, SettledBatch};
+use shared::store::stored_uuid;
+use uuid::Uuid;
+
+pub(super) const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS processor_settlements (charge_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, \
+     kind TEXT NOT NULL CHECK (kind IN ('capture', 'void')), batch_id TEXT, void_id TEXT, \
+     amount_cents BIGINT NOT NULL, settled_at TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS processor_batches (batch_id TEXT PRIMARY KEY, captures BIGINT NOT NULL, \
+     amount_cents BIGINT NOT NULL, oldest_wait_ms BIGINT NOT NULL, settled_at TEXT NOT NULL)",
+];
+
+/// What settling one batch came to.
+#[derive(Debug, Default)]
+pub struct Settled {
+    /// The batch, when it captured anything new.
+    pub batch: Option<SettledBatch>,
+    /// Earlier batches that had already captured some of these (a batch
+    /// redelivered after it was settled): reported again, never redone.
+    pub earlier: Vec<SettledBatch>,
+    /// The captures refused, by their index in the batch, with the reason.
+    pub refused: Vec<(usize, String)>,
+}
+
+/// What releasing an order's authorization came to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Released {
+    /// Not captured yet: the hold is released, no money moved.
+    Voided { void_id: Uuid, amount_cents: i64 },
+    /// Captured already: paid back.
+    Refunded(Refund),
+}
+
+/// What the ledger says about one capture, read in the batch's transaction.
+enum Verdict {
+    Captured,
+    Before(String),
+    Refused(String),
+}
+
+impl Processor {
+    /// Captures a batch in one transaction: each capture must name the
+    /// authorization recorded for its order (same charge, the authorized
+    /// amount) not voided; a capture made before (in an earlier batch) is
+    /// not made again. `oldest_wait_ms`: how long the oldest one waited.
+    pub async fn capture_batch(&self, captures: &[Capture], oldest_wait_ms: i64) -> sqlx::Result<Settled> {
+        let captures = captures.to_vec();
+        let batch_id = Uuid::new_v4();
+        let settled_at = Utc::now();
+        let at = settled_at.to_rfc3339();
+        let (verdicts, made, amount): (Vec<Verdict>, i64, i64) = self
+            .store
+            .write(move |connection| {
+                let (captures, at) = (captures.clone(), at.clone());
+                Box::pin(async move {
+                    let mut verdicts = Vec::with_capacity(captures.len());
+                    let (mut made, mut amount) = (0, 0);
+                    for capture in &captures {
+                        let verdict = capture_one(connection, capture, &batch_id.to_string(), &at).await?;
+                        if matches!(verdict, Verdict::Captured) {
+                            made += 1;
+                            amount += capture.amount_cents;
+                        }
+                        verdicts.push(verdict);
+                    }
+                    if made > 0 {
+                        sqlx::query(
+                            "INSERT INTO processor_batches (batch_id, captures, amount_cents, oldest_wait_ms, \
+                             settled_at) VALUES ($1, $2, $3, $4, $5)",
+                        )
+                        .bind(batch_id.to_string())
+                        .bind(made)
+                        .bind(amount)
+                        .bind(oldest_wait_ms)
+                        .bind(&at)
+                        .execute(&mut *connection)
+                        .await?;
+                    }
+                    Ok(Written::Keep((verdicts, made, amount)))
+                })
+            })
+            .await?;
+        let mut settled = Settled::default();
+        let mut earlier_ids = Vec::new();
+        for (index, verdict) in verdicts.into_iter().enumerate() {
+            match verdict {
+                Verdict::Captured => {}
+                Verdict::Before(batch) if !earlier_ids.contains(&batch) => earlier_ids.push(batch),
+                Verdict::Before(_) => {}
+                Verdict::Refused(reason) => settled.refused.push((index, reason)),
+            }
+        }
+        if made > 0 {
+            settled.batch = Some(SettledBatch {
+                batch_id,
+                captures: made,
+                amount_cents: amount,
+                oldest_wait_ms,
+                settled_at,
+            });
+        }
+        for batch in earlier_ids {
+            settled.earlier.extend(self.batch(&batch).await?);
+        }
+        Ok(settled)
+    }
+
+    /// A settled batch, as recorded.
+    async fn batch(&self, batch_id: &str) -> sqlx::Result<Option<SettledBatch>> {
+        let row: Option<(String, i64, i64, i64, String)> = sqlx::query_as(
+            "SELECT batch_id, captures, amount_cents, oldest_wait_ms, settled_at FROM processor_batches \
+             WHERE batch_id = $1",
+        )
+        .bind(batch_id)
+        .fetch_optional(&self.store.pool)
+        .await?;
+        let Some((batch_id, captures, amount_cents, oldest_wait_ms, settled_at)) = row else {
+            return Ok(None);
+        };
+        let settled_at = chrono::DateTime::parse_from_rfc3339(&settled_at)
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?
+            .with_timezone(&Utc);
+        let batch_id = stored_uuid(&batch_id, "batch_id")?;
+        Ok(Some(SettledBatch { batch_id, captures, amount_cents, oldest_wait_ms, settled_at }))
+    }
+
+    /// Releases the authorization recorded for `order_id` once: voided when
+    /// not captured, refunded when it was; a repeated request returns the
+    /// first answer. `Ok(Err(reason))` when the ledger refuses: no
+    /// authorization for the order, another than `claimed`, or a claimed
+    /// amount above the authorized one.
+    pub async fn release(&self, order_id: Uuid, claimed: &Charge) -> sqlx::Result<Result<Released, String>> {
+        let charge = match self.recorded_charge(order_id, claimed).await? {
+            Ok(charge) => charge,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        let row = (
+            charge.charge_id.to_string(),
+            order_id.to_string(),
+            charge.amount_cents,
+            Utc::now().to_rfc3339(),
+        );
+        let (kind, void_id): (String, Option<String>) = self
+            .store
+            .write(move |connection| {
+                let (charge_id, order_id, amount, at) = row.clone();
+                Box::pin(async move {
+                    // One statement: a void where nothing was settled; else what was.
+                    sqlx::query(
+                        "INSERT INTO processor_settlements (charge_id, order_id, kind, void_id, amount_cents, \
+                         settled_at) VALUES ($1, $2, 'void', $3, $4, $5) ON CONFLICT (charge_id) DO NOTHING",
+                    )
+                    .bind(&charge_id)
+                    .bind(&order_id)
+                    .bind(Uuid::new_v4().to_string())
+                    .bind(amount)
+                    .bind(&at)
+                    .execute(&mut *connection)
+                    .await?;
+                    let settled: (String, Option<String>) =
+                        sqlx::query_as("SELECT kind, void_id FROM processor_settlements WHERE charge_id = $1")
+                            .bind(&charge_id)
+                            .fetch_one(&mut *connection)
+                            .await?;
+                    Ok(Written::Keep(settled))
+                })
+            })
+            .await?;
+        if kind == "void" {
+            let void_id = stored_uuid(void_id.as_deref().unwrap_or_default(), "void_id")?;
+            return Ok(Ok(Released::Voided { void_id, amount_cents: charge.amount_cents }));
+        }
+        self.refund_recorded(&charge).await.map(|refund| Ok(Released::Refunded(refund)))
+    }
+}
+
+/// Captures one authorization in the batch's transaction, or says why not.
+async fn capture_one(
+    connection: &mut sqlx::AnyConnection,
+    capture: &Capture,
+    batch_id: &str,
+    at: &str,
+) -> sqlx::Result<Verdict> {
+    let order_id = capture.order_id.to_string();
+    let recorded: Option<(String, i64)> =
+        sqlx::query_as("SELECT charge_id, amount_cents FROM processor_charges WHERE order_id = $1")
+            .bind(&order_id)
+            .fetch_optional(&mut *connection)
+            .await?;
+    let Some((charge_id, authorized)) = recorded else {
+        return Ok(Verdict::Refused(format!(
+            "no authorization is recorded for order {order_id}: nothing to capture"
+        )));
+    };
+    if charge_id != capture.charge_id.to_string() || capture.amount_cents != authorized {
+        return Ok(Verdict::Refused(format!(
+            "order {order_id} was authorized {authorized} cents (charge {charge_id}), not {} cents (charge {}): \
+             capture refused",
+            capture.amount_cents, capture.charge_id
+        )));
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO processor_settlements (charge_id, order_id, kind, batch_id, amount_cents, settled_at) \
+         VALUES ($1, $2, 'capture', $3, $4, $5) ON CONFLICT (charge_id) DO NOTHING",
+    )
+    .bind(&charge_id)
+    .bind(&order_id)
+    .bind(batch_id)
+    .bind(authorized)
+    .bind(at)
+    .execute(&mut *connection)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(Verdict::Captured);
+    }
+    let (kind, batch): (String, Option<String>) =
+        sqlx::query_as("SELECT kind, batch_id FROM processor_settlements WHERE charge_id = $1")
+            .bind(&charge_id)
+            .fetch_one(&mut *connection)
+            .await?;
+    Ok(match (kind.as_str(), batch) {
+        ("capture", Some(batch)) => Verdict::Before(batch),
+        _ => Verdict::Refused(format!("order {order_id}'s authorization was voided: nothing to capture")),
+    })
+}

@@ -248,6 +248,12 @@ mod tests {
         assert_eq!(second.batch.as_ref().map(|b| (b.captures, b.amount_cents)), Some((1, 50)));
         assert_eq!(second.earlier, vec![batch.clone()], "the third was captured in the first batch");
 
+        let twice_order = Uuid::new_v4();
+        let twice = capture_of(twice_order, &processor.charge(twice_order, 70, "1111").await.unwrap());
+        let doubled = processor.capture_batch(&[twice.clone(), twice], 1).await.unwrap();
+        assert_eq!(doubled.batch.map(|b| (b.captures, b.amount_cents)), Some((1, 70)), "made once");
+        assert!(doubled.refused.is_empty() && doubled.earlier.is_empty());
+
         let redelivered = processor.capture_batch(&captures, 90).await.unwrap();
         assert!(redelivered.batch.is_none(), "nothing captured twice");
         assert_eq!(redelivered.earlier, vec![batch]);

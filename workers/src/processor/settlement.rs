@@ -11,7 +11,8 @@ use chrono::Utc;
 use shared::group_commit::Written;
 use shared::order::Charge;
 use shared::settlement::{Capture, SettledBatch};
-use shared::store::stored_uuid;
+use shared::store::{stored_uuid, Backend};
+use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 pub(super) const SCHEMA: &[&str] = &[
@@ -46,6 +47,8 @@ pub enum Released {
 /// What the ledger says about one capture, read in the batch's transaction.
 enum Verdict {
     Captured,
+    /// A repeat, within the batch, of a capture it made.
+    Again,
     Before(String),
     Refused(String),
 }
@@ -55,25 +58,48 @@ impl Processor {
     /// authorization recorded for its order (same charge, the authorized
     /// amount) not voided; a capture made before (in an earlier batch) is
     /// not made again. `oldest_wait_ms`: how long the oldest one waited.
+    /// A handful of set-wise statements, whatever the batch's size.
     pub async fn capture_batch(&self, captures: &[Capture], oldest_wait_ms: i64) -> sqlx::Result<Settled> {
         let captures = captures.to_vec();
-        let batch_id = Uuid::new_v4();
-        let settled_at = Utc::now();
+        let (backend, batch_id, settled_at) = (self.store.backend, Uuid::new_v4(), Utc::now());
         let at = settled_at.to_rfc3339();
         let (verdicts, made, amount): (Vec<Verdict>, i64, i64) = self
             .store
             .write(move |connection| {
                 let (captures, at) = (captures.clone(), at.clone());
                 Box::pin(async move {
-                    let mut verdicts = Vec::with_capacity(captures.len());
-                    let (mut made, mut amount) = (0, 0);
-                    for capture in &captures {
-                        let verdict = capture_one(connection, capture, &batch_id.to_string(), &at).await?;
-                        if matches!(verdict, Verdict::Captured) {
+                    let authorized = authorizations(connection, backend, &captures).await?;
+                    let mut verdicts: Vec<Verdict> =
+                        captures.iter().map(|capture| check(capture, authorized.get(&capture.order_id))).collect();
+                    let due: Vec<&Capture> = captures
+                        .iter()
+                        .zip(&verdicts)
+                        .filter(|(_, verdict)| matches!(verdict, Verdict::Captured))
+                        .map(|(capture, _)| capture)
+                        .collect();
+                    let new = insert_captures(connection, backend, &due, &batch_id.to_string(), &at).await?;
+                    let before = settled_before(connection, backend, &due, &new).await?;
+                    let (mut made, mut amount, mut counted) = (0, 0, HashSet::new());
+                    for (capture, verdict) in captures.iter().zip(verdicts.iter_mut()) {
+                        let charge_id = capture.charge_id.to_string();
+                        if !matches!(verdict, Verdict::Captured) {
+                            continue;
+                        }
+                        if new.contains(&charge_id) && counted.insert(charge_id.clone()) {
                             made += 1;
                             amount += capture.amount_cents;
+                        } else if new.contains(&charge_id) {
+                            // The same capture twice in this batch: made once.
+                            *verdict = Verdict::Again;
+                        } else {
+                            *verdict = match before.get(&charge_id) {
+                                Some(Some(batch)) => Verdict::Before(batch.clone()),
+                                _ => Verdict::Refused(format!(
+                                    "order {}'s authorization was voided: nothing to capture",
+                                    capture.order_id
+                                )),
+                            };
                         }
-                        verdicts.push(verdict);
                     }
                     if made > 0 {
                         sqlx::query(
@@ -96,7 +122,7 @@ impl Processor {
         let mut earlier_ids = Vec::new();
         for (index, verdict) in verdicts.into_iter().enumerate() {
             match verdict {
-                Verdict::Captured => {}
+                Verdict::Captured | Verdict::Again => {}
                 Verdict::Before(batch) if !earlier_ids.contains(&batch) => earlier_ids.push(batch),
                 Verdict::Before(_) => {}
                 Verdict::Refused(reason) => settled.refused.push((index, reason)),
@@ -186,53 +212,102 @@ impl Processor {
     }
 }
 
-/// Captures one authorization in the batch's transaction, or says why not.
-async fn capture_one(
+/// The authorizations recorded for the captures' orders: order id to
+/// (charge id, amount), in one statement.
+async fn authorizations(
     connection: &mut sqlx::AnyConnection,
-    capture: &Capture,
-    batch_id: &str,
-    at: &str,
-) -> sqlx::Result<Verdict> {
-    let order_id = capture.order_id.to_string();
-    let recorded: Option<(String, i64)> =
-        sqlx::query_as("SELECT charge_id, amount_cents FROM processor_charges WHERE order_id = $1")
-            .bind(&order_id)
-            .fetch_optional(&mut *connection)
-            .await?;
-    let Some((charge_id, authorized)) = recorded else {
-        return Ok(Verdict::Refused(format!(
+    backend: Backend,
+    captures: &[Capture],
+) -> sqlx::Result<HashMap<Uuid, (String, i64)>> {
+    let sql = format!(
+        "SELECT order_id, charge_id, amount_cents FROM processor_charges WHERE order_id IN ({})",
+        backend.marks(1, captures.len())
+    );
+    let mut query = sqlx::query_as::<_, (String, String, i64)>(&sql);
+    for capture in captures {
+        query = query.bind(capture.order_id.to_string());
+    }
+    let rows = query.fetch_all(&mut *connection).await?;
+    rows.into_iter()
+        .map(|(order_id, charge_id, amount)| Ok((stored_uuid(&order_id, "order_id")?, (charge_id, amount))))
+        .collect()
+}
+
+/// Whether a capture names its order's authorization, for its amount
+/// (`Captured`: to be made), or why not.
+fn check(capture: &Capture, authorized: Option<&(String, i64)>) -> Verdict {
+    let order_id = capture.order_id;
+    let Some((charge_id, amount)) = authorized else {
+        return Verdict::Refused(format!(
             "no authorization is recorded for order {order_id}: nothing to capture"
-        )));
+        ));
     };
-    if charge_id != capture.charge_id.to_string() || capture.amount_cents != authorized {
-        return Ok(Verdict::Refused(format!(
-            "order {order_id} was authorized {authorized} cents (charge {charge_id}), not {} cents (charge {}): \
+    if *charge_id != capture.charge_id.to_string() || capture.amount_cents != *amount {
+        return Verdict::Refused(format!(
+            "order {order_id} was authorized {amount} cents (charge {charge_id}), not {} cents (charge {}): \
              capture refused",
             capture.amount_cents, capture.charge_id
-        )));
+        ));
     }
-    let inserted = sqlx::query(
+    Verdict::Captured
+}
+
+/// Records the captures not settled yet, in one statement; the charge ids
+/// it recorded (a charge already captured or voided is left as it is).
+async fn insert_captures(
+    connection: &mut sqlx::AnyConnection,
+    backend: Backend,
+    due: &[&Capture],
+    batch_id: &str,
+    at: &str,
+) -> sqlx::Result<HashSet<String>> {
+    let mut seen = HashSet::new();
+    let unique: Vec<&&Capture> = due.iter().filter(|capture| seen.insert(capture.charge_id)).collect();
+    if unique.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let sql = format!(
         "INSERT INTO processor_settlements (charge_id, order_id, kind, batch_id, amount_cents, settled_at) \
-         VALUES ($1, $2, 'capture', $3, $4, $5) ON CONFLICT (charge_id) DO NOTHING",
-    )
-    .bind(&charge_id)
-    .bind(&order_id)
-    .bind(batch_id)
-    .bind(authorized)
-    .bind(at)
-    .execute(&mut *connection)
-    .await?
-    .rows_affected();
-    if inserted == 1 {
-        return Ok(Verdict::Captured);
+         VALUES {} ON CONFLICT (charge_id) DO NOTHING RETURNING charge_id",
+        backend.rows(1, unique.len(), 6)
+    );
+    let mut query = sqlx::query_scalar::<_, String>(&sql);
+    for capture in unique {
+        query = query
+            .bind(capture.charge_id.to_string())
+            .bind(capture.order_id.to_string())
+            .bind("capture")
+            .bind(batch_id.to_string())
+            .bind(capture.amount_cents)
+            .bind(at.to_string());
     }
-    let (kind, batch): (String, Option<String>) =
-        sqlx::query_as("SELECT kind, batch_id FROM processor_settlements WHERE charge_id = $1")
-            .bind(&charge_id)
-            .fetch_one(&mut *connection)
-            .await?;
-    Ok(match (kind.as_str(), batch) {
-        ("capture", Some(batch)) => Verdict::Before(batch),
-        _ => Verdict::Refused(format!("order {order_id}'s authorization was voided: nothing to capture")),
-    })
+    Ok(query.fetch_all(&mut *connection).await?.into_iter().collect())
+}
+
+/// How the captures not recorded now were settled before: charge id to its
+/// capture's batch (`None`: voided), in one statement.
+async fn settled_before(
+    connection: &mut sqlx::AnyConnection,
+    backend: Backend,
+    due: &[&Capture],
+    new: &HashSet<String>,
+) -> sqlx::Result<HashMap<String, Option<String>>> {
+    let old: Vec<String> =
+        due.iter().map(|capture| capture.charge_id.to_string()).filter(|id| !new.contains(id)).collect();
+    if old.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let sql = format!(
+        "SELECT charge_id, kind, batch_id FROM processor_settlements WHERE charge_id IN ({})",
+        backend.marks(1, old.len())
+    );
+    let mut query = sqlx::query_as::<_, (String, String, Option<String>)>(&sql);
+    for charge_id in &old {
+        query = query.bind(charge_id.clone());
+    }
+    let rows = query.fetch_all(&mut *connection).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(charge_id, kind, batch)| (charge_id, batch.filter(|_| kind == "capture")))
+        .collect())
 }

@@ -199,6 +199,8 @@ async fn a_capture_comes_only_from_who_ships_and_moves_only_its_authorization() 
         let letters = stack.letters_with(reason, *n).await;
         assert_eq!(letters.len(), *n, "dead letters with {reason:?}: {letters:?}");
         assert!(letters.iter().all(|l| l["node"] == "payment"), "{letters:?}");
+        // A replay sends it back where it came from: the settlement queue.
+        assert!(letters.iter().all(|l| l["queue"] == topology::SETTLEMENT_QUEUE), "{letters:?}");
     }
 
     // Settling goes on: the next orders are captured too, each once.

@@ -98,7 +98,8 @@ impl NodeContext {
             }
             // Sent to the queue by name (a reply to the coordinator's call).
             _ if delivery.exchange.as_str().is_empty() => delivery.routing_key.to_string(),
-            _ => self.queue.clone(),
+            // A domain's feed (received items, captures to settle), else its own queue.
+            _ => feed_queue_of(delivery.exchange.as_str()).unwrap_or_else(|| self.queue.clone()),
         }
     }
 
@@ -120,4 +121,14 @@ impl NodeContext {
     ) -> Outgoing {
         change_event_message(&ChangeEvent::new(request, kind, self.node, &self.instance_id, detail, version))
     }
+}
+
+/// The domain feed a message published to `exchange` arrives on: the
+/// received items, the captures to settle (`DomainDef::receives`).
+fn feed_queue_of(exchange: &str) -> Option<String> {
+    topology::DomainCopy::all()
+        .into_iter()
+        .filter_map(|copy| copy.def().receives)
+        .find(|feed| feed.exchange == exchange)
+        .map(|feed| feed.queue.to_string())
 }

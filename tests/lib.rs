@@ -462,6 +462,39 @@ impl Drop for Stack {
     }
 }
 
+/// Publishes `body` with Python's pika (a client no one here wrote) as
+/// `url`'s user (`user` in `user_id`), persistent, JSON, of type `kind`,
+/// with publisher confirms; what the broker said when it refused, else `None`.
+pub fn pika_publish(
+    url: &str,
+    user: &str,
+    exchange: &str,
+    routing_key: &str,
+    kind: &str,
+    body: &str,
+) -> Option<String> {
+    let script = r#"
+import sys, pika
+url, user, exchange, key, kind, body = sys.argv[1:7]
+connection = pika.BlockingConnection(pika.URLParameters(url))
+channel = connection.channel()
+channel.confirm_delivery()
+try:
+    channel.basic_publish(exchange, key, body.encode(),
+                          pika.BasicProperties(user_id=user, content_type="application/json",
+                                               delivery_mode=2, type=kind))
+    print("published")
+except Exception as error:
+    print("refused: " + repr(error))
+"#;
+    let output = std::process::Command::new("python3")
+        .args(["-c", script, url, user, exchange, routing_key, kind, body])
+        .output()
+        .expect("python3 runs");
+    let said = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    (!said.starts_with("published")).then_some(said)
+}
+
 /// The states of an order's history, in order.
 pub fn states(view: &OrderView) -> Vec<String> {
     view.history.iter().map(|h| h.state.clone()).collect()
@@ -702,7 +735,12 @@ pub async fn assert_ledgers_match_histories(
         let view = stack.order(id).await;
         let path: Vec<String> = states(&view).into_iter().filter(|s| !s.starts_with("change_")).collect();
         let terminal: Vec<&String> = path.iter().filter(|s| TERMINAL.contains(&s.as_str())).collect();
-        assert_eq!(terminal.len(), 1, "order {id}: one terminal state in {path:?}");
+        let told: Vec<String> = view
+            .history
+            .iter()
+            .map(|h| format!("{} {} at {}: {}", h.seq, h.state, h.node, h.detail))
+            .collect();
+        assert_eq!(terminal.len(), 1, "order {id}: one terminal state in {path:?}: {told:#?}");
         assert_eq!(path.last(), terminal.first().copied(), "order {id}: {path:?}");
         let distinct: BTreeSet<&String> = path.iter().collect();
         assert_eq!(distinct.len(), path.len(), "order {id}: a state twice in {path:?}");

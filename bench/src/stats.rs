@@ -285,6 +285,8 @@ mod tests {
                 entry("picked", "00.530000"),
                 shipped,
             ],
+            workflow: None,
+            workflow_version: None,
         };
         let t = OrderTiming::from_view(&view).unwrap();
         assert!((t.total_ms - 650.0).abs() < 1e-3);

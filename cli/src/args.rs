@@ -54,7 +54,8 @@ pub enum Command {
                             orderflow customer add --name Ada --email ada@example.com --line1 '1 Main St' \\\n    \
                             --city Leeds --postal-code LS1 --country GB\n  \
                             orderflow customer set-address C-000001 --line1 '2 High St' --city York \\\n    \
-                            --postal-code YO1 --country GB --default\n\n\
+                            --postal-code YO1 --country GB --default\n  \
+                            orderflow customer set-card C-000001 --card-file card.json\n\n\
                             Exit codes: 0 done, 4 refused (unknown id, bad value, a write to a replica), \
                             3 no answer in time (the domain is down or slow), 1 the broker unreachable.")]
     Customer {
@@ -113,7 +114,8 @@ pub enum Command {
     /// Publish generated orders (--count) or orders from a JSON-lines file (--file); prints their ids.
     #[command(after_help = "Examples:\n  orderflow publish --count 100 > ids.txt\n  \
                             orderflow publish --count 200 --mixed --rate 20\n  \
-                            orderflow publish --file orders.jsonl   # a bad line: nothing is published")]
+                            orderflow publish --file orders.jsonl   # a bad line: nothing is published\n  \
+                            orderflow publish --count 20 --wait --timeout 60   # each order's outcome as it ends")]
     Publish {
         /// Number of generated valid orders (1 to 1,000,000).
         #[arg(long, conflicts_with = "file", value_parser = values::count, allow_negative_numbers = true)]
@@ -131,6 +133,14 @@ pub enum Command {
         /// (routing key order.coordinator) instead of the autonomous workflow.
         #[arg(long)]
         directed: bool,
+        /// Print each order's outcome as it ends (one JSON line: order_id, outcome, node,
+        /// detail, at), sent back by the distribution center, instead of the ids; exit 3 if
+        /// some have none within --timeout.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: how long to wait for the last outcome, in seconds.
+        #[arg(long, requires = "wait", default_value = "300", value_parser = values::seconds)]
+        timeout: std::time::Duration,
     },
     /// Call one node's service with an element (or, at intake, a plain order): --sync, --poll or --callback.
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -398,6 +408,20 @@ pub enum CustomerCommand {
         #[arg(long, requires = "card_number")]
         card_expiry: Option<String>,
         /// The request id (a repeat adds the customer once).
+        #[arg(long, value_parser = values::request_id)]
+        request_id: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a new card on file (its masked number and expiry are kept; the
+    /// customer's orders waiting for payment on the old card are retried
+    /// with it).
+    SetCard {
+        id: String,
+        /// A JSON file of the card: {"card_number": .., "expiry": "MM/YY"}
+        /// (a file, so that the number is in no shell history).
+        #[arg(long)]
+        card_file: std::path::PathBuf,
         #[arg(long, value_parser = values::request_id)]
         request_id: Option<String>,
         #[arg(long)]

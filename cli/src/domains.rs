@@ -172,6 +172,16 @@ pub async fn customer(settings: &Settings, command: CustomerCommand) -> anyhow::
                 Err(error) => failed(error),
             }
         }
+        CustomerCommand::SetCard { id, card_file, request_id, json } => {
+            let card = crate::change::read_card_file(&card_file)?;
+            let card = CardInput { number: card.card_number, expiry: card.expiry };
+            let request = CustomerRequest::SetCard { customer_id: id, card }.to_json();
+            let request_id = request_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            match session.ask(DomainCopy::primary("customer"), request, Some(&request_id)).await {
+                Ok(data) => print_customer(&data, json).map(|_| Outcome::Done)?,
+                Err(error) => failed(error),
+            }
+        }
         CustomerCommand::SetAddress { id, address: at, address_id, default, request_id, region, json } => {
             let address = AddressInput { address_id, default, ..address(&at) };
             let request = CustomerRequest::SetAddress { customer_id: id, address }.to_json();

@@ -66,13 +66,14 @@ async fn run(command: Command) -> anyhow::Result<Outcome> {
             domains::receive(&settings, receipts).await
         }
         Command::Stock { sku, json } => domains::stock(&settings, &sku, json).await,
-        Command::Publish { count, rate, mixed, file, directed } => {
+        Command::Publish { count, rate, mixed, file, directed, wait, timeout } => {
             let orders = match (count, file) {
                 (Some(n), _) => shared::generate::orders(n, mixed),
                 (None, Some(path)) => publish::read_orders_file(&path, settings.max_message_bytes)?,
                 (None, None) => unreachable!("main refuses a publish without --count or --file"),
             };
-            publish::publish(&settings, orders, rate, directed).await.map(|_| Outcome::Done)
+            let wait = wait.then_some(timeout);
+            publish::publish(&settings, orders, publish::Publishing { rate, directed, wait }).await
         }
         Command::Change { id, ship_to, ship_to_file, shipping_method, card_file, mode } => {
             let asked = change::Asked { ship_to, ship_to_file, shipping_method, card_file };

@@ -5,7 +5,11 @@
 //! sends again what was not confirmed (the same elements, same order ids and
 //! event ids, which the pipeline takes once), prints each id once, and gives
 //! up only after `ORDERFLOW_PUBLISH_PATIENCE_S` seconds without progress.
+//! With `--wait` each order names the command's direct reply-to as where its
+//! outcome goes (`shared::answer`), and the command prints each outcome as
+//! the order ends, without polling the tracker.
 
+use crate::exit::Outcome;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use shared::audit::AuditEvent;
@@ -67,14 +71,20 @@ fn progress(total: usize) -> ProgressBar {
     bar
 }
 
-type Session = (deadpool_lapin::Object, Publisher);
+/// A connection, its confirm channel, and (with `--wait`) the outcomes
+/// arriving on that channel's direct reply-to.
+type Session = (deadpool_lapin::Object, Publisher, Option<lapin::Consumer>);
 
 /// How long one attempt at a window of orders (connecting if need be,
 /// publishing, every confirm) may take before it is given up and made again.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// A connection from the pool (a new one when the last died) with a confirm channel.
-async fn open_session(pool: &deadpool_lapin::Pool, settings: &Settings) -> anyhow::Result<Session> {
+async fn open_session(
+    pool: &deadpool_lapin::Pool,
+    settings: &Settings,
+    answers: bool,
+) -> anyhow::Result<Session> {
     let connection = pool
         .get()
         .await
@@ -85,17 +95,31 @@ async fn open_session(pool: &deadpool_lapin::Pool, settings: &Settings) -> anyho
         .context("the topology is not applied on this broker (run scripts/up.sh or `topology apply`)")?;
     let _ = setup.close(200, "checked".into()).await;
     let publisher = Publisher::open(&connection, &settings.broker_user()).await?;
-    Ok((connection, publisher))
+    let outcomes = if answers {
+        // Consumed before the first publish that names it, as RabbitMQ requires.
+        let options = lapin::options::BasicConsumeOptions { no_ack: true, ..Default::default() };
+        let channel = publisher.channel().await?;
+        let queue = shared::service::DIRECT_REPLY_TO;
+        Some(channel.basic_consume(queue.into(), "".into(), options, Default::default()).await?)
+    } else {
+        None
+    };
+    Ok((connection, publisher, outcomes))
 }
 
-/// Publishes the orders and prints their ids in order.
-/// `directed`: to the coordinator (routing key `order.coordinator`) instead of intake.
-pub async fn publish(
-    settings: &Settings,
-    orders: Vec<Order>,
-    rate: Option<f64>,
-    directed: bool,
-) -> anyhow::Result<()> {
+/// How `orderflow publish` sends its orders.
+pub struct Publishing {
+    /// Orders per second (none: as fast as the broker confirms).
+    pub rate: Option<f64>,
+    /// To the coordinator (routing key `order.coordinator`) instead of intake.
+    pub directed: bool,
+    /// Print each order's outcome as it ends, waiting up to this long (none: print the ids).
+    pub wait: Option<Duration>,
+}
+
+/// Publishes the orders and prints their ids in order (or, with `wait`, their outcomes).
+pub async fn publish(settings: &Settings, orders: Vec<Order>, how: Publishing) -> anyhow::Result<Outcome> {
+    let Publishing { rate, directed, wait } = how;
     let patience = settings.publish_patience;
     // The pool reconnects to the first broker URL (the workers move between all of them).
     let first_url = topology::management::amqp_urls(&settings.amqp_url).first().map(|u| u.to_string());
@@ -104,7 +128,7 @@ pub async fn publish(
         deadpool_lapin::Runtime::Tokio1,
     )?;
     // The first connection must work: a wrong URL or a missing topology is reported at once.
-    let mut session: Option<Session> = Some(open_session(&pool, settings).await?);
+    let mut session: Option<Session> = Some(open_session(&pool, settings, wait.is_some()).await?);
     let instance = format!("cli-{}", std::process::id());
 
     let elements: Vec<OrderElement> = orders.into_iter().map(OrderElement::placed).collect();
@@ -124,30 +148,15 @@ pub async fn publish(
         }
         let mut messages = Vec::with_capacity(chunk.len() * 2);
         for element in chunk {
-            let placed =
-                AuditEvent::for_transition(element, None, "publisher", &instance, placed_detail(element));
-            let mut placing = [
-                audit_message(&placed),
-                if directed {
-                    directed_message(element)
-                } else {
-                    element_message(element, topology::WORKFLOW.door())
-                },
-            ];
-            // The order's trace starts here (its id is the order's).
-            transport::message::stamp_trace(
-                &mut placing,
-                &shared::trace::TraceContext::of_order(element.order_id),
-            );
-            messages.extend(placing);
+            messages.extend(placing(element, &instance, directed, wait.is_some()));
         }
         let mut failing_since: Option<Instant> = None;
         loop {
             let attempt = async {
                 if session.is_none() {
-                    session = Some(open_session(&pool, settings).await?);
+                    session = Some(open_session(&pool, settings, wait.is_some()).await?);
                 }
-                let (_, publisher) = session.as_ref().expect("a session was just opened");
+                let (_, publisher, _) = session.as_ref().expect("a session was just opened");
                 publisher.publish_all(&messages).await.context("publishing orders")
             };
             // An attempt the broker never answers (a connection that died under a
@@ -173,7 +182,7 @@ pub async fn publish(
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        for element in chunk {
+        for element in chunk.iter().filter(|_| wait.is_none()) {
             writeln!(stdout, "{}", element.order_id)?;
         }
         published += chunk.len();
@@ -181,12 +190,79 @@ pub async fn publish(
     }
     stdout.flush()?;
     bar.finish_and_clear();
-    if let Some((connection, publisher)) = session {
-        publisher.close().await;
-        let _ = connection.close(200, "published".into()).await;
+    let Some((connection, publisher, outcomes)) = session else { return Ok(Outcome::Done) };
+    let waited = match (wait, outcomes) {
+        (Some(wait), Some(outcomes)) => Some(print_outcomes(outcomes, &ids, wait).await?),
+        _ => None,
+    };
+    publisher.close().await;
+    let _ = connection.close(200, "published".into()).await;
+    if let Some(waited) = waited {
+        return Ok(waited);
     }
     wait_until_tracked(settings, &ids).await;
-    Ok(())
+    Ok(Outcome::Done)
+}
+
+/// Prints each order's outcome (one JSON line) as it arrives, until every
+/// order of `ids` has one or `wait` has passed.
+async fn print_outcomes(
+    mut outcomes: lapin::Consumer,
+    ids: &[uuid::Uuid],
+    wait: Duration,
+) -> anyhow::Result<Outcome> {
+    use futures::StreamExt;
+    let mut owed: std::collections::HashSet<uuid::Uuid> = ids.iter().copied().collect();
+    let bar = ProgressBar::new(owed.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} ended {pos}/{len} orders ({elapsed})")
+            .expect("valid template"),
+    );
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut stdout = std::io::stdout().lock();
+    while !owed.is_empty() {
+        let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(deadline, outcomes.next()).await else { break };
+        let Ok(outcome) = serde_json::from_slice::<shared::answer::OrderOutcome>(&delivery.data) else {
+            continue;
+        };
+        if owed.remove(&outcome.order_id) {
+            bar.suspend(|| {
+                writeln!(stdout, "{}", serde_json::to_string(&outcome).expect("an outcome serializes"))
+            })?;
+            bar.inc(1);
+        }
+    }
+    stdout.flush()?;
+    bar.finish_and_clear();
+    if owed.is_empty() {
+        return Ok(Outcome::Done);
+    }
+    eprintln!("{} of {} orders have no outcome within {} s", owed.len(), ids.len(), wait.as_secs());
+    Ok(Outcome::TimedOut)
+}
+
+/// An order's `placed` record and the order itself, to intake or (`directed`)
+/// to the coordinator; with `answers`, naming this channel's direct reply-to
+/// as where its outcome goes.
+fn placing(
+    element: &OrderElement,
+    instance: &str,
+    directed: bool,
+    answers: bool,
+) -> [transport::Outgoing; 2] {
+    let placed = AuditEvent::for_transition(element, None, "publisher", instance, placed_detail(element));
+    let mut order = if directed {
+        directed_message(element)
+    } else {
+        element_message(element, topology::WORKFLOW.door())
+    };
+    if answers {
+        order.properties = order.properties.with_reply_to(shared::service::DIRECT_REPLY_TO.into());
+    }
+    let mut placing = [audit_message(&placed), order];
+    // The order's trace starts here (its id is the order's).
+    transport::message::stamp_trace(&mut placing, &shared::trace::TraceContext::of_order(element.order_id));
+    placing
 }
 
 /// A placed element for the coordinator (directed mode).

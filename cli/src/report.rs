@@ -90,6 +90,21 @@ pub fn table(report: &Report) -> String {
     } else {
         out.push_str("settlement: no batch settled in the range\n");
     }
+    let answers = &report.answers;
+    if answers.sent + answers.unroutable + answers.waiting > 0 {
+        out.push_str(&format!(
+            "answers to placers: {} outcomes sent, {} with no queue to go to, {} waiting to be sent\n",
+            answers.sent, answers.unroutable, answers.waiting
+        ));
+    }
+    if !report.in_flight.is_empty() {
+        let versions: Vec<String> = report
+            .in_flight
+            .iter()
+            .map(|w| format!("{} v{}: {} orders", safe(&w.workflow), w.version, w.orders))
+            .collect();
+        out.push_str(&format!("in flight by workflow: {}\n", versions.join(", ")));
+    }
     if report.service_calls > 0 {
         out.push_str(&format!(
             "service calls: {} active orders are direct service calls' elements (each ends at the node called; not stuck)\n",

@@ -39,6 +39,21 @@ pub struct AuditEvent {
     /// for the autonomous workflow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// What the order copied from the customer domain: set on intake's
+    /// `accepted` event of an order placed by reference (the customer
+    /// primary follows it, to send the order later edits of that address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copied: Option<crate::domain_edits::Copied>,
+    /// Where the order's outcome goes: set on its terminal event when its
+    /// placer named a place (`crate::answer`); the tracker sends it there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_to: Option<crate::answer::AnswerTo>,
+    /// The workflow the order follows and its version: set on intake's
+    /// `accepted` event, where the order takes them (the tracker shows them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_version: Option<u32>,
     /// The trace the event's message carried (its `traceparent` header, not
     /// the body): filled in by the tracker.
     #[serde(skip)]
@@ -74,6 +89,10 @@ impl AuditEvent {
             customer_id: None,
             units: None,
             mode: None,
+            copied: None,
+            answer_to: None,
+            workflow: None,
+            workflow_version: None,
             trace_id: None,
         }
     }
@@ -100,7 +119,24 @@ impl AuditEvent {
         if element.state == OrderState::Placed {
             event.units = Some(element.total_units());
         }
+        event.with_element_facts(element);
         event
+    }
+
+    /// What an event says of its element besides the step: what an accepted
+    /// order copied and the workflow it follows; where an ended order's
+    /// outcome goes.
+    pub fn with_element_facts(&mut self, element: &OrderElement) {
+        if self.to_state == crate::domain_edits::COPIES_SAID_AT {
+            self.copied = crate::domain_edits::Copied::of(element);
+        }
+        if self.to_state == OrderState::Accepted {
+            self.workflow = Some(element.workflow.clone());
+            self.workflow_version = Some(element.workflow_version);
+        }
+        if self.to_state.is_terminal() {
+            self.answer_to = element.answer_to.clone();
+        }
     }
 }
 

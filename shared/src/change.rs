@@ -217,6 +217,10 @@ pub struct ChangeAuthority {
     pub support: String,
     /// The administrator (see `Settings::operator_user`).
     pub operator: String,
+    /// The domains that send their edits to the orders that copied them
+    /// (the customer primary's user): each may change the address of an
+    /// order placed by reference, nothing else.
+    pub domains: Vec<String>,
 }
 
 impl ChangeAuthority {
@@ -230,6 +234,19 @@ impl ChangeAuthority {
             || Some(requester) == element.placed_by.as_deref()
         {
             return Ok(());
+        }
+        if self.domains.iter().any(|domain| domain == requester) {
+            let from = element.from_domains.as_ref();
+            let copied_address = from.is_some_and(|from| !from.address_id.is_empty());
+            let pays_on_file = from.is_some_and(|from| from.card_on_file.is_some());
+            return match &request.change {
+                Change::ShipTo { .. } if copied_address => Ok(()),
+                Change::Card { .. } if pays_on_file => Ok(()),
+                _ => Err(format!(
+                    "{} may change only the address or the card on file an order copied from it",
+                    crate::text::escaped(requester)
+                )),
+            };
         }
         let placer = element.placed_by.as_deref().map(crate::text::escaped);
         Err(format!(
@@ -393,7 +410,11 @@ mod tests {
 
     #[test]
     fn only_the_placer_or_support_may_change_an_order() {
-        let authority = ChangeAuthority { support: "of-shop.support".into(), operator: "admin".into() };
+        let authority = ChangeAuthority {
+            support: "of-shop.support".into(),
+            operator: "admin".into(),
+            domains: vec!["of-shop.customer".into()],
+        };
         let mut element = at(OrderState::Accepted);
         element.placed_by = Some("of-shop.publisher".into());
         let mut cancel = request(Change::Cancel);
@@ -414,6 +435,21 @@ mod tests {
             authority.check(&element, &cancel).is_err(),
             "an order placed anonymously is support's alone"
         );
+        // The customer domain may move the address of an order that copied one, and nothing else.
+        cancel.requester = Some("of-shop.customer".into());
+        assert!(authority
+            .check(&element, &cancel)
+            .unwrap_err()
+            .contains("only the address or the card on file"));
+        let mut move_it = request(Change::ShipTo { ship_to: ShipTo::default() });
+        move_it.requester = Some("of-shop.customer".into());
+        assert!(
+            authority.check(&element, &move_it).is_err(),
+            "an order with its own address is not the domain's"
+        );
+        element.from_domains =
+            Some(crate::order::FromDomains { address_id: "A1".into(), ..Default::default() });
+        assert!(authority.check(&element, &move_it).is_ok());
     }
 
     #[test]

@@ -73,9 +73,13 @@ fn change_authority(settings: &Settings, node: &str) -> anyhow::Result<ChangeAut
     let role = topology::permissions::Role::from_name(node)
         .ok_or_else(|| anyhow::anyhow!("no role is named {node}"))?;
     let trust = crate::trust::Trust::new(settings, role)?;
+    let editors = topology::DomainCopy::all().into_iter().filter(|copy| copy.forwards_edits());
     Ok(ChangeAuthority {
         support: trust.user_of(topology::permissions::Role::Support).to_string(),
         operator: trust.operator().to_string(),
+        domains: editors
+            .map(|copy| trust.user_of(topology::permissions::Role::Domain(copy)).to_string())
+            .collect(),
     })
 }
 
@@ -343,7 +347,9 @@ impl ChangeBook {
         mut element: OrderElement,
         decide_pending: bool,
     ) -> sqlx::Result<(OrderElement, Vec<(ChangeRequest, Decision)>)> {
-        if !self.may_have_changes(element.order_id).await? {
+        // A replay reads the book itself: another instance may have decided
+        // since this one last polled.
+        if decide_pending && !self.may_have_changes(element.order_id).await? {
             return Ok((element, Vec::new()));
         }
         let rows = sqlx::query(&format!(

@@ -23,7 +23,13 @@ pub struct Customer {
     /// The payment instrument on file, stored masked (never the number).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub card: Option<CardOnFile>,
+    /// Which copy answered this record and as of which change: set on a
+    /// read's answer only, never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<AsOf>,
 }
+
+pub use crate::order::AsOf;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Address {
@@ -53,6 +59,24 @@ pub struct CardOnFile {
     pub token: String,
 }
 
+/// A short fingerprint of a ship-to address (16 hex digits of its SHA-256):
+/// what an order's copy records, so that an edit can tell whether the
+/// address an order ships to changed without the record carrying the address.
+pub fn address_fingerprint(ship_to: &crate::order::ShipTo) -> String {
+    fingerprint(&serde_json::to_string(ship_to).expect("an address serializes"))
+}
+
+/// A short fingerprint of a card on file (of its token): what an order's
+/// copy records of the card it pays with, never the token itself.
+pub fn card_fingerprint(card: &CardOnFile) -> String {
+    fingerprint(&card.token)
+}
+
+fn fingerprint(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
 /// A customer record (as JSON) with its card's token taken out: what a read
 /// answers a caller that may not charge the card. Anything else is kept.
 pub fn without_card_token(mut record: serde_json::Value) -> serde_json::Value {
@@ -63,6 +87,20 @@ pub fn without_card_token(mut record: serde_json::Value) -> serde_json::Value {
 }
 
 impl Customer {
+    /// Where an order of this customer ships when it names `address_id` (or,
+    /// with `None`, takes the default): the customer's name at that address.
+    pub fn ship_to(&self, address_id: Option<&str>) -> Option<(&Address, crate::order::ShipTo)> {
+        let address = self.address(address_id)?;
+        let ship_to = crate::order::ShipTo {
+            name: self.name.clone(),
+            line1: address.line1.clone(),
+            city: address.city.clone(),
+            postal_code: address.postal_code.clone(),
+            country: address.country.clone(),
+        };
+        Some((address, ship_to))
+    }
+
     /// The address `address_id`, or the default one.
     pub fn address(&self, address_id: Option<&str>) -> Option<&Address> {
         match address_id {
@@ -120,6 +158,11 @@ pub enum CustomerRequest {
         customer_id: String,
         #[serde(flatten)]
         address: AddressInput,
+    },
+    /// Puts a new card on file (only its masked number and expiry are kept).
+    SetCard {
+        customer_id: String,
+        card: CardInput,
     },
     /// The copy's position in the change stream (and, given `after_seq`,
     /// when the change after it was made).
@@ -209,6 +252,13 @@ pub enum CardsRequest {
         order_id: uuid::Uuid,
         card: crate::order::PaymentCard,
     },
+    /// The processor's token for a customer's card on file, bound to
+    /// `order_id`: asked by the customer domain alone, for an order waiting
+    /// for payment on the card that was replaced.
+    TokenizeOnFile {
+        order_id: uuid::Uuid,
+        card: CardOnFile,
+    },
     Status {},
 }
 
@@ -285,6 +335,10 @@ pub struct Lag {
     pub checked_at_ms: i64,
     /// Whether the primary answered that time.
     pub primary_reachable: bool,
+    /// The last moment the replica is known to have held every change the
+    /// primary had made (Unix ms): its staleness is now minus this.
+    #[serde(default)]
+    pub fresh_at_ms: i64,
 }
 
 /// Lag from the primary's position and the replica's: `next_at_ms` is when
@@ -292,7 +346,7 @@ pub struct Lag {
 pub fn lag(primary_seq: i64, applied_seq: i64, next_at_ms: Option<i64>, now_ms: i64) -> Lag {
     let changes = (primary_seq - applied_seq).max(0);
     let ms = if changes == 0 { 0 } else { next_at_ms.map_or(0, |at| (now_ms - at).max(0)) };
-    Lag { primary_seq, changes, ms, checked_at_ms: now_ms, primary_reachable: true }
+    Lag { primary_seq, changes, ms, checked_at_ms: now_ms, primary_reachable: true, fresh_at_ms: now_ms - ms }
 }
 
 /// A text field of a record: present, at most [`MAX_TEXT_LEN`] characters,
@@ -421,6 +475,7 @@ mod tests {
             email: "ada@example.com".into(),
             addresses: Vec::new(),
             card: Some(card),
+            as_of: None,
         };
         let full = serde_json::to_value(&customer).unwrap();
         assert!(full.to_string().contains("tok_"), "{full}");

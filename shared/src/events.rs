@@ -253,6 +253,22 @@ impl ChangeRejected {
     }
 }
 
+/// A domain's edit was sent to an order that copied the old data, as a
+/// change request (its requester the domain).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EditForwarded {
+    pub domain: &'static str,
+    pub order_id: Uuid,
+    /// The domain's change number that made it.
+    pub seq: i64,
+}
+
+impl EditForwarded {
+    pub fn emit(&self) {
+        tracing::info!(domain = self.domain, order_id = %self.order_id, seq = self.seq, "edit forwarded to an order in flight");
+    }
+}
+
 /// A delivery's handling failed: it goes round the retry queue, back to its
 /// queue, or to the dead-letter queue (each of those is counted too).
 #[derive(Clone, Debug, PartialEq)]

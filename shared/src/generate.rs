@@ -36,6 +36,7 @@ pub fn valid_order(rng: &mut impl Rng) -> Order {
             country: country.into(),
         },
         payment: PaymentCard { card_number: "4111111111111111".into(), expiry: "12/30".into() },
+        workflow: None,
     }
 }
 

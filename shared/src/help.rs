@@ -87,6 +87,11 @@ pub const VARIABLES: &[Variable] = &[
         "milliseconds the CLI's domain commands, intake and inventory wait for a domain's answer",
     ),
     var(
+        "ORDERFLOW_DOMAIN_MAX_STALENESS_MS",
+        "60000",
+        "milliseconds a domain replica may be behind its primary (since it last knew it held every change) and still answer intake or inventory when the primary does not; a replica further behind makes the order wait",
+    ),
+    var(
         "ORDERFLOW_BACKORDER_WAIT_S",
         "600",
         "seconds a backordered order waits for received items before it ends out_of_stock (its authorization voided)",
@@ -195,7 +200,11 @@ pub const DOMAIN: &[&str] = &[
 ];
 
 /// What inventory reads besides a node's settings: its backorders.
-pub const INVENTORY: &[&str] = &["ORDERFLOW_BACKORDER_WAIT_S", "ORDERFLOW_DOMAIN_TIMEOUT_MS"];
+pub const INVENTORY: &[&str] =
+    &["ORDERFLOW_BACKORDER_WAIT_S", "ORDERFLOW_DOMAIN_TIMEOUT_MS", "ORDERFLOW_DOMAIN_MAX_STALENESS_MS"];
+
+/// What intake reads besides a node's settings: how it reads the domains.
+pub const INTAKE: &[&str] = &["ORDERFLOW_DOMAIN_TIMEOUT_MS", "ORDERFLOW_DOMAIN_MAX_STALENESS_MS"];
 
 /// What payment reads besides a node's settings: how long a declined order waits.
 pub const PAYMENT: &[&str] =
@@ -227,6 +236,7 @@ pub fn group(reads: topology::Reads) -> &'static [&'static str] {
     use topology::Reads;
     match reads {
         Reads::Node => NODE,
+        Reads::Intake => INTAKE,
         Reads::Picklist => PICKLIST,
         Reads::Inventory => INVENTORY,
         Reads::Payment => PAYMENT,

@@ -3,12 +3,14 @@
 //! them over RabbitMQ (publishing, consuming, settling, the runners) is the
 //! `transport` crate, built on this one.
 
+pub mod answer;
 pub mod audit;
 pub mod backorder;
 pub mod batcher;
 pub mod call_book;
 pub mod change;
 pub mod change_book;
+pub mod domain_edits;
 pub mod domains;
 pub mod events;
 pub mod generate;

@@ -30,6 +30,10 @@ pub struct Order {
     pub shipping_method: String,
     pub ship_to: ShipTo,
     pub payment: PaymentCard,
+    /// The workflow the order asks for by name (none: `standard`); intake
+    /// rejects a name this distribution center does not run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -111,6 +115,21 @@ pub fn is_card_number(card: &str) -> bool {
     (13..=19).contains(&card.len()) && card.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// Which copy of a domain answered a read, and the number of the last
+/// change that copy held when it read (its log's head at the primary, its
+/// position at a replica): the record is at least that recent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AsOf {
+    /// The copy's label: `customer`, `customer@uk`.
+    pub copy: String,
+    pub seq: i64,
+    /// A replica's answer: how far behind its primary it may be, in ms
+    /// (since the last moment it knew it held every change); `None` at the
+    /// primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_ms: Option<i64>,
+}
+
 /// What intake copied from the domains into an element.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct FromDomains {
@@ -121,6 +140,17 @@ pub struct FromDomains {
     /// The masked number of the card on file, when the order is charged to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub card_on_file: Option<String>,
+    /// Which copy of the customer domain answered, as of which change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_as_of: Option<AsOf>,
+    /// The fingerprint of the address copied (`domains::address_fingerprint`),
+    /// so that a later edit of it can tell this order ships to the old one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub address_fingerprint: String,
+    /// The fingerprint of the card on file it pays with
+    /// (`domains::card_fingerprint`), when it does.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub card_fingerprint: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -166,6 +196,26 @@ pub struct OrderElement {
     /// when the order came without one). Decides who may change the order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placed_by: Option<String>,
+    /// Where the order's outcome goes when it ends, as its placer named it
+    /// on the placing message (`crate::answer`; set at the door, never from a body).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_to: Option<crate::answer::AnswerTo>,
+    /// The workflow definition the element follows, by name and version:
+    /// intake sets them, and every node checks them against the
+    /// definitions it knows (an element from before workflows had names is
+    /// `standard` v1).
+    #[serde(default = "standard_workflow")]
+    pub workflow: String,
+    #[serde(default = "first_version")]
+    pub workflow_version: u32,
+}
+
+fn standard_workflow() -> String {
+    topology::WORKFLOW.name.to_string()
+}
+
+fn first_version() -> u32 {
+    1
 }
 
 impl OrderElement {
@@ -188,6 +238,9 @@ impl OrderElement {
             resolved_changes: Vec::new(),
             from_domains: None,
             placed_by: None,
+            answer_to: None,
+            workflow: standard_workflow(),
+            workflow_version: topology::WORKFLOW.version,
         }
     }
 

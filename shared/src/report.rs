@@ -93,6 +93,26 @@ impl SettlementFigures {
     }
 }
 
+/// The outcomes owed to the orders' placers (`crate::answer`) of the orders
+/// that ended in the range: sent (confirmed by the broker), dropped with no
+/// queue to go to (a callback key nobody bound), and still waiting to be sent.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AnswerFigures {
+    pub sent: u64,
+    pub unroutable: u64,
+    pub waiting: u64,
+}
+
+/// The orders in flight (now, not in the range) on one version of one
+/// workflow: an operator sees when the last order of a version has ended,
+/// and the node only it uses may stop.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowInFlight {
+    pub workflow: String,
+    pub version: i64,
+    pub orders: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StuckOrder {
     pub order_id: String,
@@ -132,6 +152,14 @@ pub struct Report {
     /// The captures settled in the range, in batches (the settlement queue).
     #[serde(default)]
     pub settlement: SettlementFigures,
+    /// The outcomes sent back to the placers that asked for them.
+    #[serde(default)]
+    pub answers: AnswerFigures,
+    /// The orders in flight per workflow version (every version the
+    /// tracker's build runs, 0 included; an order intake has not accepted
+    /// yet follows none).
+    #[serde(default)]
+    pub in_flight: Vec<WorkflowInFlight>,
 }
 
 /// The active orders as the report sees them now: those waiting longer
@@ -273,6 +301,8 @@ impl Tally {
             stuck_after_ms: stuck_after,
             service_calls: stuck.service_calls,
             settlement: SettlementFigures::default(),
+            answers: AnswerFigures::default(),
+            in_flight: Vec::new(),
         }
     }
 

@@ -13,15 +13,32 @@ fn facts(element: &OrderElement) -> Facts {
     Facts { units: element.total_units(), holds_reservation: element.reservation.is_some() }
 }
 
-/// The next node for a non-terminal state; `None` ends the element's travel.
+/// The definition the element follows (by its name and version), if this build runs it.
+pub fn definition(element: &OrderElement) -> Option<&'static topology::workflow::Workflow> {
+    topology::workflow::workflow(&element.workflow, element.workflow_version)
+}
+
+/// The next node for a non-terminal state, by the element's own definition
+/// (an element of one this node does not run never passes [`check_arrival`]);
+/// `None` ends the element's travel.
 pub fn next_node(element: &OrderElement) -> Option<Node> {
-    WORKFLOW.next_node(element.state, &facts(element))
+    definition(element).unwrap_or(&WORKFLOW).next_node(element.state, &facts(element))
 }
 
 /// Refuses an element that arrives at `node` in a state the workflow never
 /// routes there: it can never succeed here, so it is dead-lettered.
 pub fn check_arrival(node: Node, element: &OrderElement) -> Result<(), StageError> {
-    if WORKFLOW.accepts_state(node, element.state) {
+    let Some(definition) = definition(element) else {
+        // Never guessed: a version this node does not run may route elsewhere.
+        return Err(StageError::Permanent(format!(
+            "refused: order {} follows workflow {:?} version {}, which this node does not run (it runs {})",
+            element.order_id,
+            crate::text::escaped(&element.workflow.chars().take(60).collect::<String>()),
+            element.workflow_version,
+            topology::workflow::known_workflows()
+        )));
+    };
+    if definition.accepts_state(node, element.state) {
         return Ok(());
     }
     Err(StageError::Permanent(format!(
@@ -50,6 +67,29 @@ mod tests {
     fn element(state: OrderState, qty: i64) -> OrderElement {
         let order = Order { items: vec![Item { sku: "SKU-0001".into(), qty }], ..Order::default() };
         OrderElement { state, ..OrderElement::placed(order) }
+    }
+
+    #[test]
+    fn an_element_of_a_workflow_or_version_this_node_does_not_run_is_refused() {
+        let known = element(OrderState::Accepted, 1);
+        assert!(check_arrival(Node::Payment, &known).is_ok());
+        let old = serde_json::to_value(&known).map(|mut v| {
+            let fields = v.as_object_mut().unwrap();
+            fields.remove("workflow");
+            fields.remove("workflow_version");
+            v
+        });
+        let old: OrderElement = serde_json::from_value(old.unwrap()).unwrap();
+        assert_eq!((old.workflow.as_str(), old.workflow_version), ("standard", 1), "an element from before");
+        for (name, version) in [("standard", 2), ("standard", 0), ("ship-then-bill", 1), ("", 1)] {
+            let claimed = OrderElement { workflow: name.into(), workflow_version: version, ..known.clone() };
+            match check_arrival(Node::Payment, &claimed) {
+                Err(StageError::Permanent(reason)) => {
+                    assert!(reason.contains("which this node does not run (it runs standard v1)"), "{reason}")
+                }
+                other => panic!("{name} v{version}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -90,7 +90,8 @@ pub struct CallError {
     pub correlation_id: Option<String>,
 }
 
-fn header<'a>(headers: Option<&'a FieldTable>, name: &str) -> Option<&'a AMQPValue> {
+/// A header of a message, by name.
+pub(crate) fn header<'a>(headers: Option<&'a FieldTable>, name: &str) -> Option<&'a AMQPValue> {
     headers?.inner().get(&ShortString::from(name))
 }
 

@@ -67,6 +67,9 @@ pub struct Settings {
     pub call_timeout: Duration,
     /// `ORDERFLOW_DOMAIN_TIMEOUT_MS`: how long intake and inventory wait for a domain's answer.
     pub domain_timeout: Duration,
+    /// `ORDERFLOW_DOMAIN_MAX_STALENESS_MS`: how far behind its primary a
+    /// replica may be to answer a node's read when the primary does not.
+    pub domain_max_staleness: Duration,
     /// `ORDERFLOW_BACKORDER_WAIT_S`: how long a backordered order waits for
     /// received items before it ends out of stock.
     pub backorder_wait: Duration,
@@ -123,6 +126,7 @@ impl Settings {
             warehouse_after: Duration::from_secs(300),
             call_timeout: Duration::from_secs(5),
             domain_timeout: Duration::from_secs(3),
+            domain_max_staleness: Duration::from_secs(60),
             backorder_wait: Duration::from_secs(600),
             payment_wait: Duration::ZERO,
             settlement_batch: 1,
@@ -219,6 +223,7 @@ impl Settings {
             warehouse_after: duration("ORDERFLOW_WAREHOUSE_AFTER_S", S, 0, 3650 * DAY_S)?,
             call_timeout: duration("ORDERFLOW_CALL_TIMEOUT_MS", MS, 1, DAY_S * 1000)?,
             domain_timeout: duration("ORDERFLOW_DOMAIN_TIMEOUT_MS", MS, 1, 600_000)?,
+            domain_max_staleness: duration("ORDERFLOW_DOMAIN_MAX_STALENESS_MS", MS, 0, DAY_S * 1000)?,
             backorder_wait: backorder_wait()?,
             payment_wait: duration("ORDERFLOW_PAYMENT_WAIT_S", S, 0, 365 * DAY_S)?,
             settlement_batch: settlement_batch()?,

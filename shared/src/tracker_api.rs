@@ -77,6 +77,11 @@ pub struct OrderView {
     pub state: String,
     pub terminal: bool,
     pub history: Vec<HistoryEntry>,
+    /// The workflow the order follows and its version, once intake accepted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_version: Option<i64>,
 }
 
 impl OrderView {

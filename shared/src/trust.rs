@@ -309,7 +309,9 @@ fn role_records(role: Role, state: &str) -> bool {
         Role::Coordinator => {
             matches!(state, "placed" | "change_applied" | "change_rejected" | "cancelling" | "cancelled")
         }
-        Role::Tracker | Role::Receiving | Role::BackOffice | Role::Domain(_) | Role::DistributorSim => false,
+        // A primary that forwards its edits requests the changes they make.
+        Role::Domain(copy) => copy.forwards_edits() && state == "change_requested",
+        Role::Tracker | Role::Receiving | Role::BackOffice | Role::DistributorSim => false,
     }
 }
 

@@ -11,6 +11,11 @@
 //!   marked, a search opens an order's timeline (issue 11).
 //! - `domains`: the data domains (issue 10): customer replicas fed by the change stream, killed and
 //!   caught up; the CLI with the seed files; pika at a replica; refused writes and forged changes.
+//! - `domain_edits`: a customer's address edited while orders that copied it travel reaches them
+//!   as the customer domain's change request, once, through a kill -9 of the primary (issue 28);
+//!   forged copies, careless edits and a cancel from the domain's user are refused.
+//! - `domain_reads`: the customer primary killed, orders by reference are read at its replicas
+//!   (each names the copy); past the staleness bound they wait, then read at the primary (issue 28).
 //! - `backorders`: short stock waits for the distributors (issue 10): a receipt releases exactly the
 //!   orders it covers, oldest first; changes and cancels of waiting orders; the wait limit; SIGKILLs.
 //! - `dlq`: replay on a snapshot without loops, listing loses nothing, discard, counts per reason.
@@ -30,6 +35,10 @@
 //! - `insight`: the report (slowest node, stuck orders, incidents) and the warehouse move (issue 11).
 //! - `metrics`: Prometheus metrics of every process, consistent with the tracker (issue 11).
 //! - `outside`: plain orders from clients no one here wrote (pika, the management API), careless cards among them.
+//! - `workflows`: each element carries its workflow's name and version from intake on; unknown names
+//!   rejected, unknown versions (forged by a node's user) dead-lettered with the reason (issue 29).
+//! - `outcomes`: each order's outcome to whoever placed it (direct reply-to or a callback key), once,
+//!   in both modes through a kill -9 of payment; careless addresses refused; `publish --wait` (issue 29).
 //! - `traces`: W3C traceparent on every hop, change and call; trace and order ids on log lines (issue 11).
 //! - `trust`: forgeries by the stack's own users (issue 14) are refused; the orders go on.
 //! - `token_trust`: a card token is shown to intake alone and pays only for its own customer (issue 30).
@@ -59,12 +68,15 @@ mod compose;
 mod dashboard;
 mod directed;
 mod dlq;
+mod domain_edits;
+mod domain_reads;
 mod domains;
 mod faults;
 mod insight;
 mod log_hygiene;
 mod metrics;
 mod operations;
+mod outcomes;
 mod outside;
 mod paths;
 mod picklist;
@@ -86,3 +98,4 @@ mod traces;
 mod transport_faults;
 mod trust;
 mod usage;
+mod workflows;

@@ -131,9 +131,10 @@ async fn a_forged_answer_to_the_coordinator_is_refused_and_the_unpaid_order_neve
 /// Each role publishes only what its job needs: the public door places
 /// orders and nothing else (no receipt, no domain request, nothing through
 /// the default exchange); the receiving station posts receipts and the
-/// back office writes records, and neither places an order; support, the
-/// tracker and the simulated distributors never write to the default
-/// exchange. Writing the catalog is the back office's (and the operator's):
+/// back office writes records, and neither places an order; support and
+/// the simulated distributors never write to the default exchange; the
+/// tracker (which answers placers on their direct reply-to) sends results
+/// only as callbacks and places no order. Writing the catalog is the back office's (and the operator's):
 /// support's `put` is refused by the domain with the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_role_may_publish_only_what_its_job_needs() {
@@ -182,7 +183,14 @@ async fn each_role_may_publish_only_what_its_job_needs() {
             ],
             vec!["refused", "refused", "refused"],
         ),
-        ("tracker", vec![default("orderflow.service.payment")], vec!["refused"]),
+        (
+            "tracker",
+            vec![
+                ("orderflow.results", "poll.payment", "{}".to_string()),
+                ("orderflow.workflow", "order.intake", order.clone()),
+            ],
+            vec!["refused", "refused"],
+        ),
         ("distributor-sim", vec![default("orderflow.service.payment")], vec!["refused"]),
     ];
     for (role, attempts, expected) in cases {

@@ -104,22 +104,7 @@ async fn captures_settle_in_batches_once_through_kills_of_payment() {
 /// Publishes a capture with pika as `url`'s user (`user` in `user_id`);
 /// what the broker said when it refused, else `None`.
 fn pika_capture(url: &str, user: &str, body: &str) -> Option<String> {
-    let script = r#"
-import sys, pika
-connection = pika.BlockingConnection(pika.URLParameters(sys.argv[1]))
-channel = connection.channel()
-channel.confirm_delivery()
-try:
-    channel.basic_publish("orderflow.settlement", "capture", sys.argv[3].encode(),
-                          pika.BasicProperties(user_id=sys.argv[2], content_type="application/json",
-                                               delivery_mode=2, type="capture"))
-    print("published")
-except Exception as error:
-    print("refused: " + repr(error))
-"#;
-    let output = Command::new("python3").args(["-c", script, url, user, body]).output().unwrap();
-    let said = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
-    (!said.starts_with("published")).then_some(said)
+    tests::pika_publish(url, user, "orderflow.settlement", "capture", "capture", body)
 }
 
 /// The capture shipping would send for `order_id`, from the ledger's authorization.

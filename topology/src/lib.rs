@@ -10,6 +10,7 @@ pub mod definitions;
 pub mod management;
 pub mod permissions;
 
+use vocabulary::domains::{Feed, Taken};
 pub use vocabulary::{domains, processes, reads, workflow, Process, Reads, ServiceKind};
 
 pub use domains::{
@@ -178,12 +179,20 @@ pub fn domain_queues(copy: DomainCopy) -> Vec<QueueSpec> {
     let mut queues =
         vec![QueueSpec { name: copy.queue(), bindings: vec![(DOMAINS_EXCHANGE, copy.routing_key())] }];
     if let Some(feed) = copy.feed_queue() {
-        let binding = match (copy.region, copy.def().receives) {
-            (Some(_), _) => (DOMAIN_CHANGES_EXCHANGE, copy.domain.to_string()),
-            (None, Some(fed)) => (fed.exchange, fed.routing_key.to_string()),
+        let bindings = match (copy.region, copy.def().receives) {
+            (Some(_), _) => vec![(DOMAIN_CHANGES_EXCHANGE, copy.domain.to_string())],
+            // Its own changes, and the events of the node that copies its
+            // data that can say what an order copied: its `accepted` events,
+            // alone or in the batches that carry its events together.
+            (None, Some(fed @ Feed { taken: Taken::EditsOfCopies { copied_at }, .. })) => vec![
+                (fed.exchange, fed.routing_key.to_string()),
+                (AUDIT_EXCHANGE, audit_routing_key(copied_at.name(), OrderState::Accepted.as_str())),
+                (AUDIT_EXCHANGE, audit_routing_key(copied_at.name(), "batch")),
+            ],
+            (None, Some(fed)) => vec![(fed.exchange, fed.routing_key.to_string())],
             (None, None) => unreachable!("a primary's feed is its domain's `receives`"),
         };
-        queues.push(QueueSpec { name: feed, bindings: vec![binding] });
+        queues.push(QueueSpec { name: feed, bindings });
     }
     queues
 }

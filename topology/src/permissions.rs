@@ -186,15 +186,18 @@ pub fn grant(role: Role) -> Grant {
     match role {
         Role::Node(node) => node_grant(node),
         Role::Coordinator => coordinator_grant(),
+        // Records the audit events and keeps polled results; sends an
+        // order's outcome where its placer asked (a callback, or its
+        // direct reply-to through the default exchange).
         Role::Tracker => Grant {
             configure: exact(&[]),
-            write: exact(&[DEAD_LETTER_EXCHANGE]),
+            write: exact(&[DEAD_LETTER_EXCHANGE, RESULTS_EXCHANGE, DEFAULT_EXCHANGE_RESOURCE]),
             read: exact(&[TRACKER_QUEUE, POLL_RESULTS_QUEUE]),
             topic: vec![
                 topic(WORKFLOW_EXCHANGE, exact(&[]), exact(&[])),
                 topic(AUDIT_EXCHANGE, exact(&[]), "^#$".to_string()),
                 topic(DEAD_LETTER_EXCHANGE, "^tracker\\.".to_string(), exact(&[])),
-                topic(RESULTS_EXCHANGE, exact(&[]), exact(&[])),
+                topic(RESULTS_EXCHANGE, "^callback\\..+$".to_string(), exact(&[])),
             ],
         },
         // Places orders (at intake, or directed through the coordinator) and
@@ -379,9 +382,10 @@ pub fn served_domains(node: Node) -> impl Iterator<Item = DomainCopy> {
     DomainCopy::all().into_iter().filter(move |copy| copy.def().served_by == Some(node))
 }
 
-/// A domain process: it reads its request queue (and a replica its feed),
-/// replies to its callers, publishes its changes (a primary with replicas)
-/// or asks its primary for a snapshot (a replica).
+/// A domain process: it reads its request queue (and its feed), replies to
+/// its callers, publishes its changes (a primary with replicas or that
+/// forwards its edits) or asks its primary for a snapshot (a replica); a
+/// primary that forwards edits requests changes of the orders that copied.
 fn domain_grant(copy: DomainCopy) -> Grant {
     let mut write = vec![DEFAULT_EXCHANGE_RESOURCE, RESULTS_EXCHANGE, DEAD_LETTER_EXCHANGE];
     let mut read = vec![copy.queue()];
@@ -390,19 +394,35 @@ fn domain_grant(copy: DomainCopy) -> Grant {
         topic(DEAD_LETTER_EXCHANGE, format!("^{}\\.", copy.process()), exact(&[])),
         topic(WORKFLOW_EXCHANGE, exact(&[]), exact(&[])),
     ];
-    match copy.feed_queue() {
-        Some(feed) => {
-            read.push(feed);
+    read.extend(copy.feed_queue());
+    if copy.region.is_some() {
+        // A replica asks its primary for snapshots.
+        write.push(DOMAINS_EXCHANGE);
+        let primary = DomainCopy::primary(copy.domain).routing_key();
+        topics.push(topic(DOMAINS_EXCHANGE, exact(&[&primary]), exact(&[])));
+    } else {
+        // A primary that forwards edits has payment's cards service keep a
+        // new card on file for each order waiting on the old one.
+        let cards = DomainCopy::primary("cards").routing_key();
+        let calls: &[&str] = if copy.forwards_edits() { &[&cards] } else { &[] };
+        if copy.forwards_edits() {
             write.push(DOMAINS_EXCHANGE);
-            let primary = DomainCopy::primary(copy.domain).routing_key();
-            topics.push(topic(DOMAINS_EXCHANGE, exact(&[&primary]), exact(&[])));
         }
-        None if !copy.def().replicas.is_empty() => {
+        topics.push(topic(DOMAINS_EXCHANGE, exact(calls), exact(&[])));
+        if !copy.def().replicas.is_empty() || copy.forwards_edits() {
             write.push(DOMAIN_CHANGES_EXCHANGE);
             topics.push(topic(DOMAIN_CHANGES_EXCHANGE, exact(&[copy.domain]), exact(&[])));
-            topics.push(topic(DOMAINS_EXCHANGE, exact(&[]), exact(&[])));
         }
-        None => topics.push(topic(DOMAINS_EXCHANGE, exact(&[]), exact(&[]))),
+    }
+    // Its edits, as change requests (with their records) to the orders that copied the old data.
+    if copy.forwards_edits() {
+        write.extend([CHANGES_EXCHANGE, AUDIT_EXCHANGE]);
+        // Several records at once go as one audit batch.
+        let keys =
+            ["change_requested", "batch"].map(|kind| crate::audit_routing_key(copy.process_name(), kind));
+        topics.push(topic(AUDIT_EXCHANGE, exact(&keys.each_ref().map(String::as_str)), exact(&[])));
+    } else {
+        topics.push(topic(AUDIT_EXCHANGE, exact(&[]), exact(&[])));
     }
     let read: Vec<&str> = read.iter().map(String::as_str).collect();
     Grant { configure: exact(&[]), write: exact(&write), read: exact(&read), topic: topics }
@@ -443,8 +463,28 @@ mod tests {
     #[test]
     fn domain_copies_get_only_what_their_part_needs() {
         let primary = grant(Role::Domain(DomainCopy::primary("customer")));
-        assert_eq!(primary.read, "^(orderflow\\.domain\\.customer)$");
+        assert_eq!(primary.read, "^(orderflow\\.domain\\.customer|orderflow\\.edits\\.customer)$");
         assert!(primary.write.contains("orderflow\\.domain-changes"), "the primary sends the stream");
+        // It sends its edits as change requests, recorded under its own name only.
+        assert!(primary.write.contains("orderflow\\.changes") && primary.write.contains("orderflow\\.audit"));
+        let audit = primary.topic.iter().find(|t| t.exchange == AUDIT_EXCHANGE).unwrap();
+        assert_eq!(audit.write, "^(audit\\.customer\\.change_requested|audit\\.customer\\.batch)$");
+        // Its feed hears its own changes and the intake events that can say what an order copied.
+        let queues = crate::domain_queues(DomainCopy::primary("customer"));
+        let feed = queues.iter().find(|q| q.name == "orderflow.edits.customer").expect("the edits feed");
+        let bindings: Vec<(&str, &str)> = feed.bindings.iter().map(|(e, k)| (*e, k.as_str())).collect();
+        assert_eq!(
+            bindings,
+            [
+                ("orderflow.domain-changes", "customer"),
+                (AUDIT_EXCHANGE, "audit.intake.accepted"),
+                (AUDIT_EXCHANGE, "audit.intake.batch")
+            ]
+        );
+        for copy in DomainCopy::all().into_iter().filter(|copy| *copy != DomainCopy::primary("customer")) {
+            let g = grant(Role::Domain(copy));
+            assert!(!g.write.contains("orderflow\\.changes"), "{copy:?} changes no order: {}", g.write);
+        }
         let uk = grant(Role::Domain(DomainCopy::find("customer", Some("uk")).unwrap()));
         assert_eq!(uk.read, "^(orderflow\\.domain\\.customer\\.uk|orderflow\\.replica\\.customer\\.uk)$");
         assert!(!uk.write.contains("domain-changes"), "a replica never writes the stream: {}", uk.write);

@@ -47,9 +47,23 @@ pub fn receive(ctx: &NodeContext, node: Node, delivery: &Delivery) -> Result<Arr
     if !(public_door && element.state == OrderState::Placed) {
         return Ok(Arrival { element, placed: None });
     }
-    let element = from_outside(element, sender);
+    let element = at_the_door(element, sender, delivery)?;
     let placed = plain.then(|| placed_record(ctx, &element, delivery));
     Ok(Arrival { element, placed })
+}
+
+/// A placed order taken at a door (intake's queue, the coordinator's):
+/// as from outside, with where its placer wants its outcome (the placing
+/// message's `reply_to` or callback header; a place the tracker may not
+/// post to refuses the order with the reason).
+fn at_the_door(
+    element: OrderElement,
+    sender: Option<String>,
+    delivery: &Delivery,
+) -> Result<OrderElement, StageError> {
+    let answer_to = shared::answer::AnswerTo::of_properties(&delivery.properties)
+        .map_err(|reason| StageError::Permanent(format!("refused: {reason}")))?;
+    Ok(OrderElement { answer_to, ..from_outside(element, sender) })
 }
 
 /// An order placed in directed mode, as the coordinator takes it: like
@@ -66,7 +80,7 @@ pub fn receive_directed(ctx: &NodeContext, delivery: &Delivery) -> Result<Arriva
             element.state
         )));
     }
-    let element = from_outside(element, sender);
+    let element = at_the_door(element, sender, delivery)?;
     let placed = plain.then(|| placed_record(ctx, &element, delivery));
     Ok(Arrival { element, placed })
 }

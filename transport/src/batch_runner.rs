@@ -16,7 +16,7 @@ use super::publisher::{publish_failure, Publisher};
 use super::service::{dispatch_call, BatchService};
 use super::session::{finish, next_of, open_consumer, supervise, Consumers};
 use super::settle::{ack, attempt_of, requeue, settle, settle_failure, Settle};
-use super::step::{record_outcome, resolve_changes, ChangeRecords, Handled, Onward};
+use super::step::{record_outcome, replay_changes, resolve_changes, ChangeRecords, Handled, Onward};
 use futures::StreamExt;
 use lapin::{message::Delivery, Connection};
 use shared::batcher::Batcher;
@@ -156,7 +156,13 @@ async fn release<S: BatchStage>(
         let mut emit_now = Vec::with_capacity(batch.len());
         for mut held in batch {
             let element = held.element.clone();
-            match resolve_changes(ctx, element).await {
+            // A delivery after the first decides only what its first did (see `step`).
+            let decided = if attempt_of(&held.delivery) > 1 {
+                replay_changes(ctx, element).await
+            } else {
+                resolve_changes(ctx, element).await
+            };
+            match decided {
                 Err(error) => {
                     tracing::warn!(%error, "could not decide pending changes; requeueing the order");
                     tasks.spawn(async move { requeue(&held.delivery).await });

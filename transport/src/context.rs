@@ -90,11 +90,14 @@ impl NodeContext {
             (_, Some((queue, _))) if delivery.exchange.as_str() == topology::SERVICES_EXCHANGE => {
                 queue.clone()
             }
-            // A replica's feed of its primary's changes.
-            _ if delivery.exchange.as_str() == topology::DOMAIN_CHANGES_EXCHANGE => {
+            // A replica's feed of its primary's changes; a primary's feed of
+            // its own changes and of what orders copied (the audit events).
+            _ if [topology::DOMAIN_CHANGES_EXCHANGE, topology::AUDIT_EXCHANGE]
+                .contains(&delivery.exchange.as_str()) =>
+            {
                 topology::DomainCopy::from_process(self.node)
                     .and_then(|copy| copy.feed_queue())
-                    .unwrap_or_default()
+                    .unwrap_or_else(|| self.queue.clone())
             }
             // Sent to the queue by name (a reply to the coordinator's call).
             _ if delivery.exchange.as_str().is_empty() => delivery.routing_key.to_string(),

@@ -221,7 +221,9 @@ async fn answer<S: Service>(
     if door && element.state == OrderState::Placed {
         // The coordinator relays the placer it verified; anyone else is the placer.
         let placer = if directed { element.placed_by.clone() } else { caller.map(String::from) };
-        element = from_outside(element, placer);
+        // Where the outcome goes, too, came with the order to the coordinator's door.
+        let answer_to = if directed { element.answer_to.clone() } else { None };
+        element = OrderElement { answer_to, ..from_outside(element, placer) };
         if plain {
             placed = Some(placed_record(ctx, &element, delivery));
         }

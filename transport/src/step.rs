@@ -71,31 +71,46 @@ pub async fn step<S: Stage>(
     element: OrderElement,
     attempts: i64,
 ) -> StepOutcome {
-    match try_step(ctx, stage, element).await {
+    match try_step(ctx, stage, element, attempts > 1).await {
         Ok(handled) => StepOutcome::Handled(Box::new(handled)),
         Err(error) => StepOutcome::Failed(Settle::after_failure(error, attempts, ctx.max_attempts)),
     }
 }
 
+/// `redone`: a delivery after the first (the node stopped before
+/// acknowledging it, or it went round the retry queue), which may follow a
+/// step whose messages all went out. It decides only what the first
+/// delivery decided (the book's stored decisions, applied again with the
+/// same record ids), so the stage reaches the same outcome with the same
+/// keyed effects: a change heard since waits for the next node, which hears
+/// it too. Deciding it here could end an order the first delivery already
+/// sent on (a cancel after a charge would leave its authorization held).
 async fn try_step<S: Stage>(
     ctx: &NodeContext,
     stage: &S,
     element: OrderElement,
+    redone: bool,
 ) -> Result<Handled, StageError> {
     check_arrival(S::NODE, &element)?;
     let before = (element.seq, Some(element.state));
+    let mut replayed = None;
     if let (true, Some(book)) = (S::KEEPS_ELEMENTS_WAITING, &ctx.book) {
-        if book.may_have_changes(element.order_id).await? {
+        if redone || book.may_have_changes(element.order_id).await? {
             // The decisions made at its first delivery (or since, where it
             // waits) are applied again and their records sent again (the
             // same ids): none is lost when the node stopped before sending them.
-            let replayed = replay_changes(ctx, element.clone()).await?;
-            if let Some(outcome) = stage.prior_outcome(&replayed.element).await? {
-                return record_outcome(ctx, before, replayed.changes, &outcome, Onward::NextNode).await;
+            let again = replay_changes(ctx, element.clone()).await?;
+            if let Some(outcome) = stage.prior_outcome(&again.element).await? {
+                return record_outcome(ctx, before, again.changes, &outcome, Onward::NextNode).await;
             }
+            replayed = Some(again);
         }
     }
-    let resolved = resolve_changes(ctx, element).await?;
+    let resolved = match (redone, replayed) {
+        (true, Some(replayed)) => replayed,
+        (true, None) => replay_changes(ctx, element).await?,
+        (false, _) => resolve_changes(ctx, element).await?,
+    };
     let outcome = if resolved.cancelled {
         cancel_outcome(resolved.element)
     } else {
@@ -237,7 +252,10 @@ pub fn outcome_events(
             from_state,
             to_state: step.state,
         };
-        events.push(AuditEvent::new(transition, ctx.node, &ctx.instance_id, step.detail.clone()));
+        let mut event = AuditEvent::new(transition, ctx.node, &ctx.instance_id, step.detail.clone());
+        // What it copied, its workflow, where its outcome goes (the tracker sends it).
+        event.with_element_facts(&element);
+        events.push(event);
         from_state = Some(step.state);
     }
     element.seq = seq;

@@ -27,6 +27,7 @@ fn any_order() -> impl Strategy<Value = Order> {
                 shipping_method: method,
                 ship_to: ShipTo { name, line1, city, postal_code, country },
                 payment: PaymentCard { card_number: card, expiry },
+                workflow: None,
             },
         )
 }

@@ -44,11 +44,26 @@ pub enum Taken {
     /// enough (`ORDERFLOW_SETTLEMENT_BATCH`, `ORDERFLOW_SETTLEMENT_FLUSH_MS`),
     /// then settled together.
     InBatches,
+    /// A primary's own change stream, heard in order together with the audit
+    /// events of the node that copies its data into orders (`copied_at`):
+    /// each edit goes to the orders in flight that copied the old data.
+    EditsOfCopies { copied_at: Node },
 }
 
 /// orderflow's domains.
 pub const DOMAINS: &[DomainDef] = &[
-    DomainDef { name: "customer", replicas: &["uk", "de"], served_by: None, receives: None },
+    // Its primary sends its address edits to the orders that copied them.
+    DomainDef {
+        name: "customer",
+        replicas: &["uk", "de"],
+        served_by: None,
+        receives: Some(Feed {
+            queue: CUSTOMER_EDITS_QUEUE,
+            exchange: DOMAIN_CHANGES_EXCHANGE,
+            routing_key: "customer",
+            taken: Taken::EditsOfCopies { copied_at: Node::Intake },
+        }),
+    },
     DomainDef { name: "catalog", replicas: &[], served_by: None, receives: None },
     DomainDef { name: "distributor", replicas: &[], served_by: None, receives: None },
     // Payment's cards service: a card for an order becomes the processor's
@@ -76,6 +91,10 @@ pub const DOMAINS: &[DomainDef] = &[
         }),
     },
 ];
+
+/// The customer primary's own feed: its change stream and intake's audit
+/// events, in order (see `workers::domains::edits`).
+pub const CUSTOMER_EDITS_QUEUE: &str = "orderflow.edits.customer";
 
 /// The manifesto's true queue filled by receiving: items arriving from
 /// distributors, taken one at a time in order of arrival by the stock
@@ -202,6 +221,22 @@ impl DomainCopy {
         match self.region {
             Some(region) => Some(format!("orderflow.replica.{}.{region}", self.domain)),
             None => self.def().receives.map(|feed| feed.queue.to_string()),
+        }
+    }
+
+    /// Whether this copy sends its edits to the orders that copied them (a
+    /// primary whose feed is `Taken::EditsOfCopies`): it may request
+    /// address changes of orders placed by reference.
+    pub fn forwards_edits(self) -> bool {
+        self.copied_at().is_some()
+    }
+
+    /// The node whose events say what orders copied from this copy, when it
+    /// forwards its edits to them.
+    pub fn copied_at(self) -> Option<Node> {
+        match (self.region, self.def().receives) {
+            (None, Some(Feed { taken: Taken::EditsOfCopies { copied_at }, .. })) => Some(copied_at),
+            _ => None,
         }
     }
 

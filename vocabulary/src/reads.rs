@@ -6,6 +6,8 @@
 pub enum Reads {
     /// What every workflow node reads: its store, prefetch, limits, delays, metrics.
     Node,
+    /// Intake's reads of the domains (and, with the primary down, its replicas).
+    Intake,
     Picklist,
     /// Inventory's backorders and its questions to the distributor domain.
     Inventory,

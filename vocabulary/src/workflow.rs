@@ -353,6 +353,10 @@ pub struct CutOff {
 /// A whole workflow definition. [`WORKFLOW`] is orderflow's.
 #[derive(Clone, Copy, Debug)]
 pub struct Workflow {
+    /// What orders name it by (`"workflow": "standard"`).
+    pub name: &'static str,
+    /// Its version: an element keeps the version it started on to its end.
+    pub version: u32,
     pub states: &'static [StateDef],
     pub nodes: &'static [NodeDef],
     pub routes: &'static [Route],
@@ -373,6 +377,8 @@ use StateKind::{Compensation, Forward, Record, Terminal, Waiting};
 /// orderflow's workflow. Adding a node: one row in `nodes`, its states in
 /// `states`, the routes that lead to it (see ARCHITECTURE.md, "Adding a node").
 pub const WORKFLOW: Workflow = Workflow {
+    name: "standard",
+    version: 1,
     states: &[
         state(OrderState::Placed, Forward),
         state(OrderState::Accepted, Forward),
@@ -402,7 +408,7 @@ pub const WORKFLOW: Workflow = Workflow {
                 Emit::of(OrderState::Rejected),
                 Emit::of(OrderState::Cancelled),
             ],
-        ).needing_card(),
+        ).reading(&[Reads::Intake]).needing_card(),
         NodeDef::new(
             Node::Payment,
             "The payment node of orderflow: charges each accepted order's card once through the simulated card processor (an authorization: the amount is held, and captured in batches once the order shipped, from the orderflow.settlement aggregation queue); keeps an order whose card was declined waiting for another card (a card change) until its wait runs out; answers the cards service (a card for an order becomes the processor's token).",
@@ -482,6 +488,25 @@ pub const WORKFLOW: Workflow = Workflow {
         CutOff { change: ChangeType::Card, from: OrderState::Charged },
     ],
 };
+
+/// Every workflow definition the nodes know, each version of each name.
+pub const WORKFLOWS: &[&Workflow] = &[&WORKFLOW];
+
+/// The definition an element names, if this build knows it.
+pub fn workflow(name: &str, version: u32) -> Option<&'static Workflow> {
+    WORKFLOWS.iter().copied().find(|w| w.name == name && w.version == version)
+}
+
+/// The newest version of the workflow named `name`: what a new order of it takes.
+pub fn newest(name: &str) -> Option<&'static Workflow> {
+    WORKFLOWS.iter().copied().filter(|w| w.name == name).max_by_key(|w| w.version)
+}
+
+/// The workflows this build knows, as an error names them (`standard v1`).
+pub fn known_workflows() -> String {
+    let known: Vec<String> = WORKFLOWS.iter().map(|w| format!("{} v{}", w.name, w.version)).collect();
+    known.join(", ")
+}
 
 impl Workflow {
     /// The workflow nodes, in table order.
@@ -731,6 +756,18 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_workflow_is_known_by_name_and_version() {
+        assert_eq!(workflow("standard", 1).map(|w| w.version), Some(1));
+        assert!(workflow("standard", 2).is_none() && workflow("ship-then-bill", 1).is_none());
+        assert_eq!(newest("standard").map(|w| (w.name, w.version)), Some(("standard", 1)));
+        assert!(newest("Standard").is_none(), "names are exact");
+        assert_eq!(known_workflows(), "standard v1");
+        let mut names: Vec<(&str, u32)> = WORKFLOWS.iter().map(|w| (w.name, w.version)).collect();
+        names.dedup();
+        assert_eq!(names.len(), WORKFLOWS.len(), "each version of each name once");
+    }
 
     #[test]
     fn orderflows_definition_is_whole() {

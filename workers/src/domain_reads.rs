@@ -8,7 +8,8 @@
 use futures::future::BoxFuture;
 use shared::settings::Settings;
 use shared::stage::StageError;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 use topology::DomainCopy;
 use transport::domain_client::{ClientError, DomainClient};
 
@@ -24,7 +25,7 @@ pub trait DomainReads: Send + Sync {
 
 impl DomainReads for DomainReader {
     fn ask(&self, copy: DomainCopy, request: serde_json::Value) -> BoxFuture<'_, Result<Answer, StageError>> {
-        Box::pin(self.ask_now(copy, request))
+        Box::pin(self.ask_nearest(copy, request))
     }
 }
 
@@ -37,7 +38,13 @@ pub struct DomainReader {
     connection_name: &'static str,
     timeout: Duration,
     client: tokio::sync::Mutex<Option<(lapin::Connection, std::sync::Arc<DomainClient>)>>,
+    /// The domains whose primary did not answer lately, and until when
+    /// their replicas are asked first.
+    primary_down: std::sync::Mutex<HashMap<&'static str, Instant>>,
 }
+
+/// How long a primary that did not answer is passed over for its replicas.
+const PRIMARY_RETRY: Duration = Duration::from_secs(5);
 
 impl DomainReader {
     pub fn new(settings: &Settings, connection_name: &'static str) -> anyhow::Result<DomainReader> {
@@ -46,6 +53,7 @@ impl DomainReader {
             connection_name,
             timeout: settings.domain_timeout,
             client: tokio::sync::Mutex::new(None),
+            primary_down: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -62,6 +70,60 @@ impl DomainReader {
             *client = Some((connection, std::sync::Arc::new(opened)));
         }
         Ok(client.as_ref().expect("opened above").1.clone())
+    }
+
+    /// Asks `copy`; a primary with replicas that does not answer is stood
+    /// in for by a replica within `ORDERFLOW_DOMAIN_MAX_STALENESS_MS` of it
+    /// (its answer's `as_of` says which copy answered, and how far behind it
+    /// may be). A replica's refusal is not the domain's answer (it may not
+    /// have a new record yet): with no replica fit to answer, the read is a
+    /// transient failure, tried again later, never a rejection.
+    async fn ask_nearest(&self, copy: DomainCopy, request: serde_json::Value) -> Result<Answer, StageError> {
+        let replicas: Vec<DomainCopy> = copy
+            .def()
+            .replicas
+            .iter()
+            .map(|region| DomainCopy { domain: copy.domain, region: Some(region) })
+            .collect();
+        if copy.region.is_some() || replicas.is_empty() {
+            return self.ask_now(copy, request).await;
+        }
+        let passed_over = self
+            .primary_down
+            .lock()
+            .expect("not poisoned")
+            .get(copy.domain)
+            .is_some_and(|until| Instant::now() < *until);
+        let mut why = Vec::new();
+        if !passed_over {
+            match self.ask_now(copy, request.clone()).await {
+                Err(StageError::Transient(error)) => {
+                    why.push(format!("{error:#}"));
+                    self.primary_down
+                        .lock()
+                        .expect("not poisoned")
+                        .insert(copy.domain, Instant::now() + PRIMARY_RETRY);
+                }
+                answered => return answered,
+            }
+        }
+        let bound = self.settings.domain_max_staleness.as_millis() as i64;
+        for replica in replicas {
+            match self.ask_now(replica, request.clone()).await {
+                Ok(Ok(data)) => match data["as_of"]["stale_ms"].as_i64() {
+                    Some(ms) if ms <= bound => return Ok(Ok(data)),
+                    Some(ms) => why.push(format!("{} may be {ms} ms behind", replica.label())),
+                    None => why.push(format!("{} does not know how far behind it is", replica.label())),
+                },
+                Ok(Err(reason)) => why.push(format!("{}: {reason}", replica.label())),
+                Err(error) => why.push(format!("{error}")),
+            }
+        }
+        Err(StageError::Transient(anyhow::anyhow!(
+            "the {} primary did not answer and no replica is within {bound} ms of it ({})",
+            copy.domain,
+            why.join("; ")
+        )))
     }
 
     async fn ask_now(

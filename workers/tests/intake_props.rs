@@ -36,6 +36,7 @@ fn order() -> impl Strategy<Value = Order> {
                 shipping_method,
                 ship_to: ShipTo { name, line1, city, postal_code, country },
                 payment: PaymentCard { card_number: card, expiry: "12/30".into() },
+                workflow: None,
             },
         )
 }

@@ -362,7 +362,19 @@ async fn remove(amqp_url: &str, user_prefix: &str, keep_vhost: bool) -> anyhow::
 }
 
 fn print_workflow() {
-    let workflow = topology::WORKFLOW;
+    for workflow in topology::workflow::WORKFLOWS {
+        let newest = topology::workflow::newest(workflow.name).is_some_and(|w| w.version == workflow.version);
+        let taken = if newest { " (new orders naming it take this version)" } else { "" };
+        println!("workflow {} version {}{taken}", workflow.name, workflow.version);
+        print_definition(workflow);
+    }
+    let services: Vec<&str> =
+        topology::Process::all().into_iter().filter(|p| p.node().is_none()).map(|p| p.name()).collect();
+    println!("services: {}", services.join(", "));
+}
+
+/// One definition: per node what it accepts, produces and forwards to; its cut-offs.
+fn print_definition(workflow: &topology::workflow::Workflow) {
     let names = |items: Vec<String>| if items.is_empty() { "-".to_string() } else { items.join(", ") };
     println!("{:<11} {:<38} {:<58} forwards to", "node", "accepts", "produces");
     for node in workflow.nodes() {
@@ -374,7 +386,4 @@ fn print_workflow() {
     for cut in workflow.cut_offs {
         println!("cut-off: the {} cannot change from {} on", cut.change.noun(), cut.from);
     }
-    let services: Vec<&str> =
-        topology::Process::all().into_iter().filter(|p| p.node().is_none()).map(|p| p.name()).collect();
-    println!("services: {}", services.join(", "));
 }

@@ -16,9 +16,10 @@ use topology::{Node, WORKFLOW_EXCHANGE};
 
 /// Which attempt this delivery is (1 for a first delivery): the attempts
 /// made before it went round the retry queue, plus the deliveries the
-/// quorum queue has counted since (crashes, requeues), plus this one.
+/// quorum queue has counted since (crashes, requeues; at least one when the
+/// broker says it redelivers), plus this one.
 pub fn attempt_of(delivery: &Delivery) -> i64 {
-    earlier_attempts(delivery) + delivery_count(delivery) + 1
+    earlier_attempts(delivery) + delivery_count(delivery).max(i64::from(delivery.redelivered)) + 1
 }
 
 /// An integer header of a delivery (0 when absent or not an integer).

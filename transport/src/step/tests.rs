@@ -149,6 +149,34 @@ async fn pending_changes_are_decided_before_the_stage_and_the_same_on_redelivery
     assert!(after.0 > before.0 && after.1 > before.1, "{before:?} -> {after:?}");
 }
 
+/// The failure CI met: payment charged an order and sent it on, was killed
+/// before acknowledging it, and a cancel came meanwhile. The redelivery
+/// must send the same charged element again (the cancel waits for the next
+/// node, which voids the charge), not end the order a second way.
+#[tokio::test]
+async fn a_change_heard_after_the_first_delivery_waits_for_the_next_node() {
+    let scratch = Scratch::new("step");
+    let ctx = payment_node(&scratch).await;
+    let element = accepted_order();
+    let book = ctx.book.as_ref().unwrap();
+    let stage = FakePayment::new(Reply::Charge);
+    let first = handled(step(&ctx, &stage, element.clone(), 1).await);
+    assert_eq!(first.element.state, OrderState::Charged);
+
+    let cancel = requested(element.order_id, Change::Cancel);
+    assert_eq!(book.receive(&cancel).await.unwrap(), Received::Pending);
+    let again = handled(step(&ctx, &stage, element.clone(), 2).await);
+    assert_eq!(routing_keys(&again.messages), routing_keys(&first.messages), "the same step again");
+    assert_eq!(forwarded(&again), forwarded(&first));
+    assert!(again.changes.applied.is_empty(), "{:?}", again.changes.applied);
+
+    // A first delivery of another order decides it as before.
+    let other = accepted_order();
+    book.receive(&requested(other.order_id, Change::Cancel)).await.unwrap();
+    let cancelled = handled(step(&ctx, &stage, other, 1).await);
+    assert_eq!(cancelled.element.state, OrderState::Cancelled);
+}
+
 #[tokio::test]
 async fn a_cancel_takes_the_cancel_path_and_closes_the_order_here() {
     let scratch = Scratch::new("step");

@@ -13,6 +13,7 @@
 //! replicas take, so a replica can answer intake too.
 
 use super::documents::Documents;
+use super::edits::Edits;
 use super::replication::{snapshot_page, Replica, Stream};
 use lapin::message::Delivery;
 use shared::domains::{
@@ -84,6 +85,32 @@ impl CustomerDomain {
             next_at_ms,
             lag,
         })
+    }
+
+    /// One customer, marked with the copy and change number it is as of.
+    async fn get(&self, customer_id: &str, token_shown: bool) -> Result<serde_json::Value, DomainError> {
+        check_id("customer_id", customer_id).map_err(DomainError::Refused)?;
+        // The change number first, then the record: the record is at least that recent.
+        let as_of = self.as_of().await.map_err(DomainError::Unavailable)?;
+        match self.docs.get(customer_id).await.map_err(|e| DomainError::Unavailable(e.into()))? {
+            Some(mut customer) => {
+                customer["as_of"] = serde_json::to_value(as_of).expect("a mark serializes");
+                Ok(as_shown(customer, token_shown))
+            }
+            None => Err(DomainError::Refused(format!("no customer {customer_id} at {}", self.copy.label()))),
+        }
+    }
+
+    /// Which copy this is and the number of the last change it holds: the
+    /// head of its log (the primary), its position in the feed (a replica).
+    async fn as_of(&self) -> anyhow::Result<shared::domains::AsOf> {
+        let seq = match &self.replica {
+            None => self.docs.head().await?.0,
+            Some(_) => self.docs.position().await?.map_or(0, |(seq, _)| seq),
+        };
+        let now = chrono::Utc::now().timestamp_millis();
+        let stale_ms = self.replica.as_ref().and_then(|replica| replica.staleness_ms(now));
+        Ok(shared::domains::AsOf { copy: self.copy.label(), seq, stale_ms })
     }
 
     /// A write at the primary: once per request, then sent on the stream.
@@ -175,7 +202,7 @@ pub fn new_customer(
     }
     make_one_default(&mut kept, None);
     let card = card.map(card_on_file).transpose()?;
-    Ok(Customer { customer_id, name: name.into(), email: email.into(), addresses: kept, card })
+    Ok(Customer { customer_id, name: name.into(), email: email.into(), addresses: kept, card, as_of: None })
 }
 
 /// Exactly one default: `chosen` if given, else the first marked default, else the first.
@@ -254,16 +281,7 @@ impl CustomerDomain {
         };
         let token_shown = shows_card_token(&request);
         match parse::<CustomerRequest>(request.body)? {
-            CustomerRequest::Get { customer_id } => {
-                check_id("customer_id", &customer_id).map_err(DomainError::Refused)?;
-                match self.docs.get(&customer_id).await.map_err(unavailable)? {
-                    Some(customer) => Ok(as_shown(customer, token_shown)),
-                    None => Err(DomainError::Refused(format!(
-                        "no customer {customer_id} at {}",
-                        self.copy.label()
-                    ))),
-                }
-            }
+            CustomerRequest::Get { customer_id } => self.get(&customer_id, token_shown).await,
             CustomerRequest::List { after, limit } => {
                 // A page of customers is never for one order: no tokens, whoever asks.
                 let page = self.docs.list(after.as_deref(), page_size(limit)).await.map_err(unavailable)?;
@@ -291,6 +309,18 @@ impl CustomerDomain {
                 let id = customer_id.clone();
                 self.write(publisher, &request, &id, |existing| match existing {
                     Some(customer) => set_address(customer, &address),
+                    None => Err(format!("no customer {customer_id}")),
+                })
+                .await
+                .map(|written| as_shown(written, false))
+            }
+            CustomerRequest::SetCard { customer_id, card } => {
+                writes(request.access)?;
+                check_id("customer_id", &customer_id).map_err(DomainError::Refused)?;
+                let on_file = card_on_file(&card).map_err(DomainError::Refused)?;
+                let id = customer_id.clone();
+                self.write(publisher, &request, &id, |existing| match existing {
+                    Some(customer) => Ok(Customer { card: Some(on_file), ..customer }),
                     None => Err(format!("no customer {customer_id}")),
                 })
                 .await
@@ -330,11 +360,38 @@ impl CustomerDomain {
 pub struct CustomerService {
     pub domain: CustomerDomain,
     publisher: std::sync::Mutex<Option<Publisher>>,
+    /// The primary's forwarding of its edits to the orders that copied them.
+    edits: Option<Edits>,
+    /// When the kept orders that ended were last forgotten.
+    forgot_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
+/// How often the primary forgets the orders that ended.
+const FORGET_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl CustomerService {
-    pub fn new(domain: CustomerDomain) -> CustomerService {
-        CustomerService { domain, publisher: std::sync::Mutex::new(None) }
+    /// The service of `domain`; its primary also forwards its edits.
+    pub async fn open(domain: CustomerDomain, settings: &Settings) -> anyhow::Result<CustomerService> {
+        let edits = match domain.copy.forwards_edits() {
+            true => Some(Edits::open(settings, DOMAIN, domain.docs.clone()).await?),
+            false => None,
+        };
+        Ok(CustomerService {
+            domain,
+            publisher: std::sync::Mutex::new(None),
+            edits,
+            forgot_at: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// Whether the kept orders are due to be checked for having ended.
+    fn forget_due(&self) -> bool {
+        let mut at = self.forgot_at.lock().expect("not poisoned");
+        let due = at.is_none_or(|at| at.elapsed() >= FORGET_EVERY);
+        if due {
+            *at = Some(std::time::Instant::now());
+        }
+        due
     }
 
     fn publisher(&self) -> Option<Publisher> {
@@ -368,9 +425,12 @@ impl DomainService for CustomerService {
     }
 
     async fn apply(&self, ctx: &NodeContext, publisher: &Publisher, delivery: Delivery) {
-        match &self.domain.replica {
-            Some(replica) => replica.apply(&self.domain.docs, ctx, publisher, delivery).await,
-            None => transport::settle::dead_letter(publisher, ctx, &delivery, "a primary has no feed").await,
+        match (&self.domain.replica, &self.edits) {
+            (Some(replica), _) => replica.apply(&self.domain.docs, ctx, publisher, delivery).await,
+            (None, Some(edits)) => edits.apply(ctx, publisher, delivery).await,
+            (None, None) => {
+                transport::settle::dead_letter(publisher, ctx, &delivery, "a primary has no feed").await
+            }
         }
     }
 
@@ -383,6 +443,11 @@ impl DomainService for CustomerService {
                 }
             }
             (None, None) => {}
+        }
+        if let Some(edits) = self.edits.as_ref().filter(|_| self.forget_due()) {
+            if let Err(error) = edits.forget_ended().await {
+                tracing::debug!(error = format!("{error:#}"), "could not forget the orders that ended yet");
+            }
         }
         self.report_status().await;
     }
@@ -397,7 +462,7 @@ pub fn run(
 ) -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
     Box::pin(async move {
         let domain = CustomerDomain::open(&settings, settings.region.as_deref()).await?;
-        let service = std::sync::Arc::new(CustomerService::new(domain));
+        let service = std::sync::Arc::new(CustomerService::open(domain, &settings).await?);
         transport::domain::run_domain(settings, service, shutdown).await
     })
 }

@@ -54,6 +54,7 @@ impl Documents {
                     "CREATE TABLE IF NOT EXISTS {changes} (seq BIGINT PRIMARY KEY, request_key TEXT UNIQUE, \
                      at_ms BIGINT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL)"
                 ),
+                &format!("CREATE INDEX IF NOT EXISTS {changes}_key ON {changes} (key, seq)"),
                 // One row: the last change applied (replica) or sent on the stream (primary).
                 &format!(
                     "CREATE TABLE IF NOT EXISTS {position} (id INTEGER PRIMARY KEY, seq BIGINT NOT NULL, \
@@ -173,6 +174,21 @@ impl Documents {
     }
 
     /// The last change of the log and when it was made ((0, 0): none).
+    /// The last change of the record `key` (what made it as it is now).
+    pub async fn last_change_of(&self, key: &str) -> sqlx::Result<Option<Change>> {
+        let row = sqlx::query(&format!(
+            "SELECT seq, at_ms, key, body FROM {} WHERE key = $1 ORDER BY seq DESC LIMIT 1",
+            self.changes
+        ))
+        .bind(key)
+        .fetch_optional(&self.store.pool)
+        .await?;
+        Ok(row.and_then(|row| {
+            let record = serde_json::from_str(&row.get::<String, _>(3)).ok()?;
+            Some(Change { seq: row.get(0), at_ms: row.get(1), key: row.get(2), record })
+        }))
+    }
+
     pub async fn head(&self) -> sqlx::Result<(i64, i64)> {
         let row = sqlx::query(&format!("SELECT seq, at_ms FROM {} ORDER BY seq DESC LIMIT 1", self.changes))
             .fetch_optional(&self.store.pool)

@@ -1,6 +1,7 @@
 //! The data domains' services (see `topology::domains` for which exist and
 //! where they run): `documents` (a copy's store and change log),
 //! `replication` (a primary's change stream, a replica following it),
+//! `edits` (a primary's edits sent to the orders that copied the old data),
 //! `customer` (customers, addresses, cards on file; a primary and
 //! replicas), `records` (the catalog and the distributors). The stock
 //! domain, answered by the inventory process, lives with inventory
@@ -8,5 +9,6 @@
 
 pub mod customer;
 pub mod documents;
+pub mod edits;
 pub mod records;
 pub mod replication;

@@ -268,6 +268,13 @@ impl Replica {
     pub fn lag(&self) -> Option<Lag> {
         self.lag.lock().expect("not poisoned").clone()
     }
+
+    /// How far behind its primary this replica may be now, in ms: since the
+    /// last moment it knew it held every change (it keeps growing while the
+    /// primary does not answer); `None` before it first asked its primary.
+    pub fn staleness_ms(&self, now_ms: i64) -> Option<i64> {
+        self.lag().filter(|lag| lag.fresh_at_ms > 0).map(|lag| (now_ms - lag.fresh_at_ms).max(0))
+    }
 }
 
 async fn requeue_later(delivery: &Delivery) {

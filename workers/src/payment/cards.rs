@@ -60,6 +60,23 @@ impl DomainService for CardsService {
                 let answer = TokenizedCard { token, masked: mask_card(&card.card_number) };
                 Ok(serde_json::to_value(answer).expect("an answer serializes"))
             }
+            CardsRequest::TokenizeOnFile { order_id, card } => {
+                use topology::permissions::Role;
+                let editors = DomainCopy::all().into_iter().filter(|copy| copy.forwards_edits());
+                if !editors.into_iter().any(|copy| request.is_from(Role::Domain(copy))) {
+                    return Err(DomainError::Refused(
+                        "only the customer domain may hand payment a card on file for an order".into(),
+                    ));
+                }
+                let token = self
+                    .processor
+                    .tokenize_on_file(order_id, &card)
+                    .await
+                    .map_err(unavailable)?
+                    .map_err(|reason| DomainError::Refused(format!("{reason}: the card was not kept")))?;
+                let answer = TokenizedCard { token, masked: card.masked.clone() };
+                Ok(serde_json::to_value(answer).expect("an answer serializes"))
+            }
             CardsRequest::Status {} => {
                 let waiting = self.desk.waiting_count().await.map_err(unavailable)?;
                 let status = CopyStatus {

@@ -49,15 +49,47 @@ impl Processor {
         if !is_card_number(&card.card_number) {
             return Ok(Err("card number is not 13 to 19 digits".into()));
         }
-        if card.expiry.chars().count() > MAX_EXPIRY_CHARS {
+        let masked = mask_card(&card.card_number);
+        self.keep(order_id, &card.card_number, &card.expiry, &masked).await
+    }
+
+    /// The token standing for a customer's card on file (its `tok_` token,
+    /// which the processor holds the card for) in payment for `order_id`:
+    /// how the customer domain hands a new card on file to an order waiting
+    /// for payment, never seeing a number.
+    pub async fn tokenize_on_file(
+        &self,
+        order_id: Uuid,
+        card: &shared::domains::CardOnFile,
+    ) -> sqlx::Result<Result<String, String>> {
+        let on_file =
+            card.token.starts_with(shared::order::CARD_TOKEN_PREFIX) && shared::order::is_token(&card.token);
+        if !on_file {
+            return Ok(Err("not a card on file's token (tok_ and 32 hex digits)".into()));
+        }
+        if !shared::change::is_masked_card(&card.masked) {
+            return Ok(Err("the card on file's masked number is not stars and four digits".into()));
+        }
+        self.keep(order_id, &card.token, &card.expiry, &card.masked).await
+    }
+
+    /// Keeps a card (a number, or a card on file's token) for an order: its token.
+    async fn keep(
+        &self,
+        order_id: Uuid,
+        number: &str,
+        expiry: &str,
+        masked: &str,
+    ) -> sqlx::Result<Result<String, String>> {
+        if expiry.chars().count() > MAX_EXPIRY_CHARS {
             return Ok(Err(format!("card expiry is longer than {MAX_EXPIRY_CHARS} characters")));
         }
         let row = (
             format!("{PROCESSOR_TOKEN_PREFIX}{}", Uuid::new_v4().simple()),
             order_id.to_string(),
-            card.card_number.clone(),
-            card.expiry.clone(),
-            mask_card(&card.card_number),
+            number.to_string(),
+            expiry.to_string(),
+            masked.to_string(),
             chrono::Utc::now().to_rfc3339(),
         );
         let token: String = self

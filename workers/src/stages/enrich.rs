@@ -20,7 +20,7 @@
 
 use crate::domain_reads::DomainReads;
 use shared::domains::{CardOnFile, CatalogItem, Customer, CustomerRequest, RecordRequest};
-use shared::order::{CatalogLine, FromDomains, Order, ShipTo, CARD_TOKEN_PREFIX};
+use shared::order::{CatalogLine, FromDomains, Order, CARD_TOKEN_PREFIX};
 use shared::stage::StageError;
 use std::collections::BTreeMap;
 use topology::DomainCopy;
@@ -125,20 +125,17 @@ pub fn enrich(mut order: Order, lookups: &Lookups) -> Result<(Order, FromDomains
         ),
         (None, true) => None,
     };
-    let address_id = match address {
+    let (address_id, address_fingerprint) = match address {
         Some(address) => {
-            order.ship_to = ShipTo {
-                name: customer.name.clone(),
-                line1: address.line1.clone(),
-                city: address.city.clone(),
-                postal_code: address.postal_code.clone(),
-                country: address.country.clone(),
-            };
-            address.address_id.clone()
+            let (_, ship_to) =
+                customer.ship_to(Some(&address.address_id)).expect("the address was found above");
+            let fingerprint = shared::domains::address_fingerprint(&ship_to);
+            order.ship_to = ship_to;
+            (address.address_id.clone(), fingerprint)
         }
-        None => String::new(),
+        None => (String::new(), String::new()),
     };
-    let mut card_on_file = None;
+    let (mut card_on_file, mut card_fingerprint) = (None, String::new());
     if order.payment.card_number.is_empty() {
         let card = customer.card.as_ref().ok_or_else(|| {
             format!("the order brings no card and customer {} has none on file", customer.customer_id)
@@ -152,11 +149,13 @@ pub fn enrich(mut order: Order, lookups: &Lookups) -> Result<(Order, FromDomains
         order.payment.card_number = card.token.clone();
         order.payment.expiry = card.expiry.clone();
         card_on_file = Some(card.masked.clone());
+        card_fingerprint = shared::domains::card_fingerprint(card);
     } else if is_card_token(&order.payment.card_number) {
         // A token the order brings: its customer's card on file, or nothing.
         let card = check_card_token(&order, Ok(customer))?;
         order.payment.expiry = card.expiry.clone();
         card_on_file = Some(card.masked.clone());
+        card_fingerprint = shared::domains::card_fingerprint(card);
     }
     let mut items = Vec::new();
     for item in &order.items {
@@ -174,7 +173,16 @@ pub fn enrich(mut order: Order, lookups: &Lookups) -> Result<(Order, FromDomains
             None => return Err(format!("SKU {:?} was not looked up", shared::text::escaped(&item.sku))),
         }
     }
-    Ok((order, FromDomains { address_id, items, card_on_file }))
+    let customer_as_of = customer.as_of.clone();
+    let from = FromDomains {
+        address_id,
+        items,
+        card_on_file,
+        customer_as_of,
+        address_fingerprint,
+        card_fingerprint,
+    };
+    Ok((order, from))
 }
 
 /// Reads the customer `customer_id` at the primary: the customer, or
@@ -216,7 +224,7 @@ pub async fn lookup(reads: &dyn DomainReads, order: &Order) -> Result<Lookups, S
 mod tests {
     use super::*;
     use shared::domains::{Address, CardOnFile};
-    use shared::order::{Item, PaymentCard};
+    use shared::order::{Item, PaymentCard, ShipTo};
 
     const TOKEN: &str = "tok_0123456789abcdef0123456789abcdef";
     const OTHER_TOKEN: &str = "tok_fedcba9876543210fedcba9876543210";
@@ -240,6 +248,7 @@ mod tests {
                 expiry: "12/30".into(),
                 token: TOKEN.into(),
             }),
+            as_of: None,
         }
     }
 

@@ -51,8 +51,24 @@ fn check_method(order: &Order) -> Result<(), String> {
     Ok(())
 }
 
-/// The customer and the items.
+/// The workflow an order asks for: one this build runs (its newest
+/// version is what the order takes).
+fn chosen_workflow(order: &Order) -> Result<&'static topology::workflow::Workflow, String> {
+    match order.workflow.as_deref() {
+        None => Ok(&topology::WORKFLOW),
+        Some(name) => topology::workflow::newest(name).ok_or_else(|| {
+            format!(
+                "workflow {:?} is not one this distribution center runs (it runs {})",
+                printable(name),
+                topology::workflow::known_workflows()
+            )
+        }),
+    }
+}
+
+/// The workflow, the customer and the items.
 fn check_lines(order: &Order) -> Result<(), String> {
+    chosen_workflow(order)?;
     check_text("customer_id", &order.customer_id)?;
     if order.items.is_empty() {
         return Err("the order has no items".into());
@@ -176,17 +192,29 @@ impl Intake {
         Outcome::new(element).step(OrderState::Rejected, reason)
     }
 
-    /// The pure step: accept or reject.
+    /// The pure step: accept or reject. An accepted element follows the
+    /// newest version of the workflow it asked for from here on.
     pub fn decide(mut element: OrderElement) -> Outcome {
         mask_free_text(&mut element.order);
-        match validate(&element.order) {
-            Ok(()) => {
-                let detail = format!(
+        match validate(&element.order).and_then(|()| chosen_workflow(&element.order)) {
+            Ok(workflow) => {
+                element.workflow = workflow.name.to_string();
+                element.workflow_version = workflow.version;
+                let mut detail = format!(
                     "{} item lines, {} units, {}",
                     element.order.items.len(),
                     element.total_units(),
                     element.order.shipping_method
                 );
+                // Read at a replica (the primary did not answer): which, and how far behind.
+                let at_replica = element.from_domains.as_ref().and_then(|from| from.customer_as_of.as_ref());
+                if let Some(as_of) = at_replica.filter(|as_of| as_of.stale_ms.is_some()) {
+                    let ms = as_of.stale_ms.unwrap_or_default();
+                    detail += &format!(
+                        "; the customer read at {} (change {}, at most {ms} ms behind its primary)",
+                        as_of.copy, as_of.seq
+                    );
+                }
                 Outcome::new(element).step(OrderState::Accepted, detail)
             }
             // The card number never leaves intake in a rejected order's record.
@@ -370,6 +398,7 @@ pub mod tests {
                 country: "US".into(),
             },
             payment: PaymentCard { card_number: "4111111111111111".into(), expiry: "12/30".into() },
+            workflow: None,
         }
     }
 
@@ -434,6 +463,11 @@ pub mod tests {
     fn valid_order_is_accepted() {
         let outcome = Intake::decide(OrderElement::placed(valid_order()));
         assert_eq!(outcome.steps[0].state, OrderState::Accepted);
+        let named = Order { workflow: Some("standard".into()), ..valid_order() };
+        let outcome = Intake::decide(OrderElement::placed(named));
+        assert_eq!(outcome.steps[0].state, OrderState::Accepted);
+        let element = &outcome.element;
+        assert_eq!((element.workflow.as_str(), element.workflow_version), ("standard", 1));
     }
 
     #[test]
@@ -455,6 +489,9 @@ pub mod tests {
             (|o| o.payment.card_number = "41111111111a1111".into(), "13 to 19 digits"),
             (|o| o.payment.expiry = "1".repeat(10_000), "expiry is longer than 16"),
             (|o| o.customer_id.clear(), "customer_id is missing"),
+            (|o| o.workflow = Some("ship-then-bill".into()), "is not one this distribution center runs"),
+            (|o| o.workflow = Some("bell\u{7}".repeat(1000)), "(it runs standard v1)"),
+            (|o| o.workflow = Some(String::new()), "workflow \"\" is not one"),
         ];
         for (break_it, reason) in cases {
             let mut order = valid_order();

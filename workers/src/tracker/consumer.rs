@@ -254,6 +254,8 @@ async fn serve(
                     late_swept = std::time::Instant::now();
                 }
                 move_to_warehouse(&store, quiet, late_too).await;
+                // Outcomes a failed publish left unsent.
+                super::outcomes::send_due(&store.store.pool, &publisher).await;
                 continue;
             }
             next = results.next() => match next {
@@ -301,6 +303,9 @@ async fn serve(
         if let (false, Some(last)) = (stopped, last) {
             stopped = !write_then_ack(&store, &health, &shutdown, &events, last).await;
         }
+        if !stopped && owes_outcomes(&events) {
+            super::outcomes::send_due(&store.store.pool, &publisher).await;
+        }
         if stopped {
             break Ok(());
         }
@@ -309,6 +314,11 @@ async fn serve(
         }
     };
     finish(&connection, &channel, &ctx, TaskTracker::new(), result).await
+}
+
+/// Whether a batch ended an order whose placer waits for its outcome.
+fn owes_outcomes(events: &[Record]) -> bool {
+    events.iter().any(|r| matches!(r, Record::State(e) if e.answer_to.is_some() && e.to_state.is_terminal()))
 }
 
 /// Writes `events` in one transaction, then acknowledges every delivery up

@@ -7,6 +7,7 @@
 pub mod consumer;
 pub mod dashboard;
 pub mod http;
+pub mod outcomes;
 pub mod report;
 pub mod results;
 pub mod stack_view;

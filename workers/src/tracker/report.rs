@@ -99,7 +99,37 @@ impl TrackerStore {
         let stuck = self.stuck(now, &thresholds).await?;
         let mut report = tally.finish(&incidents, &nodes, stuck, thresholds);
         report.settlement = shared::report::SettlementFigures::of(&batches);
+        report.answers = super::outcomes::figures(&self.store.pool, &from_text, &to_text).await?;
+        report.in_flight = self.in_flight().await?;
         Ok(report)
+    }
+
+    /// The active orders per workflow version, read from their `accepted`
+    /// events; every version this build runs is listed, 0 included.
+    async fn in_flight(&self) -> sqlx::Result<Vec<shared::report::WorkflowInFlight>> {
+        let counted: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT e.workflow, e.workflow_version, COUNT(*) FROM tracker_orders o JOIN tracker_events e \
+             ON e.order_id = o.order_id AND e.workflow IS NOT NULL AND e.workflow_version IS NOT NULL \
+             WHERE o.terminal = 0 GROUP BY e.workflow, e.workflow_version",
+        )
+        .fetch_all(&self.store.pool)
+        .await?;
+        let mut listed: Vec<shared::report::WorkflowInFlight> = topology::workflow::WORKFLOWS
+            .iter()
+            .map(|w| shared::report::WorkflowInFlight {
+                workflow: w.name.to_string(),
+                version: i64::from(w.version),
+                orders: 0,
+            })
+            .collect();
+        for (workflow, version, orders) in counted {
+            let orders = orders.max(0) as u64;
+            match listed.iter_mut().find(|w| w.workflow == workflow && w.version == version) {
+                Some(known) => known.orders = orders,
+                None => listed.push(shared::report::WorkflowInFlight { workflow, version, orders }),
+            }
+        }
+        Ok(listed)
     }
 
     /// The node an order in `state` goes to next, as routing decides it

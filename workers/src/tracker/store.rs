@@ -39,7 +39,7 @@ const WAREHOUSE_SCHEMA: &[&str] = &[
 
 /// The columns an event row has in both stores.
 pub const EVENT_COLUMNS: &str = "event_id, order_id, seq, version, node, instance_id, from_state, to_state, \
-     terminal, at, detail, recorded_at, change_id, mode, trace_id";
+     terminal, at, detail, recorded_at, change_id, mode, trace_id, workflow, workflow_version";
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS tracker_events (event_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, \
@@ -120,7 +120,12 @@ impl TrackerStore {
         store.migrate(INDEXES).await?;
         store.migrate(CALL_RESULTS).await?;
         store.migrate(WAREHOUSE_SCHEMA).await?;
+        for table in ["tracker_events", "warehouse_events"] {
+            store.add_column(table, "workflow TEXT").await?;
+            store.add_column(table, "workflow_version BIGINT").await?;
+        }
         store.migrate(INCIDENTS).await?;
+        store.migrate(super::outcomes::SCHEMA).await?;
         Ok(TrackerStore { store })
     }
 
@@ -140,6 +145,12 @@ impl TrackerStore {
         let backend = self.store.backend;
         let mut tx = self.store.pool.begin().await?;
         let new_ids = insert_events(&mut tx, backend, &rows, &recorded_at).await?;
+        let ended: Vec<&AuditEvent> = records
+            .iter()
+            .filter_map(|r| if let Record::State(e) = r { Some(e) } else { None })
+            .filter(|e| new_ids.contains(&e.event_id.to_string()))
+            .collect();
+        super::outcomes::queue(&mut tx, &ended, &recorded_at).await?;
         insert_incidents(&mut tx, &incidents).await?;
         insert_settlements(&mut tx, records).await?;
         let moved = already_moved(&mut tx, backend, &rows).await?;
@@ -182,7 +193,11 @@ impl TrackerStore {
         let mut history = Vec::with_capacity(rows.len());
         let mut terminal = false;
         let mut state = String::new();
+        let mut workflow = (None, None);
         for row in rows {
+            if let Some(name) = row.try_get::<Option<String>, _>("workflow")? {
+                workflow = (Some(name), row.try_get::<Option<i64>, _>("workflow_version")?);
+            }
             let change_id: Option<String> = row.try_get("change_id")?;
             if change_id.is_none() {
                 // Rows come by seq: the last state step is the current state.
@@ -206,7 +221,15 @@ impl TrackerStore {
             });
         }
         let history = in_order(history);
-        Ok(Some(OrderView { order_id: order_id.to_string(), state, terminal, history }))
+        let (workflow, workflow_version) = workflow;
+        Ok(Some(OrderView {
+            order_id: order_id.to_string(),
+            state,
+            terminal,
+            history,
+            workflow,
+            workflow_version,
+        }))
     }
 
     /// Keeps a service's result for polling under (caller, request id, poll
@@ -432,6 +455,9 @@ struct Row {
     mode: Option<String>,
     /// The trace its message carried.
     trace_id: Option<String>,
+    /// Set on `accepted` events: the workflow the order follows, and its version.
+    workflow: Option<String>,
+    workflow_version: Option<i64>,
 }
 
 impl Row {
@@ -457,6 +483,8 @@ impl Row {
                 units: e.units,
                 mode: e.mode.clone(),
                 trace_id: e.trace_id.clone(),
+                workflow: e.workflow.clone(),
+                workflow_version: e.workflow_version.map(i64::from),
             },
             Record::Change(e) => Row {
                 event_id: e.event_id.to_string(),
@@ -475,6 +503,8 @@ impl Row {
                 units: None,
                 mode: None,
                 trace_id: e.trace_id.clone(),
+                workflow: None,
+                workflow_version: None,
             },
         })
     }
@@ -534,12 +564,13 @@ async fn insert_events(
     rows: &[Row],
     recorded_at: &str,
 ) -> sqlx::Result<HashSet<String>> {
-    const COLUMNS: usize = 15;
+    const COLUMNS: usize = 17;
     let mut new_ids = HashSet::new();
     for chunk in rows.chunks(300) {
         let sql = format!(
             "INSERT INTO tracker_events (event_id, order_id, seq, version, node, instance_id, from_state, \
-             to_state, terminal, at, detail, recorded_at, change_id, mode, trace_id) VALUES {} \
+             to_state, terminal, at, detail, recorded_at, change_id, mode, trace_id, workflow, workflow_version) \
+             VALUES {} \
              ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
             backend.rows(1, chunk.len(), COLUMNS)
         );
@@ -561,7 +592,9 @@ async fn insert_events(
                 .bind(recorded_at)
                 .bind(row.change_id.clone())
                 .bind(row.mode.clone())
-                .bind(row.trace_id.clone());
+                .bind(row.trace_id.clone())
+                .bind(row.workflow.clone())
+                .bind(row.workflow_version);
         }
         for returned in query.fetch_all(&mut **tx).await? {
             new_ids.insert(returned.try_get::<String, _>("event_id")?);
@@ -703,6 +736,10 @@ mod tests {
             customer_id: customer.map(str::to_string),
             units: customer.map(|_| 3),
             mode: None,
+            copied: None,
+            answer_to: None,
+            workflow: None,
+            workflow_version: None,
             trace_id: None,
         })
     }

@@ -227,6 +227,16 @@ impl Stack {
         ok(self.inner.kill(label));
     }
 
+    /// Freezes the process (SIGSTOP) until [`Stack::resume`].
+    pub fn pause(&self, label: &str) {
+        ok(self.inner.pause(label));
+    }
+
+    /// Lets a paused process go on (SIGCONT).
+    pub fn resume(&self, label: &str) {
+        ok(self.inner.resume(label));
+    }
+
     /// Stops every process with SIGTERM; returns each one's exit status.
     pub async fn stop_all(&mut self) -> Vec<(String, ExitStatus)> {
         let stopped = self.inner.stop_all().await;

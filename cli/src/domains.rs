@@ -280,7 +280,7 @@ async fn status(settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
     let mut rows: Vec<Value> = Vec::new();
     let mut all_answered = true;
     for copy in copies {
-        match session.ask(copy, RecordRequest::Status {}.to_json(), None).await {
+        match session.ask(copy, RecordRequest::Status { after_seq: None }.to_json(), None).await {
             Ok(status) => rows.push(status),
             Err(error) => {
                 all_answered = false;

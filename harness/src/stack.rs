@@ -340,6 +340,28 @@ impl Stack {
         Ok(())
     }
 
+    /// Freezes the process (SIGSTOP), as a hung host would: it holds its
+    /// connection and answers nothing until [`Stack::resume`].
+    pub fn pause(&self, label: &str) -> anyhow::Result<()> {
+        self.signal(label, "-STOP")
+    }
+
+    /// Lets a paused process go on (SIGCONT).
+    pub fn resume(&self, label: &str) -> anyhow::Result<()> {
+        self.signal(label, "-CONT")
+    }
+
+    fn signal(&self, label: &str, signal: &str) -> anyhow::Result<()> {
+        let process = self
+            .processes
+            .iter()
+            .find(|p| p.label == label)
+            .with_context(|| format!("no process {label} in this stack"))?;
+        let status = Command::new("kill").args([signal, &process.pid.to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill {signal} {label} failed: {status}");
+        Ok(())
+    }
+
     /// Kills every process at once.
     pub fn kill_all(&mut self) {
         for process in self.processes.drain(..) {

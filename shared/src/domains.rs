@@ -195,6 +195,9 @@ pub struct CatalogItem {
     pub weight_grams: i64,
     /// `active` or `withdrawn`.
     pub status: String,
+    /// In an answer: which copy answered, as of which change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<crate::order::AsOf>,
 }
 
 /// A distributor and the SKUs it supplies.
@@ -216,9 +219,7 @@ pub struct Supply {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum RecordRequest {
     /// One record by its key (`sku`, `distributor_id`).
-    Get {
-        id: String,
-    },
+    Get { id: String },
     List {
         #[serde(default)]
         after: Option<String>,
@@ -226,10 +227,20 @@ pub enum RecordRequest {
         limit: Option<usize>,
     },
     /// Adds or replaces a record (seeding, maintenance).
-    Put {
-        record: serde_json::Value,
+    Put { record: serde_json::Value },
+    /// The copy's position in the change stream (and, given `after_seq`,
+    /// when the change after it was made).
+    Status {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after_seq: Option<i64>,
     },
-    Status {},
+    /// A page of every record, for a new replica (primary only).
+    Snapshot {
+        #[serde(default)]
+        after: Option<String>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
 }
 
 impl RecordRequest {
@@ -516,6 +527,7 @@ mod tests {
             price_cents: -1,
             weight_grams: 10,
             status: "active".into(),
+            as_of: None,
         };
         assert!(check_item(&item).unwrap_err().contains("price_cents"));
     }

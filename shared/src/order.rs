@@ -159,6 +159,9 @@ pub struct CatalogLine {
     pub title: String,
     pub price_cents: i64,
     pub weight_grams: i64,
+    /// Which copy of the catalog answered, as of which change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<AsOf>,
 }
 
 /// The self-contained workflow element that travels between nodes.

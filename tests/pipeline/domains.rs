@@ -212,6 +212,51 @@ async fn replicas_refuse_writes_and_careless_requests_get_their_reason() {
         "{by_node:?}"
     );
 
+    // The catalog's replicas, by the same mechanism: a write there is
+    // refused naming the primary; a snapshot goes to the catalog's replicas
+    // alone (not to the back office, not to a customer replica's user); a
+    // read there says which copy answered and how far behind it may be.
+    let catalog_uk = DomainCopy::find("catalog", Some("uk")).unwrap();
+    let item = json!({"sku": "SKU-0042", "title": "Thing", "price_cents": 100, "weight_grams": 5, "status": "active"});
+    let put = json!({"op": "put", "record": item});
+    let at_catalog_replica = publisher.call(catalog_uk, &put, None, TIMEOUT).await;
+    assert!(
+        matches!(&at_catalog_replica, Err(ClientError::Refused(r)) if r.contains("read-only replica") && r.contains("orderflow.domain.catalog")),
+        "{at_catalog_replica:?}"
+    );
+    publisher.call(DomainCopy::primary("catalog"), &put, Some("put-42"), TIMEOUT).await.unwrap();
+    let (_c3, customer_uk) = client_as(&stack, "customer-uk").await;
+    for (who, client) in [("the back office", &publisher), ("customer@uk", &customer_uk)] {
+        let snapshot =
+            client.call(DomainCopy::primary("catalog"), &json!({"op": "snapshot"}), None, TIMEOUT).await;
+        // Refused by the catalog, or before it by the broker (a customer
+        // replica's user may ask its own primary alone).
+        let refused = format!("{snapshot:?}");
+        assert!(
+            snapshot.is_err()
+                && (refused.contains("only the catalog domain's replicas take snapshots")
+                    || refused.contains("ACCESS_REFUSED")),
+            "{who}: {refused}"
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let read = loop {
+        let read = payment.call(catalog_uk, &json!({"op": "get", "id": "SKU-0042"}), None, TIMEOUT).await;
+        match read {
+            Ok(read) => break read,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(error) => panic!("the uk catalog replica never held SKU-0042: {error:?}"),
+        }
+    };
+    assert_eq!(
+        (read["title"].as_str(), read["as_of"]["copy"].as_str()),
+        (Some("Thing"), Some("catalog@uk")),
+        "{read}"
+    );
+    assert!(read["as_of"]["stale_ms"].is_i64(), "a replica says how far behind it may be: {read}");
+
     let careless = [
         (json!({"op": "get", "customer_id": "T-99999"}), "no customer T-99999"),
         (json!({"op": "get", "customer_id": "x\u{7}; DROP TABLE"}), "must be 1 to 64"),
@@ -429,11 +474,13 @@ async fn the_cli_seeds_and_asks_every_domain() {
     loop {
         let rows = stack.cli_json(&["domains", "status", "--json"]);
         let rows = rows.as_array().unwrap();
-        assert_eq!(rows.len(), 5, "{rows:?}");
+        assert_eq!(rows.len(), 7, "{rows:?}");
+        // Each replica holds its primary's records: 2,001 customers, 506 items.
+        let held = |r: &Value| if r["copy"].as_str().unwrap().starts_with("customer") { 2001 } else { 506 };
         let replicas_done = rows
             .iter()
             .filter(|r| r["role"] == "replica")
-            .all(|r| r["records"] == 2001 && r["lag"]["changes"] == 0);
+            .all(|r| r["records"] == held(r) && r["lag"]["changes"] == 0);
         if replicas_done {
             assert!(rows.iter().any(|r| r["copy"] == "catalog" && r["records"] == 506), "{rows:?}");
             break;

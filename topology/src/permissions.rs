@@ -489,7 +489,22 @@ mod tests {
         assert_eq!(uk.read, "^(orderflow\\.domain\\.customer\\.uk|orderflow\\.replica\\.customer\\.uk)$");
         assert!(!uk.write.contains("domain-changes"), "a replica never writes the stream: {}", uk.write);
         let catalog = grant(Role::Domain(DomainCopy::primary("catalog")));
-        assert!(!catalog.write.contains("domain-changes"), "no replicas, no stream: {}", catalog.write);
+        assert!(
+            catalog.write.contains("domain-changes"),
+            "its replicas follow its stream: {}",
+            catalog.write
+        );
+        let catalog_de = grant(Role::Domain(DomainCopy::find("catalog", Some("de")).unwrap()));
+        assert_eq!(
+            catalog_de.read,
+            "^(orderflow\\.domain\\.catalog\\.de|orderflow\\.replica\\.catalog\\.de)$"
+        );
+        let distributor = grant(Role::Domain(DomainCopy::primary("distributor")));
+        assert!(
+            !distributor.write.contains("domain-changes"),
+            "no replicas, no stream: {}",
+            distributor.write
+        );
         let inventory = grant(Role::Node(Node::Inventory));
         assert!(
             inventory.read.contains("orderflow\\.domain\\.stock")

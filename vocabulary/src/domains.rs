@@ -64,7 +64,9 @@ pub const DOMAINS: &[DomainDef] = &[
             taken: Taken::EditsOfCopies { copied_at: Node::Intake },
         }),
     },
-    DomainDef { name: "catalog", replicas: &[], served_by: None, receives: None },
+    // Every order by reference reads it: replicas keep intake placing them
+    // while the primary is down.
+    DomainDef { name: "catalog", replicas: &["uk", "de"], served_by: None, receives: None },
     DomainDef { name: "distributor", replicas: &[], served_by: None, receives: None },
     // Payment's cards service: a card for an order becomes the processor's
     // token; it also settles the shipped orders' captures, in batches.
@@ -269,7 +271,9 @@ mod tests {
         assert_eq!(uk.feed_queue().as_deref(), Some("orderflow.replica.customer.uk"));
         assert_eq!(uk.process(), "customer-uk");
         assert_eq!(DomainCopy::find("customer", Some("primary")), Some(DomainCopy::primary("customer")));
-        assert_eq!(DomainCopy::find("catalog", Some("uk")), None);
+        assert_eq!(DomainCopy::find("catalog", Some("uk")).map(|c| c.process()), Some("catalog-uk".into()));
+        assert_eq!(DomainCopy::find("distributor", Some("uk")), None);
+        assert_eq!(DomainCopy::find("catalog", Some("fr")), None);
         // The stock domain is answered by the inventory node, which takes the received items.
         let stock = DomainCopy::primary("stock");
         assert_eq!(stock.process(), "inventory");

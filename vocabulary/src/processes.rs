@@ -64,7 +64,8 @@ pub const SERVICES: &[ServiceDef] = &[
         kind: ServiceKind::Domain,
         reads: Reads::Domain,
         about: "The catalog domain of orderflow: items (SKU, title, price, weight, active or withdrawn), behind \
-                request/reply over RabbitMQ.",
+                request/reply over RabbitMQ. The primary takes writes and sends each change on its stream; \
+                ORDERFLOW_REGION=uk or de runs that replica, which follows the stream and answers reads.",
     },
     ServiceDef {
         binary: "distributor",
@@ -239,7 +240,8 @@ mod tests {
     #[test]
     fn a_stack_runs_the_services_around_the_nodes() {
         let nodes = WORKFLOW.nodes().map(Node::name);
-        let domains = ["customer", "customer-uk", "customer-de", "catalog", "distributor"];
+        let domains =
+            ["customer", "customer-uk", "customer-de", "catalog", "catalog-uk", "catalog-de", "distributor"];
         let expected: Vec<&str> = ["tracker", "coordinator"]
             .into_iter()
             .chain(nodes)

@@ -12,16 +12,14 @@
 //! the change stream and in snapshots, which only the domain's own
 //! replicas take, so a replica can answer intake too.
 
-use super::documents::Documents;
+use super::copy_store::CopyStore;
 use super::edits::Edits;
-use super::replication::{snapshot_page, Replica, Stream};
 use lapin::message::Delivery;
 use shared::domains::{
-    card_on_file, check_address, check_id, check_text, page_size, Address, AddressInput, CopyStatus,
-    Customer, CustomerRequest,
+    card_on_file, check_address, check_id, check_text, page_size, Address, AddressInput, Customer,
+    CustomerRequest,
 };
 use shared::settings::Settings;
-use std::sync::Arc;
 use topology::permissions::Role;
 use topology::DomainCopy;
 use transport::domain::{parse, Access, DomainError, DomainService, Request};
@@ -30,117 +28,39 @@ use transport::{NodeContext, Publisher};
 pub const DOMAIN: &str = "customer";
 
 pub struct CustomerDomain {
-    copy: DomainCopy,
-    docs: Arc<Documents>,
-    /// The primary's change stream.
-    stream: Option<Stream>,
-    /// A replica's following of its primary.
-    replica: Option<Arc<Replica>>,
+    store: CopyStore,
 }
 
 impl CustomerDomain {
     /// The copy of the customer domain in `region` (`None`: the primary).
     pub async fn open(settings: &Settings, region: Option<&str>) -> anyhow::Result<CustomerDomain> {
-        let copy = DomainCopy::find(DOMAIN, region).ok_or_else(|| {
-            let regions = DomainCopy::primary(DOMAIN).def().replicas.join(", ");
-            anyhow::anyhow!(
-                "the customer domain has no copy in region {region:?} (ORDERFLOW_REGION: primary, {regions})"
-            )
-        })?;
-        let owner = copy.process().replace('-', "_");
-        let docs = Arc::new(Documents::open(settings, &owner).await?);
-        let (stream, replica) = match copy.region {
-            None => (Some(Stream::new(DOMAIN)), None),
-            Some(_) => (None, Some(Arc::new(Replica::new(copy, settings)?))),
-        };
-        Ok(CustomerDomain { copy, docs, stream, replica })
-    }
-
-    fn refuse_write(&self) -> DomainError {
-        DomainError::Refused(format!(
-            "{} is a read-only replica: send writes to the primary ({}, routing key {})",
-            self.copy.label(),
-            DomainCopy::primary(DOMAIN).queue(),
-            DomainCopy::primary(DOMAIN).routing_key()
-        ))
-    }
-
-    async fn status(&self, after_seq: Option<i64>) -> anyhow::Result<CopyStatus> {
-        let records = self.docs.count().await?;
-        let (role, (seq, seq_at_ms)) = match &self.replica {
-            None => ("primary", self.docs.head().await?),
-            Some(_) => ("replica", self.docs.position().await?.unwrap_or((0, 0))),
-        };
-        let next_at_ms = match (after_seq, &self.replica) {
-            (Some(after), None) => self.docs.made_at(after + 1).await?,
-            _ => None,
-        };
-        let lag = self.replica.as_ref().and_then(|replica| replica.lag());
-        Ok(CopyStatus {
-            copy: self.copy.label(),
-            role: role.into(),
-            records,
-            seq,
-            seq_at_ms,
-            next_at_ms,
-            lag,
-        })
+        Ok(CustomerDomain { store: CopyStore::open(settings, DOMAIN, region).await? })
     }
 
     /// One customer, marked with the copy and change number it is as of.
     async fn get(&self, customer_id: &str, token_shown: bool) -> Result<serde_json::Value, DomainError> {
         check_id("customer_id", customer_id).map_err(DomainError::Refused)?;
-        // The change number first, then the record: the record is at least that recent.
-        let as_of = self.as_of().await.map_err(DomainError::Unavailable)?;
-        match self.docs.get(customer_id).await.map_err(|e| DomainError::Unavailable(e.into()))? {
-            Some(mut customer) => {
-                customer["as_of"] = serde_json::to_value(as_of).expect("a mark serializes");
-                Ok(as_shown(customer, token_shown))
+        match self.store.get_marked(customer_id).await? {
+            Some(customer) => Ok(as_shown(customer, token_shown)),
+            None => {
+                Err(DomainError::Refused(format!("no customer {customer_id} at {}", self.store.copy.label())))
             }
-            None => Err(DomainError::Refused(format!("no customer {customer_id} at {}", self.copy.label()))),
         }
-    }
-
-    /// Which copy this is and the number of the last change it holds: the
-    /// head of its log (the primary), its position in the feed (a replica).
-    async fn as_of(&self) -> anyhow::Result<shared::domains::AsOf> {
-        let seq = match &self.replica {
-            None => self.docs.head().await?.0,
-            Some(_) => self.docs.position().await?.map_or(0, |(seq, _)| seq),
-        };
-        let now = chrono::Utc::now().timestamp_millis();
-        let stale_ms = self.replica.as_ref().and_then(|replica| replica.staleness_ms(now));
-        Ok(shared::domains::AsOf { copy: self.copy.label(), seq, stale_ms })
     }
 
     /// A write at the primary: once per request, then sent on the stream.
     async fn write(
         &self,
-        publisher: Option<&Publisher>,
         request: &Request<'_>,
         customer_id: &str,
         change: impl FnOnce(Option<Customer>) -> Result<Customer, String>,
     ) -> Result<serde_json::Value, DomainError> {
-        let written = self
-            .docs
-            .write(&request.request_key, customer_id, |current| {
+        self.store
+            .write(request, customer_id, |current| {
                 let current = current.and_then(|c| serde_json::from_value(c).ok());
                 change(current).map(|customer| serde_json::to_value(customer).expect("a customer serializes"))
             })
             .await
-            .map_err(DomainError::Unavailable)?
-            .map_err(DomainError::Refused)?;
-        if let (Some(stream), Some(publisher)) = (&self.stream, publisher) {
-            // Confirmed on the stream before the caller hears of it; if the
-            // broker fails here the next write or tick sends it.
-            if let Err(error) = stream.send(&self.docs, publisher).await {
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    "a change is not on the stream yet; it will be sent"
-                );
-            }
-        }
-        Ok(written.record)
     }
 }
 
@@ -237,15 +157,6 @@ pub fn shows_card_token(request: &Request<'_>) -> bool {
     request.is_from(Role::Node(topology::WORKFLOW.door()))
 }
 
-/// Whether the caller may take a snapshot (every record, tokens included):
-/// one of this domain's replicas alone.
-pub fn takes_snapshots(request: &Request<'_>) -> bool {
-    DomainCopy::all()
-        .into_iter()
-        .filter(|copy| copy.domain == DOMAIN && copy.region.is_some())
-        .any(|replica| request.is_from(Role::Domain(replica)))
-}
-
 /// A customer record as a caller is shown it: without its card's token
 /// unless `token_shown`.
 pub fn as_shown(record: serde_json::Value, token_shown: bool) -> serde_json::Value {
@@ -261,15 +172,11 @@ fn customer_key(record: &serde_json::Value) -> String {
 }
 
 impl CustomerDomain {
-    async fn answer_with(
-        &self,
-        request: Request<'_>,
-        publisher: Option<&Publisher>,
-    ) -> Result<serde_json::Value, DomainError> {
+    async fn answer_with(&self, request: Request<'_>) -> Result<serde_json::Value, DomainError> {
         let unavailable = |e: sqlx::Error| DomainError::Unavailable(e.into());
         let writes = |access: Access| {
-            if self.replica.is_some() {
-                return Err(self.refuse_write());
+            if self.store.is_replica() {
+                return Err(self.store.refuse_write());
             }
             match access {
                 Access::Write => Ok(()),
@@ -284,7 +191,8 @@ impl CustomerDomain {
             CustomerRequest::Get { customer_id } => self.get(&customer_id, token_shown).await,
             CustomerRequest::List { after, limit } => {
                 // A page of customers is never for one order: no tokens, whoever asks.
-                let page = self.docs.list(after.as_deref(), page_size(limit)).await.map_err(unavailable)?;
+                let page =
+                    self.store.docs.list(after.as_deref(), page_size(limit)).await.map_err(unavailable)?;
                 let page: Vec<serde_json::Value> =
                     page.into_iter().map(|customer| as_shown(customer, false)).collect();
                 Ok(serde_json::json!({ "customers": page }))
@@ -294,7 +202,7 @@ impl CustomerDomain {
                 let customer_id = customer_id.unwrap_or_else(|| new_customer_id(&request.request_key));
                 check_id("customer_id", &customer_id).map_err(DomainError::Refused)?;
                 let id = customer_id.clone();
-                self.write(publisher, &request, &id, |existing| {
+                self.write(&request, &id, |existing| {
                     if existing.is_some() {
                         return Err(format!("customer {customer_id} already exists"));
                     }
@@ -307,7 +215,7 @@ impl CustomerDomain {
                 writes(request.access)?;
                 check_id("customer_id", &customer_id).map_err(DomainError::Refused)?;
                 let id = customer_id.clone();
-                self.write(publisher, &request, &id, |existing| match existing {
+                self.write(&request, &id, |existing| match existing {
                     Some(customer) => set_address(customer, &address),
                     None => Err(format!("no customer {customer_id}")),
                 })
@@ -319,7 +227,7 @@ impl CustomerDomain {
                 check_id("customer_id", &customer_id).map_err(DomainError::Refused)?;
                 let on_file = card_on_file(&card).map_err(DomainError::Refused)?;
                 let id = customer_id.clone();
-                self.write(publisher, &request, &id, |existing| match existing {
+                self.write(&request, &id, |existing| match existing {
                     Some(customer) => Ok(Customer { card: Some(on_file), ..customer }),
                     None => Err(format!("no customer {customer_id}")),
                 })
@@ -327,39 +235,19 @@ impl CustomerDomain {
                 .map(|written| as_shown(written, false))
             }
             CustomerRequest::Status { after_seq } => {
-                let status = self.status(after_seq).await.map_err(DomainError::Unavailable)?;
+                let status = self.store.status(after_seq).await.map_err(DomainError::Unavailable)?;
                 Ok(serde_json::to_value(status).expect("a status serializes"))
             }
             CustomerRequest::Snapshot { after, limit } => {
-                if self.replica.is_some() {
-                    return Err(DomainError::Refused(format!(
-                        "{} takes snapshots from the primary; it gives none",
-                        self.copy.label()
-                    )));
-                }
-                if !takes_snapshots(&request) {
-                    return Err(DomainError::Refused(format!(
-                        "refused: only the {DOMAIN} domain's replicas take snapshots; this request came from {}",
-                        shared::text::escaped(if request.caller.is_empty() {
-                            "an unnamed sender"
-                        } else {
-                            request.caller
-                        })
-                    )));
-                }
-                let page =
-                    snapshot_page(&self.docs, customer_key, after.as_deref(), page_size(limit)).await?;
-                Ok(serde_json::to_value(page).expect("a page serializes"))
+                self.store.snapshot(&request, customer_key, after.as_deref(), page_size(limit)).await
             }
         }
     }
 }
 
-/// The customer domain as a service, with the publisher its primary sends
-/// its stream with (set when a session starts).
+/// The customer domain as a service; its primary also forwards its edits.
 pub struct CustomerService {
     pub domain: CustomerDomain,
-    publisher: std::sync::Mutex<Option<Publisher>>,
     /// The primary's forwarding of its edits to the orders that copied them.
     edits: Option<Edits>,
     /// When the kept orders that ended were last forgotten.
@@ -372,16 +260,11 @@ const FORGET_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 impl CustomerService {
     /// The service of `domain`; its primary also forwards its edits.
     pub async fn open(domain: CustomerDomain, settings: &Settings) -> anyhow::Result<CustomerService> {
-        let edits = match domain.copy.forwards_edits() {
-            true => Some(Edits::open(settings, DOMAIN, domain.docs.clone()).await?),
+        let edits = match domain.store.copy.forwards_edits() {
+            true => Some(Edits::open(settings, DOMAIN, domain.store.docs.clone()).await?),
             false => None,
         };
-        Ok(CustomerService {
-            domain,
-            publisher: std::sync::Mutex::new(None),
-            edits,
-            forgot_at: std::sync::Mutex::new(None),
-        })
+        Ok(CustomerService { domain, edits, forgot_at: std::sync::Mutex::new(None) })
     }
 
     /// Whether the kept orders are due to be checked for having ended.
@@ -393,63 +276,36 @@ impl CustomerService {
         }
         due
     }
-
-    fn publisher(&self) -> Option<Publisher> {
-        self.publisher.lock().expect("not poisoned").clone()
-    }
-
-    async fn report_status(&self) {
-        if let Ok(status) = self.domain.status(None).await {
-            shared::metrics::set_status(serde_json::to_value(status).expect("a status serializes"));
-        }
-    }
 }
 
 impl DomainService for CustomerService {
     fn copy(&self) -> DomainCopy {
-        self.domain.copy
+        self.domain.store.copy
     }
 
     async fn answer(&self, request: Request<'_>) -> Result<serde_json::Value, DomainError> {
-        let publisher = self.publisher();
-        self.domain.answer_with(request, publisher.as_ref()).await
+        self.domain.answer_with(request).await
     }
 
     async fn prepare(&self, publisher: &Publisher) -> anyhow::Result<()> {
-        *self.publisher.lock().expect("not poisoned") = Some(publisher.clone());
-        match (&self.domain.replica, &self.domain.stream) {
-            (Some(replica), _) => replica.prepare(&self.domain.docs).await,
-            (None, Some(stream)) => stream.send(&self.domain.docs, publisher).await,
-            (None, None) => Ok(()),
-        }
+        self.domain.store.prepare(publisher).await
     }
 
+    /// A replica's feed is its primary's stream; the primary's, its edits.
     async fn apply(&self, ctx: &NodeContext, publisher: &Publisher, delivery: Delivery) {
-        match (&self.domain.replica, &self.edits) {
-            (Some(replica), _) => replica.apply(&self.domain.docs, ctx, publisher, delivery).await,
-            (None, Some(edits)) => edits.apply(ctx, publisher, delivery).await,
-            (None, None) => {
-                transport::settle::dead_letter(publisher, ctx, &delivery, "a primary has no feed").await
-            }
+        match &self.edits {
+            Some(edits) => edits.apply(ctx, publisher, delivery).await,
+            None => self.domain.store.apply(ctx, publisher, delivery).await,
         }
     }
 
     async fn tick(&self, _ctx: &NodeContext, publisher: &Publisher) {
-        match (&self.domain.replica, &self.domain.stream) {
-            (Some(replica), _) => replica.check_lag(&self.domain.docs),
-            (None, Some(stream)) => {
-                if let Err(error) = stream.send(&self.domain.docs, publisher).await {
-                    tracing::warn!(error = format!("{error:#}"), "could not send changes on the stream yet");
-                }
-            }
-            (None, None) => {}
-        }
+        self.domain.store.tick(publisher).await;
         if let Some(edits) = self.edits.as_ref().filter(|_| self.forget_due()) {
             if let Err(error) = edits.forget_ended().await {
                 tracing::debug!(error = format!("{error:#}"), "could not forget the orders that ended yet");
             }
         }
-        self.report_status().await;
     }
 }
 
@@ -469,6 +325,7 @@ pub fn run(
 
 #[cfg(test)]
 mod tests {
+    use super::super::copy_store::takes_snapshots;
     use super::*;
 
     fn address(line1: &str) -> AddressInput {
@@ -545,9 +402,10 @@ mod tests {
             assert_eq!(seen["card"]["masked"], "************1111");
             assert_eq!(seen["card"]["expiry"], "12/30");
         }
-        assert!(takes_snapshots(&request_from(&trust, &uk)));
+        assert!(takes_snapshots(DOMAIN, &request_from(&trust, &uk)));
+        assert!(!takes_snapshots("catalog", &request_from(&trust, &uk)), "a replica of another domain");
         for caller in [intake.as_str(), "of-shop.publisher", "admin", ""] {
-            assert!(!takes_snapshots(&request_from(&trust, caller)), "{caller}");
+            assert!(!takes_snapshots(DOMAIN, &request_from(&trust, caller)), "{caller}");
         }
     }
 

@@ -1,5 +1,6 @@
 //! The data domains' services (see `topology::domains` for which exist and
-//! where they run): `documents` (a copy's store and change log),
+//! where they run): `documents` (a copy's store and change log), `copy_store` (one copy
+//! of any domain: its store with the primary's stream or a replica's following),
 //! `replication` (a primary's change stream, a replica following it),
 //! `edits` (a primary's edits sent to the orders that copied the old data),
 //! `customer` (customers, addresses, cards on file; a primary and
@@ -7,6 +8,7 @@
 //! domain, answered by the inventory process, lives with inventory
 //! (`crate::inventory::stock`).
 
+pub mod copy_store;
 pub mod customer;
 pub mod documents;
 pub mod edits;

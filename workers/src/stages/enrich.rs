@@ -168,6 +168,7 @@ pub fn enrich(mut order: Order, lookups: &Lookups) -> Result<(Order, FromDomains
                 title: entry.title.clone(),
                 price_cents: entry.price_cents,
                 weight_grams: entry.weight_grams,
+                as_of: entry.as_of.clone(),
             }),
             Some(Err(reason)) => return Err(format!("SKU not in the catalog: {reason}")),
             None => return Err(format!("SKU {:?} was not looked up", shared::text::escaped(&item.sku))),
@@ -259,6 +260,7 @@ mod tests {
             price_cents: 599,
             weight_grams: 250,
             status: status.into(),
+            as_of: None,
         }
     }
 

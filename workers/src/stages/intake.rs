@@ -206,14 +206,8 @@ impl Intake {
                     element.total_units(),
                     element.order.shipping_method
                 );
-                // Read at a replica (the primary did not answer): which, and how far behind.
-                let at_replica = element.from_domains.as_ref().and_then(|from| from.customer_as_of.as_ref());
-                if let Some(as_of) = at_replica.filter(|as_of| as_of.stale_ms.is_some()) {
-                    let ms = as_of.stale_ms.unwrap_or_default();
-                    detail += &format!(
-                        "; the customer read at {} (change {}, at most {ms} ms behind its primary)",
-                        as_of.copy, as_of.seq
-                    );
+                if let Some(from) = &element.from_domains {
+                    detail += &read_at_replicas(from);
                 }
                 Outcome::new(element).step(OrderState::Accepted, detail)
             }
@@ -221,6 +215,29 @@ impl Intake {
             Err(reason) => Intake::reject(element, reason),
         }
     }
+}
+
+/// Which replicas answered for the order (a primary did not), and how far
+/// behind each may have been: `; the customer read at customer@uk (change
+/// 12, at most 40 ms behind its primary)`, then the catalog's, once per copy.
+fn read_at_replicas(from: &shared::order::FromDomains) -> String {
+    let customer = from.customer_as_of.iter().map(|as_of| ("customer", as_of));
+    let catalog = from.items.iter().filter_map(|line| line.as_of.as_ref()).map(|as_of| ("catalog", as_of));
+    let mut told: Vec<&str> = Vec::new();
+    let mut text = String::new();
+    for (domain, as_of) in customer.chain(catalog) {
+        let Some(ms) = as_of.stale_ms else { continue };
+        if told.contains(&as_of.copy.as_str()) {
+            continue;
+        }
+        told.push(&as_of.copy);
+        text += &format!(
+            "; the {domain} read at {} (change {}, at most {ms} ms behind its primary)",
+            shared::text::escaped(&as_of.copy),
+            as_of.seq
+        );
+    }
+    text
 }
 
 impl Stage for Intake {
@@ -501,5 +518,28 @@ pub mod tests {
             assert!(outcome.steps[0].detail.contains(reason), "{} lacks {reason}", outcome.steps[0].detail);
             assert!(!outcome.element.order.payment.card_number.contains("4111111111111111"));
         }
+    }
+
+    #[test]
+    fn the_accepted_step_names_each_replica_that_answered_once() {
+        use shared::order::{AsOf, CatalogLine, FromDomains};
+        let at = |copy: &str, seq, stale_ms| Some(AsOf { copy: copy.into(), seq, stale_ms });
+        let line = |sku: &str, as_of| CatalogLine { sku: sku.into(), as_of, ..CatalogLine::default() };
+        let from = FromDomains {
+            customer_as_of: at("customer@uk", 12, Some(40)),
+            items: vec![
+                line("SKU-0001", at("catalog@de", 7, Some(15))),
+                line("SKU-0002", at("catalog@de", 7, Some(15))),
+                line("SKU-0003", at("catalog", 9, None)),
+            ],
+            ..FromDomains::default()
+        };
+        assert_eq!(
+            read_at_replicas(&from),
+            "; the customer read at customer@uk (change 12, at most 40 ms behind its primary)\
+             ; the catalog read at catalog@de (change 7, at most 15 ms behind its primary)"
+        );
+        let at_primaries = FromDomains { customer_as_of: at("customer", 3, None), ..FromDomains::default() };
+        assert_eq!(read_at_replicas(&at_primaries), "", "a primary's answer is not told");
     }
 }

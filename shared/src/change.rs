@@ -272,14 +272,16 @@ pub fn decide(element: &OrderElement, request: &ChangeRequest, now: DateTime<Utc
     if state.is_terminal() {
         return Decision::Reject(format!("the order is already {state}"));
     }
-    if WORKFLOW.kind(state) == Some(StateKind::Compensation) || element.failure.is_some() {
+    // The order's own definition: its version's cut-offs, whatever is deployed now.
+    let definition = crate::routing::definition(element).unwrap_or(&WORKFLOW);
+    if definition.kind(state) == Some(StateKind::Compensation) || element.failure.is_some() {
         return Decision::Reject("the order is being cancelled or compensated".into());
     }
     let change_type = request.change.change_type();
     if let (ChangeType::Card, Some(charge)) = (change_type, &element.charge) {
         return Decision::Reject(format!("already charged on card ending {}", charge.card_last4));
     }
-    if let Some(cut_off) = WORKFLOW.closed_by(change_type, state) {
+    if let Some(cut_off) = definition.closed_by(change_type, state) {
         return Decision::Reject(format!(
             "the {} cannot change: the order was already {cut_off}",
             change_type.noun()
@@ -467,6 +469,17 @@ mod tests {
         let cancel = request(Change::Cancel);
         assert_eq!(decide(&at(OrderState::Picked), &cancel, Utc::now()), Decision::Apply);
         assert!(matches!(decide(&at(OrderState::Cancelling), &cancel, Utc::now()), Decision::Reject(_)));
+    }
+
+    #[test]
+    fn an_order_keeps_the_cut_offs_of_the_version_it_started_on() {
+        let method = request(Change::ShippingMethod { shipping_method: "express".into() });
+        let on = |version: u32| OrderElement { workflow_version: version, ..at(OrderState::Reserved) };
+        assert_eq!(decide(&on(1), &method, Utc::now()), Decision::Apply, "version 1 closes it at picked");
+        assert!(
+            matches!(decide(&on(2), &method, Utc::now()), Decision::Reject(r) if r.contains("already reserved")),
+            "version 2 closes it at reserved"
+        );
     }
 
     #[test]

@@ -79,7 +79,7 @@ pub const VARIABLES: &[Variable] = &[
     var(
         "ORDERFLOW_REGION",
         "primary",
-        "the customer binary: which copy it runs (primary, or the replica uk or de)",
+        "the customer and catalog binaries: which copy it runs (primary, or the replica uk or de)",
     ),
     var(
         "ORDERFLOW_DOMAIN_TIMEOUT_MS",
@@ -90,6 +90,11 @@ pub const VARIABLES: &[Variable] = &[
         "ORDERFLOW_DOMAIN_MAX_STALENESS_MS",
         "60000",
         "milliseconds a domain replica may be behind its primary (since it last knew it held every change) and still answer intake or inventory when the primary does not; a replica further behind makes the order wait",
+    ),
+    var(
+        "ORDERFLOW_WORKFLOWS",
+        "",
+        "the version of each workflow new orders take at intake, as NAME:VERSION[,...] (standard:2); a workflow not named: version 1. Orders keep the version they started on to their end",
     ),
     var(
         "ORDERFLOW_BACKORDER_WAIT_S",
@@ -204,7 +209,8 @@ pub const INVENTORY: &[&str] =
     &["ORDERFLOW_BACKORDER_WAIT_S", "ORDERFLOW_DOMAIN_TIMEOUT_MS", "ORDERFLOW_DOMAIN_MAX_STALENESS_MS"];
 
 /// What intake reads besides a node's settings: how it reads the domains.
-pub const INTAKE: &[&str] = &["ORDERFLOW_DOMAIN_TIMEOUT_MS", "ORDERFLOW_DOMAIN_MAX_STALENESS_MS"];
+pub const INTAKE: &[&str] =
+    &["ORDERFLOW_DOMAIN_TIMEOUT_MS", "ORDERFLOW_DOMAIN_MAX_STALENESS_MS", "ORDERFLOW_WORKFLOWS"];
 
 /// What payment reads besides a node's settings: how long a declined order waits.
 pub const PAYMENT: &[&str] =

@@ -81,15 +81,27 @@ mod tests {
         });
         let old: OrderElement = serde_json::from_value(old.unwrap()).unwrap();
         assert_eq!((old.workflow.as_str(), old.workflow_version), ("standard", 1), "an element from before");
-        for (name, version) in [("standard", 2), ("standard", 0), ("ship-then-bill", 1), ("", 1)] {
+        for (name, version) in [("standard", 3), ("standard", 0), ("ship-then-bill", 1), ("", 1)] {
             let claimed = OrderElement { workflow: name.into(), workflow_version: version, ..known.clone() };
             match check_arrival(Node::Payment, &claimed) {
-                Err(StageError::Permanent(reason)) => {
-                    assert!(reason.contains("which this node does not run (it runs standard v1)"), "{reason}")
-                }
+                Err(StageError::Permanent(reason)) => assert!(
+                    reason.contains("which this node does not run (it runs standard v1, standard v2)"),
+                    "{reason}"
+                ),
                 other => panic!("{name} v{version}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn an_element_goes_where_its_own_version_routes_it() {
+        let v1 = element(OrderState::Picked, 2);
+        let v2 = OrderElement { workflow_version: 2, ..v1.clone() };
+        assert_eq!(next_node(&v1), Some(Node::Rebin));
+        assert_eq!(next_node(&v2), Some(Node::Shipping), "version 2 has no rebin");
+        assert!(check_arrival(Node::Rebin, &v1).is_ok());
+        let refused = check_arrival(Node::Rebin, &v2).unwrap_err().to_string();
+        assert!(refused.contains("rebin cannot handle order"), "{refused}");
     }
 
     #[test]

@@ -70,6 +70,9 @@ pub struct Settings {
     /// `ORDERFLOW_DOMAIN_MAX_STALENESS_MS`: how far behind its primary a
     /// replica may be to answer a node's read when the primary does not.
     pub domain_max_staleness: Duration,
+    /// `ORDERFLOW_WORKFLOWS`: the version of each workflow that new orders
+    /// take at intake (`standard:2`; unnamed: version 1).
+    pub workflows: topology::workflow::Deployed,
     /// `ORDERFLOW_BACKORDER_WAIT_S`: how long a backordered order waits for
     /// received items before it ends out of stock.
     pub backorder_wait: Duration,
@@ -127,6 +130,7 @@ impl Settings {
             call_timeout: Duration::from_secs(5),
             domain_timeout: Duration::from_secs(3),
             domain_max_staleness: Duration::from_secs(60),
+            workflows: topology::workflow::Deployed::default(),
             backorder_wait: Duration::from_secs(600),
             payment_wait: Duration::ZERO,
             settlement_batch: 1,
@@ -224,6 +228,8 @@ impl Settings {
             call_timeout: duration("ORDERFLOW_CALL_TIMEOUT_MS", MS, 1, DAY_S * 1000)?,
             domain_timeout: duration("ORDERFLOW_DOMAIN_TIMEOUT_MS", MS, 1, 600_000)?,
             domain_max_staleness: duration("ORDERFLOW_DOMAIN_MAX_STALENESS_MS", MS, 0, DAY_S * 1000)?,
+            workflows: topology::workflow::Deployed::parse(&var("ORDERFLOW_WORKFLOWS").unwrap_or_default())
+                .map_err(|reason| anyhow::anyhow!("ORDERFLOW_WORKFLOWS is not valid: {reason}"))?,
             backorder_wait: backorder_wait()?,
             payment_wait: duration("ORDERFLOW_PAYMENT_WAIT_S", S, 0, 365 * DAY_S)?,
             settlement_batch: settlement_batch()?,

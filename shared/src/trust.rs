@@ -288,7 +288,7 @@ fn senders(node: Node, state: OrderState) -> &'static [Node] {
         std::sync::OnceLock::new();
     let all = SENDERS.get_or_init(|| {
         let pairs = WORKFLOW.nodes().flat_map(|n| OrderState::all().into_iter().map(move |s| (n, s)));
-        pairs.map(|(n, s)| ((n, s), WORKFLOW.senders(n, s))).collect()
+        pairs.map(|(n, s)| ((n, s), topology::workflow::senders_any(n, s))).collect()
     });
     all.get(&(node, state)).map_or(&[], Vec::as_slice)
 }

@@ -3,8 +3,10 @@
 //! `orderflow status --json` shows them. An order naming a workflow this
 //! distribution center does not run is rejected with the reason, a careless
 //! name too; an element claiming a version no node runs, forged by a node's
-//! own user with pika, is dead-lettered with the reason, never guessed at.
-//! The report counts the orders in flight on each version.
+//! own user with pika, is dead-lettered with the reason, never guessed at,
+//! and so is one switched to a version whose route does not lead where it
+//! was sent. The report counts the orders in flight on each version; a
+//! version deployed mid-run leaves each order on the one it started on.
 
 use serde_json::{json, Value};
 use shared::order::{Charge, Order, OrderElement, OrderState};
@@ -43,7 +45,7 @@ async fn elements_carry_their_workflow_and_version_and_unknown_ones_are_refused(
         let rejected = history.iter().find(|h| h["state"] == "rejected").unwrap();
         let reason = rejected["detail"].as_str().unwrap();
         assert!(
-            reason.contains("is not one this distribution center runs (it runs standard v1)"),
+            reason.contains("is not one this distribution center runs (it runs standard v1, standard v2)"),
             "{reason}"
         );
         assert!(!reason.contains('\u{7}') && reason.len() < 300, "{reason:?}");
@@ -53,16 +55,18 @@ async fn elements_carry_their_workflow_and_version_and_unknown_ones_are_refused(
     // payment (stopped) is in flight on standard v1, then none.
     let in_flight =
         |stack: &Stack| stack.cli_json(&["report", "--last", "30m", "--json"])["in_flight"].clone();
-    assert_eq!(in_flight(&stack), json!([{"workflow": "standard", "version": 1, "orders": 0}]));
+    let none = json!([{"workflow": "standard", "version": 1, "orders": 0}, {"workflow": "standard", "version": 2, "orders": 0}]);
+    assert_eq!(in_flight(&stack), none);
     stack.stop("payment-1").await;
     let held = stack.publish(&[orders::valid(1, "standard")])[0];
     stack.wait_state(&held, "accepted", Duration::from_secs(30)).await;
-    assert_eq!(in_flight(&stack), json!([{"workflow": "standard", "version": 1, "orders": 1}]));
+    let one = json!([{"workflow": "standard", "version": 1, "orders": 1}, {"workflow": "standard", "version": 2, "orders": 0}]);
+    assert_eq!(in_flight(&stack), one);
     let table = String::from_utf8(stack.cli(&["report", "--last", "30m"]).stdout).unwrap();
     assert!(table.contains("in flight by workflow: standard v1: 1 orders"), "{table}");
     stack.spawn("payment", "payment-1");
     stack.wait_terminal(&[held], Duration::from_secs(60)).await;
-    assert_eq!(in_flight(&stack), json!([{"workflow": "standard", "version": 1, "orders": 0}]));
+    assert_eq!(in_flight(&stack), none);
 
     // Payment's own user sends inventory a charged element that claims a
     // version no node runs: refused with the reason, not guessed at.
@@ -87,4 +91,98 @@ async fn elements_carry_their_workflow_and_version_and_unknown_ones_are_refused(
         assert_eq!(letters.len(), 1, "no dead letter saying {said:?}");
         assert_eq!(letters[0]["node"], "inventory", "{}", letters[0]);
     }
+
+    // The picklist's own user switches an element to version 2 between
+    // hops and sends it to rebin, which version 2 does not use: refused.
+    let multi: Order = serde_json::from_value(orders::valid(2, "standard")).unwrap();
+    let switched = OrderElement {
+        state: OrderState::Picked,
+        seq: 4,
+        charge: Some(charge.clone()),
+        workflow_version: 2,
+        ..OrderElement::placed(multi)
+    };
+    let body = serde_json::to_string(&switched).unwrap();
+    let (url, user) = (stack.role_url("picklist"), stack.role_user("picklist"));
+    let refused = tests::pika_publish(&url, &user, "orderflow.workflow", "order.rebin", "order", &body);
+    assert_eq!(refused, None, "the broker lets the picklist forward to rebin");
+    let said = format!("rebin cannot handle order {} in state picked", switched.order_id);
+    assert_eq!(stack.letters_with(&said, 1).await.len(), 1, "no dead letter saying {said:?}");
+}
+
+/// The state path of an order's history (its steps' states, in order).
+fn path_of(view: &shared::tracker_api::OrderView) -> Vec<String> {
+    tests::states(view)
+}
+
+/// "Changing the workflow while it runs" (issue 29, part 2): 1,000 orders,
+/// the nodes slowed so that many are in flight; halfway, version 2 of
+/// `standard` (no rebin; the shipping method closes at reserved) is deployed
+/// at intake while payment and rebin are killed -9 and started again. Every
+/// order follows the version it started on: a version 1 multi-unit order
+/// passes rebin (the dropped node serves them after the switch), a version
+/// 2 one never does; the report's count of version 1 orders in flight falls
+/// to 0; nothing is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_deployed_mid_run_leaves_each_order_on_the_version_it_started_on() {
+    let mut stack = Stack::start_with_node_users_env("workflow-deploy", &[("ORDERFLOW_DELAY_MS", "3")]).await;
+    let orders: Vec<Value> = (0..1_000).map(|i| orders::valid(1 + (i % 3), "standard")).collect();
+    let first = stack.publish(&orders[..500]);
+    // Halfway: once a hundred of them are past intake.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while stack.statuses(&first).await.values().filter(|s| s.state != "placed").count() < 100 {
+        assert!(std::time::Instant::now() < deadline, "intake did not accept 100 orders in 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The deploy: intake takes version 2 for new orders; two nodes die meanwhile.
+    stack.kill("payment-1");
+    stack.kill("rebin-1");
+    stack.stop("intake-1").await;
+    let switched_at = chrono::Utc::now();
+    stack.spawn_with("intake", "intake-2", &[("ORDERFLOW_WORKFLOWS", "standard:2")]).unwrap();
+    let v1_in_flight =
+        stack.cli_json(&["report", "--last", "30m", "--json"])["in_flight"][0]["orders"].as_i64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stack.spawn("payment", "payment-1");
+    stack.spawn("rebin", "rebin-1");
+    let second = stack.publish(&orders[500..]);
+    let all: Vec<Uuid> = first.iter().chain(&second).copied().collect();
+    stack.wait_terminal(&all, Duration::from_secs(600)).await;
+
+    let (mut on_v1, mut on_v2, mut rebinned_after_switch) = (0, 0, 0);
+    for (id, order) in all.iter().zip(&orders) {
+        let view = stack.order(id).await;
+        assert_eq!(view.state, "shipped", "{id}: {:?}", path_of(&view));
+        let multi =
+            order["items"].as_array().unwrap().iter().map(|i| i["qty"].as_i64().unwrap()).sum::<i64>() > 1;
+        let rebin = view.history.iter().find(|entry| entry.state == "rebinned");
+        match view.workflow_version {
+            Some(1) => {
+                on_v1 += 1;
+                assert_eq!(rebin.is_some(), multi, "{id} (v1, multi {multi}): {:?}", path_of(&view));
+                let at = rebin.and_then(|entry| chrono::DateTime::parse_from_rfc3339(&entry.at).ok());
+                rebinned_after_switch += usize::from(at.is_some_and(|at| at > switched_at));
+            }
+            Some(2) => {
+                on_v2 += 1;
+                assert!(rebin.is_none(), "{id} (v2) passed rebin: {:?}", path_of(&view));
+            }
+            other => panic!("{id}: version {other:?}"),
+        }
+    }
+    eprintln!(
+        "v1 in flight at the switch: {v1_in_flight:?}; v1 {on_v1}, v2 {on_v2}; v1 rebinned after the switch {rebinned_after_switch}"
+    );
+    assert!(on_v1 >= 100 && on_v2 >= 500, "v1 {on_v1}, v2 {on_v2}: every order after the switch takes v2");
+    assert!(v1_in_flight.is_some_and(|n| n > 0), "version 1 orders were in flight at the switch");
+    assert!(rebinned_after_switch > 0, "the dropped node served version 1 orders after the switch");
+    let in_flight = stack.cli_json(&["report", "--last", "30m", "--json"])["in_flight"].clone();
+    assert_eq!(in_flight[0], json!({"workflow": "standard", "version": 1, "orders": 0}), "{in_flight}");
+    assert!(
+        stack.cli_json(&["dlq", "list", "--json"]).as_array().unwrap().is_empty(),
+        "nothing dead-lettered"
+    );
+    let stopped = stack.stop_all().await;
+    assert!(stopped.iter().all(|(_, status)| status.success()), "{stopped:?}");
 }

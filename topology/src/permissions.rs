@@ -148,9 +148,9 @@ fn stack_prefix(prefix: &str, vhost: &str) -> String {
 }
 
 /// The nodes a node may forward elements to: derived from the workflow
-/// definition (the routes of the states the node produces).
+/// definitions (the routes of the states the node produces, in any version).
 pub fn forwards_to(node: Node) -> Vec<Node> {
-    crate::WORKFLOW.forwards_to(node)
+    crate::workflow::forwards_to_any(node)
 }
 
 /// A user's rights on the vhost: configure/write/read patterns, and per

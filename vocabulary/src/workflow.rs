@@ -374,99 +374,109 @@ const fn route(state: OrderState, when: Guard, to: Node) -> Route {
 use Guard::{Always, HoldsReservation, MultiUnit};
 use StateKind::{Compensation, Forward, Record, Terminal, Waiting};
 
-/// orderflow's workflow. Adding a node: one row in `nodes`, its states in
-/// `states`, the routes that lead to it (see ARCHITECTURE.md, "Adding a node").
+/// Every state an order can be in, whichever workflow it follows: the
+/// definitions are route tables over the same states and nodes.
+pub const STATES: &[StateDef] = &[
+    state(OrderState::Placed, Forward),
+    state(OrderState::Accepted, Forward),
+    state(OrderState::Charged, Forward),
+    state(OrderState::AwaitingPayment, Waiting),
+    state(OrderState::Reserved, Forward),
+    state(OrderState::Backordered, Waiting),
+    state(OrderState::Picked, Forward),
+    state(OrderState::Rebinned, Forward),
+    state(OrderState::StockShort, Compensation),
+    state(OrderState::Cancelling, Compensation),
+    state(OrderState::StockReleased, Compensation),
+    state(OrderState::Refunded, Record),
+    state(OrderState::Voided, Record),
+    state(OrderState::Rejected, Terminal),
+    state(OrderState::PaymentDeclined, Terminal),
+    state(OrderState::OutOfStock, Terminal),
+    state(OrderState::Shipped, Terminal),
+    state(OrderState::Cancelled, Terminal),
+];
+
+/// Every workflow node, whichever workflow uses it. Adding a node: one row
+/// here, its states in [`STATES`], the routes that lead to it in the
+/// definitions that use it (see ARCHITECTURE.md, "Adding a node").
+pub const NODES: &[NodeDef] = &[
+    NodeDef::new(
+        Node::Intake,
+        "The intake node of orderflow: validates placed orders (items, quantities, SKUs, address, card) and accepts or rejects them; an order placed by reference (a customer id, perhaps an address id, SKUs) is first filled in from the customer and catalog domains.",
+        &[
+            Emit::of(OrderState::Accepted),
+            Emit::of(OrderState::Rejected),
+            Emit::of(OrderState::Cancelled),
+        ],
+    ).reading(&[Reads::Intake]).needing_card(),
+    NodeDef::new(
+        Node::Payment,
+        "The payment node of orderflow: charges each accepted order's card once through the simulated card processor (an authorization: the amount is held, and captured in batches once the order shipped, from the orderflow.settlement aggregation queue); keeps an order whose card was declined waiting for another card (a card change) until its wait runs out; answers the cards service (a card for an order becomes the processor's token).",
+        &[
+            Emit::of(OrderState::Charged),
+            // Waits here; released later as charged (a new card paid),
+            // payment_declined (its wait ran out) or cancelled.
+            Emit::of(OrderState::AwaitingPayment),
+            Emit::of(OrderState::PaymentDeclined),
+            Emit::of(OrderState::Cancelled),
+        ],
+    ).reading(&[Reads::Payment]).needing_card().resuming(&[OrderState::AwaitingPayment]),
+    NodeDef::new(
+        Node::Inventory,
+        "The inventory node of orderflow: reserves each charged order's items from the stock it alone owns, or backorders them (purchase orders to the distributors) when a distributor supplies what is short; answers the stock domain's requests and takes the received items, one at a time in order of arrival, releasing the backorders they cover, oldest first.",
+        &[
+            Emit::of(OrderState::Reserved),
+            Emit::of(OrderState::StockShort),
+            // Waits here; released later as reserved, stock_short (its
+            // wait ran out) or cancelling (cancelled while it waited).
+            Emit::of(OrderState::Backordered),
+            Emit::of(OrderState::StockReleased),
+            // A cancel applied here comes before any reservation.
+            Emit::of(OrderState::Cancelling).without_reservation(),
+        ],
+    ).reading(&[Reads::Inventory]),
+    NodeDef::new(
+        Node::Picklist,
+        "The picklist node of orderflow: batches reserved shipments into picklists per shipping method.",
+        &[Emit::of(OrderState::Picked), Emit::of(OrderState::Cancelling).holding_reservation()],
+    ).reading(&[Reads::Picklist]),
+    NodeDef::new(
+        Node::Rebin,
+        "The rebin node of orderflow: consolidates picked shipments of more than one unit.",
+        &[
+            Emit::of(OrderState::Rebinned),
+            Emit::of(OrderState::Cancelling).holding_reservation(),
+        ],
+    ),
+    NodeDef::new(
+        Node::Shipping,
+        "The shipping node of orderflow: ships each order once, with a tracking number.",
+        &[
+            Emit::of(OrderState::Shipped),
+            Emit::of(OrderState::Cancelling).holding_reservation(),
+        ],
+    ),
+    NodeDef::new(
+        Node::Exceptions,
+        "The exceptions node of orderflow: compensates failed and cancelled orders (voids the authorization payment holds, or refunds a captured charge) and ends them.",
+        &[
+            Emit::of(OrderState::Voided),
+            Emit::of(OrderState::Refunded),
+            Emit::of(OrderState::OutOfStock),
+            Emit::of(OrderState::Cancelled),
+        ],
+    ),
+
+];
+
+/// orderflow's workflow, `standard` version 1: an order is charged, then
+/// picked; multi-unit shipments are consolidated at rebin.
 pub const WORKFLOW: Workflow = Workflow {
     name: "standard",
     version: 1,
-    states: &[
-        state(OrderState::Placed, Forward),
-        state(OrderState::Accepted, Forward),
-        state(OrderState::Charged, Forward),
-        state(OrderState::AwaitingPayment, Waiting),
-        state(OrderState::Reserved, Forward),
-        state(OrderState::Backordered, Waiting),
-        state(OrderState::Picked, Forward),
-        state(OrderState::Rebinned, Forward),
-        state(OrderState::StockShort, Compensation),
-        state(OrderState::Cancelling, Compensation),
-        state(OrderState::StockReleased, Compensation),
-        state(OrderState::Refunded, Record),
-        state(OrderState::Voided, Record),
-        state(OrderState::Rejected, Terminal),
-        state(OrderState::PaymentDeclined, Terminal),
-        state(OrderState::OutOfStock, Terminal),
-        state(OrderState::Shipped, Terminal),
-        state(OrderState::Cancelled, Terminal),
-    ],
-    nodes: &[
-        NodeDef::new(
-            Node::Intake,
-            "The intake node of orderflow: validates placed orders (items, quantities, SKUs, address, card) and accepts or rejects them; an order placed by reference (a customer id, perhaps an address id, SKUs) is first filled in from the customer and catalog domains.",
-            &[
-                Emit::of(OrderState::Accepted),
-                Emit::of(OrderState::Rejected),
-                Emit::of(OrderState::Cancelled),
-            ],
-        ).reading(&[Reads::Intake]).needing_card(),
-        NodeDef::new(
-            Node::Payment,
-            "The payment node of orderflow: charges each accepted order's card once through the simulated card processor (an authorization: the amount is held, and captured in batches once the order shipped, from the orderflow.settlement aggregation queue); keeps an order whose card was declined waiting for another card (a card change) until its wait runs out; answers the cards service (a card for an order becomes the processor's token).",
-            &[
-                Emit::of(OrderState::Charged),
-                // Waits here; released later as charged (a new card paid),
-                // payment_declined (its wait ran out) or cancelled.
-                Emit::of(OrderState::AwaitingPayment),
-                Emit::of(OrderState::PaymentDeclined),
-                Emit::of(OrderState::Cancelled),
-            ],
-        ).reading(&[Reads::Payment]).needing_card().resuming(&[OrderState::AwaitingPayment]),
-        NodeDef::new(
-            Node::Inventory,
-            "The inventory node of orderflow: reserves each charged order's items from the stock it alone owns, or backorders them (purchase orders to the distributors) when a distributor supplies what is short; answers the stock domain's requests and takes the received items, one at a time in order of arrival, releasing the backorders they cover, oldest first.",
-            &[
-                Emit::of(OrderState::Reserved),
-                Emit::of(OrderState::StockShort),
-                // Waits here; released later as reserved, stock_short (its
-                // wait ran out) or cancelling (cancelled while it waited).
-                Emit::of(OrderState::Backordered),
-                Emit::of(OrderState::StockReleased),
-                // A cancel applied here comes before any reservation.
-                Emit::of(OrderState::Cancelling).without_reservation(),
-            ],
-        ).reading(&[Reads::Inventory]),
-        NodeDef::new(
-            Node::Picklist,
-            "The picklist node of orderflow: batches reserved shipments into picklists per shipping method.",
-            &[Emit::of(OrderState::Picked), Emit::of(OrderState::Cancelling).holding_reservation()],
-        ).reading(&[Reads::Picklist]),
-        NodeDef::new(
-            Node::Rebin,
-            "The rebin node of orderflow: consolidates picked shipments of more than one unit.",
-            &[
-                Emit::of(OrderState::Rebinned),
-                Emit::of(OrderState::Cancelling).holding_reservation(),
-            ],
-        ),
-        NodeDef::new(
-            Node::Shipping,
-            "The shipping node of orderflow: ships each order once, with a tracking number.",
-            &[
-                Emit::of(OrderState::Shipped),
-                Emit::of(OrderState::Cancelling).holding_reservation(),
-            ],
-        ),
-        NodeDef::new(
-            Node::Exceptions,
-            "The exceptions node of orderflow: compensates failed and cancelled orders (voids the authorization payment holds, or refunds a captured charge) and ends them.",
-            &[
-                Emit::of(OrderState::Voided),
-                Emit::of(OrderState::Refunded),
-                Emit::of(OrderState::OutOfStock),
-                Emit::of(OrderState::Cancelled),
-            ],
-        ),
-    ],
+    states: STATES,
+    nodes: NODES,
     routes: &[
         route(OrderState::Placed, Always, Node::Intake),
         route(OrderState::Accepted, Always, Node::Payment),
@@ -489,17 +499,100 @@ pub const WORKFLOW: Workflow = Workflow {
     ],
 };
 
-/// Every workflow definition the nodes know, each version of each name.
-pub const WORKFLOWS: &[&Workflow] = &[&WORKFLOW];
+/// `standard` version 2: the picklist's totes are packed where they are
+/// picked, so no shipment goes to rebin (a node dropped: it serves the
+/// version 1 orders still in flight), and the shipping method closes once
+/// the stock is reserved (a cut-off moved: the carrier is booked then).
+/// New orders take it only where it is deployed (`ORDERFLOW_WORKFLOWS=standard:2`
+/// at intake); see the README's "Changing the workflow while it runs".
+pub const STANDARD_V2: Workflow = Workflow {
+    name: "standard",
+    version: 2,
+    states: STATES,
+    nodes: NODES,
+    routes: &[
+        route(OrderState::Placed, Always, Node::Intake),
+        route(OrderState::Accepted, Always, Node::Payment),
+        route(OrderState::Charged, Always, Node::Inventory),
+        route(OrderState::Reserved, Always, Node::Picklist),
+        route(OrderState::Picked, Always, Node::Shipping),
+        route(OrderState::StockShort, Always, Node::Exceptions),
+        route(OrderState::Cancelling, HoldsReservation, Node::Inventory),
+        route(OrderState::Cancelling, Always, Node::Exceptions),
+        route(OrderState::StockReleased, Always, Node::Exceptions),
+    ],
+    cut_offs: &[
+        CutOff { change: ChangeType::ShippingMethod, from: OrderState::Reserved },
+        CutOff { change: ChangeType::Card, from: OrderState::Charged },
+    ],
+};
+
+/// Every workflow definition the nodes know, each version of each name: an
+/// element keeps the version it started on to its end, so a build keeps
+/// every version that may still be in flight.
+pub const WORKFLOWS: &[&Workflow] = &[&WORKFLOW, &STANDARD_V2];
+
+/// The version of each workflow that new orders take, where it is not
+/// version 1 (`ORDERFLOW_WORKFLOWS`, read where orders enter: intake).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Deployed(Vec<(&'static str, u32)>);
+
+impl Deployed {
+    /// Reads `standard:2,other:3` (names and versions this build knows;
+    /// empty: version 1 of each), naming what is wrong.
+    pub fn parse(text: &str) -> Result<Deployed, String> {
+        let mut chosen: Vec<(&'static str, u32)> = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+            let (name, version) = part
+                .split_once(':')
+                .ok_or_else(|| format!("{part:?} is not NAME:VERSION (for example standard:2)"))?;
+            let version: u32 = version
+                .trim()
+                .parse()
+                .map_err(|_| format!("{part:?}: the version must be a whole number"))?;
+            let found = workflow(name.trim(), version)
+                .ok_or_else(|| format!("{part:?}: this build knows {}", known_workflows()))?;
+            if chosen.iter().any(|(known, _)| *known == found.name) {
+                return Err(format!("{:?} is named twice", found.name));
+            }
+            chosen.push((found.name, found.version));
+        }
+        Ok(Deployed(chosen))
+    }
+
+    /// The definition a new order of `name` takes, if this build knows the name.
+    pub fn to_start(&self, name: &str) -> Option<&'static Workflow> {
+        let version = self.0.iter().find(|(known, _)| *known == name).map_or(1, |(_, version)| *version);
+        workflow(name, version)
+    }
+}
 
 /// The definition an element names, if this build knows it.
 pub fn workflow(name: &str, version: u32) -> Option<&'static Workflow> {
     WORKFLOWS.iter().copied().find(|w| w.name == name && w.version == version)
 }
 
-/// The newest version of the workflow named `name`: what a new order of it takes.
-pub fn newest(name: &str) -> Option<&'static Workflow> {
-    WORKFLOWS.iter().copied().filter(|w| w.name == name).max_by_key(|w| w.version)
+/// The nodes `node` may forward elements to in any definition this build
+/// runs: its broker user may publish exactly these routing keys.
+pub fn forwards_to_any(node: Node) -> Vec<Node> {
+    let mut all: Vec<Node> = Vec::new();
+    for next in WORKFLOWS.iter().flat_map(|w| w.forwards_to(node)) {
+        if !all.contains(&next) {
+            all.push(next);
+        }
+    }
+    all
+}
+
+/// The nodes that may forward an element in `state` to `node` in any definition.
+pub fn senders_any(node: Node, state: OrderState) -> Vec<Node> {
+    let mut all: Vec<Node> = Vec::new();
+    for sender in WORKFLOWS.iter().flat_map(|w| w.senders(node, state)) {
+        if !all.contains(&sender) {
+            all.push(sender);
+        }
+    }
+    all
 }
 
 /// The workflows this build knows, as an error names them (`standard v1`).
@@ -529,6 +622,11 @@ impl Workflow {
     /// masked cannot be replayed to it.
     pub fn needs_card(&self, node: Node) -> bool {
         self.nodes.iter().any(|def| def.node == node && def.needs_card)
+    }
+
+    /// Whether some route of this definition leads to `node`.
+    pub fn uses(&self, node: Node) -> bool {
+        self.routes.iter().any(|route| route.to == node)
     }
 
     pub fn kind(&self, state: OrderState) -> Option<StateKind> {
@@ -721,7 +819,9 @@ impl Workflow {
                 _ => {}
             }
         }
-        for def in self.nodes {
+        // A node no route of this definition leads to is not used by it (it
+        // serves another version or workflow): what it produces is not checked here.
+        for def in self.nodes.iter().filter(|def| self.uses(def.node)) {
             for emit in def.produces {
                 match self.kind(emit.state) {
                     None => return Err(format!("{} produces unknown state {}", def.node, emit.state)),
@@ -760,10 +860,10 @@ mod tests {
     #[test]
     fn a_workflow_is_known_by_name_and_version() {
         assert_eq!(workflow("standard", 1).map(|w| w.version), Some(1));
-        assert!(workflow("standard", 2).is_none() && workflow("ship-then-bill", 1).is_none());
-        assert_eq!(newest("standard").map(|w| (w.name, w.version)), Some(("standard", 1)));
-        assert!(newest("Standard").is_none(), "names are exact");
-        assert_eq!(known_workflows(), "standard v1");
+        assert_eq!(workflow("standard", 2).map(|w| w.version), Some(2));
+        assert!(workflow("standard", 3).is_none() && workflow("ship-then-bill", 1).is_none());
+        assert!(workflow("Standard", 1).is_none(), "names are exact");
+        assert_eq!(known_workflows(), "standard v1, standard v2");
         let mut names: Vec<(&str, u32)> = WORKFLOWS.iter().map(|w| (w.name, w.version)).collect();
         names.dedup();
         assert_eq!(names.len(), WORKFLOWS.len(), "each version of each name once");
@@ -771,7 +871,48 @@ mod tests {
 
     #[test]
     fn orderflows_definition_is_whole() {
-        assert_eq!(WORKFLOW.validate(), Ok(()));
+        for definition in WORKFLOWS {
+            assert_eq!(definition.validate(), Ok(()), "{} v{}", definition.name, definition.version);
+        }
+    }
+
+    #[test]
+    fn version_2_drops_rebin_and_closes_the_shipping_method_at_reserved() {
+        let multi = Facts { units: 2, holds_reservation: false };
+        let path =
+            |w: &Workflow| -> Vec<&str> { w.happy_path(&multi).iter().map(|(n, _)| n.name()).collect() };
+        assert_eq!(path(&WORKFLOW), ["intake", "payment", "inventory", "picklist", "rebin", "shipping"]);
+        assert_eq!(path(&STANDARD_V2), ["intake", "payment", "inventory", "picklist", "shipping"]);
+        assert!(WORKFLOW.uses(Node::Rebin) && !STANDARD_V2.uses(Node::Rebin));
+        assert!(!STANDARD_V2.accepts_state(Node::Rebin, OrderState::Picked), "rebin takes no v2 order");
+        let method = ChangeType::ShippingMethod;
+        assert_eq!(WORKFLOW.closed_by(method, OrderState::Reserved), None);
+        assert_eq!(STANDARD_V2.closed_by(method, OrderState::Reserved), Some(OrderState::Reserved));
+        assert_eq!(WORKFLOW.closed_by(method, OrderState::Picked), Some(OrderState::Picked));
+        // The grants of every node are the same for both versions: v2's routes are v1's, fewer.
+        for node in WORKFLOW.nodes() {
+            for next in STANDARD_V2.forwards_to(node) {
+                assert!(WORKFLOW.forwards_to(node).contains(&next), "{node:?} -> {next:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_deployed_versions_are_read_with_their_errors_named() {
+        assert_eq!(Deployed::parse("").unwrap().to_start("standard").map(|w| w.version), Some(1));
+        let v2 = Deployed::parse(" standard:2 ").unwrap();
+        assert_eq!(v2.to_start("standard").map(|w| w.version), Some(2));
+        assert!(v2.to_start("drop-ship").is_none());
+        for (bad, reason) in [
+            ("standard", "NAME:VERSION"),
+            ("standard:two", "whole number"),
+            ("standard:-1", "whole number"),
+            ("standard:9", "this build knows standard v1, standard v2"),
+            ("nope:1", "this build knows"),
+            ("standard:1,standard:2", "named twice"),
+        ] {
+            assert!(Deployed::parse(bad).unwrap_err().contains(reason), "{bad}: {:?}", Deployed::parse(bad));
+        }
     }
 
     #[test]

@@ -362,9 +362,12 @@ async fn remove(amqp_url: &str, user_prefix: &str, keep_vhost: bool) -> anyhow::
 }
 
 fn print_workflow() {
+    // The versions new orders take, as intake reads them (`ORDERFLOW_WORKFLOWS`).
+    let deployed = std::env::var("ORDERFLOW_WORKFLOWS").unwrap_or_default();
+    let deployed = topology::workflow::Deployed::parse(&deployed).unwrap_or_default();
     for workflow in topology::workflow::WORKFLOWS {
-        let newest = topology::workflow::newest(workflow.name).is_some_and(|w| w.version == workflow.version);
-        let taken = if newest { " (new orders naming it take this version)" } else { "" };
+        let taken = deployed.to_start(workflow.name).is_some_and(|w| w.version == workflow.version);
+        let taken = if taken { " (new orders naming it take this version)" } else { "" };
         println!("workflow {} version {}{taken}", workflow.name, workflow.version);
         print_definition(workflow);
     }
@@ -376,8 +379,13 @@ fn print_workflow() {
 /// One definition: per node what it accepts, produces and forwards to; its cut-offs.
 fn print_definition(workflow: &topology::workflow::Workflow) {
     let names = |items: Vec<String>| if items.is_empty() { "-".to_string() } else { items.join(", ") };
+    let unused: Vec<String> =
+        workflow.nodes().filter(|n| !workflow.uses(*n)).map(|n| n.to_string()).collect();
+    if !unused.is_empty() {
+        println!("not used by this version (they serve the others): {}", unused.join(", "));
+    }
     println!("{:<11} {:<38} {:<58} forwards to", "node", "accepts", "produces");
-    for node in workflow.nodes() {
+    for node in workflow.nodes().filter(|n| workflow.uses(*n)) {
         let accepts = names(workflow.accepts(node).iter().map(|s| s.to_string()).collect());
         let produces = names(workflow.produces(node).iter().map(|s| s.to_string()).collect());
         let forwards = names(workflow.forwards_to(node).iter().map(|n| n.to_string()).collect());

@@ -16,6 +16,7 @@ use crate::processor::Processor;
 use shared::domains::check_text;
 use shared::order::{FromDomains, Order};
 use shared::{Node, OrderElement, OrderState, Outcome, Stage, StageError};
+use topology::workflow::Deployed;
 
 /// Longest accepted text field (the domains' limit too), and largest
 /// accepted quantity of one item.
@@ -51,24 +52,25 @@ fn check_method(order: &Order) -> Result<(), String> {
     Ok(())
 }
 
-/// The workflow an order asks for: one this build runs (its newest
-/// version is what the order takes).
-fn chosen_workflow(order: &Order) -> Result<&'static topology::workflow::Workflow, String> {
-    match order.workflow.as_deref() {
-        None => Ok(&topology::WORKFLOW),
-        Some(name) => topology::workflow::newest(name).ok_or_else(|| {
-            format!(
-                "workflow {:?} is not one this distribution center runs (it runs {})",
-                printable(name),
-                topology::workflow::known_workflows()
-            )
-        }),
-    }
+/// The workflow an order asks for (`standard` when it names none): one this
+/// build runs, in the version deployed for new orders (`ORDERFLOW_WORKFLOWS`).
+fn chosen_workflow(
+    order: &Order,
+    deployed: &Deployed,
+) -> Result<&'static topology::workflow::Workflow, String> {
+    let name = order.workflow.as_deref().unwrap_or(topology::WORKFLOW.name);
+    deployed.to_start(name).ok_or_else(|| {
+        format!(
+            "workflow {:?} is not one this distribution center runs (it runs {})",
+            printable(name),
+            topology::workflow::known_workflows()
+        )
+    })
 }
 
 /// The workflow, the customer and the items.
 fn check_lines(order: &Order) -> Result<(), String> {
-    chosen_workflow(order)?;
+    chosen_workflow(order, &Deployed::default())?;
     check_text("customer_id", &order.customer_id)?;
     if order.items.is_empty() {
         return Err("the order has no items".into());
@@ -132,6 +134,8 @@ fn mask_free_text(order: &mut Order) {
 #[derive(Default)]
 pub struct Intake {
     domains: Option<std::sync::Arc<dyn DomainReads>>,
+    /// The version of each workflow new orders take.
+    deployed: Deployed,
     /// The card processor, which keeps the numbers; without it (the pure
     /// step's tests) an accepted element keeps the number it came with.
     processor: Option<Processor>,
@@ -140,12 +144,13 @@ pub struct Intake {
 impl Intake {
     /// Intake reading the domains of the stack of `settings`.
     pub fn with_domains(settings: &shared::settings::Settings) -> anyhow::Result<Intake> {
-        Ok(Intake::reading(std::sync::Arc::new(DomainReader::new(settings, "intake-domains")?)))
+        let reading = Intake::reading(std::sync::Arc::new(DomainReader::new(settings, "intake-domains")?));
+        Ok(Intake { deployed: settings.workflows.clone(), ..reading })
     }
 
     /// Intake reading the domains through `domains` (a fake, in tests).
     pub fn reading(domains: std::sync::Arc<dyn DomainReads>) -> Intake {
-        Intake { domains: Some(domains), processor: None }
+        Intake { domains: Some(domains), deployed: Deployed::default(), processor: None }
     }
 
     /// Intake that hands accepted cards to `processor` for tokens.
@@ -193,10 +198,10 @@ impl Intake {
     }
 
     /// The pure step: accept or reject. An accepted element follows the
-    /// newest version of the workflow it asked for from here on.
-    pub fn decide(mut element: OrderElement) -> Outcome {
+    /// deployed version of the workflow it asked for from here on, to its end.
+    pub fn decide(mut element: OrderElement, deployed: &Deployed) -> Outcome {
         mask_free_text(&mut element.order);
-        match validate(&element.order).and_then(|()| chosen_workflow(&element.order)) {
+        match validate(&element.order).and_then(|()| chosen_workflow(&element.order, deployed)) {
             Ok(workflow) => {
                 element.workflow = workflow.name.to_string();
                 element.workflow_version = workflow.version;
@@ -300,7 +305,7 @@ impl Stage for Intake {
                 Err(reason) => return Ok(Intake::reject(element, reason)),
             }
         }
-        self.tokenize(Intake::decide(element)).await
+        self.tokenize(Intake::decide(element, &self.deployed)).await
     }
 }
 
@@ -393,7 +398,7 @@ pub mod tests {
         let mut order = valid_order();
         order.ship_to.line1 = "4111 1111 1111 1111 Main St".into();
         order.customer_id = "c-4111111111111111".into();
-        let outcome = Intake::decide(OrderElement::placed(order));
+        let outcome = Intake::decide(OrderElement::placed(order), &Deployed::default());
         let kept = serde_json::to_string(&outcome.element.order.ship_to).unwrap()
             + &outcome.element.order.customer_id;
         assert!(!kept.contains("4111111111111111") && !kept.contains("4111 1111 1111 1111"), "{kept}");
@@ -478,13 +483,19 @@ pub mod tests {
 
     #[test]
     fn valid_order_is_accepted() {
-        let outcome = Intake::decide(OrderElement::placed(valid_order()));
+        let outcome = Intake::decide(OrderElement::placed(valid_order()), &Deployed::default());
         assert_eq!(outcome.steps[0].state, OrderState::Accepted);
         let named = Order { workflow: Some("standard".into()), ..valid_order() };
-        let outcome = Intake::decide(OrderElement::placed(named));
+        let outcome = Intake::decide(OrderElement::placed(named.clone()), &Deployed::default());
         assert_eq!(outcome.steps[0].state, OrderState::Accepted);
         let element = &outcome.element;
         assert_eq!((element.workflow.as_str(), element.workflow_version), ("standard", 1));
+        // Where version 2 is deployed, new orders take it, named or not.
+        let v2 = Deployed::parse("standard:2").unwrap();
+        for order in [named, valid_order()] {
+            let element = Intake::decide(OrderElement::placed(order), &v2).element;
+            assert_eq!((element.workflow.as_str(), element.workflow_version), ("standard", 2));
+        }
     }
 
     #[test]
@@ -507,13 +518,13 @@ pub mod tests {
             (|o| o.payment.expiry = "1".repeat(10_000), "expiry is longer than 16"),
             (|o| o.customer_id.clear(), "customer_id is missing"),
             (|o| o.workflow = Some("ship-then-bill".into()), "is not one this distribution center runs"),
-            (|o| o.workflow = Some("bell\u{7}".repeat(1000)), "(it runs standard v1)"),
+            (|o| o.workflow = Some("bell\u{7}".repeat(1000)), "(it runs standard v1, standard v2)"),
             (|o| o.workflow = Some(String::new()), "workflow \"\" is not one"),
         ];
         for (break_it, reason) in cases {
             let mut order = valid_order();
             break_it(&mut order);
-            let outcome = Intake::decide(OrderElement::placed(order));
+            let outcome = Intake::decide(OrderElement::placed(order), &Deployed::default());
             assert_eq!(outcome.steps[0].state, OrderState::Rejected);
             assert!(outcome.steps[0].detail.contains(reason), "{} lacks {reason}", outcome.steps[0].detail);
             assert!(!outcome.element.order.payment.card_number.contains("4111111111111111"));

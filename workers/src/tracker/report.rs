@@ -142,9 +142,20 @@ impl TrackerStore {
         units: Option<i64>,
     ) -> sqlx::Result<Option<topology::Node>> {
         let Some(state) = OrderState::parse(state) else { return Ok(None) };
+        // The order's own definition (its version may route elsewhere).
+        let follows: Option<(String, i64)> = sqlx::query_as(
+            "SELECT workflow, workflow_version FROM tracker_events WHERE order_id = $1 \
+             AND workflow IS NOT NULL AND workflow_version IS NOT NULL LIMIT 1",
+        )
+        .bind(order_id)
+        .fetch_optional(&self.store.pool)
+        .await?;
+        let definition = follows
+            .and_then(|(name, version)| topology::workflow::workflow(&name, u32::try_from(version).ok()?))
+            .unwrap_or(&WORKFLOW);
         let mut facts = topology::workflow::Facts { units: units.unwrap_or(1), holds_reservation: false };
         let with_reservation = topology::workflow::Facts { holds_reservation: true, ..facts };
-        if WORKFLOW.next_node(state, &facts) != WORKFLOW.next_node(state, &with_reservation) {
+        if definition.next_node(state, &facts) != definition.next_node(state, &with_reservation) {
             let reserved: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM tracker_events WHERE order_id = $1 AND to_state = 'reserved'",
             )
@@ -153,7 +164,7 @@ impl TrackerStore {
             .await?;
             facts.holds_reservation = reserved > 0;
         }
-        Ok(WORKFLOW.next_node(state, &facts))
+        Ok(definition.next_node(state, &facts))
     }
 
     /// The active orders waiting at a node for longer than its threshold;

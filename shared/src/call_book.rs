@@ -47,7 +47,8 @@ impl CallBook {
     /// The call book of `owner` in a store already open (the node's, shared
     /// with its change book: one pool of connections per process).
     pub async fn in_store(store: Store, settings: &Settings, owner: &str) -> anyhow::Result<CallBook> {
-        let table = format!("{owner}_calls");
+        // An owner's name may hold dashes (fraud-check); a table's may not.
+        let table = format!("{}_calls", owner.replace('-', "_"));
         store
             .migrate(&[
                 &format!(

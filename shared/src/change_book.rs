@@ -102,9 +102,11 @@ const POLL: Duration = Duration::from_millis(100);
 impl ChangeBook {
     pub async fn open(settings: &Settings, node: &str) -> anyhow::Result<ChangeBook> {
         let store = Store::open(settings, node).await?;
-        let changes = format!("{node}_changes");
+        // A node's name may hold dashes (fraud-check); a table's may not.
+        let prefix = node.replace('-', "_");
+        let changes = format!("{prefix}_changes");
         store.add_column(&changes, "received_at TEXT NOT NULL DEFAULT ''").await?;
-        let closed = format!("{node}_closed_orders");
+        let closed = format!("{prefix}_closed_orders");
         store
             .migrate(&[
                 &format!(
@@ -531,6 +533,16 @@ mod tests {
         settings.run_dir = dir.clone();
         settings.change_retention = retention;
         (ChangeBook::open(&settings, "payment").await.unwrap(), dir)
+    }
+
+    #[tokio::test]
+    async fn a_node_whose_name_has_a_dash_keeps_its_book() {
+        let scratch = crate::settings::ScratchRun::new("dashed-book");
+        let book = ChangeBook::open(&scratch.settings(), "fraud-check").await.unwrap();
+        assert_eq!(book.changes_table(), "fraud_check_changes");
+        let request = ChangeRequest::new(Uuid::new_v4(), Change::Cancel, None);
+        assert_eq!(book.receive(&request).await.unwrap(), Received::Pending);
+        assert_eq!(book.row_counts().await.unwrap(), (1, 0));
     }
 
     #[tokio::test]

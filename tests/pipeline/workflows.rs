@@ -117,16 +117,20 @@ fn path_of(view: &shared::tracker_api::OrderView) -> Vec<String> {
 
 /// "Changing the workflow while it runs" (issue 29, part 2): 1,000 orders,
 /// the nodes slowed so that many are in flight; halfway, version 2 of
-/// `standard` (no rebin; the shipping method closes at reserved) is deployed
-/// at intake while payment and rebin are killed -9 and started again. Every
-/// order follows the version it started on: a version 1 multi-unit order
-/// passes rebin (the dropped node serves them after the switch), a version
-/// 2 one never does; the report's count of version 1 orders in flight falls
-/// to 0; nothing is dead-lettered.
+/// `standard` (adds the fraud check, drops rebin, closes the shipping method
+/// at reserved) is deployed at intake while payment and rebin are killed -9
+/// and started again. Every order follows the version it started on: a
+/// version 1 order never meets the fraud check and a multi-unit one passes
+/// rebin (the dropped node serves them after the switch); a version 2 order
+/// is screened and never passes rebin, and one worth too much is held with
+/// the reason; the report's count of version 1 orders in flight falls to 0;
+/// nothing is dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_deployed_mid_run_leaves_each_order_on_the_version_it_started_on() {
     let mut stack = Stack::start_with_node_users_env("workflow-deploy", &[("ORDERFLOW_DELAY_MS", "3")]).await;
-    let orders: Vec<Value> = (0..1_000).map(|i| orders::valid(1 + (i % 3), "standard")).collect();
+    // One order in a hundred is worth more than the fraud check lets through (100 x 46.99).
+    let units = |i: i64| if i % 100 == 99 { 100 } else { 1 + (i % 3) };
+    let orders: Vec<Value> = (0..1_000).map(|i| orders::valid(units(i), "standard")).collect();
     let first = stack.publish(&orders[..500]);
     // Halfway: once a hundred of them are past intake.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -150,30 +154,41 @@ async fn a_version_deployed_mid_run_leaves_each_order_on_the_version_it_started_
     let all: Vec<Uuid> = first.iter().chain(&second).copied().collect();
     stack.wait_terminal(&all, Duration::from_secs(600)).await;
 
-    let (mut on_v1, mut on_v2, mut rebinned_after_switch) = (0, 0, 0);
+    let (mut on_v1, mut on_v2, mut rebinned_after_switch, mut held) = (0, 0, 0, 0);
     for (id, order) in all.iter().zip(&orders) {
         let view = stack.order(id).await;
-        assert_eq!(view.state, "shipped", "{id}: {:?}", path_of(&view));
-        let multi =
-            order["items"].as_array().unwrap().iter().map(|i| i["qty"].as_i64().unwrap()).sum::<i64>() > 1;
-        let rebin = view.history.iter().find(|entry| entry.state == "rebinned");
+        let units: i64 = order["items"].as_array().unwrap().iter().map(|i| i["qty"].as_i64().unwrap()).sum();
+        let passed = |state: &str| view.history.iter().find(|entry| entry.state == state);
+        let rebin = passed("rebinned");
         match view.workflow_version {
             Some(1) => {
                 on_v1 += 1;
-                assert_eq!(rebin.is_some(), multi, "{id} (v1, multi {multi}): {:?}", path_of(&view));
+                assert_eq!(view.state, "shipped", "{id} (v1): {:?}", path_of(&view));
+                assert!(passed("screened").is_none(), "{id} (v1) met the fraud check: {:?}", path_of(&view));
+                assert_eq!(rebin.is_some(), units > 1, "{id} (v1, {units} units): {:?}", path_of(&view));
                 let at = rebin.and_then(|entry| chrono::DateTime::parse_from_rfc3339(&entry.at).ok());
                 rebinned_after_switch += usize::from(at.is_some_and(|at| at > switched_at));
             }
+            Some(2) if units == 100 => {
+                on_v2 += 1;
+                held += 1;
+                assert_eq!(path_of(&view), ["placed", "accepted", "rejected"], "{id} (v2, worth 4699.00)");
+                let reason = &passed("rejected").unwrap().detail;
+                assert!(reason.contains("held by the fraud check: the order is worth 4699.00"), "{reason}");
+            }
             Some(2) => {
                 on_v2 += 1;
+                assert_eq!(view.state, "shipped", "{id} (v2): {:?}", path_of(&view));
+                assert_eq!(passed("screened").map(|entry| entry.node.as_str()), Some("fraud-check"), "{id}");
                 assert!(rebin.is_none(), "{id} (v2) passed rebin: {:?}", path_of(&view));
             }
             other => panic!("{id}: version {other:?}"),
         }
     }
     eprintln!(
-        "v1 in flight at the switch: {v1_in_flight:?}; v1 {on_v1}, v2 {on_v2}; v1 rebinned after the switch {rebinned_after_switch}"
+        "v1 in flight at the switch: {v1_in_flight:?}; v1 {on_v1}, v2 {on_v2} ({held} held by the fraud check); v1 rebinned after the switch {rebinned_after_switch}"
     );
+    assert!(held >= 5, "the v2 orders worth too much were held by the fraud check: {held}");
     assert!(on_v1 >= 100 && on_v2 >= 500, "v1 {on_v1}, v2 {on_v2}: every order after the switch takes v2");
     assert!(v1_in_flight.is_some_and(|n| n > 0), "version 1 orders were in flight at the switch");
     assert!(rebinned_after_switch > 0, "the dropped node served version 1 orders after the switch");
@@ -183,6 +198,16 @@ async fn a_version_deployed_mid_run_leaves_each_order_on_the_version_it_started_
         stack.cli_json(&["dlq", "list", "--json"]).as_array().unwrap().is_empty(),
         "nothing dead-lettered"
     );
+
+    // Directed, the coordinator runs version 2 too: it calls the fraud
+    // check's service between intake and payment, and a large order ends there.
+    let directed = stack.publish_directed(&[orders::valid(2, "standard"), orders::valid(100, "standard")]);
+    stack.wait_terminal(&directed, Duration::from_secs(120)).await;
+    let (small, large) = (stack.order(&directed[0]).await, stack.order(&directed[1]).await);
+    assert_eq!((small.state.as_str(), small.workflow_version), ("shipped", Some(2)), "{:?}", path_of(&small));
+    let nodes = tests::nodes(&small);
+    assert!(nodes.contains(&"fraud-check".to_string()) && !nodes.contains(&"rebin".to_string()), "{nodes:?}");
+    assert_eq!(large.state, "rejected", "{:?}", path_of(&large));
     let stopped = stack.stop_all().await;
     assert!(stopped.iter().all(|(_, status)| status.success()), "{stopped:?}");
 }

@@ -206,9 +206,11 @@ fn a_node_is_named_only_by_its_checklist() {
     let mut problems = Vec::new();
     for node in topology::Node::all() {
         let name = node.name();
-        let constant: String = name[..1].to_uppercase() + &name[1..];
-        let stage = format!("workers/src/stages/{name}.rs");
-        let home = format!("workers/src/{name}/");
+        // A dashed name (fraud-check) is a module with underscores and a CamelCase constant.
+        let module = name.replace('-', "_");
+        let constant: String = name.split('-').map(|word| word[..1].to_uppercase() + &word[1..]).collect();
+        let stage = format!("workers/src/stages/{module}.rs");
+        let home = format!("workers/src/{module}/");
         let binary = format!("workers/src/bin/{name}.rs");
         if !root().join(&stage).exists() && !root().join(&home).is_dir() {
             problems.push(format!("{name}: no stage ({stage} or {home})"));

@@ -360,7 +360,8 @@ fn coordinator_grant() -> Grant {
             // A directed order shipped: its capture, to settlement.
             settlement_topic(Role::Coordinator),
             topic(WORKFLOW_EXCHANGE, exact(&[]), exact(&[COORDINATOR_ROUTING_KEY])),
-            topic(SERVICES_EXCHANGE, "^service\\.[a-z_]+$".to_string(), exact(&[])),
+            // Any node's service (node names are lowercase letters and dashes).
+            topic(SERVICES_EXCHANGE, "^service\\.[a-z_-]+$".to_string(), exact(&[])),
             topic(AUDIT_EXCHANGE, "^audit\\.coordinator\\.[a-z_]+$".to_string(), exact(&[])),
             topic(DEAD_LETTER_EXCHANGE, "^coordinator\\.".to_string(), exact(&[])),
             // Errors for requests to unknown services, to callback keys.

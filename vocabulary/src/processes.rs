@@ -284,6 +284,6 @@ mod tests {
     fn the_door_takes_placed_orders_and_the_card_is_needed_until_charged() {
         assert_eq!(WORKFLOW.door(), Node::Intake);
         let needing: Vec<Node> = WORKFLOW.nodes().filter(|node| WORKFLOW.needs_card(*node)).collect();
-        assert_eq!(needing, [Node::Intake, Node::Payment]);
+        assert_eq!(needing, [Node::Intake, Node::FraudCheck, Node::Payment]);
     }
 }

@@ -44,9 +44,10 @@ pub fn refuse_reply(called: &str, sent: &OrderElement, result: &CallResult) -> O
             element.order_id, sent.order_id
         ));
     }
-    let produced = topology::WORKFLOW.produces(node).contains(&element.state);
-    let takes =
-        topology::WORKFLOW.accepts_state(node, sent.state) || topology::WORKFLOW.resumes(node, sent.state);
+    // By the order's own definition (its version's routes), as the nodes check it.
+    let definition = shared::routing::definition(sent).unwrap_or(&topology::WORKFLOW);
+    let produced = definition.produces(node).contains(&element.state);
+    let takes = definition.accepts_state(node, sent.state) || definition.resumes(node, sent.state);
     if !produced || !takes {
         return Some(format!("{called} cannot take an order from {} to {}", sent.state, element.state));
     }
@@ -190,6 +191,21 @@ mod tests {
         assert!(refuse_reply("payment", &sent, &other).unwrap().contains("answered for order"));
         let wrong_start = element(OrderState::Reserved);
         assert!(refuse_reply("payment", &wrong_start, &answered("payment", OrderState::Charged)).is_some());
+    }
+
+    #[test]
+    fn an_answer_is_checked_against_the_orders_own_version() {
+        let on = |version: u32| OrderElement { workflow_version: version, ..element(OrderState::Accepted) };
+        let answered = |sent: &OrderElement, state: OrderState| CallResult {
+            element: Some(OrderElement { state, ..sent.clone() }),
+            ..CallResult::done("r", "fraud-check", sent.clone(), Vec::new())
+        };
+        let v2 = on(2);
+        assert_eq!(refuse_reply("fraud-check", &v2, &answered(&v2, OrderState::Screened)), None);
+        assert_eq!(next_service(&v2), Some(Node::FraudCheck));
+        let v1 = on(1);
+        let refused = refuse_reply("fraud-check", &v1, &answered(&v1, OrderState::Screened)).unwrap();
+        assert!(refused.contains("cannot take an order from accepted to screened"), "{refused}");
     }
 
     #[test]

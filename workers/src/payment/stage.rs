@@ -252,7 +252,8 @@ impl Stage for Payment {
     /// is not applied to this copy.
     async fn prior_outcome(&self, element: &OrderElement) -> Result<Option<Outcome>, StageError> {
         match &self.waiting {
-            Some((waiting, _)) if element.state == OrderState::Accepted => {
+            // Arrived from its queue (accepted; screened, on standard v2).
+            Some((waiting, _)) if element.state != OrderState::AwaitingPayment => {
                 Ok(waiting.first_outcome(element).await?)
             }
             _ => Ok(None),

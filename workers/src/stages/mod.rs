@@ -7,6 +7,7 @@
 
 pub mod enrich;
 pub mod exceptions;
+pub mod fraud_check;
 pub mod intake;
 pub mod picklist;
 pub mod rebin;

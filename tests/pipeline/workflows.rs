@@ -115,6 +115,26 @@ fn path_of(view: &shared::tracker_api::OrderView) -> Vec<String> {
     tests::states(view)
 }
 
+/// Each node and the state it left the order in, from its history (the
+/// workflow's states only), and the same as its own definition's happy path
+/// gives it for its units: the two are equal for an order that shipped on
+/// the version it started on.
+fn travelled_and_defined(view: &shared::tracker_api::OrderView, units: i64) -> (Vec<String>, Vec<String>) {
+    let travelled = view
+        .history
+        .iter()
+        .filter(|entry| entry.state != "placed" && OrderState::parse(&entry.state).is_some())
+        .map(|entry| format!("{} {}", entry.node, entry.state))
+        .collect();
+    let version = view.workflow_version.and_then(|v| u32::try_from(v).ok()).unwrap_or_default();
+    let definition = topology::workflow::workflow(view.workflow.as_deref().unwrap_or_default(), version)
+        .unwrap_or_else(|| panic!("{}: an order on a definition no one runs", view.order_id));
+    let facts = topology::workflow::Facts { units, holds_reservation: false };
+    let defined =
+        definition.happy_path(&facts).iter().map(|(node, state)| format!("{node} {state}")).collect();
+    (travelled, defined)
+}
+
 /// "Changing the workflow while it runs" (issue 29, part 2): 1,000 orders,
 /// the nodes slowed so that many are in flight; halfway, version 2 of
 /// `standard` (adds the fraud check, drops rebin, closes the shipping method
@@ -164,6 +184,8 @@ async fn a_version_deployed_mid_run_leaves_each_order_on_the_version_it_started_
             Some(1) => {
                 on_v1 += 1;
                 assert_eq!(view.state, "shipped", "{id} (v1): {:?}", path_of(&view));
+                let (travelled, defined) = travelled_and_defined(&view, units);
+                assert_eq!(travelled, defined, "{id} (v1, {units} units) step by step");
                 assert!(passed("screened").is_none(), "{id} (v1) met the fraud check: {:?}", path_of(&view));
                 assert_eq!(rebin.is_some(), units > 1, "{id} (v1, {units} units): {:?}", path_of(&view));
                 let at = rebin.and_then(|entry| chrono::DateTime::parse_from_rfc3339(&entry.at).ok());
@@ -179,6 +201,8 @@ async fn a_version_deployed_mid_run_leaves_each_order_on_the_version_it_started_
             Some(2) => {
                 on_v2 += 1;
                 assert_eq!(view.state, "shipped", "{id} (v2): {:?}", path_of(&view));
+                let (travelled, defined) = travelled_and_defined(&view, units);
+                assert_eq!(travelled, defined, "{id} (v2, {units} units) step by step");
                 assert_eq!(passed("screened").map(|entry| entry.node.as_str()), Some("fraud-check"), "{id}");
                 assert!(rebin.is_none(), "{id} (v2) passed rebin: {:?}", path_of(&view));
             }
@@ -205,6 +229,8 @@ async fn a_version_deployed_mid_run_leaves_each_order_on_the_version_it_started_
     stack.wait_terminal(&directed, Duration::from_secs(120)).await;
     let (small, large) = (stack.order(&directed[0]).await, stack.order(&directed[1]).await);
     assert_eq!((small.state.as_str(), small.workflow_version), ("shipped", Some(2)), "{:?}", path_of(&small));
+    let (travelled, defined) = travelled_and_defined(&small, 2);
+    assert_eq!(travelled, defined, "a directed v2 order step by step");
     let nodes = tests::nodes(&small);
     assert!(nodes.contains(&"fraud-check".to_string()) && !nodes.contains(&"rebin".to_string()), "{nodes:?}");
     assert_eq!(large.state, "rejected", "{:?}", path_of(&large));

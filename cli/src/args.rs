@@ -472,6 +472,26 @@ pub enum DomainsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Make a replica its domain's primary when the primary is gone for
+    /// good: refused while the primary answers, and while the replica lacks
+    /// changes the primary made (unless --force, which names them: they
+    /// are lost). Moves the domain's routing key and grants (the management
+    /// API, as an administrator), then tells the copy its new epoch.
+    #[command(after_help = "Examples:
+  orderflow domains promote customer-uk
+                              orderflow domains promote catalog-de --force   # names the changes lost")]
+    Promote {
+        /// The replica's process name (`customer-uk`) or label (`customer@uk`).
+        copy: String,
+        /// Promote even though the replica lacks changes the primary made.
+        #[arg(long)]
+        force: bool,
+        /// How long to wait for the replica's feed to drain first.
+        #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600))]
+        wait_s: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Load the seed data (customers, catalog, distributors) through the domains' own requests.
     Seed {
         /// The folder of customers.jsonl, catalog.jsonl and distributors.jsonl.

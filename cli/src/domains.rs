@@ -6,59 +6,20 @@
 //! in time 3.
 
 use crate::args::{AddressArgs, CatalogCommand, CustomerCommand, DistributorCommand, DomainsCommand};
+use crate::domain_session::{failed, Session};
 use crate::exit::Outcome;
 use anyhow::Context;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use shared::domains::{
-    AddressInput, CardInput, CopyStatus, Customer, CustomerRequest, RecordRequest, StockRequest,
+    AddressInput, CardInput, CopyRequest, CopyStatus, Customer, CustomerRequest, RecordRequest, StockRequest,
 };
 use shared::settings::Settings;
 use shared::text::escaped;
 use std::path::Path;
 use std::time::Duration;
 use topology::DomainCopy;
-use transport::domain_client::{ClientError, DomainClient};
-
-/// A client on a connection of its own.
-struct Session {
-    connection: lapin::Connection,
-    client: DomainClient,
-    timeout: Duration,
-}
-
-impl Session {
-    async fn open(settings: &Settings) -> anyhow::Result<Session> {
-        let connection = transport::connect(&settings.amqp_url, "orderflow-domains")
-            .await
-            .with_context(|| format!("cannot connect to RabbitMQ at {}", settings.amqp_url_redacted()))?;
-        let client = DomainClient::open(&connection, &settings.broker_user()).await?;
-        Ok(Session { connection, client, timeout: settings.domain_timeout })
-    }
-
-    async fn ask(
-        &self,
-        copy: DomainCopy,
-        request: Value,
-        request_id: Option<&str>,
-    ) -> Result<Value, ClientError> {
-        self.client.call(copy, &request, request_id, self.timeout).await
-    }
-
-    async fn close(self) {
-        self.client.close().await;
-        let _ = self.connection.close(200, "done".into()).await;
-    }
-}
-
-/// What a refused or unanswered request means for the exit code.
-fn failed(error: ClientError) -> Outcome {
-    eprintln!("{}", escaped(&error.to_string()));
-    match error {
-        ClientError::Refused(_) => Outcome::Declined,
-        ClientError::Unavailable(_) => Outcome::TimedOut,
-    }
-}
+use transport::domain_client::ClientError;
 
 fn customer_copy(region: Option<&str>) -> DomainCopy {
     DomainCopy::find("customer", region).expect("the region was checked by clap")
@@ -269,6 +230,9 @@ pub async fn domains(settings: &Settings, command: DomainsCommand) -> anyhow::Re
     match command {
         DomainsCommand::Status { json } => status(settings, json).await,
         DomainsCommand::Seed { dir } => seed(settings, &dir).await,
+        DomainsCommand::Promote { copy, force, wait_s, json } => {
+            crate::promote::promote(settings, &copy, force, Duration::from_secs(wait_s), json).await
+        }
     }
 }
 
@@ -280,7 +244,7 @@ async fn status(settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
     let mut rows: Vec<Value> = Vec::new();
     let mut all_answered = true;
     for copy in copies {
-        match session.ask(copy, RecordRequest::Status { after_seq: None }.to_json(), None).await {
+        match session.ask(copy, CopyRequest::Status { after_seq: None }.to_json(), None).await {
             Ok(status) => rows.push(status),
             Err(error) => {
                 all_answered = false;
@@ -292,7 +256,7 @@ async fn status(settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        println!("{:<14} {:<8} {:>8} {:>8}  lag", "copy", "role", "records", "seq");
+        println!("{:<14} {:<8} {:>5} {:>8} {:>8}  lag", "copy", "role", "epoch", "records", "seq");
         for row in &rows {
             let copy = row["copy"].as_str().unwrap_or_default();
             if let Some(error) = row["error"].as_str() {
@@ -311,7 +275,10 @@ async fn status(settings: &Settings, json: bool) -> anyhow::Result<Outcome> {
                 None if status.role == "replica" => "not measured yet".to_string(),
                 None => "-".to_string(),
             };
-            println!("{:<14} {:<8} {:>8} {:>8}  {lag}", status.copy, status.role, status.records, status.seq);
+            println!(
+                "{:<14} {:<8} {:>5} {:>8} {:>8}  {lag}",
+                status.copy, status.role, status.epoch, status.records, status.seq
+            );
         }
     }
     Ok(if all_answered { Outcome::Done } else { Outcome::TimedOut })
@@ -402,8 +369,7 @@ async fn seed(settings: &Settings, dir: &Path) -> anyhow::Result<Outcome> {
         }
         eprintln!();
     }
-    session.client.close().await;
-    let _ = session.connection.close(200, "seeded".into()).await;
+    session.close().await;
     Ok(if refused == 0 { Outcome::Done } else { Outcome::Declined })
 }
 

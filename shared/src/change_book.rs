@@ -73,7 +73,7 @@ fn change_authority(settings: &Settings, node: &str) -> anyhow::Result<ChangeAut
     let role = topology::permissions::Role::from_name(node)
         .ok_or_else(|| anyhow::anyhow!("no role is named {node}"))?;
     let trust = crate::trust::Trust::new(settings, role)?;
-    let editors = topology::DomainCopy::all().into_iter().filter(|copy| copy.forwards_edits());
+    let editors = topology::DomainCopy::all().into_iter().filter(|copy| copy.may_forward_edits());
     Ok(ChangeAuthority {
         support: trust.user_of(topology::permissions::Role::Support).to_string(),
         operator: trust.operator().to_string(),

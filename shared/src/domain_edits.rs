@@ -79,12 +79,18 @@ pub fn new_card<'a>(copied: &Copied, customer: &'a Customer) -> Option<(&'a Card
     (fingerprint != *paid_with).then_some((card, fingerprint))
 }
 
-/// The change request an edit (change number `seq` of the customer domain)
-/// makes for `order_id`: always the same id for the same order, edit and
-/// kind of change, so an edit forwarded twice (after a crash) is one change
-/// at the nodes.
-pub fn edit_request(order_id: Uuid, seq: i64, change: Change) -> ChangeRequest {
-    let name = format!("{order_id}:{seq}:{}", change.change_type().noun());
+/// The change request an edit (change number `seq` of the customer domain,
+/// made by the primary of `epoch`) makes for `order_id`: always the same id
+/// for the same order, edit and kind of change, so an edit forwarded twice
+/// (after a crash) is one change at the nodes. After a promotion a number
+/// may be made again (the old primary's last changes were lost): the epoch
+/// tells the two apart.
+pub fn edit_request(order_id: Uuid, epoch: i64, seq: i64, change: Change) -> ChangeRequest {
+    let noun = change.change_type().noun();
+    let name = match epoch {
+        ..=1 => format!("{order_id}:{seq}:{noun}"),
+        _ => format!("{order_id}:{epoch}.{seq}:{noun}"),
+    };
     let mut request = ChangeRequest::new(order_id, change, None);
     request.change_id = Uuid::new_v5(&EDIT_NAMESPACE, name.as_bytes());
     request
@@ -152,10 +158,21 @@ mod tests {
         // The same edit forwarded twice is the same change.
         let id = Uuid::new_v4();
         let to = Change::ShipTo { ship_to: after.ship_to(Some("A2")).unwrap().1 };
-        assert_eq!(edit_request(id, 7, to.clone()).change_id, edit_request(id, 7, to.clone()).change_id);
-        assert_ne!(edit_request(id, 7, to.clone()).change_id, edit_request(id, 8, to.clone()).change_id);
+        assert_eq!(
+            edit_request(id, 1, 7, to.clone()).change_id,
+            edit_request(id, 1, 7, to.clone()).change_id
+        );
+        assert_ne!(
+            edit_request(id, 1, 7, to.clone()).change_id,
+            edit_request(id, 1, 8, to.clone()).change_id
+        );
+        // Change 7 made again by a promoted primary is another edit.
+        assert_ne!(
+            edit_request(id, 1, 7, to.clone()).change_id,
+            edit_request(id, 2, 7, to.clone()).change_id
+        );
         let card = Change::Card { token: String::new(), masked: String::new() };
-        assert_ne!(edit_request(id, 7, to).change_id, edit_request(id, 7, card).change_id);
+        assert_ne!(edit_request(id, 1, 7, to).change_id, edit_request(id, 1, 7, card).change_id);
     }
 
     #[test]

@@ -164,19 +164,6 @@ pub enum CustomerRequest {
         customer_id: String,
         card: CardInput,
     },
-    /// The copy's position in the change stream (and, given `after_seq`,
-    /// when the change after it was made).
-    Status {
-        #[serde(default)]
-        after_seq: Option<i64>,
-    },
-    /// A page of every customer, for a new replica (primary only).
-    Snapshot {
-        #[serde(default)]
-        after: Option<String>,
-        #[serde(default)]
-        limit: Option<usize>,
-    },
 }
 
 impl CustomerRequest {
@@ -228,24 +215,10 @@ pub enum RecordRequest {
     },
     /// Adds or replaces a record (seeding, maintenance).
     Put { record: serde_json::Value },
-    /// The copy's position in the change stream (and, given `after_seq`,
-    /// when the change after it was made).
-    Status {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        after_seq: Option<i64>,
-    },
-    /// A page of every record, for a new replica (primary only).
-    Snapshot {
-        #[serde(default)]
-        after: Option<String>,
-        #[serde(default)]
-        limit: Option<usize>,
-    },
 }
 
 impl RecordRequest {
-    /// The request as it travels (`{"op": ..., ...}`); `status` asks any
-    /// domain's copy (the customer domain reads it as its own `status`).
+    /// The request as it travels (`{"op": ..., ...}`).
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).expect("a request always serializes")
     }
@@ -314,6 +287,57 @@ impl StockRequest {
     }
 }
 
+/// The requests every copy of a replicated domain answers the same way,
+/// whichever the domain (`workers::domains::copy_store`): where it stands,
+/// and what the copies of one domain ask each other.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum CopyRequest {
+    /// The copy's position in the change stream, its epoch and the primary
+    /// it knows (and, given `after_seq`, when the change after it was made
+    /// and which changes follow it).
+    Status {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after_seq: Option<i64>,
+    },
+    /// A page of every record, for another copy of the domain (the primary only).
+    Snapshot {
+        #[serde(default)]
+        after: Option<String>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    /// The changes of the log after `after`, for another copy of the domain
+    /// that follows the primary without a feed of its own (a primary that
+    /// came back after a promotion).
+    Changes {
+        after: i64,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    /// Makes this copy the domain's primary at `epoch` (from the operator,
+    /// through `orderflow domains promote`, which also moves the routes).
+    Promote { epoch: i64 },
+}
+
+impl CopyRequest {
+    /// The request as it travels (`{"op": ..., ...}`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("a request always serializes")
+    }
+}
+
+/// One change of a primary's log, by number and key (what a copy that
+/// lacks it would lose).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeRef {
+    pub seq: i64,
+    pub key: String,
+}
+
+/// At most this many changes a primary names in a status (`CopyStatus::ahead`).
+pub const AHEAD_NAMED: usize = 50;
+
 /// What a copy reports about itself (`status`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CopyStatus {
@@ -332,6 +356,24 @@ pub struct CopyStatus {
     /// Replica: what it last learned of its primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<Lag>,
+    /// The primary's term: 1 until a replica is promoted, one more at each
+    /// promotion. A copy refuses changes of an older epoch than its own.
+    #[serde(default = "first_epoch")]
+    pub epoch: i64,
+    /// The copy this one takes for the primary (its own label at the primary).
+    #[serde(default)]
+    pub primary: String,
+    /// The change the epoch began after (its primary's position when promoted).
+    #[serde(default)]
+    pub epoch_from_seq: i64,
+    /// Primary, asked with `after_seq`: the changes after it, by number and
+    /// key (at most [`AHEAD_NAMED`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ahead: Vec<ChangeRef>,
+}
+
+fn first_epoch() -> i64 {
+    1
 }
 
 /// How far a replica is behind its primary.
@@ -350,6 +392,10 @@ pub struct Lag {
     /// primary had made (Unix ms): its staleness is now minus this.
     #[serde(default)]
     pub fresh_at_ms: i64,
+    /// The changes made at the primary and not applied here, as the primary
+    /// last named them (what promoting this copy now would lose).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<ChangeRef>,
 }
 
 /// Lag from the primary's position and the replica's: `next_at_ms` is when
@@ -357,7 +403,15 @@ pub struct Lag {
 pub fn lag(primary_seq: i64, applied_seq: i64, next_at_ms: Option<i64>, now_ms: i64) -> Lag {
     let changes = (primary_seq - applied_seq).max(0);
     let ms = if changes == 0 { 0 } else { next_at_ms.map_or(0, |at| (now_ms - at).max(0)) };
-    Lag { primary_seq, changes, ms, checked_at_ms: now_ms, primary_reachable: true, fresh_at_ms: now_ms - ms }
+    Lag {
+        primary_seq,
+        changes,
+        ms,
+        checked_at_ms: now_ms,
+        primary_reachable: true,
+        fresh_at_ms: now_ms - ms,
+        missing: Vec::new(),
+    }
 }
 
 /// A text field of a record: present, at most [`MAX_TEXT_LEN`] characters,

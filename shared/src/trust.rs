@@ -309,8 +309,10 @@ fn role_records(role: Role, state: &str) -> bool {
         Role::Coordinator => {
             matches!(state, "placed" | "change_applied" | "change_rejected" | "cancelling" | "cancelled")
         }
-        // A primary that forwards its edits requests the changes they make.
-        Role::Domain(copy) => copy.forwards_edits() && state == "change_requested",
+        // A primary that forwards its edits requests the changes they make
+        // (any copy of its domain: the broker lets only the primary of the
+        // moment publish changes and records).
+        Role::Domain(copy) => copy.may_forward_edits() && state == "change_requested",
         Role::Tracker | Role::Receiving | Role::BackOffice | Role::DistributorSim => false,
     }
 }

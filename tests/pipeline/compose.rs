@@ -245,13 +245,14 @@ async fn exported_definitions_load_into_a_real_broker() {
 }
 
 /// The processes that ask the tracker reach it by its service name (the
-/// customer primary asks which orders an edit reaches are still in flight).
+/// customer primary asks which orders an edit reaches are still in flight;
+/// so does a customer replica once promoted).
 #[test]
 fn the_processes_that_ask_the_tracker_know_where_it_is() {
     let (_, compose) = compose();
     let services = &compose["services"];
     assert_eq!(services["tracker"]["environment"]["ORDERFLOW_HTTP_ADDR"].as_str(), Some("0.0.0.0:8089"));
-    let editors = topology::DomainCopy::all().into_iter().filter(|copy| copy.forwards_edits());
+    let editors = topology::DomainCopy::all().into_iter().filter(|copy| copy.may_forward_edits());
     for copy in editors {
         let service = &services[copy.process().as_str()];
         assert_eq!(

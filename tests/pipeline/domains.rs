@@ -234,7 +234,7 @@ async fn replicas_refuse_writes_and_careless_requests_get_their_reason() {
         let refused = format!("{snapshot:?}");
         assert!(
             snapshot.is_err()
-                && (refused.contains("only the catalog domain's replicas take snapshots")
+                && (refused.contains("only the catalog domain's own copies take snapshots")
                     || refused.contains("ACCESS_REFUSED")),
             "{who}: {refused}"
         );

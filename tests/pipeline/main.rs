@@ -85,6 +85,7 @@ mod postgres;
 mod postgres_races;
 mod postgres_scale;
 mod privilege;
+mod promotion;
 mod receipt_trust;
 mod result_trust;
 mod retry;

@@ -3,7 +3,7 @@
 //! the stack's real least-privilege users. Reads of the customer domain
 //! (`get`, `list`, at the primary and at a replica) show every role but
 //! intake the masked card and its expiry, never the token, and only the
-//! domain's replicas take snapshots; an order as the publisher with another
+//! domain's own copies take snapshots; an order as the publisher with another
 //! customer's token (leaked from the domain's store) is rejected with the
 //! reason, charged nothing and shipped nothing, while the owner's own token
 //! still pays.
@@ -153,7 +153,7 @@ async fn domain_reads_show_every_role_but_intake_the_masked_card_and_no_token() 
         if line["op"] == "snapshot" {
             assert_eq!(answer["status"], "failed", "{text}");
             assert!(
-                answer["error"].as_str().unwrap().contains("only the customer domain's replicas"),
+                answer["error"].as_str().unwrap().contains("only the customer domain's own copies"),
                 "{text}"
             );
             continue;

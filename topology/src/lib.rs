@@ -9,6 +9,7 @@
 pub mod definitions;
 pub mod management;
 pub mod permissions;
+pub mod promotion;
 
 use vocabulary::domains::{Feed, Taken};
 pub use vocabulary::{domains, processes, reads, workflow, Process, Reads, ServiceKind};

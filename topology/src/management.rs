@@ -202,6 +202,83 @@ impl Management {
         Ok(self.send(self.http.get(url), "listing connections").await?.json().await?)
     }
 
+    /// Sets exactly `grant` for an existing `user` on `vhost` (its password untouched).
+    pub async fn set_grant(
+        &self,
+        vhost: &str,
+        user: &str,
+        grant: &crate::permissions::Grant,
+    ) -> anyhow::Result<()> {
+        self.set_permissions(vhost, user, &grant.configure, &grant.write, &grant.read).await?;
+        for topic in &grant.topic {
+            self.set_topic_permissions(vhost, user, topic.exchange, &topic.write, &topic.read).await?;
+        }
+        Ok(())
+    }
+
+    /// The bindings of `queue` to `exchange`.
+    fn bindings_url(&self, vhost: &str, exchange: &str, queue: &str) -> String {
+        format!("{}/api/bindings/{}/e/{}/q/{}", self.base, encode(vhost), encode(exchange), encode(queue))
+    }
+
+    /// Binds `queue` to `exchange` with `routing_key` (no arguments).
+    pub async fn bind(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        queue: &str,
+        routing_key: &str,
+    ) -> anyhow::Result<()> {
+        let url = self.bindings_url(vhost, exchange, queue);
+        let body = json!({"routing_key": routing_key, "arguments": {}});
+        self.send(self.http.post(url).json(&body), "binding a queue").await?;
+        Ok(())
+    }
+
+    /// Removes every binding of `queue` to `exchange` with `routing_key`.
+    pub async fn unbind(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        queue: &str,
+        routing_key: &str,
+    ) -> anyhow::Result<()> {
+        let url = self.bindings_url(vhost, exchange, queue);
+        let bindings: Vec<Value> = self.send(self.http.get(&url), "reading bindings").await?.json().await?;
+        for binding in bindings.iter().filter(|b| b["routing_key"] == routing_key) {
+            let key = binding["properties_key"].as_str().unwrap_or(routing_key);
+            let url = format!("{url}/{}", encode(key));
+            self.send(self.http.delete(url), "removing a binding").await?;
+        }
+        Ok(())
+    }
+
+    /// A global runtime parameter's value (`None`: not set).
+    pub async fn global_parameter(&self, name: &str) -> anyhow::Result<Option<Value>> {
+        let path = format!("global-parameters/{}", encode(name));
+        if !self.exists(&path, &format!("global parameter {name}")).await? {
+            return Ok(None);
+        }
+        let url = format!("{}/api/{path}", self.base);
+        let found: Value = self.send(self.http.get(url), "reading a global parameter").await?.json().await?;
+        Ok(Some(found["value"].clone()))
+    }
+
+    pub async fn set_global_parameter(&self, name: &str, value: &Value) -> anyhow::Result<()> {
+        let url = format!("{}/api/global-parameters/{}", self.base, encode(name));
+        let body = json!({"name": name, "value": value});
+        self.send(self.http.put(url).json(&body), "setting a global parameter").await?;
+        Ok(())
+    }
+
+    pub async fn delete_global_parameter(&self, name: &str) -> anyhow::Result<()> {
+        if self.global_parameter(name).await?.is_some() {
+            let url = format!("{}/api/global-parameters/{}", self.base, encode(name));
+            self.send(self.http.delete(url), "deleting a global parameter").await?;
+        }
+        Ok(())
+    }
+
     pub async fn close_connection(&self, name: &str) -> anyhow::Result<()> {
         let url = format!("{}/api/connections/{}", self.base, encode(name));
         self.send(self.http.delete(url), "closing a connection").await?;

@@ -388,6 +388,13 @@ pub fn served_domains(node: Node) -> impl Iterator<Item = DomainCopy> {
 /// forwards its edits) or asks its primary for a snapshot (a replica); a
 /// primary that forwards edits requests changes of the orders that copied.
 fn domain_grant(copy: DomainCopy) -> Grant {
+    acting_grant(copy, DomainCopy::primary(copy.domain))
+}
+
+/// A domain copy's rights while `primary` is its domain's primary (the
+/// first primary, or the replica an operator promoted: `crate::promotion`).
+pub fn acting_grant(copy: DomainCopy, primary: DomainCopy) -> Grant {
+    let acts = copy == primary;
     let mut write = vec![DEFAULT_EXCHANGE_RESOURCE, RESULTS_EXCHANGE, DEAD_LETTER_EXCHANGE];
     let mut read = vec![copy.queue()];
     let mut topics = vec![
@@ -395,28 +402,42 @@ fn domain_grant(copy: DomainCopy) -> Grant {
         topic(DEAD_LETTER_EXCHANGE, format!("^{}\\.", copy.process()), exact(&[])),
         topic(WORKFLOW_EXCHANGE, exact(&[]), exact(&[])),
     ];
-    read.extend(copy.feed_queue());
+    // A replica's feed (empty while it is the primary); the primary's own
+    // work (its edits, received items, captures), whichever copy it is.
     if copy.region.is_some() {
-        // A replica asks its primary for snapshots.
-        write.push(DOMAINS_EXCHANGE);
-        let primary = DomainCopy::primary(copy.domain).routing_key();
-        topics.push(topic(DOMAINS_EXCHANGE, exact(&[&primary]), exact(&[])));
-    } else {
+        read.extend(copy.feed_queue());
+    }
+    if acts {
+        read.extend(copy.def().receives.map(|feed| feed.queue.to_string()));
+    }
+    let replicated = !copy.def().replicas.is_empty();
+    let mut calls: Vec<String> = Vec::new();
+    if !acts {
+        // A replica asks its primary (whichever copy the domain's key reaches) for snapshots.
+        calls.push(DomainCopy::primary(copy.domain).routing_key());
+    }
+    if replicated {
+        // A copy that starts as the primary asks the other copies their epochs.
+        let others = DomainCopy::all().into_iter().filter(|c| c.domain == copy.domain && *c != copy);
+        calls.extend(others.filter(|c| c.region.is_some()).map(|c| c.routing_key()));
+    }
+    let edits = acts && copy.may_forward_edits();
+    if edits {
         // A primary that forwards edits has payment's cards service keep a
         // new card on file for each order waiting on the old one.
-        let cards = DomainCopy::primary("cards").routing_key();
-        let calls: &[&str] = if copy.forwards_edits() { &[&cards] } else { &[] };
-        if copy.forwards_edits() {
-            write.push(DOMAINS_EXCHANGE);
-        }
-        topics.push(topic(DOMAINS_EXCHANGE, exact(calls), exact(&[])));
-        if !copy.def().replicas.is_empty() || copy.forwards_edits() {
-            write.push(DOMAIN_CHANGES_EXCHANGE);
-            topics.push(topic(DOMAIN_CHANGES_EXCHANGE, exact(&[copy.domain]), exact(&[])));
-        }
+        calls.push(DomainCopy::primary("cards").routing_key());
+    }
+    if !calls.is_empty() {
+        write.push(DOMAINS_EXCHANGE);
+    }
+    let calls: Vec<&str> = calls.iter().map(String::as_str).collect();
+    topics.push(topic(DOMAINS_EXCHANGE, exact(&calls), exact(&[])));
+    if acts && (replicated || edits) {
+        write.push(DOMAIN_CHANGES_EXCHANGE);
+        topics.push(topic(DOMAIN_CHANGES_EXCHANGE, exact(&[copy.domain]), exact(&[])));
     }
     // Its edits, as change requests (with their records) to the orders that copied the old data.
-    if copy.forwards_edits() {
+    if edits {
         write.extend([CHANGES_EXCHANGE, AUDIT_EXCHANGE]);
         // Several records at once go as one audit batch.
         let keys =

@@ -13,7 +13,8 @@
 //! A replica also consumes its feed (`orderflow.replica.<domain>.<region>`)
 //! one change at a time, in order (`DomainService::apply`), and every copy
 //! gets a periodic `tick` (a primary sends its unsent changes, a replica
-//! measures its lag).
+//! measures its lag). A copy whose part changes (a promotion) starts its
+//! session again, with the queues of its new part.
 
 use super::connect::Backoff;
 use super::context::NodeContext;
@@ -105,6 +106,20 @@ pub trait DomainService: Send + Sync + 'static {
     fn tick(&self, _ctx: &NodeContext, _publisher: &Publisher) -> impl Future<Output = ()> + Send {
         async {}
     }
+
+    /// The queue of changes or work the copy takes now (asked when a
+    /// session starts): a replica's feed, or the primary's own work, which
+    /// a promoted replica takes over.
+    fn feed_queue(&self) -> Option<String> {
+        self.copy().feed_queue()
+    }
+
+    /// Whether the copy's part changed since its session started (promoted,
+    /// or replaced as the primary): the session starts again, taking the
+    /// queues of its new part.
+    fn part_changed(&self) -> bool {
+        false
+    }
 }
 
 /// How often a copy's [`DomainService::tick`] runs.
@@ -183,7 +198,7 @@ async fn session<S: DomainService>(
             Default::default(),
         )
         .await?;
-    let mut feed = match copy.feed_queue() {
+    let mut feed = match service.feed_queue() {
         Some(queue) => {
             let channel = connection.create_channel().await?;
             channel.basic_qos(feed_prefetch, BasicQosOptions { global: false }).await?;
@@ -220,7 +235,13 @@ async fn session<S: DomainService>(
                 Some(Err(error)) => break Err(anyhow::Error::from(error).context("the feed consumer failed")),
                 None => break Err(anyhow::anyhow!("the broker cancelled the feed consumer")),
             },
-            _ = ticks.tick() => service.tick(&ctx, &publisher).await,
+            _ = ticks.tick() => {
+                service.tick(&ctx, &publisher).await;
+                if service.part_changed() {
+                    tracing::warn!(domain = copy.label(), "this copy's part changed: serving it anew");
+                    break Err(anyhow::anyhow!("{}'s part changed (a promotion): starting again", copy.label()));
+                }
+            }
         }
     };
     finish(&connection, &requests_channel, &ctx, tasks, result).await

@@ -233,6 +233,14 @@ impl DomainCopy {
         self.copied_at().is_some()
     }
 
+    /// Whether this copy forwards its domain's edits while it is the
+    /// primary: any copy of a domain whose primary forwards them (a replica
+    /// may be promoted). The broker's grants say which copy is the primary
+    /// now (`topology::promotion`).
+    pub fn may_forward_edits(self) -> bool {
+        DomainCopy::primary(self.domain).forwards_edits()
+    }
+
     /// The node whose events say what orders copied from this copy, when it
     /// forwards its edits to them.
     pub fn copied_at(self) -> Option<Node> {

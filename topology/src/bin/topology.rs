@@ -262,6 +262,15 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
     let channel = connection.create_channel().await?;
     topology::declare_all_sized(&channel, quorum_size).await.context("declaring the topology")?;
     connection.close(200, "topology applied".into()).await?;
+    // A replica an operator promoted stays the primary (its routes, its grants).
+    match topology::promotion::reapply(&management, &vhost, &user_prefix).await {
+        Ok(0) => {}
+        Ok(n) => println!("kept {n} promoted primaries (orderflow domains status shows them)"),
+        Err(error) => eprintln!(
+            "warning: could not read or keep the domains' promotions (an administrator's management \
+             credentials are needed: ORDERFLOW_MGMT_USER): {error:#}"
+        ),
+    }
     println!("topology applied");
     Ok(())
 }
@@ -351,6 +360,7 @@ async fn remove(amqp_url: &str, user_prefix: &str, keep_vhost: bool) -> anyhow::
             removed += 1;
         }
     }
+    management.delete_global_parameter(&topology::promotion::parameter_name(&vhost)).await?;
     if vhost == "/" || keep_vhost {
         eprintln!("keeping the vhost {vhost:?}");
     } else if management.vhost_exists(&vhost).await? {

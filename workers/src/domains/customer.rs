@@ -16,8 +16,8 @@ use super::copy_store::CopyStore;
 use super::edits::Edits;
 use lapin::message::Delivery;
 use shared::domains::{
-    card_on_file, check_address, check_id, check_text, page_size, Address, AddressInput, Customer,
-    CustomerRequest,
+    card_on_file, check_address, check_id, check_text, page_size, Address, AddressInput, CopyRequest,
+    Customer, CustomerRequest,
 };
 use shared::settings::Settings;
 use topology::permissions::Role;
@@ -187,6 +187,9 @@ impl CustomerDomain {
             }
         };
         let token_shown = shows_card_token(&request);
+        if let Ok(asked) = serde_json::from_slice::<CopyRequest>(request.body) {
+            return self.store.answer(&request, asked, customer_key).await;
+        }
         match parse::<CustomerRequest>(request.body)? {
             CustomerRequest::Get { customer_id } => self.get(&customer_id, token_shown).await,
             CustomerRequest::List { after, limit } => {
@@ -234,13 +237,6 @@ impl CustomerDomain {
                 .await
                 .map(|written| as_shown(written, false))
             }
-            CustomerRequest::Status { after_seq } => {
-                let status = self.store.status(after_seq).await.map_err(DomainError::Unavailable)?;
-                Ok(serde_json::to_value(status).expect("a status serializes"))
-            }
-            CustomerRequest::Snapshot { after, limit } => {
-                self.store.snapshot(&request, customer_key, after.as_deref(), page_size(limit)).await
-            }
         }
     }
 }
@@ -248,8 +244,10 @@ impl CustomerDomain {
 /// The customer domain as a service; its primary also forwards its edits.
 pub struct CustomerService {
     pub domain: CustomerDomain,
-    /// The primary's forwarding of its edits to the orders that copied them.
-    edits: Option<Edits>,
+    settings: Settings,
+    /// The primary's forwarding of its edits to the orders that copied them
+    /// (opened when the copy first serves as the primary).
+    edits: tokio::sync::OnceCell<Edits>,
     /// When the kept orders that ended were last forgotten.
     forgot_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
@@ -258,13 +256,16 @@ pub struct CustomerService {
 const FORGET_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl CustomerService {
-    /// The service of `domain`; its primary also forwards its edits.
+    /// The service of `domain`; whichever copy is the primary also
+    /// forwards the edits (their store, which orders copied what, is the
+    /// domain's: `customer_copies`, which a promoted copy takes over).
     pub async fn open(domain: CustomerDomain, settings: &Settings) -> anyhow::Result<CustomerService> {
-        let edits = match domain.store.copy.forwards_edits() {
-            true => Some(Edits::open(settings, DOMAIN, domain.store.docs.clone()).await?),
-            false => None,
-        };
-        Ok(CustomerService { domain, edits, forgot_at: std::sync::Mutex::new(None) })
+        Ok(CustomerService {
+            domain,
+            settings: settings.clone(),
+            edits: tokio::sync::OnceCell::new(),
+            forgot_at: std::sync::Mutex::new(None),
+        })
     }
 
     /// Whether the kept orders are due to be checked for having ended.
@@ -288,12 +289,18 @@ impl DomainService for CustomerService {
     }
 
     async fn prepare(&self, publisher: &Publisher) -> anyhow::Result<()> {
-        self.domain.store.prepare(publisher).await
+        let store = &self.domain.store;
+        store.prepare(publisher).await?;
+        if store.copy.may_forward_edits() && !store.is_replica() {
+            let open = || Edits::open(&self.settings, DOMAIN, store.docs.clone());
+            self.edits.get_or_try_init(open).await?;
+        }
+        Ok(())
     }
 
     /// A replica's feed is its primary's stream; the primary's, its edits.
     async fn apply(&self, ctx: &NodeContext, publisher: &Publisher, delivery: Delivery) {
-        match &self.edits {
+        match self.forwarding() {
             Some(edits) => edits.apply(ctx, publisher, delivery).await,
             None => self.domain.store.apply(ctx, publisher, delivery).await,
         }
@@ -301,11 +308,26 @@ impl DomainService for CustomerService {
 
     async fn tick(&self, _ctx: &NodeContext, publisher: &Publisher) {
         self.domain.store.tick(publisher).await;
-        if let Some(edits) = self.edits.as_ref().filter(|_| self.forget_due()) {
+        if let Some(edits) = self.forwarding().filter(|_| self.forget_due()) {
             if let Err(error) = edits.forget_ended().await {
                 tracing::debug!(error = format!("{error:#}"), "could not forget the orders that ended yet");
             }
         }
+    }
+
+    fn feed_queue(&self) -> Option<String> {
+        self.domain.store.feed_queue()
+    }
+
+    fn part_changed(&self) -> bool {
+        self.domain.store.part_changed()
+    }
+}
+
+impl CustomerService {
+    /// The edits' forwarding, while this copy is the primary.
+    fn forwarding(&self) -> Option<&Edits> {
+        self.edits.get().filter(|_| !self.domain.store.is_replica())
     }
 }
 
@@ -404,7 +426,11 @@ mod tests {
         }
         assert!(takes_snapshots(DOMAIN, &request_from(&trust, &uk)));
         assert!(!takes_snapshots("catalog", &request_from(&trust, &uk)), "a replica of another domain");
-        for caller in [intake.as_str(), "of-shop.publisher", "admin", ""] {
+        assert!(
+            takes_snapshots(DOMAIN, &request_from(&trust, "of-shop.customer")),
+            "a primary that came back"
+        );
+        for caller in [intake.as_str(), "of-shop.publisher", "of-shop.catalog-uk", "admin", ""] {
             assert!(!takes_snapshots(DOMAIN, &request_from(&trust, caller)), "{caller}");
         }
     }

@@ -145,7 +145,11 @@ impl Edits {
         let kind = delivery.properties.kind().as_ref().map(|k| k.as_str());
         let named = || shared::text::escaped(sender.as_deref().unwrap_or("an unnamed sender"));
         if kind == Some(CHANGE_TYPE) {
-            if !ctx.trust.is_role(sender.as_deref(), Role::Domain(DomainCopy::primary(self.domain))) {
+            // The primary's own stream: sent by this copy, or by a copy of
+            // the domain that was the primary before it (the broker lets only
+            // the primary of the moment publish there).
+            let copies = DomainCopy::all().into_iter().filter(|copy| copy.domain == self.domain);
+            if !copies.into_iter().any(|copy| ctx.trust.is_role(sender.as_deref(), Role::Domain(copy))) {
                 return Err(NotTaken::Refused(format!(
                     "refused: a change of {} must come from its primary's user; this one came from {}",
                     self.domain,
@@ -198,7 +202,11 @@ impl Edits {
         // one was forwarded, to the orders that copied before it, when it came).
         match self.docs.last_change_of(&copied.customer_id).await? {
             Some(change) if change.seq > copied.as_of.seq => {
-                self.forward_change(ctx, publisher, &change).await
+                // Made in this copy's epoch if after its start, else in the one before.
+                let term = self.docs.epoch().await?;
+                let epoch =
+                    term.map_or(1, |t| if change.seq > t.from_seq { t.epoch } else { (t.epoch - 1).max(1) });
+                self.forward_change(ctx, publisher, &Change { epoch, ..change }).await
             }
             _ => Ok(()),
         }
@@ -254,13 +262,13 @@ impl Edits {
                 let to = OrderChange::ShipTo { ship_to: ship_to.clone() };
                 messages.extend(self.request_messages(
                     ctx,
-                    &edit_request(reach.order_id, change.seq, to),
+                    &edit_request(reach.order_id, change.epoch, change.seq, to),
                     "address",
                 ));
             }
             if let Some((card, _)) = reach.card.as_ref().filter(|_| waits_for_payment(&reach.order_id)) {
                 let pay_with = self.card_for(reach.order_id, card).await?;
-                let request = edit_request(reach.order_id, change.seq, pay_with);
+                let request = edit_request(reach.order_id, change.epoch, change.seq, pay_with);
                 messages.extend(self.request_messages(ctx, &request, "card on file"));
             }
             shared::events::EditForwarded { domain: self.domain, order_id: reach.order_id, seq: change.seq }

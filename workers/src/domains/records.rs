@@ -8,7 +8,7 @@
 use super::copy_store::CopyStore;
 use lapin::message::Delivery;
 use shared::domains::{
-    check_distributor, check_id, check_item, page_size, CatalogItem, Distributor, RecordRequest,
+    check_distributor, check_id, check_item, page_size, CatalogItem, CopyRequest, Distributor, RecordRequest,
 };
 use shared::settings::Settings;
 use topology::DomainCopy;
@@ -76,6 +76,9 @@ impl DomainService for RecordDomain {
     async fn answer(&self, request: Request<'_>) -> Result<serde_json::Value, DomainError> {
         let unavailable = |e: sqlx::Error| DomainError::Unavailable(e.into());
         let domain = self.kind.domain;
+        if let Ok(asked) = serde_json::from_slice::<CopyRequest>(request.body) {
+            return self.store.answer(&request, asked, self.kind.key_of).await;
+        }
         match parse::<RecordRequest>(request.body)? {
             RecordRequest::Get { id } => {
                 check_id(self.kind.key, &id).map_err(DomainError::Refused)?;
@@ -102,13 +105,6 @@ impl DomainService for RecordDomain {
                 let key = (self.kind.key_of)(&record);
                 self.store.write(&request, &key, |_| Ok(record)).await
             }
-            RecordRequest::Status { after_seq } => {
-                let status = self.store.status(after_seq).await.map_err(DomainError::Unavailable)?;
-                Ok(serde_json::to_value(status).expect("a status serializes"))
-            }
-            RecordRequest::Snapshot { after, limit } => {
-                self.store.snapshot(&request, self.kind.key_of, after.as_deref(), page_size(limit)).await
-            }
         }
     }
 
@@ -122,6 +118,14 @@ impl DomainService for RecordDomain {
 
     async fn tick(&self, _ctx: &NodeContext, publisher: &Publisher) {
         self.store.tick(publisher).await
+    }
+
+    fn feed_queue(&self) -> Option<String> {
+        self.store.feed_queue()
+    }
+
+    fn part_changed(&self) -> bool {
+        self.store.part_changed()
     }
 }
 

@@ -62,7 +62,7 @@ impl DomainService for CardsService {
             }
             CardsRequest::TokenizeOnFile { order_id, card } => {
                 use topology::permissions::Role;
-                let editors = DomainCopy::all().into_iter().filter(|copy| copy.forwards_edits());
+                let editors = DomainCopy::all().into_iter().filter(|copy| copy.may_forward_edits());
                 if !editors.into_iter().any(|copy| request.is_from(Role::Domain(copy))) {
                     return Err(DomainError::Refused(
                         "only the customer domain may hand payment a card on file for an order".into(),

@@ -66,6 +66,12 @@ pub struct Stack {
 /// own connections, stay within the local server's 100.
 static PG_STACKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
+/// A share of the PostgreSQL server's connections, for a test that puts a
+/// stack of its own on a database (held until dropped; see `PG_STACKS`).
+pub async fn pg_share() -> tokio::sync::SemaphorePermit<'static> {
+    PG_STACKS.acquire().await.expect("the semaphore is never closed")
+}
+
 impl Deref for Stack {
     type Target = harness::Stack;
     fn deref(&self) -> &harness::Stack {

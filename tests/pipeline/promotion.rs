@@ -9,7 +9,8 @@
 //! changes it had), the old primary restarted refuses a write that a stale
 //! route still brings it (Python's pika, as the back office) and rejoins as
 //! a replica, and the broker refuses a change on the stream from the old
-//! primary's user and from a replica's.
+//! primary's user and from a replica's. (Its stores are on PostgreSQL; the
+//! customer domain's test below keeps SQLite's.)
 
 use serde_json::{json, Value};
 use std::process::Command;
@@ -104,7 +105,14 @@ async fn a_replica_is_promoted_knowingly_and_the_old_primary_is_fenced_then_rejo
         eprintln!("SKIPPED: Python's pika is not installed (scripts/test.sh installs it)");
         return;
     }
-    let mut stack = Stack::start_with_node_users("domains-promote").await;
+    // On PostgreSQL: the copies' stores, logs and epochs in one database server.
+    let _share = tests::pg_share().await;
+    let database = tests::PgDatabase::create("promote").await;
+    let env = [
+        ("DATABASE_URL", database.url.as_str()),
+        ("ORDERFLOW_DB_MAX_CONNECTIONS", tests::PG_CONNECTIONS_PER_PROCESS),
+    ];
+    let mut stack = Stack::start_with_node_users_env("domains-promote", &env).await;
     stack.start_domains().await.unwrap();
     let connection = transport::connect(&stack.role_url("backoffice"), "test-promote").await.unwrap();
     let office = DomainClient::open(&connection, &stack.role_user("backoffice")).await.unwrap();

@@ -32,6 +32,17 @@ pub struct Capture {
 }
 
 impl Capture {
+    /// The capture due after an outcome (a runner's or a service's) whose
+    /// steps reached `reached`: the order shipped in one of them, with its
+    /// authorization. `None` for any other outcome.
+    pub fn due_after(
+        reached: impl IntoIterator<Item = crate::OrderState>,
+        element: &OrderElement,
+    ) -> Option<Capture> {
+        let shipped_here = reached.into_iter().any(|state| state == topology::permissions::CAPTURED_WHEN);
+        Capture::due(element).filter(|_| shipped_here)
+    }
+
     /// The capture an outcome makes due: the order ended shipped (this
     /// step) with its authorization. `None` for any other outcome.
     pub fn due(element: &OrderElement) -> Option<Capture> {

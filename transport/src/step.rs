@@ -212,10 +212,8 @@ pub async fn record_outcome(
 /// The capture of an order this outcome shipped (its authorization, to the
 /// settlement aggregation queue); nothing for any other outcome.
 pub fn capture_if_shipped(outcome: &Outcome, element: &OrderElement) -> Option<Outgoing> {
-    let shipped_here = outcome.steps.iter().any(|step| step.state == topology::permissions::CAPTURED_WHEN);
-    shared::settlement::Capture::due(element)
-        .filter(|_| shipped_here)
-        .map(|capture| capture_message(&capture))
+    let reached = outcome.steps.iter().map(|step| step.state);
+    shared::settlement::Capture::due_after(reached, element).map(|capture| capture_message(&capture))
 }
 
 /// The messages that record an outcome: one audit event per step, then the

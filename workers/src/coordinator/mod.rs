@@ -340,9 +340,8 @@ impl Coordinator {
                 let detail = format!("{} step(s)", result.steps.len());
                 let (element, mut decided) = self.decide_changes(element).await?;
                 // The order ended shipped: its authorization is due for capture.
-                let shipped =
-                    result.steps.iter().any(|step| step.state == topology::permissions::CAPTURED_WHEN);
-                let capture = shared::settlement::Capture::due(&element).filter(|_| shipped);
+                let reached = result.steps.iter().map(|step| step.state);
+                let capture = shared::settlement::Capture::due_after(reached, &element);
                 decided.extend(capture.map(|capture| transport::message::capture_message(&capture)));
                 transport::message::stamp_trace(&mut decided, trace);
                 publisher.publish_all_patiently(&decided, transport::publisher::BROKER_PATIENCE).await?;

@@ -23,6 +23,9 @@ use topology::DomainCopy;
 use transport::domain::{DomainError, Request};
 use transport::{NodeContext, Publisher};
 
+/// How often a primary asks the other copies their epochs after its start.
+const PEERS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct CopyStore {
     pub copy: DomainCopy,
     pub docs: Arc<Documents>,
@@ -33,7 +36,9 @@ pub struct CopyStore {
     /// the other copies (a domain with replicas).
     replica: Option<Arc<Replica>>,
     /// Which copy is the primary, since which epoch.
-    term: Term,
+    term: Arc<Term>,
+    /// When this copy, as the primary, last asked the others their epochs.
+    peers_asked_at: std::sync::Mutex<Option<std::time::Instant>>,
     /// What the primary sends its stream with (set when a session starts).
     publisher: std::sync::Mutex<Option<Publisher>>,
     /// Whether the session was started as the primary.
@@ -59,7 +64,7 @@ impl CopyStore {
         let replicated = !copy.def().replicas.is_empty();
         let stream = (replicated || copy.forwards_edits()).then(|| Stream::new(domain));
         let replica = replicated.then(|| Replica::new(copy, settings)).transpose()?.map(Arc::new);
-        let term = Term::load(copy, &docs).await?;
+        let term = Arc::new(Term::load(copy, &docs).await?);
         Ok(CopyStore {
             copy,
             docs,
@@ -68,6 +73,7 @@ impl CopyStore {
             term,
             publisher: std::sync::Mutex::new(None),
             served_as_primary: std::sync::atomic::AtomicBool::new(false),
+            peers_asked_at: std::sync::Mutex::new(None),
         })
     }
 
@@ -85,6 +91,17 @@ impl CopyStore {
             (true, Some(_)) => self.copy.feed_queue(),
             (true, None) => None,
         }
+    }
+
+    /// Whether it is time for the primary to ask the other copies their
+    /// epochs again (every [`PEERS_EVERY`]).
+    fn peers_due(&self) -> bool {
+        let mut at = self.peers_asked_at.lock().expect("not poisoned");
+        let due = at.is_none_or(|at| at.elapsed() >= PEERS_EVERY);
+        if due {
+            *at = Some(std::time::Instant::now());
+        }
+        due
     }
 
     /// Whether the copy became the primary, or stopped being it, since its
@@ -296,6 +313,7 @@ impl CopyStore {
         *self.publisher.lock().expect("not poisoned") = Some(publisher.clone());
         if let (Some(replica), false) = (&self.replica, self.is_replica()) {
             replica.check_superseded(&self.docs, &self.term).await?;
+            *self.peers_asked_at.lock().expect("not poisoned") = Some(std::time::Instant::now());
         }
         match (&self.replica, self.is_replica()) {
             (Some(replica), true) => replica.prepare(&self.docs, &self.term).await?,
@@ -334,9 +352,22 @@ impl CopyStore {
                 }
                 replica.check_lag(&self.docs)
             }
-            _ => {
+            (replica, _) => {
                 if let Err(error) = self.send_stream().await {
                     tracing::warn!(error = format!("{error:#}"), "could not send changes on the stream yet");
+                }
+                if let Some(replica) = replica.as_ref().filter(|_| self.peers_due()) {
+                    // A copy that did not answer when this one started may
+                    // have been promoted meanwhile: ask again, now and then.
+                    let (replica, docs, term) = (replica.clone(), self.docs.clone(), self.term.clone());
+                    tokio::spawn(async move {
+                        if let Err(error) = replica.check_superseded(&docs, &term).await {
+                            tracing::debug!(
+                                error = format!("{error:#}"),
+                                "could not ask the other copies their epochs"
+                            );
+                        }
+                    });
                 }
             }
         }

@@ -190,22 +190,31 @@ impl Replica {
     /// Copies every record from the primary (`expected`), page by page,
     /// then takes the primary's position from before the first page: the
     /// changes after it (waiting in the feed) fix up what changed
-    /// meanwhile. `replace` first drops every record the copy held.
+    /// meanwhile. With `replace`, the records the copy held are dropped and
+    /// the whole snapshot kept in one transaction, once every page came (a
+    /// copy that follows a new primary never answers from half of one).
     pub async fn snapshot(&self, docs: &Documents, expected: &str, replace: bool) -> anyhow::Result<()> {
         let status = self.primary_status(expected).await?;
         let (seq, at_ms) = (status.seq, status.seq_at_ms);
         let mut after: Option<String> = None;
+        let mut held: Vec<(String, serde_json::Value)> = Vec::new();
         let mut copied = 0;
         loop {
             let request = CopyRequest::Snapshot { after: after.clone(), limit: Some(SNAPSHOT_PAGE) };
             let page: SnapshotPage = serde_json::from_value(self.ask_primary(request.to_json()).await?)?;
             copied += page.records.len();
             let last = page.next_after.is_none();
-            docs.restore(&page.records, replace && after.is_none(), last.then_some((seq, at_ms))).await?;
+            match replace {
+                true => held.extend(page.records),
+                false => docs.restore(&page.records, false, last.then_some((seq, at_ms))).await?,
+            }
             if last {
                 break;
             }
             after = page.next_after;
+        }
+        if replace {
+            docs.restore(&held, true, Some((seq, at_ms))).await?;
         }
         tracing::info!(copy = self.copy.label(), records = copied, seq, "took a snapshot of the primary");
         Ok(())

@@ -10,7 +10,10 @@
 //! route still brings it (Python's pika, as the back office) and rejoins as
 //! a replica, and the broker refuses a change on the stream from the old
 //! primary's user and from a replica's. (Its stores are on PostgreSQL; the
-//! customer domain's test below keeps SQLite's.)
+//! other tests keep SQLite's.) Then: a promoted customer copy forwards the
+//! edits to the orders in flight; and a replaced primary restarted while
+//! every copy that knows it is away learns it when the promoted copy
+//! answers again (it asks every 10 s).
 
 use serde_json::{json, Value};
 use std::process::Command;
@@ -327,6 +330,54 @@ async fn a_promoted_customer_replica_sends_the_edits_to_the_orders_in_flight() {
         let shipped = view.entry("shipped").unwrap_or_else(|| panic!("{:?}", tests::states(&view)));
         assert!(shipped.detail.contains("9 Promoted Rd"), "{}", shipped.detail);
     }
+    office.close().await;
+    let _ = connection.close(200, "done".into()).await;
+    let stopped = stack.stop_all().await;
+    assert!(stopped.iter().all(|(_, status)| status.success()), "{stopped:?}");
+}
+
+/// A primary replaced while it was down, and restarted while the copies
+/// that know it are away too: it cannot learn it at its start (nobody
+/// answers), so it asks again every 10 s; once the promoted copy is back it
+/// follows it and refuses writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_primary_that_starts_alone_follows_the_new_one_when_it_answers() {
+    let mut stack = Stack::start_with_node_users("domains-promote-late").await;
+    stack.start_domains().await.unwrap();
+    let connection = transport::connect(&stack.role_url("backoffice"), "test-promote").await.unwrap();
+    let office = DomainClient::open(&connection, &stack.role_user("backoffice")).await.unwrap();
+    office.call(catalog(), &item(1, "Item"), Some("put-1"), TIMEOUT).await.unwrap();
+    for copy in [region("uk"), region("de")] {
+        wait_status(&office, copy, "caught up", |s| s["seq"] == 1 && s["lag"]["changes"] == 0).await;
+    }
+    stack.kill("catalog-1");
+    let (code, out, err) = text(&stack.cli(&["domains", "promote", "catalog-uk"]));
+    assert_eq!(code, 0, "{out}{err}");
+    wait_status(&office, region("de"), "follows", |s| s["epoch"] == 2).await;
+    // Every copy that knows of the promotion is away when the old primary starts.
+    stack.kill("catalog-uk-1");
+    stack.kill("catalog-de-1");
+    stack.spawn("catalog", "catalog-2");
+    let pool = stack.store("catalog", "catalog_epoch").await;
+    let epoch = || async {
+        sqlx::query_scalar::<_, i64>("SELECT epoch FROM catalog_epoch WHERE id = 1")
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+    };
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_ne!(epoch().await, Some(2), "nobody could tell it yet");
+    stack.spawn("catalog-uk", "catalog-uk-2");
+    let started = Instant::now();
+    while epoch().await != Some(2) {
+        assert!(started.elapsed() < Duration::from_secs(40), "the old primary never learned of epoch 2");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eprintln!(
+        "the old primary followed epoch 2 {} ms after the promoted copy restarted",
+        started.elapsed().as_millis()
+    );
+    pool.close().await;
     office.close().await;
     let _ = connection.close(200, "done".into()).await;
     let stopped = stack.stop_all().await;

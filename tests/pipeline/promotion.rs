@@ -382,4 +382,10 @@ async fn a_replaced_primary_that_starts_alone_follows_the_new_one_when_it_answer
     let _ = connection.close(200, "done".into()).await;
     let stopped = stack.stop_all().await;
     assert!(stopped.iter().all(|(_, status)| status.success()), "{stopped:?}");
+    // The broker-wide record of the promotion goes with the vhost.
+    let management = tests::management();
+    let record = topology::promotion::parameter_name(&stack.vhost.name);
+    assert!(management.global_parameter(&record).await.unwrap().is_some(), "the promotion is kept");
+    management.delete_vhost(&stack.vhost.name).await.unwrap();
+    assert_eq!(management.global_parameter(&record).await.unwrap(), None, "nothing outlives the vhost");
 }

@@ -84,10 +84,12 @@ impl Management {
         Ok(())
     }
 
+    /// Deletes the vhost, and the record of its domains' promotions (a
+    /// broker-wide parameter that would outlive it: `crate::promotion`).
     pub async fn delete_vhost(&self, vhost: &str) -> anyhow::Result<()> {
         let url = format!("{}/api/vhosts/{}", self.base, encode(vhost));
         self.send(self.http.delete(url), "deleting the vhost").await?;
-        Ok(())
+        self.delete_global_parameter(&crate::promotion::parameter_name(vhost)).await
     }
 
     /// Grants `user` the given configure/write/read patterns on `vhost`.

@@ -233,6 +233,10 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
     let (user, _, vhost) = topology::management::amqp_url_parts(&amqp_url)?;
     let management = topology::management::Management::from_env(&amqp_url)?;
     if create_vhost {
+        // A new vhost of an old name has no promotions: forget any record left of them.
+        if !management.vhost_exists(&vhost).await? {
+            management.delete_global_parameter(&topology::promotion::parameter_name(&vhost)).await?;
+        }
         management.create_vhost(&vhost).await?;
         management.set_permissions(&vhost, &user, ".*", ".*", ".*").await?;
     }

@@ -25,6 +25,12 @@ pub fn encode(segment: &str) -> String {
         .collect()
 }
 
+/// The broker's global parameter that keeps the domains' promotions of the
+/// stack on `vhost` (`crate::promotion`).
+pub fn promotions_parameter(vhost: &str) -> String {
+    format!("orderflow-primaries:{vhost}")
+}
+
 /// The file (in a secrets folder) holding the password of `user`: the user
 /// name, percent-encoded so that any vhost name makes a plain file name.
 pub fn secret_file_name(user: &str) -> String {
@@ -89,7 +95,7 @@ impl Management {
     pub async fn delete_vhost(&self, vhost: &str) -> anyhow::Result<()> {
         let url = format!("{}/api/vhosts/{}", self.base, encode(vhost));
         self.send(self.http.delete(url), "deleting the vhost").await?;
-        self.delete_global_parameter(&crate::promotion::parameter_name(vhost)).await
+        self.delete_global_parameter(&promotions_parameter(vhost)).await
     }
 
     /// Grants `user` the given configure/write/read patterns on `vhost`.

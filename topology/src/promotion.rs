@@ -26,7 +26,7 @@ pub struct Promoted {
 
 /// The broker's global parameter that keeps a stack's promotions.
 pub fn parameter_name(vhost: &str) -> String {
-    format!("orderflow-primaries:{vhost}")
+    crate::management::promotions_parameter(vhost)
 }
 
 /// The copy of `domain` labelled `label`.

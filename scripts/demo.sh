@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: starts orderflow, publishes 200 mixed orders (single and
-# multi-unit, some declined, some out of stock, some invalid) and 20 more in
+# multi-unit, some declined, some out of stock, some invalid, a tenth
+# shipped before they are billed and a tenth drop-shipped) and 20 more in
 # directed mode (the coordinator calls each node's service), brings a new
 # card for one declined order (the others end when their wait runs out), waits until
 # every one is terminal, calls intake's service once, loads the data

@@ -54,8 +54,11 @@ pub struct SoakResult {
 /// Orders ended so far, by the tracker's counts.
 async fn ended(stack: &Stack) -> u64 {
     let Ok(stats) = stack.tracker().stats().await else { return 0 };
-    let terminal: Vec<&str> =
-        topology::OrderState::all().into_iter().filter(|s| s.is_terminal()).map(|s| s.as_str()).collect();
+    let terminal: Vec<&str> = topology::OrderState::all()
+        .into_iter()
+        .filter(|s| topology::WORKFLOW.is_terminal(*s))
+        .map(|s| s.as_str())
+        .collect();
     stats.by_state.iter().filter(|(s, _)| terminal.contains(&s.as_str())).map(|(_, n)| *n as u64).sum()
 }
 

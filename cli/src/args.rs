@@ -123,7 +123,8 @@ pub enum Command {
         /// Orders per second, 0.001 to 1,000,000 (default: as fast as the broker confirms).
         #[arg(long, value_name = "ORDERS_PER_S", value_parser = values::rate, allow_negative_numbers = true)]
         rate: Option<f64>,
-        /// Mix in declined, out-of-stock and invalid orders, as the demo does.
+        /// Mix in declined, out-of-stock and invalid orders, and orders of the
+        /// other workflows (ship-then-bill, drop-ship), as the demo does.
         #[arg(long, requires = "count")]
         mixed: bool,
         /// One order (JSON object) per line.

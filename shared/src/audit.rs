@@ -81,7 +81,8 @@ impl AuditEvent {
             instance_id: instance_id.to_string(),
             from_state,
             to_state,
-            terminal: to_state.is_terminal(),
+            // Standard's, until the element's facts say its definition.
+            terminal: topology::WORKFLOW.is_terminal(to_state),
             at: Utc::now(),
             detail,
             seq,
@@ -123,20 +124,28 @@ impl AuditEvent {
         event
     }
 
-    /// What an event says of its element besides the step: what an accepted
-    /// order copied and the workflow it follows; where an ended order's
-    /// outcome goes.
+    /// What an event says of its element besides the step: the workflow it
+    /// follows (every step: whether a state ends the order is its
+    /// definition's), what an accepted order copied, and where an ended
+    /// order's outcome goes.
     pub fn with_element_facts(&mut self, element: &OrderElement) {
         if self.to_state == crate::domain_edits::COPIES_SAID_AT {
             self.copied = crate::domain_edits::Copied::of(element);
         }
-        if self.to_state == OrderState::Accepted {
-            self.workflow = Some(element.workflow.clone());
-            self.workflow_version = Some(element.workflow_version);
-        }
-        if self.to_state.is_terminal() {
+        self.workflow = Some(element.workflow.clone());
+        self.workflow_version = Some(element.workflow_version);
+        self.terminal = self.definition().is_terminal(self.to_state);
+        if self.terminal {
             self.answer_to = element.answer_to.clone();
         }
+    }
+
+    /// The definition the event's order follows, as the event names it
+    /// (`standard` v1 when it names none, or one this build does not know).
+    pub fn definition(&self) -> &'static topology::workflow::Workflow {
+        let (name, version) =
+            (self.workflow.as_deref().unwrap_or("standard"), self.workflow_version.unwrap_or(1));
+        topology::workflow::workflow(name, version).unwrap_or(&topology::WORKFLOW)
     }
 }
 

@@ -269,11 +269,11 @@ pub fn decide(element: &OrderElement, request: &ChangeRequest, now: DateTime<Utc
         }
     }
     let state = element.state;
-    if state.is_terminal() {
-        return Decision::Reject(format!("the order is already {state}"));
-    }
     // The order's own definition: its version's cut-offs, whatever is deployed now.
     let definition = crate::routing::definition(element).unwrap_or(&WORKFLOW);
+    if definition.is_terminal(state) {
+        return Decision::Reject(format!("the order is already {state}"));
+    }
     if definition.kind(state) == Some(StateKind::Compensation) || element.failure.is_some() {
         return Decision::Reject("the order is being cancelled or compensated".into());
     }

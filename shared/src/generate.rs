@@ -41,7 +41,8 @@ pub fn valid_order(rng: &mut impl Rng) -> Order {
 }
 
 /// `n` orders; with `mixed`, one in ten is declined, one in ten out of stock,
-/// one in ten invalid (rejected at intake).
+/// one in ten invalid (rejected at intake), one in ten follows
+/// `ship-then-bill` and one in ten `drop-ship` (the other named workflows).
 pub fn orders(n: usize, mixed: bool) -> Vec<Order> {
     let mut rng = StdRng::from_entropy();
     (0..n)
@@ -49,7 +50,9 @@ pub fn orders(n: usize, mixed: bool) -> Vec<Order> {
             let mut order = valid_order(&mut rng);
             if mixed {
                 match i % 10 {
+                    1 => order.workflow = Some("ship-then-bill".into()),
                     3 => order.payment.card_number = "4000000000000002".into(),
+                    5 => order.workflow = Some("drop-ship".into()),
                     6 => order.items.push(Item { sku: "SKU-0999".into(), qty: 1 }),
                     9 => order.items[0].qty = 0,
                     _ => {}

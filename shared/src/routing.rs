@@ -5,7 +5,8 @@
 
 use crate::order::OrderElement;
 use crate::stage::StageError;
-use topology::workflow::Facts;
+use topology::workflow::{Facts, StateKind, Workflow};
+use topology::OrderState;
 use topology::{Node, WORKFLOW};
 
 /// What the definition's route guards look at in an element.
@@ -25,6 +26,11 @@ pub fn next_node(element: &OrderElement) -> Option<Node> {
     definition(element).unwrap_or(&WORKFLOW).next_node(element.state, &facts(element))
 }
 
+/// Whether the element's state ends its travel, by its own definition.
+pub fn has_ended(element: &OrderElement) -> bool {
+    definition(element).unwrap_or(&WORKFLOW).is_terminal(element.state)
+}
+
 /// Refuses an element that arrives at `node` in a state the workflow never
 /// routes there: it can never succeed here, so it is dead-lettered.
 pub fn check_arrival(node: Node, element: &OrderElement) -> Result<(), StageError> {
@@ -39,7 +45,7 @@ pub fn check_arrival(node: Node, element: &OrderElement) -> Result<(), StageErro
         )));
     };
     if definition.accepts_state(node, element.state) {
-        return Ok(());
+        return check_charge_claim(definition, node, element);
     }
     Err(StageError::Permanent(format!(
         "{} cannot handle order {} in state {}",
@@ -49,10 +55,49 @@ pub fn check_arrival(node: Node, element: &OrderElement) -> Result<(), StageErro
     )))
 }
 
+/// An element on its forward path carries a charge exactly when its
+/// definition charges it before `node`: one switched to another workflow
+/// between hops (a `standard` order, charged and shipped, sent to payment as
+/// a `ship-then-bill` one; a `ship-then-bill` order sent to shipping as a
+/// `standard` one, never charged) is refused, never charged or shipped again.
+fn check_charge_claim(definition: &Workflow, node: Node, element: &OrderElement) -> Result<(), StageError> {
+    if definition.kind(element.state) != Some(StateKind::Forward) {
+        return Ok(()); // a compensation or a resumed wait: charged or not, by where it turned
+    }
+    let charged_first = charged_before(definition, node);
+    if element.charge.is_some() == charged_first {
+        return Ok(());
+    }
+    Err(StageError::Permanent(format!(
+        "refused: order {} follows {} v{}, which charges an order {} it reaches {node}, but this element {}: \
+         switched to another workflow or forged between hops",
+        element.order_id,
+        definition.name,
+        definition.version,
+        if charged_first { "before" } else { "after" },
+        if element.charge.is_some() { "carries a charge" } else { "carries none" }
+    )))
+}
+
+/// Whether `definition` charges an order before it reaches `node` (worked
+/// out once per definition and node, not per message).
+fn charged_before(definition: &Workflow, node: Node) -> bool {
+    type Table = std::collections::HashMap<(&'static str, u32, Node), bool>;
+    static TABLE: std::sync::OnceLock<Table> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let pairs = topology::workflow::WORKFLOWS.iter().flat_map(|w| w.nodes().map(move |n| (*w, n)));
+        pairs.map(|(w, n)| ((w.name, w.version, n), w.reached_before(n, OrderState::Charged))).collect()
+    });
+    table
+        .get(&(definition.name, definition.version, node))
+        .copied()
+        .unwrap_or_else(|| definition.reached_before(node, OrderState::Charged))
+}
+
 /// [`check_arrival`] for a service call: a call may also bring an element
 /// back to the node that keeps it waiting (`Workflow::resumes`).
 pub fn check_call_arrival(node: Node, element: &OrderElement) -> Result<(), StageError> {
-    if WORKFLOW.resumes(node, element.state) {
+    if definition(element).is_some_and(|d| d.resumes(node, element.state)) {
         return Ok(());
     }
     check_arrival(node, element)
@@ -64,9 +109,17 @@ mod tests {
     use crate::order::OrderState;
     use crate::order::{Item, Order};
 
+    /// A standard element in `state`: charged from `charged` on.
     fn element(state: OrderState, qty: i64) -> OrderElement {
         let order = Order { items: vec![Item { sku: "SKU-0001".into(), qty }], ..Order::default() };
-        OrderElement { state, ..OrderElement::placed(order) }
+        let after_payment =
+            ["charged", "reserved", "picked", "rebinned", "shipped", "cancelling", "stock_short"];
+        let charge = after_payment.contains(&state.as_str()).then(|| crate::order::Charge {
+            charge_id: uuid::Uuid::new_v4(),
+            amount_cents: 100,
+            card_last4: "1111".into(),
+        });
+        OrderElement { state, charge, ..OrderElement::placed(order) }
     }
 
     #[test]
@@ -81,16 +134,65 @@ mod tests {
         });
         let old: OrderElement = serde_json::from_value(old.unwrap()).unwrap();
         assert_eq!((old.workflow.as_str(), old.workflow_version), ("standard", 1), "an element from before");
-        for (name, version) in [("standard", 3), ("standard", 0), ("ship-then-bill", 1), ("", 1)] {
+        for (name, version) in
+            [("standard", 3), ("standard", 0), ("ship-then-bill", 2), ("same-day", 1), ("", 1)]
+        {
             let claimed = OrderElement { workflow: name.into(), workflow_version: version, ..known.clone() };
             match check_arrival(Node::Payment, &claimed) {
                 Err(StageError::Permanent(reason)) => assert!(
-                    reason.contains("which this node does not run (it runs standard v1, standard v2)"),
+                    reason.contains(
+                        "which this node does not run (it runs standard v1, standard v2, ship-then-bill v1, drop-ship v1)"
+                    ),
                     "{reason}"
                 ),
                 other => panic!("{name} v{version}: {other:?}"),
             }
         }
+    }
+
+    /// The same states go elsewhere, and end or not, by the element's workflow.
+    #[test]
+    fn an_element_goes_where_its_own_workflow_routes_it() {
+        let named = |state, workflow: &str| OrderElement { workflow: workflow.into(), ..element(state, 2) };
+        let billed_later = |state| OrderElement { charge: None, ..named(state, "ship-then-bill") };
+        assert_eq!(next_node(&named(OrderState::Accepted, "ship-then-bill")), Some(Node::Inventory));
+        assert_eq!(next_node(&named(OrderState::Shipped, "ship-then-bill")), Some(Node::Payment));
+        assert_eq!(next_node(&named(OrderState::Shipped, "standard")), None);
+        assert_eq!(next_node(&named(OrderState::Charged, "drop-ship")), Some(Node::Purchasing));
+        assert!(has_ended(&named(OrderState::Charged, "ship-then-bill")));
+        assert!(!has_ended(&named(OrderState::Shipped, "ship-then-bill")));
+        assert!(has_ended(&named(OrderState::Shipped, "drop-ship")));
+        assert!(check_arrival(Node::Payment, &billed_later(OrderState::Shipped)).is_ok());
+        assert!(check_arrival(Node::Shipping, &billed_later(OrderState::Picked)).is_ok());
+        assert!(check_arrival(Node::Payment, &named(OrderState::Shipped, "standard")).is_err());
+        assert!(check_arrival(Node::Inventory, &named(OrderState::Charged, "ship-then-bill")).is_err());
+        assert!(check_arrival(Node::Purchasing, &named(OrderState::Charged, "drop-ship")).is_ok());
+    }
+
+    /// An element switched to another workflow between hops carries what
+    /// its first workflow gave it: a charge where the other has none yet, or
+    /// none where the other has charged. Refused, with the reason.
+    #[test]
+    fn an_element_switched_between_workflows_is_refused_by_what_it_carries() {
+        let standard_shipped_then_billed =
+            OrderElement { workflow: "ship-then-bill".into(), ..element(OrderState::Shipped, 1) };
+        let refused = check_arrival(Node::Payment, &standard_shipped_then_billed).unwrap_err().to_string();
+        assert!(
+            refused.contains("follows ship-then-bill v1, which charges an order after it reaches payment, but this element carries a charge"),
+            "{refused}"
+        );
+        let uncharged_as_standard = OrderElement { charge: None, ..element(OrderState::Picked, 1) };
+        let refused = check_arrival(Node::Shipping, &uncharged_as_standard).unwrap_err().to_string();
+        assert!(
+            refused.contains("charges an order before it reaches shipping, but this element carries none"),
+            "{refused}"
+        );
+        let uncharged_drop_ship =
+            OrderElement { workflow: "drop-ship".into(), charge: None, ..element(OrderState::Charged, 1) };
+        assert!(check_arrival(Node::Purchasing, &uncharged_drop_ship).is_err());
+        // A compensation is not held to it: a cancel turns wherever the order was.
+        let cancelled_early = OrderElement { charge: None, ..element(OrderState::Cancelling, 1) };
+        assert!(check_arrival(Node::Exceptions, &cancelled_early).is_ok());
     }
 
     #[test]
@@ -162,7 +264,7 @@ mod tests {
 
     #[test]
     fn terminal_states_go_nowhere() {
-        for state in OrderState::all().into_iter().filter(|s| s.is_terminal()) {
+        for state in OrderState::all().into_iter().filter(|s| WORKFLOW.is_terminal(*s)) {
             assert_eq!(next_node(&element(state, 1)), None, "{state}");
         }
     }

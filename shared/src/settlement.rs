@@ -39,14 +39,16 @@ impl Capture {
         reached: impl IntoIterator<Item = crate::OrderState>,
         element: &OrderElement,
     ) -> Option<Capture> {
-        let shipped_here = reached.into_iter().any(|state| state == topology::permissions::CAPTURED_WHEN);
-        Capture::due(element).filter(|_| shipped_here)
+        let completed = completes_at(element);
+        let completed_here = reached.into_iter().any(|state| Some(state) == completed);
+        Capture::due(element).filter(|_| completed_here)
     }
 
-    /// The capture an outcome makes due: the order ended shipped (this
-    /// step) with its authorization. `None` for any other outcome.
+    /// The capture an outcome makes due: the order completed (this step:
+    /// shipped and charged, whichever came last in its workflow) with its
+    /// authorization. `None` for any other outcome.
     pub fn due(element: &OrderElement) -> Option<Capture> {
-        if element.state != topology::permissions::CAPTURED_WHEN {
+        if Some(element.state) != completes_at(element) {
             return None;
         }
         let charge = element.charge.as_ref()?;
@@ -57,6 +59,11 @@ impl Capture {
             shipped_at: Utc::now(),
         })
     }
+}
+
+/// The state that completes the element's order in its definition.
+fn completes_at(element: &OrderElement) -> Option<crate::OrderState> {
+    crate::routing::definition(element).map(|definition| definition.completes_at)
 }
 
 /// One settled batch, as the tracker keeps it for the report.

@@ -153,8 +153,10 @@ async fn assert_nothing_lost_or_doubled(stack: &Stack, orders: &[Value], ids: &[
     for (order, id) in orders.iter().zip(ids) {
         let view = stack.order(id).await;
         let path: Vec<String> = states(&view).into_iter().filter(|s| !s.starts_with("change_")).collect();
-        let terminal: Vec<&String> =
-            path.iter().filter(|s| topology::OrderState::parse(s).is_some_and(|s| s.is_terminal())).collect();
+        let terminal: Vec<&String> = path
+            .iter()
+            .filter(|s| topology::OrderState::parse(s).is_some_and(|s| topology::WORKFLOW.is_terminal(s)))
+            .collect();
         assert_eq!(terminal.len(), 1, "order {id}: {path:?}");
         charged += path.contains(&"charged".to_string()) as i64;
         refunded += path.iter().any(|s| s == "refunded" || s == "voided") as i64;

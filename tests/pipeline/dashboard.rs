@@ -252,6 +252,20 @@ async fn the_dashboard_moves_live_and_opens_an_orders_timeline() {
     assert_eq!(status, 200);
     let workflow: Value = serde_json::from_str(&workflow).unwrap();
     assert_eq!(workflow["nodes"].as_array().unwrap().len(), harness::nodes().len());
+    let billed =
+        workflow["workflows"].as_array().unwrap().iter().find(|w| w["name"] == "ship-then-bill").cloned();
+    assert_eq!(
+        billed.as_ref().map(|w| w["path"].as_array().unwrap().last().cloned()),
+        Some(Some(json!("payment charged"))),
+        "{workflow}"
+    );
+    let edge = |from: &str, to: &str| {
+        workflow["edges"].as_array().unwrap().iter().any(|e| e["from"] == from && e["to"] == to)
+    };
+    assert!(
+        edge("shipping", "payment") && edge("payment", "purchasing") && edge("payment", "inventory"),
+        "{workflow}"
+    );
 
     let Some(browser) = Browser::start().await else {
         eprintln!("SKIPPED the browser part of dashboard: no chromium and chromedriver (scripts/test.sh installs them as root)");

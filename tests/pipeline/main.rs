@@ -75,6 +75,7 @@ mod faults;
 mod insight;
 mod log_hygiene;
 mod metrics;
+mod named_workflows;
 mod operations;
 mod outcomes;
 mod outside;

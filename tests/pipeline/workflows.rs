@@ -24,7 +24,7 @@ async fn elements_carry_their_workflow_and_version_and_unknown_ones_are_refused(
     let mut named = orders::valid(2, "express");
     named["workflow"] = json!("standard");
     let mut unknown = orders::valid(1, "standard");
-    unknown["workflow"] = json!("ship-then-bill");
+    unknown["workflow"] = json!("same-day");
     let mut careless = orders::valid(1, "standard");
     careless["workflow"] = json!("x\u{7}".repeat(500));
     let ids = stack.publish(&[orders::valid(1, "standard"), named.clone(), unknown, careless]);
@@ -45,7 +45,9 @@ async fn elements_carry_their_workflow_and_version_and_unknown_ones_are_refused(
         let rejected = history.iter().find(|h| h["state"] == "rejected").unwrap();
         let reason = rejected["detail"].as_str().unwrap();
         assert!(
-            reason.contains("is not one this distribution center runs (it runs standard v1, standard v2)"),
+            reason.contains(
+                "is not one this distribution center runs (it runs standard v1, standard v2, ship-then-bill v1, drop-ship v1)"
+            ),
             "{reason}"
         );
         assert!(!reason.contains('\u{7}') && reason.len() < 300, "{reason:?}");
@@ -55,12 +57,24 @@ async fn elements_carry_their_workflow_and_version_and_unknown_ones_are_refused(
     // payment (stopped) is in flight on standard v1, then none.
     let in_flight =
         |stack: &Stack| stack.cli_json(&["report", "--last", "30m", "--json"])["in_flight"].clone();
-    let none = json!([{"workflow": "standard", "version": 1, "orders": 0}, {"workflow": "standard", "version": 2, "orders": 0}]);
+    let others = [
+        json!({"workflow": "ship-then-bill", "version": 1, "orders": 0}),
+        json!({"workflow": "drop-ship", "version": 1, "orders": 0}),
+    ];
+    let listed = |v1: u64| {
+        let mut all = vec![
+            json!({"workflow": "standard", "version": 1, "orders": v1}),
+            json!({"workflow": "standard", "version": 2, "orders": 0}),
+        ];
+        all.extend(others.iter().cloned());
+        Value::Array(all)
+    };
+    let none = listed(0);
     assert_eq!(in_flight(&stack), none);
     stack.stop("payment-1").await;
     let held = stack.publish(&[orders::valid(1, "standard")])[0];
     stack.wait_state(&held, "accepted", Duration::from_secs(30)).await;
-    let one = json!([{"workflow": "standard", "version": 1, "orders": 1}, {"workflow": "standard", "version": 2, "orders": 0}]);
+    let one = listed(1);
     assert_eq!(in_flight(&stack), one);
     let table = String::from_utf8(stack.cli(&["report", "--last", "30m"]).stdout).unwrap();
     assert!(table.contains("in flight by workflow: standard v1: 1 orders"), "{table}");
@@ -72,7 +86,7 @@ async fn elements_carry_their_workflow_and_version_and_unknown_ones_are_refused(
     // version no node runs: refused with the reason, not guessed at.
     let order: Order = serde_json::from_value(orders::valid(1, "standard")).unwrap();
     let charge = Charge { charge_id: Uuid::new_v4(), amount_cents: 1_000, card_last4: "1111".into() };
-    for (workflow, version) in [("standard", 7), ("ship-then-bill", 1)] {
+    for (workflow, version) in [("standard", 7), ("same-day", 1)] {
         let forged = OrderElement {
             state: OrderState::Charged,
             seq: 2,
@@ -119,7 +133,10 @@ fn path_of(view: &shared::tracker_api::OrderView) -> Vec<String> {
 /// workflow's states only), and the same as its own definition's happy path
 /// gives it for its units: the two are equal for an order that shipped on
 /// the version it started on.
-fn travelled_and_defined(view: &shared::tracker_api::OrderView, units: i64) -> (Vec<String>, Vec<String>) {
+pub(crate) fn travelled_and_defined(
+    view: &shared::tracker_api::OrderView,
+    units: i64,
+) -> (Vec<String>, Vec<String>) {
     let travelled = view
         .history
         .iter()

@@ -22,14 +22,15 @@ use crate::{
     WORKFLOW_EXCHANGE,
 };
 
-/// The state whose reaching makes an order's charge due for capture.
-pub const CAPTURED_WHEN: crate::OrderState = crate::OrderState::Shipped;
-
-/// Whether `role` sends the captures of the orders it ends shipped: the
-/// node that ships (autonomous orders) and the coordinator (directed ones).
+/// Whether `role` sends the captures of the orders it completes (the state
+/// of a definition that makes the charge due, `Workflow::completes_at`):
+/// the node that ships, payment for `ship-then-bill` (autonomous orders),
+/// and the coordinator (directed ones).
 pub fn sends_captures(role: Role) -> bool {
     match role {
-        Role::Node(node) => crate::WORKFLOW.produces(node).contains(&CAPTURED_WHEN),
+        Role::Node(node) => crate::workflow::WORKFLOWS
+            .iter()
+            .any(|w| w.uses(node) && w.produces(node).contains(&w.completes_at)),
         Role::Coordinator => true,
         _ => false,
     }
@@ -311,8 +312,11 @@ fn node_grant(node: Node) -> Grant {
         DEFAULT_EXCHANGE_RESOURCE,
         DOMAINS_EXCHANGE,
     ];
-    // The stock domain's node (inventory) sends the purchase orders of its backorders.
-    let purchase_orders = if DomainCopy::primary("stock").served_by() == Some(node) {
+    // The stock domain's node (inventory) sends the purchase orders of its
+    // backorders; a node that drop-ships sends its own.
+    let orders = DomainCopy::primary("stock").served_by() == Some(node)
+        || crate::workflow::orders_from_distributors(node);
+    let purchase_orders = if orders {
         write.push(PURCHASE_ORDERS_EXCHANGE);
         PURCHASE_ORDER_KEYS.to_string()
     } else {
@@ -463,9 +467,25 @@ mod tests {
             "^(orderflow\\.payment|orderflow\\.changes\\.payment|orderflow\\.service\\.payment|orderflow\\.domain\\.cards|orderflow\\.settlement)$",
             "its own queues, the cards service it answers and the captures it settles"
         );
-        assert!(!g.write.contains("settlement"), "payment settles captures, it sends none");
+        // Payment settles captures, and sends those of the ship-then-bill
+        // orders it completes; shipping those of the standard orders, and
+        // purchasing those of the drop-shipped ones.
+        assert!(g.write.contains("orderflow\\.settlement"), "payment completes ship-then-bill orders");
         let shipping = grant(Role::Node(Node::Shipping));
         assert!(shipping.write.contains("orderflow\\.settlement"), "shipping sends the captures");
+        let purchasing = grant(Role::Node(Node::Purchasing));
+        assert!(
+            purchasing.write.contains("orderflow\\.settlement"),
+            "purchasing completes drop-shipped orders"
+        );
+        let on_orders =
+            |g: &Grant| g.topic.iter().find(|t| t.exchange == PURCHASE_ORDERS_EXCHANGE).cloned().unwrap();
+        assert_eq!(
+            on_orders(&purchasing).write,
+            PURCHASE_ORDER_KEYS,
+            "purchasing orders from the distributors"
+        );
+        assert_eq!(on_orders(&shipping).write, "^$");
         let on_settlement =
             |g: &Grant| g.topic.iter().find(|t| t.exchange == SETTLEMENT_EXCHANGE).cloned().unwrap();
         assert_eq!(on_settlement(&shipping).write, "^(capture)$");
@@ -476,7 +496,10 @@ mod tests {
         assert_eq!(settling_node(), Node::Payment);
         let on =
             |g: &Grant, exchange: &str| g.topic.iter().find(|t| t.exchange == exchange).cloned().unwrap();
-        assert_eq!(on(&g, WORKFLOW_EXCHANGE).write, "^(order\\.inventory|retry\\.payment)$");
+        assert_eq!(
+            on(&g, WORKFLOW_EXCHANGE).write,
+            "^(order\\.inventory|order\\.purchasing|retry\\.payment)$"
+        );
         assert_eq!(on(&g, WORKFLOW_EXCHANGE).read, "^(order\\.payment|retry\\.payment)$");
         let exceptions = grant(Role::Node(Node::Exceptions));
         assert_eq!(on(&exceptions, WORKFLOW_EXCHANGE).write, "^(retry\\.exceptions)$");

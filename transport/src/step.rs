@@ -271,7 +271,7 @@ pub async fn close_if_terminal(
 ) -> Result<ChangeRecords, StageError> {
     let mut changes = ChangeRecords::default();
     let Some(book) = &ctx.book else { return Ok(changes) };
-    if !element.state.is_terminal() {
+    if !shared::routing::has_ended(element) {
         return Ok(changes);
     }
     for (request, reason) in book.close(element).await? {

@@ -26,6 +26,9 @@ impl Node {
     pub const Picklist: Node = Node("picklist");
     pub const Rebin: Node = Node("rebin");
     pub const Shipping: Node = Node("shipping");
+    /// Sends a drop-shipped order's purchase orders to the distributors, who
+    /// ship it straight to the customer (the `drop-ship` workflow).
+    pub const Purchasing: Node = Node("purchasing");
     pub const Exceptions: Node = Node("exceptions");
 
     /// A node of that name (lowercase, no dots): a row of a definition names it.
@@ -152,11 +155,6 @@ impl OrderState {
     pub fn all() -> Vec<OrderState> {
         WORKFLOW.states.iter().map(|def| def.state).collect()
     }
-
-    /// Whether the state ends the workflow (in [`WORKFLOW`]).
-    pub fn is_terminal(self) -> bool {
-        WORKFLOW.kind(self) == Some(StateKind::Terminal)
-    }
 }
 
 impl std::fmt::Debug for OrderState {
@@ -254,12 +252,24 @@ pub struct NodeDef {
     /// order back to it with a call (payment: `awaiting_payment`, with a new
     /// card or when its wait ran out); its service must handle them.
     pub resumes: &'static [OrderState],
+    /// It sends purchase orders to the distributors itself (drop-ship
+    /// orders), besides the stock domain's node: its broker user may
+    /// publish them, and the distributors take them from it.
+    pub orders_from_distributors: bool,
 }
 
 impl NodeDef {
     /// A node that produces `produces`, reads a node's settings and never sees the card.
     pub const fn new(node: Node, about: &'static str, produces: &'static [Emit]) -> NodeDef {
-        NodeDef { node, produces, about, reads: &[], needs_card: false, resumes: &[] }
+        NodeDef {
+            node,
+            produces,
+            about,
+            reads: &[],
+            needs_card: false,
+            resumes: &[],
+            orders_from_distributors: false,
+        }
     }
 
     /// The same node reading more settings.
@@ -270,6 +280,11 @@ impl NodeDef {
     /// The same node, taking calls for orders it keeps waiting in `states`.
     pub const fn resuming(self, states: &'static [OrderState]) -> NodeDef {
         NodeDef { resumes: states, ..self }
+    }
+
+    /// The same node, sending purchase orders to the distributors.
+    pub const fn ordering_from_distributors(self) -> NodeDef {
+        NodeDef { orders_from_distributors: true, ..self }
     }
 
     /// The same node, needing the card number.
@@ -365,6 +380,10 @@ pub struct Workflow {
     pub nodes: &'static [NodeDef],
     pub routes: &'static [Route],
     pub cut_offs: &'static [CutOff],
+    /// The state that completes an order of this definition, shipped and
+    /// charged both: reaching it makes the charge due for capture (the end
+    /// of its happy path; a unit test holds each definition to it).
+    pub completes_at: OrderState,
 }
 
 const fn state(state: OrderState, kind: StateKind) -> StateDef {
@@ -379,8 +398,12 @@ use Guard::{Always, HoldsReservation, MultiUnit};
 use StateKind::{Compensation, Forward, Record, Terminal, Waiting};
 
 /// Every state an order can be in, whichever workflow it follows: the
-/// definitions are route tables over the same states and nodes.
-pub const STATES: &[StateDef] = &[
+/// definitions are route tables over the same states and nodes. A state's
+/// kind is the definition's: `shipped` ends a `standard` order but sends a
+/// `ship-then-bill` order on to be charged ([`with_kind`]).
+pub const STATES: &[StateDef] = &STATE_TABLE;
+
+const STATE_TABLE: [StateDef; 19] = [
     state(OrderState::Placed, Forward),
     state(OrderState::Accepted, Forward),
     state(OrderState::Screened, Forward),
@@ -401,6 +424,37 @@ pub const STATES: &[StateDef] = &[
     state(OrderState::Shipped, Terminal),
     state(OrderState::Cancelled, Terminal),
 ];
+
+/// `states` with `state` of another `kind` (a definition's own kinds).
+const fn with_kind<const N: usize>(
+    mut states: [StateDef; N],
+    state: OrderState,
+    kind: StateKind,
+) -> [StateDef; N] {
+    let mut i = 0;
+    while i < N {
+        if same_name(states[i].state.0, state.0) {
+            states[i].kind = kind;
+        }
+        i += 1;
+    }
+    states
+}
+
+const fn same_name(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
 
 /// Every workflow node, whichever workflow uses it. Adding a node: one row
 /// here, its states in [`STATES`], the routes that lead to it in the
@@ -469,6 +523,17 @@ pub const NODES: &[NodeDef] = &[
         ],
     ),
     NodeDef::new(
+        Node::Purchasing,
+        "The purchasing node of orderflow (the drop-ship workflow): sends each charged order's purchase orders, with the customer's address, to the distributors that supply its items, who ship them straight to the customer; nothing is picked and no stock moves; an item no distributor supplies sends the order to exceptions (its authorization voided, out_of_stock).",
+        &[
+            Emit::of(OrderState::Shipped),
+            Emit::of(OrderState::StockShort),
+            // A cancel applied here comes before any purchase order.
+            Emit::of(OrderState::Cancelling).without_reservation(),
+        ],
+    )
+    .ordering_from_distributors(),
+    NodeDef::new(
         Node::Exceptions,
         "The exceptions node of orderflow: compensates failed and cancelled orders (voids the authorization payment holds, or refunds a captured charge) and ends them.",
         &[
@@ -508,6 +573,7 @@ pub const WORKFLOW: Workflow = Workflow {
         // Once charged, the card the order was paid with stays.
         CutOff { change: ChangeType::Card, from: OrderState::Charged },
     ],
+    completes_at: OrderState::Shipped,
 };
 
 /// `standard` version 2: accepted orders are screened by the fraud check
@@ -539,12 +605,68 @@ pub const STANDARD_V2: Workflow = Workflow {
         CutOff { change: ChangeType::ShippingMethod, from: OrderState::Reserved },
         CutOff { change: ChangeType::Card, from: OrderState::Charged },
     ],
+    completes_at: OrderState::Shipped,
+};
+
+/// `ship-then-bill` (business customers on invoice): the order is reserved,
+/// picked and shipped first, then charged; `shipped` sends it on to payment
+/// and `charged` ends it (its capture is due then). Once shipped, neither
+/// the address nor a cancel can change it; a card declined after shipping
+/// waits for another card like any other, then ends `payment_declined` (the
+/// goods are gone: a collections case, not a compensation).
+pub const SHIP_THEN_BILL: Workflow = Workflow {
+    name: "ship-then-bill",
+    version: 1,
+    states: &SHIP_THEN_BILL_STATES,
+    nodes: NODES,
+    routes: &[
+        route(OrderState::Placed, Always, Node::Intake),
+        route(OrderState::Accepted, Always, Node::Inventory),
+        route(OrderState::Reserved, Always, Node::Picklist),
+        route(OrderState::Picked, MultiUnit, Node::Rebin),
+        route(OrderState::Picked, Always, Node::Shipping),
+        route(OrderState::Rebinned, Always, Node::Shipping),
+        route(OrderState::Shipped, Always, Node::Payment),
+        route(OrderState::StockShort, Always, Node::Exceptions),
+        route(OrderState::Cancelling, HoldsReservation, Node::Inventory),
+        route(OrderState::Cancelling, Always, Node::Exceptions),
+        route(OrderState::StockReleased, Always, Node::Exceptions),
+    ],
+    cut_offs: &[
+        CutOff { change: ChangeType::ShippingMethod, from: OrderState::Picked },
+        CutOff { change: ChangeType::ShipTo, from: OrderState::Shipped },
+        CutOff { change: ChangeType::Cancel, from: OrderState::Shipped },
+    ],
+    completes_at: OrderState::Charged,
+};
+
+const SHIP_THEN_BILL_STATES: [StateDef; 19] =
+    with_kind(with_kind(STATE_TABLE, OrderState::Shipped, Forward), OrderState::Charged, Terminal);
+
+/// `drop-ship`: the order is charged, then the purchasing node sends its
+/// purchase orders, with the customer's address, to the distributors, who
+/// ship it straight to the customer: no stock is reserved, nothing picked.
+/// An item no distributor supplies ends it `out_of_stock` (authorization voided).
+pub const DROP_SHIP: Workflow = Workflow {
+    name: "drop-ship",
+    version: 1,
+    states: STATES,
+    nodes: NODES,
+    routes: &[
+        route(OrderState::Placed, Always, Node::Intake),
+        route(OrderState::Accepted, Always, Node::Payment),
+        route(OrderState::Charged, Always, Node::Purchasing),
+        route(OrderState::StockShort, Always, Node::Exceptions),
+        route(OrderState::Cancelling, Always, Node::Exceptions),
+    ],
+    cut_offs: &[CutOff { change: ChangeType::Card, from: OrderState::Charged }],
+    completes_at: OrderState::Shipped,
 };
 
 /// Every workflow definition the nodes know, each version of each name: an
 /// element keeps the version it started on to its end, so a build keeps
 /// every version that may still be in flight.
-pub const WORKFLOWS: &[&Workflow] = &[&WORKFLOW, &STANDARD_V2];
+pub const WORKFLOWS: &[&Workflow] = &[&WORKFLOW, &STANDARD_V2, &SHIP_THEN_BILL, &DROP_SHIP];
 
 /// The version of each workflow that new orders take, where it is not
 /// version 1 (`ORDERFLOW_WORKFLOWS`, read where orders enter: intake).
@@ -609,6 +731,11 @@ pub fn senders_any(node: Node, state: OrderState) -> Vec<Node> {
     all
 }
 
+/// Whether `node` sends purchase orders to the distributors itself.
+pub fn orders_from_distributors(node: Node) -> bool {
+    NODES.iter().any(|def| def.node == node && def.orders_from_distributors)
+}
+
 /// The workflows this build knows, as an error names them (`standard v1`).
 pub fn known_workflows() -> String {
     let known: Vec<String> = WORKFLOWS.iter().map(|w| format!("{} v{}", w.name, w.version)).collect();
@@ -641,6 +768,19 @@ impl Workflow {
     /// Whether some route of this definition leads to `node`.
     pub fn uses(&self, node: Node) -> bool {
         self.routes.iter().any(|route| route.to == node)
+    }
+
+    /// Whether `state` ends an order of this definition.
+    pub fn is_terminal(&self, state: OrderState) -> bool {
+        self.kind(state) == Some(StateKind::Terminal)
+    }
+
+    /// Whether an order of this definition, on its happy path, has reached
+    /// `state` before it arrives at `node` (shipping asks whether the order
+    /// must already carry its charge).
+    pub fn reached_before(&self, node: Node, state: OrderState) -> bool {
+        let path = self.happy_path(&Facts { units: 2, holds_reservation: false });
+        path.iter().take_while(|(at, _)| *at != node).any(|(_, left_in)| *left_in == state)
     }
 
     pub fn kind(&self, state: OrderState) -> Option<StateKind> {
@@ -730,6 +870,9 @@ impl Workflow {
     /// produces. The node's broker user may publish exactly these routing keys.
     pub fn forwards_to(&self, node: Node) -> Vec<Node> {
         let mut all = Vec::new();
+        if !self.uses(node) {
+            return all; // it sends nothing in a definition that never sends it anything
+        }
         for emit in self.node_def(node).map(|def| def.produces).unwrap_or_default() {
             for next in self.destinations(emit) {
                 if !all.contains(&next) {
@@ -745,7 +888,8 @@ impl Workflow {
         self.nodes
             .iter()
             .filter(|def| {
-                def.produces.iter().any(|e| e.state == state && self.destinations(e).contains(&node))
+                self.uses(def.node)
+                    && def.produces.iter().any(|e| e.state == state && self.destinations(e).contains(&node))
             })
             .map(|def| def.node)
             .collect()
@@ -875,9 +1019,9 @@ mod tests {
     fn a_workflow_is_known_by_name_and_version() {
         assert_eq!(workflow("standard", 1).map(|w| w.version), Some(1));
         assert_eq!(workflow("standard", 2).map(|w| w.version), Some(2));
-        assert!(workflow("standard", 3).is_none() && workflow("ship-then-bill", 1).is_none());
+        assert!(workflow("standard", 3).is_none() && workflow("ship-then-bill", 2).is_none());
         assert!(workflow("Standard", 1).is_none(), "names are exact");
-        assert_eq!(known_workflows(), "standard v1, standard v2");
+        assert_eq!(known_workflows(), "standard v1, standard v2, ship-then-bill v1, drop-ship v1");
         let mut names: Vec<(&str, u32)> = WORKFLOWS.iter().map(|w| (w.name, w.version)).collect();
         names.dedup();
         assert_eq!(names.len(), WORKFLOWS.len(), "each version of each name once");
@@ -902,7 +1046,7 @@ mod tests {
         );
         assert!(WORKFLOW.uses(Node::Rebin) && !STANDARD_V2.uses(Node::Rebin));
         assert!(!WORKFLOW.uses(Node::FraudCheck) && STANDARD_V2.uses(Node::FraudCheck));
-        assert_eq!(forwards_to_any(Node::Intake), [Node::Payment, Node::FraudCheck]);
+        assert_eq!(forwards_to_any(Node::Intake), [Node::Payment, Node::FraudCheck, Node::Inventory]);
         assert_eq!(senders_any(Node::Payment, OrderState::Screened), [Node::FraudCheck]);
         assert!(!STANDARD_V2.accepts_state(Node::Rebin, OrderState::Picked), "rebin takes no v2 order");
         let method = ChangeType::ShippingMethod;
@@ -911,17 +1055,89 @@ mod tests {
         assert_eq!(WORKFLOW.closed_by(method, OrderState::Picked), Some(OrderState::Picked));
     }
 
+    /// `ship-then-bill` uses the same nodes in another order, and its own
+    /// kinds: `shipped` sends the order on to payment, `charged` ends it and
+    /// completes it (its capture due then); once shipped, neither a cancel
+    /// nor the address can change.
+    #[test]
+    fn ship_then_bill_ships_first_and_charges_last() {
+        let multi = Facts { units: 2, holds_reservation: false };
+        let path: Vec<String> =
+            SHIP_THEN_BILL.happy_path(&multi).iter().map(|(n, s)| format!("{n} {s}")).collect();
+        assert_eq!(
+            path,
+            [
+                "intake accepted",
+                "inventory reserved",
+                "picklist picked",
+                "rebin rebinned",
+                "shipping shipped",
+                "payment charged"
+            ]
+        );
+        let (standard, billed) = (&WORKFLOW, &SHIP_THEN_BILL);
+        assert!(standard.is_terminal(OrderState::Shipped) && !standard.is_terminal(OrderState::Charged));
+        assert!(billed.is_terminal(OrderState::Charged) && !billed.is_terminal(OrderState::Shipped));
+        assert_eq!(billed.kind(OrderState::Shipped), Some(StateKind::Forward));
+        assert_eq!((standard.completes_at, billed.completes_at), (OrderState::Shipped, OrderState::Charged));
+        assert!(billed.reached_before(Node::Payment, OrderState::Shipped));
+        assert!(!billed.reached_before(Node::Shipping, OrderState::Charged), "shipped uncharged");
+        assert!(standard.reached_before(Node::Shipping, OrderState::Charged));
+        for change in [ChangeType::Cancel, ChangeType::ShipTo] {
+            assert_eq!(billed.closed_by(change, OrderState::Picked), None, "{change:?}");
+            assert_eq!(billed.closed_by(change, OrderState::Shipped), Some(OrderState::Shipped));
+            assert_eq!(billed.closed_by(change, OrderState::AwaitingPayment), Some(OrderState::Shipped));
+        }
+        assert_eq!(billed.closed_by(ChangeType::Card, OrderState::AwaitingPayment), None);
+        assert_eq!(billed.accepts(Node::Inventory), [OrderState::Accepted, OrderState::Cancelling]);
+        assert_eq!(billed.accepts(Node::Payment), [OrderState::Shipped]);
+        assert_eq!(senders_any(Node::Payment, OrderState::Shipped), [Node::Shipping]);
+        assert!(forwards_to_any(Node::Shipping).contains(&Node::Payment));
+        assert!(forwards_to_any(Node::Intake).contains(&Node::Inventory));
+        // The two tables agree on every state but the two it changes.
+        let differ: Vec<OrderState> = STATES
+            .iter()
+            .zip(billed.states)
+            .filter(|(a, b)| a.state != b.state || a.kind != b.kind)
+            .map(|(a, _)| a.state)
+            .collect();
+        assert_eq!(differ, [OrderState::Charged, OrderState::Shipped]);
+    }
+
+    /// `drop-ship`: charged, then purchasing sends the purchase orders the
+    /// distributors ship straight to the customer; no inventory, no picking.
+    #[test]
+    fn drop_ship_charges_then_orders_from_the_distributors() {
+        let multi = Facts { units: 2, holds_reservation: false };
+        let nodes: Vec<&str> = DROP_SHIP.happy_path(&multi).iter().map(|(n, _)| n.name()).collect();
+        assert_eq!(nodes, ["intake", "payment", "purchasing"]);
+        assert_eq!(DROP_SHIP.happy_path(&multi).last().map(|(_, s)| *s), Some(OrderState::Shipped));
+        for unused in [Node::Inventory, Node::Picklist, Node::Rebin, Node::Shipping, Node::FraudCheck] {
+            assert!(!DROP_SHIP.uses(unused), "{unused}");
+        }
+        assert!(!WORKFLOW.uses(Node::Purchasing) && !SHIP_THEN_BILL.uses(Node::Purchasing));
+        assert_eq!(DROP_SHIP.forwards_to(Node::Purchasing), [Node::Exceptions]);
+        assert!(orders_from_distributors(Node::Purchasing) && !orders_from_distributors(Node::Shipping));
+        assert_eq!(DROP_SHIP.closed_by(ChangeType::Card, OrderState::Charged), Some(OrderState::Charged));
+        // Every definition completes at the end of its happy path.
+        for definition in WORKFLOWS {
+            let end = definition.happy_path(&multi).last().map(|(_, s)| *s);
+            assert_eq!(end, Some(definition.completes_at), "{} v{}", definition.name, definition.version);
+        }
+    }
+
     #[test]
     fn the_deployed_versions_are_read_with_their_errors_named() {
         assert_eq!(Deployed::parse("").unwrap().to_start("standard").map(|w| w.version), Some(1));
         let v2 = Deployed::parse(" standard:2 ").unwrap();
         assert_eq!(v2.to_start("standard").map(|w| w.version), Some(2));
-        assert!(v2.to_start("drop-ship").is_none());
+        assert!(v2.to_start("same-day").is_none());
+        assert_eq!(v2.to_start("drop-ship").map(|w| w.name), Some("drop-ship"), "version 1 of the others");
         for (bad, reason) in [
             ("standard", "NAME:VERSION"),
             ("standard:two", "whole number"),
             ("standard:-1", "whole number"),
-            ("standard:9", "this build knows standard v1, standard v2"),
+            ("standard:9", "this build knows standard v1, standard v2, ship-then-bill v1, drop-ship v1"),
             ("nope:1", "this build knows"),
             ("standard:1,standard:2", "named twice"),
         ] {
@@ -965,7 +1181,7 @@ mod tests {
     fn a_waiting_state_stays_in_its_node() {
         let waiting = OrderState::Backordered;
         assert_eq!(WORKFLOW.kind(waiting), Some(StateKind::Waiting));
-        assert!(!waiting.is_terminal());
+        assert!(!WORKFLOW.is_terminal(waiting));
         assert_eq!(WORKFLOW.next_node(waiting, &Facts { units: 1, holds_reservation: false }), None);
         assert_eq!(WORKFLOW.producers(waiting), [Node::Inventory]);
         assert_eq!(WORKFLOW.closed_by(ChangeType::ShippingMethod, waiting), None);

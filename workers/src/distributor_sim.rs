@@ -6,9 +6,16 @@
 //! from the purchase order's, so a purchase order delivered twice (a crash
 //! before its ack) is counted once. Only
 //! inventory's user may order; anything else is dead-lettered with the reason.
+//!
+//! A drop-ship order (type `drop_ship_order`, from a node that drop-ships:
+//! purchasing) is shipped straight to the customer's address after the same
+//! delay: nothing arrives at the DC, so it turns into no received items and
+//! no stock. Each is shipped once per process (by its id: a redelivered
+//! drop-ship order is acknowledged without shipping again).
 
 use crate::inventory::backorders::PurchaseOrder;
 use crate::inventory::stock::{check_receipt, Receipt};
+use crate::stages::purchasing::{DropShipOrder, DROP_SHIP_TYPE};
 use futures::StreamExt;
 use lapin::{message::Delivery, options::BasicQosOptions, BasicProperties, Connection};
 use shared::settings::Settings;
@@ -70,10 +77,16 @@ async fn session(
         .await?;
     tracing::info!(queue = ctx.queue, delay_ms = delay.as_millis() as u64, "taking purchase orders");
     let tasks = TaskTracker::new();
+    let drop_shipped = DropShipped::default();
     let result = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             next = orders.next() => match next {
+                Some(Ok(delivery)) if is_drop_ship(&delivery) => {
+                    let (ctx, publisher, shutdown, shipped) =
+                        (ctx.clone(), publisher.clone(), shutdown.clone(), drop_shipped.clone());
+                    tasks.spawn(async move { drop_ship(&ctx, &publisher, delivery, delay, &shutdown, &shipped).await });
+                }
                 Some(Ok(delivery)) => {
                     let (ctx, publisher, shutdown) = (ctx.clone(), publisher.clone(), shutdown.clone());
                     tasks.spawn(async move { ship(&ctx, &publisher, delivery, delay, &shutdown).await });
@@ -84,6 +97,57 @@ async fn session(
         }
     };
     finish(&connection, &channel, &ctx, tasks, result).await
+}
+
+/// The drop-ship orders this process shipped, by id.
+type DropShipped = Arc<std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>>;
+
+fn is_drop_ship(delivery: &Delivery) -> bool {
+    delivery.properties.kind().as_ref().is_some_and(|kind| kind.as_str() == DROP_SHIP_TYPE)
+}
+
+/// Ships one drop-ship order to the customer after the delay, once, then
+/// acknowledges it: no received items (no stock) come of it.
+async fn drop_ship(
+    ctx: &NodeContext,
+    publisher: &Publisher,
+    delivery: Delivery,
+    delay: Duration,
+    shutdown: &CancellationToken,
+    shipped: &DropShipped,
+) {
+    let sender = ctx.trust.sender(&delivery.properties);
+    let drop_shippers: Vec<Role> = topology::Node::all()
+        .into_iter()
+        .filter(|node| topology::workflow::orders_from_distributors(*node))
+        .map(Role::Node)
+        .collect();
+    if !drop_shippers.iter().any(|role| ctx.trust.is_role(sender.as_deref(), *role)) {
+        let reason = format!(
+            "refused: only a drop-shipping node orders a drop-ship; this came from {}",
+            shared::text::escaped(sender.as_deref().unwrap_or("an unnamed sender (no user_id)"))
+        );
+        return dead_letter(publisher, ctx, &delivery, &reason).await;
+    }
+    let order: DropShipOrder = match serde_json::from_slice(&delivery.data) {
+        Ok(order) => order,
+        Err(error) => {
+            let reason = format!("not a drop-ship order: {}", shared::text::escaped(&error.to_string()));
+            return dead_letter(publisher, ctx, &delivery, &reason).await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = shutdown.cancelled() => return,
+    }
+    let first = shipped.lock().expect("not poisoned").insert(order.po_id);
+    let units: i64 = order.lines.iter().map(|line| line.qty).sum();
+    if first {
+        tracing::info!(po_id = %order.po_id, order_id = %order.order_id, distributor = order.distributor_id, units, city = order.ship_to.city, "drop-shipped to the customer");
+    } else {
+        tracing::info!(po_id = %order.po_id, "a drop-ship order shipped before; not shipped again");
+    }
+    ack(&delivery).await
 }
 
 /// Ships one purchase order after the delay, then acknowledges it. A

@@ -65,10 +65,11 @@ pub fn next_service(element: &OrderElement) -> Option<Node> {
 /// once a change brought what it waits for (a card change: the processor's
 /// token in its card field, where a decline leaves the masked number).
 pub fn kept_waiting(element: &OrderElement) -> Option<(Node, bool)> {
-    if topology::WORKFLOW.kind(element.state) != Some(topology::workflow::StateKind::Waiting) {
+    let definition = shared::routing::definition(element).unwrap_or(&topology::WORKFLOW);
+    if definition.kind(element.state) != Some(topology::workflow::StateKind::Waiting) {
         return None;
     }
-    let node = *topology::WORKFLOW.producers(element.state).first()?;
+    let node = *definition.producers(element.state).first()?;
     let new_card = element.order.payment.card_number.starts_with(shared::order::PROCESSOR_TOKEN_PREFIX);
     Some((node, !new_card))
 }

@@ -571,11 +571,9 @@ fn masked_body(element: &OrderElement) -> Vec<u8> {
 /// token (the masked form of an answer must be that very token's). A
 /// processor's token comes back as it went.
 fn keep_card(ours: &OrderElement, answered: &mut OrderElement) {
+    let open = answered.charge.is_none() && !shared::routing::has_ended(answered);
     let (given, theirs) = (&ours.order.payment.card_number, &mut answered.order.payment.card_number);
-    if answered.charge.is_none()
-        && !answered.state.is_terminal()
-        && shared::order::mask_card(given) == *theirs
-    {
+    if open && shared::order::mask_card(given) == *theirs {
         theirs.clone_from(given);
     }
 }

@@ -195,15 +195,23 @@ impl BackorderDesk {
 
 /// A purchase order as the distributors take it: its id is the message id.
 pub fn purchase_order_message(po: &PurchaseOrder) -> Outgoing {
+    let body = serde_json::to_vec(po).expect("a purchase order serializes");
+    to_distributor(po.po_id, &po.distributor_id, "purchase_order", body)
+}
+
+/// A message to `distributor_id` on the purchase orders exchange: of type
+/// `kind`, its id `po_id` (a backorder's purchase order, or purchasing's
+/// drop-ship order).
+pub fn to_distributor(po_id: uuid::Uuid, distributor_id: &str, kind: &str, body: Vec<u8>) -> Outgoing {
     Outgoing {
         exchange: topology::PURCHASE_ORDERS_EXCHANGE,
-        routing_key: topology::domains::purchase_order_routing_key(&po.distributor_id),
-        body: serde_json::to_vec(po).expect("a purchase order serializes"),
+        routing_key: topology::domains::purchase_order_routing_key(distributor_id),
+        body,
         properties: BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
-            .with_message_id(po.po_id.to_string().into())
-            .with_type("purchase_order".into())
+            .with_message_id(po_id.to_string().into())
+            .with_type(kind.into())
             .with_timestamp(chrono::Utc::now().timestamp() as u64),
     }
 }

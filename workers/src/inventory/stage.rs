@@ -218,8 +218,10 @@ pub struct Suppliers {
 const SUPPLIERS_KEPT: Duration = Duration::from_secs(5);
 
 impl Suppliers {
-    pub fn new(settings: &Settings) -> anyhow::Result<Suppliers> {
-        Ok(Suppliers::reading(std::sync::Arc::new(DomainReader::new(settings, "inventory-suppliers")?)))
+    /// Suppliers read on a connection of their own, named `connection_name`
+    /// in the management UI.
+    pub fn new(settings: &Settings, connection_name: &'static str) -> anyhow::Result<Suppliers> {
+        Ok(Suppliers::reading(std::sync::Arc::new(DomainReader::new(settings, connection_name)?)))
     }
 
     /// Suppliers read through `reader` (a fake, in tests).
@@ -298,7 +300,11 @@ impl Inventory {
         }
         tx.commit().await?;
         let backorders = backorders::Backorders { store: store.clone() };
-        Ok(Inventory { store, backorders, suppliers: std::sync::Arc::new(Suppliers::new(settings)?) })
+        Ok(Inventory {
+            store,
+            backorders,
+            suppliers: std::sync::Arc::new(Suppliers::new(settings, "inventory-suppliers")?),
+        })
     }
 
     /// Reserves every line of an order in one transaction, once per order.
@@ -392,7 +398,8 @@ impl Stage for Inventory {
     /// decided, then the node stopped before acknowledging it) is
     /// backordered again: a cancel pending for it is decided where it waits.
     async fn prior_outcome(&self, element: &OrderElement) -> Result<Option<Outcome>, StageError> {
-        if element.state != OrderState::Charged {
+        // Arrived to be reserved (charged; accepted, for ship-then-bill), not to give units back.
+        if element.state == OrderState::Cancelling {
             return Ok(None);
         }
         // Reserved before (the node stopped, or the broker lost the

@@ -21,7 +21,8 @@ impl Stage for Exceptions {
     const NODE: Node = Node::Exceptions;
 
     async fn handle(&self, element: OrderElement) -> Result<Outcome, StageError> {
-        let Some(failure) = element.failure.clone().filter(|f| f.ends_as.is_terminal()) else {
+        let definition = shared::routing::definition(&element).unwrap_or(&topology::WORKFLOW);
+        let Some(failure) = element.failure.clone().filter(|f| definition.is_terminal(f.ends_as)) else {
             return Err(StageError::Permanent(format!(
                 "order {} reached exceptions without a terminal failure",
                 element.order_id

@@ -517,8 +517,12 @@ pub mod tests {
             (|o| o.payment.card_number = "41111111111a1111".into(), "13 to 19 digits"),
             (|o| o.payment.expiry = "1".repeat(10_000), "expiry is longer than 16"),
             (|o| o.customer_id.clear(), "customer_id is missing"),
-            (|o| o.workflow = Some("ship-then-bill".into()), "is not one this distribution center runs"),
-            (|o| o.workflow = Some("bell\u{7}".repeat(1000)), "(it runs standard v1, standard v2)"),
+            (|o| o.workflow = Some("same-day".into()), "is not one this distribution center runs"),
+            (|o| o.workflow = Some("Ship-Then-Bill".into()), "is not one this distribution center runs"),
+            (
+                |o| o.workflow = Some("bell\u{7}".repeat(1000)),
+                "(it runs standard v1, standard v2, ship-then-bill v1, drop-ship v1)",
+            ),
             (|o| o.workflow = Some(String::new()), "workflow \"\" is not one"),
         ];
         for (break_it, reason) in cases {

@@ -10,5 +10,6 @@ pub mod exceptions;
 pub mod fraud_check;
 pub mod intake;
 pub mod picklist;
+pub mod purchasing;
 pub mod rebin;
 pub mod shipping;

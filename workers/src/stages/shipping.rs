@@ -1,8 +1,10 @@
-//! shipping: packs and ships an order once (`shipped`, terminal) with a
+//! shipping: packs and ships an order once (`shipped`: the end of a
+//! `standard` order; `ship-then-bill` goes on to be charged) with a
 //! tracking number; its audit detail names the address it shipped to. It
-//! ships only an element that carries its charge and its reservation: the
-//! element reached shipping only along broker-verified hops (payment →
-//! inventory → picklist → rebin), so those records are the owners' own.
+//! ships only an element that carries its reservation, and its charge
+//! where its workflow charges before shipping: the element reached shipping
+//! only along broker-verified hops (payment → inventory → picklist →
+//! rebin), so those records are the owners' own.
 
 use chrono::Utc;
 use shared::group_commit::Written;
@@ -65,11 +67,15 @@ impl Stage for Shipping {
     const NODE: Node = Node::Shipping;
 
     async fn handle(&self, mut element: OrderElement) -> Result<Outcome, StageError> {
-        if element.charge.is_none() || element.reservation.is_none() {
+        // Charged first unless its workflow bills after shipping (ship-then-bill).
+        let definition = shared::routing::definition(&element).unwrap_or(&topology::WORKFLOW);
+        let uncharged =
+            element.charge.is_none() && definition.reached_before(Self::NODE, OrderState::Charged);
+        if uncharged || element.reservation.is_none() {
             return Err(StageError::Permanent(format!(
                 "order {} carries no {}: it is not shipped",
                 element.order_id,
-                if element.charge.is_none() { "charge" } else { "reservation" }
+                if uncharged { "charge" } else { "reservation" }
             )));
         }
         let tracking = self.ship(element.order_id, &element.order.ship_to).await?;

@@ -218,7 +218,7 @@ fn verify(ctx: &NodeContext, sender: Option<&str>, record: Record) -> Result<Rec
     if event.seq > MAX_SEQ || placed != (event.seq == 0) {
         return Err(refused(format!("step {} is not a possible step of {state}", event.seq)));
     }
-    event.terminal = event.to_state.is_terminal();
+    event.terminal = event.definition().is_terminal(event.to_state);
     Ok(Record::State(event))
 }
 
@@ -318,7 +318,7 @@ async fn serve(
 
 /// Whether a batch ended an order whose placer waits for its outcome.
 fn owes_outcomes(events: &[Record]) -> bool {
-    events.iter().any(|r| matches!(r, Record::State(e) if e.answer_to.is_some() && e.to_state.is_terminal()))
+    events.iter().any(|r| matches!(r, Record::State(e) if e.answer_to.is_some() && e.terminal))
 }
 
 /// Writes `events` in one transaction, then acknowledges every delivery up

@@ -76,8 +76,9 @@ pub async fn page() -> Html<&'static str> {
     Html(PAGE)
 }
 
-/// `GET /workflow`: the nodes in table order with their queues, and the
-/// edges of the routing table (which node forwards to which).
+/// `GET /workflow`: the nodes in table order with their queues, the edges
+/// of the routing tables (which node forwards to which, in any definition),
+/// and each definition's happy path (`workflows`).
 pub async fn workflow() -> Json<Value> {
     let nodes: Vec<Value> = WORKFLOW
         .nodes()
@@ -85,13 +86,24 @@ pub async fn workflow() -> Json<Value> {
         .collect();
     let mut edges = Vec::new();
     for node in WORKFLOW.nodes() {
-        for to in WORKFLOW.forwards_to(node) {
+        for to in topology::workflow::forwards_to_any(node) {
             edges.push(json!({"from": node.name(), "to": to.name()}));
         }
     }
-    let terminal: Vec<&str> =
-        topology::OrderState::all().into_iter().filter(|s| s.is_terminal()).map(|s| s.as_str()).collect();
-    Json(json!({"nodes": nodes, "edges": edges, "terminal_states": terminal}))
+    let multi_unit = topology::workflow::Facts { units: 2, holds_reservation: false };
+    let workflows: Vec<Value> = topology::workflow::WORKFLOWS
+        .iter()
+        .map(|w| {
+            let path: Vec<String> = w.happy_path(&multi_unit).iter().map(|(n, s)| format!("{n} {s}")).collect();
+            json!({"name": w.name, "version": w.version, "path": path, "completes_at": w.completes_at.as_str()})
+        })
+        .collect();
+    let terminal: Vec<&str> = topology::OrderState::all()
+        .into_iter()
+        .filter(|s| WORKFLOW.is_terminal(*s))
+        .map(|s| s.as_str())
+        .collect();
+    Json(json!({"nodes": nodes, "edges": edges, "terminal_states": terminal, "workflows": workflows}))
 }
 
 /// One snapshot for `/live`.

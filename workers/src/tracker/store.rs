@@ -483,8 +483,13 @@ impl Row {
                 units: e.units,
                 mode: e.mode.clone(),
                 trace_id: e.trace_id.clone(),
-                workflow: e.workflow.clone(),
-                workflow_version: e.workflow_version.map(i64::from),
+                // Kept once per order, on its `accepted` step (every event
+                // names it, for the tracker to tell which states end it).
+                workflow: e.workflow.clone().filter(|_| e.to_state == shared::OrderState::Accepted),
+                workflow_version: e
+                    .workflow_version
+                    .filter(|_| e.to_state == shared::OrderState::Accepted)
+                    .map(i64::from),
             },
             Record::Change(e) => Row {
                 event_id: e.event_id.to_string(),
@@ -728,7 +733,7 @@ mod tests {
             instance_id: "intake-1".into(),
             from_state: None,
             to_state: state,
-            terminal: state.is_terminal(),
+            terminal: topology::WORKFLOW.is_terminal(state),
             at: chrono::Utc::now(),
             detail: String::new(),
             seq,

@@ -5,6 +5,7 @@
 //! orders (its own processes and the broker's), each process's peak RSS
 //! (the largest over the build's runs) and their ratios. It shows
 //! what a change costs, such as a feature compiled in but switched off.
+//! With `--directed`, the orders go through the coordinator instead.
 
 use crate::load::{self, Route};
 use crate::orderflow::{self, Load, RunResult};
@@ -18,16 +19,20 @@ pub struct Comparison {
     pub b: PathBuf,
     pub runs_a: Vec<RunResult>,
     pub runs_b: Vec<RunResult>,
+    pub route: Route,
 }
 
-pub async fn run(
-    config: &BenchConfig,
-    b: PathBuf,
-    reps: usize,
-    orders: usize,
-    in_flight: usize,
-    warmup: usize,
-) -> anyhow::Result<Comparison> {
+/// How much each comparison runs: `reps` runs of each build, each of
+/// `orders` with `in_flight` in flight after `warmup`.
+pub struct Sizes {
+    pub reps: usize,
+    pub orders: usize,
+    pub in_flight: usize,
+    pub warmup: usize,
+}
+
+pub async fn run(config: &BenchConfig, b: PathBuf, sizes: Sizes, route: Route) -> anyhow::Result<Comparison> {
+    let Sizes { reps, orders, in_flight, warmup } = sizes;
     let a = config.stack.bin_dir.clone();
     let (mut runs_a, mut runs_b) = (Vec::new(), Vec::new());
     for rep in 0..reps * 2 {
@@ -39,17 +44,12 @@ pub async fn run(
         }
         let tag = format!("compare-{rep}");
         let mut stack = Stack::start(&config, &tag).await?;
-        orderflow::warm_up(&mut stack, warmup).await?;
+        orderflow::warm_up_on(&mut stack, warmup, route).await?;
         let name = if use_b { "B" } else { "A" };
         let phase = format!("compare: build {name}, run {}/{}", rep + 1, reps * 2);
-        let run = orderflow::measure(
-            &mut stack,
-            load::orders(orders),
-            Load::Saturated(in_flight),
-            Route::Autonomous,
-            &phase,
-        )
-        .await?;
+        let run =
+            orderflow::measure(&mut stack, load::orders(orders), Load::Saturated(in_flight), route, &phase)
+                .await?;
         stack.shutdown().await?;
         if use_b {
             runs_b.push(run)
@@ -57,7 +57,7 @@ pub async fn run(
             runs_a.push(run)
         }
     }
-    Ok(Comparison { a, b, runs_a, runs_b })
+    Ok(Comparison { a, b, runs_a, runs_b, route })
 }
 
 /// The comparison as a markdown section.
@@ -99,12 +99,17 @@ pub fn markdown(c: &Comparison) -> String {
         runs.iter().map(|r| format!("{:.0}", r.throughput.per_sec)).collect::<Vec<_>>().join(", ")
     };
     format!(
-        "## A/B: two builds, saturated, alternating\n\n\
+        "## A/B: two builds, saturated, alternating{}\n\n\
          - A: `{}`\n- B: `{}`\n\n\
          | figure | A | B | B / A |\n|---|---:|---:|---:|\n\
          | orders/s (median; each run: A {}, B {}) | {:.0} | {:.0} | {:.3} |\n\
          | CPU s per 1,000 orders, orderflow's processes | {:.2} | {:.2} | {:.3} |\n\
          | CPU s per 1,000 orders, broker | {:.2} | {:.2} | {:.3} |\n{cpu}{memory}",
+        if c.route == Route::Directed {
+            ", directed mode (the coordinator through the services)"
+        } else {
+            ""
+        },
         c.a.display(),
         c.b.display(),
         each(&c.runs_a),

@@ -123,6 +123,10 @@ pub struct Args {
     /// binaries of --bin-dir (A) and of this folder (B), --reps of each.
     #[arg(long, value_name = "DIR")]
     pub compare_bin_dir: Option<PathBuf>,
+    /// With --compare-bin-dir: place the orders in directed mode (the coordinator calls each
+    /// node's service) instead of at intake.
+    #[arg(long, requires = "compare_bin_dir")]
+    pub directed: bool,
     /// Run only the soak: --soak-orders orders open loop at --soak-rate, a row of figures every
     /// --soak-every seconds (throughput, latency, every process's memory, the tracker's store).
     #[arg(long)]
@@ -413,7 +417,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     stack_config.keep_run_dir_on_drop = true;
     let config = BenchConfig { stack: stack_config, run_id: run_id.clone() };
     let markdown = if let Some(other) = &args.compare_bin_dir {
-        run_compare(&plan, &config, other, started, &versions).await?
+        run_compare(&plan, &config, (other, args.directed), started, &versions).await?
     } else if args.soak {
         run_soak(&args, &plan, &config, started, &versions).await?
     } else if args.domains {
@@ -444,14 +448,19 @@ fn headed(
 async fn run_compare(
     plan: &Plan,
     config: &BenchConfig,
-    other: &std::path::Path,
+    (other, directed): (&std::path::Path, bool),
     started: chrono::DateTime<chrono::Utc>,
     versions: &str,
 ) -> anyhow::Result<String> {
     stack::check_binaries(other)?;
-    let comparison =
-        compare::run(config, other.to_path_buf(), plan.reps, plan.burst_orders, plan.in_flight, plan.warmup)
-            .await?;
+    let route = if directed { load::Route::Directed } else { load::Route::Autonomous };
+    let sizes = compare::Sizes {
+        reps: plan.reps,
+        orders: plan.burst_orders,
+        in_flight: plan.in_flight,
+        warmup: plan.warmup,
+    };
+    let comparison = compare::run(config, other.to_path_buf(), sizes, route).await?;
     Ok(headed("orderflow A/B", started, versions, "", &compare::markdown(&comparison)))
 }
 

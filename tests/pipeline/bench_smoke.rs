@@ -215,6 +215,18 @@ async fn an_ab_comparison_prints_both_builds_and_the_ratios() {
     let ratio: f64 =
         ratio.and_then(|r| r.trim().parse().ok()).unwrap_or_else(|| panic!("no ratio:\n{stdout}"));
     assert!(ratio > 0.0, "{stdout}");
+
+    // `--directed`: the same comparison with the orders going through the coordinator.
+    let directed = [&args[..], &["--directed"]].concat();
+    let (status, stdout, stderr) = run_bench(&directed).await;
+    assert!(
+        status.success(),
+        "orderflow-bench --compare-bin-dir --directed failed ({status}):\n{stderr}\n{stdout}"
+    );
+    assert!(stdout.contains("alternating, directed mode (the coordinator through the services)"), "{stdout}");
+    let coordinator = stdout.lines().find(|l| l.starts_with("| CPU s per 1,000 orders, coordinator |"));
+    let busy = coordinator.and_then(|l| l.split('|').nth(2)).and_then(|a| a.trim().parse::<f64>().ok());
+    assert!(busy.is_some_and(|cpu| cpu > 0.0), "the coordinator worked: {coordinator:?}\n{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

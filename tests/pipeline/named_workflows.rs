@@ -117,6 +117,20 @@ async fn three_workflows_run_over_the_same_nodes_in_both_modes() {
     .map(|(end, n)| (end.to_string(), n))
     .into();
     assert_eq!(ends_per_workflow, expected);
+    // `topology workflow` prints each definition with what it ends in.
+    let printed =
+        std::process::Command::new(tests::bin_dir().join("topology")).arg("workflow").output().unwrap();
+    let printed = String::from_utf8(printed.stdout).unwrap();
+    for said in [
+        "workflow ship-then-bill version 1",
+        "payment     shipped",
+        "cut-off: no cancel from shipped on",
+        "completed (its capture due) at charged",
+        "workflow drop-ship version 1",
+        "purchasing  charged",
+    ] {
+        assert!(printed.contains(said), "`topology workflow` lacks {said:?}:\n{printed}");
+    }
     // A ship-then-bill order is charged after it shipped, by payment.
     let billed = stack.order(&ids[1]).await;
     let at = |state: &str| billed.history.iter().position(|h| h.state == state).unwrap();

@@ -406,6 +406,15 @@ fn print_definition(workflow: &topology::workflow::Workflow) {
         println!("{:<11} {accepts:<38} {produces:<58} {forwards}", node.name());
     }
     for cut in workflow.cut_offs {
-        println!("cut-off: the {} cannot change from {} on", cut.change.noun(), cut.from);
+        match cut.change {
+            topology::workflow::ChangeType::Cancel => println!("cut-off: no cancel from {} on", cut.from),
+            change => println!("cut-off: the {} cannot change from {} on", change.noun(), cut.from),
+        }
     }
+    let ends: Vec<String> = topology::OrderState::all()
+        .into_iter()
+        .filter(|s| workflow.is_terminal(*s))
+        .map(|s| s.to_string())
+        .collect();
+    println!("ends in: {}; completed (its capture due) at {}", ends.join(", "), workflow.completes_at);
 }

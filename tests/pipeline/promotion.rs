@@ -24,6 +24,36 @@ use transport::domain_client::{ClientError, DomainClient};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A stack with per-role users and every domain copy running, and the back
+/// office's client of the domains (as `orderflow domains`'s writes come).
+async fn promote_stack(test: &str, env: &[(&str, &str)]) -> (Stack, Office) {
+    let mut stack = Stack::start_with_node_users_env(test, env).await;
+    stack.start_domains().await.unwrap();
+    let connection = transport::connect(&stack.role_url("backoffice"), "test-promote").await.unwrap();
+    let client = DomainClient::open(&connection, &stack.role_user("backoffice")).await.unwrap();
+    (stack, Office { connection, client })
+}
+
+/// The back office's client, on a connection of its own.
+struct Office {
+    connection: lapin::Connection,
+    client: DomainClient,
+}
+
+impl std::ops::Deref for Office {
+    type Target = DomainClient;
+    fn deref(&self) -> &DomainClient {
+        &self.client
+    }
+}
+
+impl Office {
+    async fn close(self) {
+        self.client.close().await;
+        let _ = self.connection.close(200, "done".into()).await;
+    }
+}
+
 fn catalog() -> DomainCopy {
     DomainCopy::primary("catalog")
 }
@@ -115,10 +145,7 @@ async fn a_replica_is_promoted_knowingly_and_the_old_primary_is_fenced_then_rejo
         ("DATABASE_URL", database.url.as_str()),
         ("ORDERFLOW_DB_MAX_CONNECTIONS", tests::PG_CONNECTIONS_PER_PROCESS),
     ];
-    let mut stack = Stack::start_with_node_users_env("domains-promote", &env).await;
-    stack.start_domains().await.unwrap();
-    let connection = transport::connect(&stack.role_url("backoffice"), "test-promote").await.unwrap();
-    let office = DomainClient::open(&connection, &stack.role_user("backoffice")).await.unwrap();
+    let (mut stack, office) = promote_stack("domains-promote", &env).await;
     for n in 1..=5 {
         office.call(catalog(), &item(n, "Item"), Some(&format!("put-{n}")), TIMEOUT).await.unwrap();
     }
@@ -270,7 +297,6 @@ async fn a_replica_is_promoted_knowingly_and_the_old_primary_is_fenced_then_rejo
         );
     }
     office.close().await;
-    let _ = connection.close(200, "done".into()).await;
     let stopped = stack.stop_all().await;
     assert!(stopped.iter().all(|(_, status)| status.success()), "{stopped:?}");
 }
@@ -284,10 +310,7 @@ async fn a_replica_is_promoted_knowingly_and_the_old_primary_is_fenced_then_rejo
 async fn a_promoted_customer_replica_sends_the_edits_to_the_orders_in_flight() {
     // Intake at full speed (every order copies its address first), the other nodes slowed.
     let env = [("ORDERFLOW_DELAY_MS", "1500"), ("ORDERFLOW_DELAY_MS_INTAKE", "0")];
-    let mut stack = Stack::start_with_node_users_env("promote-edits", &env).await;
-    stack.start_domains().await.unwrap();
-    let connection = transport::connect(&stack.role_url("backoffice"), "test-promote").await.unwrap();
-    let office = DomainClient::open(&connection, &stack.role_user("backoffice")).await.unwrap();
+    let (mut stack, office) = promote_stack("promote-edits", &env).await;
     let customer = json!({
         "op": "add", "customer_id": "P-1", "name": "Promoted Customer", "email": "p1@example.com",
         "addresses": [{"line1": "1 Main St", "city": "Leeds", "postal_code": "LS1", "country": "GB", "default": true}],
@@ -331,7 +354,6 @@ async fn a_promoted_customer_replica_sends_the_edits_to_the_orders_in_flight() {
         assert!(shipped.detail.contains("9 Promoted Rd"), "{}", shipped.detail);
     }
     office.close().await;
-    let _ = connection.close(200, "done".into()).await;
     let stopped = stack.stop_all().await;
     assert!(stopped.iter().all(|(_, status)| status.success()), "{stopped:?}");
 }
@@ -342,10 +364,7 @@ async fn a_promoted_customer_replica_sends_the_edits_to_the_orders_in_flight() {
 /// follows it and refuses writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_primary_that_starts_alone_follows_the_new_one_when_it_answers() {
-    let mut stack = Stack::start_with_node_users("domains-promote-late").await;
-    stack.start_domains().await.unwrap();
-    let connection = transport::connect(&stack.role_url("backoffice"), "test-promote").await.unwrap();
-    let office = DomainClient::open(&connection, &stack.role_user("backoffice")).await.unwrap();
+    let (mut stack, office) = promote_stack("domains-promote-late", &[]).await;
     office.call(catalog(), &item(1, "Item"), Some("put-1"), TIMEOUT).await.unwrap();
     for copy in [region("uk"), region("de")] {
         wait_status(&office, copy, "caught up", |s| s["seq"] == 1 && s["lag"]["changes"] == 0).await;
@@ -379,7 +398,6 @@ async fn a_replaced_primary_that_starts_alone_follows_the_new_one_when_it_answer
     );
     pool.close().await;
     office.close().await;
-    let _ = connection.close(200, "done".into()).await;
     let stopped = stack.stop_all().await;
     assert!(stopped.iter().all(|(_, status)| status.success()), "{stopped:?}");
     // The broker-wide record of the promotion goes with the vhost.

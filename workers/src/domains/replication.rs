@@ -149,12 +149,18 @@ impl Replica {
     /// Asks the primary where it stands, making sure the copy `expected`
     /// answers (and not a copy it replaced, still reached by a stale route).
     pub async fn primary_status(&self, expected: &str) -> anyhow::Result<CopyStatus> {
-        let request = CopyRequest::Status { after_seq: None }.to_json();
-        let status: CopyStatus = serde_json::from_value(self.ask_primary(request).await?)?;
+        let status = self.primary_says().await?;
         if status.copy != expected || status.primary != expected {
             anyhow::bail!("{} answered for the primary of {}, not {expected}", status.copy, self.copy.domain);
         }
         Ok(status)
+    }
+
+    /// What the copy the domain's routing key reaches says of itself: its
+    /// status, with the primary and epoch it knows.
+    async fn primary_says(&self) -> anyhow::Result<CopyStatus> {
+        let request = CopyRequest::Status { after_seq: None }.to_json();
+        Ok(serde_json::from_value(self.ask_primary(request).await?)?)
     }
 
     /// Asks one copy of the domain, on a connection of this copy's own
@@ -306,8 +312,7 @@ impl Replica {
         change: &Change,
         is_from: impl Fn(DomainCopy) -> bool,
     ) -> anyhow::Result<Option<String>> {
-        let request = CopyRequest::Status { after_seq: None }.to_json();
-        let told: CopyStatus = serde_json::from_value(self.ask_primary(request).await?)?;
+        let told = self.primary_says().await?;
         let sender_is_told = DomainCopy::all()
             .into_iter()
             .any(|copy| copy.domain == self.copy.domain && copy.label() == told.primary && is_from(copy));
@@ -347,8 +352,7 @@ impl Replica {
         for change in changes {
             if change.epoch > term.now().epoch {
                 // Promoted again meanwhile: follow whoever is the primary now.
-                let request = CopyRequest::Status { after_seq: None }.to_json();
-                let told: CopyStatus = serde_json::from_value(self.ask_primary(request).await?)?;
+                let told = self.primary_says().await?;
                 self.follow(docs, term, &told).await?;
                 return Ok(());
             }
@@ -463,8 +467,7 @@ impl Replica {
     /// Follows the primary if it is of a newer epoch than this copy's (a
     /// promotion this copy has not heard of from its feed yet).
     pub async fn follow_if_newer(&self, docs: &Documents, term: &Term) -> anyhow::Result<()> {
-        let request = CopyRequest::Status { after_seq: None }.to_json();
-        let told: CopyStatus = serde_json::from_value(self.ask_primary(request).await?)?;
+        let told = self.primary_says().await?;
         if told.epoch > term.now().epoch && told.copy == told.primary {
             self.follow(docs, term, &told).await?;
         }

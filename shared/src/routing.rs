@@ -81,7 +81,7 @@ fn check_charge_claim(definition: &Workflow, node: Node, element: &OrderElement)
 
 /// Whether `definition` charges an order before it reaches `node` (worked
 /// out once per definition and node, not per message).
-fn charged_before(definition: &Workflow, node: Node) -> bool {
+pub fn charged_before(definition: &Workflow, node: Node) -> bool {
     type Table = std::collections::HashMap<(&'static str, u32, Node), bool>;
     static TABLE: std::sync::OnceLock<Table> = std::sync::OnceLock::new();
     let table = TABLE.get_or_init(|| {

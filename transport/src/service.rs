@@ -12,7 +12,13 @@
 //! A call is idempotent by (caller, request id): the first answer is kept in
 //! the node's call book and a repeat gets it again, without running the
 //! stage. Effects are keyed by order besides, so a new request id for the
-//! same order still charges, reserves and ships once. Only the coordinator
+//! same order still charges, reserves and ships once. The coordinator's
+//! calls are not kept: its own store already makes each of its steps
+//! idempotent (a second answer to a call finds the order moved on and does
+//! nothing), so a repeat runs the stage again, whose effects and event ids
+//! are the order's; its result goes out with the events, not after them
+//! (its replies queue always routes), and the call is acknowledged once both
+//! are confirmed. Only the coordinator
 //! and the operator may call the services after intake (their elements
 //! carry a charge or a reservation that only the nodes' own replies vouch
 //! for); intake's is the public door. A request that cannot be answered
@@ -127,12 +133,19 @@ async fn answer_call<S: Service>(
     };
     let mut messages: Vec<Outgoing> = answered.placed.into_iter().collect();
     messages.extend(answered.kept.events.iter().map(audit_message));
+    // The coordinator's replies queue always routes: its result goes with the events.
+    let with_events = call.answers_to_coordinator();
+    if with_events {
+        messages.push(result_message(&call, &answered.kept.result, &caller_key));
+    }
     crate::message::stamp_trace(&mut messages, &trace);
     if let Err(error) = publisher.publish_all_patiently(&messages, super::publisher::BROKER_PATIENCE).await {
         tracing::warn!(node = node.name(), request_id = call.request_id, %error, "the call's events were not confirmed; it will be tried again");
         return requeue(&delivery).await;
     }
-    let send_result = !(matches!(call.reply_to, ReplyTo::Callback(_)) && answered.kept.delivered);
+    // A callback already delivered is not sent again; the coordinator's went with the events.
+    let delivered_before = matches!(call.reply_to, ReplyTo::Callback(_)) && answered.kept.delivered;
+    let send_result = !with_events && !delivered_before;
     if send_result {
         let mut result = [result_message(&call, &answered.kept.result, &caller_key)];
         crate::message::stamp_trace(&mut result, &trace);
@@ -200,8 +213,12 @@ async fn answer<S: Service>(
         return Ok(failed("the call's deadline passed before it was run".into(), false));
     }
     let caller_key = caller.unwrap_or_default();
-    if let Some(kept) = calls.find(caller_key, &call.request_id).await? {
-        return Ok(Answer { kept, stored: true, placed: None });
+    // The coordinator's calls are not kept (the module's header says why).
+    let keep = !call.answers_to_coordinator();
+    if keep {
+        if let Some(kept) = calls.find(caller_key, &call.request_id).await? {
+            return Ok(Answer { kept, stored: true, placed: None });
+        }
     }
     let door = topology::WORKFLOW.door() == node;
     let decoded = if door {
@@ -239,9 +256,9 @@ async fn answer<S: Service>(
     events.iter_mut().for_each(|event| event.mode = Some(mode.into()));
     let steps = outcome.steps.iter().map(|s| StepDone { state: s.state, detail: s.detail.clone() }).collect();
     let result = CallResult::done(&call.request_id, node.name(), masked(element), steps);
-    let kept =
-        calls.keep(caller_key, &call.request_id, Answered { result, events, delivered: false }).await?;
-    Ok(Answer { kept, stored: true, placed })
+    let answered = Answered { result, events, delivered: false };
+    let kept = if keep { calls.keep(caller_key, &call.request_id, answered).await? } else { answered };
+    Ok(Answer { kept, stored: keep, placed })
 }
 
 /// The element as a result carries it: with its card number masked (the

@@ -69,8 +69,7 @@ impl Stage for Shipping {
     async fn handle(&self, mut element: OrderElement) -> Result<Outcome, StageError> {
         // Charged first unless its workflow bills after shipping (ship-then-bill).
         let definition = shared::routing::definition(&element).unwrap_or(&topology::WORKFLOW);
-        let uncharged =
-            element.charge.is_none() && definition.reached_before(Self::NODE, OrderState::Charged);
+        let uncharged = element.charge.is_none() && shared::routing::charged_before(definition, Self::NODE);
         if uncharged || element.reservation.is_none() {
             return Err(StageError::Permanent(format!(
                 "order {} carries no {}: it is not shipped",

@@ -259,7 +259,7 @@ connection.close()
         .publish_with_management_api("orderflow.purchase-orders", "po.D-01", json!({}), &po.to_string())
         .await;
     assert_eq!(routed["routed"], json!(true), "{routed}");
-    let letters = stack.letters_with("only inventory orders from the distributors", 1).await;
+    let letters = stack.letters_with("only inventory orders a purchase order from the distributors", 1).await;
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(stock(&stack, "SKU-0902")["received"], json!(0), "nothing careless was shipped");
 

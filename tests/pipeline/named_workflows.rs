@@ -265,31 +265,25 @@ async fn a_workflow_switched_or_forged_between_hops_is_refused_and_its_cut_offs_
     let drop_ship = json!({"po_id": uuid::Uuid::new_v4(), "order_id": uuid::Uuid::new_v4(), "distributor_id": "D-01",
         "ship_to": {"name": "Eve", "line1": "1 Fake St", "city": "Nowhere", "postal_code": "0", "country": "GB"},
         "lines": [{"sku": "SKU-0001", "qty": 1_000}]});
-    let (url, user) = (stack.role_url("inventory"), stack.role_user("inventory"));
-    let sent = tests::pika_publish(
-        &url,
-        &user,
-        "orderflow.purchase-orders",
-        "po.D-01",
-        "drop_ship_order",
-        &drop_ship.to_string(),
-    );
-    assert_eq!(sent, None, "inventory may send purchase orders");
+    let send_as = |role: &str, body: &serde_json::Value| {
+        let (url, user) = (stack.role_url(role), stack.role_user(role));
+        tests::pika_publish(
+            &url,
+            &user,
+            "orderflow.purchase-orders",
+            "po.D-01",
+            "drop_ship_order",
+            &body.to_string(),
+        )
+    };
+    assert_eq!(send_as("inventory", &drop_ship), None, "inventory may send purchase orders");
     assert_eq!(stack.letters_with("only a drop-shipping node orders a drop-ship", 1).await.len(), 1);
-    let (url, user) = (stack.role_url("purchasing"), stack.role_user("purchasing"));
     let mut malformed = drop_ship.clone();
     malformed["lines"][0]["qty"] = json!("NaN");
     malformed["extra"] = json!(true);
-    let sent = tests::pika_publish(
-        &url,
-        &user,
-        "orderflow.purchase-orders",
-        "po.D-01",
-        "drop_ship_order",
-        &malformed.to_string(),
-    );
-    assert_eq!(sent, None);
+    assert_eq!(send_as("purchasing", &malformed), None);
     assert_eq!(stack.letters_with("not a drop-ship order", 1).await.len(), 1);
+    let (url, user) = (stack.role_url("purchasing"), stack.role_user("purchasing"));
     for (exchange, key) in [("orderflow.workflow", "order.shipping"), ("orderflow.receiving", "received")] {
         let refused = tests::pika_publish(&url, &user, exchange, key, "order", "{}");
         assert!(

@@ -106,6 +106,27 @@ fn is_drop_ship(delivery: &Delivery) -> bool {
     delivery.properties.kind().as_ref().is_some_and(|kind| kind.as_str() == DROP_SHIP_TYPE)
 }
 
+/// An order for the distributors, decoded, when one of `senders` (`who`)
+/// sent it; otherwise the reason to dead-letter it with (`what`: the kind
+/// of order, as the reason names it).
+fn taken<T: serde::de::DeserializeOwned>(
+    ctx: &NodeContext,
+    delivery: &Delivery,
+    senders: &[Role],
+    who: &str,
+    what: &str,
+) -> Result<T, String> {
+    let sender = ctx.trust.sender(&delivery.properties);
+    if !senders.iter().any(|role| ctx.trust.is_role(sender.as_deref(), *role)) {
+        return Err(format!(
+            "refused: only {who} orders a {what} order from the distributors; this came from {}",
+            shared::text::escaped(sender.as_deref().unwrap_or("an unnamed sender (no user_id)"))
+        ));
+    }
+    serde_json::from_slice(&delivery.data)
+        .map_err(|error| format!("not a {what} order: {}", shared::text::escaped(&error.to_string())))
+}
+
 /// Ships one drop-ship order to the customer after the delay, once, then
 /// acknowledges it: no received items (no stock) come of it.
 async fn drop_ship(
@@ -116,26 +137,16 @@ async fn drop_ship(
     shutdown: &CancellationToken,
     shipped: &DropShipped,
 ) {
-    let sender = ctx.trust.sender(&delivery.properties);
     let drop_shippers: Vec<Role> = topology::Node::all()
         .into_iter()
         .filter(|node| topology::workflow::orders_from_distributors(*node))
         .map(Role::Node)
         .collect();
-    if !drop_shippers.iter().any(|role| ctx.trust.is_role(sender.as_deref(), *role)) {
-        let reason = format!(
-            "refused: only a drop-shipping node orders a drop-ship; this came from {}",
-            shared::text::escaped(sender.as_deref().unwrap_or("an unnamed sender (no user_id)"))
-        );
-        return dead_letter(publisher, ctx, &delivery, &reason).await;
-    }
-    let order: DropShipOrder = match serde_json::from_slice(&delivery.data) {
-        Ok(order) => order,
-        Err(error) => {
-            let reason = format!("not a drop-ship order: {}", shared::text::escaped(&error.to_string()));
-            return dead_letter(publisher, ctx, &delivery, &reason).await;
-        }
-    };
+    let order: DropShipOrder =
+        match taken(ctx, &delivery, &drop_shippers, "a drop-shipping node", "drop-ship") {
+            Ok(order) => order,
+            Err(reason) => return dead_letter(publisher, ctx, &delivery, &reason).await,
+        };
     tokio::select! {
         _ = tokio::time::sleep(delay) => {}
         _ = shutdown.cancelled() => return,
@@ -160,21 +171,12 @@ async fn ship(
     delay: Duration,
     shutdown: &CancellationToken,
 ) {
-    let sender = ctx.trust.sender(&delivery.properties);
-    let stock_node = topology::DomainCopy::primary("stock").served_by().map(Role::Node);
-    if !stock_node.is_some_and(|role| ctx.trust.is_role(sender.as_deref(), role)) {
-        let reason = format!(
-            "refused: only inventory orders from the distributors; this came from {}",
-            shared::text::escaped(sender.as_deref().unwrap_or("an unnamed sender (no user_id)"))
-        );
-        return dead_letter(publisher, ctx, &delivery, &reason).await;
-    }
-    let po: PurchaseOrder = match serde_json::from_slice(&delivery.data) {
+    let stock_node = topology::DomainCopy::primary("stock").served_by();
+    let senders: Vec<Role> = stock_node.map(Role::Node).into_iter().collect();
+    let who = stock_node.map_or("the stock domain's node", |node| node.name());
+    let po: PurchaseOrder = match taken(ctx, &delivery, &senders, who, "purchase") {
         Ok(po) => po,
-        Err(error) => {
-            let reason = format!("not a purchase order: {}", shared::text::escaped(&error.to_string()));
-            return dead_letter(publisher, ctx, &delivery, &reason).await;
-        }
+        Err(reason) => return dead_letter(publisher, ctx, &delivery, &reason).await,
     };
     let receipt = shipped(&po);
     if let Err(reason) = check_receipt(&receipt) {

@@ -135,7 +135,7 @@ impl Call {
     /// Whether the answer goes to the coordinator's replies queue: only the
     /// coordinator's own calls may ask that.
     pub fn answers_to_coordinator(&self) -> bool {
-        self.reply_to == ReplyTo::Queue(topology::COORDINATOR_REPLIES_QUEUE.to_string())
+        matches!(&self.reply_to, ReplyTo::Queue(queue) if queue == topology::COORDINATOR_REPLIES_QUEUE)
     }
 
     /// Reads a call from a request's properties.

@@ -110,6 +110,8 @@ async fn the_same_orders_end_the_same_way_autonomous_and_directed() {
     let directed = place(&stack, true).await;
     let all: Vec<Uuid> = autonomous.iter().chain(&directed).copied().collect();
     stack.wait_terminal(&all, Duration::from_secs(90)).await;
+    // The nodes the coordinator called, and where each directed order ended.
+    let (mut called, mut ends) = (std::collections::BTreeSet::new(), Vec::new());
     for (i, (a, d)) in autonomous.iter().zip(&directed).enumerate() {
         let (run_a, run_d) = (run_of(&stack, a).await, run_of(&stack, d).await);
         assert_eq!(run_a, run_d, "order {i}: autonomous {a} and directed {d} ended differently");
@@ -117,17 +119,12 @@ async fn the_same_orders_end_the_same_way_autonomous_and_directed() {
         let view = stack.order(d).await;
         for entry in view.history.iter().filter(|h| h.node != "publisher" && h.node != "coordinator") {
             assert_eq!(entry.mode.as_deref(), Some("directed"), "order {i}: {entry:?}");
+            called.insert(entry.node.clone());
         }
+        ends.push(view.state);
         let autonomous_view = stack.order(a).await;
         assert!(autonomous_view.history.iter().all(|h| h.mode.is_none()), "order {i}");
     }
-    let ends: Vec<String> = {
-        let mut ends = Vec::new();
-        for d in &directed {
-            ends.push(stack.order(d).await.state);
-        }
-        ends
-    };
     assert_eq!(
         ends,
         [
@@ -144,13 +141,6 @@ async fn the_same_orders_end_the_same_way_autonomous_and_directed() {
     );
     // The coordinator's calls are not kept in the nodes' call books: its own
     // store makes its steps idempotent (transport::service).
-    let mut called = std::collections::BTreeSet::new();
-    for d in &directed {
-        let view = stack.order(d).await;
-        called.extend(
-            view.history.into_iter().map(|h| h.node).filter(|n| n != "publisher" && n != "coordinator"),
-        );
-    }
     assert!(called.len() >= 5, "{called:?}");
     for node in called {
         let table = format!("{}_calls", node.replace('-', "_"));

@@ -6,7 +6,9 @@
 //! what its one job needs (the broker refuses the rest); the public door
 //! and support cannot write the catalog; what every role that answers calls
 //! must keep (the default exchange, for direct reply-to) is measured, and
-//! a flood of junk calls through it is refused, counted and charges nothing.
+//! a flood of junk calls through it is refused, counted and charges nothing;
+//! a node's user calling in the coordinator's name (its replies queue, whose
+//! calls are not kept in a call book) is dead-lettered and charges nothing.
 
 use serde_json::{json, Value};
 use std::process::Command;
@@ -245,11 +247,7 @@ for i in range(n):
         headers={"x-orderflow-mode": "directed"}))
 connection.close()
 "#;
-    let mut element: Value = serde_json::to_value(shared::order::OrderElement::placed(
-        serde_json::from_value(orders::valid(1, "standard")).unwrap(),
-    ))
-    .unwrap();
-    element["state"] = json!("accepted");
+    let element = accepted_element();
     let (url, user) = (stack.role_url("catalog"), stack.role_user("catalog"));
     let started = std::time::Instant::now();
     let output = Command::new("python3")
@@ -282,4 +280,65 @@ connection.close()
     let after = stack.publish(&[orders::valid(1, "standard")]);
     stack.wait_terminal(&after, Duration::from_secs(60)).await;
     assert_eq!(stack.order(&after[0]).await.state, "shipped");
+}
+
+/// A valid order's element as intake accepts it: what payment would charge.
+fn accepted_element() -> Value {
+    let mut element: Value = serde_json::to_value(shared::order::OrderElement::placed(
+        serde_json::from_value(orders::valid(1, "standard")).unwrap(),
+    ))
+    .unwrap();
+    element["state"] = json!("accepted");
+    element
+}
+
+/// A node's own broker user (inventory's, which may write the default
+/// exchange to answer its callers) calls payment in the coordinator's name:
+/// reply_to the coordinator's replies queue, directed. Such a call is not
+/// kept in a call book and its answer would reach the coordinator, so
+/// payment dead-letters it with the reason before running anything, and
+/// charges nothing; a call from the coordinator itself still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_answered_to_the_coordinator_from_any_other_user_is_refused_and_charges_nothing() {
+    if pika_missing() {
+        return;
+    }
+    let stack = Stack::start_with_node_users("svc-trust-as-coord").await;
+    let script = r#"
+import sys, uuid, pika
+url, user, queue, reply_to, element = sys.argv[1:6]
+connection = pika.BlockingConnection(pika.URLParameters(url))
+channel = connection.channel()
+channel.confirm_delivery()
+channel.basic_publish("", queue, element.encode(), pika.BasicProperties(
+    content_type="application/json", user_id=user, message_id=str(uuid.uuid4()),
+    reply_to=reply_to, delivery_mode=2, headers={"x-orderflow-mode": "directed"}))
+print("taken")
+connection.close()
+"#;
+    let element = accepted_element();
+    let queue = "orderflow.service.payment";
+    let (url, user) = (stack.role_url("inventory"), stack.role_user("inventory"));
+    let output = Command::new("python3")
+        .args(["-c", script, &url, &user, queue, topology::COORDINATOR_REPLIES_QUEUE, &element.to_string()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        said.starts_with("taken"),
+        "pika as inventory: {said}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let letters =
+        stack.letters_with("only the coordinator's calls are answered to its replies queue", 1).await;
+    assert_eq!(letters.len(), 1, "inventory's call in the coordinator's name was not dead-lettered");
+    assert_eq!(letters[0]["node"], "payment", "{letters:?}");
+    let processor = stack.sqlite("processor", "processor_charges").await;
+    let id = element["order_id"].as_str().unwrap();
+    let charged = format!("SELECT COUNT(*) FROM processor_charges WHERE order_id = '{id}'");
+    assert_eq!(count(&processor, &charged).await, 0, "a call in the coordinator's name charged a card");
+    let directed = stack.publish_directed(&[orders::valid(1, "standard")]);
+    stack.wait_terminal(&directed, Duration::from_secs(60)).await;
+    assert_eq!(stack.order(&directed[0]).await.state, "shipped", "the coordinator's own calls still run");
 }

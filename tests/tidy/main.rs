@@ -417,3 +417,20 @@ fn the_length_check_sees_a_long_function() {
     let lengths = function_lengths(&text);
     assert_eq!(lengths[0], ("pub async fn long() {".to_string(), MAX_FUNCTION_LINES + 2));
 }
+
+/// The workspace denies unsafe code; one module may allow it (two calls
+/// into glibc's allocator), and no other file does.
+#[test]
+fn unsafe_code_stays_in_the_allocator_module() {
+    let allowed = "workers/src/memory.rs";
+    let allowing: Vec<String> = files(&root())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .filter(|p| std::fs::read_to_string(p).unwrap_or_default().contains("allow(unsafe_code)"))
+        .map(|p| relative(&p))
+        .filter(|p| p != "tests/tidy/main.rs")
+        .collect();
+    assert_eq!(allowing, [allowed], "only {allowed} may allow unsafe code");
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    assert!(manifest.contains("unsafe_code = \"deny\""), "the workspace denies unsafe code");
+}

@@ -9,6 +9,7 @@ pub mod distributor_sim;
 pub mod domain_reads;
 pub mod domains;
 pub mod inventory;
+pub mod memory;
 pub mod metrics;
 pub mod payment;
 pub mod process;

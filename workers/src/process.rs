@@ -54,6 +54,7 @@ fn list(names: &[String]) -> String {
 /// `--help`, `--version` or any argument before anything starts), logging,
 /// settings, the metrics endpoint, `run` until SIGTERM, the stop line, the exit.
 pub fn main(binary: &'static str, run: Run) -> ExitCode {
+    crate::memory::one_arena();
     command(binary).get_matches();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,

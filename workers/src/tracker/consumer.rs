@@ -83,6 +83,8 @@ async fn move_to_warehouse(store: &TrackerStore, quiet: std::time::Duration, lat
         match store.move_ended(quiet, late_too && pass == 0).await {
             Ok(moved) => {
                 if moved.orders + moved.late_events > 0 {
+                    // A move's pages and sorts are freed: back to the system.
+                    crate::memory::give_back_freed();
                     shared::events::OrdersMoved {
                         orders: moved.orders,
                         events: moved.events,
